@@ -1,0 +1,1 @@
+"""The agent: runs on every node, executes the tasks the dispatcher assigns to it."""

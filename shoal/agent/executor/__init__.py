@@ -1,0 +1,1 @@
+"""Executors: one interface (base.py), several runtimes (process, docker, sim)."""

@@ -1,0 +1,1 @@
+"""The manager: store, orchestrators, scheduler, allocator, dispatcher, CA."""

@@ -1,0 +1,67 @@
+"""What agents and the dispatcher say to each other, and the seams between them.
+
+The agent never imports the manager: both sides meet in these types. Today the
+daemon wires them in-process; the cluster port (mutual TLS) carries the same messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+import msgspec
+
+from shoal.types.base import Model
+from shoal.types.node import NodeDescription
+from shoal.types.task import Task, TaskStatus
+
+
+class Assignment(Model):
+    """A change to the set of tasks a node must run. The first one a session sends is
+    complete (`full`); later ones carry only what changed."""
+
+    full: bool = False
+    tasks: list[Task] = []
+    removed: list[str] = []
+
+
+class TaskStatusUpdate(Model):
+    task_id: str = msgspec.field(name="TaskID")
+    status: TaskStatus
+
+
+class LogOptions(Model):
+    follow: bool = False
+    tail: int | None = None  # None: everything
+    since_ns: int = 0
+    until_ns: int = 0
+    stdout: bool = True
+    stderr: bool = True
+
+
+class LogMessage(Model):
+    task_id: str = msgspec.field(name="TaskID")
+    timestamp_ns: int
+    stream: int  # 1 stdout, 2 stderr
+    data: bytes
+
+
+class LogSource(Protocol):
+    """What a node offers the manager's log broker: its tasks' logs."""
+
+    def task_logs(self, task_id: str, options: LogOptions) -> AsyncIterator[LogMessage]: ...
+
+
+class DispatcherSession(Protocol):
+    """The agent's view of the dispatcher (one session per node)."""
+
+    async def register(self, node_id: str, description: NodeDescription, addr: str,
+                       logs: LogSource) -> float:
+        """Start a session; answers the heartbeat period in seconds."""
+        ...
+
+    async def heartbeat(self, node_id: str) -> float: ...
+
+    def assignments(self, node_id: str) -> AsyncIterator[Assignment]: ...
+
+    async def update_task_status(self, node_id: str, updates: list[TaskStatusUpdate]) -> None: ...

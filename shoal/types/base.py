@@ -1,0 +1,65 @@
+"""The base Struct and time helpers shared by every API object."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+
+class Model(msgspec.Struct, frozen=True, omit_defaults=True, rename="pascal"):
+    """Base of every API object: immutable, PascalCase on the wire, unset fields left out.
+
+    Optional fields default to None so that what a client sent (even `false` or `{}`)
+    round-trips exactly through the store: read-modify-write clients send it back.
+    """
+
+
+class Version(Model):
+    index: int = 0
+
+
+def now_ns() -> int:
+    return time.time_ns()
+
+
+def format_time(ns: int) -> str:
+    """RFC 3339 with nanoseconds, as Go's time.RFC3339Nano prints UTC times."""
+    secs, frac = divmod(ns, 1_000_000_000)
+    base = datetime.fromtimestamp(secs, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    if frac:
+        return f"{base}.{frac:09d}".rstrip("0") + "Z"
+    return base + "Z"
+
+
+def parse_time(text: str) -> int:
+    """Inverse of format_time (accepts any RFC 3339 time with up to 9 fraction digits)."""
+    text = text.strip()
+    if text.endswith("Z"):
+        text = text[:-1] + "+00:00"
+    frac_ns = 0
+    if "." in text:
+        head, rest = text.split(".", 1)
+        digits = ""
+        for ch in rest:
+            if not ch.isdigit():
+                break
+            digits += ch
+        tz = rest[len(digits):]
+        frac_ns = int((digits + "000000000")[:9])
+        text = head + tz
+    dt = datetime.fromisoformat(text)
+    return int(dt.timestamp()) * 1_000_000_000 + frac_ns
+
+
+def to_builtins(obj: Any) -> Any:
+    return msgspec.to_builtins(obj)
+
+
+json_encoder = msgspec.json.Encoder()
+
+
+def encode_json(obj: Any) -> bytes:
+    return json_encoder.encode(obj)

@@ -1,0 +1,68 @@
+"""Nodes: NodeSpec (operator intent) and what the node reports about itself."""
+
+from __future__ import annotations
+
+import msgspec
+
+from shoal.types.base import Model, Version
+from shoal.types.service import Platform
+
+
+class NodeSpec(Model):
+    name: str | None = None
+    labels: dict[str, str] = {}
+    role: str = "worker"
+    availability: str = "active"
+
+
+class NodeResources(Model):
+    nano_cpus: int = msgspec.field(default=0, name="NanoCPUs")
+    memory_bytes: int = 0
+
+
+class EnginePlugin(Model):
+    type: str = ""
+    name: str = ""
+
+
+class EngineDescription(Model):
+    engine_version: str = ""
+    labels: dict[str, str] | None = None
+    plugins: list[EnginePlugin] | None = None
+
+
+class TLSInfo(Model):
+    trust_root: str = ""
+    cert_issuer_subject: str = ""
+    cert_issuer_public_key: str = ""
+
+
+class NodeDescription(Model):
+    hostname: str = ""
+    platform: Platform = Platform()
+    resources: NodeResources = NodeResources()
+    engine: EngineDescription = EngineDescription()
+    tls_info: TLSInfo | None = msgspec.field(default=None, name="TLSInfo")
+
+
+class NodeStatus(Model):
+    state: str = "unknown"
+    message: str | None = None
+    addr: str = ""
+
+
+class ManagerStatus(Model):
+    leader: bool = False
+    reachability: str = "reachable"
+    addr: str = ""
+
+
+class Node(Model):
+    id: str = msgspec.field(name="ID")
+    version: Version = Version()
+    created_at: str = ""
+    updated_at: str = ""
+    spec: NodeSpec = NodeSpec()
+    description: NodeDescription = NodeDescription()
+    status: NodeStatus = NodeStatus()
+    manager_status: ManagerStatus | None = None

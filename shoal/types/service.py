@@ -1,0 +1,238 @@
+"""Services: ServiceSpec (user intent, never changed by the system) and Service."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from shoal.types.base import Model, Version
+
+# Opaque sub-objects shoal stores and returns verbatim but does not interpret yet.
+Raw = dict[str, Any]
+
+
+class HealthConfig(Model):
+    test: list[str] | None = None
+    interval: int | None = None
+    timeout: int | None = None
+    retries: int | None = None
+    start_period: int | None = None
+
+
+class SecretReference(Model):
+    file: Raw | None = None
+    secret_id: str | None = msgspec.field(default=None, name="SecretID")
+    secret_name: str | None = None
+
+
+class ConfigReference(Model):
+    file: Raw | None = None
+    runtime: Raw | None = None
+    config_id: str | None = msgspec.field(default=None, name="ConfigID")
+    config_name: str | None = None
+
+
+class ContainerSpec(Model):
+    image: str | None = None
+    labels: dict[str, str] | None = None
+    command: list[str] | None = None
+    args: list[str] | None = None
+    hostname: str | None = None
+    env: list[str] | None = None
+    dir: str | None = None
+    user: str | None = None
+    groups: list[str] | None = None
+    privileges: Raw | None = None
+    tty: bool | None = msgspec.field(default=None, name="TTY")
+    open_stdin: bool | None = None
+    read_only: bool | None = None
+    mounts: list[Raw] | None = None
+    stop_signal: str | None = None
+    stop_grace_period: int | None = None
+    health_check: HealthConfig | None = msgspec.field(default=None, name="Healthcheck")
+    hosts: list[str] | None = None
+    dns_config: Raw | None = msgspec.field(default=None, name="DNSConfig")
+    secrets: list[SecretReference] | None = None
+    configs: list[ConfigReference] | None = None
+    isolation: str | None = None
+    init: bool | None = None
+    sysctls: dict[str, str] | None = None
+    capability_add: list[str] | None = None
+    capability_drop: list[str] | None = None
+    ulimits: list[Raw] | None = None
+
+
+class ResourceObject(Model):
+    nano_cpus: int | None = msgspec.field(default=None, name="NanoCPUs")
+    memory_bytes: int | None = None
+    generic_resources: list[Raw] | None = None
+
+
+class Limit(Model):
+    nano_cpus: int | None = msgspec.field(default=None, name="NanoCPUs")
+    memory_bytes: int | None = None
+    pids: int | None = None
+
+
+class Resources(Model):
+    limits: Limit | None = None
+    reservations: ResourceObject | None = None
+
+
+class RestartPolicy(Model):
+    condition: str | None = None
+    delay: int | None = None
+    max_attempts: int | None = None
+    window: int | None = None
+
+
+class Platform(Model):
+    architecture: str | None = None
+    os: str | None = msgspec.field(default=None, name="OS")
+
+
+class SpreadOver(Model):
+    spread_descriptor: str | None = None
+
+
+class PlacementPreference(Model):
+    spread: SpreadOver | None = None
+
+
+class Placement(Model):
+    constraints: list[str] | None = None
+    preferences: list[PlacementPreference] | None = None
+    max_replicas: int | None = None
+    platforms: list[Platform] | None = None
+
+
+class NetworkAttachmentConfig(Model):
+    target: str | None = None
+    aliases: list[str] | None = None
+    driver_opts: dict[str, str] | None = None
+
+
+class TaskSpec(Model):
+    plugin_spec: Raw | None = None
+    container_spec: ContainerSpec | None = None
+    network_attachment_spec: Raw | None = None
+    resources: Resources | None = None
+    restart_policy: RestartPolicy | None = None
+    placement: Placement | None = None
+    force_update: int | None = None
+    runtime: str | None = None
+    networks: list[NetworkAttachmentConfig] | None = None
+    log_driver: Raw | None = None
+
+
+class ReplicatedService(Model):
+    replicas: int | None = None
+
+
+class GlobalService(Model):
+    pass
+
+
+class ReplicatedJob(Model):
+    max_concurrent: int | None = None
+    total_completions: int | None = None
+
+
+class GlobalJob(Model):
+    pass
+
+
+class ServiceMode(Model):
+    replicated: ReplicatedService | None = None
+    global_: GlobalService | None = None
+    replicated_job: ReplicatedJob | None = None
+    global_job: GlobalJob | None = None
+
+    @property
+    def kind(self) -> str:
+        """'replicated', 'global', 'replicated-job' or 'global-job'."""
+        if self.global_ is not None:
+            return "global"
+        if self.replicated_job is not None:
+            return "replicated-job"
+        if self.global_job is not None:
+            return "global-job"
+        return "replicated"
+
+
+class UpdateConfig(Model):
+    parallelism: int | None = None
+    delay: int | None = None
+    failure_action: str | None = None
+    monitor: int | None = None
+    max_failure_ratio: float | None = None
+    order: str | None = None
+
+
+class EndpointPortConfig(Model):
+    name: str | None = None
+    protocol: str | None = None
+    target_port: int | None = None
+    published_port: int | None = None
+    publish_mode: str | None = None
+
+
+class EndpointSpec(Model):
+    mode: str | None = None
+    ports: list[EndpointPortConfig] | None = None
+
+
+class ServiceSpec(Model):
+    name: str | None = None
+    labels: dict[str, str] | None = None
+    task_template: TaskSpec | None = None
+    mode: ServiceMode | None = None
+    update_config: UpdateConfig | None = None
+    rollback_config: UpdateConfig | None = None
+    networks: list[NetworkAttachmentConfig] | None = None
+    endpoint_spec: EndpointSpec | None = None
+
+
+class VirtualIP(Model):
+    network_id: str | None = msgspec.field(default=None, name="NetworkID")
+    addr: str | None = None
+
+
+class Endpoint(Model):
+    spec: EndpointSpec = EndpointSpec()
+    ports: list[EndpointPortConfig] | None = None
+    virtual_ips: list[VirtualIP] | None = msgspec.field(default=None, name="VirtualIPs")
+
+
+class UpdateStatus(Model):
+    state: str | None = None
+    started_at: str | None = None
+    completed_at: str | None = None
+    message: str | None = None
+
+
+class ServiceStatus(Model):
+    running_tasks: int = 0
+    desired_tasks: int = 0
+    completed_tasks: int = 0
+
+
+class Service(Model):
+    id: str = msgspec.field(name="ID")
+    version: Version = Version()
+    created_at: str = ""
+    updated_at: str = ""
+    spec: ServiceSpec = ServiceSpec()
+    previous_spec: ServiceSpec | None = None
+    endpoint: Endpoint = Endpoint()
+    update_status: UpdateStatus | None = None
+    service_status: ServiceStatus | None = None
+    # The version of Spec the tasks are built from; bumped on every spec change
+    # (SwarmKit's SpecVersion). Not a Docker field, so never sent to clients.
+    spec_version: int = 0
+
+
+class JoinTokens(Model):
+    worker: str = ""
+    manager: str = ""

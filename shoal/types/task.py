@@ -1,0 +1,131 @@
+"""Tasks and their state machine, as SwarmKit defines it.
+
+States are spaced by 64 so new ones can be inserted; a task's observed state only ever
+moves forward ("given two observations, the greater is correct").
+"""
+
+from __future__ import annotations
+
+import enum
+
+import msgspec
+
+from shoal.types.base import Model, Version
+from shoal.types.service import TaskSpec
+
+
+class TaskState(enum.IntEnum):
+    NEW = 0
+    PENDING = 64
+    ASSIGNED = 192
+    ACCEPTED = 256
+    PREPARING = 320
+    READY = 384
+    STARTING = 448
+    RUNNING = 512
+    COMPLETE = 576
+    SHUTDOWN = 640
+    FAILED = 704
+    REJECTED = 768
+    REMOVE = 800
+    ORPHANED = 832
+
+    @property
+    def wire(self) -> str:
+        """The lowercase name Docker puts on the wire ("running")."""
+        return self.name.lower()
+
+    @classmethod
+    def from_wire(cls, name: str) -> TaskState:
+        return cls[name.upper()]
+
+    @property
+    def terminal(self) -> bool:
+        return self > TaskState.RUNNING
+
+
+class Owner(enum.Enum):
+    """The component that may move a task into a state."""
+
+    ORCHESTRATOR = "orchestrator"
+    ALLOCATOR = "allocator"
+    SCHEDULER = "scheduler"
+    AGENT = "agent"
+    DISPATCHER = "dispatcher"
+
+
+# Who moves a task into each observed state (SwarmKit's design/task_model.md and
+# design/tla/Tasks.tla). REMOVE is only ever a desired state, set by orchestrators.
+TRANSITION_OWNERS: dict[TaskState, frozenset[Owner]] = {
+    TaskState.NEW: frozenset({Owner.ORCHESTRATOR}),
+    TaskState.PENDING: frozenset({Owner.ALLOCATOR}),
+    TaskState.ASSIGNED: frozenset({Owner.SCHEDULER}),
+    TaskState.ACCEPTED: frozenset({Owner.AGENT}),
+    TaskState.PREPARING: frozenset({Owner.AGENT}),
+    TaskState.READY: frozenset({Owner.AGENT}),
+    TaskState.STARTING: frozenset({Owner.AGENT}),
+    TaskState.RUNNING: frozenset({Owner.AGENT}),
+    TaskState.COMPLETE: frozenset({Owner.AGENT}),
+    TaskState.SHUTDOWN: frozenset({Owner.AGENT, Owner.SCHEDULER}),
+    TaskState.FAILED: frozenset({Owner.AGENT}),
+    TaskState.REJECTED: frozenset({Owner.AGENT, Owner.ORCHESTRATOR}),
+    TaskState.ORPHANED: frozenset({Owner.DISPATCHER}),
+}
+
+
+def can_transition(current: TaskState, new: TaskState, owner: Owner) -> bool:
+    """True when `owner` may move a task observed in `current` to `new`."""
+    if new <= current:
+        return False
+    return owner in TRANSITION_OWNERS.get(new, frozenset())
+
+
+class ContainerStatus(Model):
+    container_id: str | None = msgspec.field(default=None, name="ContainerID")
+    pid: int | None = msgspec.field(default=None, name="PID")
+    exit_code: int | None = None
+
+
+class PortStatus(Model):
+    ports: list[dict[str, object]] | None = None
+
+
+class TaskStatus(Model):
+    timestamp: str = ""
+    state: str = "new"
+    message: str = ""
+    err: str | None = None
+    container_status: ContainerStatus | None = None
+    port_status: PortStatus = PortStatus()
+
+    @property
+    def task_state(self) -> TaskState:
+        return TaskState.from_wire(self.state)
+
+
+class Task(Model):
+    id: str = msgspec.field(name="ID")
+    version: Version = Version()
+    created_at: str = ""
+    updated_at: str = ""
+    name: str | None = None
+    labels: dict[str, str] = {}
+    spec: TaskSpec = TaskSpec()
+    service_id: str = msgspec.field(default="", name="ServiceID")
+    slot: int | None = None
+    node_id: str | None = msgspec.field(default=None, name="NodeID")
+    status: TaskStatus = TaskStatus()
+    desired_state: str = "running"
+    # Not Docker fields: the service spec version the task was made from (for the
+    # `_up-to-date` filter and the updater) and the service's name and mode, which
+    # agents need without reading services.
+    spec_version: int = 0
+    service_name: str = ""
+
+    @property
+    def state(self) -> TaskState:
+        return TaskState.from_wire(self.status.state)
+
+    @property
+    def desired(self) -> TaskState:
+        return TaskState.from_wire(self.desired_state)
