@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Set up everything shoal needs on this machine, idempotently:
+#   - system tools (Debian packages, only what is missing): ip (iproute2), ps (procps),
+#     and a docker CLI (the machine's own if it has one, else Debian's docker.io);
+#   - .venv at the repository root with shoal installed editable, with its dev extras.
+# Fast when already done: apt is not touched when every tool is there, and pip runs
+# only when pyproject.toml changed since the last install (a stamp in .venv).
+#
+# Environment: PYTHON (default python3, must be >= 3.11).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+PYTHON="${PYTHON:-python3}"
+VENV="$ROOT/.venv"
+STAMP="$VENV/.shoal-setup-stamp"
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+# ---------------------------------------------------------------- system packages
+missing=()
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v ps >/dev/null 2>&1 || missing+=(procps)
+# The image usually ships the docker CLI 28 as /usr/local/bin/docker; Debian's
+# docker.io (/usr/bin/docker) is only the fallback when there is no docker at all.
+command -v docker >/dev/null 2>&1 || missing+=(docker.io)
+if ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    missing+=(python3-venv)
+fi
+
+if ((${#missing[@]})); then
+    if ! command -v apt-get >/dev/null 2>&1; then
+        log "missing ${missing[*]} and no apt-get to install them; install them by hand"
+        exit 1
+    fi
+    SUDO=()
+    if [[ "$(id -u)" != 0 ]]; then
+        if command -v sudo >/dev/null 2>&1; then
+            SUDO=(sudo -n)
+        else
+            log "missing ${missing[*]}; run this script as root to install them"
+            exit 1
+        fi
+    fi
+    log "installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    "${SUDO[@]}" apt-get update -qq
+    "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+for tool in ip ps docker; do
+    command -v "$tool" >/dev/null 2>&1 || { log "$tool is still missing after install"; exit 1; }
+done
+
+# ---------------------------------------------------------------- python venv
+if ! "$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)'; then
+    log "$PYTHON is $("$PYTHON" -V 2>&1); shoal needs Python >= 3.11 (set PYTHON=...)"
+    exit 1
+fi
+
+if [[ ! -x "$VENV/bin/python" ]] || ! "$VENV/bin/python" -c 'import sys' >/dev/null 2>&1; then
+    log "creating $VENV"
+    rm -rf "$VENV"
+    "$PYTHON" -m venv "$VENV"
+    rm -f "$STAMP"
+fi
+
+want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+have="$(cat "$STAMP" 2>/dev/null || true)"
+if [[ "$want" != "$have" || ! -x "$VENV/bin/shoal" ]] \
+    || ! "$VENV/bin/python" -c 'import shoal' >/dev/null 2>&1; then
+    log "installing shoal (editable) with its dev extras into $VENV"
+    export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
+    "$VENV/bin/python" -m pip install -q -e '.[dev]'
+    printf '%s\n' "$want" >"$STAMP"
+fi
+
+if [[ ! -x "$VENV/bin/shoal" ]]; then
+    log "$VENV/bin/shoal is missing after install"
+    exit 1
+fi
