@@ -1,0 +1,74 @@
+"""Fixtures for the integration tests (the machinery is in harness.py).
+
+- `daemon_factory` (per module) makes daemons; at teardown it stops each with SIGTERM
+  (SIGKILL after a timeout), then kills any task process or shim left behind, by the
+  pids recorded in that daemon's own data dir, and removes its directory.
+- `swarm` (per module) is a daemon on which `docker swarm init` already ran.
+- `cluster` (per test) is the module's `swarm`, left without any service (and without
+  their processes) after the test: tests share a daemon, not their state.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from .harness import (
+    Daemon,
+    DaemonFactory,
+    docker_cli,
+    free_tcp_port,
+    init_swarm,
+    remove_all_services,
+)
+
+
+@pytest.fixture(scope="module")
+def daemon_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonFactory]:
+    """make(node_name=None, labels=(), tcp=False, start=True) -> a Daemon."""
+    docker_cli()  # fail early, and clearly, without the docker CLI
+    made: list[Daemon] = []
+    logs = tmp_path_factory.mktemp("daemon-logs")
+
+    def make(
+        node_name: str | None = None,
+        labels: Sequence[str] = (),
+        tcp: bool = False,
+        start: bool = True,
+    ) -> Daemon:
+        root = Path(tempfile.mkdtemp(prefix="shoal-", dir="/tmp"))
+        name = node_name or f"node{len(made) + 1}"
+        daemon = Daemon(
+            root,
+            logs / f"{name}-{root.name}.log",
+            name,
+            labels=labels,
+            tcp_port=free_tcp_port() if tcp else None,
+        )
+        made.append(daemon)
+        if start:
+            daemon.start()
+        return daemon
+
+    yield make
+
+    for daemon in reversed(made):
+        daemon.cleanup()
+
+
+@pytest.fixture(scope="module")
+def swarm(daemon_factory: DaemonFactory) -> Daemon:
+    """A running daemon on which `docker swarm init` ran: one per test module."""
+    daemon = daemon_factory(node_name="shoal-it")
+    init_swarm(daemon)
+    return daemon
+
+
+@pytest.fixture
+def cluster(swarm: Daemon) -> Iterator[Daemon]:
+    """The module's swarm, left without services after the test."""
+    yield swarm
+    remove_all_services(swarm)

@@ -1,0 +1,99 @@
+"""Restarting the daemon loses nothing: after `kill -9` it finds its services again,
+adopts the task processes that kept running and replaces the ones that died; after a
+graceful stop (SIGTERM, which stops the tasks too) it starts them all again."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+
+import pytest
+
+from .harness import (
+    DaemonFactory,
+    holds_for,
+    init_swarm,
+    is_command,
+    parse_table,
+    pid_alive,
+    wait_until,
+)
+
+pytestmark = pytest.mark.integration
+
+SLEEP = ("sleep", "1000")
+
+
+def test_kill9_then_restart_adopts_and_converges(daemon_factory: DaemonFactory) -> None:
+    daemon = daemon_factory(node_name="phoenix")
+    init_swarm(daemon)
+    daemon.create_service("keeper", "--replicas", "3", "busybox", *SLEEP)
+    before = daemon.wait_processes("keeper", 3, argv=SLEEP)
+    shims = {t: p for t, p in daemon.shim_pids().items() if t in before}
+    version = daemon.service("keeper")["Version"]["Index"]
+
+    daemon.kill9()
+    # The tasks outlive their agent, as containers outlive a killed dockerd.
+    assert all(is_command(p, *SLEEP) for p in before.values()), before
+    assert all(pid_alive(p) for p in shims.values()), shims
+
+    # One task dies while no daemon is watching.
+    victim_task, victim_pid = sorted(before.items())[0]
+    os.kill(victim_pid, signal.SIGKILL)
+    wait_until(lambda: not pid_alive(victim_pid), what="the killed task to die")
+    survivors = {t: p for t, p in before.items() if t != victim_task}
+
+    daemon.start()
+    rows = [r for r in parse_table(daemon.docker("service", "ls").stdout) if r["NAME"] == "keeper"]
+    assert len(rows) == 1, rows
+    assert re.search(r"^\s*Swarm: active$", daemon.docker("info").stdout, re.M)
+    assert daemon.service("keeper")["Spec"]["Mode"] == {"Replicated": {"Replicas": 3}}
+    assert daemon.service("keeper")["Version"]["Index"] >= version
+
+    after = daemon.wait_processes("keeper", 3, argv=SLEEP)
+    # The survivors were adopted: same tasks, same processes, not restarted.
+    for task_id, pid in survivors.items():
+        assert after.get(task_id) == pid, (survivors, after)
+    # The dead one was replaced by a new task with a new process.
+    assert victim_task not in after, after
+    (replacement,) = set(after) - set(survivors)
+    assert after[replacement] not in before.values()
+    (victim,) = [t for t in daemon.tasks("keeper") if t["ID"] == victim_task]
+    assert victim["DesiredState"] != "running" or victim["Status"]["State"] != "running", victim
+
+    # And it stays that way: no duplicate copies started next to the adopted ones.
+    holds_for(
+        lambda: daemon.service_pids("keeper") == after, seconds=2, what="the same 3 processes"
+    )
+    wait_until(
+        lambda: any(
+            r["NAME"] == "keeper" and r["REPLICAS"] == "3/3"
+            for r in parse_table(daemon.docker("service", "ls").stdout)
+        ),
+        what="3/3 in service ls",
+    )
+    (node,) = parse_table(daemon.docker("node", "ls").stdout)
+    assert node["STATUS"] == "Ready" and node["MANAGER STATUS"] == "Leader", node
+
+
+def test_sigterm_stops_the_tasks_and_a_restart_brings_them_back(
+    daemon_factory: DaemonFactory,
+) -> None:
+    daemon = daemon_factory(node_name="lazarus")
+    init_swarm(daemon)
+    daemon.create_service("sleepy", "--replicas", "2", "busybox", *SLEEP)
+    before = daemon.wait_processes("sleepy", 2, argv=SLEEP)
+    service_id = daemon.service("sleepy")["ID"]
+
+    code = daemon.stop()
+    assert code is not None, "the daemon did not stop on SIGTERM in time"
+    # A graceful stop stops the tasks' processes too.
+    assert not any(pid_alive(p) for p in before.values()), before
+
+    daemon.start()
+    assert daemon.service("sleepy")["ID"] == service_id
+    after = daemon.wait_processes("sleepy", 2, argv=SLEEP)
+    assert not set(after.values()) & set(before.values())
+    (node,) = parse_table(daemon.docker("node", "ls").stdout)
+    assert node["STATUS"] == "Ready", node
