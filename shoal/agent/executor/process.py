@@ -1,0 +1,634 @@
+"""The `process` executor: a task's command run as a host process, without containers.
+
+For hosts without Docker and for fast tests. Each task gets a directory
+`<data_dir>/tasks/<task_id>/` and a supervisor process (`shim.py`, the role
+containerd-shim plays for containers) started in a session of its own: it execs the
+command, timestamps its output into `log.jsonl` and records how it exited in
+`exit.json`. The agent and the shim share nothing but that directory, so tasks keep
+running across agent restarts and a new agent adopts them (`inspect`, `wait`).
+
+What a container would isolate is shared with the host here: the filesystem, the
+network and the process table. The image is ignored; the command is the service's
+`Command + Args`, looked up in the task's PATH.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import grp
+import json
+import os
+import platform
+import pwd
+import re
+import shutil
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import shoal
+from shoal.agent.executor import shim
+from shoal.agent.executor.base import ExecutorError, ExitStatus, RuntimeState
+from shoal.types.agent import LogMessage, LogOptions
+from shoal.types.node import EngineDescription, NodeDescription, NodeResources
+from shoal.types.service import ContainerSpec, Platform
+from shoal.types.task import Task
+
+EXECUTOR_NAME = "process"
+TASKS_DIR = "tasks"
+SHIM_PATH = Path(shim.__file__).resolve()
+MEMINFO_PATH = Path("/proc/meminfo")
+
+# The environment every task starts from (Docker's default PATH for Linux containers).
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DEFAULT_WORKDIR = "/"
+# HOME of a user with no passwd entry, as runc sets it.
+DEFAULT_HOME = "/"
+DEFAULT_STOP_SIGNAL = signal.SIGTERM
+
+# Waiting for a shim to exit where pidfd_open is missing, and for the files it writes.
+POLL_INTERVAL_S = 0.1
+# How often start() looks for the task's pid, and how long it waits for it.
+START_POLL_S = 0.01
+START_TIMEOUT_S = 10.0
+# After SIGKILL of the task's process group, how long the shim may take to drain its
+# pipes (shim.DRAIN_TIMEOUT_S) and exit before it is killed too.
+SHIM_EXIT_TIMEOUT_S = 10.0
+# How often a following log reader looks for new lines.
+LOG_POLL_S = 0.15
+# Log file reads: the unit of the backward scan for `tail` and the most read at once
+# (larger than any record: shim.MAX_LINE_BYTES of data, escaped).
+LOG_CHUNK_BYTES = 64 * 1024
+LOG_BATCH_BYTES = 1024 * 1024
+
+TASK_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+NO_COMMAND_ERROR = (
+    "no command given: the process runtime runs the service's command and args "
+    "and this service has none"
+)
+SUPERVISOR_EXITED_ERROR = "task process supervisor exited unexpectedly"
+
+
+class ProcessExecutor:
+    """Runs tasks as host processes, one supervising shim per task, with their state in
+    `data_dir/tasks/<task_id>/` so that a restarted agent finds them again."""
+
+    name = EXECUTOR_NAME
+
+    def __init__(self, data_dir: Path, hostname: str, engine_labels: dict[str, str]) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.tasks_dir = self.data_dir / TASKS_DIR
+        self.hostname = hostname
+        self.engine_labels = dict(engine_labels)
+        # Shims this executor spawned and has not reaped yet.
+        self._children: set[int] = set()
+
+    def describe(self) -> NodeDescription:
+        return NodeDescription(
+            hostname=self.hostname,
+            platform=Platform(os="linux", architecture=platform.machine()),
+            resources=NodeResources(
+                nano_cpus=(os.cpu_count() or 1) * 1_000_000_000,
+                memory_bytes=_memory_bytes(),
+            ),
+            engine=EngineDescription(
+                engine_version=shoal.__version__,
+                labels=dict(self.engine_labels),
+                plugins=[],
+            ),
+        )
+
+    def controller(self, task: Task) -> ProcessController:
+        if not TASK_ID_RE.fullmatch(task.id):
+            raise ExecutorError(f"invalid task ID {task.id!r}")
+        return ProcessController(self, task)
+
+    def known_task_ids(self) -> list[str]:
+        try:
+            return sorted(p.name for p in self.tasks_dir.iterdir() if p.is_dir())
+        except FileNotFoundError:
+            return []
+
+    async def close(self) -> None:
+        """Reap the shims that have exited; running ones are left to run (adoption)."""
+        self.reap()
+
+    def spawn_shim(self, task_dir: Path) -> int:
+        """Start the shim for `task_dir` in a new session; returns its pid."""
+        argv = [sys.executable, "-I", str(SHIM_PATH), str(task_dir)]
+        shim_log = str(task_dir / shim.SHIM_LOG_FILE)
+        try:
+            pid = os.posix_spawn(
+                sys.executable,
+                argv,
+                {"PATH": DEFAULT_PATH},
+                file_actions=[
+                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                    (
+                        os.POSIX_SPAWN_OPEN,
+                        1,
+                        shim_log,
+                        os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+                        0o644,
+                    ),
+                    (os.POSIX_SPAWN_DUP2, 1, 2),
+                ],
+                # Like start_new_session=True: no signal meant for the agent's session or
+                # process group (a Ctrl-C, a hangup) reaches the task.
+                setsid=True,
+            )
+        except OSError as e:
+            raise ExecutorError(f"cannot start the task process supervisor: {e}") from e
+        self._children.add(pid)
+        return pid
+
+    def reap(self, pid: int | None = None) -> bool:
+        """Reap exited shims this executor spawned (all of them, or `pid`); True when
+        `pid` has exited (or is not ours to wait for)."""
+        for child in [pid] if pid is not None else list(self._children):
+            if child not in self._children:
+                continue
+            try:
+                done, _ = os.waitpid(child, os.WNOHANG)
+            except ChildProcessError:
+                done = child
+            if done:
+                self._children.discard(child)
+        return pid is not None and pid not in self._children
+
+
+class ProcessController:
+    """Runs one task through a shim; every method reads the task directory afresh, so
+    a controller made by a restarted agent picks up where the old one was."""
+
+    def __init__(self, executor: ProcessExecutor, task: Task) -> None:
+        self.task_id = task.id
+        self.task = task
+        self.spec = task.spec.container_spec or ContainerSpec()
+        self._executor = executor
+        self._dir = executor.tasks_dir / task.id
+
+    # --- the Controller protocol -----------------------------------------------------
+
+    async def inspect(self) -> RuntimeState:
+        self._executor.reap()
+        if not self._dir.is_dir():
+            return RuntimeState(exists=False, running=False)
+        status = self._read_exit()
+        if status is None:
+            shim_pid = self._read_pid(shim.SHIM_PID_FILE)
+            if shim_pid is not None and self._is_our_shim(shim_pid):
+                pid = self._read_pid(shim.PID_FILE)
+                return RuntimeState(exists=True, running=True, pid=pid)
+            # Read again: the shim may have written it and exited since the first look.
+            status = self._read_exit()
+        return RuntimeState(exists=True, running=False, exit=status)
+
+    async def prepare(self) -> None:
+        if (self._dir / shim.STARTED_FILE).exists():
+            return  # prepared and started by an earlier call (or an earlier agent)
+        launch = self._launch_spec()
+        self._dir.mkdir(parents=True, exist_ok=True)
+        shim.write_atomic(str(self._dir / shim.SPEC_FILE), json.dumps(launch).encode())
+
+    async def start(self) -> RuntimeState:
+        state = await self.inspect()
+        if state.running or state.exit is not None:
+            return state  # started before (by this agent or an earlier one)
+        if not (self._dir / shim.SPEC_FILE).exists():
+            await self.prepare()
+        # Claim the start: never two shims for one task, even if an earlier agent died
+        # between this point and its shim writing shim.pid.
+        try:
+            os.close(os.open(self._dir / shim.STARTED_FILE, os.O_CREAT | os.O_EXCL, 0o644))
+        except FileExistsError:
+            return await self._wait_running(spawned=None)
+        return await self._wait_running(spawned=self._executor.spawn_shim(self._dir))
+
+    async def wait(self) -> ExitStatus:
+        if not (self._dir / shim.STARTED_FILE).exists():
+            raise ExecutorError("task was not started on this node")
+        shim_pid = await self._wait_shim_pid()
+        if shim_pid is not None:
+            await self._wait_shim_exit(shim_pid, timeout_s=None)
+            self._executor.reap(shim_pid)
+        status = self._read_exit()
+        if status is None:
+            raise ExecutorError(self._supervisor_error())
+        return status
+
+    async def shutdown(self, grace_s: float) -> None:
+        if not (self._dir / shim.STARTED_FILE).exists():
+            return
+        shim_pid = await self._wait_shim_pid()
+        if shim_pid is None:
+            return
+        if not self._is_our_shim(shim_pid):
+            self._executor.reap(shim_pid)
+            return
+        child = await self._wait_child_pid(shim_pid)
+        if child is not None:
+            try:
+                stop_signal = parse_signal(self.spec.stop_signal)
+            except ExecutorError:
+                stop_signal = DEFAULT_STOP_SIGNAL
+            self._signal_group(child, stop_signal)
+            if not await self._wait_shim_exit(shim_pid, timeout_s=max(grace_s, 0.0)):
+                self._signal_group(child, signal.SIGKILL)
+        if not await self._wait_shim_exit(shim_pid, timeout_s=SHIM_EXIT_TIMEOUT_S):
+            if self._is_our_shim(shim_pid):
+                os.kill(shim_pid, signal.SIGKILL)
+            await self._wait_shim_exit(shim_pid, timeout_s=SHIM_EXIT_TIMEOUT_S)
+        self._executor.reap(shim_pid)
+
+    async def remove(self) -> None:
+        await self.shutdown(0.0)
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    async def logs(self, options: LogOptions) -> AsyncIterator[LogMessage]:
+        streams = {
+            s for s, on in ((shim.STDOUT, options.stdout), (shim.STDERR, options.stderr)) if on
+        }
+        if not streams:
+            return
+        since, until = options.since_ns, options.until_ns
+
+        def wanted(ts: int, stream: int) -> bool:
+            return stream in streams and ts >= since and (not until or ts <= until)
+
+        path = self._dir / shim.LOG_FILE
+        offset = 0
+        if options.tail is not None and options.tail >= 0:
+            messages, offset = self._tail(path, options.tail, wanted)
+            for message in messages:
+                yield message
+        while True:
+            # Decided before reading: once the task has exited, its log is complete.
+            finished = not options.follow or self._finished()
+            while True:
+                messages, offset, read, past_until = self._read_batch(path, offset, wanted, until)
+                for message in messages:
+                    yield message
+                if past_until and options.follow:
+                    return
+                if not read:
+                    break
+            if finished or (until and time.time_ns() > until):
+                return
+            await asyncio.sleep(LOG_POLL_S)
+
+    # --- preparing -----------------------------------------------------------------------
+
+    def _launch_spec(self) -> dict[str, Any]:
+        """What spec.json tells the shim; ExecutorError when the task can never run."""
+        spec = self.spec
+        argv = [*(spec.command or []), *(spec.args or [])]
+        if not argv:
+            raise ExecutorError(NO_COMMAND_ERROR)
+        parse_signal(spec.stop_signal)
+        cwd = spec.dir or DEFAULT_WORKDIR
+        if not os.path.isabs(cwd):
+            raise ExecutorError(
+                f"the working directory '{cwd}' is invalid, it needs to be an absolute path"
+            )
+        if not os.path.isdir(cwd):
+            raise ExecutorError(f"working directory {cwd} does not exist on this node")
+        uid, gid, groups, home = resolve_user(spec.user, spec.groups)
+        env = {
+            "PATH": DEFAULT_PATH,
+            "HOSTNAME": spec.hostname or self._executor.hostname,
+            "HOME": home,
+        }
+        for entry in spec.env or []:
+            key, sep, value = entry.partition("=")
+            if sep and key:
+                env[key] = value
+        check_executable(argv[0], env["PATH"], cwd)
+        return {"argv": argv, "env": env, "cwd": cwd, "uid": uid, "gid": gid, "groups": groups}
+
+    # --- the shim and its files ----------------------------------------------------------
+
+    def _read_pid(self, name: str) -> int | None:
+        try:
+            return int((self._dir / name).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _read_exit_record(self) -> dict[str, Any] | None:
+        try:
+            record = json.loads((self._dir / shim.EXIT_FILE).read_bytes())
+        except (OSError, ValueError):
+            return None
+        return record if isinstance(record, dict) else None
+
+    def _read_exit(self) -> ExitStatus | None:
+        record = self._read_exit_record()
+        if record is None:
+            return None
+        return ExitStatus(exit_code=int(record["exit_code"]), signal=record.get("signal"))
+
+    def _is_our_shim(self, pid: int) -> bool:
+        """True when `pid` is alive and is this task's shim (not a process that reused
+        the pid, not a zombie)."""
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return False
+        return os.fsencode(self._dir) in args and os.fsencode(SHIM_PATH.name) in {
+            os.path.basename(a) for a in args
+        }
+
+    def _finished(self) -> bool:
+        """True once the task has exited (or its shim is gone) and its log is complete."""
+        if not self._dir.is_dir() or (self._dir / shim.EXIT_FILE).exists():
+            return True
+        shim_pid = self._read_pid(shim.SHIM_PID_FILE)
+        return shim_pid is not None and not self._is_our_shim(shim_pid)
+
+    def _supervisor_error(self) -> str:
+        """SUPERVISOR_EXITED_ERROR, with the shim's last words if it left any."""
+        try:
+            lines = (self._dir / shim.SHIM_LOG_FILE).read_text(errors="replace").splitlines()
+        except OSError:
+            lines = []
+        last = next((line.strip() for line in reversed(lines) if line.strip()), "")
+        return f"{SUPERVISOR_EXITED_ERROR}: {last}" if last else SUPERVISOR_EXITED_ERROR
+
+    async def _wait_running(self, spawned: int | None) -> RuntimeState:
+        """After the start: wait for the task's pid (or the shim's report that it could
+        not exec the command). `spawned` is the shim's pid when we started it."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        gone = False
+        while True:
+            child = self._read_pid(shim.PID_FILE)
+            if child is not None:
+                return RuntimeState(exists=True, running=True, pid=child)
+            record = self._read_exit_record()
+            if record is not None:
+                if record.get("error"):
+                    # The shim is on its way out: let it go, so that nothing of the
+                    # task is left running once start() has failed.
+                    shim_pid = self._read_pid(shim.SHIM_PID_FILE)
+                    if shim_pid is not None:
+                        await self._wait_shim_exit(shim_pid, timeout_s=SHIM_EXIT_TIMEOUT_S)
+                        self._executor.reap(shim_pid)
+                    raise ExecutorError(str(record["error"]))
+                return RuntimeState(exists=True, running=False, exit=self._read_exit())
+            if gone:  # files read once more after the shim was seen gone: nothing came
+                raise ExecutorError(self._supervisor_error())
+            if spawned is not None:
+                gone = self._executor.reap(spawned)
+            else:
+                shim_pid = self._read_pid(shim.SHIM_PID_FILE)
+                gone = shim_pid is not None and not self._is_our_shim(shim_pid)
+            if not gone:
+                if time.monotonic() > deadline:
+                    raise ExecutorError(
+                        f"task process supervisor did not start the task within {START_TIMEOUT_S:g}s"
+                    )
+                await asyncio.sleep(START_POLL_S)
+
+    async def _wait_shim_pid(self) -> int | None:
+        """The shim's pid, waiting a little if the task is being started right now."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while (pid := self._read_pid(shim.SHIM_PID_FILE)) is None:
+            if time.monotonic() > deadline or (self._dir / shim.EXIT_FILE).exists():
+                return None
+            await asyncio.sleep(START_POLL_S)
+        return pid
+
+    async def _wait_child_pid(self, shim_pid: int) -> int | None:
+        """The task process's pid once the shim has started it; None if it never will
+        or it has already exited."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            if (self._dir / shim.EXIT_FILE).exists():
+                return None
+            child = self._read_pid(shim.PID_FILE)
+            if child is not None or time.monotonic() > deadline:
+                return child
+            if not self._is_our_shim(shim_pid):
+                return None
+            await asyncio.sleep(START_POLL_S)
+
+    def _signal_group(self, pgid: int, sig: int) -> None:
+        # Signals only while the shim has not reported the exit: until then the task
+        # process, leader of the group, is unreaped and its pid cannot have been reused.
+        if (self._dir / shim.EXIT_FILE).exists():
+            return
+        try:
+            os.killpg(pgid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    async def _wait_shim_exit(self, shim_pid: int, timeout_s: float | None) -> bool:
+        """Wait until the shim has exited; False if `timeout_s` passed first. Works for
+        a shim an earlier agent started (not our child)."""
+        try:
+            pidfd = os.pidfd_open(shim_pid)
+        except ProcessLookupError:
+            return True
+        except (AttributeError, OSError):
+            return await self._poll_shim_exit(shim_pid, timeout_s)
+        try:
+            # Checked after pidfd_open, which pins the process: if it is our shim now,
+            # the pidfd is the shim's.
+            if not self._is_our_shim(shim_pid):
+                return True
+            loop = asyncio.get_running_loop()
+            exited: asyncio.Future[None] = loop.create_future()
+            try:
+                loop.add_reader(pidfd, _resolve, exited)
+            except NotImplementedError:
+                return await self._poll_shim_exit(shim_pid, timeout_s)
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await exited
+            except TimeoutError:
+                return False
+            finally:
+                loop.remove_reader(pidfd)
+            return True
+        finally:
+            os.close(pidfd)
+
+    async def _poll_shim_exit(self, shim_pid: int, timeout_s: float | None) -> bool:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while self._is_our_shim(shim_pid):
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(POLL_INTERVAL_S)
+        return True
+
+    # --- logs ----------------------------------------------------------------------------
+
+    def _message(self, line: bytes) -> LogMessage | None:
+        try:
+            ts, stream, data = shim.decode_record(line)
+        except ValueError:
+            return None  # a line torn by a crash: skip it rather than end the stream
+        return LogMessage(task_id=self.task_id, timestamp_ns=ts, stream=stream, data=data)
+
+    def _tail(
+        self, path: Path, n: int, wanted: Callable[[int, int], bool]
+    ) -> tuple[list[LogMessage], int]:
+        """The last `n` wanted messages, scanning the file backwards, and the offset
+        where the complete lines end (where following continues)."""
+        try:
+            f = path.open("rb")
+        except FileNotFoundError:
+            return [], 0
+        with f:
+            size = f.seek(0, os.SEEK_END)
+            end = 0
+            pos = size
+            while pos > 0:  # the end of the last complete line
+                start = max(0, pos - LOG_CHUNK_BYTES)
+                f.seek(start)
+                newline = f.read(pos - start).rfind(b"\n")
+                if newline >= 0:
+                    end = start + newline + 1
+                    break
+                pos = start
+            found: list[LogMessage] = []
+            pos, carry = end, b""
+            while pos > 0 and len(found) < n:
+                start = max(0, pos - LOG_CHUNK_BYTES)
+                f.seek(start)
+                lines = (f.read(pos - start) + carry).split(b"\n")
+                pos = start
+                carry = lines.pop(0) if start > 0 else b""
+                for line in reversed(lines):
+                    message = self._message(line) if line else None
+                    if message is not None and wanted(message.timestamp_ns, message.stream):
+                        found.append(message)
+                        if len(found) == n:
+                            break
+            found.reverse()
+            return found, end
+
+    def _read_batch(
+        self, path: Path, offset: int, wanted: Callable[[int, int], bool], until: int
+    ) -> tuple[list[LogMessage], int, bool, bool]:
+        """Wanted messages of the complete lines after `offset` (up to LOG_BATCH_BYTES):
+        (messages, new offset, whether anything was read, whether a line came after
+        `until`)."""
+        try:
+            with path.open("rb") as f:
+                f.seek(offset)
+                data = f.read(LOG_BATCH_BYTES)
+        except FileNotFoundError:
+            return [], offset, False, False
+        end = data.rfind(b"\n") + 1
+        messages = []
+        past_until = False
+        for line in data[:end].split(b"\n"):
+            message = self._message(line) if line else None
+            if message is None:
+                continue
+            if wanted(message.timestamp_ns, message.stream):
+                messages.append(message)
+            elif until and message.timestamp_ns > until:
+                past_until = True
+        return messages, offset + end, end > 0, past_until
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _memory_bytes() -> int:
+    """MemTotal of /proc/meminfo, in bytes."""
+    try:
+        for line in MEMINFO_PATH.read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def parse_signal(value: str | None) -> signal.Signals:
+    """A stop signal as Docker accepts it: "SIGTERM", "TERM" or "15"."""
+    if not value:
+        return DEFAULT_STOP_SIGNAL
+    name = value.strip().upper()
+    try:
+        if name.isdigit():
+            return signal.Signals(int(name))
+        return signal.Signals[name if name.startswith("SIG") else "SIG" + name]
+    except (KeyError, ValueError):
+        raise ExecutorError(f"invalid stop signal: {value}") from None
+
+
+def resolve_user(
+    user: str | None, extra_groups: list[str] | None
+) -> tuple[int | None, int | None, list[int] | None, str]:
+    """(uid, gid, supplementary groups, HOME) for ContainerSpec.User ("uid", "uid:gid",
+    "name", "name:group") and ContainerSpec.Groups, resolved as runc does; None ids
+    leave the agent's own. ExecutorError for unknown users and groups."""
+    additional = [_resolve_group(g) for g in extra_groups or []]
+    if not user:
+        home = _home_of(os.geteuid())
+        if not additional:
+            return None, None, None, home
+        return None, None, sorted(set(os.getgroups()) | set(additional)), home
+    name, _, group = user.partition(":")
+    if name.isdigit():
+        uid = int(name)
+        try:
+            entry: pwd.struct_passwd | None = pwd.getpwuid(uid)
+        except KeyError:
+            entry = None
+    else:
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            raise ExecutorError(
+                f"unable to find user {name}: no matching entries in passwd file"
+            ) from None
+        uid = entry.pw_uid
+    gid = _resolve_group(group) if group else (entry.pw_gid if entry else 0)
+    groups = set(os.getgrouplist(entry.pw_name, gid)) if entry else {gid}
+    groups.update(additional)
+    home = entry.pw_dir if entry and entry.pw_dir else DEFAULT_HOME
+    if os.geteuid() != 0:
+        if uid != os.geteuid() or gid != os.getegid() or additional:
+            raise ExecutorError(f"cannot run as user {user}: the agent does not run as root")
+        return None, None, None, home
+    return uid, gid, sorted(groups), home
+
+
+def _resolve_group(group: str) -> int:
+    if group.isdigit():
+        return int(group)
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ExecutorError(
+            f"unable to find group {group}: no matching entries in group file"
+        ) from None
+
+
+def _home_of(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_dir or DEFAULT_HOME
+    except KeyError:
+        return DEFAULT_HOME
+
+
+def check_executable(name: str, path: str, cwd: str) -> None:
+    """ExecutorError unless `name` can be exec'd, looked up in `path` as execvp does."""
+    if "/" in name:
+        full = os.path.join(cwd, name)
+        if not os.path.exists(full):
+            raise ExecutorError(f"exec {name}: no such file or directory")
+        if os.path.isdir(full) or not os.access(full, os.X_OK):
+            raise ExecutorError(f"exec {name}: permission denied")
+    elif shutil.which(name, path=path) is None:
+        raise ExecutorError(f"executable file not found in $PATH: {name}")

@@ -1,0 +1,271 @@
+"""Per-task supervisor of the process executor, in the role containerd-shim plays for
+containers: `python -I shim.py <task_dir>`.
+
+The agent starts one shim per task in a session of its own, so the task outlives the
+agent (a restart, a `kill -9`) and a new agent adopts it by reading the task directory.
+The shim talks to the agent only through files in that directory, never through a pipe:
+
+    spec.json   what to run (written by the agent): argv, env, cwd, uid, gid, groups
+    shim.pid    the shim's pid (written first)
+    pid         the task process's pid, once it has been exec'd
+    log.jsonl   one JSON object per line of output: {"ts": <wall clock ns>,
+                "stream": 1 | 2, "data": <the bytes, decoded as UTF-8 with
+                surrogateescape and written with ASCII escapes>}
+    exit.json   {"exit_code": N, "signal": S | null} once the task has exited, or
+                {"exit_code": 127 | 126, "signal": null, "error": "..."} when it could
+                not be exec'd; written atomically, after the last log line
+
+The task process leads its own process group, so the agent signals the whole tree.
+When it exits, the shim kills what is left of the group (as a container's processes
+die with its init), drains the pipes for a bounded time, writes exit.json and exits.
+
+Standard library only, and nothing slow to import: one Python process runs per task.
+This module is also imported by the agent for the file names and the record format.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+SPEC_FILE = "spec.json"
+STARTED_FILE = "started"
+SHIM_PID_FILE = "shim.pid"
+PID_FILE = "pid"
+LOG_FILE = "log.jsonl"
+SHIM_LOG_FILE = "shim.log"
+EXIT_FILE = "exit.json"
+
+STDOUT = 1
+STDERR = 2
+
+# After the task process exits, how long to keep reading output that processes it left
+# behind (or that escaped its process group) may still write.
+DRAIN_TIMEOUT_S = 2.0
+# Only on kernels without pidfd_open (< 5.3): how often to check for the task's exit.
+CHILD_POLL_S = 0.1
+READ_CHUNK_BYTES = 65536
+# Longer lines are cut into records of this size, as Docker cuts them at 16 KiB.
+MAX_LINE_BYTES = 16384
+# Exit codes a shell (and Docker) reports for a command it could not run.
+EXIT_CODE_NOT_FOUND = 127
+EXIT_CODE_CANNOT_EXEC = 126
+
+
+def encode_record(ts_ns: int, stream: int, data: bytes) -> bytes:
+    """One line of log.jsonl."""
+    text = data.decode("utf-8", "surrogateescape")
+    record = {"ts": ts_ns, "stream": stream, "data": text}
+    return json.dumps(record, separators=(",", ":")).encode("ascii") + b"\n"
+
+
+def decode_record(line: bytes) -> tuple[int, int, bytes]:
+    """(timestamp ns, stream, data) of one line of log.jsonl; ValueError if malformed."""
+    try:
+        record = json.loads(line)
+        data = record["data"].encode("utf-8", "surrogateescape")
+        return int(record["ts"]), int(record["stream"]), data
+    except (KeyError, TypeError, AttributeError, UnicodeError) as e:
+        raise ValueError(f"malformed log record: {e}") from e
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """Write a file so that readers see either nothing or all of it."""
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        _write_all(fd, data)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+class _LineSplitter:
+    """Cuts one stream's output into records: whole lines (newline kept), lines longer
+    than MAX_LINE_BYTES in pieces, and what is left at the end as a partial line."""
+
+    def __init__(self, stream: int) -> None:
+        self.stream = stream
+        self.buf = bytearray()
+
+    def feed(self, data: bytes, ts_ns: int) -> list[bytes]:
+        self.buf += data
+        records = []
+        start = 0
+        while True:
+            end = self.buf.find(b"\n", start, start + MAX_LINE_BYTES)
+            if end >= 0:
+                stop = end + 1
+            elif len(self.buf) - start >= MAX_LINE_BYTES:
+                stop = start + MAX_LINE_BYTES
+            else:
+                break
+            records.append(encode_record(ts_ns, self.stream, bytes(self.buf[start:stop])))
+            start = stop
+        del self.buf[:start]
+        return records
+
+    def flush(self, ts_ns: int) -> list[bytes]:
+        if not self.buf:
+            return []
+        record = encode_record(ts_ns, self.stream, bytes(self.buf))
+        self.buf.clear()
+        return [record]
+
+
+def _exec_error(e: BaseException, spec: dict[str, Any]) -> tuple[int, str]:
+    """Exit code and message for a task process that could not be started."""
+    argv0 = spec["argv"][0]
+    if isinstance(e, OSError):
+        if e.filename is not None and os.fsdecode(e.filename) == spec["cwd"]:
+            return EXIT_CODE_CANNOT_EXEC, f"chdir to {spec['cwd']}: {e.strerror}"
+        if isinstance(e, FileNotFoundError):
+            if "/" not in argv0:
+                return EXIT_CODE_NOT_FOUND, f"executable file not found in $PATH: {argv0}"
+            return EXIT_CODE_NOT_FOUND, f"exec {argv0}: no such file or directory"
+        return EXIT_CODE_CANNOT_EXEC, f"exec {argv0}: {e.strerror or e}"
+    return EXIT_CODE_CANNOT_EXEC, f"exec {argv0}: {e}"
+
+
+def _exit_record(returncode: int) -> dict[str, Any]:
+    if returncode < 0:
+        return {"exit_code": 128 - returncode, "signal": -returncode}
+    return {"exit_code": returncode, "signal": None}
+
+
+def _exited(pid: int) -> bool:
+    """True once the task process has exited; leaves it unreaped (so its pid, which is
+    also its process group id, cannot be reused yet)."""
+    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+
+
+def _open_pidfd(pid: int) -> int | None:
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+
+
+def run(task_dir: str) -> None:
+    """Supervise the task described by `task_dir`/spec.json until it exits."""
+
+    def path(name: str) -> str:
+        return os.path.join(task_dir, name)
+
+    write_atomic(path(SHIM_PID_FILE), b"%d\n" % os.getpid())
+    with open(path(SPEC_FILE), "rb") as f:
+        spec = json.load(f)
+    log_fd = os.open(path(LOG_FILE), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+    try:
+        proc = subprocess.Popen(
+            spec["argv"],
+            env=spec["env"],
+            cwd=spec["cwd"],
+            user=spec.get("uid"),
+            group=spec.get("gid"),
+            extra_groups=spec.get("groups"),
+            process_group=0,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            close_fds=True,
+        )
+    except (OSError, subprocess.SubprocessError, ValueError) as e:
+        code, message = _exec_error(e, spec)
+        record = {"exit_code": code, "signal": None, "error": message}
+        write_atomic(path(EXIT_FILE), json.dumps(record).encode() + b"\n")
+        return
+    write_atomic(path(PID_FILE), b"%d\n" % proc.pid)
+
+    assert proc.stdout is not None and proc.stderr is not None
+    splitters = {
+        proc.stdout.fileno(): _LineSplitter(STDOUT),
+        proc.stderr.fileno(): _LineSplitter(STDERR),
+    }
+    poller = select.poll()
+    for fd in splitters:
+        poller.register(fd, select.POLLIN)
+    open_fds = set(splitters)
+    pidfd = _open_pidfd(proc.pid)
+    if pidfd is not None:
+        poller.register(pidfd, select.POLLIN)
+
+    def pump(timeout_ms: int | None) -> bool:
+        """Log what is ready to read; True when the pidfd says the task has exited."""
+        records: list[bytes] = []
+        child_ready = False
+        for fd, _events in poller.poll(timeout_ms):
+            if fd == pidfd:
+                child_ready = True
+                continue
+            data = os.read(fd, READ_CHUNK_BYTES)
+            if data:
+                records += splitters[fd].feed(data, time.time_ns())
+            else:
+                records += splitters[fd].flush(time.time_ns())
+                poller.unregister(fd)
+                open_fds.discard(fd)
+        if records:
+            _write_all(log_fd, b"".join(records))
+        return child_ready
+
+    if pidfd is not None:
+        while not (pump(None) and _exited(proc.pid)):
+            pass
+        poller.unregister(pidfd)
+        os.close(pidfd)
+        pidfd = None
+    else:
+        while not _exited(proc.pid):
+            pump(int(CHILD_POLL_S * 1000))
+    # The group leader is gone: end the rest of the group, as Docker does when a
+    # container's main process exits. The leader is still unreaped, so the group id is
+    # still ours.
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except OSError:
+        pass
+    returncode = proc.wait()
+
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    while open_fds:
+        left_ms = int((deadline - time.monotonic()) * 1000)
+        if left_ms <= 0:
+            break
+        pump(left_ms)
+    records = []
+    for splitter in splitters.values():
+        records += splitter.flush(time.time_ns())
+    if records:
+        _write_all(log_fd, b"".join(records))
+    os.close(log_fd)
+    proc.stdout.close()
+    proc.stderr.close()
+    write_atomic(path(EXIT_FILE), json.dumps(_exit_record(returncode)).encode() + b"\n")
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print(f"usage: {argv[0]} TASK_DIR", file=sys.stderr)
+        return 2
+    run(argv[1])
+    return 0
+
+
+if __name__ == "__main__":
+    # Whatever the agent let us inherit by mistake (a listening socket...) must not be
+    # held for the task's lifetime.
+    os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+    sys.exit(main(sys.argv))
