@@ -1,0 +1,512 @@
+"""The process executor with real processes: shims, signals, logs, adoption.
+
+Every test stops what it started; an autouse fixture then checks that no shim of the
+test is left and that no child of the test process is left unreaped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import shoal
+from shoal.agent.executor import shim
+from shoal.agent.executor.base import ExecutorError, ExitStatus
+from shoal.agent.executor.process import (
+    DEFAULT_PATH,
+    NO_COMMAND_ERROR,
+    ProcessController,
+    ProcessExecutor,
+    parse_signal,
+)
+from shoal.types.agent import LogMessage, LogOptions
+from shoal.types.service import ContainerSpec, TaskSpec
+from shoal.types.task import Task
+
+HOSTNAME = "node-1"
+# Bound on every wait in these tests, so a bug fails a test instead of hanging it.
+WAIT_S = 10.0
+
+
+def make_task(task_id: str = "task1", **spec: Any) -> Task:
+    container_spec = ContainerSpec(image="busybox", **spec)
+    return Task(id=task_id, spec=TaskSpec(container_spec=container_spec))
+
+
+class Tasks:
+    """Makes controllers and stops every one of them at the end of the test."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.executors: list[ProcessExecutor] = []
+        self.controllers: list[ProcessController] = []
+        self.executor = self.new_executor()
+
+    def new_executor(self) -> ProcessExecutor:
+        executor = ProcessExecutor(self.data_dir, HOSTNAME, {"zone": "a"})
+        self.executors.append(executor)
+        return executor
+
+    def controller(self, task: Task, executor: ProcessExecutor | None = None) -> ProcessController:
+        controller = (executor or self.executor).controller(task)
+        self.controllers.append(controller)
+        return controller
+
+    async def start(self, task_id: str = "task1", **spec: Any) -> ProcessController:
+        controller = self.controller(make_task(task_id, **spec))
+        await controller.prepare()
+        await controller.start()
+        return controller
+
+    async def cleanup(self) -> None:
+        for controller in self.controllers:
+            await controller.shutdown(0)
+        for executor in self.executors:
+            await executor.close()
+
+
+def run(tmp_path: Path, body: Callable[[Tasks], Awaitable[None]]) -> None:
+    async def main() -> None:
+        tasks = Tasks(tmp_path / "data")
+        try:
+            await body(tasks)
+        finally:
+            await tasks.cleanup()
+
+    asyncio.run(main())
+
+
+async def wait(controller: ProcessController) -> ExitStatus:
+    return await asyncio.wait_for(controller.wait(), WAIT_S)
+
+
+async def collect(controller: ProcessController, **options: object) -> list[LogMessage]:
+    async def read() -> list[LogMessage]:
+        return [m async for m in controller.logs(LogOptions(**options))]  # type: ignore[arg-type]
+
+    return await asyncio.wait_for(read(), WAIT_S)
+
+
+def texts(messages: list[LogMessage]) -> list[bytes]:
+    return [m.data for m in messages]
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return dict(line.split(":\t", 1) for line in lines if ":\t" in line)
+
+
+def proc_environ(pid: int) -> list[bytes]:
+    return Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+
+
+def alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie waiting for whoever adopted it does not)."""
+    try:
+        return proc_status(pid)["State"][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_processes(tmp_path: Path) -> Iterator[None]:
+    yield
+    marker = os.fsencode(tmp_path)
+    leftovers, zombies = [], []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if marker in cmdline:
+            leftovers.append(cmdline)
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] == "Z" and int(fields[1]) == os.getpid():
+            zombies.append(entry.name)
+    assert not leftovers, leftovers
+    assert not zombies, zombies
+
+
+# --- start, wait, inspect ----------------------------------------------------------------
+
+
+def test_exit_zero(tmp_path: Path) -> None:
+    async def body(tasks: Tasks) -> None:
+        controller = tasks.controller(make_task(args=["true"]))
+        assert (await controller.inspect()).exists is False
+        await controller.prepare()
+        state = await controller.start()
+        assert state.exists and state.running and state.pid
+        assert await wait(controller) == ExitStatus(exit_code=0)
+        state = await controller.inspect()
+        assert state.exists and not state.running
+        assert state.exit == ExitStatus(exit_code=0)
+        # Starting again does not run the task twice.
+        assert (await controller.start()).exit == ExitStatus(exit_code=0)
+
+    run(tmp_path, body)
+
+
+def test_exit_code(tmp_path: Path) -> None:
+    async def body(tasks: Tasks) -> None:
+        controller = await tasks.start(command=["sh", "-c"], args=["exit 3"])
+        assert await wait(controller) == ExitStatus(exit_code=3)
+
+    run(tmp_path, body)
+
+
+def test_command_then_args(tmp_path: Path) -> None:
+    async def body(tasks: Tasks) -> None:
+        controller = await tasks.start(command=["sh", "-c", 'echo "$0-$1"'], args=["a", "b"])
+        await wait(controller)
+        assert texts(await collect(controller)) == [b"a-b\n"]
+
+    run(tmp_path, body)
+
+
+def test_start_without_prepare(tmp_path: Path) -> None:
+    async def body(tasks: Tasks) -> None:
+        controller = tasks.controller(make_task(args=["true"]))
+        assert (await controller.start()).running
+        assert await wait(controller) == ExitStatus(exit_code=0)
+
+    run(tmp_path, body)
+
+
+def test_env_workdir_hostname(tmp_path: Path) -> None:
+    script = 'pwd; echo "$FOO"; echo "$HOSTNAME"; echo "$HOME"; echo "$PATH"'
+
+    async def body(tasks: Tasks) -> None:
+        first = await tasks.start(
+            "custom",
+            args=["sh", "-c", script],
+            env=["FOO=bar=baz", "IGNORED"],
+            dir=str(tmp_path),
+            hostname="web-1",
+        )
+        second = await tasks.start("default", args=["sh", "-c", script])
+        await wait(first)
+        await wait(second)
+        assert texts(await collect(first)) == [
+            f"{tmp_path}\n".encode(),
+            b"bar=baz\n",
+            b"web-1\n",
+            b"/root\n",
+            f"{DEFAULT_PATH}\n".encode(),
+        ]
+        assert texts(await collect(second))[:3] == [b"/\n", b"\n", f"{HOSTNAME}\n".encode()]
+
+    run(tmp_path, body)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing user needs root")
+@pytest.mark.parametrize("user", ["nobody", "65534", "65534:65534", "nobody:nogroup"])
+def test_user(tmp_path: Path, user: str) -> None:
+    async def body(tasks: Tasks) -> None:
+        controller = await tasks.start(args=["sleep", "1000"], user=user)
+        pid = (await controller.inspect()).pid
+        assert pid is not None
+        status = proc_status(pid)
+        assert status["Uid"].split() == ["65534"] * 4
+        assert status["Gid"].split() == ["65534"] * 4
+        assert status["Groups"].split() == ["65534"]
+        assert b"HOME=/nonexistent" in proc_environ(pid)
+        await controller.shutdown(5)
+
+    run(tmp_path, body)
+
+
+# --- logs --------------------------------------------------------------------------------
+
+
+def test_logs_streams_tail_and_timestamps(tmp_path: Path) -> None:
+    script = "echo out1; echo err1 >&2; sleep 0.05; echo out2; printf partial"
+
+    async def body(tasks: Tasks) -> None:
+        before = time.time_ns()
+        controller = await tasks.start(args=["sh", "-c", script])
+        await wait(controller)
+        after = time.time_ns()
+
+        everything = await collect(controller)
+        assert sorted(texts(everything)) == sorted([b"out1\n", b"err1\n", b"out2\n", b"partial"])
+        assert all(m.task_id == "task1" for m in everything)
+        assert all(before <= m.timestamp_ns <= after for m in everything)
+
+        stdout = await collect(controller, stderr=False)
+        assert texts(stdout) == [b"out1\n", b"out2\n", b"partial"]
+        assert {m.stream for m in stdout} == {1}
+        assert stdout[0].timestamp_ns < stdout[1].timestamp_ns <= stdout[2].timestamp_ns
+        stderr = await collect(controller, stdout=False)
+        assert texts(stderr) == [b"err1\n"] and stderr[0].stream == 2
+
+        assert texts(await collect(controller, stderr=False, tail=2)) == [b"out2\n", b"partial"]
+        assert texts(await collect(controller, tail=0)) == []
+        assert len(await collect(controller, tail=100)) == 4
+        assert await collect(controller, stdout=False, stderr=False) == []
+
+        out2 = stdout[1].timestamp_ns
+        since = await collect(controller, stderr=False, since_ns=out2)
+        assert texts(since) == [b"out2\n", b"partial"]
+        until = await collect(controller, stderr=False, until_ns=stdout[0].timestamp_ns)
+        assert texts(until) == [b"out1\n"]
+
+    run(tmp_path, body)
+
+
+def test_logs_binary_and_long_lines(tmp_path: Path) -> None:
+    script = r"printf '\377\001x\n'; head -c 40000 /dev/zero | tr '\0' y; echo"
+
+    async def body(tasks: Tasks) -> None:
+        controller = await tasks.start(args=["sh", "-c", script])
+        await wait(controller)
+        messages = await collect(controller)
+        assert messages[0].data == b"\xff\x01x\n"
+        assert all(len(m.data) <= shim.MAX_LINE_BYTES for m in messages)
+        assert b"".join(texts(messages[1:])) == b"y" * 40000 + b"\n"
+        # The backward scan for `tail` crosses chunk boundaries the same way.
+        assert texts(await collect(controller, tail=len(messages))) == texts(messages)
+
+    run(tmp_path, body)
+
+
+def test_logs_follow(tmp_path: Path) -> None:
+    async def body(tasks: Tasks) -> None:
+        controller = await tasks.start(args=["sh", "-c", "echo a; sleep 0.4; echo b"])
+        started = time.monotonic()
+        messages = await collect(controller, follow=True)
+        assert texts(messages) == [b"a\n", b"b\n"]
+        assert time.monotonic() - started >= 0.3
+        # With a tail, following starts after the last lines.
+        assert texts(await collect(controller, follow=True, tail=1)) == [b"b\n"]
+
+    run(tmp_path, body)
+
+
+def test_logs_follow_consumer_stops(tmp_path: Path) -> None:
+    async def body(tasks: Tasks) -> None:
+        controller = await tasks.start(args=["sh", "-c", "echo hi; sleep 1000"])
+        stream = controller.logs(LogOptions(follow=True))
+        first = await asyncio.wait_for(anext(stream), WAIT_S)
+        assert first.data == b"hi\n"
+        await stream.aclose()  # type: ignore[attr-defined]
+        await controller.shutdown(5)
+
+    run(tmp_path, body)
+
+
+# --- shutdown ----------------------------------------------------------------------------
+
+
+def test_shutdown_sigterm(tmp_path: Path) -> None:
+    async def body(tasks: Tasks) -> None:
+        controller = await tasks.start(args=["sleep", "1000"])
+        pid = (await controller.inspect()).pid
+        assert pid is not None and proc_status(pid)["Name"] == "sleep"
+        assert os.getpgid(pid) == pid  # its own process group
+        started = time.monotonic()
+        await controller.shutdown(5)
+        assert time.monotonic() - started < 2
+        assert await wait(controller) == ExitStatus(exit_code=143, signal=signal.SIGTERM)
+        assert not (await controller.inspect()).running
+        await controller.shutdown(5)  # idempotent
+
+    run(tmp_path, body)
+
+
+def test_shutdown_kills_after_grace(tmp_path: Path) -> None:
+    async def body(tasks: Tasks) -> None:
+        controller = await tasks.start(args=["sh", "-c", 'trap "" TERM; sleep 1000'])
+        await asyncio.sleep(0.2)  # let the shell set its trap
+        started = time.monotonic()
+        await controller.shutdown(0.5)
+        assert 0.5 <= time.monotonic() - started < 3
+        assert await wait(controller) == ExitStatus(exit_code=137, signal=signal.SIGKILL)
+
+    run(tmp_path, body)
+
+
+def test_stop_signal(tmp_path: Path) -> None:
+    assert parse_signal(None) == signal.SIGTERM
+    assert parse_signal("SIGTERM") == parse_signal("TERM") == parse_signal("15")
+    assert parse_signal("sigint") == signal.SIGINT
+    with pytest.raises(ExecutorError, match="invalid stop signal"):
+        parse_signal("SIGNOPE")
+
+    async def body(tasks: Tasks) -> None:
+        controller = await tasks.start(args=["sleep", "1000"], stop_signal="SIGUSR1")
+        await controller.shutdown(5)
+        assert await wait(controller) == ExitStatus(128 + signal.SIGUSR1, signal.SIGUSR1)
+
+    run(tmp_path, body)
+
+
+def test_leftover_processes_die_with_the_task(tmp_path: Path) -> None:
+    async def body(tasks: Tasks) -> None:
+        controller = await tasks.start(args=["sh", "-c", "sleep 1000 & echo $!"])
+        assert await wait(controller) == ExitStatus(exit_code=0)
+        (message,) = await collect(controller)
+        leftover = int(message.data)
+        for _ in range(100):
+            if not alive(leftover):
+                break
+            await asyncio.sleep(0.01)
+        assert not alive(leftover)
+
+    run(tmp_path, body)
+
+
+def test_remove(tmp_path: Path) -> None:
+    async def body(tasks: Tasks) -> None:
+        controller = await tasks.start(args=["sleep", "1000"])
+        assert tasks.executor.known_task_ids() == ["task1"]
+        await controller.remove()
+        assert (await controller.inspect()).exists is False
+        assert tasks.executor.known_task_ids() == []
+        await controller.remove()
+
+    run(tmp_path, body)
+
+
+# --- adoption after an agent restart -------------------------------------------------
+
+
+def test_adoption_by_a_new_executor(tmp_path: Path) -> None:
+    async def body(tasks: Tasks) -> None:
+        first = await tasks.start(args=["sleep", "1000"])
+        pid = (await first.inspect()).pid
+        await tasks.executor.close()
+
+        executor = tasks.new_executor()
+        assert executor.known_task_ids() == ["task1"]
+        adopted = tasks.controller(make_task(args=["sleep", "1000"]), executor)
+        state = await adopted.inspect()
+        assert state.running and state.pid == pid
+        assert (await adopted.start()).pid == pid  # no second process
+        waiter = asyncio.create_task(adopted.wait())
+        await asyncio.sleep(0.1)
+        assert not waiter.done()
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        assert await asyncio.wait_for(waiter, WAIT_S) == ExitStatus(137, signal.SIGKILL)
+
+    run(tmp_path, body)
+
+
+AGENT_SCRIPT = """
+import asyncio, pathlib, sys
+from shoal.agent.executor.process import ProcessExecutor
+from shoal.types.service import ContainerSpec, TaskSpec
+from shoal.types.task import Task
+
+async def main():
+    executor = ProcessExecutor(pathlib.Path(sys.argv[1]), "node-1", {})
+    task = Task(id="task1", spec=TaskSpec(container_spec=ContainerSpec(args=["sleep", "1000"])))
+    controller = executor.controller(task)
+    await controller.prepare()
+    state = await controller.start()
+    print(state.pid, flush=True)
+    await asyncio.sleep(1000)
+
+asyncio.run(main())
+"""
+
+
+def test_task_survives_kill_9_of_the_agent(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    agent = subprocess.Popen(
+        [sys.executable, "-c", AGENT_SCRIPT, str(data_dir)],
+        stdout=subprocess.PIPE,
+        cwd=Path(shoal.__file__).parent.parent,
+    )
+    try:
+        assert agent.stdout is not None
+        pid = int(agent.stdout.readline())
+    finally:
+        agent.kill()
+        agent.wait()
+        if agent.stdout is not None:
+            agent.stdout.close()
+
+    async def body(tasks: Tasks) -> None:
+        controller = tasks.controller(make_task(args=["sleep", "1000"]))
+        state = await controller.inspect()
+        assert state.running and state.pid == pid
+        assert proc_status(pid)["Name"] == "sleep"
+        await controller.shutdown(5)
+        assert await wait(controller) == ExitStatus(143, signal.SIGTERM)
+
+    run(tmp_path, body)
+
+
+# --- tasks that can never run ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "error"),
+    [
+        ({}, NO_COMMAND_ERROR),
+        ({"command": [], "args": []}, "the process runtime runs the service's command"),
+        (
+            {"args": ["no-such-command-xyz"]},
+            "executable file not found in $PATH: no-such-command-xyz",
+        ),
+        ({"args": ["/no/such/file"]}, "exec /no/such/file: no such file or directory"),
+        ({"args": ["true"], "user": "no-such-user"}, "unable to find user no-such-user"),
+        ({"args": ["true"], "user": "nobody:no-such-group"}, "unable to find group no-such-group"),
+        (
+            {"args": ["true"], "dir": "/no/such/dir"},
+            "working directory /no/such/dir does not exist",
+        ),
+        ({"args": ["true"], "dir": "relative"}, "needs to be an absolute path"),
+        ({"args": ["true"], "stop_signal": "SIGNOPE"}, "invalid stop signal: SIGNOPE"),
+    ],
+)
+def test_prepare_rejects(tmp_path: Path, spec: dict[str, Any], error: str) -> None:
+    async def body(tasks: Tasks) -> None:
+        controller = tasks.controller(make_task(**spec))
+        with pytest.raises(ExecutorError) as info:
+            await controller.prepare()
+        assert error in str(info.value)
+
+    run(tmp_path, body)
+
+
+def test_exec_failure_at_start(tmp_path: Path) -> None:
+    bad = tmp_path / "bad"
+    bad.write_bytes(b"\x00\x01\x02 not a program")
+    bad.chmod(0o755)
+
+    async def body(tasks: Tasks) -> None:
+        controller = tasks.controller(make_task(args=[str(bad)]))
+        await controller.prepare()
+        with pytest.raises(ExecutorError, match="Exec format error"):
+            await controller.start()
+        state = await controller.inspect()
+        assert not state.running and state.exit == ExitStatus(exit_code=126)
+
+    run(tmp_path, body)
+
+
+def test_describe(tmp_path: Path) -> None:
+    description = ProcessExecutor(tmp_path, HOSTNAME, {"zone": "a"}).describe()
+    assert description.hostname == HOSTNAME
+    assert description.platform.os == "linux"
+    assert description.platform.architecture == os.uname().machine
+    assert description.resources.nano_cpus == (os.cpu_count() or 0) * 1_000_000_000
+    assert description.resources.memory_bytes > 0
+    assert description.engine.engine_version == shoal.__version__
+    assert description.engine.labels == {"zone": "a"}
+    assert description.engine.plugins == []
