@@ -9,11 +9,13 @@ from typing import Any
 import msgspec
 
 
-class Model(msgspec.Struct, frozen=True, omit_defaults=True, rename="pascal"):
+class Model(msgspec.Struct, frozen=True, omit_defaults=True, rename="pascal", kw_only=True):
     """Base of every API object: immutable, PascalCase on the wire, unset fields left out.
 
     Optional fields default to None so that what a client sent (even `false` or `{}`)
     round-trips exactly through the store: read-modify-write clients send it back.
+    `omit_defaults` leaves out any value equal to its default, so a field Docker always
+    sends has no default (it is required) unless its default is one Docker omits too.
     """
 
 
@@ -26,12 +28,11 @@ def now_ns() -> int:
 
 
 def format_time(ns: int) -> str:
-    """RFC 3339 with nanoseconds, as Go's time.RFC3339Nano prints UTC times."""
+    """RFC 3339 in UTC with all nine fraction digits: parsed by every Docker client, and
+    fixed-width, so timestamps also sort correctly as strings."""
     secs, frac = divmod(ns, 1_000_000_000)
     base = datetime.fromtimestamp(secs, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    if frac:
-        return f"{base}.{frac:09d}".rstrip("0") + "Z"
-    return base + "Z"
+    return f"{base}.{frac:09d}Z"
 
 
 def parse_time(text: str) -> int:

@@ -8,11 +8,11 @@ from shoal.types.base import Model, Version
 from shoal.types.service import Platform
 
 
-class NodeSpec(Model):
+class NodeSpec(Model, kw_only=True):
     name: str | None = None
     labels: dict[str, str] = {}
-    role: str = "worker"
-    availability: str = "active"
+    role: str
+    availability: str
 
 
 class NodeResources(Model):
@@ -45,24 +45,24 @@ class NodeDescription(Model):
     tls_info: TLSInfo | None = msgspec.field(default=None, name="TLSInfo")
 
 
-class NodeStatus(Model):
-    state: str = "unknown"
+class NodeStatus(Model, kw_only=True):
+    state: str
     message: str | None = None
     addr: str = ""
 
 
-class ManagerStatus(Model):
+class ManagerStatus(Model, kw_only=True):
     leader: bool = False
-    reachability: str = "reachable"
+    reachability: str
     addr: str = ""
 
 
-class Node(Model):
+class Node(Model, kw_only=True):
     id: str = msgspec.field(name="ID")
     version: Version = Version()
     created_at: str = ""
     updated_at: str = ""
-    spec: NodeSpec = NodeSpec()
+    spec: NodeSpec
     description: NodeDescription = NodeDescription()
-    status: NodeStatus = NodeStatus()
+    status: NodeStatus
     manager_status: ManagerStatus | None = None

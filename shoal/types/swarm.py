@@ -76,7 +76,7 @@ def default_swarm_spec() -> SwarmSpec:
     )
 
 
-class Cluster(Model):
+class Cluster(Model, kw_only=True):
     """Docker's `Swarm` object as `GET /swarm` returns it (ClusterInfo + JoinTokens)."""
 
     id: str = msgspec.field(name="ID")
@@ -87,8 +87,8 @@ class Cluster(Model):
     tls_info: TLSInfo = msgspec.field(default=TLSInfo(), name="TLSInfo")
     root_rotation_in_progress: bool = False
     default_addr_pool: list[str] | None = None
-    subnet_size: int = DEFAULT_SUBNET_SIZE
-    data_path_port: int = DEFAULT_DATA_PATH_PORT
+    subnet_size: int
+    data_path_port: int
     join_tokens: JoinTokens = JoinTokens()
 
 

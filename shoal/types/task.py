@@ -90,10 +90,10 @@ class PortStatus(Model):
     ports: list[dict[str, object]] | None = None
 
 
-class TaskStatus(Model):
-    timestamp: str = ""
-    state: str = "new"
-    message: str = ""
+class TaskStatus(Model, kw_only=True):
+    timestamp: str
+    state: str
+    message: str
     err: str | None = None
     container_status: ContainerStatus | None = None
     port_status: PortStatus = PortStatus()
@@ -103,7 +103,7 @@ class TaskStatus(Model):
         return TaskState.from_wire(self.state)
 
 
-class Task(Model):
+class Task(Model, kw_only=True):
     id: str = msgspec.field(name="ID")
     version: Version = Version()
     created_at: str = ""
@@ -114,8 +114,8 @@ class Task(Model):
     service_id: str = msgspec.field(default="", name="ServiceID")
     slot: int | None = None
     node_id: str | None = msgspec.field(default=None, name="NodeID")
-    status: TaskStatus = TaskStatus()
-    desired_state: str = "running"
+    status: TaskStatus
+    desired_state: str
     # Not Docker fields: the service spec version the task was made from (for the
     # `_up-to-date` filter and the updater) and the service's name and mode, which
     # agents need without reading services.
@@ -129,3 +129,13 @@ class Task(Model):
     @property
     def desired(self) -> TaskState:
         return TaskState.from_wire(self.desired_state)
+
+
+def stub_task(task_id: str) -> Task:
+    """A task with only its ID: enough to reach a runtime's state for a task the agent no
+    longer knows (left behind by an earlier daemon)."""
+    return Task(
+        id=task_id,
+        status=TaskStatus(timestamp="", state=TaskState.NEW.wire, message=""),
+        desired_state=TaskState.SHUTDOWN.wire,
+    )

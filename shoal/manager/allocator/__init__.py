@@ -1,0 +1,1 @@
+"""The allocator: network resources for services and tasks."""

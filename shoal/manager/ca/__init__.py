@@ -1,0 +1,1 @@
+"""The cluster CA: root certificate, node certificates, join tokens."""

@@ -1,0 +1,1 @@
+"""The control API: validation and store operations behind the HTTP routes."""

@@ -1,0 +1,1 @@
+"""The dispatcher: agent sessions, heartbeats, assignments, status batches."""

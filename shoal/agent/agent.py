@@ -1,0 +1,161 @@
+"""The agent: one session with a manager's dispatcher, and the node's task runners.
+
+It registers the node, sends heartbeats at the period the dispatcher asks for, applies
+assignments (starting, updating and removing task runners), reports task statuses in
+batches, and serves its tasks' logs to the manager's log broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from shoal.agent.executor.base import Executor
+from shoal.agent.task_runner import TaskRunner
+from shoal.log import get_logger
+from shoal.types.agent import (
+    Assignment,
+    DispatcherSession,
+    LogMessage,
+    LogOptions,
+    TaskStatusUpdate,
+)
+from shoal.types.task import Task, TaskStatus, stub_task
+
+REPORT_INTERVAL_S = 0.05
+REPORT_MAX_BATCH = 10_000
+SESSION_BACKOFF_MIN_S = 0.1
+SESSION_BACKOFF_MAX_S = 8.0
+
+log = get_logger("shoal.agent")
+
+
+class Agent:
+    def __init__(self, node_id: str, addr: str, executor: Executor,
+                 session: DispatcherSession) -> None:
+        self.node_id = node_id
+        self.addr = addr
+        self.executor = executor
+        self._session = session
+        self._runners: dict[str, TaskRunner] = {}
+        self._statuses: dict[str, TaskStatus] = {}
+        self._status_ready = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    # lifecycle --------------------------------------------------------------------------------
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._session_loop(), name="agent-session"),
+            loop.create_task(self._report_loop(), name="agent-reporter"),
+        ]
+
+    async def stop(self, stop_tasks: bool = True) -> None:
+        """Stop the agent; with `stop_tasks` also stop every task's process (as dockerd
+        does without live-restore), else leave them running for the next daemon."""
+        self._stopping = True
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        runners = list(self._runners.values())
+        if stop_tasks:
+            await asyncio.gather(*(r.stop_for_daemon_exit() for r in runners),
+                                 return_exceptions=True)
+        self._runners.clear()
+        await self.executor.close()
+
+    # the session ------------------------------------------------------------------------------
+    async def _session_loop(self) -> None:
+        backoff = SESSION_BACKOFF_MIN_S
+        while not self._stopping:
+            try:
+                period = await self._session.register(
+                    self.node_id, self.executor.describe(), self.addr, self
+                )
+                backoff = SESSION_BACKOFF_MIN_S
+                beats = asyncio.create_task(self._heartbeats(period))
+                try:
+                    async for assignment in self._session.assignments(self.node_id):
+                        await self._apply(assignment)
+                finally:
+                    beats.cancel()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("session with the dispatcher failed", error=repr(e))
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, SESSION_BACKOFF_MAX_S)
+
+    async def _heartbeats(self, period: float) -> None:
+        while True:
+            await asyncio.sleep(period)
+            period = await self._session.heartbeat(self.node_id)
+
+    async def _apply(self, assignment: Assignment) -> None:
+        if assignment.full:
+            wanted = {t.id for t in assignment.tasks}
+            for tid in list(self._runners):
+                if tid not in wanted:
+                    await self._remove(tid)
+            for tid in self.executor.known_task_ids():
+                if tid not in wanted and tid not in self._runners:
+                    # left behind by an earlier daemon: stop and clean it up
+                    stray = self.executor.controller(stub_task(tid))
+                    with contextlib.suppress(Exception):
+                        await stray.shutdown(0)
+                        await stray.remove()
+        for t in assignment.tasks:
+            self._upsert(t)
+        for tid in assignment.removed:
+            await self._remove(tid)
+
+    def _upsert(self, task: Task) -> None:
+        runner = self._runners.get(task.id)
+        if runner is None:
+            runner = TaskRunner(task, self.executor.controller(task), self._report)
+            self._runners[task.id] = runner
+            runner.start()
+        else:
+            runner.update(task)
+
+    async def _remove(self, task_id: str) -> None:
+        runner = self._runners.pop(task_id, None)
+        if runner is not None:
+            self._statuses.pop(task_id, None)
+            asyncio.get_running_loop().create_task(runner.remove(), name=f"remove-{task_id}")
+
+    # status reports ---------------------------------------------------------------------------
+    def _report(self, task_id: str, status: TaskStatus) -> None:
+        self._statuses[task_id] = status
+        self._status_ready.set()
+
+    async def _report_loop(self) -> None:
+        while True:
+            await self._status_ready.wait()
+            await asyncio.sleep(REPORT_INTERVAL_S)
+            self._status_ready.clear()
+            batch, self._statuses = self._statuses, {}
+            updates = [TaskStatusUpdate(task_id=k, status=v) for k, v in batch.items()]
+            for i in range(0, len(updates), REPORT_MAX_BATCH):
+                try:
+                    await self._session.update_task_status(
+                        self.node_id, updates[i:i + REPORT_MAX_BATCH]
+                    )
+                except Exception as e:
+                    log.warning("status report failed; will resend", error=repr(e))
+                    for u in updates[i:]:
+                        self._statuses.setdefault(u.task_id, u.status)
+                    self._status_ready.set()
+                    break
+
+    # LogSource --------------------------------------------------------------------------------
+    async def task_logs(self, task_id: str, options: LogOptions) -> AsyncIterator[LogMessage]:
+        runner = self._runners.get(task_id)
+        controller = runner.controller if runner else self.executor.controller(stub_task(task_id))
+        async for m in controller.logs(options):
+            yield m
+
+    def statistics(self) -> dict[str, int]:
+        return {"tasks": len(self._runners), "pending_reports": len(self._statuses)}

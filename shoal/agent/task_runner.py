@@ -1,0 +1,220 @@
+"""Drives one task through its states with an executor controller.
+
+As SwarmKit's exec.Do: each step moves the observed state one notch, towards the
+desired state; PREPARING→READY, STARTING→RUNNING and RUNNING→COMPLETE may pass the
+desired state, other steps wait until it is above. An error before STARTING rejects the
+task, one after fails it. A task that an earlier daemon started is adopted: if its
+process still runs, the runner just waits on it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable
+
+import msgspec
+
+from shoal.agent.executor.base import Controller, ExecutorError, ExitStatus, RuntimeState
+from shoal.log import get_logger
+from shoal.types.base import format_time, now_ns
+from shoal.types.task import ContainerStatus, Task, TaskState, TaskStatus
+
+DEFAULT_STOP_GRACE_S = 10.0
+MSG = {
+    TaskState.ACCEPTED: "accepted",
+    TaskState.PREPARING: "preparing",
+    TaskState.READY: "prepared",
+    TaskState.STARTING: "starting",
+    TaskState.RUNNING: "started",
+    TaskState.COMPLETE: "finished",
+    TaskState.SHUTDOWN: "shutdown",
+}
+ERR_GONE = "task process is gone: it was not running when the agent restarted"
+
+log = get_logger("shoal.agent")
+
+Report = Callable[[str, TaskStatus], None]
+
+
+def stop_grace_s(task: Task) -> float:
+    cs = task.spec.container_spec
+    if cs is not None and cs.stop_grace_period is not None:
+        return cs.stop_grace_period / 1e9
+    return DEFAULT_STOP_GRACE_S
+
+
+def exit_error(status: ExitStatus) -> str:
+    if status.oom_killed:
+        return "task: non-zero exit (137): OOM killed"
+    return f"task: non-zero exit ({status.exit_code})"
+
+
+class TaskRunner:
+    def __init__(self, task: Task, controller: Controller, report: Report) -> None:
+        self.task = task
+        self.controller = controller
+        self._report = report
+        self.state = task.state
+        self._container: ContainerStatus | None = task.status.container_status
+        self._changed = asyncio.Event()
+        self._removed = False
+        self._runner: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._runner = asyncio.get_running_loop().create_task(self._run(), name=f"task-{self.task.id}")
+
+    def update(self, task: Task) -> None:
+        self.task = task
+        self._changed.set()
+
+    async def remove(self) -> None:
+        """The task is gone from the manager: stop it and release what it holds."""
+        self._removed = True
+        self._changed.set()
+        if self._runner is not None:
+            with contextlib.suppress(BaseException):
+                await self._runner
+        with contextlib.suppress(ExecutorError, OSError):
+            await self.controller.shutdown(stop_grace_s(self.task))
+            await self.controller.remove()
+
+    async def stop_for_daemon_exit(self) -> None:
+        """The daemon is stopping: stop the process, report nothing."""
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(BaseException):
+                await self._runner
+        with contextlib.suppress(ExecutorError, OSError):
+            await self.controller.shutdown(stop_grace_s(self.task))
+
+    # reporting ------------------------------------------------------------------------------
+    def _set(self, state: TaskState, message: str | None = None, err: str | None = None) -> None:
+        self.state = state
+        status = TaskStatus(
+            timestamp=format_time(now_ns()),
+            state=state.wire,
+            message=message if message is not None else MSG.get(state, state.wire),
+            err=err,
+            container_status=self._container,
+        )
+        self._report(self.task.id, status)
+
+    def _note_runtime(self, rs: RuntimeState) -> None:
+        self._container = ContainerStatus(container_id=rs.container_id, pid=rs.pid, exit_code=0)
+
+    def _note_exit(self, status: ExitStatus) -> None:
+        base = self._container or ContainerStatus()
+        self._container = msgspec.structs.replace(base, exit_code=status.exit_code)
+
+    # the state machine -------------------------------------------------------------------------
+    async def _wait_change(self) -> None:
+        await self._changed.wait()
+        self._changed.clear()
+
+    def _desired(self) -> TaskState:
+        return self.task.desired
+
+    async def _run(self) -> None:
+        try:
+            await self._adopt()
+            while not self._removed:
+                desired = self._desired()
+                if desired >= TaskState.SHUTDOWN and self.state <= TaskState.RUNNING:
+                    await self.controller.shutdown(stop_grace_s(self.task))
+                    self._set(TaskState.SHUTDOWN)
+                    continue
+                if self.state > TaskState.RUNNING:
+                    await self._wait_change()
+                    continue
+                if self.state == TaskState.ASSIGNED:
+                    self._set(TaskState.ACCEPTED)
+                elif self.state == TaskState.ACCEPTED:
+                    self._set(TaskState.PREPARING)
+                elif self.state == TaskState.PREPARING:
+                    await self._prepare()
+                elif self.state == TaskState.READY:
+                    if desired > TaskState.READY:
+                        self._set(TaskState.STARTING)
+                    else:
+                        await self._wait_change()
+                elif self.state == TaskState.STARTING:
+                    await self._start()
+                elif self.state == TaskState.RUNNING:
+                    await self._wait_exit()
+                else:
+                    await self._wait_change()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # a bug, not a task failure: say so on the task
+            log.exception("task runner failed", task=self.task.id)
+            if self.state <= TaskState.RUNNING:
+                self._set(TaskState.FAILED if self.state >= TaskState.STARTING
+                          else TaskState.REJECTED, err=f"agent error: {e}")
+
+    async def _adopt(self) -> None:
+        """Pick up a task an earlier daemon already worked on."""
+        if not TaskState.PREPARING <= self.state <= TaskState.RUNNING:
+            return
+        rs = await self.controller.inspect()
+        if rs.running:
+            self._note_runtime(rs)
+            self._set(TaskState.RUNNING)  # also refreshes the pid / container id
+            log.info("task adopted", task=self.task.id, pid=rs.pid)
+        elif rs.exit is not None:
+            self._finish(rs.exit)
+        elif self.state >= TaskState.STARTING:
+            self._set(TaskState.FAILED, message=MSG[TaskState.RUNNING], err=ERR_GONE)
+        elif self.state == TaskState.READY and not rs.exists:
+            self.state = TaskState.PREPARING  # prepare again; not reported (no move back)
+            await self._prepare(report_ready=False)
+
+    async def _prepare(self, report_ready: bool = True) -> None:
+        try:
+            await self.controller.prepare()
+        except ExecutorError as e:
+            self._set(TaskState.REJECTED, message=MSG[TaskState.PREPARING], err=str(e))
+            return
+        if report_ready:
+            self._set(TaskState.READY)
+        else:
+            self.state = TaskState.READY
+
+    async def _start(self) -> None:
+        try:
+            rs = await self.controller.start()
+        except ExecutorError as e:
+            self._set(TaskState.FAILED, message=MSG[TaskState.STARTING], err=str(e))
+            return
+        self._note_runtime(rs)
+        self._set(TaskState.RUNNING)
+
+    async def _wait_exit(self) -> None:
+        waiter = asyncio.ensure_future(self.controller.wait())
+        try:
+            while not waiter.done():
+                changed = asyncio.ensure_future(self._wait_change())
+                await asyncio.wait({waiter, changed}, return_when=asyncio.FIRST_COMPLETED)
+                changed.cancel()
+                if not waiter.done() and (self._removed or self._desired() >= TaskState.SHUTDOWN):
+                    return  # the loop shuts it down
+            try:
+                status = waiter.result()
+            except ExecutorError as e:
+                self._set(TaskState.FAILED, message=MSG[TaskState.RUNNING], err=str(e))
+                return
+            self._finish(status)
+        finally:
+            if not waiter.done():
+                waiter.cancel()
+
+    def _finish(self, status: ExitStatus) -> None:
+        self._note_exit(status)
+        desired = self._desired()
+        if desired >= TaskState.SHUTDOWN and status.signal in (signal.SIGTERM, signal.SIGKILL):
+            self._set(TaskState.SHUTDOWN)
+        elif status.exit_code == 0:
+            self._set(TaskState.COMPLETE)
+        else:
+            self._set(TaskState.FAILED, message=MSG[TaskState.RUNNING], err=exit_error(status))

@@ -1,0 +1,38 @@
+"""What the API needs from the daemon that serves it (the daemon implements this)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+from shoal.manager.manager import Manager
+from shoal.types.swarm import SwarmInitRequest
+
+
+class DaemonContext(Protocol):
+    node_name: str
+    runtime: str
+    data_dir: Path
+    engine_labels: dict[str, str]
+
+    @property
+    def manager(self) -> Manager | None:
+        """The running manager, or None when this node is not in a swarm."""
+        ...
+
+    @property
+    def node_id(self) -> str | None: ...
+
+    @property
+    def node_addr(self) -> str: ...
+
+    @property
+    def manager_addr(self) -> str: ...
+
+    def running_tasks(self) -> tuple[int, int]:
+        """(tasks running on this node, tasks known on this node)."""
+        ...
+
+    async def swarm_init(self, request: SwarmInitRequest) -> str: ...
+
+    async def swarm_leave(self, force: bool) -> None: ...

@@ -1,0 +1,40 @@
+"""Turning API objects into Docker's JSON: shoal's internal fields are left out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from shoal.types.base import to_builtins
+from shoal.types.service import Service
+from shoal.types.task import Task
+
+_INTERNAL = {
+    Service: ("SpecVersion",),
+    Task: ("SpecVersion", "ServiceName"),
+}
+
+
+def wire(obj: Any) -> Any:
+    data = to_builtins(obj)
+    for key in _INTERNAL.get(type(obj), ()):
+        data.pop(key, None)
+    return data
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    import json
+
+    return web.Response(
+        body=json.dumps(data, separators=(",", ":")).encode() + b"\n",
+        status=status,
+        content_type="application/json",
+    )
+
+
+def empty(status: int = 200) -> web.Response:
+    """dockerd's bodiless answers (no Content-Type)."""
+    resp = web.Response(status=status)
+    resp.content_type = ""
+    return resp

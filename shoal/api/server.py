@@ -1,0 +1,149 @@
+"""The Docker Engine API server: aiohttp on unix sockets and TCP.
+
+Every route answers with and without the `/vX.Y` prefix; every response carries the
+headers the docker CLI negotiates on; every error is Docker's `{"message": ...}` with
+its status code. Nothing else (no stack trace) reaches a client.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from aiohttp import web
+
+from shoal import __version__
+from shoal.api.context import DaemonContext
+from shoal.errors import ShoalError
+from shoal.log import get_logger
+
+API_VERSION = "1.41"
+MIN_API_VERSION = "1.12"
+SERVER_HEADER = f"shoal/{__version__} (linux)"
+CONTEXT_KEY = web.AppKey("daemon", DaemonContext)  # type: ignore[type-abstract]
+_VERSION_RE = re.compile(r"^/v(\d+\.\d+)(/.*)$")
+
+log = get_logger("shoal.api")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _version_tuple(v: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in v.split("."))
+
+
+def _headers(resp: web.StreamResponse) -> None:
+    resp.headers["API-Version"] = API_VERSION
+    resp.headers["Docker-Experimental"] = "false"
+    resp.headers["Ostype"] = "linux"
+    resp.headers["Server"] = SERVER_HEADER
+
+
+def _error(status: int, message: str) -> web.Response:
+    import json
+
+    resp = web.Response(
+        status=status,
+        body=json.dumps({"message": message}).encode() + b"\n",
+        content_type="application/json",
+    )
+    _headers(resp)
+    return resp
+
+
+@web.middleware
+async def docker_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    m = _VERSION_RE.match(request.path)
+    if m:
+        version = m.group(1)
+        if _version_tuple(version) > _version_tuple(API_VERSION):
+            return _error(400, f"client version {version} is too new. Maximum supported API "
+                               f"version is {API_VERSION}")
+        if _version_tuple(version) < _version_tuple(MIN_API_VERSION):
+            return _error(400, f"client version {version} is too old. Minimum supported API "
+                               f"version is {MIN_API_VERSION}, please upgrade your client to a "
+                               "newer version")
+    try:
+        resp = await handler(request)
+    except ShoalError as e:
+        return _error(e.status, e.message)
+    except web.HTTPNotFound:
+        return _error(404, "page not found")
+    except web.HTTPMethodNotAllowed:
+        return _error(405, "method not allowed")
+    except web.HTTPException as e:
+        return _error(e.status, e.text or e.reason)
+    except (ConnectionResetError, ConnectionError):
+        raise
+    except Exception as e:
+        log.exception("request failed", method=request.method, path=request.path)
+        return _error(500, f"internal error: {type(e).__name__}: {e}")
+    if not resp.prepared:
+        _headers(resp)
+    return resp
+
+
+class Router:
+    """Registers each route with and without the version prefix."""
+
+    def __init__(self, app: web.Application) -> None:
+        self._app = app
+
+    def add(self, method: str, path: str, handler: Handler) -> None:
+        self._app.router.add_route(method, path, handler)
+        self._app.router.add_route(method, r"/v{version:\d+\.\d+}" + path, handler)
+
+
+def build_app(daemon: DaemonContext) -> web.Application:
+    from shoal.api import logs, nodes, services, swarm, system, tasks
+
+    app = web.Application(middlewares=[docker_middleware], client_max_size=64 * 1024**2)
+    app[CONTEXT_KEY] = daemon
+    router = Router(app)
+    for module in (system, swarm, services, tasks, nodes, logs):
+        module.register(router)
+    return app
+
+
+def context(request: web.Request) -> DaemonContext:
+    return request.app[CONTEXT_KEY]
+
+
+class APIServer:
+    """Serves the app on every `--host` (unix:///path, tcp://addr:port)."""
+
+    def __init__(self, daemon: DaemonContext, hosts: list[str]) -> None:
+        self._app = build_app(daemon)
+        self._hosts = hosts
+        self._runner: web.AppRunner | None = None
+        self._sockets: list[Path] = []
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self._app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        for host in self._hosts:
+            if host.startswith("unix://"):
+                path = Path(host[len("unix://"):])
+                path.parent.mkdir(parents=True, exist_ok=True)
+                if path.exists() or path.is_symlink():
+                    path.unlink()
+                site: web.BaseSite = web.UnixSite(self._runner, str(path))
+                await site.start()
+                os.chmod(path, 0o660)
+                self._sockets.append(path)
+            elif host.startswith("tcp://"):
+                addr = host[len("tcp://"):]
+                h, _, p = addr.rpartition(":")
+                site = web.TCPSite(self._runner, h.strip("[]") or "0.0.0.0", int(p))
+                await site.start()
+            else:
+                raise ValueError(f"unsupported host {host!r}: use unix:///path or tcp://addr:port")
+            log.info("API listening", host=host)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        for path in self._sockets:
+            path.unlink(missing_ok=True)

@@ -1,0 +1,123 @@
+"""`/services`: create, list, inspect, update, remove."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from shoal.api import filters
+from shoal.api.body import bool_query, decode, int_query
+from shoal.api.encode import empty, json_response, wire
+from shoal.api.server import Router
+from shoal.api.swarm import require_manager
+from shoal.errors import InvalidArgument
+from shoal.manager.controlapi import services as ctl
+from shoal.manager.controlapi.defaults import insert_defaults
+from shoal.manager.orchestrator.task import invalid_node
+from shoal.manager.store import Tx
+from shoal.types.service import Service, ServiceSpec, ServiceStatus
+from shoal.types.task import TaskState
+
+SERVICE_FILTERS = ("id", "name", "label", "mode", "runtime")
+
+
+def register(r: Router) -> None:
+    r.add("GET", "/services", list_services)
+    r.add("POST", "/services/create", create)
+    r.add("GET", "/services/{id}", inspect)
+    r.add("DELETE", "/services/{id}", remove)
+    r.add("POST", "/services/{id}/update", update)
+
+
+def service_status(tx: Tx, service: Service) -> ServiceStatus:
+    """Running and desired task counts, as `docker service ls` shows them."""
+    tasks = tx.tasks_of_service(service.id)
+    nodes = {n.id: n for n in tx.nodes()}
+    running = 0
+    desired = 0
+    mode = service.spec.mode.kind if service.spec.mode else "replicated"
+    for t in tasks:
+        if t.node_id and invalid_node(nodes.get(t.node_id)) and \
+                nodes.get(t.node_id) is not None and nodes[t.node_id].status.state == "down":
+            continue
+        if t.state == TaskState.RUNNING:
+            running += 1
+        if mode == "global" and t.desired == TaskState.RUNNING:
+            desired += 1
+    if mode == "replicated":
+        mode_obj = service.spec.mode
+        desired = mode_obj.replicated.replicas or 0 if mode_obj and mode_obj.replicated else 1
+    return ServiceStatus(running_tasks=running, desired_tasks=desired)
+
+
+def _matches(s: Service, f: filters.Filters) -> bool:
+    if "id" in f and not filters.match_prefix(s.id, f["id"]):
+        return False
+    if "name" in f and not filters.match_prefix(s.spec.name or "", f["name"]):
+        return False
+    if "label" in f and not filters.match_label(s.spec.labels, f["label"]):
+        return False
+    if "mode" in f:
+        kind = s.spec.mode.kind if s.spec.mode else "replicated"
+        for want in f["mode"]:
+            if want not in ("replicated", "global", "replicated-job", "global-job"):
+                raise InvalidArgument(f"Invalid filter: 'mode'='{want}'")
+        if kind not in f["mode"]:
+            return False
+    if "runtime" in f:
+        return "container" in f["runtime"]
+    return True
+
+
+async def list_services(request: web.Request) -> web.Response:
+    m = require_manager(request)
+    f = filters.parse(request.query.get("filters"), SERVICE_FILTERS)
+    with_status = bool_query(request, "status")
+    view = m.store.view()
+    out: list[Any] = []
+    for s in sorted(view.services(), key=lambda s: (s.created_at, s.id)):
+        if not _matches(s, f):
+            continue
+        if with_status:
+            s = msgspec.structs.replace(s, service_status=service_status(view, s))
+        out.append(wire(s))
+    return json_response(out)
+
+
+async def create(request: web.Request) -> web.Response:
+    m = require_manager(request)
+    spec = await decode(request, ServiceSpec)
+    service = ctl.create_service(m.store, spec)
+    return json_response({"ID": service.id}, status=201)
+
+
+def present(service: Service, defaults: bool) -> Any:
+    if defaults:
+        service = msgspec.structs.replace(service, spec=insert_defaults(service.spec))
+    return wire(service)
+
+
+async def inspect(request: web.Request) -> web.Response:
+    m = require_manager(request)
+    service = ctl.resolve_service(m.store.view(), request.match_info["id"])
+    return json_response(present(service, bool_query(request, "insertDefaults")))
+
+
+async def remove(request: web.Request) -> web.Response:
+    m = require_manager(request)
+    ctl.remove_service(m.store, request.match_info["id"])
+    return empty()
+
+
+async def update(request: web.Request) -> web.Response:
+    m = require_manager(request)
+    version = int_query(request, "version")
+    spec = await decode(request, ServiceSpec)
+    rollback = request.query.get("rollback", "")
+    if rollback not in ("", "previous"):
+        raise InvalidArgument(f"unrecognized rollback option {rollback}")
+    ctl.update_service(m.store, request.match_info["id"], version, spec,
+                       rollback=rollback == "previous")
+    return json_response({"Warnings": None})

@@ -1,0 +1,90 @@
+"""`/swarm`: init, leave, inspect, update."""
+
+from __future__ import annotations
+
+import msgspec
+from aiohttp import web
+
+from shoal.api.body import bool_query, decode, int_query
+from shoal.api.encode import empty, json_response, wire
+from shoal.api.server import Router, context
+from shoal.errors import NotManager, OutOfSequence, ShoalError
+from shoal.manager.ca.root import RootCA
+from shoal.manager.manager import Manager
+from shoal.types.service import JoinTokens
+from shoal.types.swarm import SwarmInitRequest, SwarmSpec
+
+
+class NotImplementedYet(ShoalError):
+    status = 501
+
+
+def register(r: Router) -> None:
+    r.add("POST", "/swarm/init", init)
+    r.add("POST", "/swarm/join", join)
+    r.add("POST", "/swarm/leave", leave)
+    r.add("GET", "/swarm", inspect)
+    r.add("POST", "/swarm/update", update)
+    r.add("GET", "/swarm/unlockkey", unlockkey)
+
+
+def require_manager(request: web.Request) -> Manager:
+    m = context(request).manager
+    if m is None:
+        raise NotManager()
+    return m
+
+
+async def init(request: web.Request) -> web.Response:
+    req = await decode(request, SwarmInitRequest)
+    node_id = await context(request).swarm_init(req)
+    return json_response(node_id)
+
+
+async def join(request: web.Request) -> web.Response:
+    raise NotImplementedYet("joining a swarm of another node is not supported by this shoal "
+                            "version yet")
+
+
+async def leave(request: web.Request) -> web.Response:
+    await context(request).swarm_leave(bool_query(request, "force"))
+    return empty()
+
+
+async def inspect(request: web.Request) -> web.Response:
+    m = require_manager(request)
+    cluster = m.store.view().cluster()
+    if cluster is None:
+        raise NotManager()
+    return json_response(wire(cluster))
+
+
+async def update(request: web.Request) -> web.Response:
+    m = require_manager(request)
+    version = int_query(request, "version")
+    spec = await decode(request, SwarmSpec)
+    rotate_worker = bool_query(request, "rotateWorkerToken")
+    rotate_manager = bool_query(request, "rotateManagerToken")
+
+    def write(tx):  # type: ignore[no-untyped-def]
+        cluster = tx.cluster()
+        if cluster is None:
+            raise NotManager()
+        if cluster.version.index != version:
+            raise OutOfSequence()
+        tokens = cluster.join_tokens
+        if rotate_worker or rotate_manager:
+            ca = RootCA(cluster.tls_info.trust_root.encode(), b"")
+            tokens = JoinTokens(
+                worker=ca.new_join_token() if rotate_worker else tokens.worker,
+                manager=ca.new_join_token() if rotate_manager else tokens.manager,
+            )
+        tx.update(msgspec.structs.replace(cluster, spec=spec, join_tokens=tokens))
+
+    m.store.update(write)
+    return empty()
+
+
+async def unlockkey(request: web.Request) -> web.Response:
+    require_manager(request)
+    return json_response({"UnlockKey": ""})

@@ -1,0 +1,195 @@
+"""`/_ping`, `/version`, `/info`, `/distribution`: what a node says about itself."""
+
+from __future__ import annotations
+
+import os
+import platform
+from typing import Any
+
+from aiohttp import web
+
+from shoal import __version__
+from shoal.api.encode import json_response, wire
+from shoal.api.server import API_VERSION, MIN_API_VERSION, Router, context
+from shoal.errors import Internal
+from shoal.types.swarm import DEFAULT_DATA_PATH_PORT, DEFAULT_SUBNET_SIZE
+
+SERVER_VERSION = f"shoal-{__version__}"
+MANAGER_PORT = 2377
+
+
+def register(r: Router) -> None:
+    r.add("GET", "/_ping", ping)
+    r.add("HEAD", "/_ping", ping)
+    r.add("GET", "/version", version)
+    r.add("GET", "/info", info)
+    r.add("GET", "/distribution/{name:.+}/json", distribution)
+
+
+async def ping(request: web.Request) -> web.Response:
+    resp = web.Response(text="OK" if request.method == "GET" else None,
+                        content_type="text/plain", charset="utf-8")
+    resp.headers["Cache-Control"] = "no-cache, no-store, must-revalidate"
+    resp.headers["Pragma"] = "no-cache"
+    if request.method == "HEAD":
+        resp.headers["Content-Length"] = "0"
+    return resp
+
+
+def _os_release() -> tuple[str, str]:
+    name, version = "Linux", ""
+    try:
+        with open("/etc/os-release") as f:
+            for line in f:
+                k, _, v = line.strip().partition("=")
+                v = v.strip('"')
+                if k == "PRETTY_NAME":
+                    name = v
+                elif k == "VERSION_ID":
+                    version = v
+    except OSError:
+        pass
+    return name, version
+
+
+def _arch() -> str:
+    m = platform.machine()
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(m, m)
+
+
+async def version(request: web.Request) -> web.Response:
+    d = context(request)
+    details = {
+        "ApiVersion": API_VERSION,
+        "Arch": _arch(),
+        "Experimental": "false",
+        "GitCommit": "",
+        "GoVersion": f"python{platform.python_version()}",
+        "KernelVersion": platform.release(),
+        "MinAPIVersion": MIN_API_VERSION,
+        "Os": "linux",
+        "Runtime": d.runtime,
+    }
+    return json_response({
+        "Platform": {"Name": "shoal"},
+        "Components": [{"Name": "Engine", "Version": SERVER_VERSION, "Details": details}],
+        "Version": SERVER_VERSION,
+        "ApiVersion": API_VERSION,
+        "MinAPIVersion": MIN_API_VERSION,
+        "GitCommit": "",
+        "GoVersion": f"python{platform.python_version()}",
+        "Os": "linux",
+        "Arch": _arch(),
+        "KernelVersion": platform.release(),
+        "BuildTime": "",
+    })
+
+
+def _mem_total() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def swarm_info(request: web.Request) -> dict[str, Any]:
+    d = context(request)
+    m = d.manager
+    if m is None or d.node_id is None:
+        return {
+            "NodeID": "", "NodeAddr": "", "LocalNodeState": "inactive",
+            "ControlAvailable": False, "Error": "", "RemoteManagers": None,
+        }
+    view = m.store.view()
+    nodes = view.nodes()
+    cluster = view.cluster()
+    out: dict[str, Any] = {
+        "NodeID": d.node_id,
+        "NodeAddr": d.node_addr,
+        "LocalNodeState": "active",
+        "ControlAvailable": True,
+        "Error": "",
+        "RemoteManagers": [{"NodeID": d.node_id, "Addr": d.manager_addr}],
+        "Nodes": len(nodes),
+        "Managers": sum(1 for n in nodes if n.spec.role == "manager"),
+    }
+    if cluster is not None:
+        c = wire(cluster)
+        c.pop("JoinTokens", None)
+        c.setdefault("DataPathPort", DEFAULT_DATA_PATH_PORT)
+        c.setdefault("SubnetSize", DEFAULT_SUBNET_SIZE)
+        out["Cluster"] = c
+    return out
+
+
+async def info(request: web.Request) -> web.Response:
+    d = context(request)
+    running, total = d.running_tasks()
+    os_name, os_version = _os_release()
+    return json_response({
+        "ID": d.node_id or "",
+        "Containers": total,
+        "ContainersRunning": running,
+        "ContainersPaused": 0,
+        "ContainersStopped": total - running,
+        "Images": 0,
+        "Driver": d.runtime,
+        "DriverStatus": [],
+        "Plugins": {"Volume": [], "Network": [], "Authorization": None, "Log": []},
+        "MemoryLimit": True,
+        "SwapLimit": False,
+        "CpuCfsPeriod": True,
+        "CpuCfsQuota": True,
+        "CPUShares": True,
+        "CPUSet": True,
+        "PidsLimit": True,
+        "IPv4Forwarding": True,
+        "Debug": False,
+        "NFd": len(os.listdir("/proc/self/fd")),
+        "NGoroutines": 0,
+        "SystemTime": _now(),
+        "LoggingDriver": "json-file",
+        "CgroupDriver": "cgroupfs",
+        "NEventsListener": 0,
+        "KernelVersion": platform.release(),
+        "OperatingSystem": os_name,
+        "OSVersion": os_version,
+        "OSType": "linux",
+        "Architecture": platform.machine(),
+        "IndexServerAddress": "https://index.docker.io/v1/",
+        "RegistryConfig": None,
+        "NCPU": os.cpu_count() or 1,
+        "MemTotal": _mem_total(),
+        "GenericResources": None,
+        "DockerRootDir": str(d.data_dir),
+        "Name": d.node_name,
+        "Labels": [f"{k}={v}" for k, v in d.engine_labels.items()],
+        "ExperimentalBuild": False,
+        "ServerVersion": SERVER_VERSION,
+        "Runtimes": {d.runtime: {"path": d.runtime}},
+        "DefaultRuntime": d.runtime,
+        "Swarm": swarm_info(request),
+        "LiveRestoreEnabled": False,
+        "Isolation": "",
+        "InitBinary": "",
+        "SecurityOptions": [],
+        "Warnings": None,
+    })
+
+
+def _now() -> str:
+    from shoal.types.base import format_time, now_ns
+
+    return format_time(now_ns())
+
+
+async def distribution(request: web.Request) -> web.Response:
+    d = context(request)
+    name = request.match_info["name"]
+    raise Internal(
+        f"cannot resolve image {name}: the {d.runtime} runtime has no registry access"
+    )

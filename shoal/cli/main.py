@@ -1,0 +1,70 @@
+"""The `shoal` command: daemon and cluster lifecycle, and the everyday commands."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+
+import typer
+
+from shoal import __version__
+
+app = typer.Typer(help="shoal: a container orchestrator with Docker Swarm mode semantics.",
+                  no_args_is_help=True, add_completion=False)
+
+
+def _parse_labels(labels: list[str]) -> dict[str, str]:
+    out = {}
+    for item in labels:
+        k, sep, v = item.partition("=")
+        if not k or not sep:
+            raise typer.BadParameter(f"label {item!r} must be key=value")
+        out[k] = v
+    return out
+
+
+@app.command()
+def daemon(
+    data_dir: Path = typer.Option(Path("/var/lib/shoal"), "--data-dir", help="State directory."),
+    host: list[str] = typer.Option(
+        None, "--host", "-H",
+        help="Where to serve the Docker API: unix:///PATH or tcp://ADDR:PORT (repeatable).",
+    ),
+    runtime: str = typer.Option("process", "--runtime", help="process | docker | sim"),
+    node_name: str = typer.Option("", "--node-name", help="The node's hostname in the cluster."),
+    label: list[str] = typer.Option(None, "--label", help="Engine label k=v (repeatable)."),
+    live_restore: bool = typer.Option(
+        False, "--live-restore", help="Keep tasks running while the daemon is down."
+    ),
+    log_level: str = typer.Option("info", "--log-level"),
+) -> None:
+    """Run the shoal daemon (agent, and manager once in a swarm)."""
+    from shoal import log
+    from shoal.daemon import RUNTIMES, DaemonConfig, serve
+
+    if runtime not in RUNTIMES:
+        raise typer.BadParameter(f"unknown runtime {runtime!r}: choose from {', '.join(RUNTIMES)}")
+    log.setup(log_level)
+    config = DaemonConfig(
+        data_dir=data_dir,
+        hosts=host or ["unix:///run/shoal/shoal.sock"],
+        runtime=runtime,
+        node_name=node_name or socket.gethostname(),
+        labels=_parse_labels(label or []),
+        live_restore=live_restore,
+    )
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        asyncio.run(serve(config))
+    else:
+        uvloop.run(serve(config))
+
+
+@app.command()
+def version() -> None:
+    """Print shoal's version."""
+    typer.echo(__version__)
+
+

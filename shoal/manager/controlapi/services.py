@@ -1,0 +1,218 @@
+"""Service operations behind the API: validation, then one store transaction each."""
+
+from __future__ import annotations
+
+import re
+
+import msgspec
+
+from shoal.errors import (
+    Conflict,
+    FailedPrecondition,
+    NotFound,
+    OutOfSequence,
+    ShoalError,
+    invalid_argument,
+)
+from shoal.ids import new_id
+from shoal.manager.controlapi.names import random_name
+from shoal.manager.orchestrator.update import rollback_service
+from shoal.manager.scheduler import constraint
+from shoal.manager.store import Store, Tx
+from shoal.types.service import (
+    ContainerSpec,
+    Endpoint,
+    EndpointSpec,
+    ReplicatedService,
+    Service,
+    ServiceMode,
+    ServiceSpec,
+    TaskSpec,
+)
+
+_DNS_NAME = re.compile(r"^[a-zA-Z0-9](?:[-_]*[A-Za-z0-9]+)*$")
+MAX_NAME_LENGTH = 63
+DEFAULT_ISOLATION = "default"
+DEFAULT_RUNTIME = "container"
+
+
+class ConstraintRejected(ShoalError):
+    """dockerd answers a malformed constraint with 500 and gRPC code Unknown."""
+
+    status = 500
+
+
+def _validate_duration(name: str, value: int | None) -> None:
+    if value is not None and value < 0:
+        raise invalid_argument(f"TaskSpec: {name} cannot be negative")
+
+
+def validate(spec: ServiceSpec) -> ServiceSpec:
+    """Check a spec as SwarmKit's control API does; return it with what the store keeps
+    filled in (a generated name, the default mode, isolation and runtime)."""
+    name = spec.name or random_name()
+    if len(name) > MAX_NAME_LENGTH or not _DNS_NAME.match(name):
+        raise invalid_argument("name must be valid as a DNS name component")
+    tt = spec.task_template or TaskSpec()
+    cs = tt.container_spec
+    if cs is None:
+        raise invalid_argument("ContainerSpec: missing in service spec")
+    if not cs.image:
+        raise invalid_argument("ContainerSpec: image reference must be provided")
+    _validate_duration("StopGracePeriod", cs.stop_grace_period)
+    rp = tt.restart_policy
+    if rp is not None:
+        if rp.condition not in (None, "", "none", "on-failure", "any"):
+            raise invalid_argument(f"TaskSpec: invalid restart condition {rp.condition!r}")
+        _validate_duration("restart-delay", rp.delay)
+        _validate_duration("restart-window", rp.window)
+        if rp.max_attempts is not None and rp.max_attempts < 0:
+            raise invalid_argument("TaskSpec: restart-max-attempts cannot be negative")
+    res = tt.resources
+    if res and res.reservations and (res.reservations.nano_cpus or 0) < 0:
+        raise invalid_argument("TaskSpec: reserved CPU cannot be negative")
+    placement = tt.placement
+    if placement and placement.constraints:
+        try:
+            constraint.parse(placement.constraints)
+        except constraint.ConstraintError as e:
+            raise ConstraintRejected(f"rpc error: code = Unknown desc = {e}") from e
+    for cfg_name, cfg in (("UpdateConfig", spec.update_config),
+                          ("RollbackConfig", spec.rollback_config)):
+        if cfg is None:
+            continue
+        if (cfg.delay or 0) < 0 or (cfg.monitor or 0) < 0:
+            raise invalid_argument(f"{cfg_name}: durations cannot be negative")
+        if cfg.max_failure_ratio is not None and not 0 <= cfg.max_failure_ratio <= 1:
+            raise invalid_argument(f"{cfg_name}: max failure ratio must be between 0 and 1")
+        if cfg.failure_action not in (None, "", "pause", "continue", "rollback"):
+            raise invalid_argument(f"{cfg_name}: invalid failure action {cfg.failure_action!r}")
+        if cfg.order not in (None, "", "stop-first", "start-first"):
+            raise invalid_argument(f"{cfg_name}: invalid order {cfg.order!r}")
+    mode = spec.mode or ServiceMode(replicated=ReplicatedService(replicas=1))
+    kinds = [
+        m for m in (mode.replicated, mode.global_, mode.replicated_job, mode.global_job)
+        if m is not None
+    ]
+    if len(kinds) > 1:
+        raise invalid_argument("service mode: only one mode may be set")
+    if not kinds:
+        mode = ServiceMode(replicated=ReplicatedService(replicas=1))
+    elif mode.replicated is not None and mode.replicated.replicas is None:
+        mode = ServiceMode(replicated=ReplicatedService(replicas=1))
+    if mode.replicated is not None and (mode.replicated.replicas or 0) < 0:
+        raise invalid_argument("Replicas cannot be negative")
+    if mode.kind.endswith("-job"):
+        raise invalid_argument(f"service mode {mode.kind} is not supported yet")
+    ep = spec.endpoint_spec
+    if ep is not None and ep.mode not in (None, "", "vip", "dnsrr"):
+        raise invalid_argument(f"EndpointSpec: invalid mode {ep.mode!r}")
+    cs = msgspec.structs.replace(cs, isolation=cs.isolation or DEFAULT_ISOLATION)
+    tt = msgspec.structs.replace(tt, container_spec=cs, runtime=tt.runtime or DEFAULT_RUNTIME)
+    return msgspec.structs.replace(spec, name=name, task_template=tt, mode=mode)
+
+
+def _name_taken(tx: Tx, name: str, except_id: str | None = None) -> bool:
+    lower = name.lower()
+    return any(
+        (s.spec.name or "").lower() == lower and s.id != except_id for s in tx.services()
+    )
+
+
+def _task_relevant(spec: ServiceSpec) -> tuple[TaskSpec | None, EndpointSpec | None]:
+    """The parts of a spec whose change needs new tasks."""
+    tt = spec.task_template
+    if tt is not None:
+        tt = msgspec.structs.replace(tt, runtime=None)
+    return tt, spec.endpoint_spec
+
+
+def create_service(store: Store, spec: ServiceSpec) -> Service:
+    spec = validate(spec)
+
+    def write(tx: Tx) -> Service:
+        assert spec.name is not None
+        if _name_taken(tx, spec.name):
+            raise Conflict(
+                "rpc error: code = AlreadyExists desc = name conflicts with an existing object: "
+                f"service {spec.name} already exists"
+            )
+        return tx.create(
+            Service(id=new_id(), spec=spec, spec_version=tx.index, endpoint=_endpoint(spec))
+        )
+
+    return store.update(write)
+
+
+def _endpoint(spec: ServiceSpec) -> Endpoint:
+    return Endpoint(spec=spec.endpoint_spec or EndpointSpec())
+
+
+def update_service(store: Store, ref: str, version: int, spec: ServiceSpec,
+                   rollback: bool = False) -> Service:
+    """`POST /services/{id}/update?version=N[&rollback=previous]`."""
+
+    def write(tx: Tx) -> Service:
+        current = resolve_service(tx, ref)
+        if current.version.index != version:
+            raise OutOfSequence()
+        if rollback:
+            if current.previous_spec is None:
+                raise FailedPrecondition(
+                    "rpc error: code = FailedPrecondition desc = "
+                    f"service {current.id} does not have a previous spec"
+                )
+            out = rollback_service(tx, current.id, "manually requested rollback")
+            assert out is not None
+            return out
+        new_spec = validate(msgspec.structs.replace(spec, name=spec.name or current.spec.name))
+        if new_spec.name != current.spec.name:
+            if _name_taken(tx, new_spec.name or "", except_id=current.id):
+                raise Conflict(
+                    "rpc error: code = AlreadyExists desc = name conflicts with an existing "
+                    f"object: service {new_spec.name} already exists"
+                )
+        old_kind = current.spec.mode.kind if current.spec.mode else "replicated"
+        new_kind = new_spec.mode.kind if new_spec.mode else "replicated"
+        if old_kind != new_kind:
+            raise invalid_argument("service mode change is not allowed")
+        spec_version = current.spec_version
+        if _task_relevant(new_spec) != _task_relevant(current.spec):
+            spec_version = tx.index
+        return tx.update(
+            msgspec.structs.replace(
+                current,
+                spec=new_spec,
+                previous_spec=current.spec,
+                spec_version=spec_version,
+                update_status=None,
+            )
+        )
+
+    return store.update(write)
+
+
+def remove_service(store: Store, ref: str) -> None:
+    store.update(lambda tx: tx.delete("service", resolve_service(tx, ref).id))
+
+
+def resolve_service(tx: Tx, ref: str) -> Service:
+    """A service by full ID, exact name, or unique ID prefix (as dockerd resolves them)."""
+    s = tx.get_service(ref)
+    if s is not None:
+        return s
+    services = tx.services()
+    for s in services:
+        if s.spec.name == ref:
+            return s
+    matches = [s for s in services if s.id.startswith(ref)] if ref else []
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise invalid_argument(f"service {ref} is ambiguous ({len(matches)} matches found)")
+    raise NotFound(f"service {ref} not found")
+
+
+def container_spec(service: Service) -> ContainerSpec:
+    tt = service.spec.task_template
+    return tt.container_spec if tt and tt.container_spec else ContainerSpec()

@@ -1,0 +1,248 @@
+"""The dispatcher: one session per agent.
+
+It registers nodes, watches their heartbeats (a node that misses `HEARTBEAT_GRACE`
+periods is marked down), streams each node its assignments (first the complete set,
+then only what changed: new tasks, desired-state changes, removals), and writes the
+task statuses agents report in batches bounded by size and time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import msgspec
+
+from shoal.errors import NotFound
+from shoal.log import get_logger
+from shoal.manager.store import Event, Store, Tx
+from shoal.types.agent import Assignment, LogSource, TaskStatusUpdate
+from shoal.types.node import Node, NodeDescription, NodeStatus
+from shoal.types.swarm import DEFAULT_HEARTBEAT_PERIOD_NS
+from shoal.types.task import Owner, Task, TaskState, TaskStatus, can_transition
+
+HEARTBEAT_GRACE = 3  # periods without a heartbeat before a node is down
+HEARTBEAT_EPSILON_S = 0.5  # jitter on the period given to agents
+STATUS_BATCH_MAX_ITEMS = 10_000
+STATUS_BATCH_INTERVAL_S = 0.1
+MSG_HEARTBEAT_FAILURE = "heartbeat failure"
+
+log = get_logger("shoal.manager.dispatcher")
+
+
+@dataclass(slots=True)
+class _Session:
+    node_id: str
+    logs: LogSource
+    last_beat: float
+    queue: asyncio.Queue[Assignment] = field(default_factory=asyncio.Queue)
+    sent: set[str] = field(default_factory=set)
+
+
+def _assignable(task: Task) -> bool:
+    return task.node_id is not None and task.state >= TaskState.ASSIGNED
+
+
+class Dispatcher:
+    """Implements the agent side's `DispatcherSession` protocol."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._sessions: dict[str, _Session] = {}
+        self._pending_status: dict[str, tuple[str, TaskStatus]] = {}
+        self._flush_now = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self.status_writes = 0
+
+    # configuration --------------------------------------------------------------------------
+    def heartbeat_period(self) -> float:
+        cluster = self._store.view().cluster()
+        period = DEFAULT_HEARTBEAT_PERIOD_NS
+        if cluster and cluster.spec.dispatcher and cluster.spec.dispatcher.heartbeat_period:
+            period = cluster.spec.dispatcher.heartbeat_period
+        return period / 1e9
+
+    # the loops ------------------------------------------------------------------------------
+    async def run(self) -> None:
+        watcher = self._store.watch("task")
+        loops = [
+            asyncio.create_task(self._route(watcher), name="dispatcher-route"),
+            asyncio.create_task(self._flush_loop(), name="dispatcher-status"),
+            asyncio.create_task(self._expire_loop(), name="dispatcher-heartbeats"),
+        ]
+        try:
+            await self._stopped.wait()
+        finally:
+            watcher.close()
+            for t in loops:
+                t.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+            self._flush()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    async def _route(self, watcher: AsyncIterator[list[Event]]) -> None:
+        async for events in watcher:
+            changes: dict[str, Assignment] = {}
+            for ev in events:
+                self._route_event(ev, changes)
+            for node_id, a in changes.items():
+                s = self._sessions.get(node_id)
+                if s is not None:
+                    s.queue.put_nowait(a)
+
+    def _route_event(self, ev: Event, changes: dict[str, Assignment]) -> None:
+        task: Task = ev.obj
+        old: Task | None = ev.old
+
+        def add(node_id: str, t: Task | None = None, removed: str | None = None) -> None:
+            s = self._sessions.get(node_id)
+            if s is None:
+                return
+            a = changes.setdefault(node_id, Assignment())
+            if t is not None:
+                a.tasks.append(t)
+                s.sent.add(t.id)
+            if removed is not None and removed in s.sent:
+                a.removed.append(removed)
+                s.sent.discard(removed)
+
+        if old is not None and old.node_id and old.node_id != task.node_id:
+            add(old.node_id, removed=old.id)
+        if ev.action == "remove":
+            if task.node_id:
+                add(task.node_id, removed=task.id)
+            return
+        if not _assignable(task):
+            return
+        assert task.node_id is not None
+        s = self._sessions.get(task.node_id)
+        if s is None:
+            return
+        if task.id not in s.sent or old is None or old.desired_state != task.desired_state \
+                or old.spec_version != task.spec_version:
+            add(task.node_id, task)
+
+    async def _flush_loop(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._flush_now.wait(), STATUS_BATCH_INTERVAL_S)
+            except TimeoutError:
+                pass
+            self._flush_now.clear()
+            self._flush()
+
+    async def _expire_loop(self) -> None:
+        while True:
+            period = self.heartbeat_period()
+            await asyncio.sleep(min(1.0, period / 2))
+            now = time.monotonic()
+            expired = [
+                s.node_id for s in self._sessions.values()
+                if now - s.last_beat > period * HEARTBEAT_GRACE
+            ]
+            for node_id in expired:
+                log.warning("node missed heartbeats", node=node_id)
+                self._sessions.pop(node_id, None)
+                self._store.update(
+                    lambda tx, nid=node_id: self._set_node_state(tx, nid, "down",
+                                                                 MSG_HEARTBEAT_FAILURE)
+                )
+
+    # the session API (called by agents) --------------------------------------------------------
+    async def register(self, node_id: str, description: NodeDescription, addr: str,
+                       logs: LogSource) -> float:
+        def write(tx: Tx) -> None:
+            node = tx.get_node(node_id)
+            if node is None:
+                raise NotFound(f"node {node_id} not found")
+            status = NodeStatus(state="ready", addr=addr)
+            tx.update(msgspec.structs.replace(node, description=_keep_tls(node, description),
+                                              status=status))
+
+        self._store.update(write)
+        self._sessions[node_id] = _Session(node_id, logs, time.monotonic())
+        log.info("node registered", node=node_id, addr=addr)
+        return self._jittered_period()
+
+    async def heartbeat(self, node_id: str) -> float:
+        s = self._sessions.get(node_id)
+        if s is None:
+            raise NotFound(f"node {node_id} has no session")
+        s.last_beat = time.monotonic()
+        return self._jittered_period()
+
+    def _jittered_period(self) -> float:
+        return self.heartbeat_period() + random.uniform(-HEARTBEAT_EPSILON_S, HEARTBEAT_EPSILON_S) \
+            * min(1.0, self.heartbeat_period() / 5)
+
+    async def assignments(self, node_id: str) -> AsyncIterator[Assignment]:
+        s = self._sessions.get(node_id)
+        if s is None:
+            raise NotFound(f"node {node_id} has no session")
+        tasks = [t for t in self._store.view().tasks_on_node(node_id) if _assignable(t)]
+        s.sent = {t.id for t in tasks}
+        # anything queued before now is contained in the complete set
+        while not s.queue.empty():
+            s.queue.get_nowait()
+        yield Assignment(full=True, tasks=tasks)
+        while self._sessions.get(node_id) is s:
+            yield await s.queue.get()
+
+    async def update_task_status(self, node_id: str, updates: list[TaskStatusUpdate]) -> None:
+        for u in updates:
+            self._pending_status[u.task_id] = (node_id, u.status)
+        if len(self._pending_status) >= STATUS_BATCH_MAX_ITEMS:
+            self._flush_now.set()
+
+    def close_session(self, node_id: str) -> None:
+        self._sessions.pop(node_id, None)
+
+    def log_source(self, node_id: str) -> LogSource | None:
+        s = self._sessions.get(node_id)
+        return s.logs if s else None
+
+    # writes ---------------------------------------------------------------------------------
+    def _flush(self) -> None:
+        if not self._pending_status:
+            return
+        batch, self._pending_status = self._pending_status, {}
+
+        def write(tx: Tx, item: tuple[str, tuple[str, TaskStatus]]) -> None:
+            task_id, (node_id, status) = item
+            t = tx.get_task(task_id)
+            if t is None or t.node_id != node_id:
+                return
+            new_state = TaskState.from_wire(status.state)
+            if new_state == t.state and status != t.status and new_state == TaskState.RUNNING:
+                pass  # a refreshed running status (e.g. adopted after a restart)
+            elif not can_transition(t.state, new_state, Owner.AGENT):
+                return
+            tx.update(msgspec.structs.replace(t, status=status))
+            self.status_writes += 1
+
+        self._store.batch(batch.items(), write)
+
+    @staticmethod
+    def _set_node_state(tx: Tx, node_id: str, state: str, message: str | None) -> None:
+        node = tx.get_node(node_id)
+        if node is None or node.status.state == state:
+            return
+        status = msgspec.structs.replace(node.status, state=state, message=message)
+        tx.update(msgspec.structs.replace(node, status=status))
+
+    def statistics(self) -> dict[str, int]:
+        return {
+            "sessions": len(self._sessions),
+            "pending_status": len(self._pending_status),
+            "status_writes": self.status_writes,
+        }
+
+
+def _keep_tls(node: Node, description: NodeDescription) -> NodeDescription:
+    """The agent does not know the cluster's TLS info; keep what the manager set."""
+    return msgspec.structs.replace(description, tls_info=node.description.tls_info)

@@ -1,0 +1,93 @@
+"""The log broker: gathers the logs of a service's (or one task's) tasks from the
+nodes that ran them, merged in time order; with `follow`, also from tasks that start
+while the client is listening."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+from collections.abc import AsyncIterator
+
+from shoal.manager.dispatcher.dispatcher import Dispatcher
+from shoal.manager.store import Store
+from shoal.types.agent import LogMessage, LogOptions
+from shoal.types.task import Task, TaskState
+
+FOLLOW_NEW_TASKS_POLL_S = 0.5
+_DONE = object()
+
+
+class LogBroker:
+    def __init__(self, store: Store, dispatcher: Dispatcher) -> None:
+        self._store = store
+        self._dispatcher = dispatcher
+
+    def _tasks(self, service_id: str | None, task_id: str | None) -> list[Task]:
+        view = self._store.view()
+        if task_id is not None:
+            t = view.get_task(task_id)
+            return [t] if t is not None else []
+        assert service_id is not None
+        return sorted(view.tasks_of_service(service_id), key=lambda t: (t.created_at, t.id))
+
+    async def logs(self, options: LogOptions, service_id: str | None = None,
+                   task_id: str | None = None) -> AsyncIterator[tuple[Task, LogMessage]]:
+        tasks = [t for t in self._tasks(service_id, task_id)
+                 if t.node_id and t.state >= TaskState.ASSIGNED]
+        if not options.follow:
+            merged: list[tuple[int, int, Task, LogMessage]] = []
+            for t in tasks:
+                async for m in self._task_logs(t, options):
+                    merged.append((m.timestamp_ns, len(merged), t, m))
+            heapq.heapify(merged)
+            while merged:
+                _, _, t, m = heapq.heappop(merged)
+                yield t, m
+            return
+        queue: asyncio.Queue[object] = asyncio.Queue(maxsize=10_000)
+        readers: dict[str, asyncio.Task[None]] = {}
+
+        async def pump(t: Task, opts: LogOptions) -> None:
+            async for m in self._task_logs(t, opts):
+                await queue.put((t, m))
+
+        def start(t: Task, opts: LogOptions) -> None:
+            readers[t.id] = asyncio.create_task(pump(t, opts), name=f"logs-{t.id}")
+
+        for t in tasks:
+            start(t, options)
+        watcher = None
+        try:
+            if service_id is not None and task_id is None:
+                watcher = asyncio.create_task(self._watch_new(service_id, readers, start, options))
+            while True:
+                item = await queue.get()
+                assert isinstance(item, tuple)
+                yield item[0], item[1]
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            for r in readers.values():
+                r.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.gather(*readers.values(), return_exceptions=True)
+
+    async def _watch_new(self, service_id: str, readers: dict[str, asyncio.Task[None]],
+                         start: object, options: LogOptions) -> None:
+        from msgspec.structs import replace
+
+        assert callable(start)
+        new_opts = replace(options, tail=None)
+        while True:
+            await asyncio.sleep(FOLLOW_NEW_TASKS_POLL_S)
+            for t in self._tasks(service_id, None):
+                if t.id not in readers and t.node_id and t.state >= TaskState.ASSIGNED:
+                    start(t, new_opts)
+
+    async def _task_logs(self, task: Task, options: LogOptions) -> AsyncIterator[LogMessage]:
+        source = self._dispatcher.log_source(task.node_id or "")
+        if source is None:
+            return
+        async for m in source.task_logs(task.id, options):
+            yield m

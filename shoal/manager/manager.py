@@ -1,0 +1,84 @@
+"""The manager: wires the store to the control loops.
+
+Only a leading manager runs orchestrators, scheduler, allocator and reaper; every
+manager serves the API and agent sessions (one manager today: it always leads).
+The loops never call each other: they meet in the store and its watches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any, Protocol
+
+from shoal.log import get_logger
+from shoal.manager.allocator.allocator import Allocator
+from shoal.manager.dispatcher.dispatcher import Dispatcher
+from shoal.manager.logbroker import LogBroker
+from shoal.manager.loops import log_failure
+from shoal.manager.orchestrator.global_ import GlobalOrchestrator
+from shoal.manager.orchestrator.reaper import TaskReaper
+from shoal.manager.orchestrator.replicated import ReplicatedOrchestrator
+from shoal.manager.orchestrator.restart import RestartSupervisor
+from shoal.manager.orchestrator.update import UpdateSupervisor
+from shoal.manager.scheduler.scheduler import Scheduler
+from shoal.manager.store import Store
+
+log = get_logger("shoal.manager")
+
+
+class _Loop(Protocol):
+    def run(self) -> Coroutine[Any, Any, None]: ...
+
+    def stop(self) -> None: ...
+
+    def statistics(self) -> dict[str, int]: ...
+
+
+class Manager:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.restarts = RestartSupervisor(store)
+        self.updates = UpdateSupervisor(store, self.restarts)
+        self.dispatcher = Dispatcher(store)
+        self.logbroker = LogBroker(store, self.dispatcher)
+        self.scheduler = Scheduler(store)
+        self.allocator = Allocator(store)
+        self.replicated = ReplicatedOrchestrator(store, self.restarts, self.updates)
+        self.global_ = GlobalOrchestrator(store, self.restarts, self.updates)
+        self.reaper = TaskReaper(store)
+        self._loops: dict[str, _Loop] = {
+            "dispatcher": self.dispatcher,
+            "allocator": self.allocator,
+            "scheduler": self.scheduler,
+            "replicated": self.replicated,
+            "global": self.global_,
+            "reaper": self.reaper,
+        }
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        for name, loop in self._loops.items():
+            t = asyncio.get_running_loop().create_task(loop.run(), name=f"manager-{name}")
+            t.add_done_callback(log_failure)
+            self._tasks.append(t)
+        log.info("manager started", index=self.store.index)
+
+    async def stop(self) -> None:
+        for loop in self._loops.values():
+            loop.stop()
+        self.updates.stop()
+        self.restarts.stop()
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        self.store.close()
+        log.info("manager stopped")
+
+    def statistics(self) -> dict[str, dict[str, int]]:
+        stats = {name: loop.statistics() for name, loop in self._loops.items()}
+        stats["store"] = self.store.statistics()
+        stats["restarts"] = self.restarts.statistics()
+        stats["updates"] = self.updates.statistics()
+        return stats

@@ -1,0 +1,138 @@
+"""The event loop every service orchestrator shares: it watches the store and hands
+each changed service, task and node to the mode-specific reconciler."""
+
+from __future__ import annotations
+
+import asyncio
+
+from shoal.manager.orchestrator.restart import RestartSupervisor
+from shoal.manager.orchestrator.task import invalid_node, is_runnable, set_desired
+from shoal.manager.orchestrator.update import UpdateSupervisor
+from shoal.manager.store import Event, Store, Tx
+from shoal.types.node import Node
+from shoal.types.service import Service
+from shoal.types.task import Task, TaskState
+
+
+class ServiceOrchestrator:
+    """Base: subclasses say which services they own and how to reconcile one."""
+
+    modes: frozenset[str] = frozenset()
+
+    def __init__(self, store: Store, restarts: RestartSupervisor, updates: UpdateSupervisor) -> None:
+        self._store = store
+        self._restarts = restarts
+        self._updates = updates
+        self._stopped = asyncio.Event()
+        self.reconciles = 0
+
+    def owns(self, service: Service | None) -> bool:
+        if service is None:
+            return False
+        mode = service.spec.mode.kind if service.spec.mode else "replicated"
+        return mode in self.modes
+
+    async def run(self) -> None:
+        watcher = self._store.watch("service", "task", "node")
+        try:
+            self._store.update(self._check_all)
+            while not self._stopped.is_set():
+                events = await watcher.__anext__()
+                events.extend(watcher.get_nowait_all())
+                self._store.update(lambda tx: self._handle(tx, events))
+        finally:
+            watcher.close()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    # initial sweep (also after a restart of the daemon) -----------------------------------
+    def _check_all(self, tx: Tx) -> None:
+        for t in tx.tasks():
+            self._check_task(tx, t)
+        for s in tx.services():
+            if self.owns(s):
+                self.reconcile(tx, s)
+
+    # events ----------------------------------------------------------------------------------
+    def _handle(self, tx: Tx, events: list[Event]) -> None:
+        dirty_services: set[str] = set()
+        for ev in events:
+            if ev.kind == "service":
+                if ev.action == "remove":
+                    if self.owns(ev.obj):
+                        self._service_removed(tx, ev.obj)
+                elif self.owns(ev.obj):
+                    dirty_services.add(ev.obj.id)
+            elif ev.kind == "task":
+                if ev.action == "remove":
+                    dirty_services.add(ev.obj.service_id)
+                else:
+                    cur = tx.get_task(ev.obj.id)
+                    if cur is not None and self._check_task(tx, cur):
+                        dirty_services.add(cur.service_id)
+            elif ev.kind == "node":
+                dirty_services |= self.node_changed(tx, ev.obj.id)
+        for sid in dirty_services:
+            s = tx.get_service(sid)
+            if self.owns(s):
+                assert s is not None
+                self.reconcile(tx, s)
+
+    def _check_task(self, tx: Tx, task: Task) -> bool:
+        """Restart a task that should run but has finished or whose node went away.
+        True when its service needs reconciling."""
+        service = tx.get_service(task.service_id)
+        if not self.owns(service) or not is_runnable(task):
+            return False
+        assert service is not None
+        if task.state > TaskState.RUNNING:
+            self._restarts.restart(tx, service, task)
+            return True
+        if task.node_id and task.state >= TaskState.ASSIGNED and self.moves_on_invalid_node:
+            node = tx.get_node(task.node_id)
+            if invalid_node(node):
+                self._restarts.restart(tx, service, task, force=True)
+                return True
+        return False
+
+    moves_on_invalid_node = True
+
+    def _service_removed(self, tx: Tx, service: Service) -> None:
+        self._updates.cancel(service.id)
+        self._restarts.clear_service(service.id)
+        for t in tx.tasks_of_service(service.id):
+            if t.desired < TaskState.REMOVE:
+                tx.update(set_desired(t, TaskState.REMOVE))
+
+    # for subclasses -------------------------------------------------------------------------
+    def reconcile(self, tx: Tx, service: Service) -> None:
+        raise NotImplementedError
+
+    def node_changed(self, tx: Tx, node_id: str) -> set[str]:
+        """Services to reconcile after a node changed."""
+        node = tx.get_node(node_id)
+        out: set[str] = set()
+        if invalid_node(node):
+            for t in tx.tasks_on_node(node_id):
+                if self._check_task(tx, t):
+                    out.add(t.service_id)
+        return out
+
+    def _latest(self, tasks: list[Task]) -> Task | None:
+        return max(tasks, key=lambda t: (t.created_at, t.id), default=None)
+
+    def _finished_for_good(self, service: Service, tasks: list[Task]) -> bool:
+        """The slot's (or node's) last task ended and the restart policy will not
+        replace it: it still counts, so no new task is made for it."""
+        latest = self._latest(tasks)
+        return (
+            latest is not None
+            and latest.desired == TaskState.SHUTDOWN
+            and latest.state > TaskState.RUNNING
+            and not self._restarts.should_restart(latest, service)
+        )
+
+
+def node_is_usable(node: Node | None) -> bool:
+    return node is not None and not invalid_node(node)

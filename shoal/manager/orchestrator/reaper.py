@@ -1,0 +1,105 @@
+"""The task reaper: deletes old tasks so history stays bounded.
+
+Keeps `TaskHistoryRetentionLimit` finished tasks per slot (per node for global
+services), deletes tasks desired REMOVE once they stopped (or never reached a node),
+and runs on a timer or when enough changes piled up, as SwarmKit's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+
+from shoal.manager.orchestrator.task import is_runnable
+from shoal.manager.store import Store, Tx
+from shoal.types.swarm import DEFAULT_TASK_HISTORY
+from shoal.types.task import Task, TaskState
+
+REAPER_INTERVAL_S = 0.25
+REAPER_MAX_DIRTY = 1000
+
+
+def _stopped(task: Task) -> bool:
+    return task.state > TaskState.RUNNING or task.state < TaskState.ASSIGNED
+
+
+class TaskReaper:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._stopped = asyncio.Event()
+        self._dirty: set[tuple[str, object]] = set()
+        self._removing: set[str] = set()
+        self.deleted = 0
+
+    async def run(self) -> None:
+        watcher = self._store.watch("task")
+        try:
+            view = self._store.view()
+            for t in view.tasks():
+                self._note(t)
+            self._reap()
+            while not self._stopped.is_set():
+                try:
+                    events = await asyncio.wait_for(watcher.__anext__(), REAPER_INTERVAL_S)
+                except TimeoutError:
+                    self._reap()
+                    continue
+                for ev in events:
+                    if ev.action != "remove":
+                        self._note(ev.obj)
+                if len(self._dirty) + len(self._removing) >= REAPER_MAX_DIRTY:
+                    self._reap()
+        finally:
+            watcher.close()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def _note(self, t: Task) -> None:
+        if t.desired >= TaskState.REMOVE:
+            self._removing.add(t.id)
+        elif not is_runnable(t):
+            self._dirty.add((t.service_id, t.slot if t.slot is not None else t.node_id))
+
+    def _reap(self) -> None:
+        if not self._dirty and not self._removing:
+            return
+        dirty, self._dirty = self._dirty, set()
+        removing, self._removing = self._removing, set()
+        self._store.update(lambda tx: self._reap_tx(tx, dirty, removing))
+
+    def _reap_tx(self, tx: Tx, dirty: set[tuple[str, object]], removing: set[str]) -> None:
+        cluster = tx.cluster()
+        limit = DEFAULT_TASK_HISTORY
+        if cluster and cluster.spec.orchestration:
+            lim = cluster.spec.orchestration.task_history_retention_limit
+            limit = DEFAULT_TASK_HISTORY if lim is None else lim
+        for tid in removing:
+            t = tx.get_task(tid)
+            if t is None:
+                continue
+            if _stopped(t):
+                tx.delete("task", tid)
+                self.deleted += 1
+            else:
+                self._removing.add(tid)  # look again once it has stopped
+        if limit < 0:
+            return
+        groups: dict[tuple[str, object], list[Task]] = defaultdict(list)
+        services = {sid for sid, _ in dirty}
+        for sid in services:
+            for t in tx.tasks_of_service(sid):
+                key = (sid, t.slot if t.slot is not None else t.node_id)
+                if key in dirty and not is_runnable(t):
+                    groups[key].append(t)
+        for history in groups.values():
+            if len(history) <= limit:
+                continue
+            history.sort(key=lambda t: (t.created_at, t.id))
+            for t in history[: len(history) - limit]:
+                if _stopped(t):
+                    tx.delete("task", t.id)
+                    self.deleted += 1
+
+    def statistics(self) -> dict[str, int]:
+        return {"deleted": self.deleted}

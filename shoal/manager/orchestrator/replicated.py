@@ -1,0 +1,84 @@
+"""The replicated orchestrator: keeps `Replicas` slots of each replicated service.
+
+A slot is runnable while one of its tasks is desired to run. Fewer slots than replicas:
+new tasks in free slot numbers; more: whole slots removed (desired REMOVE), preferring
+slots that run nothing, then nodes with the most tasks of the service, then tasks not
+yet running. Slots whose tasks are out of date go to the update supervisor.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from shoal.manager.orchestrator.base import ServiceOrchestrator
+from shoal.manager.orchestrator.task import (
+    Slot,
+    is_runnable,
+    is_task_dirty,
+    new_task,
+    set_desired,
+    slots_of,
+)
+from shoal.manager.orchestrator.update import default_make_task
+from shoal.manager.store import Tx
+from shoal.types.service import Service
+from shoal.types.task import TaskState
+
+DEFAULT_REPLICAS = 1
+
+
+def replicas_of(service: Service) -> int:
+    mode = service.spec.mode
+    if mode is None or mode.replicated is None or mode.replicated.replicas is None:
+        return DEFAULT_REPLICAS
+    return mode.replicated.replicas
+
+
+class ReplicatedOrchestrator(ServiceOrchestrator):
+    modes = frozenset({"replicated"})
+
+    def reconcile(self, tx: Tx, service: Service) -> None:
+        self.reconciles += 1
+        slots = slots_of(tx.tasks_of_service(service.id))
+        runnable: dict[int, Slot] = {}
+        finished: dict[int, Slot] = {}
+        for n, tasks in slots.items():
+            live = [t for t in tasks if is_runnable(t)]
+            if live:
+                runnable[n] = live
+            elif self._finished_for_good(service, tasks):
+                finished[n] = tasks
+        want = replicas_of(service)
+        have = len(runnable) + len(finished)
+        removed: set[int] = set()
+        if want > have:
+            used = set(runnable) | set(finished)
+            free = (n for n in range(1, 1 << 30) if n not in used)
+            for _ in range(want - have):
+                tx.create(new_task(service, next(free)))
+        elif want < have:
+            removed = self._remove_slots(tx, runnable, finished, have - want)
+        dirty = [
+            slot for n, slot in runnable.items()
+            if n not in removed and any(is_task_dirty(service, t) for t in slot)
+        ]
+        if dirty:
+            self._updates.update(service, dirty, default_make_task)
+
+    def _remove_slots(self, tx: Tx, runnable: dict[int, Slot], finished: dict[int, Slot],
+                      count: int) -> set[int]:
+        per_node = Counter(t.node_id for slot in runnable.values() for t in slot if t.node_id)
+
+        def rank(item: tuple[int, Slot]) -> tuple[int, int, int]:
+            n, slot = item
+            t = slot[0]
+            running = 1 if any(x.state == TaskState.RUNNING for x in slot) else 0
+            return (-per_node.get(t.node_id, 0), running, -n)
+
+        order = list(finished.items()) + sorted(runnable.items(), key=rank)
+        for _, slot in order[:count]:
+            for t in slot:
+                cur = tx.get_task(t.id)
+                if cur is not None and cur.desired < TaskState.REMOVE:
+                    tx.update(set_desired(cur, TaskState.REMOVE))
+        return {n for n, _ in order[:count]}

@@ -1,0 +1,73 @@
+"""Helpers every orchestrator shares: making tasks, slots, and the dirty check."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import msgspec
+
+from shoal.ids import new_id
+from shoal.types.base import format_time, now_ns
+from shoal.types.node import Node
+from shoal.types.service import Service
+from shoal.types.task import Task, TaskState, TaskStatus
+
+Slot = list[Task]
+
+
+def new_task(service: Service, slot: int | None, node_id: str | None = None,
+             desired: TaskState = TaskState.RUNNING) -> Task:
+    """A NEW task for `service` (SwarmKit's NewTask: message "created")."""
+    spec = service.spec.task_template
+    assert spec is not None
+    return Task(
+        id=new_id(),
+        spec=spec,
+        service_id=service.id,
+        service_name=service.spec.name or "",
+        slot=slot,
+        node_id=node_id,
+        status=TaskStatus(timestamp=format_time(now_ns()), state="new", message="created"),
+        desired_state=desired.wire,
+        spec_version=service.spec_version,
+        labels={},
+    )
+
+
+def set_desired(task: Task, desired: TaskState) -> Task:
+    return msgspec.structs.replace(task, desired_state=desired.wire)
+
+
+def set_status(task: Task, state: TaskState, message: str, err: str | None = None) -> Task:
+    status = msgspec.structs.replace(
+        task.status, state=state.wire, message=message, err=err,
+        timestamp=format_time(now_ns()),
+    )
+    return msgspec.structs.replace(task, status=status)
+
+
+def is_runnable(task: Task) -> bool:
+    """Desired to run (or held ready): the task still occupies its slot."""
+    return task.desired <= TaskState.RUNNING
+
+
+def is_task_dirty(service: Service, task: Task) -> bool:
+    """True when the task was made from an older spec than the service's current one.
+
+    The spec version is bumped only for changes that need new tasks (the task
+    template or the endpoint), not for replicas or labels: see controlapi.
+    """
+    return task.spec_version != service.spec_version
+
+
+def invalid_node(node: Node | None) -> bool:
+    """Tasks on such a node must be moved (SwarmKit's InvalidNode): gone, down, drained."""
+    return node is None or node.status.state == "down" or node.spec.availability == "drain"
+
+
+def slots_of(tasks: list[Task]) -> dict[int, Slot]:
+    slots: dict[int, Slot] = defaultdict(list)
+    for t in tasks:
+        if t.slot is not None:
+            slots[t.slot].append(t)
+    return slots

@@ -1,0 +1,101 @@
+"""Placement constraints: `key==value` / `key!=value`, as SwarmKit parses and matches them.
+
+Keys: node.id, node.hostname, node.ip, node.role, node.platform.os,
+node.platform.arch, node.labels.<k>, engine.labels.<k>. Values compare
+case-insensitively; several constraints must all hold.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+from shoal.types.node import Node
+
+EQ = "=="
+NE = "!="
+_OPERATORS = (EQ, NE)
+_KEY_RE = re.compile(r"^[a-zA-Z0-9._\-]+$")
+_VALUE_RE = re.compile(r"^(?i:[a-z0-9:\-_\s\.\*\(\)\?\+\[\]\\\^\$\|\/]+)$")
+
+ERR_OPERATOR = "constraint expected one operator from ==, !="
+
+
+class ConstraintError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Constraint:
+    key: str
+    operator: str
+    value: str
+
+    def matches_value(self, actual: str | None) -> bool:
+        if self.key == "node.ip" and actual is not None:
+            equal = _ip_matches(self.value, actual)
+        else:
+            equal = actual is not None and actual.lower() == self.value.lower()
+        return equal if self.operator == EQ else not equal
+
+    def matches(self, node: Node) -> bool:
+        return self.matches_value(node_value(node, self.key))
+
+
+def _ip_matches(expected: str, actual: str) -> bool:
+    try:
+        addr = ipaddress.ip_address(actual.split(":")[0])
+        if "/" in expected:
+            return addr in ipaddress.ip_network(expected, strict=False)
+        return addr == ipaddress.ip_address(expected)
+    except ValueError:
+        return False
+
+
+def parse(expressions: list[str]) -> list[Constraint]:
+    """Parse constraint expressions; raises ConstraintError with SwarmKit's messages."""
+    out = []
+    for expr in expressions:
+        found = None
+        for op in _OPERATORS:
+            if op in expr:
+                parts = expr.split(op)
+                if len(parts) == 2:
+                    found = (op, parts[0].strip(), parts[1].strip())
+                    break
+        if found is None:
+            raise ConstraintError(ERR_OPERATOR)
+        op, key, value = found
+        if not key or not _KEY_RE.match(key):
+            raise ConstraintError(f"key '{key}' is invalid")
+        if not value or not _VALUE_RE.match(value):
+            raise ConstraintError(f"value '{value}' is invalid")
+        out.append(Constraint(key, op, value))
+    return out
+
+
+def node_value(node: Node, key: str) -> str | None:
+    k = key.lower()
+    desc = node.description
+    if k == "node.id":
+        return node.id
+    if k == "node.hostname":
+        return desc.hostname
+    if k == "node.ip":
+        return node.status.addr
+    if k == "node.role":
+        return node.spec.role
+    if k == "node.platform.os":
+        return desc.platform.os
+    if k == "node.platform.arch":
+        return desc.platform.architecture
+    if key.startswith("node.labels."):
+        return node.spec.labels.get(key[len("node.labels."):])
+    if key.startswith("engine.labels."):
+        return (desc.engine.labels or {}).get(key[len("engine.labels."):])
+    return None
+
+
+def matches_all(constraints: list[Constraint], node: Node) -> bool:
+    return all(c.matches(node) for c in constraints)

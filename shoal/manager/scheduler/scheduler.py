@@ -1,0 +1,290 @@
+"""The scheduler: assigns PENDING tasks to nodes.
+
+It keeps its own view of nodes and their tasks, fed by store events, and never queries
+the store on the hot path. Pending tasks are collected with a debounce (50 ms after the
+last event, 1 s at most) and placed in one pass; decisions are written in batched
+transactions. Tasks of one service and spec version share one filter pass; nodes are
+then taken from a heap ordered by (tasks of this service, all tasks): SwarmKit's spread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+import msgspec
+
+from shoal.manager.scheduler.constraint import node_value
+from shoal.manager.scheduler.filters import Pipeline
+from shoal.manager.scheduler.nodeinfo import NodeInfo
+from shoal.manager.store import Event, Store, Tx
+from shoal.types.base import format_time, now_ns
+from shoal.types.node import Node
+from shoal.types.task import Task, TaskState
+
+COMMIT_DEBOUNCE_S = 0.05
+MAX_LATENCY_S = 1.0
+MSG_ASSIGNED = "scheduler assigned task to node"
+MSG_PREASSIGNED = "scheduler confirmed task can run on preassigned node"
+MSG_PENDING = "pending task scheduling"
+NO_SUITABLE_NODE = "no suitable node"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    task_id: str
+    node_id: str | None  # None: could not be placed
+    err: str | None = None
+    message: str = MSG_ASSIGNED
+
+
+def _needs_scheduling(task: Task) -> bool:
+    return task.state == TaskState.PENDING and task.desired <= TaskState.RUNNING
+
+
+class Scheduler:
+    """One per leading manager; `run()` until `stop()`."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.nodes: dict[str, NodeInfo] = {}
+        self.pending: dict[str, Task] = {}
+        self._pipeline = Pipeline()
+        self._stopped = asyncio.Event()
+        self.scheduled = 0
+        self.passes = 0
+
+    # state from the store ---------------------------------------------------------------
+    def load(self, view: Tx) -> None:
+        self.nodes = {n.id: NodeInfo.of(n) for n in view.nodes()}
+        self.pending = {}
+        for t in view.tasks():
+            self._observe_task(t)
+
+    def _observe_task(self, task: Task) -> None:
+        if _needs_scheduling(task):
+            self.pending[task.id] = task
+        else:
+            self.pending.pop(task.id, None)
+        info = self.nodes.get(task.node_id) if task.node_id else None
+        if info is None:
+            return
+        # A task holds its node's resources from ASSIGNED until it has really stopped.
+        if TaskState.ASSIGNED <= task.state <= TaskState.RUNNING:
+            if task.id in info.tasks:
+                info.tasks[task.id] = task
+            else:
+                info.add_task(task)
+        else:
+            info.remove_task(task.id)
+
+    def _forget_task(self, task: Task) -> None:
+        self.pending.pop(task.id, None)
+        if task.node_id and task.node_id in self.nodes:
+            self.nodes[task.node_id].remove_task(task.id)
+
+    def _observe_node(self, node: Node) -> None:
+        info = self.nodes.get(node.id)
+        if info is None:
+            self.nodes[node.id] = NodeInfo.of(node)
+            return
+        old_res = info.node.description.resources
+        new_res = node.description.resources
+        info.available_cpus += new_res.nano_cpus - old_res.nano_cpus
+        info.available_memory += new_res.memory_bytes - old_res.memory_bytes
+        info.node = node
+
+    def apply(self, events: list[Event]) -> None:
+        for ev in events:
+            if ev.kind == "task":
+                if ev.action == "remove":
+                    self._forget_task(ev.obj)
+                else:
+                    if ev.old is not None and ev.old.node_id != ev.obj.node_id:
+                        self._forget_task(ev.old)
+                    self._observe_task(ev.obj)
+            elif ev.kind == "node":
+                if ev.action == "remove":
+                    self.nodes.pop(ev.obj.id, None)
+                else:
+                    self._observe_node(ev.obj)
+
+    # the loop -------------------------------------------------------------------------------
+    async def run(self) -> None:
+        watcher = self._store.watch("task", "node")
+        try:
+            self.load(self._store.view())
+            self.tick()
+            while not self._stopped.is_set():
+                events = await watcher.__anext__()
+                self.apply(events)
+                first = time.monotonic()
+                while time.monotonic() - first < MAX_LATENCY_S:
+                    try:
+                        more = await asyncio.wait_for(watcher.__anext__(), COMMIT_DEBOUNCE_S)
+                    except TimeoutError:
+                        break
+                    self.apply(more)
+                self.tick()
+        finally:
+            watcher.close()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def tick(self) -> None:
+        """Place every pending task and commit the decisions."""
+        if not self.pending:
+            return
+        decisions = self.schedule(list(self.pending.values()))
+        self.passes += 1
+        self._commit(decisions)
+
+    # placement ------------------------------------------------------------------------------
+    def schedule(self, tasks: list[Task]) -> list[Decision]:
+        """Decide a node for each task, updating the local view as if they were placed."""
+        decisions: list[Decision] = []
+        groups: dict[tuple[str, int], list[Task]] = defaultdict(list)
+        for t in tasks:
+            if t.node_id:
+                decisions.append(self._check_preassigned(t))
+            else:
+                groups[(t.service_id, t.spec_version)].append(t)
+        for group in groups.values():
+            group.sort(key=lambda t: (t.slot or 0, t.id))
+            self._schedule_group(group, decisions)
+        return decisions
+
+    def _check_preassigned(self, task: Task) -> Decision:
+        info = self.nodes.get(task.node_id or "")
+        self._pipeline.set_task(task)
+        if info is not None and self._pipeline.process(info):
+            info.add_task(_assigned(task, info.id))
+            return Decision(task.id, info.id, message=MSG_PREASSIGNED)
+        return Decision(task.id, None, err=self._no_suitable_node())
+
+    def _schedule_group(self, tasks: list[Task], decisions: list[Decision]) -> None:
+        first = tasks[0]
+        self._pipeline.set_task(first)
+        candidates = [info for info in self.nodes.values() if self._pipeline.process(info)]
+        placement = first.spec.placement
+        prefs = [
+            p.spread.spread_descriptor
+            for p in (placement.preferences or [] if placement else [])
+            if p.spread and p.spread.spread_descriptor
+        ]
+        leftover = self._spread(candidates, prefs, tasks, decisions)
+        if leftover:
+            # What stopped the rest: run the filters again against the updated view.
+            self._pipeline.set_task(leftover[0])
+            for info in self.nodes.values():
+                self._pipeline.process(info)
+            err = self._no_suitable_node()
+            decisions.extend(Decision(t.id, None, err=err) for t in leftover)
+
+    def _no_suitable_node(self) -> str:
+        explanation = self._pipeline.explain()
+        return f"{NO_SUITABLE_NODE} ({explanation})" if explanation else NO_SUITABLE_NODE
+
+    def _spread(self, candidates: list[NodeInfo], prefs: list[str], tasks: list[Task],
+                decisions: list[Decision]) -> list[Task]:
+        """Placement preferences: split tasks evenly over the branches of each label,
+        top-down; then fill nodes by spread order. Returns the tasks that fit nowhere."""
+        if not tasks or not candidates:
+            return tasks
+        if not prefs:
+            return self._fill(candidates, tasks, decisions)
+        service_id = tasks[0].service_id
+        branches: dict[str, list[NodeInfo]] = defaultdict(list)
+        for info in candidates:
+            branches[node_value(info.node, prefs[0]) or ""].append(info)
+        load = {
+            b: sum(i.service_counts.get(service_id, 0) for i in infos)
+            for b, infos in branches.items()
+        }
+        share: dict[str, list[Task]] = defaultdict(list)
+        heap = [(n, b) for b, n in load.items()]
+        heapq.heapify(heap)
+        for t in tasks:
+            n, b = heapq.heappop(heap)
+            share[b].append(t)
+            heapq.heappush(heap, (n + 1, b))
+        leftover: list[Task] = []
+        for b, ts in share.items():
+            leftover.extend(self._spread(branches[b], prefs[1:], ts, decisions))
+        if leftover:
+            leftover = self._fill(candidates, leftover, decisions)
+        return leftover
+
+    def _fill(self, candidates: list[NodeInfo], tasks: list[Task],
+              decisions: list[Decision]) -> list[Task]:
+        service_id = tasks[0].service_id
+        heap = [(i.service_counts.get(service_id, 0), i.active_count, i.id, i) for i in candidates]
+        heapq.heapify(heap)
+        pipeline = self._pipeline
+        pipeline.set_task(tasks[0])
+        leftover: list[Task] = []
+        for task in tasks:
+            placed = False
+            while heap:
+                svc, total, nid, info = heapq.heappop(heap)
+                if (svc, total) != (info.service_counts.get(service_id, 0), info.active_count):
+                    heapq.heappush(
+                        heap, (info.service_counts.get(service_id, 0), info.active_count, nid, info)
+                    )
+                    continue
+                if not pipeline.process(info):
+                    continue  # full for this group: resources and replicas only shrink here
+                info.add_task(_assigned(task, info.id))
+                decisions.append(Decision(task.id, info.id))
+                heapq.heappush(heap, (svc + 1, total + 1, nid, info))
+                placed = True
+                break
+            if not placed:
+                leftover.append(task)
+        return leftover
+
+    # writing decisions ------------------------------------------------------------------------
+    def _commit(self, decisions: list[Decision]) -> None:
+        ts = format_time(now_ns())
+
+        def write(tx: Tx, d: Decision) -> None:
+            t = tx.get_task(d.task_id)
+            if t is None or not _needs_scheduling(t):
+                if d.node_id is not None and d.node_id in self.nodes:
+                    self.nodes[d.node_id].remove_task(d.task_id)  # placed in our view only
+                return
+            if d.node_id is None:
+                if t.status.err == d.err and t.status.message == MSG_PENDING:
+                    return
+                status = msgspec.structs.replace(
+                    t.status, message=MSG_PENDING, err=d.err, timestamp=ts
+                )
+                tx.update(msgspec.structs.replace(t, status=status))
+                return
+            status = msgspec.structs.replace(
+                t.status, state=TaskState.ASSIGNED.wire, message=d.message, err=None, timestamp=ts
+            )
+            tx.update(msgspec.structs.replace(t, node_id=d.node_id, status=status))
+            self.scheduled += 1
+
+        placed = [d for d in decisions if d.node_id is not None]
+        failed = [d for d in decisions if d.node_id is None]
+        self._store.batch(placed + failed, write)
+        for d in placed:
+            self.pending.pop(d.task_id, None)
+
+    def statistics(self) -> dict[str, int]:
+        return {
+            "nodes": len(self.nodes),
+            "pending": len(self.pending),
+            "scheduled": self.scheduled,
+            "passes": self.passes,
+        }
+
+
+def _assigned(task: Task, node_id: str) -> Task:
+    return msgspec.structs.replace(task, node_id=node_id)
