@@ -163,16 +163,22 @@ class Daemon:
             self._state = state
             self._start_swarm()
         await self._api.start()
-        log.info("daemon started", node_name=self.node_name, runtime=self.runtime,
-                 data_dir=str(self.data_dir), swarm=state is not None)
+        log.info(
+            "daemon started",
+            node_name=self.node_name,
+            runtime=self.runtime,
+            data_dir=str(self.data_dir),
+            swarm=state is not None,
+        )
 
     def _start_swarm(self) -> None:
         assert self._state is not None
         store = Store(SQLiteBackend(self._swarm_dir / "store.db"))
         self._manager = Manager(store)
         self._manager.start()
-        self._agent = Agent(self._state.node_id, self.node_addr, self.executor,
-                            self._manager.dispatcher)
+        self._agent = Agent(
+            self._state.node_id, self.node_addr, self.executor, self._manager.dispatcher
+        )
         self._agent.start()
 
     async def _stop_swarm(self, stop_tasks: bool) -> None:
@@ -199,8 +205,12 @@ class Daemon:
             if advertise in ("0.0.0.0", "::", ""):
                 advertise = "127.0.0.1"
             host, port = split_addr(advertise, split_addr(listen, DEFAULT_SWARM_PORT)[1])
-            state = SwarmState(node_id=new_id(), cluster_id=new_id(),
-                               advertise_addr=f"{host}:{port}", listen_addr=listen)
+            state = SwarmState(
+                node_id=new_id(),
+                cluster_id=new_id(),
+                advertise_addr=f"{host}:{port}",
+                listen_addr=listen,
+            )
             ca = RootCA.create()
             shutil.rmtree(self._swarm_dir, ignore_errors=True)
             certs = self._swarm_dir / "certificates"
@@ -211,28 +221,33 @@ class Daemon:
             key.write_bytes(ca.key_pem)
             spec = merge_spec(default_swarm_spec(), request.spec)
             store = Store(SQLiteBackend(self._swarm_dir / "store.db"))
-            description = msgspec.structs.replace(self.executor.describe(),
-                                                  tls_info=ca.tls_info())
+            description = msgspec.structs.replace(self.executor.describe(), tls_info=ca.tls_info())
 
             def bootstrap(tx: Any) -> None:
-                tx.create(Cluster(
-                    id=state.cluster_id,
-                    spec=spec,
-                    tls_info=ca.tls_info(),
-                    default_addr_pool=request.default_addr_pool or ["10.0.0.0/8"],
-                    subnet_size=request.subnet_size or 24,
-                    data_path_port=request.data_path_port or 4789,
-                    join_tokens=JoinTokens(worker=ca.new_join_token(),
-                                           manager=ca.new_join_token()),
-                ))
-                tx.create(Node(
-                    id=state.node_id,
-                    spec=NodeSpec(labels={}, role="manager", availability="active"),
-                    description=description,
-                    status=NodeStatus(state="ready", addr=host),
-                    manager_status=ManagerStatus(leader=True, reachability="reachable",
-                                                 addr=f"{host}:{port}"),
-                ))
+                tx.create(
+                    Cluster(
+                        id=state.cluster_id,
+                        spec=spec,
+                        tls_info=ca.tls_info(),
+                        default_addr_pool=request.default_addr_pool or ["10.0.0.0/8"],
+                        subnet_size=request.subnet_size or 24,
+                        data_path_port=request.data_path_port or 4789,
+                        join_tokens=JoinTokens(
+                            worker=ca.new_join_token(), manager=ca.new_join_token()
+                        ),
+                    )
+                )
+                tx.create(
+                    Node(
+                        id=state.node_id,
+                        spec=NodeSpec(labels={}, role="manager", availability="active"),
+                        description=description,
+                        status=NodeStatus(state="ready", addr=host),
+                        manager_status=ManagerStatus(
+                            leader=True, reachability="reachable", addr=f"{host}:{port}"
+                        ),
+                    )
+                )
 
             store.update(bootstrap)
             store.close()

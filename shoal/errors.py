@@ -44,7 +44,9 @@ class Conflict(ShoalError):
 class OutOfSequence(ShoalError):
     status = 500
 
-    def __init__(self, message: str = "rpc error: code = Unknown desc = update out of sequence") -> None:
+    def __init__(
+        self, message: str = "rpc error: code = Unknown desc = update out of sequence"
+    ) -> None:
         super().__init__(message)
 
 
@@ -57,7 +59,7 @@ class NodeNotInSwarm(ShoalError):
 
     def __init__(
         self,
-        message: str = 'This node is not part of a swarm',
+        message: str = "This node is not part of a swarm",
     ) -> None:
         super().__init__(message)
 
@@ -68,8 +70,8 @@ class NotManager(ShoalError):
     def __init__(
         self,
         message: str = (
-            "This node is not a swarm manager. Use \"docker swarm init\" or "
-            "\"docker swarm join\" to connect this node to swarm and try again."
+            'This node is not a swarm manager. Use "docker swarm init" or '
+            '"docker swarm join" to connect this node to swarm and try again.'
         ),
     ) -> None:
         super().__init__(message)
@@ -81,7 +83,7 @@ class AlreadyInSwarm(ShoalError):
     def __init__(
         self,
         message: str = (
-            "This node is already part of a swarm. Use \"docker swarm leave\" to leave "
+            'This node is already part of a swarm. Use "docker swarm leave" to leave '
             "this swarm and join another one."
         ),
     ) -> None:

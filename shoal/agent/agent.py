@@ -32,8 +32,9 @@ log = get_logger("shoal.agent")
 
 
 class Agent:
-    def __init__(self, node_id: str, addr: str, executor: Executor,
-                 session: DispatcherSession) -> None:
+    def __init__(
+        self, node_id: str, addr: str, executor: Executor, session: DispatcherSession
+    ) -> None:
         self.node_id = node_id
         self.addr = addr
         self.executor = executor
@@ -61,8 +62,9 @@ class Agent:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         runners = list(self._runners.values())
         if stop_tasks:
-            await asyncio.gather(*(r.stop_for_daemon_exit() for r in runners),
-                                 return_exceptions=True)
+            await asyncio.gather(
+                *(r.stop_for_daemon_exit() for r in runners), return_exceptions=True
+            )
         self._runners.clear()
         await self.executor.close()
 
@@ -141,7 +143,7 @@ class Agent:
             for i in range(0, len(updates), REPORT_MAX_BATCH):
                 try:
                     await self._session.update_task_status(
-                        self.node_id, updates[i:i + REPORT_MAX_BATCH]
+                        self.node_id, updates[i : i + REPORT_MAX_BATCH]
                     )
                 except Exception as e:
                     log.warning("status report failed; will resend", error=repr(e))

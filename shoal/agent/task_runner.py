@@ -63,7 +63,9 @@ class TaskRunner:
         self._runner: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._runner = asyncio.get_running_loop().create_task(self._run(), name=f"task-{self.task.id}")
+        self._runner = asyncio.get_running_loop().create_task(
+            self._run(), name=f"task-{self.task.id}"
+        )
 
     def update(self, task: Task) -> None:
         self.task = task
@@ -150,8 +152,10 @@ class TaskRunner:
         except Exception as e:  # a bug, not a task failure: say so on the task
             log.exception("task runner failed", task=self.task.id)
             if self.state <= TaskState.RUNNING:
-                self._set(TaskState.FAILED if self.state >= TaskState.STARTING
-                          else TaskState.REJECTED, err=f"agent error: {e}")
+                self._set(
+                    TaskState.FAILED if self.state >= TaskState.STARTING else TaskState.REJECTED,
+                    err=f"agent error: {e}",
+                )
 
     async def _adopt(self) -> None:
         """Pick up a task an earlier daemon already worked on."""
@@ -159,8 +163,10 @@ class TaskRunner:
             return
         rs = await self.controller.inspect()
         if rs.running:
+            known = self._container.pid if self._container else None
             self._note_runtime(rs)
-            self._set(TaskState.RUNNING)  # also refreshes the pid / container id
+            if self.state != TaskState.RUNNING or known != rs.pid:
+                self._set(TaskState.RUNNING)  # also records the pid / container id
             log.info("task adopted", task=self.task.id, pid=rs.pid)
         elif rs.exit is not None:
             self._finish(rs.exit)

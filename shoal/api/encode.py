@@ -10,7 +10,7 @@ from shoal.types.base import to_builtins
 from shoal.types.service import Service
 from shoal.types.task import Task
 
-_INTERNAL = {
+_INTERNAL: dict[type, tuple[str, ...]] = {
     Service: ("SpecVersion",),
     Task: ("SpecVersion", "ServiceName"),
 }

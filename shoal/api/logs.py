@@ -54,8 +54,14 @@ def _options(request: web.Request) -> LogOptions:
     stdout, stderr = bool_query(request, "stdout"), bool_query(request, "stderr")
     if not stdout and not stderr:
         raise InvalidArgument("Bad parameters: you must choose at least one stream")
-    return LogOptions(follow=bool_query(request, "follow"), tail=tail, since_ns=ts("since"),
-                      until_ns=ts("until"), stdout=stdout, stderr=stderr)
+    return LogOptions(
+        follow=bool_query(request, "follow"),
+        tail=tail,
+        since_ns=ts("since"),
+        until_ns=ts("until"),
+        stdout=stdout,
+        stderr=stderr,
+    )
 
 
 def frame(task: Task, m: LogMessage, timestamps: bool, details: bool) -> bytes:
@@ -72,7 +78,9 @@ def frame(task: Task, m: LogMessage, timestamps: bool, details: bool) -> bytes:
     return _HEADER.pack(m.stream, len(payload)) + payload
 
 
-async def _stream(request: web.Request, service_id: str | None, task_id: str | None) -> web.StreamResponse:
+async def _stream(
+    request: web.Request, service_id: str | None, task_id: str | None
+) -> web.StreamResponse:
     m = require_manager(request)
     options = _options(request)
     timestamps, details = bool_query(request, "timestamps"), bool_query(request, "details")

@@ -22,7 +22,7 @@ from shoal.log import get_logger
 API_VERSION = "1.41"
 MIN_API_VERSION = "1.12"
 SERVER_HEADER = f"shoal/{__version__} (linux)"
-CONTEXT_KEY = web.AppKey("daemon", DaemonContext)  # type: ignore[type-abstract]
+CONTEXT_KEY = web.AppKey("daemon", DaemonContext)
 _VERSION_RE = re.compile(r"^/v(\d+\.\d+)(/.*)$")
 
 log = get_logger("shoal.api")
@@ -59,12 +59,18 @@ async def docker_middleware(request: web.Request, handler: Handler) -> web.Strea
     if m:
         version = m.group(1)
         if _version_tuple(version) > _version_tuple(API_VERSION):
-            return _error(400, f"client version {version} is too new. Maximum supported API "
-                               f"version is {API_VERSION}")
+            return _error(
+                400,
+                f"client version {version} is too new. Maximum supported API "
+                f"version is {API_VERSION}",
+            )
         if _version_tuple(version) < _version_tuple(MIN_API_VERSION):
-            return _error(400, f"client version {version} is too old. Minimum supported API "
-                               f"version is {MIN_API_VERSION}, please upgrade your client to a "
-                               "newer version")
+            return _error(
+                400,
+                f"client version {version} is too old. Minimum supported API "
+                f"version is {MIN_API_VERSION}, please upgrade your client to a "
+                "newer version",
+            )
     try:
         resp = await handler(request)
     except ShoalError as e:
@@ -111,6 +117,15 @@ def context(request: web.Request) -> DaemonContext:
     return request.app[CONTEXT_KEY]
 
 
+def _prepare_socket_path(raw: str) -> Path:
+    """Make the socket's directory and drop a stale socket left by a killed daemon."""
+    path = Path(raw)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() or path.is_symlink():
+        path.unlink()
+    return path
+
+
 class APIServer:
     """Serves the app on every `--host` (unix:///path, tcp://addr:port)."""
 
@@ -125,16 +140,13 @@ class APIServer:
         await self._runner.setup()
         for host in self._hosts:
             if host.startswith("unix://"):
-                path = Path(host[len("unix://"):])
-                path.parent.mkdir(parents=True, exist_ok=True)
-                if path.exists() or path.is_symlink():
-                    path.unlink()
+                path = _prepare_socket_path(host[len("unix://") :])
                 site: web.BaseSite = web.UnixSite(self._runner, str(path))
                 await site.start()
                 os.chmod(path, 0o660)
                 self._sockets.append(path)
             elif host.startswith("tcp://"):
-                addr = host[len("tcp://"):]
+                addr = host[len("tcp://") :]
                 h, _, p = addr.rpartition(":")
                 site = web.TCPSite(self._runner, h.strip("[]") or "0.0.0.0", int(p))
                 await site.start()

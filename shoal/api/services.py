@@ -39,8 +39,12 @@ def service_status(tx: Tx, service: Service) -> ServiceStatus:
     desired = 0
     mode = service.spec.mode.kind if service.spec.mode else "replicated"
     for t in tasks:
-        if t.node_id and invalid_node(nodes.get(t.node_id)) and \
-                nodes.get(t.node_id) is not None and nodes[t.node_id].status.state == "down":
+        if (
+            t.node_id
+            and invalid_node(nodes.get(t.node_id))
+            and nodes.get(t.node_id) is not None
+            and nodes[t.node_id].status.state == "down"
+        ):
             continue
         if t.state == TaskState.RUNNING:
             running += 1
@@ -118,6 +122,7 @@ async def update(request: web.Request) -> web.Response:
     rollback = request.query.get("rollback", "")
     if rollback not in ("", "previous"):
         raise InvalidArgument(f"unrecognized rollback option {rollback}")
-    ctl.update_service(m.store, request.match_info["id"], version, spec,
-                       rollback=rollback == "previous")
+    ctl.update_service(
+        m.store, request.match_info["id"], version, spec, rollback=rollback == "previous"
+    )
     return json_response({"Warnings": None})

@@ -11,6 +11,7 @@ from shoal.api.server import Router, context
 from shoal.errors import NotManager, OutOfSequence, ShoalError
 from shoal.manager.ca.root import RootCA
 from shoal.manager.manager import Manager
+from shoal.manager.store import Tx
 from shoal.types.service import JoinTokens
 from shoal.types.swarm import SwarmInitRequest, SwarmSpec
 
@@ -42,8 +43,9 @@ async def init(request: web.Request) -> web.Response:
 
 
 async def join(request: web.Request) -> web.Response:
-    raise NotImplementedYet("joining a swarm of another node is not supported by this shoal "
-                            "version yet")
+    raise NotImplementedYet(
+        "joining a swarm of another node is not supported by this shoal version yet"
+    )
 
 
 async def leave(request: web.Request) -> web.Response:
@@ -66,7 +68,7 @@ async def update(request: web.Request) -> web.Response:
     rotate_worker = bool_query(request, "rotateWorkerToken")
     rotate_manager = bool_query(request, "rotateManagerToken")
 
-    def write(tx):  # type: ignore[no-untyped-def]
+    def write(tx: Tx) -> None:
         cluster = tx.cluster()
         if cluster is None:
             raise NotManager()

@@ -27,8 +27,9 @@ def register(r: Router) -> None:
 
 
 async def ping(request: web.Request) -> web.Response:
-    resp = web.Response(text="OK" if request.method == "GET" else None,
-                        content_type="text/plain", charset="utf-8")
+    resp = web.Response(
+        text="OK" if request.method == "GET" else None, content_type="text/plain", charset="utf-8"
+    )
     resp.headers["Cache-Control"] = "no-cache, no-store, must-revalidate"
     resp.headers["Pragma"] = "no-cache"
     if request.method == "HEAD":
@@ -70,19 +71,21 @@ async def version(request: web.Request) -> web.Response:
         "Os": "linux",
         "Runtime": d.runtime,
     }
-    return json_response({
-        "Platform": {"Name": "shoal"},
-        "Components": [{"Name": "Engine", "Version": SERVER_VERSION, "Details": details}],
-        "Version": SERVER_VERSION,
-        "ApiVersion": API_VERSION,
-        "MinAPIVersion": MIN_API_VERSION,
-        "GitCommit": "",
-        "GoVersion": f"python{platform.python_version()}",
-        "Os": "linux",
-        "Arch": _arch(),
-        "KernelVersion": platform.release(),
-        "BuildTime": "",
-    })
+    return json_response(
+        {
+            "Platform": {"Name": "shoal"},
+            "Components": [{"Name": "Engine", "Version": SERVER_VERSION, "Details": details}],
+            "Version": SERVER_VERSION,
+            "ApiVersion": API_VERSION,
+            "MinAPIVersion": MIN_API_VERSION,
+            "GitCommit": "",
+            "GoVersion": f"python{platform.python_version()}",
+            "Os": "linux",
+            "Arch": _arch(),
+            "KernelVersion": platform.release(),
+            "BuildTime": "",
+        }
+    )
 
 
 def _mem_total() -> int:
@@ -101,8 +104,12 @@ def swarm_info(request: web.Request) -> dict[str, Any]:
     m = d.manager
     if m is None or d.node_id is None:
         return {
-            "NodeID": "", "NodeAddr": "", "LocalNodeState": "inactive",
-            "ControlAvailable": False, "Error": "", "RemoteManagers": None,
+            "NodeID": "",
+            "NodeAddr": "",
+            "LocalNodeState": "inactive",
+            "ControlAvailable": False,
+            "Error": "",
+            "RemoteManagers": None,
         }
     view = m.store.view()
     nodes = view.nodes()
@@ -130,55 +137,57 @@ async def info(request: web.Request) -> web.Response:
     d = context(request)
     running, total = d.running_tasks()
     os_name, os_version = _os_release()
-    return json_response({
-        "ID": d.node_id or "",
-        "Containers": total,
-        "ContainersRunning": running,
-        "ContainersPaused": 0,
-        "ContainersStopped": total - running,
-        "Images": 0,
-        "Driver": d.runtime,
-        "DriverStatus": [],
-        "Plugins": {"Volume": [], "Network": [], "Authorization": None, "Log": []},
-        "MemoryLimit": True,
-        "SwapLimit": False,
-        "CpuCfsPeriod": True,
-        "CpuCfsQuota": True,
-        "CPUShares": True,
-        "CPUSet": True,
-        "PidsLimit": True,
-        "IPv4Forwarding": True,
-        "Debug": False,
-        "NFd": len(os.listdir("/proc/self/fd")),
-        "NGoroutines": 0,
-        "SystemTime": _now(),
-        "LoggingDriver": "json-file",
-        "CgroupDriver": "cgroupfs",
-        "NEventsListener": 0,
-        "KernelVersion": platform.release(),
-        "OperatingSystem": os_name,
-        "OSVersion": os_version,
-        "OSType": "linux",
-        "Architecture": platform.machine(),
-        "IndexServerAddress": "https://index.docker.io/v1/",
-        "RegistryConfig": None,
-        "NCPU": os.cpu_count() or 1,
-        "MemTotal": _mem_total(),
-        "GenericResources": None,
-        "DockerRootDir": str(d.data_dir),
-        "Name": d.node_name,
-        "Labels": [f"{k}={v}" for k, v in d.engine_labels.items()],
-        "ExperimentalBuild": False,
-        "ServerVersion": SERVER_VERSION,
-        "Runtimes": {d.runtime: {"path": d.runtime}},
-        "DefaultRuntime": d.runtime,
-        "Swarm": swarm_info(request),
-        "LiveRestoreEnabled": False,
-        "Isolation": "",
-        "InitBinary": "",
-        "SecurityOptions": [],
-        "Warnings": None,
-    })
+    return json_response(
+        {
+            "ID": d.node_id or "",
+            "Containers": total,
+            "ContainersRunning": running,
+            "ContainersPaused": 0,
+            "ContainersStopped": total - running,
+            "Images": 0,
+            "Driver": d.runtime,
+            "DriverStatus": [],
+            "Plugins": {"Volume": [], "Network": [], "Authorization": None, "Log": []},
+            "MemoryLimit": True,
+            "SwapLimit": False,
+            "CpuCfsPeriod": True,
+            "CpuCfsQuota": True,
+            "CPUShares": True,
+            "CPUSet": True,
+            "PidsLimit": True,
+            "IPv4Forwarding": True,
+            "Debug": False,
+            "NFd": len(os.listdir("/proc/self/fd")),
+            "NGoroutines": 0,
+            "SystemTime": _now(),
+            "LoggingDriver": "json-file",
+            "CgroupDriver": "cgroupfs",
+            "NEventsListener": 0,
+            "KernelVersion": platform.release(),
+            "OperatingSystem": os_name,
+            "OSVersion": os_version,
+            "OSType": "linux",
+            "Architecture": platform.machine(),
+            "IndexServerAddress": "https://index.docker.io/v1/",
+            "RegistryConfig": None,
+            "NCPU": os.cpu_count() or 1,
+            "MemTotal": _mem_total(),
+            "GenericResources": None,
+            "DockerRootDir": str(d.data_dir),
+            "Name": d.node_name,
+            "Labels": [f"{k}={v}" for k, v in d.engine_labels.items()],
+            "ExperimentalBuild": False,
+            "ServerVersion": SERVER_VERSION,
+            "Runtimes": {d.runtime: {"path": d.runtime}},
+            "DefaultRuntime": d.runtime,
+            "Swarm": swarm_info(request),
+            "LiveRestoreEnabled": False,
+            "Isolation": "",
+            "InitBinary": "",
+            "SecurityOptions": [],
+            "Warnings": None,
+        }
+    )
 
 
 def _now() -> str:
@@ -190,6 +199,4 @@ def _now() -> str:
 async def distribution(request: web.Request) -> web.Response:
     d = context(request)
     name = request.match_info["name"]
-    raise Internal(
-        f"cannot resolve image {name}: the {d.runtime} runtime has no registry access"
-    )
+    raise Internal(f"cannot resolve image {name}: the {d.runtime} runtime has no registry access")

@@ -10,8 +10,11 @@ import typer
 
 from shoal import __version__
 
-app = typer.Typer(help="shoal: a container orchestrator with Docker Swarm mode semantics.",
-                  no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="shoal: a container orchestrator with Docker Swarm mode semantics.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 
 
 def _parse_labels(labels: list[str]) -> dict[str, str]:
@@ -28,7 +31,9 @@ def _parse_labels(labels: list[str]) -> dict[str, str]:
 def daemon(
     data_dir: Path = typer.Option(Path("/var/lib/shoal"), "--data-dir", help="State directory."),
     host: list[str] = typer.Option(
-        None, "--host", "-H",
+        None,
+        "--host",
+        "-H",
         help="Where to serve the Docker API: unix:///PATH or tcp://ADDR:PORT (repeatable).",
     ),
     runtime: str = typer.Option("process", "--runtime", help="process | docker | sim"),
@@ -66,5 +71,3 @@ def daemon(
 def version() -> None:
     """Print shoal's version."""
     typer.echo(__version__)
-
-

@@ -31,10 +31,14 @@ class LogBroker:
         assert service_id is not None
         return sorted(view.tasks_of_service(service_id), key=lambda t: (t.created_at, t.id))
 
-    async def logs(self, options: LogOptions, service_id: str | None = None,
-                   task_id: str | None = None) -> AsyncIterator[tuple[Task, LogMessage]]:
-        tasks = [t for t in self._tasks(service_id, task_id)
-                 if t.node_id and t.state >= TaskState.ASSIGNED]
+    async def logs(
+        self, options: LogOptions, service_id: str | None = None, task_id: str | None = None
+    ) -> AsyncIterator[tuple[Task, LogMessage]]:
+        tasks = [
+            t
+            for t in self._tasks(service_id, task_id)
+            if t.node_id and t.state >= TaskState.ASSIGNED
+        ]
         if not options.follow:
             merged: list[tuple[int, int, Task, LogMessage]] = []
             for t in tasks:
@@ -73,8 +77,13 @@ class LogBroker:
             with contextlib.suppress(BaseException):
                 await asyncio.gather(*readers.values(), return_exceptions=True)
 
-    async def _watch_new(self, service_id: str, readers: dict[str, asyncio.Task[None]],
-                         start: object, options: LogOptions) -> None:
+    async def _watch_new(
+        self,
+        service_id: str,
+        readers: dict[str, asyncio.Task[None]],
+        start: object,
+        options: LogOptions,
+    ) -> None:
         from msgspec.structs import replace
 
         assert callable(start)

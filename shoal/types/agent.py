@@ -55,8 +55,9 @@ class LogSource(Protocol):
 class DispatcherSession(Protocol):
     """The agent's view of the dispatcher (one session per node)."""
 
-    async def register(self, node_id: str, description: NodeDescription, addr: str,
-                       logs: LogSource) -> float:
+    async def register(
+        self, node_id: str, description: NodeDescription, addr: str, logs: LogSource
+    ) -> float:
         """Start a session; answers the heartbeat period in seconds."""
         ...
 

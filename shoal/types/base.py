@@ -48,7 +48,7 @@ def parse_time(text: str) -> int:
             if not ch.isdigit():
                 break
             digits += ch
-        tz = rest[len(digits):]
+        tz = rest[len(digits) :]
         frac_ns = int((digits + "000000000")[:9])
         text = head + tz
     dt = datetime.fromisoformat(text)

@@ -5,6 +5,7 @@ from its EndpointSpec, picking published ports for ingress ports given none."""
 from __future__ import annotations
 
 import asyncio
+import functools
 
 import msgspec
 
@@ -30,7 +31,7 @@ class Allocator:
             while not self._stopped.is_set():
                 events = await watcher.__anext__()
                 events.extend(watcher.get_nowait_all())
-                self._store.update(lambda tx: self._handle(tx, events))
+                self._store.update(functools.partial(self._handle, events=events))
         finally:
             watcher.close()
 
@@ -44,7 +45,7 @@ class Allocator:
             if t.state == TaskState.NEW:
                 self._allocate_task(tx, t.id)
 
-    def _handle(self, tx: Tx, events: list[Event]) -> None:
+    def _handle(self, tx: Tx, *, events: list[Event]) -> None:
         for ev in events:
             if ev.action == "remove":
                 continue
@@ -79,7 +80,8 @@ class Allocator:
                 published = prev.published_port if prev and prev.published_port else None
                 if not published:
                     published = next(
-                        n for n in range(PUBLISHED_PORT_RANGE[0], PUBLISHED_PORT_RANGE[1] + 1)
+                        n
+                        for n in range(PUBLISHED_PORT_RANGE[0], PUBLISHED_PORT_RANGE[1] + 1)
                         if (proto, n) not in used
                     )
                 used.add((proto, published))

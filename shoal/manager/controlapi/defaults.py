@@ -59,8 +59,9 @@ def insert_defaults(spec: ServiceSpec) -> ServiceSpec:
         resources=_merge(tt.resources, Resources(limits=Limit(), reservations=ResourceObject())),
         restart_policy=_merge(
             tt.restart_policy,
-            RestartPolicy(condition=DEFAULT_RESTART_CONDITION, delay=DEFAULT_RESTART_DELAY_NS,
-                          max_attempts=0),
+            RestartPolicy(
+                condition=DEFAULT_RESTART_CONDITION, delay=DEFAULT_RESTART_DELAY_NS, max_attempts=0
+            ),
         ),
         placement=tt.placement or Placement(),
     )

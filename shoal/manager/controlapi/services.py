@@ -77,8 +77,10 @@ def validate(spec: ServiceSpec) -> ServiceSpec:
             constraint.parse(placement.constraints)
         except constraint.ConstraintError as e:
             raise ConstraintRejected(f"rpc error: code = Unknown desc = {e}") from e
-    for cfg_name, cfg in (("UpdateConfig", spec.update_config),
-                          ("RollbackConfig", spec.rollback_config)):
+    for cfg_name, cfg in (
+        ("UpdateConfig", spec.update_config),
+        ("RollbackConfig", spec.rollback_config),
+    ):
         if cfg is None:
             continue
         if (cfg.delay or 0) < 0 or (cfg.monitor or 0) < 0:
@@ -91,7 +93,8 @@ def validate(spec: ServiceSpec) -> ServiceSpec:
             raise invalid_argument(f"{cfg_name}: invalid order {cfg.order!r}")
     mode = spec.mode or ServiceMode(replicated=ReplicatedService(replicas=1))
     kinds = [
-        m for m in (mode.replicated, mode.global_, mode.replicated_job, mode.global_job)
+        m
+        for m in (mode.replicated, mode.global_, mode.replicated_job, mode.global_job)
         if m is not None
     ]
     if len(kinds) > 1:
@@ -114,9 +117,7 @@ def validate(spec: ServiceSpec) -> ServiceSpec:
 
 def _name_taken(tx: Tx, name: str, except_id: str | None = None) -> bool:
     lower = name.lower()
-    return any(
-        (s.spec.name or "").lower() == lower and s.id != except_id for s in tx.services()
-    )
+    return any((s.spec.name or "").lower() == lower and s.id != except_id for s in tx.services())
 
 
 def _task_relevant(spec: ServiceSpec) -> tuple[TaskSpec | None, EndpointSpec | None]:
@@ -148,8 +149,9 @@ def _endpoint(spec: ServiceSpec) -> Endpoint:
     return Endpoint(spec=spec.endpoint_spec or EndpointSpec())
 
 
-def update_service(store: Store, ref: str, version: int, spec: ServiceSpec,
-                   rollback: bool = False) -> Service:
+def update_service(
+    store: Store, ref: str, version: int, spec: ServiceSpec, rollback: bool = False
+) -> Service:
     """`POST /services/{id}/update?version=N[&rollback=previous]`."""
 
     def write(tx: Tx) -> Service:

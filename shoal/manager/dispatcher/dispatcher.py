@@ -123,8 +123,12 @@ class Dispatcher:
         s = self._sessions.get(task.node_id)
         if s is None:
             return
-        if task.id not in s.sent or old is None or old.desired_state != task.desired_state \
-                or old.spec_version != task.spec_version:
+        if (
+            task.id not in s.sent
+            or old is None
+            or old.desired_state != task.desired_state
+            or old.spec_version != task.spec_version
+        ):
             add(task.node_id, task)
 
     async def _flush_loop(self) -> None:
@@ -142,27 +146,29 @@ class Dispatcher:
             await asyncio.sleep(min(1.0, period / 2))
             now = time.monotonic()
             expired = [
-                s.node_id for s in self._sessions.values()
+                s.node_id
+                for s in self._sessions.values()
                 if now - s.last_beat > period * HEARTBEAT_GRACE
             ]
             for node_id in expired:
                 log.warning("node missed heartbeats", node=node_id)
                 self._sessions.pop(node_id, None)
-                self._store.update(
-                    lambda tx, nid=node_id: self._set_node_state(tx, nid, "down",
-                                                                 MSG_HEARTBEAT_FAILURE)
-                )
+                self._mark_down(node_id)
 
     # the session API (called by agents) --------------------------------------------------------
-    async def register(self, node_id: str, description: NodeDescription, addr: str,
-                       logs: LogSource) -> float:
+    async def register(
+        self, node_id: str, description: NodeDescription, addr: str, logs: LogSource
+    ) -> float:
         def write(tx: Tx) -> None:
             node = tx.get_node(node_id)
             if node is None:
                 raise NotFound(f"node {node_id} not found")
             status = NodeStatus(state="ready", addr=addr)
-            tx.update(msgspec.structs.replace(node, description=_keep_tls(node, description),
-                                              status=status))
+            tx.update(
+                msgspec.structs.replace(
+                    node, description=_keep_tls(node, description), status=status
+                )
+            )
 
         self._store.update(write)
         self._sessions[node_id] = _Session(node_id, logs, time.monotonic())
@@ -177,8 +183,9 @@ class Dispatcher:
         return self._jittered_period()
 
     def _jittered_period(self) -> float:
-        return self.heartbeat_period() + random.uniform(-HEARTBEAT_EPSILON_S, HEARTBEAT_EPSILON_S) \
-            * min(1.0, self.heartbeat_period() / 5)
+        return self.heartbeat_period() + random.uniform(
+            -HEARTBEAT_EPSILON_S, HEARTBEAT_EPSILON_S
+        ) * min(1.0, self.heartbeat_period() / 5)
 
     async def assignments(self, node_id: str) -> AsyncIterator[Assignment]:
         s = self._sessions.get(node_id)
@@ -226,6 +233,12 @@ class Dispatcher:
             self.status_writes += 1
 
         self._store.batch(batch.items(), write)
+
+    def _mark_down(self, node_id: str) -> None:
+        def write(tx: Tx) -> None:
+            self._set_node_state(tx, node_id, "down", MSG_HEARTBEAT_FAILURE)
+
+        self._store.update(write)
 
     @staticmethod
     def _set_node_state(tx: Tx, node_id: str, state: str, message: str | None) -> None:

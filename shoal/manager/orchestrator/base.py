@@ -4,6 +4,7 @@ each changed service, task and node to the mode-specific reconciler."""
 from __future__ import annotations
 
 import asyncio
+import functools
 
 from shoal.manager.orchestrator.restart import RestartSupervisor
 from shoal.manager.orchestrator.task import invalid_node, is_runnable, set_desired
@@ -19,7 +20,9 @@ class ServiceOrchestrator:
 
     modes: frozenset[str] = frozenset()
 
-    def __init__(self, store: Store, restarts: RestartSupervisor, updates: UpdateSupervisor) -> None:
+    def __init__(
+        self, store: Store, restarts: RestartSupervisor, updates: UpdateSupervisor
+    ) -> None:
         self._store = store
         self._restarts = restarts
         self._updates = updates
@@ -39,7 +42,7 @@ class ServiceOrchestrator:
             while not self._stopped.is_set():
                 events = await watcher.__anext__()
                 events.extend(watcher.get_nowait_all())
-                self._store.update(lambda tx: self._handle(tx, events))
+                self._store.update(functools.partial(self._handle, events=events))
         finally:
             watcher.close()
 
@@ -55,7 +58,7 @@ class ServiceOrchestrator:
                 self.reconcile(tx, s)
 
     # events ----------------------------------------------------------------------------------
-    def _handle(self, tx: Tx, events: list[Event]) -> None:
+    def _handle(self, tx: Tx, *, events: list[Event]) -> None:
         dirty_services: set[str] = set()
         for ev in events:
             if ev.kind == "service":
@@ -118,6 +121,9 @@ class ServiceOrchestrator:
                 if self._check_task(tx, t):
                     out.add(t.service_id)
         return out
+
+    def statistics(self) -> dict[str, int]:
+        return {"reconciles": self.reconciles}
 
     def _latest(self, tasks: list[Task]) -> Task | None:
         return max(tasks, key=lambda t: (t.created_at, t.id), default=None)

@@ -59,21 +59,23 @@ class ReplicatedOrchestrator(ServiceOrchestrator):
         elif want < have:
             removed = self._remove_slots(tx, runnable, finished, have - want)
         dirty = [
-            slot for n, slot in runnable.items()
+            slot
+            for n, slot in runnable.items()
             if n not in removed and any(is_task_dirty(service, t) for t in slot)
         ]
         if dirty:
             self._updates.update(service, dirty, default_make_task)
 
-    def _remove_slots(self, tx: Tx, runnable: dict[int, Slot], finished: dict[int, Slot],
-                      count: int) -> set[int]:
-        per_node = Counter(t.node_id for slot in runnable.values() for t in slot if t.node_id)
+    def _remove_slots(
+        self, tx: Tx, runnable: dict[int, Slot], finished: dict[int, Slot], count: int
+    ) -> set[int]:
+        per_node = Counter(t.node_id or "" for slot in runnable.values() for t in slot if t.node_id)
 
         def rank(item: tuple[int, Slot]) -> tuple[int, int, int]:
             n, slot = item
             t = slot[0]
             running = 1 if any(x.state == TaskState.RUNNING for x in slot) else 0
-            return (-per_node.get(t.node_id, 0), running, -n)
+            return (-per_node.get(t.node_id or "", 0), running, -n)
 
         order = list(finished.items()) + sorted(runnable.items(), key=rank)
         for _, slot in order[:count]:

@@ -34,7 +34,7 @@ class _History:
 
 def restart_condition(service: Service) -> str:
     policy = service.spec.task_template.restart_policy if service.spec.task_template else None
-    return (policy.condition if policy and policy.condition else DEFAULT_RESTART_CONDITION)
+    return policy.condition if policy and policy.condition else DEFAULT_RESTART_CONDITION
 
 
 def restart_delay_s(service: Service) -> float:
@@ -48,9 +48,7 @@ class RestartSupervisor:
 
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._history: dict[tuple[str, object], _History] = defaultdict(
-            lambda: _History(deque())
-        )
+        self._history: dict[tuple[str, object], _History] = defaultdict(lambda: _History(deque()))
         self._delayed: dict[str, asyncio.Task[None]] = {}
         self.restarts = 0
 
@@ -113,9 +111,7 @@ class RestartSupervisor:
         deadline = time.monotonic() + timeout_s
         while old_task_id and time.monotonic() < deadline:
             old = self._store.view().get_task(old_task_id)
-            if old is None or old.state > TaskState.RUNNING or (
-                old.state < TaskState.ASSIGNED
-            ):
+            if old is None or old.state > TaskState.RUNNING or (old.state < TaskState.ASSIGNED):
                 return
             await asyncio.sleep(OLD_TASK_POLL_S)
 

@@ -15,8 +15,12 @@ from shoal.types.task import Task, TaskState, TaskStatus
 Slot = list[Task]
 
 
-def new_task(service: Service, slot: int | None, node_id: str | None = None,
-             desired: TaskState = TaskState.RUNNING) -> Task:
+def new_task(
+    service: Service,
+    slot: int | None,
+    node_id: str | None = None,
+    desired: TaskState = TaskState.RUNNING,
+) -> Task:
     """A NEW task for `service` (SwarmKit's NewTask: message "created")."""
     spec = service.spec.task_template
     assert spec is not None
@@ -40,7 +44,10 @@ def set_desired(task: Task, desired: TaskState) -> Task:
 
 def set_status(task: Task, state: TaskState, message: str, err: str | None = None) -> Task:
     status = msgspec.structs.replace(
-        task.status, state=state.wire, message=message, err=err,
+        task.status,
+        state=state.wire,
+        message=message,
+        err=err,
         timestamp=format_time(now_ns()),
     )
     return msgspec.structs.replace(task, status=status)

@@ -12,6 +12,7 @@ See docs/update.md.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable
 
@@ -57,15 +58,23 @@ def effective_config(cfg: UpdateConfig | None) -> UpdateConfig:
 class Updater:
     """Brings the dirty slots of one service to its current spec version."""
 
-    def __init__(self, store: Store, restarts: RestartSupervisor, service: Service,
-                 slots: list[Slot], make_task: Callable[[Service, Slot], Task]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        restarts: RestartSupervisor,
+        service: Service,
+        slots: list[Slot],
+        make_task: Callable[[Service, Slot], Task],
+    ) -> None:
         self._store = store
         self._restarts = restarts
         self.service = service
         self.spec_version = service.spec_version
         self.slots = slots
         self._make_task = make_task
-        rollback = service.update_status is not None and service.update_status.state == ROLLBACK_STARTED
+        rollback = (
+            service.update_status is not None and service.update_status.state == ROLLBACK_STARTED
+        )
         self.rollback = rollback
         self.config = effective_config(
             service.spec.rollback_config if rollback else service.spec.update_config
@@ -75,9 +84,11 @@ class Updater:
         self._new_tasks: dict[str, float | None] = {}
 
     async def run(self) -> None:
-        self._set_status(ROLLBACK_STARTED if self.rollback else UPDATING,
-                         "rollback in progress" if self.rollback else "update in progress",
-                         start=True)
+        self._set_status(
+            ROLLBACK_STARTED if self.rollback else UPDATING,
+            "rollback in progress" if self.rollback else "update in progress",
+            start=True,
+        )
         parallelism = self.config.parallelism or len(self.slots)
         queue: asyncio.Queue[Slot] = asyncio.Queue()
         for s in self.slots:
@@ -99,7 +110,7 @@ class Updater:
             # keep watching the new tasks for one monitor period (SwarmKit: or Delay+1s)
             monitor_s = (self.config.monitor or 0) / 1e9
             deadline = time.monotonic() + monitor_s
-            while time.monotonic() < deadline and not self._failure_exceeded():
+            while time.monotonic() < deadline and not self._failure_exceeded():  # noqa: ASYNC110
                 await asyncio.sleep(min(POLL_S * 4, max(0.0, deadline - time.monotonic())))
         if self._failure_exceeded():
             self._on_failure()
@@ -187,12 +198,15 @@ class Updater:
         if self.rollback:
             self._set_status(ROLLBACK_PAUSED, f"rollback paused {reason}")
         elif self.config.failure_action == "rollback":
-            self._store.update(lambda tx: rollback_service(tx, self.service.id,
-                                                           f"update rolled back {reason}"))
+            self._store.update(
+                lambda tx: rollback_service(tx, self.service.id, f"update rolled back {reason}")
+            )
         else:
             self._set_status(PAUSED, f"update paused {reason}")
 
-    def _set_status(self, state: str, message: str, start: bool = False, done: bool = False) -> None:
+    def _set_status(
+        self, state: str, message: str, start: bool = False, done: bool = False
+    ) -> None:
         def write(tx: Tx) -> None:
             s = tx.get_service(self.service.id)
             if s is None or s.spec_version != self.spec_version:
@@ -220,7 +234,10 @@ def rollback_service(tx: Tx, service_id: str, message: str) -> Service | None:
     status = UpdateStatus(state=ROLLBACK_STARTED, started_at=format_time(now_ns()), message=message)
     return tx.update(
         msgspec.structs.replace(
-            s, spec=s.previous_spec, previous_spec=s.spec, spec_version=tx.index,
+            s,
+            spec=s.previous_spec,
+            previous_spec=s.spec,
+            spec_version=tx.index,
             update_status=status,
         )
     )
@@ -234,8 +251,9 @@ class UpdateSupervisor:
         self._restarts = restarts
         self._running: dict[str, tuple[int, asyncio.Task[None]]] = {}
 
-    def update(self, service: Service, slots: list[Slot],
-               make_task: Callable[[Service, Slot], Task]) -> None:
+    def update(
+        self, service: Service, slots: list[Slot], make_task: Callable[[Service, Slot], Task]
+    ) -> None:
         current = self._running.get(service.id)
         if current is not None:
             version, task = current
@@ -249,7 +267,7 @@ class UpdateSupervisor:
         task = asyncio.get_running_loop().create_task(updater.run(), name=f"updater-{service.id}")
         task.add_done_callback(log_failure)
         self._running[service.id] = (service.spec_version, task)
-        task.add_done_callback(lambda _t, sid=service.id: self._done(sid, _t))
+        task.add_done_callback(functools.partial(self._done, service.id))
 
     def _done(self, service_id: str, task: asyncio.Task[None]) -> None:
         cur = self._running.get(service_id)

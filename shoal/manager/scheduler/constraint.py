@@ -91,9 +91,9 @@ def node_value(node: Node, key: str) -> str | None:
     if k == "node.platform.arch":
         return desc.platform.architecture
     if key.startswith("node.labels."):
-        return node.spec.labels.get(key[len("node.labels."):])
+        return node.spec.labels.get(key[len("node.labels.") :])
     if key.startswith("engine.labels."):
-        return (desc.engine.labels or {}).get(key[len("engine.labels."):])
+        return (desc.engine.labels or {}).get(key[len("engine.labels.") :])
     return None
 
 

@@ -189,8 +189,13 @@ class Scheduler:
         explanation = self._pipeline.explain()
         return f"{NO_SUITABLE_NODE} ({explanation})" if explanation else NO_SUITABLE_NODE
 
-    def _spread(self, candidates: list[NodeInfo], prefs: list[str], tasks: list[Task],
-                decisions: list[Decision]) -> list[Task]:
+    def _spread(
+        self,
+        candidates: list[NodeInfo],
+        prefs: list[str],
+        tasks: list[Task],
+        decisions: list[Decision],
+    ) -> list[Task]:
         """Placement preferences: split tasks evenly over the branches of each label,
         top-down; then fill nodes by spread order. Returns the tasks that fit nowhere."""
         if not tasks or not candidates:
@@ -219,8 +224,9 @@ class Scheduler:
             leftover = self._fill(candidates, leftover, decisions)
         return leftover
 
-    def _fill(self, candidates: list[NodeInfo], tasks: list[Task],
-              decisions: list[Decision]) -> list[Task]:
+    def _fill(
+        self, candidates: list[NodeInfo], tasks: list[Task], decisions: list[Decision]
+    ) -> list[Task]:
         service_id = tasks[0].service_id
         heap = [(i.service_counts.get(service_id, 0), i.active_count, i.id, i) for i in candidates]
         heapq.heapify(heap)
