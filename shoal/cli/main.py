@@ -71,3 +71,19 @@ def daemon(
 def version() -> None:
     """Print shoal's version."""
     typer.echo(__version__)
+
+
+@app.command(name="demo")
+def demo_command(
+    data_dir: Path = typer.Option(
+        Path("/tmp/shoal-demo"), "--data-dir", help="Where the demo keeps its state (wiped first)."
+    ),
+    port: int = typer.Option(8080, "--port", help="Port of the sample web service."),
+    duration: float = typer.Option(
+        -1.0, "--duration", help="Seconds to keep running (default: until Ctrl-C)."
+    ),
+) -> None:
+    """Run a single-node cluster serving the sample app (the main job)."""
+    from shoal.cli.demo import demo
+
+    demo(data_dir=data_dir, port=port, duration=duration)

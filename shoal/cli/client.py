@@ -1,0 +1,75 @@
+"""A small synchronous Docker Engine API client over a unix socket (stdlib only), for
+the `shoal` command's own use."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import urllib.parse
+from typing import Any
+
+API_PREFIX = "/v1.41"
+DEFAULT_TIMEOUT_S = 30.0
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.message = message
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self._path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class Client:
+    def __init__(self, socket_path: str, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+        self.socket_path = socket_path
+        self.timeout = timeout
+
+    def request(
+        self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None
+    ) -> Any:
+        url = API_PREFIX + path
+        if query:
+            url += "?" + urllib.parse.urlencode(
+                {k: json.dumps(v) if isinstance(v, dict) else v for k, v in query.items()}
+            )
+        conn = _UnixConnection(self.socket_path, self.timeout)
+        try:
+            payload = json.dumps(body).encode() if body is not None else None
+            headers = {"Content-Type": "application/json"} if payload is not None else {}
+            conn.request(method, url, body=payload, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+        finally:
+            conn.close()
+        parsed = json.loads(data) if data.strip() else None
+        if resp.status >= 400:
+            message = parsed.get("message", "") if isinstance(parsed, dict) else str(parsed)
+            raise APIError(resp.status, message)
+        return parsed
+
+    def ping(self) -> bool:
+        try:
+            conn = _UnixConnection(self.socket_path, 2.0)
+            conn.request("HEAD", "/_ping")
+            ok = conn.getresponse().status == 200
+            conn.close()
+            return ok
+        except OSError:
+            return False
