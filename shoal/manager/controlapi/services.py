@@ -15,6 +15,7 @@ from shoal.errors import (
     invalid_argument,
 )
 from shoal.ids import new_id
+from shoal.manager.controlapi.defaults import insert_defaults
 from shoal.manager.controlapi.names import random_name
 from shoal.manager.orchestrator.update import rollback_service
 from shoal.manager.scheduler import constraint
@@ -121,11 +122,13 @@ def _name_taken(tx: Tx, name: str, except_id: str | None = None) -> bool:
 
 
 def _task_relevant(spec: ServiceSpec) -> tuple[TaskSpec | None, EndpointSpec | None]:
-    """The parts of a spec whose change needs new tasks."""
-    tt = spec.task_template
+    """The parts of a spec whose change needs new tasks, with defaults filled in: a
+    client that writes back the defaults it read (docker-py does) changes nothing."""
+    full = insert_defaults(spec)
+    tt = full.task_template
     if tt is not None:
         tt = msgspec.structs.replace(tt, runtime=None)
-    return tt, spec.endpoint_spec
+    return tt, full.endpoint_spec
 
 
 def create_service(store: Store, spec: ServiceSpec) -> Service:
