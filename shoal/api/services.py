@@ -15,7 +15,7 @@ from shoal.api.swarm import require_manager
 from shoal.errors import InvalidArgument
 from shoal.manager.controlapi import services as ctl
 from shoal.manager.controlapi.defaults import insert_defaults
-from shoal.manager.orchestrator.task import invalid_node
+from shoal.manager.orchestrator.replicated import replicas_of
 from shoal.manager.store import Tx
 from shoal.types.service import Service, ServiceSpec, ServiceStatus
 from shoal.types.task import TaskState
@@ -32,27 +32,15 @@ def register(r: Router) -> None:
 
 
 def service_status(tx: Tx, service: Service) -> ServiceStatus:
-    """Running and desired task counts, as `docker service ls` shows them."""
-    tasks = tx.tasks_of_service(service.id)
-    nodes = {n.id: n for n in tx.nodes()}
-    running = 0
-    desired = 0
-    mode = service.spec.mode.kind if service.spec.mode else "replicated"
-    for t in tasks:
-        if (
-            t.node_id
-            and invalid_node(nodes.get(t.node_id))
-            and nodes.get(t.node_id) is not None
-            and nodes[t.node_id].status.state == "down"
-        ):
-            continue
-        if t.state == TaskState.RUNNING:
-            running += 1
-        if mode == "global" and t.desired == TaskState.RUNNING:
-            desired += 1
-    if mode == "replicated":
-        mode_obj = service.spec.mode
-        desired = mode_obj.replicated.replicas or 0 if mode_obj and mode_obj.replicated else 1
+    """Running and desired task counts, as `docker service ls` shows them. Like dockerd,
+    a task still stopping counts as running; tasks on a down node do not count."""
+    down = {n.id for n in tx.nodes() if n.status.state == "down"}
+    live = [t for t in tx.tasks_of_service(service.id) if t.node_id not in down]
+    running = sum(1 for t in live if t.state == TaskState.RUNNING)
+    if service.spec.mode and service.spec.mode.kind == "global":
+        desired = sum(1 for t in live if t.desired == TaskState.RUNNING)
+    else:
+        desired = replicas_of(service)
     return ServiceStatus(running_tasks=running, desired_tasks=desired)
 
 

@@ -9,13 +9,15 @@ import contextlib
 import heapq
 from collections.abc import AsyncIterator
 
+import msgspec
+
 from shoal.manager.dispatcher.dispatcher import Dispatcher
 from shoal.manager.store import Store
 from shoal.types.agent import LogMessage, LogOptions
 from shoal.types.task import Task, TaskState
 
 FOLLOW_NEW_TASKS_POLL_S = 0.5
-_DONE = object()
+FOLLOW_QUEUE = 10_000  # messages buffered for a slow client before readers wait
 
 
 class LogBroker:
@@ -49,7 +51,7 @@ class LogBroker:
                 _, _, t, m = heapq.heappop(merged)
                 yield t, m
             return
-        queue: asyncio.Queue[object] = asyncio.Queue(maxsize=10_000)
+        queue: asyncio.Queue[tuple[Task, LogMessage]] = asyncio.Queue(maxsize=FOLLOW_QUEUE)
         readers: dict[str, asyncio.Task[None]] = {}
 
         async def pump(t: Task, opts: LogOptions) -> None:
@@ -61,14 +63,21 @@ class LogBroker:
 
         for t in tasks:
             start(t, options)
-        watcher = None
-        try:
-            if service_id is not None and task_id is None:
-                watcher = asyncio.create_task(self._watch_new(service_id, readers, start, options))
+        # Tasks that start while the client follows are read from their beginning.
+        new_options = msgspec.structs.replace(options, tail=None)
+
+        async def watch_new() -> None:
+            assert service_id is not None
             while True:
-                item = await queue.get()
-                assert isinstance(item, tuple)
-                yield item[0], item[1]
+                await asyncio.sleep(FOLLOW_NEW_TASKS_POLL_S)
+                for t in self._tasks(service_id, None):
+                    if t.id not in readers and t.node_id and t.state >= TaskState.ASSIGNED:
+                        start(t, new_options)
+
+        watcher = asyncio.create_task(watch_new()) if task_id is None else None
+        try:
+            while True:
+                yield await queue.get()
         finally:
             if watcher is not None:
                 watcher.cancel()
@@ -76,23 +85,6 @@ class LogBroker:
                 r.cancel()
             with contextlib.suppress(BaseException):
                 await asyncio.gather(*readers.values(), return_exceptions=True)
-
-    async def _watch_new(
-        self,
-        service_id: str,
-        readers: dict[str, asyncio.Task[None]],
-        start: object,
-        options: LogOptions,
-    ) -> None:
-        from msgspec.structs import replace
-
-        assert callable(start)
-        new_opts = replace(options, tail=None)
-        while True:
-            await asyncio.sleep(FOLLOW_NEW_TASKS_POLL_S)
-            for t in self._tasks(service_id, None):
-                if t.id not in readers and t.node_id and t.state >= TaskState.ASSIGNED:
-                    start(t, new_opts)
 
     async def _task_logs(self, task: Task, options: LogOptions) -> AsyncIterator[LogMessage]:
         source = self._dispatcher.log_source(task.node_id or "")
