@@ -64,6 +64,9 @@ LOG_POLL_S = 0.15
 LOG_CHUNK_BYTES = 64 * 1024
 LOG_BATCH_BYTES = 1024 * 1024
 
+# /proc/<pid>/stat states of a process that has exited (zombie, dead).
+ZOMBIE_STATES = frozenset({"Z", "X"})
+
 TASK_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 NO_COMMAND_ERROR = (
@@ -86,6 +89,7 @@ class ProcessExecutor:
         self.engine_labels = dict(engine_labels)
         # Shims this executor spawned and has not reaped yet.
         self._children: set[int] = set()
+        self.boot_id = shim.boot_id()
 
     def describe(self) -> NodeDescription:
         return NodeDescription(
@@ -313,9 +317,10 @@ class ProcessController:
     # --- the shim and its files ----------------------------------------------------------
 
     def _read_pid(self, name: str) -> int | None:
+        """The pid in `name` (for shim.pid, the first word of the shim's identity)."""
         try:
-            return int((self._dir / name).read_text())
-        except (OSError, ValueError):
+            return int((self._dir / name).read_text().split()[0])
+        except (OSError, ValueError, IndexError):
             return None
 
     def _read_exit_record(self) -> dict[str, Any] | None:
@@ -331,16 +336,26 @@ class ProcessController:
             return None
         return ExitStatus(exit_code=int(record["exit_code"]), signal=record.get("signal"))
 
-    def _is_our_shim(self, pid: int) -> bool:
-        """True when `pid` is alive and is this task's shim (not a process that reused
-        the pid, not a zombie)."""
+    def _is_shim(self, pid: int) -> bool:
+        """True when process `pid` (alive or a zombie) is this task's shim, not another
+        process that reused the pid: its start time and boot are those it recorded."""
         try:
-            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            words = (self._dir / shim.SHIM_PID_FILE).read_text().split()
         except OSError:
             return False
-        return os.fsencode(self._dir) in args and os.fsencode(SHIM_PATH.name) in {
-            os.path.basename(a) for a in args
-        }
+        stat = shim.proc_stat(pid)
+        return (
+            stat is not None
+            and len(words) == 3
+            and words[0] == str(pid)
+            and words[1] == str(stat[1])
+            and words[2] == self._executor.boot_id
+        )
+
+    def _is_our_shim(self, pid: int) -> bool:
+        """True while this task's shim runs (a zombie has exited)."""
+        stat = shim.proc_stat(pid)
+        return stat is not None and stat[0] not in ZOMBIE_STATES and self._is_shim(pid)
 
     def _finished(self) -> bool:
         """True once the task has exited (or its shim is gone) and its log is complete."""
@@ -435,9 +450,10 @@ class ProcessController:
         except (AttributeError, OSError):
             return await self._poll_shim_exit(shim_pid, timeout_s)
         try:
-            # Checked after pidfd_open, which pins the process: if it is our shim now,
-            # the pidfd is the shim's.
-            if not self._is_our_shim(shim_pid):
+            # Checked after pidfd_open: if the pid is the shim's now, so is the pidfd.
+            # A zombie is still the shim (the pidfd is then readable at once); one that
+            # is exiting is too, and becomes a zombie we can reap once the pidfd says so.
+            if not self._is_shim(shim_pid):
                 return True
             loop = asyncio.get_running_loop()
             exited: asyncio.Future[None] = loop.create_future()

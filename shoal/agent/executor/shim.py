@@ -6,7 +6,9 @@ agent (a restart, a `kill -9`) and a new agent adopts it by reading the task dir
 The shim talks to the agent only through files in that directory, never through a pipe:
 
     spec.json   what to run (written by the agent): argv, env, cwd, uid, gid, groups
-    shim.pid    the shim's pid (written first)
+    shim.pid    the shim's identity, written first: "<pid> <start time> <boot id>" (the
+                start time in clock ticks, as in /proc/<pid>/stat, so that a pid reused
+                by another process, even after a reboot, is not taken for the shim)
     pid         the task process's pid, once it has been exec'd
     log.jsonl   one JSON object per line of output: {"ts": <wall clock ns>,
                 "stream": 1 | 2, "data": <the bytes, decoded as UTF-8 with
@@ -41,6 +43,8 @@ PID_FILE = "pid"
 LOG_FILE = "log.jsonl"
 SHIM_LOG_FILE = "shim.log"
 EXIT_FILE = "exit.json"
+
+BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
 
 STDOUT = 1
 STDERR = 2
@@ -139,6 +143,24 @@ def _exec_error(e: BaseException, spec: dict[str, Any]) -> tuple[int, str]:
     return EXIT_CODE_CANNOT_EXEC, f"exec {argv0}: {e}"
 
 
+def proc_stat(pid: int | str) -> tuple[str, int] | None:
+    """(state, start time in clock ticks) of a process, None when there is none."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return fields[0].decode(), int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def boot_id() -> str:
+    try:
+        with open(BOOT_ID_PATH) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
 def _exit_record(returncode: int) -> dict[str, Any]:
     if returncode < 0:
         return {"exit_code": 128 - returncode, "signal": -returncode}
@@ -164,7 +186,9 @@ def run(task_dir: str) -> None:
     def path(name: str) -> str:
         return os.path.join(task_dir, name)
 
-    write_atomic(path(SHIM_PID_FILE), b"%d\n" % os.getpid())
+    stat = proc_stat("self")
+    identity = f"{os.getpid()} {stat[1] if stat else 0} {boot_id()}\n"
+    write_atomic(path(SHIM_PID_FILE), identity.encode())
     with open(path(SPEC_FILE), "rb") as f:
         spec = json.load(f)
     log_fd = os.open(path(LOG_FILE), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)

@@ -136,7 +136,7 @@ class ServiceOrchestrator:
             latest is not None
             and latest.desired == TaskState.SHUTDOWN
             and latest.state > TaskState.RUNNING
-            and not self._restarts.should_restart(latest, service)
+            and not self._restarts.should_restart(latest, service, tasks)
         )
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from shoal.manager.loops import log_failure
 from shoal.manager.orchestrator.task import new_task, set_desired
 from shoal.manager.store import Store, Tx
+from shoal.types.base import format_time, now_ns
 from shoal.types.service import Service
 from shoal.types.task import Task, TaskState
 
@@ -56,7 +57,13 @@ class RestartSupervisor:
     def _key(task: Task) -> tuple[str, object]:
         return (task.service_id, task.slot if task.slot is not None else task.node_id)
 
-    def should_restart(self, task: Task, service: Service) -> bool:
+    def should_restart(
+        self, task: Task, service: Service, slot_tasks: list[Task] | None = None
+    ) -> bool:
+        """Whether the policy restarts `task`. Attempts are counted both in memory and
+        from the slot's history in the store (`slot_tasks`: tasks of the same spec
+        version beyond the first are restarts), so a daemon restart forgets nothing
+        the task history still shows."""
         condition = restart_condition(service)
         if condition == "none":
             return False
@@ -69,14 +76,19 @@ class RestartSupervisor:
         max_attempts = policy.max_attempts if policy and policy.max_attempts else 0
         if not max_attempts:
             return True
+        window_s = (policy.window or 0) / 1e9 if policy else 0.0
         hist = self._history[self._key(task)].times
-        window = (policy.window or 0) / 1e9 if policy else 0
-        if window:
-            cutoff = time.monotonic() - window
-            count = sum(1 for t in hist if t >= cutoff)
-        else:
-            count = len(hist)
-        return count < max_attempts
+        cutoff = time.monotonic() - window_s
+        in_memory = sum(1 for t in hist if not window_s or t >= cutoff)
+        in_store = 0
+        if slot_tasks:
+            same = sorted(
+                (t for t in slot_tasks if t.spec_version == task.spec_version),
+                key=lambda t: (t.created_at, t.id),
+            )[1:]
+            wall_cutoff = format_time(now_ns() - int(window_s * 1e9)) if window_s else ""
+            in_store = sum(1 for t in same if t.created_at >= wall_cutoff)
+        return max(in_memory, in_store) < max_attempts
 
     def restart(self, tx: Tx, service: Service, task: Task, force: bool = False) -> Task | None:
         """Shut `task` down and, if the policy allows (or `force`: its node is gone),
@@ -84,7 +96,7 @@ class RestartSupervisor:
         if task.desired > TaskState.COMPLETE:
             return None  # already handled by an earlier call
         tx.update(set_desired(task, TaskState.SHUTDOWN))
-        if not force and not self.should_restart(task, service):
+        if not force and not self.should_restart(task, service, self._slot(tx, task)):
             return None
         node_id = task.node_id if task.slot is None else None  # global tasks stay on their node
         replacement = new_task(service, task.slot, node_id, desired=TaskState.READY)
@@ -94,6 +106,16 @@ class RestartSupervisor:
         self.restarts += 1
         self.delay_start(task.id, replacement.id, restart_delay_s(service))
         return replacement
+
+    @staticmethod
+    def _slot(tx: Tx, task: Task) -> list[Task]:
+        """The tasks that share `task`'s slot (or node, for a global service)."""
+        return [
+            t
+            for t in tx.tasks_of_service(task.service_id)
+            if (t.slot, t.node_id if t.slot is None else None)
+            == (task.slot, task.node_id if task.slot is None else None)
+        ]
 
     def delay_start(self, old_task_id: str | None, new_task_id: str, delay_s: float) -> None:
         """Move `new_task_id` to desired RUNNING after `delay_s` and once the old task
