@@ -19,7 +19,7 @@ import msgspec
 from shoal.agent.executor.base import Controller, ExecutorError, ExitStatus, RuntimeState
 from shoal.log import get_logger
 from shoal.types.base import format_time, now_ns
-from shoal.types.task import ContainerStatus, Task, TaskState, TaskStatus
+from shoal.types.task import ContainerStatus, PortStatus, Task, TaskState, TaskStatus
 
 DEFAULT_STOP_GRACE_S = 10.0
 MSG = {
@@ -100,6 +100,7 @@ class TaskRunner:
             message=message if message is not None else MSG.get(state, state.wire),
             err=err,
             container_status=self._container,
+            port_status=PortStatus(),
         )
         self._report(self.task.id, status)
 

@@ -10,7 +10,7 @@ from shoal.types.service import Platform
 
 class NodeSpec(Model, kw_only=True):
     name: str | None = None
-    labels: dict[str, str] = {}
+    labels: dict[str, str] | None = None
     role: str
     availability: str
 

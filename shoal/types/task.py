@@ -96,7 +96,7 @@ class TaskStatus(Model, kw_only=True):
     message: str
     err: str | None = None
     container_status: ContainerStatus | None = None
-    port_status: PortStatus = PortStatus()
+    port_status: PortStatus | None = None
 
     @property
     def task_state(self) -> TaskState:
@@ -109,7 +109,7 @@ class Task(Model, kw_only=True):
     created_at: str = ""
     updated_at: str = ""
     name: str | None = None
-    labels: dict[str, str] = {}
+    labels: dict[str, str] | None = None
     spec: TaskSpec = TaskSpec()
     service_id: str = msgspec.field(default="", name="ServiceID")
     slot: int | None = None

@@ -10,7 +10,7 @@ from shoal.ids import new_id
 from shoal.types.base import format_time, now_ns
 from shoal.types.node import Node
 from shoal.types.service import Service
-from shoal.types.task import Task, TaskState, TaskStatus
+from shoal.types.task import PortStatus, Task, TaskState, TaskStatus
 
 Slot = list[Task]
 
@@ -31,7 +31,12 @@ def new_task(
         service_name=service.spec.name or "",
         slot=slot,
         node_id=node_id,
-        status=TaskStatus(timestamp=format_time(now_ns()), state="new", message="created"),
+        status=TaskStatus(
+            timestamp=format_time(now_ns()),
+            state="new",
+            message="created",
+            port_status=PortStatus(),
+        ),
         desired_state=desired.wire,
         spec_version=service.spec_version,
         labels={},

@@ -16,7 +16,7 @@ from shoal.types.node import Node
 EQ = "=="
 NE = "!="
 _OPERATORS = (EQ, NE)
-_KEY_RE = re.compile(r"^[a-zA-Z0-9._\-]+$")
+_KEY_RE = re.compile(r"^(?i:[a-z_][a-z0-9\-_.]+)$")
 _VALUE_RE = re.compile(r"^(?i:[a-z0-9:\-_\s\.\*\(\)\?\+\[\]\\\^\$\|\/]+)$")
 
 ERR_OPERATOR = "constraint expected one operator from ==, !="
@@ -33,13 +33,17 @@ class Constraint:
     value: str
 
     def matches_value(self, actual: str | None) -> bool:
-        if self.key == "node.ip" and actual is not None:
+        if self.key.lower() == "node.ip" and actual is not None:
+            if not _valid_ip_expr(self.value):
+                return False
             equal = _ip_matches(self.value, actual)
         else:
             equal = actual is not None and actual.lower() == self.value.lower()
         return equal if self.operator == EQ else not equal
 
     def matches(self, node: Node) -> bool:
+        if not known_key(self.key):
+            return False  # SwarmKit: an unknown key matches no node, whatever the operator
         return self.matches_value(node_value(node, self.key))
 
 
@@ -53,6 +57,28 @@ def _ip_matches(expected: str, actual: str) -> bool:
         return False
 
 
+def _valid_ip_expr(expected: str) -> bool:
+    try:
+        if "/" in expected:
+            ipaddress.ip_network(expected, strict=False)
+        else:
+            ipaddress.ip_address(expected)
+    except ValueError:
+        return False
+    return True
+
+
+_KEYS = frozenset(
+    {"node.id", "node.hostname", "node.ip", "node.role", "node.platform.os", "node.platform.arch"}
+)
+_LABEL_PREFIXES = ("node.labels.", "engine.labels.")
+
+
+def known_key(key: str) -> bool:
+    k = key.lower()
+    return k in _KEYS or any(k.startswith(p) and len(k) > len(p) for p in _LABEL_PREFIXES)
+
+
 def parse(expressions: list[str]) -> list[Constraint]:
     """Parse constraint expressions; raises ConstraintError with SwarmKit's messages."""
     out = []
@@ -60,10 +86,9 @@ def parse(expressions: list[str]) -> list[Constraint]:
         found = None
         for op in _OPERATORS:
             if op in expr:
-                parts = expr.split(op)
-                if len(parts) == 2:
-                    found = (op, parts[0].strip(), parts[1].strip())
-                    break
+                key, _, value = expr.partition(op)
+                found = (op, key.strip(), value.strip())
+                break
         if found is None:
             raise ConstraintError(ERR_OPERATOR)
         op, key, value = found
@@ -90,9 +115,10 @@ def node_value(node: Node, key: str) -> str | None:
         return desc.platform.os
     if k == "node.platform.arch":
         return desc.platform.architecture
-    if key.startswith("node.labels."):
-        return node.spec.labels.get(key[len("node.labels.") :])
-    if key.startswith("engine.labels."):
+    # the prefix compares case-insensitively, the label name as given
+    if k.startswith("node.labels."):
+        return (node.spec.labels or {}).get(key[len("node.labels.") :])
+    if k.startswith("engine.labels."):
         return (desc.engine.labels or {}).get(key[len("engine.labels.") :])
     return None
 
