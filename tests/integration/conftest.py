@@ -25,6 +25,19 @@ from .harness import (
     remove_all_services,
 )
 
+# The daemons of the module now running, whose logs a failure report shows.
+_LIVE: list[Daemon] = []
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    report = yield
+    if report.failed:
+        for daemon in _LIVE:
+            title = f"shoal daemon {daemon.node_name}: {daemon.log_path}"
+            report.sections.append((title, daemon.log_tail(80)))
+    return report
+
 
 @pytest.fixture(scope="module")
 def daemon_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonFactory]:
@@ -49,6 +62,7 @@ def daemon_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonF
             tcp_port=free_tcp_port() if tcp else None,
         )
         made.append(daemon)
+        _LIVE.append(daemon)
         if start:
             daemon.start()
         return daemon
@@ -56,6 +70,7 @@ def daemon_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonF
     yield make
 
     for daemon in reversed(made):
+        _LIVE.remove(daemon)
         daemon.cleanup()
 
 
