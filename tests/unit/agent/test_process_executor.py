@@ -30,7 +30,7 @@ from shoal.agent.executor.process import (
 )
 from shoal.types.agent import LogMessage, LogOptions
 from shoal.types.service import ContainerSpec, TaskSpec
-from shoal.types.task import Task
+from shoal.types.task import Task, TaskState, TaskStatus
 
 HOSTNAME = "node-1"
 # Bound on every wait in these tests, so a bug fails a test instead of hanging it.
@@ -39,7 +39,12 @@ WAIT_S = 10.0
 
 def make_task(task_id: str = "task1", **spec: Any) -> Task:
     container_spec = ContainerSpec(image="busybox", **spec)
-    return Task(id=task_id, spec=TaskSpec(container_spec=container_spec))
+    return Task(
+        id=task_id,
+        spec=TaskSpec(container_spec=container_spec),
+        status=TaskStatus(timestamp="", state=TaskState.ASSIGNED.wire, message=""),
+        desired_state=TaskState.RUNNING.wire,
+    )
 
 
 class Tasks:
@@ -103,6 +108,12 @@ def texts(messages: list[LogMessage]) -> list[bytes]:
 def proc_status(pid: int) -> dict[str, str]:
     lines = Path(f"/proc/{pid}/status").read_text().splitlines()
     return dict(line.split(":\t", 1) for line in lines if ":\t" in line)
+
+
+def proc_argv(pid: int) -> list[bytes]:
+    # Not the Name in status: exec closes the pipe by which the shim learns that the
+    # exec worked a moment before it renames the process.
+    return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
 
 
 def proc_environ(pid: int) -> list[bytes]:
@@ -314,7 +325,7 @@ def test_shutdown_sigterm(tmp_path: Path) -> None:
     async def body(tasks: Tasks) -> None:
         controller = await tasks.start(args=["sleep", "1000"])
         pid = (await controller.inspect()).pid
-        assert pid is not None and proc_status(pid)["Name"] == "sleep"
+        assert pid is not None and proc_argv(pid) == [b"sleep", b"1000"]
         assert os.getpgid(pid) == pid  # its own process group
         started = time.monotonic()
         await controller.shutdown(5)
@@ -407,13 +418,15 @@ def test_adoption_by_a_new_executor(tmp_path: Path) -> None:
 
 AGENT_SCRIPT = """
 import asyncio, pathlib, sys
+import msgspec
 from shoal.agent.executor.process import ProcessExecutor
 from shoal.types.service import ContainerSpec, TaskSpec
-from shoal.types.task import Task
+from shoal.types.task import stub_task
 
 async def main():
     executor = ProcessExecutor(pathlib.Path(sys.argv[1]), "node-1", {})
-    task = Task(id="task1", spec=TaskSpec(container_spec=ContainerSpec(args=["sleep", "1000"])))
+    spec = TaskSpec(container_spec=ContainerSpec(args=["sleep", "1000"]))
+    task = msgspec.structs.replace(stub_task("task1"), spec=spec)
     controller = executor.controller(task)
     await controller.prepare()
     state = await controller.start()
@@ -444,7 +457,7 @@ def test_task_survives_kill_9_of_the_agent(tmp_path: Path) -> None:
         controller = tasks.controller(make_task(args=["sleep", "1000"]))
         state = await controller.inspect()
         assert state.running and state.pid == pid
-        assert proc_status(pid)["Name"] == "sleep"
+        assert proc_argv(pid) == [b"sleep", b"1000"]
         await controller.shutdown(5)
         assert await wait(controller) == ExitStatus(143, signal.SIGTERM)
 
