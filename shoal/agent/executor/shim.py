@@ -207,6 +207,7 @@ def run(task_dir: str) -> None:
             close_fds=True,
         )
     except (OSError, subprocess.SubprocessError, ValueError) as e:
+        os.close(log_fd)
         code, message = _exec_error(e, spec)
         record = {"exit_code": code, "signal": None, "error": message}
         write_atomic(path(EXIT_FILE), json.dumps(record).encode() + b"\n")
