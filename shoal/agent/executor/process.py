@@ -123,7 +123,8 @@ class ProcessExecutor:
 
     def spawn_shim(self, task_dir: Path) -> int:
         """Start the shim for `task_dir` in a new session; returns its pid."""
-        argv = [sys.executable, "-I", str(SHIM_PATH), str(task_dir)]
+        # -I: no environment or user site; -S: no site import at all (the shim is stdlib only)
+        argv = [sys.executable, "-I", "-S", str(SHIM_PATH), str(task_dir)]
         shim_log = str(task_dir / shim.SHIM_LOG_FILE)
         try:
             pid = os.posix_spawn(
@@ -211,7 +212,9 @@ class ProcessController:
             os.close(os.open(self._dir / shim.STARTED_FILE, os.O_CREAT | os.O_EXCL, 0o644))
         except FileExistsError:
             return await self._wait_running(spawned=None)
-        return await self._wait_running(spawned=self._executor.spawn_shim(self._dir))
+        # posix_spawn of a Python process takes milliseconds: keep it off the event loop
+        spawned = await asyncio.to_thread(self._executor.spawn_shim, self._dir)
+        return await self._wait_running(spawned=spawned)
 
     async def wait(self) -> ExitStatus:
         if not (self._dir / shim.STARTED_FILE).exists():
