@@ -11,6 +11,8 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+import msgspec
+
 from shoal.agent.executor.base import Executor
 from shoal.agent.task_runner import TaskRunner
 from shoal.log import get_logger
@@ -21,6 +23,7 @@ from shoal.types.agent import (
     LogOptions,
     TaskStatusUpdate,
 )
+from shoal.types.node import NodeDescription, NodeResources
 from shoal.types.task import Task, TaskStatus, stub_task
 
 REPORT_INTERVAL_S = 0.05
@@ -33,9 +36,15 @@ log = get_logger("shoal.agent")
 
 class Agent:
     def __init__(
-        self, node_id: str, addr: str, executor: Executor, session: DispatcherSession
+        self,
+        node_id: str,
+        addr: str,
+        executor: Executor,
+        session: DispatcherSession,
+        resources: NodeResources | None = None,
     ) -> None:
         self.node_id = node_id
+        self.resources = resources
         self.addr = addr
         self.executor = executor
         self._session = session
@@ -69,26 +78,45 @@ class Agent:
         await self.executor.close()
 
     # the session ------------------------------------------------------------------------------
+    def describe(self) -> NodeDescription:
+        desc = self.executor.describe()
+        if self.resources is not None:
+            desc = msgspec.structs.replace(desc, resources=self.resources)
+        return desc
+
     async def _session_loop(self) -> None:
         backoff = SESSION_BACKOFF_MIN_S
         while not self._stopping:
             try:
                 period = await self._session.register(
-                    self.node_id, self.executor.describe(), self.addr, self
+                    self.node_id, self.describe(), self.addr, self
                 )
                 backoff = SESSION_BACKOFF_MIN_S
-                beats = asyncio.create_task(self._heartbeats(period))
+                # The session lasts until either side fails: a missed heartbeat ack or
+                # the end of the assignment stream.
+                parts = [
+                    asyncio.create_task(self._heartbeats(period), name="agent-heartbeats"),
+                    asyncio.create_task(self._consume(), name="agent-assignments"),
+                ]
                 try:
-                    async for assignment in self._session.assignments(self.node_id):
-                        await self._apply(assignment)
+                    done, _ = await asyncio.wait(parts, return_when=asyncio.FIRST_COMPLETED)
                 finally:
-                    beats.cancel()
+                    for t in parts:
+                        t.cancel()
+                    await asyncio.gather(*parts, return_exceptions=True)
+                for t in done:
+                    if not t.cancelled() and t.exception() is not None:
+                        raise t.exception()  # type: ignore[misc]
             except asyncio.CancelledError:
                 raise
             except Exception as e:
                 log.warning("session with the dispatcher failed", error=repr(e))
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, SESSION_BACKOFF_MAX_S)
+
+    async def _consume(self) -> None:
+        async for assignment in self._session.assignments(self.node_id):
+            await self._apply(assignment)
 
     async def _heartbeats(self, period: float) -> None:
         while True:

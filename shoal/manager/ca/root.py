@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import datetime
-import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
@@ -19,15 +18,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from shoal.ids import to_base36
+from shoal.pki import SECRET_LEN, TOKEN_PREFIX, TOKEN_VERSION, ca_digest
 from shoal.types.node import TLSInfo
 
 ROOT_CN = "swarm-ca"
 ROOT_VALIDITY = datetime.timedelta(days=20 * 365)
 BACKDATE = datetime.timedelta(hours=1)
-TOKEN_PREFIX = "SWMTKN"
-TOKEN_VERSION = "1"
-DIGEST_LEN = 50
-SECRET_LEN = 25
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +76,7 @@ class RootCA:
         return x509.load_pem_x509_certificate(self.cert_pem)
 
     def digest(self) -> str:
-        der = self.cert.public_bytes(serialization.Encoding.DER)
-        return to_base36(int.from_bytes(hashlib.sha256(der).digest(), "big"), DIGEST_LEN)
+        return ca_digest(self.cert_pem)
 
     def tls_info(self) -> TLSInfo:
         cert = self.cert

@@ -37,7 +37,6 @@ log = get_logger("shoal.manager.dispatcher")
 class _Session:
     node_id: str
     logs: LogSource
-    last_beat: float
     queue: asyncio.Queue[Assignment] = field(default_factory=asyncio.Queue)
     sent: set[str] = field(default_factory=set)
 
@@ -52,6 +51,8 @@ class Dispatcher:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._sessions: dict[str, _Session] = {}
+        # last heartbeat per node, kept after a session drops so the node still expires
+        self._beats: dict[str, float] = {}
         self._pending_status: dict[str, tuple[str, TaskStatus]] = {}
         self._flush_now = asyncio.Event()
         self._stopped = asyncio.Event()
@@ -146,12 +147,11 @@ class Dispatcher:
             await asyncio.sleep(min(1.0, period / 2))
             now = time.monotonic()
             expired = [
-                s.node_id
-                for s in self._sessions.values()
-                if now - s.last_beat > period * HEARTBEAT_GRACE
+                n for n, beat in self._beats.items() if now - beat > period * HEARTBEAT_GRACE
             ]
             for node_id in expired:
                 log.warning("node missed heartbeats", node=node_id)
+                del self._beats[node_id]
                 self._sessions.pop(node_id, None)
                 self._mark_down(node_id)
 
@@ -171,15 +171,15 @@ class Dispatcher:
             )
 
         self._store.update(write)
-        self._sessions[node_id] = _Session(node_id, logs, time.monotonic())
+        self._sessions[node_id] = _Session(node_id, logs)
+        self._beats[node_id] = time.monotonic()
         log.info("node registered", node=node_id, addr=addr)
         return self._jittered_period()
 
     async def heartbeat(self, node_id: str) -> float:
-        s = self._sessions.get(node_id)
-        if s is None:
+        if node_id not in self._sessions:
             raise NotFound(f"node {node_id} has no session")
-        s.last_beat = time.monotonic()
+        self._beats[node_id] = time.monotonic()
         return self._jittered_period()
 
     def _jittered_period(self) -> float:
@@ -206,8 +206,12 @@ class Dispatcher:
         if len(self._pending_status) >= STATUS_BATCH_MAX_ITEMS:
             self._flush_now.set()
 
-    def close_session(self, node_id: str) -> None:
-        self._sessions.pop(node_id, None)
+    def close_session(self, node_id: str, logs: LogSource | None = None) -> None:
+        """The agent's connection ended. The node stays as it is until its heartbeats
+        expire; only the session that registered `logs` is closed (not a newer one)."""
+        s = self._sessions.get(node_id)
+        if s is not None and (logs is None or s.logs is logs):
+            del self._sessions[node_id]
 
     def log_source(self, node_id: str) -> LogSource | None:
         s = self._sessions.get(node_id)

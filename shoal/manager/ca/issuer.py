@@ -1,0 +1,111 @@
+"""The CA's two operations on the cluster port: admitting a node that presents a join
+token (a new Node and its first certificate) and renewing a node's certificate."""
+
+from __future__ import annotations
+
+from shoal.errors import InvalidArgument, NotFound, ShoalError
+from shoal.ids import new_id
+from shoal.manager.ca.root import RootCA, token_matches
+from shoal.manager.ca.signer import CSRError, node_cert_expiry, sign_node_certificate
+from shoal.manager.store import Store, Tx
+from shoal.pki import Identity
+from shoal.types.node import Node, NodeDescription, NodeSpec, NodeStatus
+from shoal.types.session import JoinRequest, JoinResponse, RenewResponse
+
+MSG_BAD_TOKEN = (
+    "rpc error: code = InvalidArgument desc = A valid join token is necessary to join this cluster"
+)
+
+
+class PermissionDenied(ShoalError):
+    status = 403
+
+
+class Issuer:
+    def __init__(self, store: Store, root: RootCA, manager_addrs: list[str]) -> None:
+        self._store = store
+        self._root = root
+        self._managers = manager_addrs
+
+    def _expiry_ns(self, tx: Tx) -> int | None:
+        cluster = tx.cluster()
+        cfg = cluster.spec.ca_config if cluster else None
+        return cfg.node_cert_expiry if cfg else None
+
+    def join(self, req: JoinRequest) -> JoinResponse:
+        availability = req.availability or "active"
+        if availability not in ("active", "pause", "drain"):
+            raise InvalidArgument(f"invalid availability {availability!r}")
+
+        def write(tx: Tx) -> JoinResponse:
+            cluster = tx.cluster()
+            if cluster is None:
+                raise NotFound("this manager has no cluster")
+            tokens = cluster.join_tokens
+            if token_matches(req.token, tokens.manager):
+                role = "manager"
+            elif token_matches(req.token, tokens.worker):
+                role = "worker"
+            else:
+                raise InvalidArgument(MSG_BAD_TOKEN)
+            node_id = new_id()
+            try:
+                cert = sign_node_certificate(
+                    self._root,
+                    req.csr.encode(),
+                    node_id,
+                    role,
+                    cluster.id,
+                    node_cert_expiry(self._expiry_ns(tx)),
+                    [req.addr],
+                )
+            except CSRError as e:
+                raise InvalidArgument(str(e)) from e
+            tx.create(
+                Node(
+                    id=node_id,
+                    spec=NodeSpec(labels={}, role=role, availability=availability),
+                    description=NodeDescription(hostname=req.hostname, tls_info=cluster.tls_info),
+                    status=NodeStatus(state="unknown", addr=req.addr),
+                )
+            )
+            return JoinResponse(
+                node_id=node_id,
+                certificate=cert.decode(),
+                role=role,
+                cluster_id=cluster.id,
+                managers=self._managers,
+            )
+
+        return self._store.update(write)
+
+    def renew(self, ident: Identity, csr_pem: str) -> RenewResponse:
+        """A new certificate for a node already in the cluster; its role is the one the
+        store records now (a promotion or demotion takes effect here)."""
+        view = self._store.view()
+        node = view.get_node(ident.node_id)
+        cluster = view.cluster()
+        if node is None or cluster is None or cluster.id != ident.cluster_id:
+            raise PermissionDenied(f"node {ident.node_id} is not a member of this cluster")
+        try:
+            cert = sign_node_certificate(
+                self._root,
+                csr_pem.encode(),
+                node.id,
+                node.spec.role,
+                cluster.id,
+                node_cert_expiry(self._expiry_ns(view)),
+                [node.status.addr],
+            )
+        except CSRError as e:
+            raise InvalidArgument(str(e)) from e
+        return RenewResponse(certificate=cert.decode())
+
+
+def issue_own_certificate(
+    root: RootCA, csr_pem: bytes, node_id: str, cluster_id: str, addr: str, expiry_ns: int | None
+) -> bytes:
+    """The first manager's certificate, made at `swarm init`."""
+    return sign_node_certificate(
+        root, csr_pem, node_id, "manager", cluster_id, node_cert_expiry(expiry_ns), [addr]
+    )

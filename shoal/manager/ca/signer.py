@@ -1,0 +1,108 @@
+"""Issuing node certificates from CSRs, signed by the cluster root."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from shoal.manager.ca.root import RootCA
+from shoal.pki import MANAGER_OU, MANAGER_SERVER_NAME, ROLE_OU
+from shoal.types.swarm import DEFAULT_NODE_CERT_EXPIRY_NS
+
+MIN_NODE_CERT_EXPIRY = datetime.timedelta(hours=1)
+BACKDATE = datetime.timedelta(hours=1)
+
+
+class CSRError(ValueError):
+    pass
+
+
+def node_cert_expiry(expiry_ns: int | None) -> datetime.timedelta:
+    """SwarmKit: values under the 1 h minimum fall back to the 90-day default."""
+    expiry = datetime.timedelta(microseconds=(expiry_ns or DEFAULT_NODE_CERT_EXPIRY_NS) // 1000)
+    if expiry < MIN_NODE_CERT_EXPIRY:
+        return datetime.timedelta(microseconds=DEFAULT_NODE_CERT_EXPIRY_NS // 1000)
+    return expiry
+
+
+def sign_node_certificate(
+    root: RootCA,
+    csr_pem: bytes,
+    node_id: str,
+    role: str,
+    cluster_id: str,
+    expiry: datetime.timedelta,
+    addresses: list[str] | None = None,
+) -> bytes:
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem)
+    except ValueError as e:
+        raise CSRError(f"invalid certificate signing request: {e}") from e
+    if not csr.is_signature_valid:
+        raise CSRError("invalid certificate signing request: bad signature")
+    public_key = csr.public_key()
+    if not isinstance(public_key, ec.EllipticCurvePublicKey):
+        raise CSRError("invalid certificate signing request: an ECDSA key is required")
+    ou = ROLE_OU[role]
+    ca_cert = root.cert
+    ca_key = serialization.load_pem_private_key(root.key_pem, password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    names: list[x509.GeneralName] = [x509.DNSName(ou), x509.DNSName(node_id)]
+    if ou == MANAGER_OU:
+        names += [x509.DNSName(MANAGER_SERVER_NAME), x509.DNSName("swarm-ca")]
+    for addr in addresses or []:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(addr)))
+        except ValueError:
+            names.append(x509.DNSName(addr))
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, cluster_id),
+                    x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, ou),
+                    x509.NameAttribute(NameOID.COMMON_NAME, node_id),
+                ]
+            )
+        )
+        .issuer_name(ca_cert.subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - BACKDATE)
+        .not_valid_after(now + expiry)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=True,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()),  # type: ignore[arg-type]
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM)

@@ -1,0 +1,156 @@
+"""The cluster port's HTTP server (TLS; client certificates verified against the root).
+
+Access table: which paths need which identity. A path not listed does not exist.
+
+    path                    certificate needed   roles
+    GET  /ca/root           no                   -        (the joining node checks its digest)
+    POST /ca/join           no (join token)      -
+    POST /ca/renew          yes                  worker, manager
+    GET  /dispatcher/session yes                 worker, manager
+    GET  /manager/ping      yes                  manager
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import msgspec
+from aiohttp import web
+
+from shoal.errors import InvalidArgument, ShoalError
+from shoal.log import get_logger
+from shoal.manager.ca.issuer import Issuer
+from shoal.manager.ca.root import RootCA
+from shoal.manager.clusterport.session import serve_session
+from shoal.manager.dispatcher.dispatcher import Dispatcher
+from shoal.pki import Identity, NodeCredentials, peer_identity
+from shoal.types.base import encode_json
+from shoal.types.session import JoinRequest, RenewRequest
+
+ANY_NODE = frozenset({"worker", "manager"})
+MANAGERS = frozenset({"manager"})
+ACCESS: dict[tuple[str, str], frozenset[str] | None] = {
+    ("GET", "/ca/root"): None,
+    ("POST", "/ca/join"): None,
+    ("POST", "/ca/renew"): ANY_NODE,
+    ("GET", "/dispatcher/session"): ANY_NODE,
+    ("GET", "/manager/ping"): MANAGERS,
+}
+IDENTITY_KEY = "shoal.identity"
+MAX_BODY = 1024 * 1024
+
+log = get_logger("shoal.manager.clusterport")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.Response(
+        status=status,
+        body=json.dumps({"message": message}).encode(),
+        content_type="application/json",
+    )
+
+
+class ClusterServer:
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        issuer: Issuer,
+        root: RootCA,
+        credentials: NodeCredentials,
+        cluster_id: str,
+    ) -> None:
+        self._dispatcher = dispatcher
+        self._issuer = issuer
+        self._root = root
+        self._credentials = credentials
+        self._cluster_id = cluster_id
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    def _app(self) -> web.Application:
+        app = web.Application(middlewares=[self._access], client_max_size=MAX_BODY)
+        app.router.add_get("/ca/root", self._ca_root)
+        app.router.add_post("/ca/join", self._ca_join)
+        app.router.add_post("/ca/renew", self._ca_renew)
+        app.router.add_get("/dispatcher/session", self._session)
+        app.router.add_get("/manager/ping", self._manager_ping)
+        return app
+
+    @web.middleware
+    async def _access(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        key = (request.method, request.path)
+        if key not in ACCESS:
+            return _error(404, "not found")
+        roles = ACCESS[key]
+        ident = peer_identity(
+            request.transport.get_extra_info("ssl_object") if request.transport else None
+        )
+        if roles is not None:
+            if ident is None:
+                return _error(401, "a node certificate of this cluster is required")
+            if ident.cluster_id != self._cluster_id:
+                return _error(403, "certificate is from another cluster")
+            if ident.role not in roles:
+                return _error(
+                    403, f"permission denied: {ident.role} nodes may not use {request.path}"
+                )
+        request[IDENTITY_KEY] = ident
+        try:
+            return await handler(request)
+        except ShoalError as e:
+            return _error(e.status, e.message)
+        except Exception as e:
+            log.exception("cluster port request failed", path=request.path)
+            return _error(500, f"internal error: {type(e).__name__}")
+
+    async def start(self, host: str, port: int) -> int:
+        self._runner = web.AppRunner(self._app(), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, ssl_context=self._credentials.server_context())
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else port
+        log.info("cluster port listening", host=host, port=self.port)
+        return self.port
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # handlers ---------------------------------------------------------------------------
+    async def _ca_root(self, request: web.Request) -> web.Response:
+        return web.Response(body=self._root.cert_pem, content_type="application/x-pem-file")
+
+    async def _ca_join(self, request: web.Request) -> web.Response:
+        req = _decode(await request.read(), JoinRequest)
+        resp = self._issuer.join(req)
+        log.info("node joined", node=resp.node_id, role=resp.role, hostname=req.hostname)
+        return web.Response(body=encode_json(resp), content_type="application/json")
+
+    async def _ca_renew(self, request: web.Request) -> web.Response:
+        ident: Identity = request[IDENTITY_KEY]
+        req = _decode(await request.read(), RenewRequest)
+        return web.Response(
+            body=encode_json(self._issuer.renew(ident, req.csr)), content_type="application/json"
+        )
+
+    async def _session(self, request: web.Request) -> web.StreamResponse:
+        return await serve_session(request, request[IDENTITY_KEY], self._dispatcher)
+
+    async def _manager_ping(self, request: web.Request) -> web.Response:
+        return web.Response(body=b'{"ok":true}', content_type="application/json")
+
+
+T = TypeVar("T")
+
+
+def _decode(raw: bytes, typ: type[T]) -> T:
+    try:
+        return msgspec.json.decode(raw, type=typ)
+    except (msgspec.ValidationError, msgspec.DecodeError) as e:
+        raise InvalidArgument(f"invalid request: {e}") from e

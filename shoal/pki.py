@@ -1,0 +1,208 @@
+"""Certificates and TLS shared by managers and agents (no side imports the other).
+
+Node certificates are SwarmKit's: CN = node ID, OU = role (`swarm-manager` or
+`swarm-worker`), O = cluster ID, ECDSA P-256. Every TLS context here verifies peers
+against the cluster's root only, never the system store.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import ssl
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from shoal.ids import to_base36
+
+MANAGER_OU = "swarm-manager"
+WORKER_OU = "swarm-worker"
+ROLE_OU = {"manager": MANAGER_OU, "worker": WORKER_OU}
+OU_ROLE = {v: k for k, v in ROLE_OU.items()}
+# Managers' certificates carry this name; agents check it when they dial a manager.
+MANAGER_SERVER_NAME = "swarm-manager"
+TOKEN_PREFIX = "SWMTKN"
+TOKEN_VERSION = "1"
+DIGEST_LEN = 50
+SECRET_LEN = 25
+
+ROOT_CA_FILE = "swarm-root-ca.crt"
+NODE_CERT_FILE = "swarm-node.crt"
+NODE_KEY_FILE = "swarm-node.key"
+
+
+class TokenError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who is on the other end of a mutual-TLS connection."""
+
+    node_id: str
+    role: str  # "manager" | "worker"
+    cluster_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class JoinToken:
+    digest: str
+    secret: str
+
+
+def parse_token(token: str) -> JoinToken:
+    parts = token.strip().split("-")
+    if (
+        len(parts) != 4
+        or parts[0] != TOKEN_PREFIX
+        or parts[1] != TOKEN_VERSION
+        or len(parts[2]) != DIGEST_LEN
+        or len(parts[3]) != SECRET_LEN
+    ):
+        raise TokenError("invalid join token")
+    return JoinToken(digest=parts[2], secret=parts[3])
+
+
+def ca_digest(cert_pem: bytes) -> str:
+    """SHA-256 of the root certificate (DER) in base 36, as join tokens carry it."""
+    der = x509.load_pem_x509_certificate(cert_pem).public_bytes(serialization.Encoding.DER)
+    return to_base36(int.from_bytes(hashlib.sha256(der).digest(), "big"), DIGEST_LEN)
+
+
+def new_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def make_csr(key: ec.EllipticCurvePrivateKey) -> bytes:
+    """A CSR with no identity: the CA decides CN, OU and O."""
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .sign(key, hashes.SHA256())
+    )
+    return csr.public_bytes(serialization.Encoding.PEM)
+
+
+def identity_of(cert: x509.Certificate) -> Identity | None:
+    def attr(oid: x509.ObjectIdentifier) -> str | None:
+        values = cert.subject.get_attributes_for_oid(oid)
+        value = values[0].value if values else None
+        return value if isinstance(value, str) else None
+
+    cn, ou, o = (
+        attr(NameOID.COMMON_NAME),
+        attr(NameOID.ORGANIZATIONAL_UNIT_NAME),
+        attr(NameOID.ORGANIZATION_NAME),
+    )
+    if not cn or not o or ou not in OU_ROLE:
+        return None
+    return Identity(node_id=cn, role=OU_ROLE[ou], cluster_id=o)
+
+
+def peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> Identity | None:
+    """The verified peer certificate's identity (None: the peer sent no certificate)."""
+    if ssl_object is None:
+        return None
+    der = ssl_object.getpeercert(binary_form=True)
+    if not der:
+        return None
+    return identity_of(x509.load_der_x509_certificate(der))
+
+
+def cert_validity(cert_pem: bytes) -> tuple[datetime.datetime, datetime.datetime]:
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    return cert.not_valid_before_utc, cert.not_valid_after_utc
+
+
+def _load_chain(ctx: ssl.SSLContext, cert_pem: bytes, key_pem_bytes: bytes) -> None:
+    # ssl wants files: write them to a private temporary directory for the load only.
+    with tempfile.TemporaryDirectory(prefix="shoal-tls-") as d:
+        cert_path, key_path = Path(d) / "c.pem", Path(d) / "k.pem"
+        cert_path.write_bytes(cert_pem)
+        key_path.touch(mode=0o600)
+        key_path.write_bytes(key_pem_bytes)
+        ctx.load_cert_chain(cert_path, key_path)
+
+
+def server_context(ca_pem: bytes, cert_pem: bytes, key_pem_bytes: bytes) -> ssl.SSLContext:
+    """The cluster port: a client certificate is optional at the TLS layer (a joining
+    node has none yet) but, when sent, must chain to the cluster root; routes then
+    require an identity (see the cluster API's access table)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_verify_locations(cadata=ca_pem.decode())
+    ctx.verify_mode = ssl.CERT_OPTIONAL
+    _load_chain(ctx, cert_pem, key_pem_bytes)
+    return ctx
+
+
+def client_context(
+    ca_pem: bytes | None, cert_pem: bytes | None = None, key_pem_bytes: bytes | None = None
+) -> ssl.SSLContext:
+    """Dialling a manager. With `ca_pem` None the server is not verified: only for
+    fetching the root, whose digest the caller then checks against the join token."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if ca_pem is None:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    else:
+        ctx.load_verify_locations(cadata=ca_pem.decode())
+    if cert_pem is not None and key_pem_bytes is not None:
+        _load_chain(ctx, cert_pem, key_pem_bytes)
+    return ctx
+
+
+@dataclass(frozen=True, slots=True)
+class NodeCredentials:
+    """A node's root, certificate and key, as kept in `<data-dir>/swarm/certificates`."""
+
+    ca_pem: bytes
+    cert_pem: bytes
+    key_pem: bytes
+
+    @property
+    def identity(self) -> Identity:
+        ident = identity_of(x509.load_pem_x509_certificate(self.cert_pem))
+        assert ident is not None
+        return ident
+
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / ROOT_CA_FILE).write_bytes(self.ca_pem)
+        _write_atomic(directory / NODE_CERT_FILE, self.cert_pem, 0o644)
+        _write_atomic(directory / NODE_KEY_FILE, self.key_pem, 0o600)
+
+    @classmethod
+    def load(cls, directory: Path) -> NodeCredentials:
+        return cls(
+            (directory / ROOT_CA_FILE).read_bytes(),
+            (directory / NODE_CERT_FILE).read_bytes(),
+            (directory / NODE_KEY_FILE).read_bytes(),
+        )
+
+    def server_context(self) -> ssl.SSLContext:
+        return server_context(self.ca_pem, self.cert_pem, self.key_pem)
+
+    def client_context(self) -> ssl.SSLContext:
+        return client_context(self.ca_pem, self.cert_pem, self.key_pem)
+
+
+def _write_atomic(path: Path, data: bytes, mode: int) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.touch(mode=mode)
+    tmp.chmod(mode)
+    tmp.write_bytes(data)
+    tmp.replace(path)

@@ -1,0 +1,108 @@
+"""Messages on an agent's session with a manager, over the cluster port (mutual TLS,
+one websocket per session, MessagePack frames). A tagged union: `Type` names each."""
+
+from __future__ import annotations
+
+import msgspec
+
+from shoal.types.agent import Assignment, LogMessage, LogOptions, TaskStatusUpdate
+from shoal.types.base import Model
+from shoal.types.node import NodeDescription
+
+
+class Register(Model, tag="register", kw_only=True):
+    node_id: str = msgspec.field(name="NodeID")
+    description: NodeDescription
+    addr: str
+
+
+class Registered(Model, tag="registered", kw_only=True):
+    period: float
+
+
+class Heartbeat(Model, tag="heartbeat", kw_only=True):
+    seq: int
+
+
+class HeartbeatAck(Model, tag="heartbeat_ack", kw_only=True):
+    seq: int
+    period: float
+
+
+class Status(Model, tag="status", kw_only=True):
+    updates: list[TaskStatusUpdate]
+
+
+class AssignmentMsg(Model, tag="assignment", kw_only=True):
+    assignment: Assignment
+
+
+class LogSubscribe(Model, tag="logs_subscribe", kw_only=True):
+    sub_id: str = msgspec.field(name="SubID")
+    task_id: str = msgspec.field(name="TaskID")
+    options: LogOptions
+
+
+class LogCancel(Model, tag="logs_cancel", kw_only=True):
+    sub_id: str = msgspec.field(name="SubID")
+
+
+class LogData(Model, tag="logs", kw_only=True):
+    sub_id: str = msgspec.field(name="SubID")
+    messages: list[LogMessage] = []
+    done: bool = False
+
+
+class SessionError(Model, tag="error", kw_only=True):
+    message: str
+
+
+SessionMessage = (
+    Register
+    | Registered
+    | Heartbeat
+    | HeartbeatAck
+    | Status
+    | AssignmentMsg
+    | LogSubscribe
+    | LogCancel
+    | LogData
+    | SessionError
+)
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(SessionMessage)
+
+
+def encode(msg: SessionMessage) -> bytes:
+    return _encoder.encode(msg)
+
+
+def decode(data: bytes) -> SessionMessage:
+    return _decoder.decode(data)
+
+
+class JoinRequest(Model, kw_only=True):
+    """`POST /ca/join` on the cluster port: a node without a certificate asks for one."""
+
+    token: str
+    csr: str = msgspec.field(name="CSR")
+    hostname: str
+    addr: str
+    availability: str | None = None
+
+
+class JoinResponse(Model, kw_only=True):
+    node_id: str = msgspec.field(name="NodeID")
+    certificate: str
+    role: str
+    cluster_id: str = msgspec.field(name="ClusterID")
+    managers: list[str]
+
+
+class RenewRequest(Model, kw_only=True):
+    csr: str = msgspec.field(name="CSR")
+
+
+class RenewResponse(Model, kw_only=True):
+    certificate: str
