@@ -10,6 +10,8 @@ import asyncio
 import json
 import shutil
 import signal
+import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,18 +20,23 @@ import msgspec
 
 from shoal.agent.agent import Agent
 from shoal.agent.executor.base import Executor
+from shoal.agent.join import join, renew, renewal_delay
+from shoal.agent.session import RemoteSession
 from shoal.api.server import APIServer
 from shoal.errors import AlreadyInSwarm, InvalidArgument, NodeNotInSwarm, ShoalError
 from shoal.ids import new_id
 from shoal.log import get_logger
+from shoal.manager.ca.issuer import Issuer, issue_own_certificate
 from shoal.manager.ca.root import RootCA
+from shoal.manager.clusterport.server import ClusterServer
 from shoal.manager.manager import Manager
-from shoal.manager.store import Store
+from shoal.manager.store import Store, Tx
 from shoal.manager.store.sqlite import SQLiteBackend
-from shoal.types.node import ManagerStatus, Node, NodeSpec, NodeStatus
+from shoal.pki import ROOT_CA_FILE, NodeCredentials, key_pem, make_csr, new_key
+from shoal.types.node import ManagerStatus, Node, NodeResources, NodeSpec, NodeStatus
 from shoal.types.service import JoinTokens
-from shoal.types.swarm import Cluster, SwarmInitRequest, default_swarm_spec
-from shoal.types.task import TaskState, stub_task
+from shoal.types.swarm import Cluster, SwarmInitRequest, SwarmJoinRequest, default_swarm_spec
+from shoal.types.task import stub_task
 
 DEFAULT_DATA_DIR = Path("/var/lib/shoal")
 DEFAULT_SOCKET = "unix:///run/shoal/shoal.sock"
@@ -42,11 +49,18 @@ MSG_LEAVE_MANAGER = (
     "ignore this message."
 )
 
+ROOT_KEY_FILE = "swarm-root-ca.key"
+RENEW_RETRY_S = 30.0
+
 log = get_logger("shoal.daemon")
 
 
 class LeaveRefused(ShoalError):
     status = 503
+
+
+class ListenFailed(ShoalError):
+    status = 500
 
 
 @dataclass
@@ -57,16 +71,27 @@ class DaemonConfig:
     node_name: str = ""
     labels: dict[str, str] = field(default_factory=dict)
     live_restore: bool = False
+    # What the node advertises to the scheduler instead of what the runtime measures.
+    resources_cpus: float | None = None
+    resources_memory: int | None = None
 
 
 @dataclass
 class SwarmState:
-    """What this node remembers of its swarm across restarts (data-dir/swarm/state.json)."""
+    """What this node remembers of its swarm across restarts (data-dir/swarm/state.json).
+
+    `role` is the role this node joined with; `runs_manager` says whether it holds the
+    cluster state (the node that ran `swarm init`); `managers` are the cluster ports
+    its agent dials.
+    """
 
     node_id: str
     cluster_id: str
     advertise_addr: str
     listen_addr: str
+    role: str = "manager"
+    runs_manager: bool = True
+    managers: list[str] = field(default_factory=list)
 
 
 def make_executor(config: DaemonConfig) -> Executor:
@@ -93,7 +118,17 @@ def split_addr(addr: str, default_port: int) -> tuple[str, int]:
     host, sep, port = addr.rpartition(":")
     if not sep or not port.isdigit():
         return addr, default_port
-    return host, int(port)
+    return host.strip("[]"), int(port)
+
+
+def local_addr_towards(remote_host: str) -> str:
+    """The local address this machine uses to reach `remote_host` (no packet is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect((remote_host, 9))
+            return str(s.getsockname()[0])
+        except OSError:
+            return "127.0.0.1"
 
 
 class Daemon:
@@ -107,6 +142,10 @@ class Daemon:
         self._state: SwarmState | None = None
         self._manager: Manager | None = None
         self._agent: Agent | None = None
+        self._cluster_server: ClusterServer | None = None
+        self._remote: RemoteSession | None = None
+        self._creds: NodeCredentials | None = None
+        self._renewer: asyncio.Task[None] | None = None
         self._api = APIServer(self, config.hosts)
         self._lock = asyncio.Lock()
         self.stopped = asyncio.Event()
@@ -126,22 +165,27 @@ class Daemon:
 
     @property
     def manager_addr(self) -> str:
-        if not self._state:
-            return ""
-        host, port = split_addr(self._state.advertise_addr, DEFAULT_SWARM_PORT)
-        return f"{host}:{port}"
+        return self._state.advertise_addr if self._state else ""
+
+    @property
+    def remote_managers(self) -> list[str]:
+        if self._state is None:
+            return []
+        return [self._state.advertise_addr] if self._state.runs_manager else self._state.managers
 
     def running_tasks(self) -> tuple[int, int]:
-        if self._manager is None or self.node_id is None:
+        if self._agent is None:
             return 0, 0
-        tasks = self._manager.store.view().tasks_on_node(self.node_id)
-        running = sum(1 for t in tasks if t.state == TaskState.RUNNING)
-        return running, len(tasks)
+        return self._agent.task_counts()
 
     # paths ------------------------------------------------------------------------------------
     @property
     def _swarm_dir(self) -> Path:
         return self.data_dir / "swarm"
+
+    @property
+    def _certs_dir(self) -> Path:
+        return self._swarm_dir / "certificates"
 
     def _load_state(self) -> SwarmState | None:
         path = self._swarm_dir / "state.json"
@@ -155,13 +199,23 @@ class Daemon:
         tmp.write_text(json.dumps(state.__dict__))
         tmp.replace(self._swarm_dir / "state.json")
 
+    def _root_ca(self) -> RootCA:
+        return RootCA(
+            (self._certs_dir / ROOT_CA_FILE).read_bytes(),
+            (self._certs_dir / ROOT_KEY_FILE).read_bytes(),
+        )
+
     # lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         state = self._load_state()
         if state is not None:
             self._state = state
-            self._start_swarm()
+            self._creds = NodeCredentials.load(self._certs_dir)
+            if state.runs_manager:
+                await self._start_manager()
+            else:
+                self._start_worker()
         await self._api.start()
         log.info(
             "daemon started",
@@ -171,20 +225,110 @@ class Daemon:
             swarm=state is not None,
         )
 
-    def _start_swarm(self) -> None:
-        assert self._state is not None
+    def _resources(self) -> NodeResources | None:
+        c = self.config
+        if c.resources_cpus is None and c.resources_memory is None:
+            return None
+        measured = self.executor.describe().resources
+        return NodeResources(
+            nano_cpus=int(c.resources_cpus * 1e9)
+            if c.resources_cpus is not None
+            else measured.nano_cpus,
+            memory_bytes=c.resources_memory
+            if c.resources_memory is not None
+            else measured.memory_bytes,
+        )
+
+    async def _start_manager(self, bootstrap: Callable[[Tx, int], None] | None = None) -> None:
+        """Open the store, start the manager's loops and the cluster port, then the local
+        agent (in-process session). `bootstrap` writes the first objects at `swarm init`
+        once the cluster port's real port is known."""
+        assert self._state is not None and self._creds is not None
         store = Store(SQLiteBackend(self._swarm_dir / "store.db"))
-        self._manager = Manager(store)
-        self._manager.start()
+        manager = Manager(store)
+        root = self._root_ca()
+        host, port = split_addr(self._state.listen_addr, DEFAULT_SWARM_PORT)
+        issuer = Issuer(store, root, self.remote_managers)
+        server = ClusterServer(
+            manager.dispatcher, issuer, root, self._creds, self._state.cluster_id
+        )
+        try:
+            bound = await server.start(host or "0.0.0.0", port)
+        except OSError as e:
+            store.close()
+            raise ListenFailed(f"listen tcp {host}:{port}: {e.strerror or e}") from e
+        if bootstrap is not None:
+            adv_host, adv_port = split_addr(self._state.advertise_addr, port)
+            if adv_port == 0 or port == 0:
+                self._state.advertise_addr = f"{adv_host}:{bound}"
+            store.update(lambda tx: bootstrap(tx, bound))
+        issuer.managers[:] = self.remote_managers
+        self._cluster_server = server
+        self._manager = manager
+        manager.start()
         self._agent = Agent(
-            self._state.node_id, self.node_addr, self.executor, self._manager.dispatcher
+            self._state.node_id,
+            self.node_addr,
+            self.executor,
+            manager.dispatcher,
+            self._resources(),
         )
         self._agent.start()
+        self._renewer = asyncio.create_task(self._renew_loop(), name="cert-renewer")
+
+    def _start_worker(self) -> None:
+        assert self._state is not None
+        state = self._state
+        self._remote = RemoteSession(lambda: state.managers, self._credentials)
+        self._agent = Agent(
+            state.node_id, self.node_addr, self.executor, self._remote, self._resources()
+        )
+        self._agent.start()
+        self._renewer = asyncio.create_task(self._renew_loop(), name="cert-renewer")
+
+    def _credentials(self) -> NodeCredentials:
+        assert self._creds is not None
+        return self._creds
+
+    async def _renew_loop(self) -> None:
+        """Renew this node's certificate at 50–80 % of its life: workers ask a manager,
+        a manager signs its own."""
+        while True:
+            await asyncio.sleep(renewal_delay(self._credentials().cert_pem))
+            try:
+                creds = await self._renewed()
+            except Exception as e:
+                log.warning("certificate renewal failed; retrying", error=repr(e))
+                await asyncio.sleep(RENEW_RETRY_S)
+                continue
+            creds.save(self._certs_dir)
+            self._creds = creds
+            log.info("node certificate renewed", role=creds.identity.role)
+
+    async def _renewed(self) -> NodeCredentials:
+        creds = self._credentials()
+        if self._state is not None and self._state.runs_manager and self._manager is not None:
+            key = new_key()
+            issuer = Issuer(self._manager.store, self._root_ca(), [])
+            cert = issuer.renew(creds.identity, make_csr(key).decode()).certificate
+            return NodeCredentials(creds.ca_pem, cert.encode(), key_pem(key))
+        managers = self._state.managers if self._state else []
+        return await renew(managers[0], creds)
 
     async def _stop_swarm(self, stop_tasks: bool) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+            await asyncio.gather(self._renewer, return_exceptions=True)
+            self._renewer = None
         if self._agent is not None:
             await self._agent.stop(stop_tasks=stop_tasks)
             self._agent = None
+        if self._remote is not None:
+            await self._remote.close()
+            self._remote = None
+        if self._cluster_server is not None:
+            await self._cluster_server.stop()
+            self._cluster_server = None
         if self._manager is not None:
             await self._manager.stop()
             self._manager = None
@@ -201,32 +345,36 @@ class Daemon:
             if self._state is not None:
                 raise AlreadyInSwarm()
             listen = request.listen_addr or DEFAULT_LISTEN_ADDR
-            advertise = request.advertise_addr or split_addr(listen, DEFAULT_SWARM_PORT)[0]
+            listen_host, listen_port = split_addr(listen, DEFAULT_SWARM_PORT)
+            advertise = request.advertise_addr or listen_host
             if advertise in ("0.0.0.0", "::", ""):
                 advertise = "127.0.0.1"
-            host, port = split_addr(advertise, split_addr(listen, DEFAULT_SWARM_PORT)[1])
-            state = SwarmState(
-                node_id=new_id(),
-                cluster_id=new_id(),
-                advertise_addr=f"{host}:{port}",
-                listen_addr=listen,
-            )
+            adv_host, adv_port = split_addr(advertise, listen_port)
+            node_id, cluster_id = new_id(), new_id()
             ca = RootCA.create()
-            shutil.rmtree(self._swarm_dir, ignore_errors=True)
-            certs = self._swarm_dir / "certificates"
-            certs.mkdir(parents=True)
-            (certs / "swarm-root-ca.crt").write_bytes(ca.cert_pem)
-            key = certs / "swarm-root-ca.key"
-            key.touch(mode=0o600)
-            key.write_bytes(ca.key_pem)
             spec = merge_spec(default_swarm_spec(), request.spec)
-            store = Store(SQLiteBackend(self._swarm_dir / "store.db"))
+            expiry = spec.ca_config.node_cert_expiry if spec.ca_config else None
+            key = new_key()
+            cert = issue_own_certificate(ca, make_csr(key), node_id, cluster_id, adv_host, expiry)
+            shutil.rmtree(self._swarm_dir, ignore_errors=True)
+            self._creds = NodeCredentials(ca.cert_pem, cert, key_pem(key))
+            self._creds.save(self._certs_dir)
+            root_key = self._certs_dir / ROOT_KEY_FILE
+            root_key.touch(mode=0o600)
+            root_key.write_bytes(ca.key_pem)
+            self._state = SwarmState(
+                node_id=node_id,
+                cluster_id=cluster_id,
+                advertise_addr=f"{adv_host}:{adv_port}",
+                listen_addr=f"{listen_host}:{listen_port}",
+            )
             description = msgspec.structs.replace(self.executor.describe(), tls_info=ca.tls_info())
+            state = self._state
 
-            def bootstrap(tx: Any) -> None:
+            def bootstrap(tx: Tx, port: int) -> None:
                 tx.create(
                     Cluster(
-                        id=state.cluster_id,
+                        id=cluster_id,
                         spec=spec,
                         tls_info=ca.tls_info(),
                         default_addr_pool=request.default_addr_pool or ["10.0.0.0/8"],
@@ -239,29 +387,71 @@ class Daemon:
                 )
                 tx.create(
                     Node(
-                        id=state.node_id,
+                        id=node_id,
                         spec=NodeSpec(labels={}, role="manager", availability="active"),
                         description=description,
-                        status=NodeStatus(state="ready", addr=host),
+                        status=NodeStatus(state="ready", addr=adv_host),
                         manager_status=ManagerStatus(
-                            leader=True, reachability="reachable", addr=f"{host}:{port}"
+                            leader=True, reachability="reachable", addr=state.advertise_addr
                         ),
                     )
                 )
 
-            store.update(bootstrap)
-            store.close()
-            self._save_state(state)
-            self._state = state
-            self._start_swarm()
-            log.info("swarm initialized", node=state.node_id, cluster=state.cluster_id)
-            return state.node_id
+            try:
+                await self._start_manager(bootstrap)
+            except BaseException:
+                await self._stop_swarm(stop_tasks=True)
+                shutil.rmtree(self._swarm_dir, ignore_errors=True)
+                self._state = None
+                self._creds = None
+                raise
+            self._save_state(self._state)
+            log.info(
+                "swarm initialized",
+                node=node_id,
+                cluster=cluster_id,
+                cluster_port=self._state.advertise_addr,
+            )
+            return node_id
+
+    async def swarm_join(self, request: SwarmJoinRequest) -> None:
+        async with self._lock:
+            if self._state is not None:
+                raise AlreadyInSwarm()
+            remotes = request.remote_addrs or []
+            if not remotes:
+                raise InvalidArgument("at least 1 RemoteAddr is required to join")
+            listen = request.listen_addr or DEFAULT_LISTEN_ADDR
+            listen_host, listen_port = split_addr(listen, DEFAULT_SWARM_PORT)
+            remote = remotes[0] if ":" in remotes[0] else f"{remotes[0]}:{DEFAULT_SWARM_PORT}"
+            advertise = request.advertise_addr or ""
+            adv_host = split_addr(advertise, listen_port)[0] if advertise else ""
+            if adv_host in ("", "0.0.0.0", "::"):
+                adv_host = local_addr_towards(split_addr(remote, DEFAULT_SWARM_PORT)[0])
+            joined = await join(
+                remote, request.join_token or "", self.node_name, adv_host, request.availability
+            )
+            shutil.rmtree(self._swarm_dir, ignore_errors=True)
+            joined.credentials.save(self._certs_dir)
+            self._creds = joined.credentials
+            self._state = SwarmState(
+                node_id=joined.node_id,
+                cluster_id=joined.cluster_id,
+                advertise_addr=f"{adv_host}:{listen_port}",
+                listen_addr=f"{listen_host}:{listen_port}",
+                role=joined.role,
+                runs_manager=False,
+                managers=joined.managers or [remote],
+            )
+            self._save_state(self._state)
+            self._start_worker()
+            log.info("joined the swarm", node=joined.node_id, role=joined.role, manager=remote)
 
     async def swarm_leave(self, force: bool) -> None:
         async with self._lock:
             if self._state is None:
                 raise NodeNotInSwarm()
-            if self._manager is not None and not force:
+            if self._state.runs_manager and not force:
                 raise LeaveRefused(MSG_LEAVE_MANAGER)
             await self._stop_swarm(stop_tasks=True)
             for tid in self.executor.known_task_ids():
@@ -270,6 +460,7 @@ class Daemon:
                 await c.remove()
             shutil.rmtree(self._swarm_dir, ignore_errors=True)
             self._state = None
+            self._creds = None
             log.info("left the swarm")
 
 

@@ -77,6 +77,13 @@ class NotManager(ShoalError):
         super().__init__(message)
 
 
+WORKER_NOT_MANAGER = (
+    "This node is not a swarm manager. Worker nodes can't be used to view or modify "
+    "cluster state. Please run this command on a manager node or promote the current node "
+    "to a manager."
+)
+
+
 class AlreadyInSwarm(ShoalError):
     status = 503
 

@@ -24,7 +24,7 @@ from shoal.types.agent import (
     TaskStatusUpdate,
 )
 from shoal.types.node import NodeDescription, NodeResources
-from shoal.types.task import Task, TaskStatus, stub_task
+from shoal.types.task import Task, TaskState, TaskStatus, stub_task
 
 REPORT_INTERVAL_S = 0.05
 REPORT_MAX_BATCH = 10_000
@@ -186,6 +186,11 @@ class Agent:
         controller = runner.controller if runner else self.executor.controller(stub_task(task_id))
         async for m in controller.logs(options):
             yield m
+
+    def task_counts(self) -> tuple[int, int]:
+        """(tasks running on this node, tasks this node knows)."""
+        running = sum(1 for r in self._runners.values() if r.state == TaskState.RUNNING)
+        return running, len(self._runners)
 
     def statistics(self) -> dict[str, int]:
         return {"tasks": len(self._runners), "pending_reports": len(self._statuses)}

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Protocol
 
 from shoal.manager.manager import Manager
-from shoal.types.swarm import SwarmInitRequest
+from shoal.types.swarm import SwarmInitRequest, SwarmJoinRequest
 
 
 class DaemonContext(Protocol):
@@ -29,10 +29,17 @@ class DaemonContext(Protocol):
     @property
     def manager_addr(self) -> str: ...
 
+    @property
+    def remote_managers(self) -> list[str]:
+        """Cluster ports of the managers this node talks to."""
+        ...
+
     def running_tasks(self) -> tuple[int, int]:
         """(tasks running on this node, tasks known on this node)."""
         ...
 
     async def swarm_init(self, request: SwarmInitRequest) -> str: ...
+
+    async def swarm_join(self, request: SwarmJoinRequest) -> None: ...
 
     async def swarm_leave(self, force: bool) -> None: ...

@@ -8,16 +8,12 @@ from aiohttp import web
 from shoal.api.body import bool_query, decode, int_query
 from shoal.api.encode import empty, json_response, wire
 from shoal.api.server import Router, context
-from shoal.errors import NotManager, OutOfSequence, ShoalError
+from shoal.errors import WORKER_NOT_MANAGER, NotManager, OutOfSequence
 from shoal.manager.ca.root import RootCA
 from shoal.manager.manager import Manager
 from shoal.manager.store import Tx
 from shoal.types.service import JoinTokens
-from shoal.types.swarm import SwarmInitRequest, SwarmSpec
-
-
-class NotImplementedYet(ShoalError):
-    status = 501
+from shoal.types.swarm import SwarmInitRequest, SwarmJoinRequest, SwarmSpec
 
 
 def register(r: Router) -> None:
@@ -30,9 +26,11 @@ def register(r: Router) -> None:
 
 
 def require_manager(request: web.Request) -> Manager:
-    m = context(request).manager
+    d = context(request)
+    m = d.manager
     if m is None:
-        raise NotManager()
+        # a worker is told so; a node outside any swarm gets the init/join hint
+        raise NotManager(WORKER_NOT_MANAGER) if d.node_id else NotManager()
     return m
 
 
@@ -43,9 +41,9 @@ async def init(request: web.Request) -> web.Response:
 
 
 async def join(request: web.Request) -> web.Response:
-    raise NotImplementedYet(
-        "joining a swarm of another node is not supported by this shoal version yet"
-    )
+    req = await decode(request, SwarmJoinRequest)
+    await context(request).swarm_join(req)
+    return empty()
 
 
 async def leave(request: web.Request) -> web.Response:

@@ -102,7 +102,7 @@ def _mem_total() -> int:
 def swarm_info(request: web.Request) -> dict[str, Any]:
     d = context(request)
     m = d.manager
-    if m is None or d.node_id is None:
+    if d.node_id is None:
         return {
             "NodeID": "",
             "NodeAddr": "",
@@ -110,6 +110,16 @@ def swarm_info(request: web.Request) -> dict[str, Any]:
             "ControlAvailable": False,
             "Error": "",
             "RemoteManagers": None,
+        }
+    remote = [{"NodeID": "", "Addr": a} for a in d.remote_managers]
+    if m is None:  # a worker
+        return {
+            "NodeID": d.node_id,
+            "NodeAddr": d.node_addr,
+            "LocalNodeState": "active",
+            "ControlAvailable": False,
+            "Error": "",
+            "RemoteManagers": remote,
         }
     view = m.store.view()
     nodes = view.nodes()

@@ -42,6 +42,12 @@ def daemon(
     live_restore: bool = typer.Option(
         False, "--live-restore", help="Keep tasks running while the daemon is down."
     ),
+    resources_cpus: float = typer.Option(
+        None, "--resources-cpus", help="CPUs this node offers the scheduler (default: measured)."
+    ),
+    resources_memory: int = typer.Option(
+        None, "--resources-memory", help="Memory bytes this node offers (default: measured)."
+    ),
     log_level: str = typer.Option("info", "--log-level"),
 ) -> None:
     """Run the shoal daemon (agent, and manager once in a swarm)."""
@@ -58,6 +64,8 @@ def daemon(
         node_name=node_name or socket.gethostname(),
         labels=_parse_labels(label or []),
         live_restore=live_restore,
+        resources_cpus=resources_cpus,
+        resources_memory=resources_memory,
     )
     try:
         import uvloop

@@ -101,3 +101,12 @@ class SwarmInitRequest(Model):
     force_new_cluster: bool | None = None
     subnet_size: int | None = None
     spec: SwarmSpec | None = None
+
+
+class SwarmJoinRequest(Model):
+    listen_addr: str | None = None
+    advertise_addr: str | None = None
+    data_path_addr: str | None = None
+    remote_addrs: list[str] | None = None
+    join_token: str | None = None
+    availability: str | None = None

@@ -25,7 +25,7 @@ class Issuer:
     def __init__(self, store: Store, root: RootCA, manager_addrs: list[str]) -> None:
         self._store = store
         self._root = root
-        self._managers = manager_addrs
+        self.managers = manager_addrs
 
     def _expiry_ns(self, tx: Tx) -> int | None:
         cluster = tx.cluster()
@@ -74,7 +74,7 @@ class Issuer:
                 certificate=cert.decode(),
                 role=role,
                 cluster_id=cluster.id,
-                managers=self._managers,
+                managers=list(self.managers),
             )
 
         return self._store.update(write)

@@ -26,6 +26,7 @@ from shoal.types.task import Owner, Task, TaskState, TaskStatus, can_transition
 
 HEARTBEAT_GRACE = 3  # periods without a heartbeat before a node is down
 HEARTBEAT_EPSILON_S = 0.5  # jitter on the period given to agents
+EXPIRY_CHECK_S = 0.5  # how often deadlines are checked, at most
 STATUS_BATCH_MAX_ITEMS = 10_000
 STATUS_BATCH_INTERVAL_S = 0.1
 MSG_HEARTBEAT_FAILURE = "heartbeat failure"
@@ -51,8 +52,10 @@ class Dispatcher:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._sessions: dict[str, _Session] = {}
-        # last heartbeat per node, kept after a session drops so the node still expires
-        self._beats: dict[str, float] = {}
+        # per node, the monotonic time after which it is down: set at each beat from the
+        # period that node was given (a period changed meanwhile applies from its next
+        # beat), and kept after a session drops so the node still expires
+        self._deadlines: dict[str, float] = {}
         self._pending_status: dict[str, tuple[str, TaskStatus]] = {}
         self._flush_now = asyncio.Event()
         self._stopped = asyncio.Event()
@@ -143,15 +146,12 @@ class Dispatcher:
 
     async def _expire_loop(self) -> None:
         while True:
-            period = self.heartbeat_period()
-            await asyncio.sleep(min(1.0, period / 2))
+            await asyncio.sleep(min(EXPIRY_CHECK_S, self.heartbeat_period() / 2))
             now = time.monotonic()
-            expired = [
-                n for n, beat in self._beats.items() if now - beat > period * HEARTBEAT_GRACE
-            ]
+            expired = [n for n, deadline in self._deadlines.items() if now > deadline]
             for node_id in expired:
                 log.warning("node missed heartbeats", node=node_id)
-                del self._beats[node_id]
+                del self._deadlines[node_id]
                 self._sessions.pop(node_id, None)
                 self._mark_down(node_id)
 
@@ -172,20 +172,22 @@ class Dispatcher:
 
         self._store.update(write)
         self._sessions[node_id] = _Session(node_id, logs)
-        self._beats[node_id] = time.monotonic()
         log.info("node registered", node=node_id, addr=addr)
-        return self._jittered_period()
+        return self._next_beat(node_id)
 
     async def heartbeat(self, node_id: str) -> float:
         if node_id not in self._sessions:
             raise NotFound(f"node {node_id} has no session")
-        self._beats[node_id] = time.monotonic()
-        return self._jittered_period()
+        return self._next_beat(node_id)
 
-    def _jittered_period(self) -> float:
-        return self.heartbeat_period() + random.uniform(
-            -HEARTBEAT_EPSILON_S, HEARTBEAT_EPSILON_S
-        ) * min(1.0, self.heartbeat_period() / 5)
+    def _next_beat(self, node_id: str) -> float:
+        """The period to give the node now (jittered), arming its deadline from it."""
+        period = self.heartbeat_period()
+        given = period + random.uniform(-HEARTBEAT_EPSILON_S, HEARTBEAT_EPSILON_S) * min(
+            1.0, period / 5
+        )
+        self._deadlines[node_id] = time.monotonic() + given * HEARTBEAT_GRACE
+        return given
 
     async def assignments(self, node_id: str) -> AsyncIterator[Assignment]:
         s = self._sessions.get(node_id)

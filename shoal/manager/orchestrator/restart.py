@@ -104,7 +104,13 @@ class RestartSupervisor:
         if not force:
             self._history[self._key(task)].times.append(time.monotonic())
         self.restarts += 1
-        self.delay_start(task.id, replacement.id, restart_delay_s(service))
+        # Wait for the old task to stop first, unless it is already dead or its node is
+        # down (it will never report stopping).
+        node = tx.get_node(task.node_id) if task.node_id else None
+        wait_old = (
+            node is not None and node.status.state != "down" and (task.state <= TaskState.RUNNING)
+        )
+        self.delay_start(task.id if wait_old else None, replacement.id, restart_delay_s(service))
         return replacement
 
     @staticmethod
