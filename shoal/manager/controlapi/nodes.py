@@ -6,10 +6,11 @@ import msgspec
 
 from shoal.errors import FailedPrecondition, NotFound, OutOfSequence, invalid_argument
 from shoal.manager.store import Store, Tx
-from shoal.types.node import Node, NodeSpec
+from shoal.types.node import ManagerStatus, Node, NodeSpec
 
 ROLES = ("worker", "manager")
 AVAILABILITIES = ("active", "pause", "drain")
+DEFAULT_MANAGER_PORT = 2377
 
 
 def resolve_node(tx: Tx, ref: str) -> Node:
@@ -39,6 +40,12 @@ def update_node(store: Store, ref: str, version: int, spec: NodeSpec) -> Node:
         node = resolve_node(tx, ref)
         if node.version.index != version:
             raise OutOfSequence()
+        if spec.role == "worker" and node.manager_status and node.manager_status.leader:
+            raise FailedPrecondition(
+                "rpc error: code = FailedPrecondition desc = node "
+                f"{node.id} is the leader and holds the cluster state; it cannot be demoted "
+                "while managers do not share state"
+            )
         if node.spec.role == "manager" and spec.role == "worker":
             managers = [n for n in tx.nodes() if n.spec.role == "manager"]
             if len(managers) <= 1:
@@ -46,6 +53,17 @@ def update_node(store: Store, ref: str, version: int, spec: NodeSpec) -> Node:
                     "rpc error: code = FailedPrecondition desc = attempting to demote the "
                     "last manager of the swarm"
                 )
-        return tx.update(msgspec.structs.replace(node, spec=spec))
+        manager_status = node.manager_status
+        if spec.role == "manager" and manager_status is None:
+            # Recorded and shown; this node holds no cluster state (managers that share
+            # state come with high availability), so it is not reachable as a manager.
+            manager_status = ManagerStatus(
+                leader=False,
+                reachability="unreachable",
+                addr=f"{node.status.addr}:{DEFAULT_MANAGER_PORT}",
+            )
+        elif spec.role == "worker":
+            manager_status = None
+        return tx.update(msgspec.structs.replace(node, spec=spec, manager_status=manager_status))
 
     return store.update(write)
