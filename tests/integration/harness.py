@@ -639,8 +639,15 @@ def free_tcp_port() -> int:
 DaemonFactory = Callable[..., Daemon]
 
 
+def swarm_init_args() -> list[str]:
+    """`docker swarm init` as the acceptance runs it, on a free cluster port rather than
+    2377: several daemons run side by side (and another may hold 2377 on this host)."""
+    port = free_tcp_port()
+    return ["swarm", "init", "--advertise-addr", "127.0.0.1", "--listen-addr", f"127.0.0.1:{port}"]
+
+
 def init_swarm(daemon: Daemon) -> None:
-    daemon.docker("swarm", "init", "--advertise-addr", "127.0.0.1")
+    daemon.docker(*swarm_init_args())
 
 
 def remove_all_services(daemon: Daemon, timeout: float = WAIT_TIMEOUT_S) -> None:

@@ -7,10 +7,12 @@ from __future__ import annotations
 import os
 import re
 import signal
+import threading
 
 import pytest
 
 from .harness import (
+    STOP_TIMEOUT_S,
     DaemonFactory,
     holds_for,
     init_swarm,
@@ -97,3 +99,36 @@ def test_sigterm_stops_the_tasks_and_a_restart_brings_them_back(
     assert not set(after.values()) & set(before.values())
     (node,) = parse_table(daemon.docker("node", "ls").stdout)
     assert node["STATUS"] == "Ready", node
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="daemon bug: a `service logs -f` stream on a quiet service is not closed when its "
+    "client disconnects, so SIGTERM waits out aiohttp's 60 s shutdown timeout",
+)
+def test_sigterm_is_graceful_after_a_log_follower_left(daemon_factory: DaemonFactory) -> None:
+    """A `docker service logs -f` that went away must not hold the daemon up: the stream
+    of a quiet service ends when its client disconnects, not at the next line."""
+    daemon = daemon_factory(node_name="quiet")
+    init_swarm(daemon)
+    daemon.create_service("quiet", "busybox", "sh", "-c", "echo hello; exec sleep 1000")
+    (pid,) = daemon.wait_processes("quiet", 1, argv=SLEEP).values()
+
+    lines: list[str] = []
+    with daemon.docker_popen("service", "logs", "-f", "--raw", "quiet") as follower:
+        assert follower.stdout is not None
+        reader = threading.Thread(target=lambda: lines.extend(follower.stdout or []), daemon=True)
+        reader.start()
+        try:
+            wait_until(lambda: any("hello" in line for line in lines), what="the followed line")
+        finally:
+            follower.terminate()
+            follower.wait(timeout=10)
+            reader.join(timeout=10)
+
+    code = daemon.stop()
+    assert code is not None, (
+        f"the daemon did not stop within {STOP_TIMEOUT_S}s of SIGTERM after a log follower "
+        "disconnected (it had to be killed)"
+    )
+    assert not pid_alive(pid), "a graceful stop stops the tasks"

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from .harness import Daemon, DaemonFactory, init_swarm, parse_table
+from .harness import Daemon, DaemonFactory, init_swarm, parse_table, swarm_init_args
 
 pytestmark = pytest.mark.integration
 
@@ -57,7 +57,7 @@ def test_swarm_init_then_info_and_node_ls(daemon: Daemon) -> None:
     before = daemon.docker("info").stdout
     if re.search(r"^\s*Swarm: active$", before, re.M) is None:
         assert re.search(r"^\s*Swarm: inactive$", before, re.M), before
-        init = daemon.docker("swarm", "init", "--advertise-addr", "127.0.0.1")
+        init = daemon.docker(*swarm_init_args())
         assert "Swarm initialized" in init.stdout, init.stdout
         assert "docker swarm join --token SWMTKN-1-" in init.stdout, init.stdout
 
@@ -83,7 +83,7 @@ def test_swarm_init_then_info_and_node_ls(daemon: Daemon) -> None:
 def test_second_swarm_init_is_refused(daemon: Daemon) -> None:
     ensure_swarm(daemon)
     before = daemon.docker("info", "--format", "{{.Swarm.Cluster.ID}}").stdout.strip()
-    again = daemon.docker("swarm", "init", "--advertise-addr", "127.0.0.1", check=False)
+    again = daemon.docker(*swarm_init_args(), check=False)
     assert again.returncode == 1
     assert "This node is already part of a swarm" in again.stderr, again.stderr
     assert daemon.docker("info", "--format", "{{.Swarm.Cluster.ID}}").stdout.strip() == before
