@@ -11,8 +11,8 @@ from shoal.types.service import Service
 from shoal.types.task import Task
 
 _INTERNAL: dict[type, tuple[str, ...]] = {
-    Service: ("SpecVersion",),
-    Task: ("SpecVersion", "ServiceName"),
+    Service: ("SpecVersion", "RegistryAuth"),
+    Task: ("SpecVersion", "ServiceName", "RegistryAuth"),
 }
 
 

@@ -63,6 +63,11 @@ def _matches(s: Service, f: filters.Filters) -> bool:
     return True
 
 
+def _registry_auth(request: web.Request) -> str | None:
+    """The credentials `--with-registry-auth` sends (base64 JSON), for the agents' pulls."""
+    return request.headers.get("X-Registry-Auth") or None
+
+
 async def list_services(request: web.Request) -> web.Response:
     m = require_manager(request)
     f = filters.parse(request.query.get("filters"), SERVICE_FILTERS)
@@ -81,7 +86,7 @@ async def list_services(request: web.Request) -> web.Response:
 async def create(request: web.Request) -> web.Response:
     m = require_manager(request)
     spec = await decode(request, ServiceSpec)
-    service = ctl.create_service(m.store, spec)
+    service = ctl.create_service(m.store, spec, registry_auth=_registry_auth(request))
     return json_response({"ID": service.id}, status=201)
 
 
@@ -111,6 +116,11 @@ async def update(request: web.Request) -> web.Response:
     if rollback not in ("", "previous"):
         raise InvalidArgument(f"unrecognized rollback option {rollback}")
     ctl.update_service(
-        m.store, request.match_info["id"], version, spec, rollback=rollback == "previous"
+        m.store,
+        request.match_info["id"],
+        version,
+        spec,
+        rollback=rollback == "previous",
+        registry_auth=_registry_auth(request),
     )
     return json_response({"Warnings": None})

@@ -121,6 +121,9 @@ class Task(Model, kw_only=True):
     # agents need without reading services.
     spec_version: int = 0
     service_name: str = ""
+    # The registry credentials the client sent with the service (X-Registry-Auth,
+    # base64 JSON), for the agent's image pulls; never sent to API clients.
+    registry_auth: str | None = None
 
     @property
     def state(self) -> TaskState:

@@ -131,7 +131,8 @@ def _task_relevant(spec: ServiceSpec) -> tuple[TaskSpec | None, EndpointSpec | N
     return tt, full.endpoint_spec
 
 
-def create_service(store: Store, spec: ServiceSpec) -> Service:
+def create_service(store: Store, spec: ServiceSpec, registry_auth: str | None = None) -> Service:
+    """`POST /services/create`; `registry_auth` is the client's X-Registry-Auth."""
     spec = validate(spec)
 
     def write(tx: Tx) -> Service:
@@ -142,7 +143,13 @@ def create_service(store: Store, spec: ServiceSpec) -> Service:
                 f"service {spec.name} already exists"
             )
         return tx.create(
-            Service(id=new_id(), spec=spec, spec_version=tx.index, endpoint=_endpoint(spec))
+            Service(
+                id=new_id(),
+                spec=spec,
+                spec_version=tx.index,
+                endpoint=_endpoint(spec),
+                registry_auth=registry_auth or None,
+            )
         )
 
     return store.update(write)
@@ -153,9 +160,15 @@ def _endpoint(spec: ServiceSpec) -> Endpoint:
 
 
 def update_service(
-    store: Store, ref: str, version: int, spec: ServiceSpec, rollback: bool = False
+    store: Store,
+    ref: str,
+    version: int,
+    spec: ServiceSpec,
+    rollback: bool = False,
+    registry_auth: str | None = None,
 ) -> Service:
-    """`POST /services/{id}/update?version=N[&rollback=previous]`."""
+    """`POST /services/{id}/update?version=N[&rollback=previous]`. Without a new
+    `registry_auth` the service keeps the credentials it had (as dockerd does)."""
 
     def write(tx: Tx) -> Service:
         current = resolve_service(tx, ref)
@@ -191,6 +204,7 @@ def update_service(
                 previous_spec=current.spec,
                 spec_version=spec_version,
                 update_status=None,
+                registry_auth=registry_auth or current.registry_auth,
             )
         )
 

@@ -40,6 +40,7 @@ def new_task(
         desired_state=desired.wire,
         spec_version=service.spec_version,
         labels={},
+        registry_auth=service.registry_auth,
     )
 
 
