@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import random
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from shoal.manager.scheduler.nodeinfo import NodeInfo
 from shoal.manager.store import Event, Store, Tx
 from shoal.types.base import format_time, now_ns
 from shoal.types.node import Node
+from shoal.types.swarm import Cluster
 from shoal.types.task import Task, TaskState
 
 COMMIT_DEBOUNCE_S = 0.05
@@ -31,6 +33,12 @@ MSG_ASSIGNED = "scheduler assigned task to node"
 MSG_PREASSIGNED = "scheduler confirmed task can run on preassigned node"
 MSG_PENDING = "pending task scheduling"
 NO_SUITABLE_NODE = "no suitable node"
+# Strategies, chosen for the whole cluster by the swarm label STRATEGY_LABEL.
+SPREAD = "spread"  # fewest tasks of the service, then fewest tasks (SwarmKit's)
+BINPACK = "binpack"  # most tasks first: fill a node before using the next
+RANDOM = "random"
+STRATEGIES = (SPREAD, BINPACK, RANDOM)
+STRATEGY_LABEL = "shoal.scheduler.strategy"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,9 +64,12 @@ class Scheduler:
         self._stopped = asyncio.Event()
         self.scheduled = 0
         self.passes = 0
+        self.strategy = SPREAD
+        self._random = random.Random()
 
     # state from the store ---------------------------------------------------------------
     def load(self, view: Tx) -> None:
+        self._observe_cluster(view.cluster())
         self.nodes = {n.id: NodeInfo.of(n) for n in view.nodes()}
         self.pending = {}
         for t in view.tasks():
@@ -86,6 +97,11 @@ class Scheduler:
         if task.node_id and task.node_id in self.nodes:
             self.nodes[task.node_id].remove_task(task.id)
 
+    def _observe_cluster(self, cluster: Cluster | None) -> None:
+        labels = (cluster.spec.labels if cluster else None) or {}
+        wanted = labels.get(STRATEGY_LABEL, SPREAD)
+        self.strategy = wanted if wanted in STRATEGIES else SPREAD
+
     def _observe_node(self, node: Node) -> None:
         info = self.nodes.get(node.id)
         if info is None:
@@ -106,6 +122,8 @@ class Scheduler:
                     if ev.old is not None and ev.old.node_id != ev.obj.node_id:
                         self._forget_task(ev.old)
                     self._observe_task(ev.obj)
+            elif ev.kind == "cluster" and ev.action != "remove":
+                self._observe_cluster(ev.obj)
             elif ev.kind == "node":
                 if ev.action == "remove":
                     self.nodes.pop(ev.obj.id, None)
@@ -114,7 +132,7 @@ class Scheduler:
 
     # the loop -------------------------------------------------------------------------------
     async def run(self) -> None:
-        watcher = self._store.watch("task", "node")
+        watcher = self._store.watch("task", "node", "cluster")
         try:
             self.load(self._store.view())
             self.tick()
@@ -227,8 +245,19 @@ class Scheduler:
     def _fill(
         self, candidates: list[NodeInfo], tasks: list[Task], decisions: list[Decision]
     ) -> list[Task]:
+        """Place `tasks` on `candidates` in strategy order. Nodes sit in a heap keyed by
+        the strategy; a node whose counters changed since it was pushed is re-keyed when
+        it surfaces (lazy update), so each placement costs O(log nodes)."""
+        if self.strategy == RANDOM:
+            return self._fill_random(candidates, tasks, decisions)
         service_id = tasks[0].service_id
-        heap = [(i.service_counts.get(service_id, 0), i.active_count, i.id, i) for i in candidates]
+        binpack = self.strategy == BINPACK
+
+        def key(i: NodeInfo) -> tuple[int, int]:
+            svc = i.service_counts.get(service_id, 0)
+            return (-i.active_count, -svc) if binpack else (svc, i.active_count)
+
+        heap = [(key(i), i.id, i) for i in candidates]
         heapq.heapify(heap)
         pipeline = self._pipeline
         pipeline.set_task(tasks[0])
@@ -236,20 +265,40 @@ class Scheduler:
         for task in tasks:
             placed = False
             while heap:
-                svc, total, nid, info = heapq.heappop(heap)
-                if (svc, total) != (info.service_counts.get(service_id, 0), info.active_count):
-                    heapq.heappush(
-                        heap, (info.service_counts.get(service_id, 0), info.active_count, nid, info)
-                    )
+                k, nid, info = heapq.heappop(heap)
+                if k != key(info):
+                    heapq.heappush(heap, (key(info), nid, info))
                     continue
                 if not pipeline.process(info):
                     continue  # full for this group: resources and replicas only shrink here
                 info.add_task(_assigned(task, info.id))
                 decisions.append(Decision(task.id, info.id))
-                heapq.heappush(heap, (svc + 1, total + 1, nid, info))
+                heapq.heappush(heap, (key(info), nid, info))
                 placed = True
                 break
             if not placed:
+                leftover.append(task)
+        return leftover
+
+    def _fill_random(
+        self, candidates: list[NodeInfo], tasks: list[Task], decisions: list[Decision]
+    ) -> list[Task]:
+        """Each task on a node drawn uniformly from those it still fits."""
+        pool = list(candidates)
+        self._pipeline.set_task(tasks[0])
+        leftover: list[Task] = []
+        for task in tasks:
+            while pool:
+                i = self._random.randrange(len(pool))
+                info = pool[i]
+                if not self._pipeline.process(info):
+                    pool[i] = pool[-1]
+                    pool.pop()  # full for this group
+                    continue
+                info.add_task(_assigned(task, info.id))
+                decisions.append(Decision(task.id, info.id))
+                break
+            else:
                 leftover.append(task)
         return leftover
 
