@@ -84,7 +84,8 @@ NODE_NAME = "bench"
 SERVICE_NAME = "bench-converge"
 SERVICE_IMAGE = "busybox"
 SERVICE_ARGS = ["sleep", "1000"]
-SWARM_INIT = {"ListenAddr": "0.0.0.0:2377", "AdvertiseAddr": "127.0.0.1"}
+# an ephemeral loopback cluster port: never collides with another daemon on 2377
+SWARM_INIT = {"ListenAddr": "127.0.0.1:0", "AdvertiseAddr": "127.0.0.1"}
 
 
 class BenchError(Exception):

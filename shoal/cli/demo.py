@@ -121,7 +121,7 @@ def demo(
         with console.status("starting the shoal daemon"):
             _wait(client.ping, START_TIMEOUT_S, "the daemon to answer")
             client.request(
-                "POST", "/swarm/init", {"ListenAddr": "0.0.0.0:2377", "AdvertiseAddr": "127.0.0.1"}
+                "POST", "/swarm/init", {"ListenAddr": "127.0.0.1:0", "AdvertiseAddr": "127.0.0.1"}
             )
         specs = sample_services(EXAMPLE_DIR, port)
         ids = [client.request("POST", "/services/create", s)["ID"] for s in specs]
