@@ -197,7 +197,7 @@ def _healthcheck(hc: HealthConfig) -> dict[str, Any]:
 
 def _extra_hosts(hosts: list[str]) -> list[str]:
     """Swarm keeps hosts(5) lines (`IP name [aliases...]`); the engine wants `name:IP`."""
-    out = []
+    out: list[str] = []
     for entry in hosts:
         parts = entry.split()
         if len(parts) >= 2:

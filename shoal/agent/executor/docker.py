@@ -1,0 +1,465 @@
+"""The `docker` executor: each task a container on the node's Docker Engine.
+
+As SwarmKit's container adapter in dockerd does it: `prepare` pulls the image if the
+engine does not have it (with the credentials the client sent) and creates the
+container, named and labelled as Swarm names and labels them; `start` starts it and
+returns once it runs and, if it has a healthcheck, once it is healthy; `wait` returns
+its exit status, or fails the task when the container turns unhealthy (after stopping
+it), so the restart policy replaces it. Task state comes from the engine: one
+`/events` subscription wakes waiters up, and they read the container's state with
+`inspect`.
+
+The container is found by its `com.docker.swarm.task.id` label, never created twice
+for one task, so a restarted agent adopts the containers an earlier one started.
+Containers carry a label naming this agent (`io.shoal.agent`, kept in the agent's
+data dir): `known_task_ids` lists only those, so several shoal nodes can share an
+engine without touching each other's containers.
+
+Image policy: a task runs the image its spec names. When the engine already has that
+reference (a digest pinned by the manager, or a tag) nothing is pulled; otherwise it is
+pulled first. Swarm pulls tags on every start; the manager pins digests (the CLI asks
+`/distribution`), so a new digest is what triggers a pull here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from shoal.agent.executor.base import ExecutorError, ExitStatus, RuntimeState
+from shoal.agent.executor.docker_engine import (
+    DEFAULT_ENGINE_HOST,
+    RESYNC,
+    WATCH_RESYNC_S,
+    EngineClient,
+    EngineError,
+    EngineEvents,
+    list_containers_sync,
+    sync_call,
+)
+from shoal.agent.executor.docker_spec import (
+    LABEL_AGENT,
+    LABEL_TASK_ID,
+    NodeInfo,
+    create_body,
+    engine_stop_timeout,
+    exit_status,
+    health_status,
+    pull_reference,
+    stop_grace_s,
+    task_name,
+)
+from shoal.log import get_logger
+from shoal.types.agent import LogMessage, LogOptions
+from shoal.types.base import now_ns, parse_time
+from shoal.types.node import EngineDescription, EnginePlugin, NodeDescription, NodeResources
+from shoal.types.service import ContainerSpec, Platform
+from shoal.types.task import Task
+
+EXECUTOR_NAME = "docker"
+AGENT_ID_FILE = "docker-agent-id"
+AGENT_ID_BYTES = 16
+# Container creates and starts in flight at once: enough to keep the engine busy (it
+# is the bottleneck), few enough not to swamp it.
+MAX_CONCURRENT_STARTS = 8
+# How long a waiter waits for the event stream before it relies on polling alone.
+EVENTS_CONNECT_TIMEOUT_S = 10.0
+# /info is read when the executor is made, and again by describe() once this old.
+INFO_TTL_S = 60.0
+NANOS_PER_CPU = 1_000_000_000
+
+ERR_DESTROYED = "dockerexec: container destroyed"
+ERR_UNHEALTHY = "unhealthy container"
+
+log = get_logger("shoal.agent.docker")
+
+
+def _load_agent_id(data_dir: Path) -> str:
+    """This agent's ID, made once and kept in its data dir."""
+    path = data_dir / AGENT_ID_FILE
+    with contextlib.suppress(OSError):
+        existing = path.read_text().strip()
+        if existing:
+            return existing
+    data_dir.mkdir(parents=True, exist_ok=True)
+    agent_id = secrets.token_hex(AGENT_ID_BYTES)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(agent_id + "\n")
+    os.replace(tmp, path)
+    return agent_id
+
+
+def _parse_labels(items: list[Any] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items or []:
+        key, _, value = str(item).partition("=")
+        if key:
+            out[key] = value
+    return out
+
+
+class DockerExecutor:
+    """Runs tasks as containers on the Docker Engine at `host`."""
+
+    name = EXECUTOR_NAME
+
+    def __init__(
+        self,
+        data_dir: Path,
+        hostname: str,
+        engine_labels: dict[str, str],
+        host: str = DEFAULT_ENGINE_HOST,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.hostname = hostname
+        self.engine_labels = dict(engine_labels)
+        self.host = host
+        # Raises EngineError when no engine answers: the daemon says so at startup.
+        self._info: dict[str, Any] = sync_call(host, "GET", "info") or {}
+        self._info_at = time.monotonic()
+        self.agent_id = _load_agent_id(self.data_dir)
+        self.client = EngineClient(host)
+        self.events = EngineEvents(self.client, [f"{LABEL_AGENT}={self.agent_id}"])
+        self.starts = asyncio.Semaphore(MAX_CONCURRENT_STARTS)
+        self._pulls: dict[str, asyncio.Future[None]] = {}
+
+    # --- the Executor protocol ---------------------------------------------------------
+
+    def describe(self) -> NodeDescription:
+        if time.monotonic() - self._info_at > INFO_TTL_S:
+            try:
+                self._info = sync_call(self.host, "GET", "info") or self._info
+            except EngineError as e:
+                log.warning("cannot refresh the engine's /info", error=e.message)
+            self._info_at = time.monotonic()
+        info = self._info
+        labels = _parse_labels(info.get("Labels"))
+        labels.update(self.engine_labels)
+        return NodeDescription(
+            hostname=self.hostname,
+            platform=Platform(
+                os=str(info.get("OSType") or "linux"),
+                architecture=str(info.get("Architecture") or ""),
+            ),
+            resources=NodeResources(
+                nano_cpus=int(info.get("NCPU") or 0) * NANOS_PER_CPU,
+                memory_bytes=int(info.get("MemTotal") or 0),
+            ),
+            engine=EngineDescription(
+                engine_version=str(info.get("ServerVersion") or ""),
+                labels=labels,
+                plugins=_plugins(info.get("Plugins") or {}),
+            ),
+        )
+
+    def node_info(self, node_id: str) -> NodeInfo:
+        return NodeInfo(
+            id=node_id,
+            hostname=self.hostname,
+            os=str(self._info.get("OSType") or "linux"),
+            architecture=str(self._info.get("Architecture") or ""),
+        )
+
+    def controller(self, task: Task) -> DockerController:
+        return DockerController(self, task)
+
+    def known_task_ids(self) -> list[str]:
+        """Tasks of the containers this agent made (a blocking call: the protocol is
+        synchronous; the engine answers a label-filtered list in milliseconds)."""
+        try:
+            found = list_containers_sync(self.host, {"label": [f"{LABEL_AGENT}={self.agent_id}"]})
+        except EngineError as e:
+            log.warning("cannot list the engine's containers", error=e.message)
+            return []
+        ids = {str((c.get("Labels") or {}).get(LABEL_TASK_ID) or "") for c in found}
+        ids.discard("")
+        return sorted(ids)
+
+    async def close(self) -> None:
+        """Stop watching the engine; the containers keep running (adoption)."""
+        await self.events.close()
+        await self.client.close()
+
+    def statistics(self) -> dict[str, int]:
+        return {"pulls_in_flight": len(self._pulls), **self.events.statistics()}
+
+    # --- shared by controllers ---------------------------------------------------------
+
+    async def pull(self, image: str, registry_auth: str | None) -> None:
+        """Pull `image` through the engine; one pull per reference at a time, however
+        many tasks need it. ExecutorError with the engine's message on failure."""
+        from_image, tag = pull_reference(image)
+        key = f"{from_image}@{tag}"
+        future = self._pulls.get(key)
+        if future is None:
+            future = asyncio.ensure_future(self.client.pull(from_image, tag, registry_auth))
+            self._pulls[key] = future
+            future.add_done_callback(lambda f: self._pull_done(key, f))
+        try:
+            await asyncio.shield(future)
+        except EngineError as e:
+            raise ExecutorError(e.message) from None
+
+    def _pull_done(self, key: str, future: asyncio.Future[None]) -> None:
+        self._pulls.pop(key, None)
+        if not future.cancelled():
+            future.exception()  # retrieved here: no "never retrieved" noise
+
+
+def _plugins(plugins: dict[str, Any]) -> list[EnginePlugin]:
+    """The engine's plugins as Swarm reports them (overlay is always there)."""
+    found: set[tuple[str, str]] = {("Network", "overlay")}
+    for kind in ("Volume", "Network", "Authorization", "Log"):
+        for name in plugins.get(kind) or []:
+            found.add((kind, str(name)))
+    return [EnginePlugin(type=t, name=n) for t, n in sorted(found)]
+
+
+class DockerController:
+    """One task's container. Every method finds the container afresh by its task-ID
+    label (cached once found), so a controller made by a restarted agent picks up
+    what an earlier one did."""
+
+    def __init__(self, executor: DockerExecutor, task: Task) -> None:
+        self.task_id = task.id
+        self.task = task
+        self._x = executor
+        self._engine = executor.client
+        self._cid: str | None = None
+
+    # --- finding the container ----------------------------------------------------------
+
+    async def _find(self) -> dict[str, Any] | None:
+        """The inspect answer of the task's container, or None when it has none."""
+        try:
+            if self._cid is not None:
+                info = await self._engine.inspect_container(self._cid)
+                if info is not None:
+                    return info
+                self._cid = None
+            found = await self._engine.list_containers(
+                {"label": [f"{LABEL_TASK_ID}={self.task_id}"]}
+            )
+            if not found:
+                return None
+            if len(found) > 1:
+                log.warning("several containers for one task", task=self.task_id, count=len(found))
+                found.sort(key=lambda c: (c.get("State") != "running", c.get("Created", 0)))
+            info = await self._engine.inspect_container(str(found[0]["Id"]))
+        except EngineError as e:
+            raise ExecutorError(e.message) from None
+        if info is not None:
+            self._cid = str(info["Id"])
+        return info
+
+    async def _inspect(self, cid: str) -> dict[str, Any] | None:
+        try:
+            return await self._engine.inspect_container(cid)
+        except EngineError as e:
+            raise ExecutorError(e.message) from None
+
+    @staticmethod
+    def _state(info: dict[str, Any]) -> dict[str, Any]:
+        state = info.get("State")
+        return state if isinstance(state, dict) else {}
+
+    def _runtime_state(self, info: dict[str, Any]) -> RuntimeState:
+        state = self._state(info)
+        cid = str(info["Id"])
+        if state.get("Running"):
+            return RuntimeState(exists=True, running=True, pid=state.get("Pid"), container_id=cid)
+        if state.get("Status") == "created":
+            return RuntimeState(exists=True, running=False, container_id=cid)
+        return RuntimeState(exists=True, running=False, container_id=cid, exit=exit_status(state))
+
+    # --- the Controller protocol -----------------------------------------------------
+
+    async def inspect(self) -> RuntimeState:
+        info = await self._find()
+        if info is None:
+            return RuntimeState(exists=False, running=False)
+        return self._runtime_state(info)
+
+    async def prepare(self) -> None:
+        if await self._find() is not None:
+            return  # created before (by this agent or an earlier one)
+        body = create_body(self.task, self._x.node_info(self.task.node_id or ""), self._x.agent_id)
+        await self._ensure_image(str(body["Image"]))
+        try:
+            async with self._x.starts:
+                self._cid = await self._engine.create_container(task_name(self.task), body)
+        except EngineError as e:
+            if e.status == 409 and await self._find() is not None:
+                return  # made meanwhile under its name: it is this task's
+            if e.status == 404:  # the image went away between the check and the create
+                await self._x.pull(str(body["Image"]), self.task.registry_auth)
+                try:
+                    async with self._x.starts:
+                        self._cid = await self._engine.create_container(task_name(self.task), body)
+                except EngineError as again:
+                    raise ExecutorError(again.message) from None
+                return
+            raise ExecutorError(e.message) from None
+
+    async def _ensure_image(self, image: str) -> None:
+        try:
+            if await self._engine.image_exists(image):
+                return
+        except EngineError as e:
+            raise ExecutorError(e.message) from None
+        await self._x.pull(image, self.task.registry_auth)
+
+    async def start(self) -> RuntimeState:
+        info = await self._find()
+        if info is None:
+            await self.prepare()
+            info = await self._find()
+            if info is None:
+                raise ExecutorError(ERR_DESTROYED)
+        cid = str(info["Id"])
+        state = self._state(info)
+        if not state.get("Running") and state.get("Status") != "created":
+            return self._runtime_state(info)  # started and exited already
+        # Watch before starting: the health events must not slip by.
+        with self._x.events.watch(cid) as events:
+            if not state.get("Running"):
+                try:
+                    async with self._x.starts:
+                        await self._engine.start_container(cid)
+                except EngineError as e:
+                    raise ExecutorError(e.message) from None
+            return await self._wait_healthy(cid, events)
+
+    async def _wait_healthy(self, cid: str, events: asyncio.Queue[str]) -> RuntimeState:
+        """Once it runs: at once without a healthcheck, else once healthy (as Swarm's
+        Start). Unhealthy first: stop it and fail the start."""
+        unhealthy = False
+        while True:
+            info = await self._inspect(cid)
+            if info is None:
+                raise ExecutorError(ERR_DESTROYED)
+            state = self._state(info)
+            if not state.get("Running"):
+                if unhealthy:
+                    raise ExecutorError(_unhealthy_error(exit_status(state)))
+                return self._runtime_state(info)  # wait() reports the exit
+            health = health_status(state)
+            if health is None or health == "healthy":
+                return self._runtime_state(info)
+            if health == "unhealthy" and not unhealthy:
+                unhealthy = True
+                await self._stop(cid, self._grace_s())
+                continue
+            await _next_event(events)
+
+    async def wait(self) -> ExitStatus:
+        info = await self._find()
+        if info is None:
+            raise ExecutorError(ERR_DESTROYED)
+        cid = str(info["Id"])
+        with self._x.events.watch(cid) as events:
+            await self._x.events.wait_connected(EVENTS_CONNECT_TIMEOUT_S)
+            unhealthy = False
+            while True:
+                info = await self._inspect(cid)
+                if info is None:
+                    raise ExecutorError(ERR_DESTROYED)
+                state = self._state(info)
+                if not state.get("Running") and state.get("Status") != "created":
+                    status = exit_status(state)
+                    if unhealthy:
+                        raise ExecutorError(_unhealthy_error(status))
+                    return status
+                if health_status(state) == "unhealthy" and not unhealthy:
+                    # As Swarm: an unhealthy task is stopped and fails, and its restart
+                    # policy replaces it.
+                    unhealthy = True
+                    log.info("container unhealthy: stopping it", task=self.task_id)
+                    await self._stop(cid, self._grace_s())
+                    continue
+                await _next_event(events)
+
+    async def shutdown(self, grace_s: float) -> None:
+        info = await self._find()
+        if info is None or not self._state(info).get("Running"):
+            return
+        await self._stop(str(info["Id"]), grace_s)
+
+    async def remove(self) -> None:
+        info = await self._find()
+        if info is None:
+            return
+        try:
+            await self._engine.remove_container(str(info["Id"]))
+        except EngineError as e:
+            raise ExecutorError(e.message) from None
+        self._cid = None
+
+    async def logs(self, options: LogOptions) -> AsyncIterator[LogMessage]:
+        if not options.stdout and not options.stderr:
+            return
+        info = await self._find()
+        if info is None:
+            return
+        params = {
+            "stdout": "1" if options.stdout else "0",
+            "stderr": "1" if options.stderr else "0",
+            "timestamps": "1",
+            "follow": "1" if options.follow else "0",
+            "tail": "all" if options.tail is None else str(max(options.tail, 0)),
+        }
+        if options.since_ns:
+            params["since"] = _engine_time(options.since_ns)
+        if options.until_ns:
+            params["until"] = _engine_time(options.until_ns)
+        tty = bool((info.get("Config") or {}).get("Tty"))
+        try:
+            async for stream, payload in self._engine.logs(str(info["Id"]), params, tty):
+                stamp, sep, data = payload.partition(b" ")
+                try:
+                    ts = parse_time(stamp.decode()) if sep else now_ns()
+                except ValueError:
+                    ts, data = now_ns(), payload
+                yield LogMessage(task_id=self.task_id, timestamp_ns=ts, stream=stream, data=data)
+        except EngineError as e:
+            raise ExecutorError(e.message) from None
+
+    # --- helpers ------------------------------------------------------------------------
+
+    def _grace_s(self) -> float:
+        return stop_grace_s(self.task.spec.container_spec or ContainerSpec())
+
+    async def _stop(self, cid: str, grace_s: float) -> None:
+        """The container's stop signal, then SIGKILL after `grace_s` (the engine does
+        both); returns once it has stopped."""
+        try:
+            await self._engine.stop_container(cid, engine_stop_timeout(grace_s))
+        except EngineError as e:
+            if e.status != 404:
+                raise ExecutorError(e.message) from None
+
+
+async def _next_event(events: asyncio.Queue[str]) -> str:
+    """The next action on the container (or RESYNC when nothing came for a while)."""
+    try:
+        async with asyncio.timeout(WATCH_RESYNC_S):
+            return await events.get()
+    except TimeoutError:
+        return RESYNC
+
+
+def _unhealthy_error(status: ExitStatus) -> str:
+    if status.exit_code:
+        return f"task: non-zero exit ({status.exit_code}): {ERR_UNHEALTHY}"
+    return ERR_UNHEALTHY
+
+
+def _engine_time(ns: int) -> str:
+    secs, frac = divmod(ns, 1_000_000_000)
+    return f"{secs}.{frac:09d}"
