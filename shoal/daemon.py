@@ -20,6 +20,7 @@ import msgspec
 
 from shoal.agent.agent import Agent
 from shoal.agent.executor.base import Executor
+from shoal.agent.executor.docker_engine import DEFAULT_ENGINE_HOST, EngineError, engine_answers
 from shoal.agent.join import join, renew, renewal_delay
 from shoal.agent.session import RemoteSession
 from shoal.api.server import APIServer
@@ -42,7 +43,9 @@ DEFAULT_DATA_DIR = Path("/var/lib/shoal")
 DEFAULT_SOCKET = "unix:///run/shoal/shoal.sock"
 DEFAULT_SWARM_PORT = 2377
 DEFAULT_LISTEN_ADDR = f"0.0.0.0:{DEFAULT_SWARM_PORT}"
-RUNTIMES = ("process", "docker", "sim")
+RUNTIMES = ("auto", "process", "docker", "sim")
+# `--runtime auto`: docker when an engine answers at --engine-host, else process.
+DEFAULT_RUNTIME = "auto"
 MSG_LEAVE_MANAGER = (
     "You are attempting to leave the swarm on a node that is participating as a manager. "
     "Removing the last manager erases all current state of the swarm. Use `--force` to "
@@ -71,6 +74,8 @@ class DaemonConfig:
     node_name: str = ""
     labels: dict[str, str] = field(default_factory=dict)
     live_restore: bool = False
+    # The Docker Engine the docker runtime drives (and the API passes through to).
+    engine_host: str = DEFAULT_ENGINE_HOST
     # What the node advertises to the scheduler instead of what the runtime measures.
     resources_cpus: float | None = None
     resources_memory: int | None = None
@@ -94,11 +99,28 @@ class SwarmState:
     managers: list[str] = field(default_factory=list)
 
 
+def resolve_runtime(runtime: str, engine_host: str) -> str:
+    """`auto` is docker when an engine answers at `engine_host`, else process."""
+    if runtime == "auto":
+        return "docker" if engine_answers(engine_host) else "process"
+    return runtime
+
+
 def make_executor(config: DaemonConfig) -> Executor:
-    if config.runtime == "process":
+    runtime = resolve_runtime(config.runtime, config.engine_host)
+    if runtime == "process":
         from shoal.agent.executor.process import ProcessExecutor
 
         return ProcessExecutor(config.data_dir / "agent", config.node_name, config.labels)
+    if runtime == "docker":
+        from shoal.agent.executor.docker import DockerExecutor
+
+        try:
+            return DockerExecutor(
+                config.data_dir / "agent", config.node_name, config.labels, config.engine_host
+            )
+        except EngineError as e:
+            raise InvalidArgument(f"the docker runtime needs a Docker Engine: {e.message}") from e
     raise InvalidArgument(f"runtime {config.runtime!r} is not available in this version")
 
 
@@ -136,9 +158,11 @@ class Daemon:
         self.config = config
         self.data_dir = config.data_dir
         self.node_name = config.node_name
-        self.runtime = config.runtime
         self.engine_labels = config.labels
         self.executor = make_executor(config)
+        self.runtime = self.executor.name
+        # The engine the API passes the local engine's endpoints through to.
+        self.engine_host: str | None = config.engine_host if self.runtime == "docker" else None
         self._state: SwarmState | None = None
         self._manager: Manager | None = None
         self._agent: Agent | None = None

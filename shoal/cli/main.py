@@ -36,7 +36,16 @@ def daemon(
         "-H",
         help="Where to serve the Docker API: unix:///PATH or tcp://ADDR:PORT (repeatable).",
     ),
-    runtime: str = typer.Option("process", "--runtime", help="process | docker | sim"),
+    runtime: str = typer.Option(
+        "auto",
+        "--runtime",
+        help="auto | process | docker | sim (auto: docker when an engine answers).",
+    ),
+    engine_host: str = typer.Option(
+        "unix:///var/run/docker.sock",
+        "--engine-host",
+        help="The Docker Engine of the docker runtime: unix:///PATH or tcp://ADDR:PORT.",
+    ),
     node_name: str = typer.Option("", "--node-name", help="The node's hostname in the cluster."),
     label: list[str] = typer.Option(None, "--label", help="Engine label k=v (repeatable)."),
     live_restore: bool = typer.Option(
@@ -64,6 +73,7 @@ def daemon(
         node_name=node_name or socket.gethostname(),
         labels=_parse_labels(label or []),
         live_restore=live_restore,
+        engine_host=engine_host,
         resources_cpus=resources_cpus,
         resources_memory=resources_memory,
     )
