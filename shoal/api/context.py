@@ -14,6 +14,9 @@ class DaemonContext(Protocol):
     runtime: str
     data_dir: Path
     engine_labels: dict[str, str]
+    # The Docker Engine (unix:///path or tcp://addr:port) whose own endpoints the API
+    # passes through, under the docker runtime; None otherwise.
+    engine_host: str | None
 
     @property
     def manager(self) -> Manager | None:

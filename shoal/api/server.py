@@ -110,6 +110,10 @@ def build_app(daemon: DaemonContext) -> web.Application:
     router = Router(app)
     for module in (system, swarm, services, tasks, nodes, logs):
         module.register(router)
+    if daemon.engine_host:
+        from shoal.api import engine
+
+        engine.register(app, daemon.engine_host)  # last: it answers every other path
     return app
 
 

@@ -206,7 +206,14 @@ def _now() -> str:
     return format_time(now_ns())
 
 
-async def distribution(request: web.Request) -> web.Response:
+async def distribution(request: web.Request) -> web.StreamResponse:
+    """Under the docker runtime the engine resolves the image (the CLI then pins its
+    digest in the spec); without an engine there is no registry access."""
+    from shoal.api.engine import proxy_of
+
+    proxy = proxy_of(request)
+    if proxy is not None:
+        return await proxy.forward(request)
     d = context(request)
     name = request.match_info["name"]
     raise Internal(f"cannot resolve image {name}: the {d.runtime} runtime has no registry access")
