@@ -22,9 +22,16 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 missing=()
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v ps >/dev/null 2>&1 || missing+=(procps)
-# The image usually ships the docker CLI 28 as /usr/local/bin/docker; Debian's
-# docker.io (/usr/bin/docker) is only the fallback when there is no docker at all.
+# The image usually ships the docker CLI 28 as /usr/local/bin/docker, but no engine:
+# Debian's docker.io brings dockerd (the docker runtime's engine; its /usr/bin/docker
+# CLI stays behind /usr/local/bin on PATH), busybox-static the root filesystem of the
+# test images (made offline with `docker import`), docker-registry the local registry
+# the pull tests push to. (Debian's `busybox` package would replace busybox-static.)
 command -v docker >/dev/null 2>&1 || missing+=(docker.io)
+command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
+command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
+dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' \
+    || missing+=(busybox-static)
 if ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1; then
     missing+=(python3-venv)
 fi
@@ -46,10 +53,12 @@ if ((${#missing[@]})); then
     log "installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     "${SUDO[@]}" apt-get update -qq
+    # Sorted, without duplicates (docker.io may be asked for twice).
+    mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
     "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-for tool in ip ps docker; do
+for tool in ip ps docker dockerd docker-registry busybox; do
     command -v "$tool" >/dev/null 2>&1 || { log "$tool is still missing after install"; exit 1; }
 done
 
