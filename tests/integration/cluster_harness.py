@@ -75,8 +75,8 @@ MANAGER_OU = "swarm-manager"
 WORKER_OU = "swarm-worker"
 # A cluster-port path only managers may use (shoal/manager/clusterport/server.py ACCESS).
 MANAGER_ONLY_PATH = "/manager/ping"
-# Cluster-port paths that need a node certificate of the cluster (any role).
-NODE_ONLY_PATHS = ("/dispatcher/session", "/ca/renew")
+# Cluster-port routes that need a node certificate of the cluster (any role).
+NODE_ONLY_ROUTES = (("GET", "/dispatcher/session"), ("POST", "/ca/renew"))
 
 
 # --------------------------------------------------------------------------- nodes

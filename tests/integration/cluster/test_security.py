@@ -7,6 +7,7 @@ nodes' own certificates from their data dirs, or a self-made one."""
 
 from __future__ import annotations
 
+import datetime
 import http.client
 import ssl
 import stat
@@ -21,7 +22,7 @@ from ..cluster_harness import (
     MANAGER_OU,
     NODE_CERT_FILE,
     NODE_KEY_FILE,
-    NODE_ONLY_PATHS,
+    NODE_ONLY_ROUTES,
     ROOT_CA_FILE,
     WORKER_OU,
     Cluster,
@@ -47,10 +48,11 @@ def own_credentials(node: ClusterNode) -> tuple[Path, Path, Path]:
     return d / NODE_CERT_FILE, d / NODE_KEY_FILE, d / ROOT_CA_FILE
 
 
-def get(cluster: Cluster, path: str, ctx: ssl.SSLContext) -> Response:
+def get(cluster: Cluster, path: str, ctx: ssl.SSLContext, method: str = "GET") -> Response:
     manager = cluster.manager
     assert manager.cluster_port is not None
-    return tls_request(manager.addr, manager.cluster_port, path, ctx)
+    body = b"{}" if method == "POST" else None
+    return tls_request(manager.addr, manager.cluster_port, path, ctx, method=method, body=body)
 
 
 def test_every_node_holds_a_certificate_from_the_cluster_root(cluster: Cluster) -> None:
@@ -82,6 +84,20 @@ def test_every_node_holds_a_certificate_from_the_cluster_root(cluster: Cluster) 
     assert len(seen_ids) == 3
 
 
+def test_node_certificates_last_as_long_as_the_cluster_says(cluster: Cluster) -> None:
+    expiry_ns = cluster.manager.api.inspect_swarm()["Spec"]["CAConfig"]["NodeCertExpiry"]
+    assert expiry_ns == 90 * 24 * 3600 * 10**9, expiry_ns  # Swarm's default, 90 days
+    now = datetime.datetime.now(datetime.UTC)
+    for name, node in cluster.nodes.items():
+        cert = load_cert(node.certs_dir / NODE_CERT_FILE)
+        left = cert.not_valid_after_utc - now
+        assert datetime.timedelta(days=89) < left <= datetime.timedelta(days=90, hours=1), (
+            name,
+            cert.not_valid_before_utc,
+            cert.not_valid_after_utc,
+        )
+
+
 def test_the_cluster_port_serves_a_certificate_from_the_root(cluster: Cluster) -> None:
     cert, key, ca = own_credentials(cluster.manager)
     # The server's certificate verifies against the cluster root (and only that root).
@@ -102,16 +118,16 @@ def test_a_self_made_certificate_is_refused(cluster: Cluster, tmp_path: Path) ->
     for who, ou in ((cluster.manager, MANAGER_OU), (cluster.workers[0], WORKER_OU)):
         cert, key = make_impostor(tmp_path / who.node_name, who.node_id(), cid, ou)
         ctx = tls_context(cert, key)
-        for path in (MANAGER_ONLY_PATH, *NODE_ONLY_PATHS):
-            why = refused(lambda p=path, c=ctx: get(cluster, p, c))
-            assert why is not None, f"{path} answered a self-made {ou} certificate"
+        for method, path in (("GET", MANAGER_ONLY_PATH), *NODE_ONLY_ROUTES):
+            why = refused(lambda m=method, p=path, c=ctx: get(cluster, p, c, m))
+            assert why is not None, f"{method} {path} answered a self-made {ou} certificate"
 
 
 def test_no_certificate_gets_nothing_but_the_join_paths(cluster: Cluster) -> None:
     ctx = tls_context(ca=cluster.manager.certs_dir / ROOT_CA_FILE)
-    for path in (MANAGER_ONLY_PATH, *NODE_ONLY_PATHS):
+    for method, path in (("GET", MANAGER_ONLY_PATH), *NODE_ONLY_ROUTES):
         try:
-            resp = get(cluster, path, ctx)
+            resp = get(cluster, path, ctx, method)
         except OSError:
             continue  # the connection was refused outright: fine too
         assert resp.status in (401, 403), (path, resp)
