@@ -8,12 +8,16 @@ ID_LENGTH = 25
 _ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
 
 
+# every two-digit base-36 string: converting two digits per division halves the work
+_PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]
+
+
 def to_base36(value: int, width: int) -> str:
-    digits = []
+    chunks = []
     while value:
-        value, rem = divmod(value, 36)
-        digits.append(_ALPHABET[rem])
-    return "".join(reversed(digits)).rjust(width, "0")
+        value, rem = divmod(value, 1296)
+        chunks.append(_PAIRS[rem])
+    return "".join(reversed(chunks)).lstrip("0").rjust(width, "0")
 
 
 def new_id() -> str:

@@ -37,11 +37,14 @@ class TaskState(enum.IntEnum):
 
     @classmethod
     def from_wire(cls, name: str) -> TaskState:
-        return cls[name.upper()]
+        return _BY_WIRE[name]
 
     @property
     def terminal(self) -> bool:
         return self > TaskState.RUNNING
+
+
+_BY_WIRE: dict[str, TaskState] = {s.name.lower(): s for s in TaskState}
 
 
 class Owner(enum.Enum):

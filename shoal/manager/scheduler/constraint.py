@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from shoal.types.node import Node
 
@@ -31,6 +31,13 @@ class Constraint:
     key: str
     operator: str
     value: str
+    # derived once, for the scheduler's hot loop
+    value_lower: str = field(init=False, compare=False)
+    known: bool = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "value_lower", self.value.lower())
+        object.__setattr__(self, "known", known_key(self.key))
 
     def matches_value(self, actual: str | None) -> bool:
         if self.key.lower() == "node.ip" and actual is not None:
@@ -38,11 +45,11 @@ class Constraint:
                 return False
             equal = _ip_matches(self.value, actual)
         else:
-            equal = actual is not None and actual.lower() == self.value.lower()
+            equal = actual is not None and actual.lower() == self.value_lower
         return equal if self.operator == EQ else not equal
 
     def matches(self, node: Node) -> bool:
-        if not known_key(self.key):
+        if not self.known:
             return False  # SwarmKit: an unknown key matches no node, whatever the operator
         return self.matches_value(node_value(node, self.key))
 

@@ -9,7 +9,10 @@ from shoal.types.task import Task
 
 
 class Filter:
-    """Base: `set_task` precomputes per task (False: the filter does not apply)."""
+    """Base: `set_task` precomputes per task (False: the filter does not apply).
+    `dynamic` filters depend on what was already placed on a node during a pass."""
+
+    dynamic = False
 
     def set_task(self, task: Task) -> bool:
         return True
@@ -33,6 +36,8 @@ class ReadyFilter(Filter):
 
 
 class ResourceFilter(Filter):
+    dynamic = True
+
     def set_task(self, task: Task) -> bool:
         self.cpus, self.memory = task_reservations(task)
         return bool(self.cpus or self.memory)
@@ -97,6 +102,8 @@ def _same_arch(a: str, b: str) -> bool:
 
 
 class HostPortFilter(Filter):
+    dynamic = True
+
     def set_task(self, task: Task) -> bool:
         self.ports = host_ports(task)
         return bool(self.ports)
@@ -111,6 +118,8 @@ class HostPortFilter(Filter):
 
 
 class MaxReplicasFilter(Filter):
+    dynamic = True
+
     def set_task(self, task: Task) -> bool:
         placement = task.spec.placement
         self.max = placement.max_replicas if placement and placement.max_replicas else 0
@@ -150,6 +159,15 @@ class Pipeline:
     def process(self, info: NodeInfo) -> bool:
         for i, f in enumerate(self.active):
             if not f.check(info):
+                self.failures[i] = self.failures.get(i, 0) + 1
+                return False
+        return True
+
+    def process_dynamic(self, info: NodeInfo) -> bool:
+        """Only the filters whose answer changes as tasks are placed: for nodes that
+        already passed `process` for this task's group."""
+        for i, f in enumerate(self.active):
+            if f.dynamic and not f.check(info):
                 self.failures[i] = self.failures.get(i, 0) + 1
                 return False
         return True

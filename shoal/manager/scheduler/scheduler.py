@@ -269,7 +269,7 @@ class Scheduler:
                 if k != key(info):
                     heapq.heappush(heap, (key(info), nid, info))
                     continue
-                if not pipeline.process(info):
+                if not pipeline.process_dynamic(info):
                     continue  # full for this group: resources and replicas only shrink here
                 info.add_task(_assigned(task, info.id))
                 decisions.append(Decision(task.id, info.id))
@@ -291,7 +291,7 @@ class Scheduler:
             while pool:
                 i = self._random.randrange(len(pool))
                 info = pool[i]
-                if not self._pipeline.process(info):
+                if not self._pipeline.process_dynamic(info):
                     pool[i] = pool[-1]
                     pool.pop()  # full for this group
                     continue
