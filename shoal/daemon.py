@@ -263,7 +263,7 @@ class Daemon:
             else measured.memory_bytes,
         )
 
-    async def _start_manager(self, bootstrap: Callable[[Tx, int], None] | None = None) -> None:
+    async def _start_manager(self, bootstrap: Callable[[Tx], None] | None = None) -> None:
         """Open the store, start the manager's loops and the cluster port, then the local
         agent (in-process session). `bootstrap` writes the first objects at `swarm init`
         once the cluster port's real port is known."""
@@ -282,10 +282,12 @@ class Daemon:
             store.close()
             raise ListenFailed(f"listen tcp {host}:{port}: {e.strerror or e}") from e
         if bootstrap is not None:
+            if port == 0:  # a port picked at init is the node's from then on
+                self._state.listen_addr = f"{host}:{bound}"
             adv_host, adv_port = split_addr(self._state.advertise_addr, port)
             if adv_port == 0 or port == 0:
                 self._state.advertise_addr = f"{adv_host}:{bound}"
-            store.update(lambda tx: bootstrap(tx, bound))
+            store.update(bootstrap)
         issuer.managers[:] = self.remote_managers
         self._cluster_server = server
         self._manager = manager
@@ -395,7 +397,7 @@ class Daemon:
             description = msgspec.structs.replace(self.executor.describe(), tls_info=ca.tls_info())
             state = self._state
 
-            def bootstrap(tx: Tx, port: int) -> None:
+            def bootstrap(tx: Tx) -> None:
                 tx.create(
                     Cluster(
                         id=cluster_id,
