@@ -22,6 +22,8 @@ from shoal.log import get_logger
 API_VERSION = "1.41"
 MIN_API_VERSION = "1.12"
 SERVER_HEADER = f"shoal/{__version__} (linux)"
+# How long a stopping daemon waits for requests in flight (streams) before closing them.
+SHUTDOWN_TIMEOUT_S = 2.0
 CONTEXT_KEY = web.AppKey("daemon", DaemonContext)
 _VERSION_RE = re.compile(r"^/v(\d+\.\d+)(/.*)$")
 
@@ -140,7 +142,15 @@ class APIServer:
         self._sockets: list[Path] = []
 
     async def start(self) -> None:
-        self._runner = web.AppRunner(self._app, access_log=None, handle_signals=False)
+        # handler_cancellation: a client that goes away (a `logs -f` left) ends its
+        # handler at once instead of holding the daemon's shutdown.
+        self._runner = web.AppRunner(
+            self._app,
+            access_log=None,
+            handle_signals=False,
+            handler_cancellation=True,
+            shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+        )
         await self._runner.setup()
         for host in self._hosts:
             if host.startswith("unix://"):

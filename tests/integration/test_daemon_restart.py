@@ -101,11 +101,6 @@ def test_sigterm_stops_the_tasks_and_a_restart_brings_them_back(
     assert node["STATUS"] == "Ready", node
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="daemon bug: a `service logs -f` stream on a quiet service is not closed when its "
-    "client disconnects, so SIGTERM waits out aiohttp's 60 s shutdown timeout",
-)
 def test_sigterm_is_graceful_after_a_log_follower_left(daemon_factory: DaemonFactory) -> None:
     """A `docker service logs -f` that went away must not hold the daemon up: the stream
     of a quiet service ends when its client disconnects, not at the next line."""

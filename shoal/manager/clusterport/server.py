@@ -40,6 +40,7 @@ ACCESS: dict[tuple[str, str], frozenset[str] | None] = {
 }
 IDENTITY_KEY = "shoal.identity"
 MAX_BODY = 1024 * 1024
+SHUTDOWN_TIMEOUT_S = 2.0  # sessions in flight when the daemon stops
 
 log = get_logger("shoal.manager.clusterport")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -107,7 +108,13 @@ class ClusterServer:
             return _error(500, f"internal error: {type(e).__name__}")
 
     async def start(self, host: str, port: int) -> int:
-        self._runner = web.AppRunner(self._app(), access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(
+            self._app(),
+            access_log=None,
+            handle_signals=False,
+            handler_cancellation=True,
+            shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, ssl_context=self._credentials.server_context())
         await site.start()
