@@ -313,7 +313,11 @@ class DockerController:
                 return
         except EngineError as e:
             raise ExecutorError(e.message) from None
-        await self._x.pull(image, self.task.registry_auth)
+        try:
+            await self._x.pull(image, self.task.registry_auth)
+        except ExecutorError as e:
+            # What the engine would answer the create, with the pull's reason.
+            raise ExecutorError(f"No such image: {image} (pull: {e})") from None
 
     async def start(self) -> RuntimeState:
         info = await self._find()
