@@ -12,7 +12,10 @@ asks for an upgrade (`Connection: Upgrade`, `Upgrade: tcp`) goes to the engine o
 raw connection. When the engine switches protocols (101, or the old 200 with a raw
 stream), its answer is relayed verbatim, the client's connection is taken over from
 aiohttp (`transport.set_protocol`) and bytes are piped both ways until the engine
-closes; a client's half-close (stdin EOF) is passed on as one.
+closes; a client's half-close (stdin EOF) is passed on as one. Clients send nothing
+before the answer (the docker CLI, docker-py and Go's client all wait for it): aiohttp's
+C parser does not treat an upgrade request with a body as an upgrade, so bytes sent
+in the same packet as the request would be read as the start of a next request.
 """
 
 from __future__ import annotations
