@@ -40,12 +40,6 @@ def update_node(store: Store, ref: str, version: int, spec: NodeSpec) -> Node:
         node = resolve_node(tx, ref)
         if node.version.index != version:
             raise OutOfSequence()
-        if spec.role == "worker" and node.manager_status and node.manager_status.leader:
-            raise FailedPrecondition(
-                "rpc error: code = FailedPrecondition desc = node "
-                f"{node.id} is the leader and holds the cluster state; it cannot be demoted "
-                "while managers do not share state"
-            )
         if node.spec.role == "manager" and spec.role == "worker":
             managers = [n for n in tx.nodes() if n.spec.role == "manager"]
             if len(managers) <= 1:
@@ -53,6 +47,12 @@ def update_node(store: Store, ref: str, version: int, spec: NodeSpec) -> Node:
                     "rpc error: code = FailedPrecondition desc = attempting to demote the "
                     "last manager of the swarm"
                 )
+        if spec.role == "worker" and node.manager_status and node.manager_status.leader:
+            raise FailedPrecondition(
+                "rpc error: code = FailedPrecondition desc = node "
+                f"{node.id} is the leader and holds the cluster state; it cannot be demoted "
+                "while managers do not share state"
+            )
         manager_status = node.manager_status
         if spec.role == "manager" and manager_status is None:
             # Recorded and shown; this node holds no cluster state (managers that share
