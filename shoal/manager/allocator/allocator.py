@@ -5,10 +5,10 @@ from its EndpointSpec, picking published ports for ingress ports given none."""
 from __future__ import annotations
 
 import asyncio
-import functools
 
 import msgspec
 
+from shoal.manager.loops import reconcile_loop
 from shoal.manager.orchestrator.task import set_status
 from shoal.manager.store import Event, Store, Tx
 from shoal.types.service import Endpoint, EndpointPortConfig, EndpointSpec, Service
@@ -25,15 +25,9 @@ class Allocator:
         self.allocated = 0
 
     async def run(self) -> None:
-        watcher = self._store.watch("task", "service")
-        try:
-            self._store.update(self._allocate_all)
-            while not self._stopped.is_set():
-                events = await watcher.__anext__()
-                events.extend(watcher.get_nowait_all())
-                self._store.update(functools.partial(self._handle, events=events))
-        finally:
-            watcher.close()
+        await reconcile_loop(
+            self._store, ("task", "service"), self._allocate_all, self._handle, self._stopped
+        )
 
     def stop(self) -> None:
         self._stopped.set()
@@ -45,7 +39,7 @@ class Allocator:
             if t.state == TaskState.NEW:
                 self._allocate_task(tx, t.id)
 
-    def _handle(self, tx: Tx, *, events: list[Event]) -> None:
+    def _handle(self, tx: Tx, events: list[Event]) -> None:
         for ev in events:
             if ev.action == "remove":
                 continue

@@ -4,8 +4,8 @@ each changed service, task and node to the mode-specific reconciler."""
 from __future__ import annotations
 
 import asyncio
-import functools
 
+from shoal.manager.loops import reconcile_loop
 from shoal.manager.orchestrator.restart import RestartSupervisor
 from shoal.manager.orchestrator.task import invalid_node, is_runnable, set_desired
 from shoal.manager.orchestrator.update import UpdateSupervisor
@@ -36,15 +36,13 @@ class ServiceOrchestrator:
         return mode in self.modes
 
     async def run(self) -> None:
-        watcher = self._store.watch("service", "task", "node")
-        try:
-            self._store.update(self._check_all)
-            while not self._stopped.is_set():
-                events = await watcher.__anext__()
-                events.extend(watcher.get_nowait_all())
-                self._store.update(functools.partial(self._handle, events=events))
-        finally:
-            watcher.close()
+        await reconcile_loop(
+            self._store,
+            ("service", "task", "node"),
+            self._check_all,
+            self._handle,
+            self._stopped,
+        )
 
     def stop(self) -> None:
         self._stopped.set()
@@ -58,7 +56,7 @@ class ServiceOrchestrator:
                 self.reconcile(tx, s)
 
     # events ----------------------------------------------------------------------------------
-    def _handle(self, tx: Tx, *, events: list[Event]) -> None:
+    def _handle(self, tx: Tx, events: list[Event]) -> None:
         dirty_services: set[str] = set()
         for ev in events:
             if ev.kind == "service":
