@@ -72,6 +72,9 @@ MAX_CONCURRENT_STARTS = 8
 EVENTS_CONNECT_TIMEOUT_S = 10.0
 # /info is read when the executor is made, and again by describe() once this old.
 INFO_TTL_S = 60.0
+# How long an image the engine had is taken to be there still (a create that finds
+# it gone pulls it again).
+IMAGE_KNOWN_TTL_S = 30.0
 NANOS_PER_CPU = 1_000_000_000
 
 ERR_DESTROYED = "dockerexec: container destroyed"
@@ -128,6 +131,9 @@ class DockerExecutor:
         self.events = EngineEvents(self.client, [f"{LABEL_AGENT}={self.agent_id}"])
         self.starts = asyncio.Semaphore(MAX_CONCURRENT_STARTS)
         self._pulls: dict[str, asyncio.Future[None]] = {}
+        # Image references the engine had lately (monotonic time seen): one image
+        # inspect per image, not one per task.
+        self._images: dict[str, float] = {}
 
     # --- the Executor protocol ---------------------------------------------------------
 
@@ -191,6 +197,16 @@ class DockerExecutor:
 
     # --- shared by controllers ---------------------------------------------------------
 
+    def image_known(self, image: str) -> bool:
+        seen = self._images.get(image)
+        return seen is not None and time.monotonic() - seen < IMAGE_KNOWN_TTL_S
+
+    def note_image(self, image: str) -> None:
+        self._images[image] = time.monotonic()
+
+    def forget_image(self, image: str) -> None:
+        self._images.pop(image, None)
+
     async def pull(self, image: str, registry_auth: str | None) -> None:
         """Pull `image` through the engine; one pull per reference at a time, however
         many tasks need it. ExecutorError with the engine's message on failure."""
@@ -232,6 +248,8 @@ class DockerController:
         self._x = executor
         self._engine = executor.client
         self._cid: str | None = None
+        # True once prepare() created the container (so start() need not look first).
+        self._created_here = False
 
     # --- finding the container ----------------------------------------------------------
 
@@ -287,29 +305,32 @@ class DockerController:
         return self._runtime_state(info)
 
     async def prepare(self) -> None:
-        if await self._find() is not None:
-            return  # created before (by this agent or an earlier one)
+        # Created by name, as Swarm does: the name holds the task ID, so a container an
+        # earlier agent made for this task makes the create fail with a conflict.
         body = create_body(self.task, self._x.node_info(self.task.node_id or ""), self._x.agent_id)
-        await self._ensure_image(str(body["Image"]))
-        try:
-            async with self._x.starts:
-                self._cid = await self._engine.create_container(task_name(self.task), body)
-        except EngineError as e:
-            if e.status == 409 and await self._find() is not None:
-                return  # made meanwhile under its name: it is this task's
-            if e.status == 404:  # the image went away between the check and the create
-                await self._x.pull(str(body["Image"]), self.task.registry_auth)
-                try:
-                    async with self._x.starts:
-                        self._cid = await self._engine.create_container(task_name(self.task), body)
-                except EngineError as again:
-                    raise ExecutorError(again.message) from None
+        image = str(body["Image"])
+        await self._ensure_image(image)
+        for attempt in range(2):
+            try:
+                async with self._x.starts:
+                    self._cid = await self._engine.create_container(task_name(self.task), body)
+                self._created_here = True
                 return
-            raise ExecutorError(e.message) from None
+            except EngineError as e:
+                if e.status == 409 and await self._find() is not None:
+                    return  # created before (by this agent or an earlier one)
+                if e.status != 404 or attempt:
+                    raise ExecutorError(e.message) from None
+                # The image went away between the check and the create.
+                self._x.forget_image(image)
+                await self._ensure_image(image)
 
     async def _ensure_image(self, image: str) -> None:
+        if self._x.image_known(image):
+            return
         try:
             if await self._engine.image_exists(image):
+                self._x.note_image(image)
                 return
         except EngineError as e:
             raise ExecutorError(e.message) from None
@@ -320,6 +341,16 @@ class DockerController:
             raise ExecutorError(f"No such image: {image} (pull: {e})") from None
 
     async def start(self) -> RuntimeState:
+        if self._created_here and self._cid is not None:
+            # Made by prepare() just before: it is there, and not started yet.
+            cid = self._cid
+            with self._x.events.watch(cid) as events:
+                try:
+                    async with self._x.starts:
+                        await self._engine.start_container(cid)
+                except EngineError as e:
+                    raise ExecutorError(e.message) from None
+                return await self._wait_healthy(cid, events)
         info = await self._find()
         if info is None:
             await self.prepare()
@@ -363,10 +394,12 @@ class DockerController:
             await _next_event(events)
 
     async def wait(self) -> ExitStatus:
-        info = await self._find()
-        if info is None:
-            raise ExecutorError(ERR_DESTROYED)
-        cid = str(info["Id"])
+        cid = self._cid
+        if cid is None:
+            info = await self._find()
+            if info is None:
+                raise ExecutorError(ERR_DESTROYED)
+            cid = str(info["Id"])
         with self._x.events.watch(cid) as events:
             await self._x.events.wait_connected(EVENTS_CONNECT_TIMEOUT_S)
             unhealthy = False
