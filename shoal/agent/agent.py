@@ -70,10 +70,10 @@ class Agent:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         runners = list(self._runners.values())
-        if stop_tasks:
-            await asyncio.gather(
-                *(r.stop_for_daemon_exit() for r in runners), return_exceptions=True
-            )
+        await asyncio.gather(
+            *(r.stop_for_daemon_exit() if stop_tasks else r.detach() for r in runners),
+            return_exceptions=True,
+        )
         self._runners.clear()
         await self.executor.close()
 
@@ -105,8 +105,9 @@ class Agent:
                         t.cancel()
                     await asyncio.gather(*parts, return_exceptions=True)
                 for t in done:
-                    if not t.cancelled() and t.exception() is not None:
-                        raise t.exception()  # type: ignore[misc]
+                    exc = None if t.cancelled() else t.exception()
+                    if exc is not None:
+                        raise exc
             except asyncio.CancelledError:
                 raise
             except Exception as e:

@@ -82,12 +82,17 @@ class TaskRunner:
             await self.controller.shutdown(stop_grace_s(self.task))
             await self.controller.remove()
 
-    async def stop_for_daemon_exit(self) -> None:
-        """The daemon is stopping: stop the process, report nothing."""
+    async def detach(self) -> None:
+        """The daemon is going away but its tasks stay (live restore): stop driving the
+        task, leave its process running for the next daemon to adopt."""
         if self._runner is not None:
             self._runner.cancel()
             with contextlib.suppress(BaseException):
                 await self._runner
+
+    async def stop_for_daemon_exit(self) -> None:
+        """The daemon is stopping: stop the process, report nothing."""
+        await self.detach()
         with contextlib.suppress(ExecutorError, OSError):
             await self.controller.shutdown(stop_grace_s(self.task))
 
