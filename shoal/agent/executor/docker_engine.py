@@ -113,6 +113,29 @@ class EngineClient:
         except (aiohttp.ClientError, OSError, TimeoutError) as e:
             raise EngineError(0, f"cannot reach the Docker Engine at {self.host}: {e!r}") from e
 
+    @contextlib.asynccontextmanager
+    async def stream(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, str],
+        headers: dict[str, str] | None = None,
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """A streamed answer (no time limit), closed however the caller leaves it: a
+        stream cut short must not leave its connection behind."""
+        try:
+            async with self.docker._query(
+                path, method, params=params, headers=headers, timeout=_timeout(None)
+            ) as resp:
+                try:
+                    yield resp
+                finally:
+                    resp.close()
+        except aiodocker.DockerError as e:
+            raise EngineError(e.status, e.message) from None
+        except (aiohttp.ClientError, OSError) as e:
+            raise EngineError(0, f"cannot reach the Docker Engine at {self.host}: {e!r}") from e
+
     # --- containers -------------------------------------------------------------------
 
     async def inspect_container(self, ref: str) -> dict[str, Any] | None:
@@ -168,23 +191,16 @@ class EngineClient:
         (an HTTP error, or an `error` in the progress stream)."""
         headers = {"X-Registry-Auth": registry_auth} if registry_auth else {}
         params = {"fromImage": from_image, "tag": tag}
-        try:
-            async with self.docker._query(
-                "images/create", "POST", params=params, headers=headers, timeout=_timeout(None)
-            ) as resp:
-                async for line in resp.content:
-                    if not line.strip():
-                        continue
-                    try:
-                        message = json.loads(line)
-                    except ValueError:
-                        continue
-                    if isinstance(message, dict) and message.get("error"):
-                        raise EngineError(500, str(message["error"]))
-        except aiodocker.DockerError as e:
-            raise EngineError(e.status, e.message) from None
-        except (aiohttp.ClientError, OSError) as e:
-            raise EngineError(0, f"cannot reach the Docker Engine at {self.host}: {e!r}") from e
+        async with self.stream("POST", "images/create", params, headers) as resp:
+            async for line in resp.content:
+                if not line.strip():
+                    continue
+                try:
+                    message = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(message, dict) and message.get("error"):
+                    raise EngineError(500, str(message["error"]))
 
     # --- logs -------------------------------------------------------------------------
 
@@ -194,9 +210,7 @@ class EngineClient:
         """(stream, payload) of each entry of `GET /containers/{id}/logs`: demultiplexed
         frames, or lines for a TTY container (all on stdout)."""
         try:
-            async with self.docker._query(
-                f"containers/{cid}/logs", "GET", params=params, timeout=_timeout(None)
-            ) as resp:
+            async with self.stream("GET", f"containers/{cid}/logs", params) as resp:
                 content = resp.content
                 if tty:
                     async for line in content:
@@ -213,12 +227,9 @@ class EngineClient:
                     except asyncio.IncompleteReadError as e:
                         payload = e.partial
                     yield stream, payload
-        except aiodocker.DockerError as e:
-            if e.status == 404:
-                return
-            raise EngineError(e.status, e.message) from None
-        except (aiohttp.ClientError, OSError) as e:
-            raise EngineError(0, f"cannot reach the Docker Engine at {self.host}: {e!r}") from e
+        except EngineError as e:
+            if e.status != 404:  # a container removed meanwhile has no more logs
+                raise
 
     # --- events -----------------------------------------------------------------------
 
@@ -226,19 +237,12 @@ class EngineClient:
         """The engine's events from `since` (a replay) on, then live; the first item is
         None, once the engine has answered (the stream is connected)."""
         params = {"filters": _filters(filters), "since": f"{since:.9f}"}
-        try:
-            async with self.docker._query(
-                "events", "GET", params=params, timeout=_timeout(None)
-            ) as resp:
-                yield None
-                async for line in resp.content:
-                    if line.strip():
-                        with contextlib.suppress(ValueError):
-                            yield json.loads(line)
-        except aiodocker.DockerError as e:
-            raise EngineError(e.status, e.message) from None
-        except (aiohttp.ClientError, OSError) as e:
-            raise EngineError(0, f"cannot reach the Docker Engine at {self.host}: {e!r}") from e
+        async with self.stream("GET", "events", params) as resp:
+            yield None
+            async for line in resp.content:
+                if line.strip():
+                    with contextlib.suppress(ValueError):
+                        yield json.loads(line)
 
 
 class EngineEvents:
