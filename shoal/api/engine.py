@@ -65,6 +65,8 @@ PIPE_CHUNK_BYTES = 64 * 1024
 PIPE_HIGH_WATER_BYTES = 1024 * 1024
 HEAD_LIMIT_BYTES = 64 * 1024
 CONNECT_TIMEOUT_S = 5.0
+# dockerd's plain-TCP port, for a tcp:// engine host without one.
+DEFAULT_ENGINE_TCP_PORT = 2375
 ENGINE_UNREACHABLE = "Cannot connect to the Docker daemon at {host}. Is the docker daemon running?"
 
 _VERSION_RE = re.compile(r"^/v\d+\.\d+(/.*)$")
@@ -84,7 +86,7 @@ class EngineProxy:
         else:
             parts = urlsplit(host if "://" in host else f"tcp://{host}")
             self._unix_path = None
-            self._tcp = (parts.hostname or "127.0.0.1", parts.port or 2375)
+            self._tcp = (parts.hostname or "127.0.0.1", parts.port or DEFAULT_ENGINE_TCP_PORT)
             self._base = f"http://{self._tcp[0]}:{self._tcp[1]}"
         self._session: aiohttp.ClientSession | None = None
         self.requests = 0

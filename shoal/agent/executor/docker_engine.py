@@ -27,6 +27,8 @@ import aiohttp
 from shoal.log import get_logger
 
 DEFAULT_ENGINE_HOST = "unix:///var/run/docker.sock"
+# dockerd's plain-TCP port, for a tcp:// engine host without one.
+DEFAULT_ENGINE_TCP_PORT = 2375
 # The API version shoal speaks to the engine (Docker 20.10, Debian 12's docker.io).
 ENGINE_API_VERSION = "v1.41"
 # Short engine calls (inspect, create, start, remove); stop adds the grace period.
@@ -376,7 +378,7 @@ def _connection(host: str, timeout: float) -> http.client.HTTPConnection:
     if parts.scheme not in ("tcp", "http"):
         raise ValueError(f"unsupported engine host {host!r}: use unix:///path or tcp://addr:port")
     return http.client.HTTPConnection(
-        parts.hostname or "localhost", parts.port or 2375, timeout=timeout
+        parts.hostname or "localhost", parts.port or DEFAULT_ENGINE_TCP_PORT, timeout=timeout
     )
 
 

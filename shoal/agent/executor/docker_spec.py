@@ -8,6 +8,7 @@ ContainerSpec into the engine's `Config` + `HostConfig`, and what it reads back 
 
 from __future__ import annotations
 
+import base64
 import math
 import re
 from dataclasses import dataclass
@@ -230,6 +231,14 @@ def _mount(mount: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _profile_json(profile: Any) -> str:
+    """A custom seccomp profile: bytes in the API, so base64 in JSON."""
+    try:
+        return base64.b64decode(str(profile), validate=True).decode()
+    except (ValueError, UnicodeDecodeError):
+        raise ExecutorError("invalid seccomp profile: not base64-encoded JSON") from None
+
+
 def _security_opts(privileges: dict[str, Any] | None) -> list[str]:
     """Privileges → HostConfig.SecurityOpt, as moby's applyPrivileges."""
     if not privileges:
@@ -245,8 +254,7 @@ def _security_opts(privileges: dict[str, Any] | None) -> list[str]:
     if seccomp.get("Mode") == "unconfined":
         out.append("seccomp=unconfined")
     elif seccomp.get("Mode") == "custom" and seccomp.get("Profile"):
-        profile = seccomp["Profile"]
-        out.append(f"seccomp={profile if isinstance(profile, str) else ''}")
+        out.append(f"seccomp={_profile_json(seccomp['Profile'])}")
     apparmor = privileges.get("AppArmor") or {}
     if apparmor.get("Mode") == "disabled":
         out.append("apparmor=unconfined")

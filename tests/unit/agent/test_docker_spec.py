@@ -3,6 +3,7 @@ templates, every ContainerSpec field, image references, exit and health states."
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import pytest
@@ -258,3 +259,13 @@ def test_health_status() -> None:
     assert health_status({"Running": True}) is None
     assert health_status({"Health": {"Status": "starting"}}) == "starting"
     assert health_status({"Health": {"Status": "unhealthy"}}) == "unhealthy"
+
+
+def test_custom_seccomp_profile_is_decoded() -> None:
+    profile = '{"defaultAction":"SCMP_ACT_ALLOW"}'
+    encoded = base64.b64encode(profile.encode()).decode()
+    task = make_task(privileges={"Seccomp": {"Mode": "custom", "Profile": encoded}})
+    assert create_body(task, NODE, AGENT)["HostConfig"]["SecurityOpt"] == [f"seccomp={profile}"]
+    bad = make_task(privileges={"Seccomp": {"Mode": "custom", "Profile": "not base64!"}})
+    with pytest.raises(ExecutorError, match="seccomp"):
+        create_body(bad, NODE, AGENT)
