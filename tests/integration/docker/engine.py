@@ -338,6 +338,9 @@ class DockerDaemon(Daemon):
     def __init__(self, *args: Any, engine: Engine, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.engine = engine
+        # Named volumes the tests made for this daemon's services: removed at cleanup,
+        # once the containers that use them are gone.
+        self.volumes: list[str] = []
 
     def command(self) -> list[str]:
         cmd = super().command()
@@ -359,6 +362,8 @@ class DockerDaemon(Daemon):
     def cleanup(self) -> list[int]:
         self.stop()
         self.engine.remove_containers(self.own_containers())
+        for volume in self.volumes:
+            self.engine.run("volume", "rm", volume, check=False)
         return super().cleanup()
 
 

@@ -103,6 +103,7 @@ def web(daemon: DockerDaemon, engine: Engine, busybox_image: str) -> Iterator[di
     """The acceptance service: 3 replicas with env, labels, a volume, a memory limit,
     a healthcheck, Swarm templates, --init."""
     volume = unique("shoal-it-v1")
+    daemon.volumes.append(volume)  # removed after the containers, even if a test fails
     daemon.create_service(
         WEB,
         "--replicas",
@@ -135,7 +136,6 @@ def web(daemon: DockerDaemon, engine: Engine, busybox_image: str) -> Iterator[di
     )
     yield {"volume": volume, "image": busybox_image}
     remove_service(daemon, engine, WEB)
-    engine.run("volume", "rm", volume, check=False)
 
 
 def test_containers_carry_the_spec(
