@@ -341,6 +341,8 @@ class DockerDaemon(Daemon):
         # Named volumes the tests made for this daemon's services: removed at cleanup,
         # once the containers that use them are gone.
         self.volumes: list[str] = []
+        # Images pulled for this daemon's services: removed at cleanup too.
+        self.images: list[str] = []
 
     def command(self) -> list[str]:
         cmd = super().command()
@@ -364,6 +366,8 @@ class DockerDaemon(Daemon):
         self.engine.remove_containers(self.own_containers())
         for volume in self.volumes:
             self.engine.run("volume", "rm", volume, check=False)
+        for image in self.images:
+            self.engine.run("rmi", "--force", image, check=False)
         return super().cleanup()
 
 

@@ -352,6 +352,7 @@ def test_image_pulled_from_a_registry_with_its_digest_pinned(
 ) -> None:
     ref = f"{registry.addr}/app:1"
     image_id = build_image(engine, ref, extra={"/etc/marker": unique("pull")})
+    daemon.images.append(image_id)  # pulled back below; removed at cleanup if not before
     pushed = engine.run("push", ref).stdout.decode()
     engine.run("rmi", ref)
     assert not engine.image_exists(ref) and not engine.image_exists(image_id)
