@@ -2,7 +2,8 @@
 
 - `engine` (session): the machine's Docker Engine; dockerd is started if none answers
   on /var/run/docker.sock, and then stopped when the session ends (one that was
-  already running is left alone).
+  already running is left alone, and so is ours while it still runs containers this
+  session did not make).
 - `busybox_image` (session): a busybox image made offline, under a tag of its own,
   untagged at the end.
 - `registry` (session): a local docker-registry on loopback, stopped at the end.
@@ -40,11 +41,21 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
     if not engine_answers():
         started = Dockerd(tmp_path_factory.mktemp("dockerd") / "dockerd.log")
         started.start()
+    engine = Engine(tmp_path_factory.mktemp("engine-cli"))
     try:
-        yield Engine(tmp_path_factory.mktemp("engine-cli"))
+        yield engine
     finally:
         if started is not None:
-            started.stop()
+            # Ours are removed by now: containers still there are someone else's (another
+            # test session on this machine found our dockerd running); leave it to them.
+            try:
+                others = engine.containers()
+            except AssertionError:  # the engine is gone already
+                others = []
+            if others:
+                started.log_note(f"left running: {len(others)} containers not made here")
+            else:
+                started.stop()
 
 
 @pytest.fixture(scope="session")

@@ -141,6 +141,10 @@ class Dockerd:
                 )
             time.sleep(POLL_S)
 
+    def log_note(self, line: str) -> None:
+        with self.log_path.open("a") as log:
+            log.write(f"===== test session: {line}\n")
+
     def stop(self) -> None:
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
