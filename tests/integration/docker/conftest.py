@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -95,6 +96,7 @@ def docker_daemon_factory(
 
     yield make
 
-    for daemon in reversed(made):
-        _LIVE.remove(daemon)
-        daemon.cleanup()
+    with contextlib.ExitStack() as stack:  # every daemon cleaned, whatever fails
+        for daemon in made:
+            _LIVE.remove(daemon)
+            stack.callback(daemon.cleanup)
