@@ -27,7 +27,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -50,6 +49,7 @@ from rich.progress import (
 
 from shoal.agent.executor import shim
 from shoal.agent.executor.process import TASKS_DIR
+from shoal.cli.client import UnixHTTPConnection
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHOAL_BIN = REPO_ROOT / ".venv" / "bin" / "shoal"
@@ -93,24 +93,6 @@ class BenchError(Exception):
 
 
 # --- the Docker Engine API over a unix socket ------------------------------------------
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    """An HTTP/1.1 connection to a unix socket (the `Host` header says localhost)."""
-
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.socket_path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.socket_path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
 
 
 @dataclass

@@ -52,6 +52,8 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from shoal.cli.client import UnixHTTPConnection
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHOAL_BIN = REPO_ROOT / ".venv" / "bin" / "shoal"
 ENGINE_SOCKET = "/var/run/docker.sock"
@@ -94,22 +96,6 @@ class BenchError(Exception):
 
 
 # --- HTTP on a unix socket ---------------------------------------------------------------
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.socket_path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.socket_path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
 
 
 class Api:

@@ -20,16 +20,18 @@ class APIError(Exception):
         self.message = message
 
 
-class _UnixConnection(http.client.HTTPConnection):
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """An HTTP/1.1 connection to a unix socket (the `Host` header says localhost)."""
+
     def __init__(self, path: str, timeout: float) -> None:
         super().__init__("localhost", timeout=timeout)
-        self._path = path
+        self.socket_path = path
 
     def connect(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:
-            sock.connect(self._path)
+            sock.connect(self.socket_path)
         except OSError:
             sock.close()
             raise
@@ -49,7 +51,7 @@ class Client:
             url += "?" + urllib.parse.urlencode(
                 {k: json.dumps(v) if isinstance(v, dict) else v for k, v in query.items()}
             )
-        conn = _UnixConnection(self.socket_path, self.timeout)
+        conn = UnixHTTPConnection(self.socket_path, self.timeout)
         try:
             payload = json.dumps(body).encode() if body is not None else None
             headers = {"Content-Type": "application/json"} if payload is not None else {}
@@ -66,7 +68,7 @@ class Client:
 
     def ping(self) -> bool:
         try:
-            conn = _UnixConnection(self.socket_path, 2.0)
+            conn = UnixHTTPConnection(self.socket_path, 2.0)
             conn.request("HEAD", "/_ping")
             ok = conn.getresponse().status == 200
             conn.close()
