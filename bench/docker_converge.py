@@ -89,6 +89,7 @@ FLOOR_LABEL = "io.shoal.bench.floor"
 SERVICE_ID_LABEL = "com.docker.swarm.service.id"
 AGENT_ID_FILE = Path("data") / "agent" / "docker-agent-id"
 AGENT_LABEL = "io.shoal.agent"
+GWBRIDGE = "docker_gwbridge"
 
 
 class BenchError(Exception):
@@ -202,6 +203,7 @@ class DockerConvergeBench:
         self.dockerd: subprocess.Popen[bytes] | None = None
         self.daemon: subprocess.Popen[bytes] | None = None
         self.swarm_created = False
+        self.gwbridge_existed = True  # until measure_swarm looks
         self.image_made = False
         # (api, service id) of every service made, for cleanup.
         self.services: list[tuple[Api, str]] = []
@@ -282,6 +284,10 @@ class DockerConvergeBench:
         info = self.engine.call("GET", "/info")
         if (info.get("Swarm") or {}).get("LocalNodeState") != "inactive":
             raise BenchError("the engine is already in a swarm: this benchmark will not touch it")
+        # Swarm mode makes the docker_gwbridge network and leaves it after `swarm leave`:
+        # remove it afterwards only if it is this run that made it.
+        networks = self.engine.call("GET", "/networks")
+        self.gwbridge_existed = any(n.get("Name") == GWBRIDGE for n in networks)
         self.engine.call(
             "POST",
             "/swarm/init",
@@ -393,6 +399,9 @@ class DockerConvergeBench:
         if self.swarm_created:
             self.engine.call("POST", "/swarm/leave", query={"force": "1"}, ok=(200, 503))
             self.swarm_created = False
+            if not self.gwbridge_existed:
+                with contextlib.suppress(BenchError):
+                    self.engine.call("DELETE", f"/networks/{GWBRIDGE}", ok=(204, 404))
 
     # --- shoal's daemon
 
