@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import secrets
 import ssl
 import tempfile
 from dataclasses import dataclass
@@ -67,6 +68,27 @@ def parse_token(token: str) -> JoinToken:
     ):
         raise TokenError("invalid join token")
     return JoinToken(digest=parts[2], secret=parts[3])
+
+
+def new_join_token(ca_pem: bytes) -> str:
+    """A fresh join token for the cluster whose root is `ca_pem`."""
+    secret = to_base36(int.from_bytes(secrets.token_bytes(16), "big"), SECRET_LEN)
+    return f"{TOKEN_PREFIX}-{TOKEN_VERSION}-{ca_digest(ca_pem)}-{secret}"
+
+
+def key_usage(*, cert_sign: bool) -> x509.KeyUsage:
+    """Key usage of the root (signs certificates) or of a node (TLS both ways)."""
+    return x509.KeyUsage(
+        digital_signature=not cert_sign,
+        content_commitment=False,
+        key_encipherment=not cert_sign,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=cert_sign,
+        crl_sign=cert_sign,
+        encipher_only=False,
+        decipher_only=False,
+    )
 
 
 def ca_digest(cert_pem: bytes) -> str:

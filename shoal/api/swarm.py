@@ -9,9 +9,9 @@ from shoal.api.body import bool_query, decode, int_query
 from shoal.api.encode import empty, json_response, wire
 from shoal.api.server import Router, context
 from shoal.errors import WORKER_NOT_MANAGER, NotManager, OutOfSequence
-from shoal.manager.ca.root import RootCA
 from shoal.manager.manager import Manager
 from shoal.manager.store import Tx
+from shoal.pki import new_join_token
 from shoal.types.service import JoinTokens
 from shoal.types.swarm import SwarmInitRequest, SwarmJoinRequest, SwarmSpec
 
@@ -74,10 +74,10 @@ async def update(request: web.Request) -> web.Response:
             raise OutOfSequence()
         tokens = cluster.join_tokens
         if rotate_worker or rotate_manager:
-            ca = RootCA(cluster.tls_info.trust_root.encode(), b"")
+            root = cluster.tls_info.trust_root.encode()
             tokens = JoinTokens(
-                worker=ca.new_join_token() if rotate_worker else tokens.worker,
-                manager=ca.new_join_token() if rotate_manager else tokens.manager,
+                worker=new_join_token(root) if rotate_worker else tokens.worker,
+                manager=new_join_token(root) if rotate_manager else tokens.manager,
             )
         tx.update(msgspec.structs.replace(cluster, spec=spec, join_tokens=tokens))
 

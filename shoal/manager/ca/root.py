@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import datetime
 import hmac
-import secrets
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -17,8 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from shoal.ids import to_base36
-from shoal.pki import SECRET_LEN, TOKEN_PREFIX, TOKEN_VERSION, ca_digest
+from shoal.pki import ca_digest, key_usage, new_join_token
 from shoal.types.node import TLSInfo
 
 ROOT_CN = "swarm-ca"
@@ -46,17 +44,7 @@ class RootCA:
             .not_valid_after(now + ROOT_VALIDITY)
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .add_extension(
-                x509.KeyUsage(
-                    digital_signature=False,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
+                key_usage(cert_sign=True),
                 critical=True,
             )
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
@@ -91,8 +79,7 @@ class RootCA:
         )
 
     def new_join_token(self) -> str:
-        secret = to_base36(int.from_bytes(secrets.token_bytes(16), "big"), SECRET_LEN)
-        return f"{TOKEN_PREFIX}-{TOKEN_VERSION}-{self.digest()}-{secret}"
+        return new_join_token(self.cert_pem)
 
 
 def token_matches(given: str, expected: str) -> bool:

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from shoal.manager.ca.root import RootCA
-from shoal.pki import MANAGER_OU, MANAGER_SERVER_NAME, ROLE_OU
+from shoal.pki import MANAGER_OU, MANAGER_SERVER_NAME, ROLE_OU, key_usage
 from shoal.types.swarm import DEFAULT_NODE_CERT_EXPIRY_NS
 
 MIN_NODE_CERT_EXPIRY = datetime.timedelta(hours=1)
@@ -79,17 +79,7 @@ def sign_node_certificate(
         .not_valid_after(now + expiry)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=True,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
+            key_usage(cert_sign=False),
             critical=True,
         )
         .add_extension(
