@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from shoal.agent.agent import Agent
+from shoal.agent.agent import Agent, discard_task
 from shoal.agent.executor.base import Executor
 from shoal.agent.executor.docker_engine import DEFAULT_ENGINE_HOST, EngineError, engine_answers
 from shoal.agent.join import join, renew, renewal_delay
@@ -37,7 +37,6 @@ from shoal.pki import ROOT_CA_FILE, NodeCredentials, key_pem, make_csr, new_key
 from shoal.types.node import ManagerStatus, Node, NodeResources, NodeSpec, NodeStatus
 from shoal.types.service import JoinTokens
 from shoal.types.swarm import Cluster, SwarmInitRequest, SwarmJoinRequest, default_swarm_spec
-from shoal.types.task import stub_task
 
 DEFAULT_DATA_DIR = Path("/var/lib/shoal")
 DEFAULT_SOCKET = "unix:///run/shoal/shoal.sock"
@@ -481,9 +480,7 @@ class Daemon:
                 raise LeaveRefused(MSG_LEAVE_MANAGER)
             await self._stop_swarm(stop_tasks=True)
             for tid in self.executor.known_task_ids():
-                c = self.executor.controller(stub_task(tid))
-                await c.shutdown(0)
-                await c.remove()
+                await discard_task(self.executor, tid)
             shutil.rmtree(self._swarm_dir, ignore_errors=True)
             self._state = None
             self._creds = None

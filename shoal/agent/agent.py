@@ -133,10 +133,8 @@ class Agent:
             for tid in self.executor.known_task_ids():
                 if tid not in wanted and tid not in self._runners:
                     # left behind by an earlier daemon: stop and clean it up
-                    stray = self.executor.controller(stub_task(tid))
                     with contextlib.suppress(Exception):
-                        await stray.shutdown(0)
-                        await stray.remove()
+                        await discard_task(self.executor, tid)
         for t in assignment.tasks:
             self._upsert(t)
         for tid in assignment.removed:
@@ -195,3 +193,10 @@ class Agent:
 
     def statistics(self) -> dict[str, int]:
         return {"tasks": len(self._runners), "pending_reports": len(self._statuses)}
+
+
+async def discard_task(executor: Executor, task_id: str) -> None:
+    """Stop a task the agent no longer owns, at once, and release what it holds."""
+    controller = executor.controller(stub_task(task_id))
+    await controller.shutdown(0)
+    await controller.remove()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from aiohttp import web
@@ -24,8 +25,6 @@ def wire(obj: Any) -> Any:
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
-    import json
-
     return web.Response(
         body=json.dumps(data, separators=(",", ":")).encode() + b"\n",
         status=status,

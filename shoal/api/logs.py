@@ -13,7 +13,7 @@ import struct
 from aiohttp import web
 
 from shoal.api.body import bool_query
-from shoal.api.server import Router
+from shoal.api.server import Router, docker_headers
 from shoal.api.swarm import require_manager
 from shoal.api.tasks import resolve_task
 from shoal.errors import InvalidArgument
@@ -86,9 +86,7 @@ async def _stream(
     timestamps, details = bool_query(request, "timestamps"), bool_query(request, "details")
     resp = web.StreamResponse()
     resp.enable_chunked_encoding()
-    from shoal.api.server import _headers
-
-    _headers(resp)
+    docker_headers(resp)
     await resp.prepare(request)
     try:
         async for task, msg in m.logbroker.logs(options, service_id=service_id, task_id=task_id):

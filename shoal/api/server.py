@@ -7,6 +7,7 @@ its status code. Nothing else (no stack trace) reaches a client.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Awaitable, Callable
@@ -36,7 +37,8 @@ def _version_tuple(v: str) -> tuple[int, ...]:
     return tuple(int(x) for x in v.split("."))
 
 
-def _headers(resp: web.StreamResponse) -> None:
+def docker_headers(resp: web.StreamResponse) -> None:
+    """The headers dockerd sends on every answer (the CLI negotiates on them)."""
     resp.headers["API-Version"] = API_VERSION
     resp.headers["Docker-Experimental"] = "false"
     resp.headers["Ostype"] = "linux"
@@ -44,14 +46,12 @@ def _headers(resp: web.StreamResponse) -> None:
 
 
 def _error(status: int, message: str) -> web.Response:
-    import json
-
     resp = web.Response(
         status=status,
         body=json.dumps({"message": message}).encode() + b"\n",
         content_type="application/json",
     )
-    _headers(resp)
+    docker_headers(resp)
     return resp
 
 
@@ -89,7 +89,7 @@ async def docker_middleware(request: web.Request, handler: Handler) -> web.Strea
         log.exception("request failed", method=request.method, path=request.path)
         return _error(500, f"internal error: {type(e).__name__}: {e}")
     if not resp.prepared:
-        _headers(resp)
+        docker_headers(resp)
     return resp
 
 

@@ -116,6 +116,13 @@ def validate(spec: ServiceSpec) -> ServiceSpec:
     return msgspec.structs.replace(spec, name=name, task_template=tt, mode=mode)
 
 
+def _name_conflict(name: str) -> Conflict:
+    return Conflict(
+        "rpc error: code = AlreadyExists desc = name conflicts with an existing object: "
+        f"service {name} already exists"
+    )
+
+
 def _name_taken(tx: Tx, name: str, except_id: str | None = None) -> bool:
     lower = name.lower()
     return any((s.spec.name or "").lower() == lower and s.id != except_id for s in tx.services())
@@ -138,10 +145,7 @@ def create_service(store: Store, spec: ServiceSpec, registry_auth: str | None = 
     def write(tx: Tx) -> Service:
         assert spec.name is not None
         if _name_taken(tx, spec.name):
-            raise Conflict(
-                "rpc error: code = AlreadyExists desc = name conflicts with an existing object: "
-                f"service {spec.name} already exists"
-            )
+            raise _name_conflict(spec.name)
         return tx.create(
             Service(
                 id=new_id(),
@@ -186,10 +190,7 @@ def update_service(
         new_spec = validate(msgspec.structs.replace(spec, name=spec.name or current.spec.name))
         if new_spec.name != current.spec.name:
             if _name_taken(tx, new_spec.name or "", except_id=current.id):
-                raise Conflict(
-                    "rpc error: code = AlreadyExists desc = name conflicts with an existing "
-                    f"object: service {new_spec.name} already exists"
-                )
+                raise _name_conflict(new_spec.name or "")
         old_kind = current.spec.mode.kind if current.spec.mode else "replicated"
         new_kind = new_spec.mode.kind if new_spec.mode else "replicated"
         if old_kind != new_kind:
