@@ -31,10 +31,13 @@ def register(r: Router) -> None:
     r.add("POST", "/services/{id}/update", update)
 
 
-def service_status(tx: Tx, service: Service) -> ServiceStatus:
+def down_nodes(tx: Tx) -> set[str]:
+    return {n.id for n in tx.nodes() if n.status.state == "down"}
+
+
+def service_status(tx: Tx, service: Service, down: set[str]) -> ServiceStatus:
     """Running and desired task counts, as `docker service ls` shows them. Like dockerd,
-    a task still stopping counts as running; tasks on a down node do not count."""
-    down = {n.id for n in tx.nodes() if n.status.state == "down"}
+    a task still stopping counts as running; tasks on a `down` node do not count."""
     live = [t for t in tx.tasks_of_service(service.id) if t.node_id not in down]
     running = sum(1 for t in live if t.state == TaskState.RUNNING)
     if service.spec.mode and service.spec.mode.kind == "global":
@@ -73,12 +76,13 @@ async def list_services(request: web.Request) -> web.Response:
     f = filters.parse(request.query.get("filters"), SERVICE_FILTERS)
     with_status = bool_query(request, "status")
     view = m.store.view()
+    down = down_nodes(view) if with_status else set()
     out: list[Any] = []
     for s in sorted(view.services(), key=lambda s: (s.created_at, s.id)):
         if not _matches(s, f):
             continue
         if with_status:
-            s = msgspec.structs.replace(s, service_status=service_status(view, s))
+            s = msgspec.structs.replace(s, service_status=service_status(view, s, down))
         out.append(wire(s))
     return json_response(out)
 

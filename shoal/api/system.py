@@ -12,6 +12,7 @@ from shoal import __version__
 from shoal.api.encode import json_response, wire
 from shoal.api.server import API_VERSION, MIN_API_VERSION, Router, context
 from shoal.errors import Internal
+from shoal.types.base import format_time, now_ns
 from shoal.types.swarm import DEFAULT_DATA_PATH_PORT, DEFAULT_SUBNET_SIZE
 
 SERVER_VERSION = f"shoal-{__version__}"
@@ -169,7 +170,7 @@ async def info(request: web.Request) -> web.Response:
             "Debug": False,
             "NFd": len(os.listdir("/proc/self/fd")),
             "NGoroutines": 0,
-            "SystemTime": _now(),
+            "SystemTime": format_time(now_ns()),
             "LoggingDriver": "json-file",
             "CgroupDriver": "cgroupfs",
             "NEventsListener": 0,
@@ -198,12 +199,6 @@ async def info(request: web.Request) -> web.Response:
             "Warnings": None,
         }
     )
-
-
-def _now() -> str:
-    from shoal.types.base import format_time, now_ns
-
-    return format_time(now_ns())
 
 
 async def distribution(request: web.Request) -> web.StreamResponse:
