@@ -7,7 +7,9 @@ and the agent together and wires the agent to the dispatcher.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import shutil
 import signal
 import socket
@@ -53,6 +55,10 @@ MSG_LEAVE_MANAGER = (
 
 ROOT_KEY_FILE = "swarm-root-ca.key"
 RENEW_RETRY_S = 30.0
+# What the daemon writes is its own: join tokens and registry credentials live in the
+# store, task specs hold environments. Files 0600, directories 0700 (the data dir too).
+DAEMON_UMASK = 0o077
+DATA_DIR_MODE = 0o700
 
 log = get_logger("shoal.daemon")
 
@@ -169,6 +175,8 @@ class Daemon:
         self._remote: RemoteSession | None = None
         self._creds: NodeCredentials | None = None
         self._renewer: asyncio.Task[None] | None = None
+        # set when a manager refuses this node's certificate (its role changed)
+        self._renew_now = asyncio.Event()
         self._api = APIServer(self, config.hosts)
         self._lock = asyncio.Lock()
         self.stopped = asyncio.Event()
@@ -231,6 +239,7 @@ class Daemon:
     # lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.chmod(DATA_DIR_MODE)
         state = self._load_state()
         if state is not None:
             self._state = state
@@ -273,7 +282,7 @@ class Daemon:
         host, port = split_addr(self._state.listen_addr, DEFAULT_SWARM_PORT)
         issuer = Issuer(store, root, self.remote_managers)
         server = ClusterServer(
-            manager.dispatcher, issuer, root, self._creds, self._state.cluster_id
+            store, manager.dispatcher, issuer, root, self._creds, self._state.cluster_id
         )
         try:
             bound = await server.start(host or "0.0.0.0", port)
@@ -304,7 +313,9 @@ class Daemon:
     def _start_worker(self) -> None:
         assert self._state is not None
         state = self._state
-        self._remote = RemoteSession(lambda: state.managers, self._credentials)
+        self._remote = RemoteSession(
+            lambda: state.managers, self._credentials, on_refused=self._renew_now.set
+        )
         self._agent = Agent(
             state.node_id, self.node_addr, self.executor, self._remote, self._resources()
         )
@@ -316,10 +327,15 @@ class Daemon:
         return self._creds
 
     async def _renew_loop(self) -> None:
-        """Renew this node's certificate at 50–80 % of its life: workers ask a manager,
-        a manager signs its own."""
+        """Renew this node's certificate at 50–80 % of its life, or at once when a
+        manager refused it (a promotion or demotion: the new certificate carries the
+        role the store records). Workers ask a manager, a manager signs its own."""
         while True:
-            await asyncio.sleep(renewal_delay(self._credentials().cert_pem))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._renew_now.wait(), renewal_delay(self._credentials().cert_pem)
+                )
+            self._renew_now.clear()
             try:
                 creds = await self._renewed()
             except Exception as e:
@@ -380,7 +396,7 @@ class Daemon:
             spec = merge_spec(default_swarm_spec(), request.spec)
             expiry = spec.ca_config.node_cert_expiry if spec.ca_config else None
             key = new_key()
-            cert = issue_own_certificate(ca, make_csr(key), node_id, cluster_id, adv_host, expiry)
+            cert = issue_own_certificate(ca, make_csr(key), node_id, cluster_id, expiry)
             shutil.rmtree(self._swarm_dir, ignore_errors=True)
             self._creds = NodeCredentials(ca.cert_pem, cert, key_pem(key))
             self._creds.save(self._certs_dir)
@@ -488,6 +504,7 @@ class Daemon:
 
 
 async def serve(config: DaemonConfig) -> None:
+    os.umask(DAEMON_UMASK)
     daemon = Daemon(config)
     await daemon.start()
     loop = asyncio.get_running_loop()

@@ -9,6 +9,9 @@
     ├── NodeNotInSwarm           this node is not part of a swarm                (503)
     ├── NotManager               this node is not a swarm manager                (503)
     ├── AlreadyInSwarm           this node is already part of a swarm            (503)
+    ├── Unauthenticated          no certificate of this cluster was presented    (401)
+    ├── PermissionDenied         the certificate may not do this (role, removed) (403)
+    ├── ResourceExhausted        too many requests of this kind, try later       (429)
     └── Internal                 anything else the server could not do           (500)
 
 The API layer turns them into Docker's `{"message": ...}` bodies with these status
@@ -95,6 +98,18 @@ class AlreadyInSwarm(ShoalError):
         ),
     ) -> None:
         super().__init__(message)
+
+
+class Unauthenticated(ShoalError):
+    status = 401
+
+
+class PermissionDenied(ShoalError):
+    status = 403
+
+
+class ResourceExhausted(ShoalError):
+    status = 429
 
 
 class Internal(ShoalError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import hmac
 import secrets
 import ssl
 import tempfile
@@ -40,6 +41,15 @@ NODE_KEY_FILE = "swarm-node.key"
 
 class TokenError(ValueError):
     pass
+
+
+class RootMismatch(ValueError):
+    """The root a manager sent is not the one the join token names."""
+
+
+class PeerNotManager(ssl.SSLCertVerificationError):
+    """The peer's certificate chains to the root but is not a manager's of the expected
+    cluster: it fails the handshake like any other certificate that does not verify."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +103,32 @@ def key_usage(*, cert_sign: bool) -> x509.KeyUsage:
 
 def ca_digest(cert_pem: bytes) -> str:
     """SHA-256 of the root certificate (DER) in base 36, as join tokens carry it."""
-    der = x509.load_pem_x509_certificate(cert_pem).public_bytes(serialization.Encoding.DER)
+    return _der_digest(single_certificate(cert_pem).public_bytes(serialization.Encoding.DER))
+
+
+def _der_digest(der: bytes) -> str:
     return to_base36(int.from_bytes(hashlib.sha256(der).digest(), "big"), DIGEST_LEN)
+
+
+def single_certificate(pem: bytes) -> x509.Certificate:
+    """The one certificate `pem` holds: ValueError if it holds several, or anything
+    besides it (a bundle would smuggle a second CA past a digest of the first)."""
+    certs = x509.load_pem_x509_certificates(pem)
+    if len(certs) != 1:
+        raise ValueError(f"expected one certificate, got {len(certs)}")
+    if certs[0].public_bytes(serialization.Encoding.PEM).strip() != pem.strip():
+        raise ValueError("unexpected data beside the certificate")
+    return certs[0]
+
+
+def pinned_root(pem: bytes, digest: str) -> bytes:
+    """The root CA a joining node may trust: exactly one certificate whose DER hashes to
+    the join token's digest, returned as PEM made from that very DER.
+    ValueError when `pem` is not one certificate; RootMismatch when the digest differs."""
+    der = single_certificate(pem).public_bytes(serialization.Encoding.DER)
+    if not hmac.compare_digest(_der_digest(der), digest):
+        raise RootMismatch(digest)
+    return x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM)
 
 
 def new_key() -> ec.EllipticCurvePrivateKey:
@@ -171,10 +205,16 @@ def server_context(ca_pem: bytes, cert_pem: bytes, key_pem_bytes: bytes) -> ssl.
 
 
 def client_context(
-    ca_pem: bytes | None, cert_pem: bytes | None = None, key_pem_bytes: bytes | None = None
+    ca_pem: bytes | None,
+    cert_pem: bytes | None = None,
+    key_pem_bytes: bytes | None = None,
+    cluster_id: str | None = None,
 ) -> ssl.SSLContext:
-    """Dialling a manager. With `ca_pem` None the server is not verified: only for
-    fetching the root, whose digest the caller then checks against the join token."""
+    """Dialling a manager: the server's certificate must chain to `ca_pem` and be a
+    manager's (OU `swarm-manager`) of `cluster_id` (any cluster of that root while
+    joining, when the ID is not known yet). With `ca_pem` None the server is not
+    verified at all: only for fetching the root, whose digest the caller then checks
+    against the join token."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     if ca_pem is None:
@@ -182,9 +222,32 @@ def client_context(
         ctx.verify_mode = ssl.CERT_NONE
     else:
         ctx.load_verify_locations(cadata=ca_pem.decode())
+        ctx.sslobject_class = _manager_only(cluster_id)
     if cert_pem is not None and key_pem_bytes is not None:
         _load_chain(ctx, cert_pem, key_pem_bytes)
     return ctx
+
+
+def require_manager(ident: Identity | None, cluster_id: str | None) -> Identity:
+    """PeerNotManager unless `ident` is a manager's (of `cluster_id`, if given)."""
+    if ident is None or ident.role != "manager":
+        raise PeerNotManager("the peer's certificate is not a manager's")
+    if cluster_id is not None and ident.cluster_id != cluster_id:
+        raise PeerNotManager("the peer's certificate is from another cluster")
+    return ident
+
+
+def _manager_only(cluster_id: str | None) -> type[ssl.SSLObject]:
+    """An SSLObject that, once the chain has verified, also requires the peer to be a
+    manager: the chain alone admits every worker of the cluster too (asyncio, and so
+    aiohttp, make their TLS objects from the context's `sslobject_class`)."""
+
+    class ManagerOnly(ssl.SSLObject):
+        def do_handshake(self) -> None:
+            super().do_handshake()
+            require_manager(peer_identity(self), cluster_id)
+
+    return ManagerOnly
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +267,7 @@ class NodeCredentials:
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         (directory / ROOT_CA_FILE).write_bytes(self.ca_pem)
-        _write_atomic(directory / NODE_CERT_FILE, self.cert_pem, 0o644)
+        _write_atomic(directory / NODE_CERT_FILE, self.cert_pem, 0o600)
         _write_atomic(directory / NODE_KEY_FILE, self.key_pem, 0o600)
 
     @classmethod
@@ -219,7 +282,8 @@ class NodeCredentials:
         return server_context(self.ca_pem, self.cert_pem, self.key_pem)
 
     def client_context(self) -> ssl.SSLContext:
-        return client_context(self.ca_pem, self.cert_pem, self.key_pem)
+        """Dialling a manager of this node's cluster."""
+        return client_context(self.ca_pem, self.cert_pem, self.key_pem, self.identity.cluster_id)
 
 
 def _write_atomic(path: Path, data: bytes, mode: int) -> None:

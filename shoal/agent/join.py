@@ -15,14 +15,15 @@ from shoal.errors import InvalidArgument, ShoalError
 from shoal.pki import (
     MANAGER_SERVER_NAME,
     NodeCredentials,
+    RootMismatch,
     TokenError,
-    ca_digest,
     cert_validity,
     client_context,
     key_pem,
     make_csr,
     new_key,
     parse_token,
+    pinned_root,
 )
 from shoal.types.session import JoinRequest, JoinResponse, RenewRequest, RenewResponse
 
@@ -70,14 +71,14 @@ async def join(
         except (aiohttp.ClientError, OSError, TimeoutError) as e:
             raise JoinFailed(f"cannot reach the manager at {remote}: {e}") from e
         try:
-            digest = ca_digest(ca_pem)
-        except ValueError as e:
-            raise JoinFailed(f"the manager at {remote} sent no valid root CA") from e
-        if digest != tok.digest:
+            ca_pem = pinned_root(ca_pem, tok.digest)
+        except RootMismatch as e:
             raise JoinFailed(
                 "error while validating Root CA Certificate: remote CA does not match "
                 f"fingerprint. Expected: {tok.digest}"
-            )
+            ) from e
+        except ValueError as e:
+            raise JoinFailed(f"the manager at {remote} sent no valid root CA: {e}") from e
         key = new_key()
         req = JoinRequest(
             token=token,
@@ -116,17 +117,20 @@ async def renew(manager: str, creds: NodeCredentials) -> NodeCredentials:
     """A fresh key and certificate, asked for with the current one (mutual TLS)."""
     key = new_key()
     body = msgspec.json.encode(RenewRequest(csr=make_csr(key).decode()))
-    async with (
-        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=JOIN_TIMEOUT_S)) as http,
-        http.post(
-            f"https://{manager}/ca/renew",
-            data=body,
-            ssl=creds.client_context(),
-            server_hostname=MANAGER_SERVER_NAME,
-            headers={"Content-Type": "application/json"},
-        ) as r,
-    ):
-        if r.status != 200:
-            raise JoinFailed(f"certificate renewal refused: {await _error_message(r)}")
-        resp = msgspec.json.decode(await r.read(), type=RenewResponse)
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=JOIN_TIMEOUT_S)) as http,
+            http.post(
+                f"https://{manager}/ca/renew",
+                data=body,
+                ssl=creds.client_context(),
+                server_hostname=MANAGER_SERVER_NAME,
+                headers={"Content-Type": "application/json"},
+            ) as r,
+        ):
+            if r.status != 200:
+                raise JoinFailed(f"certificate renewal refused: {await _error_message(r)}")
+            resp = msgspec.json.decode(await r.read(), type=RenewResponse)
+    except (aiohttp.ClientError, OSError, TimeoutError) as e:
+        raise JoinFailed(f"cannot reach the manager at {manager}: {e}") from e
     return NodeCredentials(creds.ca_pem, resp.certificate.encode(), key_pem(key))

@@ -17,13 +17,12 @@ import aiohttp
 from shoal.log import get_logger
 from shoal.pki import MANAGER_SERVER_NAME, NodeCredentials
 from shoal.types import session as msg
-from shoal.types.agent import Assignment, LogOptions, LogSource, TaskStatusUpdate
+from shoal.types.agent import Assignment, LogMessage, LogOptions, LogSource, TaskStatusUpdate
 from shoal.types.node import NodeDescription
 
 RPC_TIMEOUT_S = 5.0  # SwarmKit's dispatcher RPC timeout
 CONNECT_TIMEOUT_S = 5.0
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-LOG_BATCH = 100
+LOG_BATCH = 100  # log messages in one frame: 100 lines of at most 16 KiB fit a frame
 SESSION_PATH = "/dispatcher/session"
 
 log = get_logger("shoal.agent.session")
@@ -33,14 +32,23 @@ class SessionClosed(ConnectionError):
     pass
 
 
+class SessionRefused(SessionClosed):
+    """A manager refused this node's certificate (403): it was removed, or its role
+    changed and the certificate must be renewed."""
+
+
 class RemoteSession:
     """Implements `DispatcherSession` against the managers at `managers()`."""
 
     def __init__(
-        self, managers: Callable[[], list[str]], credentials: Callable[[], NodeCredentials]
+        self,
+        managers: Callable[[], list[str]],
+        credentials: Callable[[], NodeCredentials],
+        on_refused: Callable[[], None] = lambda: None,
     ) -> None:
         self._managers = managers
         self._credentials = credentials
+        self._on_refused = on_refused
         self._http: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -48,6 +56,7 @@ class RemoteSession:
         self._acks: dict[int, asyncio.Future[float]] = {}
         self._seq = itertools.count(1)
         self._log_pumps: dict[str, asyncio.Task[None]] = {}
+        self._log_credits: dict[str, asyncio.Semaphore] = {}
         self._send_lock = asyncio.Lock()
         self._next_manager = 0
         self.connected_to: str | None = None
@@ -58,6 +67,7 @@ class RemoteSession:
         managers = self._managers()
         if not managers:
             raise SessionClosed("no manager known")
+        # it requires a manager's certificate of this node's cluster (pki.client_context)
         ssl_ctx = self._credentials().client_context()
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(connect=CONNECT_TIMEOUT_S))
         errors = []
@@ -68,9 +78,16 @@ class RemoteSession:
                     f"wss://{addr}{SESSION_PATH}",
                     ssl=ssl_ctx,
                     server_hostname=MANAGER_SERVER_NAME,
-                    max_msg_size=MAX_MESSAGE_BYTES,
+                    max_msg_size=msg.MAX_MANAGER_FRAME_BYTES,
                     heartbeat=None,
                 )
+            except aiohttp.WSServerHandshakeError as e:
+                if e.status == 403:
+                    # removed, or its role changed: the daemon renews the certificate
+                    log.warning("manager refused this node's certificate", addr=addr)
+                    self._on_refused()
+                errors.append(f"{addr}: {e}")
+                continue
             except (aiohttp.ClientError, OSError, TimeoutError) as e:
                 errors.append(f"{addr}: {e}")
                 continue
@@ -89,6 +106,7 @@ class RemoteSession:
         for t in self._log_pumps.values():
             t.cancel()
         self._log_pumps.clear()
+        self._log_credits.clear()
         if self._ws is not None:
             await self._ws.close()
             self._ws = None
@@ -148,7 +166,8 @@ class RemoteSession:
             yield a
 
     async def update_task_status(self, node_id: str, updates: list[TaskStatusUpdate]) -> None:
-        await self._send(msg.Status(updates=updates))
+        for i in range(0, len(updates), msg.MAX_STATUS_UPDATES):
+            await self._send(msg.Status(updates=updates[i : i + msg.MAX_STATUS_UPDATES]))
 
     # incoming -------------------------------------------------------------------------------
     async def _read(self, ws: aiohttp.ClientWebSocketResponse, logs: LogSource) -> None:
@@ -164,10 +183,16 @@ class RemoteSession:
                     if fut is not None and not fut.done():
                         fut.set_result(m.period)
                 elif isinstance(m, msg.LogSubscribe):
+                    self._log_credits[m.sub_id] = asyncio.Semaphore(msg.LOG_WINDOW)
                     self._log_pumps[m.sub_id] = asyncio.create_task(
                         self._pump_logs(logs, m.sub_id, m.task_id, m.options)
                     )
+                elif isinstance(m, msg.LogAck):
+                    credits = self._log_credits.get(m.sub_id)
+                    if credits is not None:
+                        credits.release()
                 elif isinstance(m, msg.LogCancel):
+                    self._log_credits.pop(m.sub_id, None)
                     pump = self._log_pumps.pop(m.sub_id, None)
                     if pump is not None:
                         pump.cancel()
@@ -183,18 +208,25 @@ class RemoteSession:
     async def _pump_logs(
         self, logs: LogSource, sub_id: str, task_id: str, options: LogOptions
     ) -> None:
-        batch = []
+        """Sends a task's logs in batches, each one only with credit from the manager
+        (LOG_WINDOW batches in flight, one more per LogAck): a slow reader slows this
+        pump, never the session."""
+        credits = self._log_credits[sub_id]
+
+        async def send(batch: list[LogMessage], done: bool = False) -> None:
+            await credits.acquire()
+            await self._send(msg.LogData(sub_id=sub_id, messages=batch, done=done))
+
+        batch: list[LogMessage] = []
         try:
             async for m in logs.task_logs(task_id, options):
                 batch.append(m)
-                if len(batch) >= LOG_BATCH:
-                    await self._send(msg.LogData(sub_id=sub_id, messages=batch))
+                if len(batch) >= LOG_BATCH or options.follow:
+                    await send(batch)
                     batch = []
-                elif options.follow:
-                    await self._send(msg.LogData(sub_id=sub_id, messages=batch))
-                    batch = []
-            await self._send(msg.LogData(sub_id=sub_id, messages=batch, done=True))
+            await send(batch, done=True)
         except (SessionClosed, ConnectionError):
             pass
         finally:
             self._log_pumps.pop(sub_id, None)
+            self._log_credits.pop(sub_id, None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -85,9 +86,11 @@ async def docker_middleware(request: web.Request, handler: Handler) -> web.Strea
         return _error(e.status, e.text or e.reason)
     except (ConnectionResetError, ConnectionError):
         raise
-    except Exception as e:
-        log.exception("request failed", method=request.method, path=request.path)
-        return _error(500, f"internal error: {type(e).__name__}: {e}")
+    except Exception:
+        # What failed stays in the daemon's log: its text may name paths, keys, state.
+        ref = secrets.token_hex(4)
+        log.exception("request failed", method=request.method, path=request.path, ref=ref)
+        return _error(500, f"internal error (reference {ref} in the daemon's log)")
     if not resp.prepared:
         docker_headers(resp)
     return resp

@@ -7,6 +7,9 @@ import msgspec
 from shoal.types.base import Model, Version
 from shoal.types.service import Platform
 
+# A node's state from its join (it holds a certificate) until its agent's first session.
+NODE_JOINED = "unknown"
+
 
 class NodeSpec(Model, kw_only=True):
     name: str | None = None

@@ -1,13 +1,27 @@
 """Messages on an agent's session with a manager, over the cluster port (mutual TLS,
-one websocket per session, MessagePack frames). A tagged union: `Type` names each."""
+one websocket per session, MessagePack frames). A tagged union: `Type` names each.
+
+Limits hold at decoding: a frame the manager receives is at most MAX_AGENT_FRAME_BYTES,
+a Status carries at most MAX_STATUS_UPDATES updates, and a task state outside the
+state machine's names does not decode."""
 
 from __future__ import annotations
+
+from typing import Annotated
 
 import msgspec
 
 from shoal.types.agent import Assignment, LogMessage, LogOptions, TaskStatusUpdate
 from shoal.types.base import Model
 from shoal.types.node import NodeDescription
+
+# What a manager reads from one agent frame (the websocket refuses larger ones).
+MAX_AGENT_FRAME_BYTES = 4 * 1024 * 1024
+# What an agent reads from its manager: a complete assignment may list many tasks.
+MAX_MANAGER_FRAME_BYTES = 64 * 1024 * 1024
+MAX_STATUS_UPDATES = 1000
+# Log batches a subscription may have in flight before the agent waits for LogAck.
+LOG_WINDOW = 4
 
 
 class Register(Model, tag="register", kw_only=True):
@@ -30,7 +44,7 @@ class HeartbeatAck(Model, tag="heartbeat_ack", kw_only=True):
 
 
 class Status(Model, tag="status", kw_only=True):
-    updates: list[TaskStatusUpdate]
+    updates: Annotated[list[TaskStatusUpdate], msgspec.Meta(max_length=MAX_STATUS_UPDATES)]
 
 
 class AssignmentMsg(Model, tag="assignment", kw_only=True):
@@ -41,6 +55,12 @@ class LogSubscribe(Model, tag="logs_subscribe", kw_only=True):
     sub_id: str = msgspec.field(name="SubID")
     task_id: str = msgspec.field(name="TaskID")
     options: LogOptions
+
+
+class LogAck(Model, tag="logs_ack", kw_only=True):
+    """The manager's reader took one batch: the agent may send one more."""
+
+    sub_id: str = msgspec.field(name="SubID")
 
 
 class LogCancel(Model, tag="logs_cancel", kw_only=True):
@@ -65,6 +85,7 @@ SessionMessage = (
     | Status
     | AssignmentMsg
     | LogSubscribe
+    | LogAck
     | LogCancel
     | LogData
     | SessionError
@@ -79,6 +100,8 @@ def encode(msg: SessionMessage) -> bytes:
 
 
 def decode(data: bytes) -> SessionMessage:
+    """msgspec.ValidationError or msgspec.DecodeError for a frame that breaks the
+    protocol (unknown type, a bad state, too many updates)."""
     return _decoder.decode(data)
 
 

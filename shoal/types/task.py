@@ -7,6 +7,7 @@ moves forward ("given two observations, the greater is correct").
 from __future__ import annotations
 
 import enum
+from typing import Literal, cast, get_args
 
 import msgspec
 
@@ -31,9 +32,9 @@ class TaskState(enum.IntEnum):
     ORPHANED = 832
 
     @property
-    def wire(self) -> str:
+    def wire(self) -> StateName:
         """The lowercase name Docker puts on the wire ("running")."""
-        return self.name.lower()
+        return cast(StateName, self.name.lower())
 
     @classmethod
     def from_wire(cls, name: str) -> TaskState:
@@ -44,7 +45,26 @@ class TaskState(enum.IntEnum):
         return self > TaskState.RUNNING
 
 
+# The states' names as Docker writes them: a TaskStatus with any other state does not
+# decode, so a bad report from an agent is refused where it arrives.
+StateName = Literal[
+    "new",
+    "pending",
+    "assigned",
+    "accepted",
+    "preparing",
+    "ready",
+    "starting",
+    "running",
+    "complete",
+    "shutdown",
+    "failed",
+    "rejected",
+    "remove",
+    "orphaned",
+]
 _BY_WIRE: dict[str, TaskState] = {s.name.lower(): s for s in TaskState}
+assert set(get_args(StateName)) == set(_BY_WIRE), "StateName and TaskState disagree"
 
 
 class Owner(enum.Enum):
@@ -95,7 +115,7 @@ class PortStatus(Model):
 
 class TaskStatus(Model, kw_only=True):
     timestamp: str
-    state: str
+    state: StateName
     message: str
     err: str | None = None
     container_status: ContainerStatus | None = None

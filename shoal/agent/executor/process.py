@@ -138,7 +138,7 @@ class ProcessExecutor:
                         1,
                         shim_log,
                         os.O_WRONLY | os.O_CREAT | os.O_APPEND,
-                        0o644,
+                        0o600,
                     ),
                     (os.POSIX_SPAWN_DUP2, 1, 2),
                 ],
@@ -209,7 +209,7 @@ class ProcessController:
         # Claim the start: never two shims for one task, even if an earlier agent died
         # between this point and its shim writing shim.pid.
         try:
-            os.close(os.open(self._dir / shim.STARTED_FILE, os.O_CREAT | os.O_EXCL, 0o644))
+            os.close(os.open(self._dir / shim.STARTED_FILE, os.O_CREAT | os.O_EXCL, 0o600))
         except FileExistsError:
             return await self._wait_running(spawned=None)
         # posix_spawn of a Python process takes milliseconds: keep it off the event loop
@@ -612,7 +612,9 @@ def resolve_user(
                 f"unable to find user {name}: no matching entries in passwd file"
             ) from None
         uid = entry.pw_uid
-    gid = _resolve_group(group) if group else (entry.pw_gid if entry else 0)
+    # A uid with no passwd entry runs in the group of the same number, never in root's
+    # group 0 (which would hand the task root's group-owned files on the host).
+    gid = _resolve_group(group) if group else (entry.pw_gid if entry else uid)
     groups = set(os.getgrouplist(entry.pw_name, gid)) if entry else {gid}
     groups.update(additional)
     home = entry.pw_dir if entry and entry.pw_dir else DEFAULT_HOME

@@ -37,6 +37,7 @@ import time
 from typing import Any
 
 SPEC_FILE = "spec.json"
+TASK_UMASK = 0o022  # what a container's process starts with
 STARTED_FILE = "started"
 SHIM_PID_FILE = "shim.pid"
 PID_FILE = "pid"
@@ -82,7 +83,7 @@ def decode_record(line: bytes) -> tuple[int, int, bytes]:
 def write_atomic(path: str, data: bytes) -> None:
     """Write a file so that readers see either nothing or all of it."""
     tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
         _write_all(fd, data)
     finally:
@@ -191,7 +192,7 @@ def run(task_dir: str) -> None:
     write_atomic(path(SHIM_PID_FILE), identity.encode())
     with open(path(SPEC_FILE), "rb") as f:
         spec = json.load(f)
-    log_fd = os.open(path(LOG_FILE), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+    log_fd = os.open(path(LOG_FILE), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
     try:
         proc = subprocess.Popen(
             spec["argv"],
@@ -201,6 +202,7 @@ def run(task_dir: str) -> None:
             group=spec.get("gid"),
             extra_groups=spec.get("groups"),
             process_group=0,
+            umask=TASK_UMASK,  # the daemon's own (0077) is not the task's
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

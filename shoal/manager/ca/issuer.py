@@ -3,22 +3,18 @@ token (a new Node and its first certificate) and renewing a node's certificate."
 
 from __future__ import annotations
 
-from shoal.errors import InvalidArgument, NotFound, ShoalError
+from shoal.errors import InvalidArgument, NotFound, PermissionDenied
 from shoal.ids import new_id
 from shoal.manager.ca.root import RootCA, token_matches
 from shoal.manager.ca.signer import CSRError, node_cert_expiry, sign_node_certificate
 from shoal.manager.store import Store, Tx
 from shoal.pki import Identity
-from shoal.types.node import Node, NodeDescription, NodeSpec, NodeStatus
+from shoal.types.node import NODE_JOINED, Node, NodeDescription, NodeSpec, NodeStatus
 from shoal.types.session import JoinRequest, JoinResponse, RenewResponse
 
 MSG_BAD_TOKEN = (
     "rpc error: code = InvalidArgument desc = A valid join token is necessary to join this cluster"
 )
-
-
-class PermissionDenied(ShoalError):
-    status = 403
 
 
 class Issuer:
@@ -32,7 +28,9 @@ class Issuer:
         cfg = cluster.spec.ca_config if cluster else None
         return cfg.node_cert_expiry if cfg else None
 
-    def join(self, req: JoinRequest) -> JoinResponse:
+    def join(self, req: JoinRequest, addr: str) -> JoinResponse:
+        """Admit a node that presents a join token; `addr` is where it connects from
+        (what it sent in `req.addr` is only a hint, checked by the caller)."""
         availability = req.availability or "active"
         if availability not in ("active", "pause", "drain"):
             raise InvalidArgument(f"invalid availability {availability!r}")
@@ -57,7 +55,6 @@ class Issuer:
                     role,
                     cluster.id,
                     node_cert_expiry(self._expiry_ns(tx)),
-                    [req.addr],
                 )
             except CSRError as e:
                 raise InvalidArgument(str(e)) from e
@@ -66,7 +63,7 @@ class Issuer:
                     id=node_id,
                     spec=NodeSpec(labels={}, role=role, availability=availability),
                     description=NodeDescription(hostname=req.hostname, tls_info=cluster.tls_info),
-                    status=NodeStatus(state="unknown", addr=req.addr),
+                    status=NodeStatus(state=NODE_JOINED, addr=addr),
                 )
             )
             return JoinResponse(
@@ -95,7 +92,6 @@ class Issuer:
                 node.spec.role,
                 cluster.id,
                 node_cert_expiry(self._expiry_ns(view)),
-                [node.status.addr],
             )
         except CSRError as e:
             raise InvalidArgument(str(e)) from e
@@ -103,9 +99,9 @@ class Issuer:
 
 
 def issue_own_certificate(
-    root: RootCA, csr_pem: bytes, node_id: str, cluster_id: str, addr: str, expiry_ns: int | None
+    root: RootCA, csr_pem: bytes, node_id: str, cluster_id: str, expiry_ns: int | None
 ) -> bytes:
     """The first manager's certificate, made at `swarm init`."""
     return sign_node_certificate(
-        root, csr_pem, node_id, "manager", cluster_id, node_cert_expiry(expiry_ns), [addr]
+        root, csr_pem, node_id, "manager", cluster_id, node_cert_expiry(expiry_ns)
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import ipaddress
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -15,6 +14,8 @@ from shoal.pki import MANAGER_OU, MANAGER_SERVER_NAME, ROLE_OU, key_usage
 from shoal.types.swarm import DEFAULT_NODE_CERT_EXPIRY_NS
 
 MIN_NODE_CERT_EXPIRY = datetime.timedelta(hours=1)
+# The curves a node's key may use (SwarmKit issues P-256; P-384 is as strong or more).
+ALLOWED_CURVES = (ec.SECP256R1, ec.SECP384R1)
 BACKDATE = datetime.timedelta(hours=1)
 
 
@@ -37,8 +38,10 @@ def sign_node_certificate(
     role: str,
     cluster_id: str,
     expiry: datetime.timedelta,
-    addresses: list[str] | None = None,
 ) -> bytes:
+    """A node certificate for `csr_pem`'s key. Its names are the CA's decision alone
+    (role, node ID; managers also `swarm-manager` and `swarm-ca`): nothing the client
+    sends reaches them, so no client can name itself a manager."""
     try:
         csr = x509.load_pem_x509_csr(csr_pem)
     except ValueError as e:
@@ -48,6 +51,11 @@ def sign_node_certificate(
     public_key = csr.public_key()
     if not isinstance(public_key, ec.EllipticCurvePublicKey):
         raise CSRError("invalid certificate signing request: an ECDSA key is required")
+    if not isinstance(public_key.curve, ALLOWED_CURVES):
+        raise CSRError(
+            f"invalid certificate signing request: curve {public_key.curve.name} is not "
+            "allowed (P-256 or P-384)"
+        )
     ou = ROLE_OU[role]
     ca_cert = root.cert
     ca_key = serialization.load_pem_private_key(root.key_pem, password=None)
@@ -55,11 +63,6 @@ def sign_node_certificate(
     names: list[x509.GeneralName] = [x509.DNSName(ou), x509.DNSName(node_id)]
     if ou == MANAGER_OU:
         names += [x509.DNSName(MANAGER_SERVER_NAME), x509.DNSName("swarm-ca")]
-    for addr in addresses or []:
-        try:
-            names.append(x509.IPAddress(ipaddress.ip_address(addr)))
-        except ValueError:
-            names.append(x509.DNSName(addr))
     now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()

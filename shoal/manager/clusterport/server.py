@@ -1,13 +1,7 @@
 """The cluster port's HTTP server (TLS; client certificates verified against the root).
 
-Access table: which paths need which identity. A path not listed does not exist.
-
-    path                    certificate needed   roles
-    GET  /ca/root           no                   -        (the joining node checks its digest)
-    POST /ca/join           no (join token)      -
-    POST /ca/renew          yes                  worker, manager
-    GET  /dispatcher/session yes                 worker, manager
-    GET  /manager/ping      yes                  manager
+Who may use which path is `access.py`'s table, checked for every request against the
+certificate and the store. A path not listed there does not exist.
 """
 
 from __future__ import annotations
@@ -19,25 +13,20 @@ from typing import TypeVar
 import msgspec
 from aiohttp import web
 
-from shoal.errors import InvalidArgument, ShoalError
+from shoal.errors import InvalidArgument, ResourceExhausted, ShoalError
 from shoal.log import get_logger
 from shoal.manager.ca.issuer import Issuer
 from shoal.manager.ca.root import RootCA
-from shoal.manager.clusterport.session import serve_session
+from shoal.manager.clusterport.access import ACCESS, Gate
+from shoal.manager.clusterport.ratelimit import JoinLimiter
+from shoal.manager.clusterport.session import node_addr, serve_session
 from shoal.manager.dispatcher.dispatcher import Dispatcher
+from shoal.manager.store import Store
 from shoal.pki import Identity, NodeCredentials, peer_identity
 from shoal.types.base import encode_json
 from shoal.types.session import JoinRequest, RenewRequest
 
-ANY_NODE = frozenset({"worker", "manager"})
-MANAGERS = frozenset({"manager"})
-ACCESS: dict[tuple[str, str], frozenset[str] | None] = {
-    ("GET", "/ca/root"): None,
-    ("POST", "/ca/join"): None,
-    ("POST", "/ca/renew"): ANY_NODE,
-    ("GET", "/dispatcher/session"): ANY_NODE,
-    ("GET", "/manager/ping"): MANAGERS,
-}
+MSG_TOO_MANY_JOINS = "too many join requests; try again later"
 IDENTITY_KEY = "shoal.identity"
 MAX_BODY = 1024 * 1024
 SHUTDOWN_TIMEOUT_S = 2.0  # sessions in flight when the daemon stops
@@ -57,6 +46,7 @@ def _error(status: int, message: str) -> web.Response:
 class ClusterServer:
     def __init__(
         self,
+        store: Store,
         dispatcher: Dispatcher,
         issuer: Issuer,
         root: RootCA,
@@ -67,7 +57,8 @@ class ClusterServer:
         self._issuer = issuer
         self._root = root
         self._credentials = credentials
-        self._cluster_id = cluster_id
+        self._gate = Gate(store, cluster_id)
+        self._joins = JoinLimiter()
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -82,30 +73,21 @@ class ClusterServer:
 
     @web.middleware
     async def _access(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        key = (request.method, request.path)
-        if key not in ACCESS:
+        rule = ACCESS.get((request.method, request.path))
+        if rule is None:
             return _error(404, "not found")
-        roles = ACCESS[key]
         ident = peer_identity(
             request.transport.get_extra_info("ssl_object") if request.transport else None
         )
-        if roles is not None:
-            if ident is None:
-                return _error(401, "a node certificate of this cluster is required")
-            if ident.cluster_id != self._cluster_id:
-                return _error(403, "certificate is from another cluster")
-            if ident.role not in roles:
-                return _error(
-                    403, f"permission denied: {ident.role} nodes may not use {request.path}"
-                )
-        request[IDENTITY_KEY] = ident
         try:
+            self._gate.admit(rule, ident, request.path)
+            request[IDENTITY_KEY] = ident
             return await handler(request)
         except ShoalError as e:
             return _error(e.status, e.message)
-        except Exception as e:
+        except Exception:
             log.exception("cluster port request failed", path=request.path)
-            return _error(500, f"internal error: {type(e).__name__}")
+            return _error(500, "internal error")
 
     async def start(self, host: str, port: int) -> int:
         self._runner = web.AppRunner(
@@ -134,8 +116,10 @@ class ClusterServer:
         return web.Response(body=self._root.cert_pem, content_type="application/x-pem-file")
 
     async def _ca_join(self, request: web.Request) -> web.Response:
+        if not self._joins.allow(request.remote or ""):
+            raise ResourceExhausted(MSG_TOO_MANY_JOINS)
         req = _decode(await request.read(), JoinRequest)
-        resp = self._issuer.join(req)
+        resp = self._issuer.join(req, node_addr(request.remote, req.addr))
         log.info("node joined", node=resp.node_id, role=resp.role, hostname=req.hostname)
         return web.Response(body=encode_json(resp), content_type="application/json")
 
@@ -147,7 +131,7 @@ class ClusterServer:
         )
 
     async def _session(self, request: web.Request) -> web.StreamResponse:
-        return await serve_session(request, request[IDENTITY_KEY], self._dispatcher)
+        return await serve_session(request, request[IDENTITY_KEY], self._dispatcher, self._gate)
 
     async def _manager_ping(self, request: web.Request) -> web.Response:
         return web.Response(body=b'{"ok":true}', content_type="application/json")

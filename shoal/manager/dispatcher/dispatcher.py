@@ -9,9 +9,10 @@ task statuses agents report in batches bounded by size and time.
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import msgspec
@@ -20,7 +21,8 @@ from shoal.errors import NotFound
 from shoal.log import get_logger
 from shoal.manager.store import Event, Store, Tx
 from shoal.types.agent import Assignment, LogSource, TaskStatusUpdate
-from shoal.types.node import Node, NodeDescription, NodeStatus
+from shoal.types.base import now_ns, parse_time
+from shoal.types.node import NODE_JOINED, Node, NodeDescription, NodeStatus
 from shoal.types.swarm import DEFAULT_HEARTBEAT_PERIOD_NS
 from shoal.types.task import Owner, Task, TaskState, TaskStatus, can_transition
 
@@ -30,6 +32,10 @@ EXPIRY_CHECK_S = 0.5  # how often deadlines are checked, at most
 STATUS_BATCH_MAX_ITEMS = 10_000
 STATUS_BATCH_INTERVAL_S = 0.1
 MSG_HEARTBEAT_FAILURE = "heartbeat failure"
+# A node that joined (it holds a certificate) but never opened a session is forgotten
+# after this long, so joins that go nowhere do not leave node rows forever.
+UNREGISTERED_NODE_TTL_S = 300.0
+UNREGISTERED_SWEEP_S = 30.0
 
 log = get_logger("shoal.manager.dispatcher")
 
@@ -38,7 +44,8 @@ log = get_logger("shoal.manager.dispatcher")
 class _Session:
     node_id: str
     logs: LogSource
-    queue: asyncio.Queue[Assignment] = field(default_factory=asyncio.Queue)
+    # None: the session was revoked (node removed, role changed); its stream ends
+    queue: asyncio.Queue[Assignment | None] = field(default_factory=asyncio.Queue)
     sent: set[str] = field(default_factory=set)
 
 
@@ -56,10 +63,13 @@ class Dispatcher:
         # period that node was given (a period changed meanwhile applies from its next
         # beat), and kept after a session drops so the node still expires
         self._deadlines: dict[str, float] = {}
-        self._pending_status: dict[str, tuple[str, TaskStatus]] = {}
+        # keyed by (node, task): a node's report never replaces another node's
+        self._pending_status: dict[tuple[str, str], TaskStatus] = {}
         self._flush_now = asyncio.Event()
         self._stopped = asyncio.Event()
         self.status_writes = 0
+        self.rejected_reports = 0  # malformed frames, bad items
+        self.loop_failures = 0
 
     # configuration --------------------------------------------------------------------------
     def heartbeat_period(self) -> float:
@@ -71,11 +81,12 @@ class Dispatcher:
 
     # the loops ------------------------------------------------------------------------------
     async def run(self) -> None:
-        watcher = self._store.watch("task")
+        watcher = self._store.watch("task", "node")
         loops = [
             asyncio.create_task(self._route(watcher), name="dispatcher-route"),
             asyncio.create_task(self._flush_loop(), name="dispatcher-status"),
             asyncio.create_task(self._expire_loop(), name="dispatcher-heartbeats"),
+            asyncio.create_task(self._forget_loop(), name="dispatcher-unregistered"),
         ]
         try:
             await self._stopped.wait()
@@ -89,15 +100,45 @@ class Dispatcher:
     def stop(self) -> None:
         self._stopped.set()
 
+    def _guarded(self, what: str, fn: Callable[[], None]) -> None:
+        """One failed round of a loop is logged and counted; the loop goes on."""
+        try:
+            fn()
+        except Exception:
+            self.loop_failures += 1
+            log.exception("dispatcher loop failed; continuing", loop=what)
+
     async def _route(self, watcher: AsyncIterator[list[Event]]) -> None:
         async for events in watcher:
-            changes: dict[str, Assignment] = {}
-            for ev in events:
+            self._guarded("route", functools.partial(self._route_events, events))
+
+    def _route_events(self, events: list[Event]) -> None:
+        changes: dict[str, Assignment] = {}
+        for ev in events:
+            if ev.kind == "node":
+                self._node_changed(ev)
+            else:
                 self._route_event(ev, changes)
-            for node_id, a in changes.items():
-                s = self._sessions.get(node_id)
-                if s is not None:
-                    s.queue.put_nowait(a)
+        for node_id, a in changes.items():
+            s = self._sessions.get(node_id)
+            if s is not None:
+                s.queue.put_nowait(a)
+
+    def _node_changed(self, ev: Event) -> None:
+        """A removed node, or one whose role changed, loses its session at once: the
+        certificate it holds no longer says what the store says (see clusterport/access)."""
+        old: Node | None = ev.old
+        if ev.action == "remove":
+            self.revoke(ev.obj.id, "the node was removed from the swarm")
+        elif old is not None and old.spec.role != ev.obj.spec.role:
+            self.revoke(ev.obj.id, f"the node's role changed to {ev.obj.spec.role}")
+
+    def revoke(self, node_id: str, reason: str) -> None:
+        s = self._sessions.pop(node_id, None)
+        self._deadlines.pop(node_id, None)
+        if s is not None:
+            log.info("session revoked", node=node_id, reason=reason)
+            s.queue.put_nowait(None)
 
     def _route_event(self, ev: Event, changes: dict[str, Assignment]) -> None:
         task: Task = ev.obj
@@ -142,18 +183,37 @@ class Dispatcher:
             except TimeoutError:
                 pass
             self._flush_now.clear()
-            self._flush()
+            self._guarded("status", self._flush)
 
     async def _expire_loop(self) -> None:
         while True:
             await asyncio.sleep(min(EXPIRY_CHECK_S, self.heartbeat_period() / 2))
-            now = time.monotonic()
-            expired = [n for n, deadline in self._deadlines.items() if now > deadline]
-            for node_id in expired:
-                log.warning("node missed heartbeats", node=node_id)
-                del self._deadlines[node_id]
-                self._sessions.pop(node_id, None)
-                self._mark_down(node_id)
+            self._guarded("heartbeats", self._expire)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        expired = [n for n, deadline in self._deadlines.items() if now > deadline]
+        for node_id in expired:
+            log.warning("node missed heartbeats", node=node_id)
+            del self._deadlines[node_id]
+            self._sessions.pop(node_id, None)
+            self._mark_down(node_id)
+
+    async def _forget_loop(self) -> None:
+        while True:
+            await asyncio.sleep(UNREGISTERED_SWEEP_S)
+            self._guarded("unregistered", self._forget_unregistered)
+
+    def _forget_unregistered(self) -> None:
+        cutoff = now_ns() - int(UNREGISTERED_NODE_TTL_S * 1e9)
+
+        def write(tx: Tx) -> None:
+            for node in tx.nodes():
+                if node.status.state == NODE_JOINED and parse_time(node.created_at) < cutoff:
+                    log.info("forgetting a node that joined but never registered", node=node.id)
+                    tx.delete("node", node.id)
+
+        self._store.update(write)
 
     # the session API (called by agents) --------------------------------------------------------
     async def register(
@@ -200,13 +260,21 @@ class Dispatcher:
             s.queue.get_nowait()
         yield Assignment(full=True, tasks=tasks)
         while self._sessions.get(node_id) is s:
-            yield await s.queue.get()
+            a = await s.queue.get()
+            if a is None:
+                return
+            yield a
 
     async def update_task_status(self, node_id: str, updates: list[TaskStatusUpdate]) -> None:
         for u in updates:
-            self._pending_status[u.task_id] = (node_id, u.status)
+            self._pending_status[(node_id, u.task_id)] = u.status
         if len(self._pending_status) >= STATUS_BATCH_MAX_ITEMS:
             self._flush_now.set()
+
+    def reject_report(self, node_id: str, error: str) -> None:
+        """A report that broke the protocol (it did not decode): dropped, alone."""
+        self.rejected_reports += 1
+        log.warning("agent report rejected", node=node_id, error=error)
 
     def close_session(self, node_id: str, logs: LogSource | None = None) -> None:
         """The agent's connection ended. The node stays as it is until its heartbeats
@@ -224,21 +292,20 @@ class Dispatcher:
         if not self._pending_status:
             return
         batch, self._pending_status = self._pending_status, {}
+        self._store.batch(batch.items(), self._write_status)
 
-        def write(tx: Tx, item: tuple[str, tuple[str, TaskStatus]]) -> None:
-            task_id, (node_id, status) = item
-            t = tx.get_task(task_id)
-            if t is None or t.node_id != node_id:
-                return
-            new_state = TaskState.from_wire(status.state)
-            if new_state == t.state and status != t.status and new_state == TaskState.RUNNING:
-                pass  # a refreshed running status (e.g. adopted after a restart)
-            elif not can_transition(t.state, new_state, Owner.AGENT):
-                return
-            tx.update(msgspec.structs.replace(t, status=status))
-            self.status_writes += 1
-
-        self._store.batch(batch.items(), write)
+    def _write_status(self, tx: Tx, item: tuple[tuple[str, str], TaskStatus]) -> None:
+        (node_id, task_id), status = item
+        t = tx.get_task(task_id)
+        if t is None or t.node_id != node_id:
+            return  # gone, or another node's task: a node reports only its own
+        new_state = TaskState.from_wire(status.state)
+        if new_state == t.state and status != t.status and new_state == TaskState.RUNNING:
+            pass  # a refreshed running status (e.g. adopted after a restart)
+        elif not can_transition(t.state, new_state, Owner.AGENT):
+            return
+        tx.update(msgspec.structs.replace(t, status=status))
+        self.status_writes += 1
 
     def _mark_down(self, node_id: str) -> None:
         def write(tx: Tx) -> None:
@@ -259,6 +326,8 @@ class Dispatcher:
             "sessions": len(self._sessions),
             "pending_status": len(self._pending_status),
             "status_writes": self.status_writes,
+            "rejected_reports": self.rejected_reports,
+            "loop_failures": self.loop_failures,
         }
 
 

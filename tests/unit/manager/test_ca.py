@@ -8,8 +8,8 @@ import pytest
 from cryptography import x509
 
 from shoal.agent.join import RENEW_AT, renewal_delay
-from shoal.errors import InvalidArgument
-from shoal.manager.ca.issuer import MSG_BAD_TOKEN, Issuer, PermissionDenied
+from shoal.errors import InvalidArgument, PermissionDenied
+from shoal.manager.ca.issuer import MSG_BAD_TOKEN, Issuer
 from shoal.manager.ca.root import RootCA
 from shoal.manager.ca.signer import (
     MIN_NODE_CERT_EXPIRY,
@@ -96,7 +96,8 @@ def test_join_with_a_token_creates_the_node_with_its_role(root: RootCA, role: st
     issuer = Issuer(store, root, ["127.0.0.1:2377"])
     token = tokens.worker if role == "worker" else tokens.manager
     resp = issuer.join(
-        JoinRequest(token=token, csr=make_csr(new_key()).decode(), hostname="h2", addr="10.0.0.2")
+        JoinRequest(token=token, csr=make_csr(new_key()).decode(), hostname="h2", addr="10.0.0.2"),
+        "10.0.0.2",
     )
     assert resp.role == role and resp.cluster_id == "cid"
     assert resp.managers == ["127.0.0.1:2377"]
@@ -116,7 +117,8 @@ def test_a_wrong_or_rotated_token_admits_nobody(root: RootCA) -> None:
             issuer.join(
                 JoinRequest(
                     token=token, csr=make_csr(new_key()).decode(), hostname="h", addr="10.0.0.3"
-                )
+                ),
+                "10.0.0.3",
             )
         assert err.value.message == MSG_BAD_TOKEN
     assert store.index == before and store.view().nodes() == []
@@ -128,7 +130,8 @@ def test_renewal_keeps_the_node_and_takes_its_current_role(root: RootCA) -> None
     joined = issuer.join(
         JoinRequest(
             token=tokens.worker, csr=make_csr(new_key()).decode(), hostname="h", addr="10.0.0.4"
-        )
+        ),
+        "10.0.0.4",
     )
     ident = Identity(node_id=joined.node_id, role="worker", cluster_id="cid")
 
