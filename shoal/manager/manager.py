@@ -39,7 +39,7 @@ class Manager:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.restarts = RestartSupervisor(store)
-        self.updates = UpdateSupervisor(store, self.restarts)
+        self.updates = UpdateSupervisor(store)
         self.dispatcher = Dispatcher(store)
         self.logbroker = LogBroker(store, self.dispatcher)
         self.scheduler = Scheduler(store)
@@ -49,6 +49,7 @@ class Manager:
         self.reaper = TaskReaper(store)
         self._loops: dict[str, _Loop] = {
             "dispatcher": self.dispatcher,
+            "restarts": self.restarts,
             "allocator": self.allocator,
             "scheduler": self.scheduler,
             "replicated": self.replicated,
@@ -68,7 +69,6 @@ class Manager:
         for loop in self._loops.values():
             loop.stop()
         self.updates.stop()
-        self.restarts.stop()
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -79,6 +79,5 @@ class Manager:
     def statistics(self) -> dict[str, dict[str, int]]:
         stats = {name: loop.statistics() for name, loop in self._loops.items()}
         stats["store"] = self.store.statistics()
-        stats["restarts"] = self.restarts.statistics()
         stats["updates"] = self.updates.statistics()
         return stats

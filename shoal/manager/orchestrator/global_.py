@@ -69,7 +69,7 @@ class GlobalOrchestrator(ServiceOrchestrator):
                 live = [keep] if keep else []
             if any(is_task_dirty(service, t) for t in live):
                 dirty.append(live)
-        if dirty:
+        if dirty or self._updates.interrupted(service):
             self._updates.update(service, dirty, default_make_task)
 
     @staticmethod

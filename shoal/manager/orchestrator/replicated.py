@@ -63,7 +63,7 @@ class ReplicatedOrchestrator(ServiceOrchestrator):
             for n, slot in runnable.items()
             if n not in removed and any(is_task_dirty(service, t) for t in slot)
         ]
-        if dirty:
+        if dirty or self._updates.interrupted(service):
             self._updates.update(service, dirty, default_make_task)
 
     def _remove_slots(

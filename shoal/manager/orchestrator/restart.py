@@ -2,8 +2,11 @@
 
 As SwarmKit's: inside the orchestrator's transaction the old task is told to shut down
 and, if the policy allows, a replacement is created in the same slot with desired state
-READY; a timer moves it to RUNNING after the restart delay and once the old task has
-stopped (or `OLD_TASK_TIMEOUT_S` passed). Restart history is kept in memory.
+READY. A held task (desired READY) is started by a timer armed after commit, driven by
+the committed events, and again by a sweep of the store at start-up: what it waits for
+is derived from the store alone (`hold_of`), so a daemon that dies while a task waits
+out its restart delay, or while a stop-first update waits for the old task to stop,
+re-arms it when it comes back. Restart history is kept in memory and in the store.
 """
 
 from __future__ import annotations
@@ -16,13 +19,14 @@ from dataclasses import dataclass
 from shoal.manager.loops import log_failure
 from shoal.manager.orchestrator.task import new_task, set_desired
 from shoal.manager.store import Store, Tx
-from shoal.types.base import format_time, now_ns
-from shoal.types.service import Service
+from shoal.types.base import format_time, now_ns, parse_time
+from shoal.types.service import Service, TaskSpec
 from shoal.types.task import Task, TaskState
 
 DEFAULT_RESTART_DELAY_NS = 5_000_000_000
 DEFAULT_RESTART_CONDITION = "any"
-OLD_TASK_TIMEOUT_S = 60.0
+# How long a held task waits for its predecessor to stop, from the held task's creation.
+OLD_TASK_TIMEOUT_NS = 60_000_000_000
 # How often a held task re-checks whether its predecessor stopped.
 OLD_TASK_POLL_S = 0.05
 
@@ -38,10 +42,67 @@ def restart_condition(service: Service) -> str:
     return policy.condition if policy and policy.condition else DEFAULT_RESTART_CONDITION
 
 
-def restart_delay_s(service: Service) -> float:
-    policy = service.spec.task_template.restart_policy if service.spec.task_template else None
-    delay = policy.delay if policy and policy.delay is not None else DEFAULT_RESTART_DELAY_NS
-    return delay / 1e9
+def restart_delay_ns(spec: TaskSpec | None) -> int:
+    policy = spec.restart_policy if spec else None
+    return policy.delay if policy and policy.delay is not None else DEFAULT_RESTART_DELAY_NS
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """What a held task (desired READY) waits for before it is moved to RUNNING: the
+    wall-clock time `start_at_ns` (at most `delay_ns` from now, whatever the clocks say)
+    and, when `old_task_id` is set, that task no longer running (or `old_deadline_ns`)."""
+
+    start_at_ns: int
+    delay_ns: int
+    old_task_id: str | None
+    old_deadline_ns: int
+
+    def remaining_s(self, now: int) -> float:
+        """Seconds left before the start time; never more than the delay itself, so a
+        clock that jumped back (or another node's skewed timestamp) cannot hold a task
+        longer than its policy says (SwarmKit's InitTasks caps it the same way)."""
+        return max(0, min(self.start_at_ns - now, self.delay_ns)) / 1e9
+
+
+def predecessor(tx: Tx, task: Task) -> Task | None:
+    """The task `task` replaced: the latest task of the same slot (or node, for a
+    global service) created before it and no longer desired to run."""
+    older = [
+        t
+        for t in tx.tasks_of_service(task.service_id)
+        if t.id != task.id
+        and t.slot == task.slot
+        and (task.slot is not None or t.node_id == task.node_id)
+        and t.desired > TaskState.RUNNING
+        and (t.created_at, t.id) < (task.created_at, task.id)
+    ]
+    return max(older, key=lambda t: (t.created_at, t.id), default=None)
+
+
+def hold_of(tx: Tx, task: Task) -> Hold:
+    """What the held `task` waits for, read from the store only.
+
+    - Its predecessor had ended when it was made (a restart after an exit or a
+      failure): the restart delay, counted from the predecessor's final status time.
+    - Its predecessor still ran and has the same spec version (a restart forced by the
+      predecessor's node going away): the restart delay from the task's creation, and
+      the predecessor stopped.
+    - Its predecessor still ran with an older spec (a stop-first update): no delay, only
+      the predecessor stopped.
+    """
+    created = parse_time(task.created_at) if task.created_at else now_ns()
+    deadline = created + OLD_TASK_TIMEOUT_NS
+    old = predecessor(tx, task)
+    delay = restart_delay_ns(task.spec)
+    if old is None:
+        return Hold(created + delay, delay, None, deadline)
+    ended_at = parse_time(old.status.timestamp) if old.status.timestamp else created
+    if old.state > TaskState.RUNNING and ended_at <= created:
+        return Hold(ended_at + delay, delay, None, deadline)
+    if old.spec_version == task.spec_version:
+        return Hold(created + delay, delay, old.id, deadline)
+    return Hold(created, 0, old.id, deadline)
 
 
 class RestartSupervisor:
@@ -51,6 +112,7 @@ class RestartSupervisor:
         self._store = store
         self._history: dict[tuple[str, object], _History] = defaultdict(lambda: _History(deque()))
         self._delayed: dict[str, asyncio.Task[None]] = {}
+        self._stopped = asyncio.Event()
         self.restarts = 0
 
     @staticmethod
@@ -104,13 +166,7 @@ class RestartSupervisor:
         if not force:
             self._history[self._key(task)].times.append(time.monotonic())
         self.restarts += 1
-        # Wait for the old task to stop first, unless it is already dead or its node is
-        # down (it will never report stopping).
-        node = tx.get_node(task.node_id) if task.node_id else None
-        wait_old = (
-            node is not None and node.status.state != "down" and (task.state <= TaskState.RUNNING)
-        )
-        self.delay_start(task.id if wait_old else None, replacement.id, restart_delay_s(service))
+        # Its timer is armed after commit, by run(), from the committed event.
         return replacement
 
     @staticmethod
@@ -123,46 +179,72 @@ class RestartSupervisor:
             == (task.slot, task.node_id if task.slot is None else None)
         ]
 
-    def delay_start(self, old_task_id: str | None, new_task_id: str, delay_s: float) -> None:
-        """Move `new_task_id` to desired RUNNING after `delay_s` and once the old task
-        is no longer running (SwarmKit's DelayStart)."""
-        task = asyncio.get_running_loop().create_task(
-            self._start_after(old_task_id, new_task_id, delay_s), name=f"delay-start-{new_task_id}"
+    # held tasks ------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Arm a timer for every held task: each one in the store at start (the timers
+        of a daemon that died are gone with it), then each one a transaction commits."""
+        watcher = self._store.watch("task")
+        try:
+            view = self._store.view()
+            for t in view.tasks():
+                self._arm(view, t.id)
+            while not self._stopped.is_set():
+                events = await watcher.__anext__()
+                events.extend(watcher.get_nowait_all())
+                view = self._store.view()
+                for ev in events:
+                    if ev.action != "remove" and ev.obj.desired == TaskState.READY:
+                        self._arm(view, ev.obj.id)
+        finally:
+            watcher.close()
+
+    def _arm(self, view: Tx, task_id: str) -> None:
+        task = view.get_task(task_id)
+        if task is None or task.desired != TaskState.READY or task_id in self._delayed:
+            return
+        hold = hold_of(view, task)
+        timer = asyncio.get_running_loop().create_task(
+            self._start_after(task_id, hold), name=f"delay-start-{task_id}"
         )
-        task.add_done_callback(log_failure)
-        self._delayed[new_task_id] = task
+        timer.add_done_callback(log_failure)
+        self._delayed[task_id] = timer
 
     def is_delayed(self, task_id: str) -> bool:
         return task_id in self._delayed
 
-    async def wait_old_stopped(self, old_task_id: str | None, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while old_task_id and time.monotonic() < deadline:
-            old = self._store.view().get_task(old_task_id)
-            if old is None or old.state > TaskState.RUNNING or (old.state < TaskState.ASSIGNED):
-                return
-            await asyncio.sleep(OLD_TASK_POLL_S)
+    def _old_running(self, old_task_id: str | None, deadline_ns: int) -> bool:
+        """Whether a held task must still wait for its predecessor: it runs (or is
+        about to), on a node that can still report it stopping, before the deadline."""
+        if old_task_id is None or now_ns() >= deadline_ns:
+            return False
+        view = self._store.view()
+        old = view.get_task(old_task_id)
+        if old is None or old.state > TaskState.RUNNING or old.state < TaskState.ASSIGNED:
+            return False
+        node = view.get_node(old.node_id) if old.node_id else None
+        return node is not None and node.status.state != "down"
 
-    async def _start_after(self, old_task_id: str | None, new_task_id: str, delay_s: float) -> None:
+    async def _start_after(self, task_id: str, hold: Hold) -> None:
         try:
-            await asyncio.gather(
-                asyncio.sleep(delay_s), self.wait_old_stopped(old_task_id, OLD_TASK_TIMEOUT_S)
-            )
+            await asyncio.sleep(hold.remaining_s(now_ns()))
+            while self._old_running(hold.old_task_id, hold.old_deadline_ns):  # noqa: ASYNC110
+                await asyncio.sleep(OLD_TASK_POLL_S)
 
             def start(tx: Tx) -> None:
-                t = tx.get_task(new_task_id)
+                t = tx.get_task(task_id)
                 if t is not None and t.desired == TaskState.READY:
                     tx.update(set_desired(t, TaskState.RUNNING))
 
             self._store.update(start)
         finally:
-            self._delayed.pop(new_task_id, None)
+            self._delayed.pop(task_id, None)
 
     def clear_service(self, service_id: str) -> None:
         for key in [k for k in self._history if k[0] == service_id]:
             del self._history[key]
 
     def stop(self) -> None:
+        self._stopped.set()
         for t in self._delayed.values():
             t.cancel()
         self._delayed.clear()

@@ -19,7 +19,6 @@ from collections.abc import Callable
 import msgspec
 
 from shoal.manager.loops import log_failure
-from shoal.manager.orchestrator.restart import RestartSupervisor
 from shoal.manager.orchestrator.task import Slot, is_runnable, new_task, set_desired
 from shoal.manager.store import Store, Tx
 from shoal.types.base import format_time, now_ns
@@ -41,6 +40,7 @@ COMPLETED = "completed"
 ROLLBACK_STARTED = "rollback_started"
 ROLLBACK_PAUSED = "rollback_paused"
 ROLLBACK_COMPLETED = "rollback_completed"
+IN_PROGRESS = (UPDATING, ROLLBACK_STARTED)
 
 
 def effective_config(cfg: UpdateConfig | None) -> UpdateConfig:
@@ -61,13 +61,11 @@ class Updater:
     def __init__(
         self,
         store: Store,
-        restarts: RestartSupervisor,
         service: Service,
         slots: list[Slot],
         make_task: Callable[[Service, Slot], Task],
     ) -> None:
         self._store = store
-        self._restarts = restarts
         self.service = service
         self.spec_version = service.spec_version
         self.slots = slots
@@ -82,12 +80,33 @@ class Updater:
         self.failed_tasks: list[str] = []
         # new task id -> monotonic time it reached RUNNING (None: not yet)
         self._new_tasks: dict[str, float | None] = {}
+        # slots this update replaces, with those an interrupted run already replaced
+        self._total = len(slots)
+
+    def _resumed(self) -> list[str]:
+        """The new tasks an earlier run of this update made before the daemon stopped
+        (made from this spec version since the update started, still desired): this run
+        watches them as its own."""
+        status = self.service.update_status
+        if status is None or not status.started_at or status.state not in IN_PROGRESS:
+            return []
+        return [
+            t.id
+            for t in self._store.view().tasks_of_service(self.service.id)
+            if t.spec_version == self.spec_version
+            and is_runnable(t)
+            and t.created_at >= status.started_at
+        ]
 
     async def run(self) -> None:
+        resumed = self._resumed()
+        for tid in resumed:
+            self._new_tasks[tid] = None
+        self._total += len(resumed)
         self._set_status(
             ROLLBACK_STARTED if self.rollback else UPDATING,
             "rollback in progress" if self.rollback else "update in progress",
-            start=True,
+            start=not resumed,
         )
         parallelism = self.config.parallelism or len(self.slots)
         queue: asyncio.Queue[Slot] = asyncio.Queue()
@@ -105,7 +124,10 @@ class Updater:
                 if self.config.delay:
                     await asyncio.sleep(self.config.delay / 1e9)
 
-        await asyncio.gather(*(worker() for _ in range(max(1, parallelism))))
+        await asyncio.gather(
+            *(self._wait_running(tid) for tid in resumed),
+            *(worker() for _ in range(max(1, parallelism))),
+        )
         if not stop.is_set():
             # keep watching the new tasks for one monitor period (SwarmKit: or Delay+1s)
             monitor_s = (self.config.monitor or 0) / 1e9
@@ -142,9 +164,9 @@ class Updater:
                 self._shutdown(tx, old)
                 return created
 
+            # The restart supervisor starts the held task once the old one stopped.
             created = self._store.update(swap)
             self._new_tasks[created.id] = None
-            self._restarts.delay_start(old[0].id if old else None, created.id, 0.0)
             await self._wait_running(created.id)
 
     @staticmethod
@@ -190,7 +212,7 @@ class Updater:
         if not self.failed_tasks:
             return False
         ratio = self.config.max_failure_ratio or 0.0
-        return len(self.failed_tasks) / max(1, len(self.slots)) > ratio
+        return len(self.failed_tasks) / max(1, self._total) > ratio
 
     def _on_failure(self) -> None:
         task = self.failed_tasks[0]
@@ -246,9 +268,8 @@ def rollback_service(tx: Tx, service_id: str, message: str) -> Service | None:
 class UpdateSupervisor:
     """Runs at most one Updater per service; a newer spec cancels the running one."""
 
-    def __init__(self, store: Store, restarts: RestartSupervisor) -> None:
+    def __init__(self, store: Store) -> None:
         self._store = store
-        self._restarts = restarts
         self._running: dict[str, tuple[int, asyncio.Task[None]]] = {}
 
     def update(
@@ -263,7 +284,7 @@ class UpdateSupervisor:
         status = service.update_status.state if service.update_status else None
         if status in (PAUSED, ROLLBACK_PAUSED):
             return
-        updater = Updater(self._store, self._restarts, service, slots, make_task)
+        updater = Updater(self._store, service, slots, make_task)
         task = asyncio.get_running_loop().create_task(updater.run(), name=f"updater-{service.id}")
         task.add_done_callback(log_failure)
         self._running[service.id] = (service.spec_version, task)
@@ -276,6 +297,13 @@ class UpdateSupervisor:
 
     def is_updating(self, service_id: str) -> bool:
         return service_id in self._running
+
+    def interrupted(self, service: Service) -> bool:
+        """The service says an update (or rollback) is in progress but no updater runs
+        it: the daemon stopped during it. Reconciling resumes it, even when no slot is
+        left out of date (the last new tasks may still wait to start)."""
+        status = service.update_status.state if service.update_status else None
+        return status in IN_PROGRESS and not self.is_updating(service.id)
 
     def cancel(self, service_id: str) -> None:
         cur = self._running.pop(service_id, None)
