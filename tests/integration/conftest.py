@@ -2,7 +2,10 @@
 
 - `daemon_factory` (per module) makes daemons; at teardown it stops each with SIGTERM
   (SIGKILL after a timeout), then kills any task process or shim left behind, by the
-  pids recorded in that daemon's own data dir, and removes its directory.
+  pids recorded in that daemon's own data dir, and removes its directory. A daemon a
+  test made (not a module fixture) is cleaned up at the end of that test. A task
+  process left behind by a daemon stopped gracefully is a leak: it fails the test
+  (`cleanup_daemons`); every daemon is cleaned up even when another one fails.
 - `swarm` (per module) is a daemon on which `docker swarm init` already ran.
 - `cluster` (per test) is the module's `swarm`, left without any service (and without
   their processes) after the test: tests share a daemon, not their state.
@@ -19,6 +22,7 @@ import pytest
 from .harness import (
     Daemon,
     DaemonFactory,
+    cleanup_daemons,
     docker_cli,
     free_tcp_port,
     init_swarm,
@@ -69,9 +73,23 @@ def daemon_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonF
 
     yield make
 
-    for daemon in reversed(made):
+    left = [d for d in made if d in _LIVE]
+    for daemon in left:
         _LIVE.remove(daemon)
-        daemon.cleanup()
+    cleanup_daemons(left)
+
+
+@pytest.fixture(autouse=True)
+def _test_daemons() -> Iterator[None]:
+    """The daemons a test made itself are cleaned up when it ends, so that a process
+    they leak fails that test. Module fixtures (`swarm`) are set up before this one:
+    their daemons live on until the module ends."""
+    before = list(_LIVE)
+    yield
+    mine = [d for d in _LIVE if d not in before]
+    for daemon in mine:
+        _LIVE.remove(daemon)
+    cleanup_daemons(mine)
 
 
 @pytest.fixture(scope="module")

@@ -81,14 +81,34 @@ def docker_cli() -> str:
 # --------------------------------------------------------------------------- polling
 
 
+class CommandFailed(AssertionError):
+    """A command (the docker CLI, `ip`) exited non-zero or did not finish: a test
+    failure when it happens once, but what a daemon mid-restart answers while a test
+    waits for it, so `wait_until` polls again."""
+
+
+# What a predicate may raise while the system converges: a daemon not answering yet
+# (connection refused, a reset, docker-py's errors, which are OSErrors or
+# DockerExceptions), an HTTP exchange cut short, a CLI call that failed. Anything else
+# (a TypeError, an assertion in the predicate) is a bug and surfaces at once.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    http.client.HTTPException,
+    docker.errors.DockerException,
+    CommandFailed,
+)
+
+
 def wait_until(
     predicate: Callable[[], T],
     timeout: float = WAIT_TIMEOUT_S,
     interval: float = POLL_INTERVAL_S,
     what: str = "",
+    transient: tuple[type[BaseException], ...] = TRANSIENT_ERRORS,
 ) -> T:
-    """Poll `predicate` until it returns something truthy and return that. On timeout,
-    fail with the last value (or the last exception) the predicate gave."""
+    """Poll `predicate` until it returns something truthy and return that. An error in
+    `transient` means "not yet"; any other propagates. On timeout, fail with the last
+    value (or the last transient error) the predicate gave."""
     deadline = time.monotonic() + timeout
     last: Any = None
     last_exc: BaseException | None = None
@@ -96,7 +116,7 @@ def wait_until(
         try:
             last = predicate()
             last_exc = None
-        except Exception as exc:  # a daemon mid-restart, a CLI error: keep polling
+        except transient as exc:
             last_exc = exc
         else:
             if last:
@@ -274,6 +294,9 @@ class Daemon:
         self.tcp_port = tcp_port
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        # Killed with SIGKILL and not started again: its tasks outlive it by design
+        # (as containers outlive a killed dockerd), so what it leaves is no leak.
+        self.abandoned = False
         self._client: docker.DockerClient | None = None
         # Processes started after this moment may be ours; nothing older ever is.
         self._born_ticks = _boot_ticks_now()
@@ -322,6 +345,7 @@ class Daemon:
         if not SHOAL.exists():
             pytest.fail(f"{SHOAL} does not exist: run scripts/setup.sh", pytrace=False)
         self.starts += 1
+        self.abandoned = False
         with self.log_path.open("ab") as log:
             log.write(f"\n===== start #{self.starts}: {' '.join(self.command())}\n".encode())
             log.flush()
@@ -376,10 +400,12 @@ class Daemon:
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+        self.abandoned = True
 
     def cleanup(self) -> list[int]:
         """Stop the daemon, then kill what it left behind, by recorded pid only.
-        Returns the pids that had to be killed."""
+        Returns the pids that had to be killed: a leak (see `leaks`) unless the daemon
+        was abandoned (killed with SIGKILL and not started again)."""
         self.stop()
         leftovers = self._leftover_pids()
         for pid in leftovers:
@@ -481,12 +507,12 @@ class Daemon:
                 timeout=timeout,
             )
         except subprocess.TimeoutExpired as exc:
-            raise AssertionError(
+            raise CommandFailed(
                 f"`docker {' '.join(args)}` did not finish within {timeout}s\n"
                 f"stdout so far:\n{_text(exc.stdout)}\nstderr so far:\n{_text(exc.stderr)}"
             ) from None
         if check and result.returncode != 0:
-            raise AssertionError(
+            raise CommandFailed(
                 f"`docker {' '.join(args)}` exited {result.returncode}\n"
                 f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
             )
@@ -637,6 +663,29 @@ def free_tcp_port() -> int:
 
 
 DaemonFactory = Callable[..., Daemon]
+
+
+def cleanup_daemons(daemons: Sequence[Daemon]) -> None:
+    """Clean up every daemon, the last made first, whatever fails on the way (an
+    ExitStack); then fail if one that was stopped gracefully left a task process
+    behind, which its stop should have ended: the leak fails the test whose teardown
+    found it, and the processes are killed all the same."""
+    leaks: dict[str, list[int]] = {}
+
+    def clean(daemon: Daemon) -> None:
+        killed = daemon.cleanup()
+        if killed and not daemon.abandoned:
+            leaks[f"{daemon.node_name} ({daemon.root})"] = killed
+
+    with contextlib.ExitStack() as stack:
+        for daemon in daemons:
+            stack.callback(clean, daemon)
+    if leaks:
+        pytest.fail(
+            "task processes outlived their daemon's graceful stop (killed at teardown): "
+            + "; ".join(f"{name}: pids {pids}" for name, pids in leaks.items()),
+            pytrace=False,
+        )
 
 
 def swarm_init_args() -> list[str]:

@@ -2,7 +2,9 @@
 
 - `node_factory` (per module) makes `ClusterNode`s; at teardown it stops them (workers
   first), kills any task process left behind by the pids each recorded in its own data
-  dir, and removes their directories.
+  dir, and removes their directories. Nodes a test made itself go when that test ends
+  (after `cluster` gave the trio back). A task process left behind by a node stopped
+  gracefully is a leak and fails the test (`cleanup_daemons`).
 - `trio` (per module): three daemons, `node-1` the manager (`swarm init` on a free
   cluster port, dispatcher heartbeat 1 s), `node-2` and `node-3` joined with the worker
   token. Engine labels: `disk=ssd` on node-1 and node-2, `disk=hdd` on node-3.
@@ -21,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from ..cluster_harness import Cluster, ClusterNode, NodeFactory
-from ..harness import docker_cli, wait_until
+from ..harness import cleanup_daemons, docker_cli, wait_until
 
 ENGINE_LABELS = {
     "node-1": ["disk=ssd"],
@@ -76,9 +78,22 @@ def node_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeFacto
 
     yield make
 
-    for node in reversed(made):
+    left = [n for n in made if n in _NODES]
+    for node in left:
         _NODES.remove(node)
-        node.cleanup()
+    cleanup_daemons(left)
+
+
+@pytest.fixture(autouse=True)
+def _test_nodes() -> Iterator[None]:
+    """The nodes a test made itself are cleaned up when it ends (module fixtures such
+    as `trio` are set up before this one and live until the module ends)."""
+    before = list(_NODES)
+    yield
+    mine = [n for n in _NODES if n not in before]
+    for node in mine:
+        _NODES.remove(node)
+    cleanup_daemons(mine)
 
 
 def make_trio(node_factory: NodeFactory) -> Cluster:

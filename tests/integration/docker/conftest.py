@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from ..conftest import _LIVE
-from ..harness import docker_cli
+from ..harness import cleanup_daemons, docker_cli
 from .engine import (
     Dockerd,
     DockerDaemon,
@@ -96,7 +95,7 @@ def docker_daemon_factory(
 
     yield make
 
-    with contextlib.ExitStack() as stack:  # every daemon cleaned, whatever fails
-        for daemon in made:
-            _LIVE.remove(daemon)
-            stack.callback(daemon.cleanup)
+    left = [d for d in made if d in _LIVE]  # a test's own daemons went with it
+    for daemon in left:
+        _LIVE.remove(daemon)
+    cleanup_daemons(left)

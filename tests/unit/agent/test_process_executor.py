@@ -128,11 +128,44 @@ def alive(pid: int) -> bool:
         return False
 
 
+def _start_ticks(pid: int) -> int | None:
+    """The start time of `pid` in clock ticks since boot, None when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def _now_ticks() -> int:
+    return int(float(Path("/proc/uptime").read_text().split()[0]) * os.sysconf("SC_CLK_TCK"))
+
+
+def _recorded_task_pids(root: Path, since_ticks: int) -> list[int]:
+    """The task processes the test's shims recorded (`<task dir>/pid`) that still run:
+    their command lines do not name the data dir, so only these files find them. A pid
+    that started before the test is another process that reused the number."""
+    out = []
+    for pid_file in root.rglob(shim.PID_FILE):
+        try:
+            pid = int(pid_file.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+        started = _start_ticks(pid)
+        if started is not None and started >= since_ticks and alive(pid):
+            out.append(pid)
+    return out
+
+
 @pytest.fixture(autouse=True)
 def no_leftover_processes(tmp_path: Path) -> Iterator[None]:
+    """Fails a test that leaves a shim or a task process running, or a child unreaped,
+    and kills what it left all the same (a failing test must not leak `sleep 1000`)."""
+    since = _now_ticks() - 1
     yield
     marker = os.fsencode(tmp_path)
-    leftovers, zombies = [], []
+    leftovers: dict[int, bytes] = {}
+    zombies = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -142,11 +175,25 @@ def no_leftover_processes(tmp_path: Path) -> Iterator[None]:
         except OSError:
             continue
         if marker in cmdline:
-            leftovers.append(cmdline)
+            leftovers[int(entry.name)] = cmdline
         fields = stat.rsplit(")", 1)[1].split()
         if fields[0] == "Z" and int(fields[1]) == os.getpid():
             zombies.append(entry.name)
-    assert not leftovers, leftovers
+    for pid in _recorded_task_pids(tmp_path, since):
+        leftovers.setdefault(pid, Path(f"/proc/{pid}/cmdline").read_bytes())
+    for pid in leftovers:
+        try:
+            # a task process leads its own group: its children go with it
+            if os.getpgid(pid) == pid:
+                os.killpg(pid, signal.SIGKILL)
+            else:
+                os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    deadline = time.monotonic() + WAIT_S
+    while any(alive(pid) for pid in leftovers) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not leftovers, f"left running (killed now): {leftovers}"
     assert not zombies, zombies
 
 
