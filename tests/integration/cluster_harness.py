@@ -37,6 +37,7 @@ from cryptography.x509.oid import NameOID
 
 from .harness import (
     WAIT_TIMEOUT_S,
+    CommandFailed,
     Daemon,
     Response,
     free_tcp_port,
@@ -472,7 +473,7 @@ def _run(argv: Sequence[str], check: bool = True) -> subprocess.CompletedProcess
         list(argv), capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL
     )
     if check and result.returncode != 0:
-        raise AssertionError(f"`{' '.join(argv)}` exited {result.returncode}: {result.stderr}")
+        raise CommandFailed(f"`{' '.join(argv)}` exited {result.returncode}: {result.stderr}")
     return result
 
 

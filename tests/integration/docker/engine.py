@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 
-from ..harness import Daemon, UnixHTTPConnection, docker_cli
+from ..harness import CommandFailed, Daemon, UnixHTTPConnection, docker_cli
 
 ENGINE_SOCKET = Path("/var/run/docker.sock")
 ENGINE_HOST = f"unix://{ENGINE_SOCKET}"
@@ -185,7 +185,7 @@ class Engine:
             timeout=ENGINE_CLI_TIMEOUT_S,
         )
         if check and result.returncode != 0:
-            raise AssertionError(
+            raise CommandFailed(
                 f"`docker {' '.join(args)}` (engine) exited {result.returncode}\n"
                 f"{result.stdout.decode(errors='replace')}{result.stderr.decode(errors='replace')}"
             )
