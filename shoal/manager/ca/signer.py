@@ -17,6 +17,7 @@ MIN_NODE_CERT_EXPIRY = datetime.timedelta(hours=1)
 # The curves a node's key may use (SwarmKit issues P-256; P-384 is as strong or more).
 ALLOWED_CURVES = (ec.SECP256R1, ec.SECP384R1)
 BACKDATE = datetime.timedelta(hours=1)
+CA_NAME = "swarm-ca"  # SwarmKit's managers also answer to the CA's name
 
 
 class CSRError(ValueError):
@@ -60,9 +61,10 @@ def sign_node_certificate(
     ca_cert = root.cert
     ca_key = serialization.load_pem_private_key(root.key_pem, password=None)
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
-    names: list[x509.GeneralName] = [x509.DNSName(ou), x509.DNSName(node_id)]
+    dns = [ou, node_id]
     if ou == MANAGER_OU:
-        names += [x509.DNSName(MANAGER_SERVER_NAME), x509.DNSName("swarm-ca")]
+        dns += [MANAGER_SERVER_NAME, CA_NAME]
+    names: list[x509.GeneralName] = [x509.DNSName(n) for n in dict.fromkeys(dns)]
     now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
