@@ -70,17 +70,18 @@ assert set(get_args(StateName)) == set(_BY_WIRE), "StateName and TaskState disag
 class Owner(enum.Enum):
     """The component that may move a task into a state."""
 
-    ORCHESTRATOR = "orchestrator"
     ALLOCATOR = "allocator"
     SCHEDULER = "scheduler"
     AGENT = "agent"
-    DISPATCHER = "dispatcher"
 
 
-# Who moves a task into each observed state (SwarmKit's design/task_model.md and
-# design/tla/Tasks.tla). REMOVE is only ever a desired state, set by orchestrators.
+# Who moves a task into each observed state (SwarmKit's design/task_model.md), as shoal's
+# code does it: each owner asks `can_transition` before it writes. A task is created NEW
+# (by an orchestrator), which is no transition. REMOVE is only ever a desired state.
+# Moves SwarmKit makes and shoal does not yet (the scheduler shutting down a pending
+# task, the constraint enforcer rejecting one, the dispatcher orphaning the tasks of a
+# node down for a day) get their owner when the code that makes them lands.
 TRANSITION_OWNERS: dict[TaskState, frozenset[Owner]] = {
-    TaskState.NEW: frozenset({Owner.ORCHESTRATOR}),
     TaskState.PENDING: frozenset({Owner.ALLOCATOR}),
     TaskState.ASSIGNED: frozenset({Owner.SCHEDULER}),
     TaskState.ACCEPTED: frozenset({Owner.AGENT}),
@@ -89,10 +90,9 @@ TRANSITION_OWNERS: dict[TaskState, frozenset[Owner]] = {
     TaskState.STARTING: frozenset({Owner.AGENT}),
     TaskState.RUNNING: frozenset({Owner.AGENT}),
     TaskState.COMPLETE: frozenset({Owner.AGENT}),
-    TaskState.SHUTDOWN: frozenset({Owner.AGENT, Owner.SCHEDULER}),
+    TaskState.SHUTDOWN: frozenset({Owner.AGENT}),
     TaskState.FAILED: frozenset({Owner.AGENT}),
-    TaskState.REJECTED: frozenset({Owner.AGENT, Owner.ORCHESTRATOR}),
-    TaskState.ORPHANED: frozenset({Owner.DISPATCHER}),
+    TaskState.REJECTED: frozenset({Owner.AGENT}),
 }
 
 

@@ -12,7 +12,7 @@ from shoal.manager.loops import reconcile_loop
 from shoal.manager.orchestrator.task import set_status
 from shoal.manager.store import Event, Store, Tx
 from shoal.types.service import Endpoint, EndpointPortConfig, EndpointSpec, Service
-from shoal.types.task import TaskState
+from shoal.types.task import Owner, TaskState, can_transition
 
 PUBLISHED_PORT_RANGE = (30000, 32767)
 MSG_PENDING = "pending task scheduling"
@@ -50,7 +50,7 @@ class Allocator:
 
     def _allocate_task(self, tx: Tx, task_id: str) -> None:
         t = tx.get_task(task_id)
-        if t is None or t.state != TaskState.NEW:
+        if t is None or not can_transition(t.state, TaskState.PENDING, Owner.ALLOCATOR):
             return
         if t.desired > TaskState.RUNNING:
             return  # removed before it was ever allocated; the reaper deletes it

@@ -25,7 +25,7 @@ from shoal.manager.store import Event, Store, Tx
 from shoal.types.base import format_time, now_ns
 from shoal.types.node import Node
 from shoal.types.swarm import Cluster
-from shoal.types.task import Task, TaskState
+from shoal.types.task import Owner, Task, TaskState, can_transition
 
 COMMIT_DEBOUNCE_S = 0.05
 MAX_LATENCY_S = 1.0
@@ -319,6 +319,8 @@ class Scheduler:
                     t.status, message=MSG_PENDING, err=d.err, timestamp=ts
                 )
                 tx.update(msgspec.structs.replace(t, status=status))
+                return
+            if not can_transition(t.state, TaskState.ASSIGNED, Owner.SCHEDULER):
                 return
             status = msgspec.structs.replace(
                 t.status, state=TaskState.ASSIGNED.wire, message=d.message, err=None, timestamp=ts
