@@ -22,7 +22,9 @@ from shoal.types.node import NodeDescription
 
 RPC_TIMEOUT_S = 5.0  # SwarmKit's dispatcher RPC timeout
 CONNECT_TIMEOUT_S = 5.0
-LOG_BATCH = 100  # log messages in one frame: 100 lines of at most 16 KiB fit a frame
+# A log frame holds at most this many messages and about this many bytes of them.
+LOG_BATCH = 100
+LOG_BATCH_BYTES = 256 * 1024
 SESSION_PATH = "/dispatcher/session"
 
 log = get_logger("shoal.agent.session")
@@ -218,12 +220,14 @@ class RemoteSession:
             await self._send(msg.LogData(sub_id=sub_id, messages=batch, done=done))
 
         batch: list[LogMessage] = []
+        size = 0
         try:
             async for m in logs.task_logs(task_id, options):
                 batch.append(m)
-                if len(batch) >= LOG_BATCH or options.follow:
+                size += len(m.data)
+                if len(batch) >= LOG_BATCH or size >= LOG_BATCH_BYTES or options.follow:
                     await send(batch)
-                    batch = []
+                    batch, size = [], 0
             await send(batch, done=True)
         except (SessionClosed, ConnectionError):
             pass

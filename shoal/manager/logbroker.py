@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import msgspec
 
@@ -42,14 +42,8 @@ class LogBroker:
             if t.node_id and t.state >= TaskState.ASSIGNED
         ]
         if not options.follow:
-            merged: list[tuple[int, int, Task, LogMessage]] = []
-            for t in tasks:
-                async for m in self._task_logs(t, options):
-                    merged.append((m.timestamp_ns, len(merged), t, m))
-            heapq.heapify(merged)
-            while merged:
-                _, _, t, m = heapq.heappop(merged)
-                yield t, m
+            async for item in self._merged(tasks, options):
+                yield item
             return
         queue: asyncio.Queue[tuple[Task, LogMessage]] = asyncio.Queue(maxsize=FOLLOW_QUEUE)
         readers: dict[str, asyncio.Task[None]] = {}
@@ -86,7 +80,30 @@ class LogBroker:
             with contextlib.suppress(BaseException):
                 await asyncio.gather(*readers.values(), return_exceptions=True)
 
-    async def _task_logs(self, task: Task, options: LogOptions) -> AsyncIterator[LogMessage]:
+    async def _merged(
+        self, tasks: list[Task], options: LogOptions
+    ) -> AsyncIterator[tuple[Task, LogMessage]]:
+        """Every task's logs in time order, read as they are merged: what waits in the
+        manager is one message per task (and each remote stream's window), never the
+        whole history. Equal timestamps keep the tasks' order."""
+        streams = [self._task_logs(t, options) for t in tasks]
+        heads: list[tuple[int, int, LogMessage]] = []
+        try:
+            for i, stream in enumerate(streams):
+                m = await anext(stream, None)
+                if m is not None:
+                    heapq.heappush(heads, (m.timestamp_ns, i, m))
+            while heads:
+                _, i, m = heapq.heappop(heads)
+                yield tasks[i], m
+                nxt = await anext(streams[i], None)
+                if nxt is not None:
+                    heapq.heappush(heads, (nxt.timestamp_ns, i, nxt))
+        finally:
+            for stream in streams:
+                await stream.aclose()
+
+    async def _task_logs(self, task: Task, options: LogOptions) -> AsyncGenerator[LogMessage, None]:
         source = self._dispatcher.log_source(task.node_id or "")
         if source is None:
             return
