@@ -202,10 +202,11 @@ class Dispatcher:
     async def _forget_loop(self) -> None:
         while True:
             await asyncio.sleep(UNREGISTERED_SWEEP_S)
-            self._guarded("unregistered", self._forget_unregistered)
+            self._guarded("unregistered", functools.partial(self.forget_unregistered, now_ns()))
 
-    def _forget_unregistered(self) -> None:
-        cutoff = now_ns() - int(UNREGISTERED_NODE_TTL_S * 1e9)
+    def forget_unregistered(self, now: int) -> None:
+        """Remove the nodes that joined before `now` less the TTL and never registered."""
+        cutoff = now - int(UNREGISTERED_NODE_TTL_S * 1e9)
 
         def write(tx: Tx) -> None:
             for node in tx.nodes():

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import time
 
+import msgspec
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -18,6 +20,7 @@ from shoal.manager.clusterport.ratelimit import JoinLimiter
 from shoal.manager.dispatcher.dispatcher import Dispatcher
 from shoal.manager.store import MemoryBackend, Store, Tx
 from shoal.pki import RootMismatch, ca_digest, pinned_root
+from shoal.types import session as session_msg
 from shoal.types.agent import TaskStatusUpdate
 from shoal.types.node import Node, NodeDescription, NodeSpec, NodeStatus
 from shoal.types.service import JoinTokens
@@ -188,3 +191,40 @@ def test_a_node_cannot_overwrite_another_nodes_pending_report() -> None:
     asyncio.run(main())
     stored = store.view().get_task("t1")
     assert stored is not None and stored.status.state == "running"
+
+
+def test_a_status_message_carries_at_most_1000_updates() -> None:
+    update = TaskStatusUpdate(task_id="t", status=_status("running"))
+    ok = session_msg.encode(session_msg.Status(updates=[update] * 1000))
+    assert len(session_msg.decode(ok).updates) == 1000  # type: ignore[union-attr]
+    too_many = session_msg.encode(session_msg.Status(updates=[update] * 1001))
+    with pytest.raises(msgspec.ValidationError, match="length <= 1000"):
+        session_msg.decode(too_many)
+
+
+def test_a_state_outside_the_state_machine_does_not_decode() -> None:
+    frame = msgspec.msgpack.encode(
+        {
+            "type": "status",
+            "Updates": [{"TaskID": "t", "Status": {"Timestamp": "", "State": "x", "Message": ""}}],
+        }
+    )
+    with pytest.raises(msgspec.ValidationError, match="Invalid enum value 'x'"):
+        session_msg.decode(frame)
+
+
+def test_nodes_that_joined_but_never_registered_are_forgotten() -> None:
+    store = Store(MemoryBackend())
+
+    def create(tx: Tx) -> None:
+        tx.create(_node("joined-only"))
+        tx.create(msgspec.structs.replace(_node("registered"), status=NodeStatus(state="ready")))
+        tx.create(msgspec.structs.replace(_node("down"), status=NodeStatus(state="down")))
+
+    store.update(create)
+    d = Dispatcher(store)
+    joined_at = time.time_ns()
+    d.forget_unregistered(joined_at + 299 * 10**9)  # within the 5 minutes: kept
+    assert {n.id for n in store.view().nodes()} == {"joined-only", "registered", "down"}
+    d.forget_unregistered(joined_at + 301 * 10**9)
+    assert {n.id for n in store.view().nodes()} == {"registered", "down"}
