@@ -51,7 +51,8 @@ def test_kill9_then_restart_adopts_and_converges(daemon_factory: DaemonFactory) 
     assert len(rows) == 1, rows
     assert re.search(r"^\s*Swarm: active$", daemon.docker("info").stdout, re.M)
     assert daemon.service("keeper")["Spec"]["Mode"] == {"Replicated": {"Replicas": 3}}
-    assert daemon.service("keeper")["Version"]["Index"] >= version
+    # Found again as it was: a restart does not rewrite the service.
+    assert daemon.service("keeper")["Version"]["Index"] == version
 
     after = daemon.wait_processes("keeper", 3, argv=SLEEP)
     # The survivors were adopted: same tasks, same processes, not restarted.
@@ -62,7 +63,9 @@ def test_kill9_then_restart_adopts_and_converges(daemon_factory: DaemonFactory) 
     (replacement,) = set(after) - set(survivors)
     assert after[replacement] not in before.values()
     (victim,) = [t for t in daemon.tasks("keeper") if t["ID"] == victim_task]
-    assert victim["DesiredState"] != "running" or victim["Status"]["State"] != "running", victim
+    # Found dead by the restarted agent: failed with the SIGKILL's status, shut down.
+    assert (victim["DesiredState"], victim["Status"]["State"]) == ("shutdown", "failed"), victim
+    assert victim["Status"]["Err"] == "task: non-zero exit (137)", victim
 
     # And it stays that way: no duplicate copies started next to the adopted ones.
     holds_for(

@@ -53,20 +53,28 @@ def test_version_over_tcp(daemon: Daemon) -> None:
     assert "\nServer:" in out, out
 
 
-def test_swarm_init_then_info_and_node_ls(daemon: Daemon) -> None:
+def test_swarm_init_then_info_and_node_ls(daemon_factory: DaemonFactory) -> None:
+    # A daemon of its own: whatever ran before, its swarm is inactive, so the init and
+    # its output are checked every time.
+    daemon = daemon_factory(node_name="shoal-init")
     before = daemon.docker("info").stdout
-    if re.search(r"^\s*Swarm: active$", before, re.M) is None:
-        assert re.search(r"^\s*Swarm: inactive$", before, re.M), before
-        init = daemon.docker(*swarm_init_args())
-        assert "Swarm initialized" in init.stdout, init.stdout
-        assert "docker swarm join --token SWMTKN-1-" in init.stdout, init.stdout
+    assert re.search(r"^\s*Swarm: inactive$", before, re.M), before
+    init = daemon.docker(*swarm_init_args())
+    node_id = daemon.docker("info", "--format", "{{.Swarm.NodeID}}").stdout.strip()
+    assert init.stdout.startswith(
+        f"Swarm initialized: current node ({node_id}) is now a manager.\n"
+    ), init.stdout
+    assert re.search(
+        r"^\s+docker swarm join --token SWMTKN-1-[0-9a-z]{50}-[0-9a-z]{25} 127\.0\.0\.1:\d+$",
+        init.stdout,
+        re.M,
+    ), init.stdout
 
     info = daemon.docker("info").stdout
     assert re.search(r"^\s*Swarm: active$", info, re.M), info
     assert re.search(r"^\s*Is Manager: true$", info, re.M), info
     assert re.search(r"^\s*Nodes: 1$", info, re.M), info
     assert re.search(r"^\s*Managers: 1$", info, re.M), info
-    node_id = daemon.docker("info", "--format", "{{.Swarm.NodeID}}").stdout.strip()
     assert re.fullmatch(r"[0-9a-z]{25}", node_id), node_id
 
     rows = parse_table(daemon.docker("node", "ls").stdout)
@@ -74,7 +82,7 @@ def test_swarm_init_then_info_and_node_ls(daemon: Daemon) -> None:
     node = rows[0]
     # The CLI marks the node it talks to with "*" (it learns which from GET /info).
     assert node["ID"] == f"{node_id} *", node
-    assert node["HOSTNAME"] == "shoal-basics", node
+    assert node["HOSTNAME"] == "shoal-init", node
     assert node["STATUS"] == "Ready", node
     assert node["AVAILABILITY"] == "Active", node
     assert node["MANAGER STATUS"] == "Leader", node

@@ -75,7 +75,10 @@ def test_service_without_command_is_rejected(cluster: Daemon) -> None:
         return [t for t in cluster.tasks("nocmd") if t["Status"]["State"] == "rejected"]
 
     (task, *_) = wait_until(rejected, what="a rejected task")
-    assert task["Status"].get("Err"), task["Status"]
+    assert task["Status"]["Err"] == (
+        "no command given: the process runtime runs the service's command and args "
+        "and this service has none"
+    ), task["Status"]
     assert not cluster.live_pids([t["ID"] for t in cluster.tasks("nocmd")])
 
 

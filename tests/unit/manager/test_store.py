@@ -113,7 +113,7 @@ def test_objects_are_stamped_with_times(store: Store) -> None:
     assert created.created_at and created.created_at == created.updated_at
     updated = store.update(lambda tx: tx.update(created))
     assert updated.created_at == created.created_at
-    assert updated.updated_at >= created.updated_at  # RFC 3339, fixed width: sorts as time
+    assert updated.updated_at > created.updated_at  # RFC 3339, fixed width: sorts as time
 
 
 def test_all_writes_of_one_transaction_share_one_index(store: Store) -> None:
