@@ -46,6 +46,8 @@ PROGRESS_TIMEOUT_S = 120.0
 # Default bound for wait_until.
 WAIT_TIMEOUT_S = 30.0
 POLL_INTERVAL_S = 0.2
+# Tries at a port found free that another process took before the daemon bound it.
+PORT_ATTEMPTS = 3
 
 # Where the process executor records each task (shoal/agent/executor/process.py and
 # shim.py): `<executor dir>/tasks/<task id>/{shim.pid,pid}`, the executor dir being the
@@ -340,7 +342,21 @@ class Daemon:
         return self.proc is not None and self.proc.poll() is None
 
     def start(self, timeout: float = START_TIMEOUT_S) -> None:
-        """Start the daemon and wait until `HEAD /_ping` answers 200."""
+        """Start the daemon and wait until `HEAD /_ping` answers 200. A TCP port found
+        free and taken by another process before the daemon bound it is replaced by
+        another free one (a port cannot be handed over without that window)."""
+        for attempt in range(PORT_ATTEMPTS):
+            try:
+                self._start(timeout)
+                return
+            except AssertionError as exc:
+                last = attempt == PORT_ATTEMPTS - 1
+                if self.tcp_port is None or not port_taken(str(exc)) or last:
+                    raise
+                self._log(f"tcp port {self.tcp_port} was taken meanwhile; trying another")
+                self.tcp_port = free_tcp_port()
+
+    def _start(self, timeout: float) -> None:
         assert not self.running(), "daemon already running"
         if not SHOAL.exists():
             pytest.fail(f"{SHOAL} does not exist: run scripts/setup.sh", pytrace=False)
@@ -656,6 +672,11 @@ def _text(data: str | bytes | None) -> str:
     return data.decode(errors="replace") if isinstance(data, bytes) else data
 
 
+def port_taken(text: str) -> bool:
+    """Does this error say the port was in use (errno EADDRINUSE's text)?"""
+    return "address already in use" in text.lower()
+
+
 def free_tcp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -695,8 +716,16 @@ def swarm_init_args() -> list[str]:
     return ["swarm", "init", "--advertise-addr", "127.0.0.1", "--listen-addr", f"127.0.0.1:{port}"]
 
 
-def init_swarm(daemon: Daemon) -> None:
-    daemon.docker(*swarm_init_args())
+def init_swarm(daemon: Daemon) -> subprocess.CompletedProcess[str]:
+    """`docker swarm init` on a free cluster port; on a port taken between the choice
+    and the daemon's bind, again on another one."""
+    for attempt in range(PORT_ATTEMPTS):
+        result = daemon.docker(*swarm_init_args(), check=False)
+        if result.returncode == 0:
+            return result
+        if not port_taken(result.stderr) or attempt == PORT_ATTEMPTS - 1:
+            break
+    raise CommandFailed(f"`docker swarm init` exited {result.returncode}\n{result.stderr}")
 
 
 def remove_all_services(daemon: Daemon, timeout: float = WAIT_TIMEOUT_S) -> None:

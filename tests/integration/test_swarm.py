@@ -59,7 +59,7 @@ def test_swarm_init_then_info_and_node_ls(daemon_factory: DaemonFactory) -> None
     daemon = daemon_factory(node_name="shoal-init")
     before = daemon.docker("info").stdout
     assert re.search(r"^\s*Swarm: inactive$", before, re.M), before
-    init = daemon.docker(*swarm_init_args())
+    init = init_swarm(daemon)
     node_id = daemon.docker("info", "--format", "{{.Swarm.NodeID}}").stdout.strip()
     assert init.stdout.startswith(
         f"Swarm initialized: current node ({node_id}) is now a manager.\n"

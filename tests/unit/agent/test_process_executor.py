@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -95,6 +96,17 @@ def run(tmp_path: Path, body: Callable[[Tasks], Awaitable[None]]) -> None:
 
 async def wait(controller: ProcessController) -> ExitStatus:
     return await asyncio.wait_for(controller.wait(), WAIT_S)
+
+
+async def wait_log_line(controller: ProcessController, line: bytes) -> None:
+    """Wait until the task has written `line` (a sign it got that far)."""
+
+    async def follow() -> None:
+        async for message in controller.logs(LogOptions(follow=True)):
+            if message.data == line:
+                return
+
+    await asyncio.wait_for(follow(), WAIT_S)
 
 
 async def collect(controller: ProcessController, **options: object) -> list[LogMessage]:
@@ -390,8 +402,9 @@ def test_shutdown_sigterm(tmp_path: Path) -> None:
 
 def test_shutdown_kills_after_grace(tmp_path: Path) -> None:
     async def body(tasks: Tasks) -> None:
-        controller = await tasks.start(args=["sh", "-c", 'trap "" TERM; sleep 1000'])
-        await asyncio.sleep(0.2)  # let the shell set its trap
+        script = 'trap "" TERM; echo armed; sleep 1000'
+        controller = await tasks.start(args=["sh", "-c", script])
+        await wait_log_line(controller, b"armed\n")  # the trap is set before the echo
         started = time.monotonic()
         await controller.shutdown(0.5)
         assert 0.5 <= time.monotonic() - started < 3
@@ -497,6 +510,9 @@ def test_task_survives_kill_9_of_the_agent(tmp_path: Path) -> None:
     )
     try:
         assert agent.stdout is not None
+        # Bounded: an agent that dies or hangs before printing fails the test, not hangs it.
+        ready, _, _ = select.select([agent.stdout], [], [], WAIT_S)
+        assert ready, f"the agent printed no pid within {WAIT_S}s"
         pid = int(agent.stdout.readline())
     finally:
         agent.kill()
