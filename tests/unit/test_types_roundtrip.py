@@ -2,7 +2,7 @@
 
 Every service create/update body the docker CLI sent, and every service, node and task
 dockerd answered with, in the recorded transcripts
-(`/work/shared/reference/docker-cli-transcripts`), is decoded into shoal's msgspec types
+(`tests/fixtures/docker-cli-transcripts`, copied from the shared reference), is decoded into shoal's msgspec types
 and encoded again: the JSON must come back exactly as it was. Read-modify-write clients
 (`docker service update`, `docker node update`) send back what they read, so a field
 that is lost or renamed here is lost or renamed in the cluster.
@@ -30,7 +30,7 @@ from shoal.types.node import Node
 from shoal.types.service import ContainerSpec, Placement, Service, ServiceMode, ServiceSpec
 from shoal.types.task import Task
 
-TRANSCRIPTS = Path("/work/shared/reference/docker-cli-transcripts")
+TRANSCRIPTS = Path(__file__).resolve().parents[1] / "fixtures" / "docker-cli-transcripts"
 
 # Task fields dockerd sends that shoal does not model yet (dropped on decode):
 # the networks a task is attached to with its addresses, the job iteration of job
