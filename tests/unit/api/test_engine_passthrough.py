@@ -18,6 +18,8 @@ from shoal.api import engine
 
 STREAM_PARTS = [b"one\n", b"two\n", b"three\n"]
 WAIT_S = 10.0
+# How long the first part of a stream may take to come through (it is sent at once).
+PART_WAIT_S = 5.0
 
 
 async def fake_engine_app(seen: list[dict[str, Any]]) -> web.Application:
@@ -33,18 +35,29 @@ async def fake_engine_app(seen: list[dict[str, Any]]) -> web.Application:
         )
         return web.json_response({"ok": True}, status=201, headers={"Api-Version": "1.41"})
 
+    # The stream sends its first part, then holds the rest until the client, having
+    # read that part through shoal, asks for it (a buffering proxy never gets there).
+    released = asyncio.Event()
+
     async def stream(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse()
         resp.content_type = "application/octet-stream"
         await resp.prepare(request)
-        for part in STREAM_PARTS:
+        first, *rest = STREAM_PARTS
+        await resp.write(first)
+        await released.wait()
+        for part in rest:
             await resp.write(part)
-            await asyncio.sleep(0.01)
         await resp.write_eof()
         return resp
 
+    async def release(request: web.Request) -> web.Response:
+        released.set()
+        return web.Response(status=204)
+
     app = web.Application()
     app.router.add_route("*", "/v1.41/stream", stream)
+    app.router.add_route("POST", "/v1.41/stream/release", release)
     app.router.add_route("*", "/{tail:.*}", echo)
     return app
 
@@ -146,11 +159,28 @@ def test_plain_request_goes_through_whole() -> None:
 
 def test_streamed_answer_and_swarm_paths_kept() -> None:
     async def check(sock: str, _: str, seen: list[dict[str, Any]]) -> None:
-        head, payload = await raw_request(
-            sock, "GET /v1.41/stream HTTP/1.1\r\nHost: shoal\r\nConnection: close\r\n\r\n"
-        )
+        reader, writer = await asyncio.open_unix_connection(sock)
+        writer.write(b"GET /v1.41/stream HTTP/1.1\r\nHost: shoal\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        head = await reader.readuntil(b"\r\n\r\n")
         assert b"Transfer-Encoding: chunked" in head
-        assert all(part in payload for part in STREAM_PARTS)
+        # The first part arrives while the engine still holds the rest back: shoal
+        # passes the stream on as it comes, it does not wait for its end.
+        received = b""
+        while STREAM_PARTS[0] not in received:
+            chunk = await asyncio.wait_for(reader.read(1024), PART_WAIT_S)
+            assert chunk, f"the stream ended before its first part: {received!r}"
+            received += chunk
+        assert not any(part in received for part in STREAM_PARTS[1:]), received
+        released, _ = await raw_request(
+            sock,
+            "POST /v1.41/stream/release HTTP/1.1\r\nHost: shoal\r\n"
+            "Content-Length: 0\r\nConnection: close\r\n\r\n",
+        )
+        assert released.startswith(b"HTTP/1.1 204"), released
+        received += await reader.read()
+        writer.close()
+        assert all(part in received for part in STREAM_PARTS), received
         head, payload = await raw_request(
             sock, "GET /v1.41/services HTTP/1.1\r\nHost: shoal\r\nConnection: close\r\n\r\n"
         )
@@ -159,7 +189,7 @@ def test_streamed_answer_and_swarm_paths_kept() -> None:
             sock, "GET /v1.41/nodes/xyz HTTP/1.1\r\nHost: shoal\r\nConnection: close\r\n\r\n"
         )
         assert head.startswith(b"HTTP/1.1 404")
-        assert seen == []  # neither reached the engine
+        assert seen == []  # neither reached the engine (the release has its own route)
 
     run(check, hijack=False)
 
