@@ -295,7 +295,7 @@ class Daemon:
             adv_host, adv_port = split_addr(self._state.advertise_addr, port)
             if adv_port == 0 or port == 0:
                 self._state.advertise_addr = f"{adv_host}:{bound}"
-            store.update(bootstrap)
+            await store.update(bootstrap)
         issuer.managers[:] = self.remote_managers
         self._cluster_server = server
         self._manager = manager

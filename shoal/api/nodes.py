@@ -57,7 +57,7 @@ async def update(request: web.Request) -> web.Response:
     m = require_manager(request)
     version = int_query(request, "version")
     spec = await decode(request, NodeSpec)
-    update_node(m.store, request.match_info["id"], version, spec)
+    await update_node(m.store, request.match_info["id"], version, spec)
     return empty()
 
 
@@ -76,5 +76,5 @@ async def remove(request: web.Request) -> web.Response:
             f"rpc error: code = FailedPrecondition desc = node {node.id} is not down and can't "
             "be removed"
         )
-    m.store.update(lambda tx: tx.delete("node", node.id))
+    await m.store.update(lambda tx: tx.delete("node", node.id))
     return empty()

@@ -16,7 +16,7 @@ from shoal.errors import InvalidArgument
 from shoal.manager.controlapi import services as ctl
 from shoal.manager.controlapi.defaults import insert_defaults
 from shoal.manager.orchestrator.replicated import replicas_of
-from shoal.manager.store import Tx
+from shoal.manager.store import ReadTx
 from shoal.types.service import Service, ServiceSpec, ServiceStatus
 from shoal.types.task import TaskState
 
@@ -31,11 +31,11 @@ def register(r: Router) -> None:
     r.add("POST", "/services/{id}/update", update)
 
 
-def down_nodes(tx: Tx) -> set[str]:
+def down_nodes(tx: ReadTx) -> set[str]:
     return {n.id for n in tx.nodes() if n.status.state == "down"}
 
 
-def service_status(tx: Tx, service: Service, down: set[str]) -> ServiceStatus:
+def service_status(tx: ReadTx, service: Service, down: set[str]) -> ServiceStatus:
     """Running and desired task counts, as `docker service ls` shows them. Like dockerd,
     a task still stopping counts as running; tasks on a `down` node do not count."""
     live = [t for t in tx.tasks_of_service(service.id) if t.node_id not in down]
@@ -90,7 +90,7 @@ async def list_services(request: web.Request) -> web.Response:
 async def create(request: web.Request) -> web.Response:
     m = require_manager(request)
     spec = await decode(request, ServiceSpec)
-    service = ctl.create_service(m.store, spec, registry_auth=_registry_auth(request))
+    service = await ctl.create_service(m.store, spec, registry_auth=_registry_auth(request))
     return json_response({"ID": service.id}, status=201)
 
 
@@ -108,7 +108,7 @@ async def inspect(request: web.Request) -> web.Response:
 
 async def remove(request: web.Request) -> web.Response:
     m = require_manager(request)
-    ctl.remove_service(m.store, request.match_info["id"])
+    await ctl.remove_service(m.store, request.match_info["id"])
     return empty()
 
 
@@ -119,7 +119,7 @@ async def update(request: web.Request) -> web.Response:
     rollback = request.query.get("rollback", "")
     if rollback not in ("", "previous"):
         raise InvalidArgument(f"unrecognized rollback option {rollback}")
-    ctl.update_service(
+    await ctl.update_service(
         m.store,
         request.match_info["id"],
         version,

@@ -81,7 +81,7 @@ async def update(request: web.Request) -> web.Response:
             )
         tx.update(msgspec.structs.replace(cluster, spec=spec, join_tokens=tokens))
 
-    m.store.update(write)
+    await m.store.update(write)
     return empty()
 
 

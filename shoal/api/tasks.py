@@ -11,7 +11,7 @@ from shoal.api.swarm import require_manager
 from shoal.errors import InvalidArgument, NotFound, ShoalError
 from shoal.manager.controlapi.nodes import resolve_node
 from shoal.manager.controlapi.services import resolve_service
-from shoal.manager.store import Tx
+from shoal.manager.store import ReadTx
 from shoal.types.task import Task, TaskState
 
 TASK_FILTERS = ("id", "name", "service", "node", "label", "desired-state", "_up-to-date")
@@ -27,13 +27,13 @@ def register(r: Router) -> None:
     r.add("GET", "/tasks/{id}", inspect)
 
 
-def task_name(tx: Tx, t: Task) -> str:
+def task_name(tx: ReadTx, t: Task) -> str:
     service = tx.get_service(t.service_id)
     name = service.spec.name if service and service.spec.name else t.service_name
     return f"{name}.{t.slot}" if t.slot is not None else f"{name}.{t.node_id}"
 
 
-def resolve_task(tx: Tx, ref: str) -> Task:
+def resolve_task(tx: ReadTx, ref: str) -> Task:
     t = tx.get_task(ref)
     if t is not None:
         return t
@@ -45,7 +45,7 @@ def resolve_task(tx: Tx, ref: str) -> Task:
     raise NotFound(f"task {ref} not found")
 
 
-def _ids(resolve: object, tx: Tx, refs: list[str]) -> set[str]:
+def _ids(resolve: object, tx: ReadTx, refs: list[str]) -> set[str]:
     out = set()
     for ref in refs:
         try:

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from shoal.log import get_logger
-from shoal.manager.store import Event, Store, Tx
+from shoal.manager.store import Event, Store, Tx, WatcherClosed
+
+# A loop whose rounds fail waits before it resyncs: doubling, within these bounds.
+RETRY_MIN_S = 0.1
+RETRY_MAX_S = 10.0
 
 log = get_logger("shoal.manager")
 
@@ -21,25 +26,64 @@ def log_failure(task: asyncio.Task[object]) -> None:
         log.error("background task failed", task=task.get_name(), error=repr(exc))
 
 
+@dataclass(slots=True)
+class LoopStats:
+    """What a supervised loop counts, for its `statistics()`."""
+
+    rounds: int = 0
+    failures: int = 0
+    resyncs: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"rounds": self.rounds, "failures": self.failures, "resyncs": self.resyncs}
+
+
 async def reconcile_loop(
     store: Store,
     kinds: tuple[str, ...],
     sweep: Callable[[Tx], None],
     handle: Callable[[Tx, list[Event]], None],
     stopped: asyncio.Event,
+    name: str = "loop",
+    stats: LoopStats | None = None,
+    after: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """The shape of a control loop that writes: one `sweep` transaction over everything
-    (at start, also after a daemon restart), then one `handle` transaction per burst of
-    events (all queued events at once: SwarmKit's batching, bounded by what is ready)."""
-    watcher = store.watch(*kinds)
-    try:
-        store.update(sweep)
-        while not stopped.is_set():
-            events = await watcher.__anext__()
-            events.extend(watcher.get_nowait_all())
-            store.update(functools.partial(_apply, handle, events))
-    finally:
-        watcher.close()
+    (at start, after a daemon restart, after a failure, after its watcher fell behind),
+    then one `handle` transaction per burst of events (all queued events at once:
+    SwarmKit's batching, bounded by what is ready). `after` runs after each commit: the
+    effects of what was committed (timers, updaters) start there, never inside a
+    transaction.
+
+    A round that raises is logged with the loop's name and counted; the loop then
+    resyncs from a fresh sweep, backing off (doubling up to RETRY_MAX_S) while rounds
+    keep failing."""
+    stats = stats if stats is not None else LoopStats()
+    backoff = 0.0
+    while not stopped.is_set():
+        watcher = store.watch(*kinds)
+        try:
+            await store.update(sweep)
+            if after is not None:
+                await after()
+            backoff = 0.0
+            while not stopped.is_set():
+                events = await watcher.__anext__()
+                events.extend(watcher.get_nowait_all())
+                await store.update(functools.partial(_apply, handle, events))
+                if after is not None:
+                    await after()
+                stats.rounds += 1
+        except WatcherClosed as e:
+            stats.resyncs += 1
+            log.warning("loop resyncs", loop=name, reason=str(e))
+        except Exception:
+            stats.failures += 1
+            log.exception("loop round failed; resyncing", loop=name)
+            backoff = min(RETRY_MAX_S, max(RETRY_MIN_S, backoff * 2))
+            await asyncio.sleep(backoff)
+        finally:
+            watcher.close()
 
 
 def _apply(handle: Callable[[Tx, list[Event]], None], events: list[Event], tx: Tx) -> None:

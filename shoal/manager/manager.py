@@ -59,6 +59,9 @@ class Manager:
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
+        feed = asyncio.get_running_loop().create_task(self.store.run(), name="manager-store")
+        feed.add_done_callback(log_failure)
+        self._tasks.append(feed)
         for name, loop in self._loops.items():
             t = asyncio.get_running_loop().create_task(loop.run(), name=f"manager-{name}")
             t.add_done_callback(log_failure)

@@ -7,9 +7,10 @@ from shoal.errors import InvalidArgument, NotFound, PermissionDenied
 from shoal.ids import new_id
 from shoal.manager.ca.root import RootCA, token_matches
 from shoal.manager.ca.signer import CSRError, node_cert_expiry, sign_node_certificate
-from shoal.manager.store import Store, Tx
+from shoal.manager.store import ReadTx, Store, Tx
 from shoal.pki import Identity
 from shoal.types.node import NODE_JOINED, Node, NodeDescription, NodeSpec, NodeStatus
+from shoal.types.service import JoinTokens
 from shoal.types.session import JoinRequest, JoinResponse, RenewResponse
 
 MSG_BAD_TOKEN = (
@@ -23,58 +24,58 @@ class Issuer:
         self._root = root
         self.managers = manager_addrs
 
-    def _expiry_ns(self, tx: Tx) -> int | None:
+    def _expiry_ns(self, tx: ReadTx) -> int | None:
         cluster = tx.cluster()
         cfg = cluster.spec.ca_config if cluster else None
         return cfg.node_cert_expiry if cfg else None
 
-    def join(self, req: JoinRequest, addr: str) -> JoinResponse:
+    async def join(self, req: JoinRequest, addr: str) -> JoinResponse:
         """Admit a node that presents a join token; `addr` is where it connects from
-        (what it sent in `req.addr` is only a hint, checked by the caller)."""
+        (what it sent in `req.addr` is only a hint, checked by the caller). The
+        certificate is signed before the transaction, which only records the node (and
+        checks the token again, in case it was rotated meanwhile)."""
         availability = req.availability or "active"
         if availability not in ("active", "pause", "drain"):
             raise InvalidArgument(f"invalid availability {availability!r}")
+        view = self._store.view()
+        cluster = view.cluster()
+        if cluster is None:
+            raise NotFound("this manager has no cluster")
+        role = _role_of(req.token, cluster.join_tokens)
+        node_id = new_id()
+        try:
+            cert = sign_node_certificate(
+                self._root,
+                req.csr.encode(),
+                node_id,
+                role,
+                cluster.id,
+                node_cert_expiry(self._expiry_ns(view)),
+            )
+        except CSRError as e:
+            raise InvalidArgument(str(e)) from e
 
-        def write(tx: Tx) -> JoinResponse:
-            cluster = tx.cluster()
-            if cluster is None:
-                raise NotFound("this manager has no cluster")
-            tokens = cluster.join_tokens
-            if token_matches(req.token, tokens.manager):
-                role = "manager"
-            elif token_matches(req.token, tokens.worker):
-                role = "worker"
-            else:
+        def write(tx: Tx) -> None:
+            current = tx.cluster()
+            if current is None or _role_of(req.token, current.join_tokens) != role:
                 raise InvalidArgument(MSG_BAD_TOKEN)
-            node_id = new_id()
-            try:
-                cert = sign_node_certificate(
-                    self._root,
-                    req.csr.encode(),
-                    node_id,
-                    role,
-                    cluster.id,
-                    node_cert_expiry(self._expiry_ns(tx)),
-                )
-            except CSRError as e:
-                raise InvalidArgument(str(e)) from e
             tx.create(
                 Node(
                     id=node_id,
                     spec=NodeSpec(labels={}, role=role, availability=availability),
-                    description=NodeDescription(hostname=req.hostname, tls_info=cluster.tls_info),
+                    description=NodeDescription(hostname=req.hostname, tls_info=current.tls_info),
                     status=NodeStatus(state=NODE_JOINED, addr=addr),
                 )
             )
-            return JoinResponse(
-                node_id=node_id,
-                certificate=cert.decode(),
-                role=role,
-                cluster_id=cluster.id,
-                managers=list(self.managers),
-            )
 
-        return self._store.update(write)
+        await self._store.update(write)
+        return JoinResponse(
+            node_id=node_id,
+            certificate=cert.decode(),
+            role=role,
+            cluster_id=cluster.id,
+            managers=list(self.managers),
+        )
 
     def renew(self, ident: Identity, csr_pem: str) -> RenewResponse:
         """A new certificate for a node already in the cluster; its role is the one the
@@ -96,6 +97,14 @@ class Issuer:
         except CSRError as e:
             raise InvalidArgument(str(e)) from e
         return RenewResponse(certificate=cert.decode())
+
+
+def _role_of(token: str, tokens: JoinTokens) -> str:
+    if token_matches(token, tokens.manager):
+        return "manager"
+    if token_matches(token, tokens.worker):
+        return "worker"
+    raise InvalidArgument(MSG_BAD_TOKEN)
 
 
 def issue_own_certificate(

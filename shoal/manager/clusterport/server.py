@@ -119,7 +119,7 @@ class ClusterServer:
         if not self._joins.allow(request.remote or ""):
             raise ResourceExhausted(MSG_TOO_MANY_JOINS)
         req = _decode(await request.read(), JoinRequest)
-        resp = self._issuer.join(req, node_addr(request.remote, req.addr))
+        resp = await self._issuer.join(req, node_addr(request.remote, req.addr))
         log.info("node joined", node=resp.node_id, role=resp.role, hostname=req.hostname)
         return web.Response(body=encode_json(resp), content_type="application/json")
 

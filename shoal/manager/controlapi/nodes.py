@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 
 from shoal.errors import FailedPrecondition, NotFound, OutOfSequence, invalid_argument
-from shoal.manager.store import Store, Tx
+from shoal.manager.store import ReadTx, Store, Tx
 from shoal.types.node import ManagerStatus, Node, NodeSpec
 
 ROLES = ("worker", "manager")
@@ -13,7 +13,7 @@ AVAILABILITIES = ("active", "pause", "drain")
 DEFAULT_MANAGER_PORT = 2377
 
 
-def resolve_node(tx: Tx, ref: str) -> Node:
+def resolve_node(tx: ReadTx, ref: str) -> Node:
     """A node by full ID, hostname, or unique ID prefix."""
     n = tx.get_node(ref)
     if n is not None:
@@ -30,7 +30,7 @@ def resolve_node(tx: Tx, ref: str) -> Node:
     raise NotFound(f"node {ref} not found")
 
 
-def update_node(store: Store, ref: str, version: int, spec: NodeSpec) -> Node:
+async def update_node(store: Store, ref: str, version: int, spec: NodeSpec) -> Node:
     if spec.role not in ROLES:
         raise invalid_argument(f"invalid role {spec.role!r}")
     if spec.availability not in AVAILABILITIES:
@@ -66,4 +66,4 @@ def update_node(store: Store, ref: str, version: int, spec: NodeSpec) -> Node:
             manager_status = None
         return tx.update(msgspec.structs.replace(node, spec=spec, manager_status=manager_status))
 
-    return store.update(write)
+    return await store.update(write)

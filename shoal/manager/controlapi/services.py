@@ -19,7 +19,7 @@ from shoal.manager.controlapi.defaults import insert_defaults
 from shoal.manager.controlapi.names import random_name
 from shoal.manager.orchestrator.update import rollback_service
 from shoal.manager.scheduler import constraint
-from shoal.manager.store import Store, Tx
+from shoal.manager.store import ReadTx, Store, Tx
 from shoal.types.service import (
     ContainerSpec,
     Endpoint,
@@ -138,7 +138,9 @@ def _task_relevant(spec: ServiceSpec) -> tuple[TaskSpec | None, EndpointSpec | N
     return tt, full.endpoint_spec
 
 
-def create_service(store: Store, spec: ServiceSpec, registry_auth: str | None = None) -> Service:
+async def create_service(
+    store: Store, spec: ServiceSpec, registry_auth: str | None = None
+) -> Service:
     """`POST /services/create`; `registry_auth` is the client's X-Registry-Auth."""
     spec = validate(spec)
 
@@ -156,14 +158,14 @@ def create_service(store: Store, spec: ServiceSpec, registry_auth: str | None = 
             )
         )
 
-    return store.update(write)
+    return await store.update(write)
 
 
 def _endpoint(spec: ServiceSpec) -> Endpoint:
     return Endpoint(spec=spec.endpoint_spec or EndpointSpec())
 
 
-def update_service(
+async def update_service(
     store: Store,
     ref: str,
     version: int,
@@ -209,14 +211,14 @@ def update_service(
             )
         )
 
-    return store.update(write)
+    return await store.update(write)
 
 
-def remove_service(store: Store, ref: str) -> None:
-    store.update(lambda tx: tx.delete("service", resolve_service(tx, ref).id))
+async def remove_service(store: Store, ref: str) -> None:
+    await store.update(lambda tx: tx.delete("service", resolve_service(tx, ref).id))
 
 
-def resolve_service(tx: Tx, ref: str) -> Service:
+def resolve_service(tx: ReadTx, ref: str) -> Service:
     """A service by full ID, exact name, or unique ID prefix (as dockerd resolves them)."""
     s = tx.get_service(ref)
     if s is not None:

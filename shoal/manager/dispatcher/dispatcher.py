@@ -12,7 +12,7 @@ import asyncio
 import functools
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import msgspec
@@ -95,22 +95,24 @@ class Dispatcher:
             for t in loops:
                 t.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
-            self._flush()
+            await self._flush()
 
     def stop(self) -> None:
         self._stopped.set()
 
-    def _guarded(self, what: str, fn: Callable[[], None]) -> None:
+    async def _guarded(self, what: str, fn: Callable[[], Awaitable[None] | None]) -> None:
         """One failed round of a loop is logged and counted; the loop goes on."""
         try:
-            fn()
+            result = fn()
+            if result is not None:
+                await result
         except Exception:
             self.loop_failures += 1
             log.exception("dispatcher loop failed; continuing", loop=what)
 
     async def _route(self, watcher: AsyncIterator[list[Event]]) -> None:
         async for events in watcher:
-            self._guarded("route", functools.partial(self._route_events, events))
+            await self._guarded("route", functools.partial(self._route_events, events))
 
     def _route_events(self, events: list[Event]) -> None:
         changes: dict[str, Assignment] = {}
@@ -183,28 +185,30 @@ class Dispatcher:
             except TimeoutError:
                 pass
             self._flush_now.clear()
-            self._guarded("status", self._flush)
+            await self._guarded("status", self._flush)
 
     async def _expire_loop(self) -> None:
         while True:
             await asyncio.sleep(min(EXPIRY_CHECK_S, self.heartbeat_period() / 2))
-            self._guarded("heartbeats", self._expire)
+            await self._guarded("heartbeats", self._expire)
 
-    def _expire(self) -> None:
+    async def _expire(self) -> None:
         now = time.monotonic()
         expired = [n for n, deadline in self._deadlines.items() if now > deadline]
         for node_id in expired:
             log.warning("node missed heartbeats", node=node_id)
             del self._deadlines[node_id]
             self._sessions.pop(node_id, None)
-            self._mark_down(node_id)
+            await self._mark_down(node_id)
 
     async def _forget_loop(self) -> None:
         while True:
             await asyncio.sleep(UNREGISTERED_SWEEP_S)
-            self._guarded("unregistered", functools.partial(self.forget_unregistered, now_ns()))
+            await self._guarded(
+                "unregistered", functools.partial(self.forget_unregistered, now_ns())
+            )
 
-    def forget_unregistered(self, now: int) -> None:
+    async def forget_unregistered(self, now: int) -> None:
         """Remove the nodes that joined before `now` less the TTL and never registered."""
         cutoff = now - int(UNREGISTERED_NODE_TTL_S * 1e9)
 
@@ -214,7 +218,7 @@ class Dispatcher:
                     log.info("forgetting a node that joined but never registered", node=node.id)
                     tx.delete("node", node.id)
 
-        self._store.update(write)
+        await self._store.update(write)
 
     # the session API (called by agents) --------------------------------------------------------
     async def register(
@@ -231,7 +235,7 @@ class Dispatcher:
                 )
             )
 
-        self._store.update(write)
+        await self._store.update(write)
         self._sessions[node_id] = _Session(node_id, logs)
         log.info("node registered", node=node_id, addr=addr)
         return self._next_beat(node_id)
@@ -289,30 +293,24 @@ class Dispatcher:
         return s.logs if s else None
 
     # writes ---------------------------------------------------------------------------------
-    def _flush(self) -> None:
+    async def _flush(self) -> None:
         if not self._pending_status:
             return
         batch, self._pending_status = self._pending_status, {}
-        self._store.batch(batch.items(), self._write_status)
+        written = 0
 
-    def _write_status(self, tx: Tx, item: tuple[tuple[str, str], TaskStatus]) -> None:
-        (node_id, task_id), status = item
-        t = tx.get_task(task_id)
-        if t is None or t.node_id != node_id:
-            return  # gone, or another node's task: a node reports only its own
-        new_state = TaskState.from_wire(status.state)
-        if new_state == t.state and status != t.status and new_state == TaskState.RUNNING:
-            pass  # a refreshed running status (e.g. adopted after a restart)
-        elif not can_transition(t.state, new_state, Owner.AGENT):
-            return
-        tx.update(msgspec.structs.replace(t, status=status))
-        self.status_writes += 1
+        def write(tx: Tx, item: tuple[tuple[str, str], TaskStatus]) -> None:
+            nonlocal written
+            written += _write_status(tx, item)
 
-    def _mark_down(self, node_id: str) -> None:
+        await self._store.batch(batch.items(), write)
+        self.status_writes += written
+
+    async def _mark_down(self, node_id: str) -> None:
         def write(tx: Tx) -> None:
             self._set_node_state(tx, node_id, "down", MSG_HEARTBEAT_FAILURE)
 
-        self._store.update(write)
+        await self._store.update(write)
 
     @staticmethod
     def _set_node_state(tx: Tx, node_id: str, state: str, message: str | None) -> None:
@@ -330,6 +328,21 @@ class Dispatcher:
             "rejected_reports": self.rejected_reports,
             "loop_failures": self.loop_failures,
         }
+
+
+def _write_status(tx: Tx, item: tuple[tuple[str, str], TaskStatus]) -> bool:
+    """Write one report if it moves the task forward; True when it was written."""
+    (node_id, task_id), status = item
+    t = tx.get_task(task_id)
+    if t is None or t.node_id != node_id:
+        return False  # gone, or another node's task: a node reports only its own
+    new_state = TaskState.from_wire(status.state)
+    if new_state == t.state and status != t.status and new_state == TaskState.RUNNING:
+        pass  # a refreshed running status (e.g. adopted after a restart)
+    elif not can_transition(t.state, new_state, Owner.AGENT):
+        return False
+    tx.update(msgspec.structs.replace(t, status=status))
+    return True
 
 
 def _keep_tls(node: Node, description: NodeDescription) -> NodeDescription:

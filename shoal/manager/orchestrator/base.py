@@ -4,11 +4,13 @@ each changed service, task and node to the mode-specific reconciler."""
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections.abc import Callable
 
-from shoal.manager.loops import reconcile_loop
+from shoal.manager.loops import LoopStats, reconcile_loop
 from shoal.manager.orchestrator.restart import RestartSupervisor
-from shoal.manager.orchestrator.task import invalid_node, is_runnable, set_desired
-from shoal.manager.orchestrator.update import UpdateSupervisor
+from shoal.manager.orchestrator.task import Slot, invalid_node, is_runnable, set_desired
+from shoal.manager.orchestrator.update import UpdateSupervisor, default_make_task
 from shoal.manager.store import Event, Store, Tx
 from shoal.types.node import Node
 from shoal.types.service import Service
@@ -16,7 +18,11 @@ from shoal.types.task import Task, TaskState
 
 
 class ServiceOrchestrator:
-    """Base: subclasses say which services they own and how to reconcile one."""
+    """Base: subclasses say which services they own and how to reconcile one.
+
+    Its transactions are pure: what they cause beyond the store (an updater started or
+    cancelled, a restart counted) is noted in `_effects` and done after the commit, so a
+    transaction that fails leaves no trace."""
 
     modes: frozenset[str] = frozenset()
 
@@ -28,6 +34,8 @@ class ServiceOrchestrator:
         self._updates = updates
         self._stopped = asyncio.Event()
         self.reconciles = 0
+        self._effects: list[Callable[[], None]] = []
+        self._stats = LoopStats()
 
     def owns(self, service: Service | None) -> bool:
         if service is None:
@@ -39,10 +47,29 @@ class ServiceOrchestrator:
         await reconcile_loop(
             self._store,
             ("service", "task", "node"),
-            self._check_all,
-            self._handle,
+            self._fresh(self._check_all),
+            self._fresh(self._handle),
             self._stopped,
+            name=type(self).__name__,
+            stats=self._stats,
+            after=self._after_commit,
         )
+
+    def _fresh(self, fn: Callable[..., None]) -> Callable[..., None]:
+        """`fn` as a transaction that starts with no effects noted (a failed one's are
+        dropped with it)."""
+
+        @functools.wraps(fn)
+        def run(*args: object) -> None:
+            self._effects = []
+            fn(*args)
+
+        return run
+
+    async def _after_commit(self) -> None:
+        effects, self._effects = self._effects, []
+        for effect in effects:
+            effect()
 
     def stop(self) -> None:
         self._stopped.set()
@@ -88,7 +115,8 @@ class ServiceOrchestrator:
             return False
         assert service is not None
         if task.state > TaskState.RUNNING:
-            self._restarts.restart(tx, service, task)
+            if self._restarts.restart(tx, service, task) is not None:
+                self._effects.append(functools.partial(self._restarts.record, task))
             return True
         if task.node_id and task.state >= TaskState.ASSIGNED and self.moves_on_invalid_node:
             node = tx.get_node(task.node_id)
@@ -100,8 +128,8 @@ class ServiceOrchestrator:
     moves_on_invalid_node = True
 
     def _service_removed(self, tx: Tx, service: Service) -> None:
-        self._updates.cancel(service.id)
-        self._restarts.clear_service(service.id)
+        self._effects.append(functools.partial(self._updates.cancel, service.id))
+        self._effects.append(functools.partial(self._restarts.clear_service, service.id))
         for t in tx.tasks_of_service(service.id):
             if t.desired < TaskState.REMOVE:
                 tx.update(set_desired(t, TaskState.REMOVE))
@@ -120,8 +148,14 @@ class ServiceOrchestrator:
                     out.add(t.service_id)
         return out
 
+    def start_update(self, service: Service, slots: list[Slot]) -> None:
+        """Note that `service`'s dirty `slots` need its updater (started after commit)."""
+        self._effects.append(
+            functools.partial(self._updates.update, service, slots, default_make_task)
+        )
+
     def statistics(self) -> dict[str, int]:
-        return {"reconciles": self.reconciles}
+        return {"reconciles": self.reconciles, **self._stats.as_dict()}
 
     def _latest(self, tasks: list[Task]) -> Task | None:
         return max(tasks, key=lambda t: (t.created_at, t.id), default=None)

@@ -16,7 +16,6 @@ from shoal.manager.orchestrator.task import (
     new_task,
     set_desired,
 )
-from shoal.manager.orchestrator.update import default_make_task
 from shoal.manager.scheduler import constraint
 from shoal.manager.store import Tx
 from shoal.types.node import Node
@@ -70,7 +69,7 @@ class GlobalOrchestrator(ServiceOrchestrator):
             if any(is_task_dirty(service, t) for t in live):
                 dirty.append(live)
         if dirty or self._updates.interrupted(service):
-            self._updates.update(service, dirty, default_make_task)
+            self.start_update(service, dirty)
 
     @staticmethod
     def _keeps_tasks(node: Node | None, constraints: list[constraint.Constraint]) -> bool:

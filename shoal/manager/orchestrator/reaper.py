@@ -37,18 +37,18 @@ class TaskReaper:
             view = self._store.view()
             for t in view.tasks():
                 self._note(t)
-            self._reap()
+            await self._reap()
             while not self._stopped.is_set():
                 try:
                     events = await asyncio.wait_for(watcher.__anext__(), REAPER_INTERVAL_S)
                 except TimeoutError:
-                    self._reap()
+                    await self._reap()
                     continue
                 for ev in events:
                     if ev.action != "remove":
                         self._note(ev.obj)
                 if len(self._dirty) + len(self._removing) >= REAPER_MAX_DIRTY:
-                    self._reap()
+                    await self._reap()
         finally:
             watcher.close()
 
@@ -61,45 +61,53 @@ class TaskReaper:
         elif not is_runnable(t):
             self._dirty.add((t.service_id, t.slot if t.slot is not None else t.node_id))
 
-    def _reap(self) -> None:
+    async def _reap(self) -> None:
         if not self._dirty and not self._removing:
             return
         dirty, self._dirty = self._dirty, set()
         removing, self._removing = self._removing, set()
-        self._store.update(lambda tx: self._reap_tx(tx, dirty, removing))
-
-    def _reap_tx(self, tx: Tx, dirty: set[tuple[str, object]], removing: set[str]) -> None:
-        cluster = tx.cluster()
-        limit = DEFAULT_TASK_HISTORY
-        if cluster and cluster.spec.orchestration:
-            lim = cluster.spec.orchestration.task_history_retention_limit
-            limit = DEFAULT_TASK_HISTORY if lim is None else lim
-        for tid in removing:
-            t = tx.get_task(tid)
-            if t is None:
-                continue
-            if _stopped(t):
-                tx.delete("task", tid)
-                self.deleted += 1
-            else:
-                self._removing.add(tid)  # look again once it has stopped
-        if limit < 0:
-            return
-        groups: dict[tuple[str, object], list[Task]] = defaultdict(list)
-        services = {sid for sid, _ in dirty}
-        for sid in services:
-            for t in tx.tasks_of_service(sid):
-                key = (sid, t.slot if t.slot is not None else t.node_id)
-                if key in dirty and not is_runnable(t):
-                    groups[key].append(t)
-        for history in groups.values():
-            if len(history) <= limit:
-                continue
-            history.sort(key=lambda t: (t.created_at, t.id))
-            for t in history[: len(history) - limit]:
-                if _stopped(t):
-                    tx.delete("task", t.id)
-                    self.deleted += 1
+        deleted, later = await self._store.update(lambda tx: _reap_tx(tx, dirty, removing))
+        self.deleted += deleted
+        self._removing |= later  # looked at again once they have stopped
 
     def statistics(self) -> dict[str, int]:
         return {"deleted": self.deleted}
+
+
+def _reap_tx(tx: Tx, dirty: set[tuple[str, object]], removing: set[str]) -> tuple[int, set[str]]:
+    """Delete what may go; returns how many tasks were deleted and the tasks desired
+    removed that still run."""
+    cluster = tx.cluster()
+    limit = DEFAULT_TASK_HISTORY
+    if cluster and cluster.spec.orchestration:
+        lim = cluster.spec.orchestration.task_history_retention_limit
+        limit = DEFAULT_TASK_HISTORY if lim is None else lim
+    deleted = 0
+    later: set[str] = set()
+    for tid in removing:
+        t = tx.get_task(tid)
+        if t is None:
+            continue
+        if _stopped(t):
+            tx.delete("task", tid)
+            deleted += 1
+        else:
+            later.add(tid)
+    if limit < 0:
+        return deleted, later
+    groups: dict[tuple[str, object], list[Task]] = defaultdict(list)
+    services = {sid for sid, _ in dirty}
+    for sid in services:
+        for t in tx.tasks_of_service(sid):
+            key = (sid, t.slot if t.slot is not None else t.node_id)
+            if key in dirty and not is_runnable(t):
+                groups[key].append(t)
+    for history in groups.values():
+        if len(history) <= limit:
+            continue
+        history.sort(key=lambda t: (t.created_at, t.id))
+        for t in history[: len(history) - limit]:
+            if _stopped(t):
+                tx.delete("task", t.id)
+                deleted += 1
+    return deleted, later

@@ -19,7 +19,6 @@ from shoal.manager.orchestrator.task import (
     set_desired,
     slots_of,
 )
-from shoal.manager.orchestrator.update import default_make_task
 from shoal.manager.store import Tx
 from shoal.types.service import Service
 from shoal.types.task import TaskState
@@ -64,7 +63,7 @@ class ReplicatedOrchestrator(ServiceOrchestrator):
             if n not in removed and any(is_task_dirty(service, t) for t in slot)
         ]
         if dirty or self._updates.interrupted(service):
-            self._updates.update(service, dirty, default_make_task)
+            self.start_update(service, dirty)
 
     def _remove_slots(
         self, tx: Tx, runnable: dict[int, Slot], finished: dict[int, Slot], count: int

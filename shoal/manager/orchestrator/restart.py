@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from shoal.manager.loops import log_failure
 from shoal.manager.orchestrator.task import new_task, set_desired
-from shoal.manager.store import Store, Tx
+from shoal.manager.store import ReadTx, Store, Tx
 from shoal.types.base import format_time, now_ns, parse_time
 from shoal.types.service import Service, TaskSpec
 from shoal.types.task import Task, TaskState
@@ -65,7 +65,7 @@ class Hold:
         return max(0, min(self.start_at_ns - now, self.delay_ns)) / 1e9
 
 
-def predecessor(tx: Tx, task: Task) -> Task | None:
+def predecessor(tx: ReadTx, task: Task) -> Task | None:
     """The task `task` replaced: the latest task of the same slot (or node, for a
     global service) created before it and no longer desired to run."""
     older = [
@@ -80,7 +80,7 @@ def predecessor(tx: Tx, task: Task) -> Task | None:
     return max(older, key=lambda t: (t.created_at, t.id), default=None)
 
 
-def hold_of(tx: Tx, task: Task) -> Hold:
+def hold_of(tx: ReadTx, task: Task) -> Hold:
     """What the held `task` waits for, read from the store only.
 
     - Its predecessor had ended when it was made (a restart after an exit or a
@@ -162,15 +162,17 @@ class RestartSupervisor:
             return None
         node_id = task.node_id if task.slot is None else None  # global tasks stay on their node
         replacement = new_task(service, task.slot, node_id, desired=TaskState.READY)
-        replacement = tx.create(replacement)
-        if not force:
-            self._history[self._key(task)].times.append(time.monotonic())
+        # Its timer is armed after commit, by run(), from the committed event; the
+        # caller records the restart after commit too (`record`).
+        return tx.create(replacement)
+
+    def record(self, task: Task) -> None:
+        """After commit: `task` was restarted by the policy (counted for max attempts)."""
+        self._history[self._key(task)].times.append(time.monotonic())
         self.restarts += 1
-        # Its timer is armed after commit, by run(), from the committed event.
-        return replacement
 
     @staticmethod
-    def _slot(tx: Tx, task: Task) -> list[Task]:
+    def _slot(tx: ReadTx, task: Task) -> list[Task]:
         """The tasks that share `task`'s slot (or node, for a global service)."""
         return [
             t
@@ -198,7 +200,7 @@ class RestartSupervisor:
         finally:
             watcher.close()
 
-    def _arm(self, view: Tx, task_id: str) -> None:
+    def _arm(self, view: ReadTx, task_id: str) -> None:
         task = view.get_task(task_id)
         if task is None or task.desired != TaskState.READY or task_id in self._delayed:
             return
@@ -235,7 +237,7 @@ class RestartSupervisor:
                 if t is not None and t.desired == TaskState.READY:
                     tx.update(set_desired(t, TaskState.RUNNING))
 
-            self._store.update(start)
+            await self._store.update(start)
         finally:
             self._delayed.pop(task_id, None)
 

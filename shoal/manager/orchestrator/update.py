@@ -103,7 +103,7 @@ class Updater:
         for tid in resumed:
             self._new_tasks[tid] = None
         self._total += len(resumed)
-        self._set_status(
+        await self._set_status(
             ROLLBACK_STARTED if self.rollback else UPDATING,
             "rollback in progress" if self.rollback else "update in progress",
             start=not resumed,
@@ -135,12 +135,12 @@ class Updater:
             while time.monotonic() < deadline and not self._failure_exceeded():  # noqa: ASYNC110
                 await asyncio.sleep(min(POLL_S * 4, max(0.0, deadline - time.monotonic())))
         if self._failure_exceeded():
-            self._on_failure()
+            await self._on_failure()
             return
         if self.rollback:
-            self._set_status(ROLLBACK_COMPLETED, "rollback completed", done=True)
+            await self._set_status(ROLLBACK_COMPLETED, "rollback completed", done=True)
         else:
-            self._set_status(COMPLETED, "update completed", done=True)
+            await self._set_status(COMPLETED, "update completed", done=True)
 
     # one slot ----------------------------------------------------------------------------
     async def _update_slot(self, slot: Slot) -> None:
@@ -152,10 +152,10 @@ class Updater:
         old = [t for t in slot if is_runnable(t)]
         new = self._make_task(service, slot)
         if order == "start-first":
-            new = self._store.update(lambda tx: tx.create(new))
+            new = await self._store.update(lambda tx: tx.create(new))
             self._new_tasks[new.id] = None
             await self._wait_running(new.id)
-            self._store.update(lambda tx: self._shutdown(tx, old))
+            await self._store.update(lambda tx: self._shutdown(tx, old))
         else:
             held = msgspec.structs.replace(new, desired_state=TaskState.READY.wire)
 
@@ -165,7 +165,7 @@ class Updater:
                 return created
 
             # The restart supervisor starts the held task once the old one stopped.
-            created = self._store.update(swap)
+            created = await self._store.update(swap)
             self._new_tasks[created.id] = None
             await self._wait_running(created.id)
 
@@ -214,19 +214,19 @@ class Updater:
         ratio = self.config.max_failure_ratio or 0.0
         return len(self.failed_tasks) / max(1, self._total) > ratio
 
-    def _on_failure(self) -> None:
+    async def _on_failure(self) -> None:
         task = self.failed_tasks[0]
         reason = f"due to failure or early termination of task {task}"
         if self.rollback:
-            self._set_status(ROLLBACK_PAUSED, f"rollback paused {reason}")
+            await self._set_status(ROLLBACK_PAUSED, f"rollback paused {reason}")
         elif self.config.failure_action == "rollback":
-            self._store.update(
+            await self._store.update(
                 lambda tx: rollback_service(tx, self.service.id, f"update rolled back {reason}")
             )
         else:
-            self._set_status(PAUSED, f"update paused {reason}")
+            await self._set_status(PAUSED, f"update paused {reason}")
 
-    def _set_status(
+    async def _set_status(
         self, state: str, message: str, start: bool = False, done: bool = False
     ) -> None:
         def write(tx: Tx) -> None:
@@ -244,7 +244,7 @@ class Updater:
             if status != s.update_status:
                 tx.update(msgspec.structs.replace(s, update_status=status))
 
-        self._store.update(write)
+        await self._store.update(write)
 
 
 def rollback_service(tx: Tx, service_id: str, message: str) -> Service | None:

@@ -21,7 +21,7 @@ import msgspec
 from shoal.manager.scheduler.constraint import node_value
 from shoal.manager.scheduler.filters import Pipeline
 from shoal.manager.scheduler.nodeinfo import NodeInfo
-from shoal.manager.store import Event, Store, Tx
+from shoal.manager.store import Event, ReadTx, Store, Tx
 from shoal.types.base import format_time, now_ns
 from shoal.types.node import Node
 from shoal.types.swarm import Cluster
@@ -68,7 +68,7 @@ class Scheduler:
         self._random = random.Random()
 
     # state from the store ---------------------------------------------------------------
-    def load(self, view: Tx) -> None:
+    def load(self, view: ReadTx) -> None:
         self._observe_cluster(view.cluster())
         self.nodes = {n.id: NodeInfo.of(n) for n in view.nodes()}
         self.pending = {}
@@ -135,7 +135,7 @@ class Scheduler:
         watcher = self._store.watch("task", "node", "cluster")
         try:
             self.load(self._store.view())
-            self.tick()
+            await self.tick()
             while not self._stopped.is_set():
                 events = await watcher.__anext__()
                 self.apply(events)
@@ -146,20 +146,20 @@ class Scheduler:
                     except TimeoutError:
                         break
                     self.apply(more)
-                self.tick()
+                await self.tick()
         finally:
             watcher.close()
 
     def stop(self) -> None:
         self._stopped.set()
 
-    def tick(self) -> None:
+    async def tick(self) -> None:
         """Place every pending task and commit the decisions."""
         if not self.pending:
             return
         decisions = self.schedule(list(self.pending.values()))
         self.passes += 1
-        self._commit(decisions)
+        await self._commit(decisions)
 
     # placement ------------------------------------------------------------------------------
     def schedule(self, tasks: list[Task]) -> list[Decision]:
@@ -303,14 +303,17 @@ class Scheduler:
         return leftover
 
     # writing decisions ------------------------------------------------------------------------
-    def _commit(self, decisions: list[Decision]) -> None:
+    async def _commit(self, decisions: list[Decision]) -> None:
+        """Write the decisions; the scheduler's own view follows after the commit (the
+        transaction only notes what it did)."""
         ts = format_time(now_ns())
+        stale: list[Decision] = []  # tasks gone or already handled: placed in our view only
+        assigned: list[Decision] = []
 
         def write(tx: Tx, d: Decision) -> None:
             t = tx.get_task(d.task_id)
             if t is None or not _needs_scheduling(t):
-                if d.node_id is not None and d.node_id in self.nodes:
-                    self.nodes[d.node_id].remove_task(d.task_id)  # placed in our view only
+                stale.append(d)
                 return
             if d.node_id is None:
                 if t.status.err == d.err and t.status.message == MSG_PENDING:
@@ -326,11 +329,15 @@ class Scheduler:
                 t.status, state=TaskState.ASSIGNED.wire, message=d.message, err=None, timestamp=ts
             )
             tx.update(msgspec.structs.replace(t, node_id=d.node_id, status=status))
-            self.scheduled += 1
+            assigned.append(d)
 
         placed = [d for d in decisions if d.node_id is not None]
         failed = [d for d in decisions if d.node_id is None]
-        self._store.batch(placed + failed, write)
+        await self._store.batch(placed + failed, write)
+        for d in stale:
+            if d.node_id is not None and d.node_id in self.nodes:
+                self.nodes[d.node_id].remove_task(d.task_id)
+        self.scheduled += len(assigned)
         for d in placed:
             self.pending.pop(d.task_id, None)
 

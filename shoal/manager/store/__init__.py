@@ -1,6 +1,17 @@
 """The cluster state: in-memory tables, transactions, watches; durable backends."""
 
-from shoal.manager.store.backend import Backend, MemoryBackend
-from shoal.manager.store.memory import Event, Store, Tx, Watcher
+from shoal.manager.store.backend import Backend, Commit, MemoryBackend, Record
+from shoal.manager.store.memory import Event, ReadTx, Store, Tx, Watcher, WatcherClosed
 
-__all__ = ["Backend", "Event", "MemoryBackend", "Store", "Tx", "Watcher"]
+__all__ = [
+    "Backend",
+    "Commit",
+    "Event",
+    "MemoryBackend",
+    "ReadTx",
+    "Record",
+    "Store",
+    "Tx",
+    "Watcher",
+    "WatcherClosed",
+]

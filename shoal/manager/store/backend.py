@@ -1,9 +1,12 @@
 """Durability backends for the store. The store keeps everything in memory; a backend
-only records committed transactions and gives them back at start-up."""
+makes committed transactions durable, gives them back at start-up, and (for a store
+shared by several managers) feeds in the commits other writers made."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Protocol
 
 
@@ -16,35 +19,84 @@ class Record:
     data: bytes | None
 
 
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """What one commit wrote, and the index it ends at."""
+
+    index: int
+    records: list[Record] = field(default_factory=list)
+
+
 class Backend(Protocol):
     def load(self) -> tuple[int, list[Record]]:
         """The last committed index and every live object."""
         ...
 
-    def commit(self, index: int, records: list[Record]) -> None:
-        """Durably apply one transaction before the store publishes it."""
+    async def commit(self, index: int, records: list[Record]) -> None:
+        """Make these writes durable, ending at `index`; return only once they are.
+        The store hands over several transactions at once (group commit), in order."""
+        ...
+
+    def foreign_commits(self, after: int) -> AsyncIterator[Commit] | None:
+        """Commits other writers make after index `after`, in order (None: this backend
+        has one writer, the store itself)."""
         ...
 
     def close(self) -> None: ...
 
 
 class MemoryBackend:
-    """Keeps nothing: for unit tests and the scheduler benchmark."""
+    """Keeps objects in memory only: for unit tests and benchmarks.
+
+    Tests can hold commits (`hold()` / `release()`) to observe what waits for
+    durability, and `inject()` a commit as another manager would have made it."""
 
     def __init__(self) -> None:
         self.index = 0
         self.objects: dict[tuple[str, str], bytes] = {}
+        self.commits = 0
+        self._released = asyncio.Event()
+        self._released.set()
+        self._foreign: asyncio.Queue[Commit] | None = None
 
     def load(self) -> tuple[int, list[Record]]:
         return self.index, [Record(k, i, d) for (k, i), d in self.objects.items()]
 
-    def commit(self, index: int, records: list[Record]) -> None:
+    async def commit(self, index: int, records: list[Record]) -> None:
+        await self._released.wait()
+        self._apply(index, records)
+        self.commits += 1
+
+    def _apply(self, index: int, records: list[Record]) -> None:
         self.index = index
         for r in records:
             if r.data is None:
                 self.objects.pop((r.kind, r.id), None)
             else:
                 self.objects[(r.kind, r.id)] = r.data
+
+    def hold(self) -> None:
+        self._released.clear()
+
+    def release(self) -> None:
+        self._released.set()
+
+    def inject(self, records: list[Record]) -> Commit:
+        """A commit made by another writer: durable here, then fed to the store."""
+        commit = Commit(self.index + 1, records)
+        self._apply(commit.index, records)
+        if self._foreign is not None:
+            self._foreign.put_nowait(commit)
+        return commit
+
+    def foreign_commits(self, after: int) -> AsyncIterator[Commit] | None:
+        self._foreign = asyncio.Queue()
+        return self._feed(self._foreign)
+
+    @staticmethod
+    async def _feed(queue: asyncio.Queue[Commit]) -> AsyncIterator[Commit]:
+        while True:
+            yield await queue.get()
 
     def close(self) -> None:
         pass

@@ -1,11 +1,26 @@
 """The store: in-memory tables with indexes, write transactions, and watches.
 
 Everything runs on the daemon's event loop, so a transaction is a plain synchronous
-function: nothing else runs while it executes, reads never touch disk, and a watcher
-created before a read sees every change after it (SwarmKit's "watch before view").
+function: nothing else runs while it executes, and reads never touch disk.
 
-Every committed transaction takes the next `Version.Index`; each object it writes gets
+`await store.update(fn)` applies `fn` to the tables at once (its reads see every
+transaction applied before it), then waits until the backend has made it durable, and
+only then publishes its events to watchers and returns. Transactions that arrive while
+a commit is in flight are committed together in the next one (group commit, at most
+MAX_GROUP_RECORDS records), in order, so throughput does not fall to one fsync per
+write. A transaction function is pure: it reads and writes the Tx only; what it causes
+happens after commit, driven by the events (or by the value it returns).
+
+Every applied transaction takes the next `Version.Index`; each object it writes gets
 that index, so `?version=N` checks are global optimistic concurrency, as Docker's.
+
+Watchers see committed transactions in order; a watcher created before a read sees
+every change after it (SwarmKit's "watch before view"), and possibly some the read
+already showed. A watcher that falls WATCH_QUEUE transactions behind is closed with a
+reason (SwarmKit closes slow watchers too) and its loop resyncs from a fresh view.
+
+A backend shared with other writers (etcd) feeds their commits in: `run()` applies them
+to the tables and publishes them like the store's own.
 """
 
 from __future__ import annotations
@@ -18,8 +33,9 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from shoal.errors import OutOfSequence
-from shoal.manager.store.backend import Backend, Record
+from shoal.errors import Internal, OutOfSequence
+from shoal.log import get_logger
+from shoal.manager.store.backend import Backend, Commit, Record
 from shoal.types.base import Version, format_time, now_ns
 from shoal.types.node import Node
 from shoal.types.service import Service
@@ -36,6 +52,13 @@ _KIND_OF: dict[type[Any], str] = {t: k for k, t in KINDS.items()}
 
 # Largest number of objects one batch() transaction writes (size bound of a batch).
 MAX_CHANGES_PER_BATCH = 2000
+# Largest number of records one group commit hands the backend (its size bound; its
+# time bound is the commit in flight: nothing waits longer than that).
+MAX_GROUP_RECORDS = 10_000
+# Committed transactions a watcher may have queued before it is closed as too slow.
+WATCH_QUEUE = 10_000
+
+log = get_logger("shoal.manager.store")
 
 T = TypeVar("T")
 Obj = TypeVar("Obj", Cluster, Node, Service, Task)
@@ -52,6 +75,10 @@ class Event:
     old: Any | None = None
 
 
+class WatcherClosed(Exception):
+    """The watcher fell too far behind and was closed; its loop resyncs from a view."""
+
+
 class Watcher:
     """A subscription to committed changes; yields one list of events per transaction."""
 
@@ -59,15 +86,30 @@ class Watcher:
         self._store = store
         self.kinds = kinds
         self.queue: asyncio.Queue[list[Event]] = asyncio.Queue()
+        self.closed_reason: str | None = None
 
     def close(self) -> None:
         self._store._watchers.discard(self)
+
+    def _offer(self, events: list[Event]) -> None:
+        if self.closed_reason is not None:
+            return
+        if self.queue.qsize() >= WATCH_QUEUE:
+            self.closed_reason = f"fell {WATCH_QUEUE} transactions behind"
+            self.close()
+            log.warning("closing a slow watcher", reason=self.closed_reason)
+            self.queue.put_nowait([])  # wakes its reader, which then sees the reason
+            return
+        self.queue.put_nowait(events)
 
     def __aiter__(self) -> Watcher:
         return self
 
     async def __anext__(self) -> list[Event]:
-        return await self.queue.get()
+        events = await self.queue.get()
+        if self.closed_reason is not None and self.queue.empty():
+            raise WatcherClosed(self.closed_reason)
+        return events
 
     def get_nowait_all(self) -> list[Event]:
         """Every event already queued, flattened (for debouncing loops)."""
@@ -105,17 +147,12 @@ class _Tables:
         return old
 
 
-class Tx:
-    """A read-write transaction. Writes apply at once to the tables and are undone if
-    the function raises; on success the store persists and publishes them."""
+class ReadTx:
+    """A read view of the tables: consistent until the next await."""
 
     def __init__(self, store: Store, index: int) -> None:
-        self._store = store
         self._t = store._tables
         self.index = index
-        self.time = format_time(now_ns())
-        self._events: list[Event] = []
-        self._undo: list[tuple[str, str, Any | None]] = []
 
     # reads -------------------------------------------------------------------------
     def get(self, kind: str, id_: str) -> Any | None:
@@ -152,6 +189,17 @@ class Tx:
     def tasks_on_node(self, node_id: str) -> list[Task]:
         table = self._t.objects["task"]
         return [table[i] for i in self._t.tasks_by_node.get(node_id, ())]
+
+
+class Tx(ReadTx):
+    """A read-write transaction. Writes apply at once to the tables and are undone if
+    the function raises; on success the store persists and publishes them."""
+
+    def __init__(self, store: Store, index: int) -> None:
+        super().__init__(store, index)
+        self.time = format_time(now_ns())
+        self._events: list[Event] = []
+        self._undo: list[tuple[str, str, Any | None]] = []
 
     # writes ------------------------------------------------------------------------
     def _stamp(self, obj: Obj, created: bool) -> Obj:
@@ -200,6 +248,15 @@ class Tx:
                 self._t.put(kind, old)
 
 
+@dataclass(slots=True)
+class _Applied:
+    """A transaction applied to the tables, waiting to be durable."""
+
+    index: int
+    events: list[Event]
+    records: list[Record]
+
+
 class Store:
     """The cluster state of one manager. Nothing else writes state."""
 
@@ -207,14 +264,20 @@ class Store:
         self._backend = backend
         self._tables = _Tables()
         self._watchers: set[Watcher] = set()
-        self.index = 0
+        self.index = 0  # the last applied transaction
+        self.durable_index = 0  # the last one the backend made durable
         self._in_tx = False
-        self.commits = 0
+        self._pending: list[_Applied] = []
+        self._flushing: asyncio.Future[None] | None = None  # the commit in flight
+        self._failed: BaseException | None = None
+        self.commits = 0  # transactions made durable
+        self.group_commits = 0  # backend commits (each one or more transactions)
+        self.foreign_commits = 0
         self._load()
 
     def _load(self) -> None:
         index, records = self._backend.load()
-        self.index = index
+        self.index = self.durable_index = index
         for r in records:
             if r.data is None or r.kind not in KINDS:
                 continue
@@ -225,65 +288,147 @@ class Store:
         self._backend.close()
 
     # reads outside transactions ----------------------------------------------------------
-    def view(self) -> Tx:
-        """A read view (a Tx used only to read). Consistent until the next await."""
-        return Tx(self, self.index)
+    def view(self) -> ReadTx:
+        """A read-only view of every applied transaction. Consistent until the next
+        await."""
+        return ReadTx(self, self.index)
 
     # writes ------------------------------------------------------------------------------
-    def update(self, fn: Callable[[Tx], T]) -> T:
-        """Run `fn` as one transaction: all its writes commit together or none do."""
+    async def update(self, fn: Callable[[Tx], T]) -> T:
+        """Run `fn` as one transaction: all its writes commit together or none do.
+        Returns `fn`'s value once the transaction is durable (and published)."""
+        result, index = self._apply(fn)
+        if index is not None:
+            await self._wait_durable(index)
+        return result
+
+    def _apply(self, fn: Callable[[Tx], T]) -> tuple[T, int | None]:
+        if self._failed is not None:
+            raise Internal(f"the store cannot commit: {self._failed!r}")
         if self._in_tx:
             raise RuntimeError("nested store transaction")
         self._in_tx = True
         tx = Tx(self, self.index + 1)
         try:
             result = fn(tx)
-            if tx._events:
-                self._commit(tx)
         except BaseException:
             tx._rollback()
             raise
         finally:
             self._in_tx = False
-        return result
+        if not tx._events:
+            return result, None
+        self.index = tx.index
+        self._pending.append(_Applied(tx.index, tx._events, _records(tx._events)))
+        return result, tx.index
 
-    def batch(self, items: Iterable[T], fn: Callable[[Tx, T], None]) -> None:
+    async def batch(self, items: Iterable[T], fn: Callable[[Tx, T], None]) -> None:
         """Apply `fn` to many items, in transactions of at most MAX_CHANGES_PER_BATCH
-        writes each: a large loop is not one huge transaction, nor one per item."""
+        writes each: a large loop is not one huge transaction, nor one per item. The
+        transactions are applied one after the other and made durable together."""
         it: Iterator[T] = iter(items)
         done = False
+        last: int | None = None
+
+        def chunk(tx: Tx) -> None:
+            nonlocal done
+            while len(tx._events) < MAX_CHANGES_PER_BATCH:
+                try:
+                    item = next(it)
+                except StopIteration:
+                    done = True
+                    return
+                fn(tx, item)
+
         while not done:
+            _, index = self._apply(chunk)
+            last = index if index is not None else last
+        if last is not None:
+            await self._wait_durable(last)
 
-            def chunk(tx: Tx) -> None:
-                nonlocal done
-                while len(tx._events) < MAX_CHANGES_PER_BATCH:
-                    try:
-                        item = next(it)
-                    except StopIteration:
-                        done = True
-                        return
-                    fn(tx, item)
+    async def _wait_durable(self, index: int) -> None:
+        """Group commit: when no commit is in flight, one starts with everything applied
+        so far (up to MAX_GROUP_RECORDS records); a transaction that missed it waits for
+        the next. The commit runs as its own task: a waiter that is cancelled (a client
+        gone) does not cancel it."""
+        while self.durable_index < index:
+            if self._failed is not None:
+                raise Internal(f"the store cannot commit: {self._failed!r}")
+            if self._flushing is None:
+                self._flushing = asyncio.ensure_future(self._flush_once())
+            await asyncio.shield(self._flushing)
 
-            self.update(chunk)
+    async def _flush_once(self) -> None:
+        try:
+            await self._flush()
+        except Exception as e:
+            # The tables are ahead of what is durable: nothing more may be acknowledged.
+            self._failed = e
+            log.error("store commit failed; the manager must restart", error=repr(e))
+        finally:
+            self._flushing = None
 
-    def _commit(self, tx: Tx) -> None:
-        records = []
-        for ev in tx._events:
-            if ev.action == "remove":
-                records.append(Record(ev.kind, ev.obj.id, None))
-            else:
-                records.append(Record(ev.kind, ev.obj.id, msgspec.json.encode(ev.obj)))
-        self._backend.commit(tx.index, records)
-        self.index = tx.index
-        self.commits += 1
-        events = tx._events
+    async def _flush(self) -> None:
+        group: list[_Applied] = []
+        size = 0
+        while self._pending and (
+            not group or size + len(self._pending[0].records) <= MAX_GROUP_RECORDS
+        ):
+            applied = self._pending.pop(0)
+            group.append(applied)
+            size += len(applied.records)
+        records = [r for applied in group for r in applied.records]
+        try:
+            await self._backend.commit(group[-1].index, records)
+        except BaseException:
+            self._pending[:0] = group
+            raise
+        self.durable_index = group[-1].index
+        self.group_commits += 1
+        for applied in group:
+            self.commits += 1
+            self._publish(applied.events)
+
+    def _publish(self, events: list[Event]) -> None:
         for w in list(self._watchers):
             if w.kinds is None:
-                w.queue.put_nowait(events)
+                w._offer(events)
             else:
                 mine = [e for e in events if e.kind in w.kinds]
                 if mine:
-                    w.queue.put_nowait(mine)
+                    w._offer(mine)
+
+    # commits made elsewhere ---------------------------------------------------------------
+    async def run(self) -> None:
+        """Apply the commits other writers make (a shared backend) until cancelled."""
+        feed = self._backend.foreign_commits(self.durable_index)
+        if feed is None:
+            return
+        async for commit in feed:
+            self.apply_foreign(commit)
+
+    def apply_foreign(self, commit: Commit) -> None:
+        """A commit another writer made durable: into the tables, then to watchers."""
+        if self._pending or self._in_tx:
+            raise RuntimeError("a foreign commit arrived while this store was writing")
+        events: list[Event] = []
+        for r in commit.records:
+            cls = KINDS.get(r.kind)
+            if cls is None:
+                continue
+            old = self._tables.objects[r.kind].get(r.id)
+            if r.data is None:
+                if old is not None:
+                    self._tables.drop(r.kind, r.id)
+                    events.append(Event("remove", r.kind, old, old))
+                continue
+            obj = msgspec.json.decode(r.data, type=cls)
+            self._tables.put(r.kind, obj)
+            events.append(Event("create" if old is None else "update", r.kind, obj, old))
+        self.index = self.durable_index = commit.index
+        self.foreign_commits += 1
+        if events:
+            self._publish(events)
 
     def watch(self, *kinds: str) -> Watcher:
         w = Watcher(self, frozenset(kinds) if kinds else None)
@@ -293,7 +438,18 @@ class Store:
     def statistics(self) -> dict[str, int]:
         return {
             "index": self.index,
+            "durable_index": self.durable_index,
             "commits": self.commits,
+            "group_commits": self.group_commits,
+            "foreign_commits": self.foreign_commits,
+            "pending": len(self._pending),
             "watchers": len(self._watchers),
             **{f"{k}s": len(v) for k, v in self._tables.objects.items()},
         }
+
+
+def _records(events: list[Event]) -> list[Record]:
+    return [
+        Record(ev.kind, ev.obj.id, None if ev.action == "remove" else msgspec.json.encode(ev.obj))
+        for ev in events
+    ]

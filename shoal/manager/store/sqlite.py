@@ -1,11 +1,18 @@
-"""SQLite backend: the embedded default for a single manager (WAL, fsync on commit)."""
+"""SQLite backend: the embedded default for a single manager (WAL, fsync on commit).
+
+Commits run on one thread of their own, off the event loop: the loop goes on serving
+while the disk syncs, and the store groups what arrives meanwhile into the next commit.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from shoal.manager.store.backend import Record
+from shoal.manager.store.backend import Commit, Record
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
@@ -29,6 +36,7 @@ class SQLiteBackend:
         # FULL: a commit is on disk when commit() returns; kill -9 loses nothing acknowledged.
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-commit")
 
     def load(self) -> tuple[int, list[Record]]:
         row = self._db.execute("SELECT value FROM meta WHERE key='index'").fetchone()
@@ -39,7 +47,14 @@ class SQLiteBackend:
         ]
         return index, records
 
-    def commit(self, index: int, records: list[Record]) -> None:
+    async def commit(self, index: int, records: list[Record]) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._thread, self._commit, index, records)
+
+    def foreign_commits(self, after: int) -> AsyncIterator[Commit] | None:
+        return None  # one manager writes
+
+    def _commit(self, index: int, records: list[Record]) -> None:
         db = self._db
         db.execute("BEGIN")
         try:
@@ -64,4 +79,5 @@ class SQLiteBackend:
             raise
 
     def close(self) -> None:
+        self._thread.shutdown(wait=True)
         self._db.close()

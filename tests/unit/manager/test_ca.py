@@ -30,6 +30,8 @@ from shoal.types.service import JoinTokens
 from shoal.types.session import JoinRequest
 from shoal.types.swarm import Cluster, SwarmSpec
 
+from ..storeutil import commit, run
+
 DAY = datetime.timedelta(days=1)
 HOUR_NS = 3600 * 1_000_000_000
 # The documented numbers (SwarmKit's), pinned here rather than read from the code: node
@@ -61,7 +63,7 @@ def cluster_store(root: RootCA) -> tuple[Store, JoinTokens]:
             )
         )
 
-    store.update(create)
+    commit(store, create)
     return store, tokens
 
 
@@ -103,9 +105,13 @@ def test_join_with_a_token_creates_the_node_with_its_role(root: RootCA, role: st
     store, tokens = cluster_store(root)
     issuer = Issuer(store, root, ["127.0.0.1:2377"])
     token = tokens.worker if role == "worker" else tokens.manager
-    resp = issuer.join(
-        JoinRequest(token=token, csr=make_csr(new_key()).decode(), hostname="h2", addr="10.0.0.2"),
-        "10.0.0.2",
+    resp = run(
+        issuer.join(
+            JoinRequest(
+                token=token, csr=make_csr(new_key()).decode(), hostname="h2", addr="10.0.0.2"
+            ),
+            "10.0.0.2",
+        )
     )
     assert resp.role == role and resp.cluster_id == "cid"
     assert resp.managers == ["127.0.0.1:2377"]
@@ -122,11 +128,13 @@ def test_a_wrong_or_rotated_token_admits_nobody(root: RootCA) -> None:
     before = store.index
     for token in (root.new_join_token(), tokens.worker[:-1] + "x"):
         with pytest.raises(InvalidArgument) as err:
-            issuer.join(
-                JoinRequest(
-                    token=token, csr=make_csr(new_key()).decode(), hostname="h", addr="10.0.0.3"
-                ),
-                "10.0.0.3",
+            run(
+                issuer.join(
+                    JoinRequest(
+                        token=token, csr=make_csr(new_key()).decode(), hostname="h", addr="10.0.0.3"
+                    ),
+                    "10.0.0.3",
+                )
             )
         assert err.value.message == MSG_BAD_TOKEN
     assert store.index == before and store.view().nodes() == []
@@ -135,11 +143,13 @@ def test_a_wrong_or_rotated_token_admits_nobody(root: RootCA) -> None:
 def test_renewal_keeps_the_node_and_takes_its_current_role(root: RootCA) -> None:
     store, tokens = cluster_store(root)
     issuer = Issuer(store, root, [])
-    joined = issuer.join(
-        JoinRequest(
-            token=tokens.worker, csr=make_csr(new_key()).decode(), hostname="h", addr="10.0.0.4"
-        ),
-        "10.0.0.4",
+    joined = run(
+        issuer.join(
+            JoinRequest(
+                token=tokens.worker, csr=make_csr(new_key()).decode(), hostname="h", addr="10.0.0.4"
+            ),
+            "10.0.0.4",
+        )
     )
     ident = Identity(node_id=joined.node_id, role="worker", cluster_id="cid")
 
@@ -152,7 +162,7 @@ def test_renewal_keeps_the_node_and_takes_its_current_role(root: RootCA) -> None
             msgspec.structs.replace(node, spec=msgspec.structs.replace(node.spec, role="manager"))
         )
 
-    store.update(promote)
+    commit(store, promote)
     renewed = issuer.renew(ident, make_csr(new_key()).decode())
     got = identity_of(x509.load_pem_x509_certificate(renewed.certificate.encode()))
     assert got == Identity(node_id=joined.node_id, role="manager", cluster_id="cid")

@@ -28,6 +28,8 @@ from shoal.types.session import JoinRequest
 from shoal.types.swarm import Cluster, SwarmSpec
 from shoal.types.task import Task, TaskStatus
 
+from ..storeutil import commit, run
+
 DAY = datetime.timedelta(days=1)
 
 
@@ -66,11 +68,11 @@ def test_a_join_request_cannot_add_names_to_its_certificate(root: RootCA) -> Non
             )
         )
 
-    store.update(create)
+    commit(store, create)
     req = JoinRequest(
         token=tokens.worker, csr=csr_on(ec.SECP256R1()).decode(), hostname="h", addr="swarm-manager"
     )
-    resp = Issuer(store, root, []).join(req, "10.0.0.9")
+    resp = run(Issuer(store, root, []).join(req, "10.0.0.9"))
     dns, ips = san_names(resp.certificate.encode())
     assert dns == sorted(["swarm-worker", resp.node_id])
     assert ips == []
@@ -172,7 +174,7 @@ def test_a_node_cannot_overwrite_another_nodes_pending_report() -> None:
         tx.create(_node("b"))
         tx.create(task)
 
-    store.update(create)
+    commit(store, create)
 
     class NoLogs:
         def task_logs(self, task_id: str, options: object) -> object:
@@ -221,10 +223,10 @@ def test_nodes_that_joined_but_never_registered_are_forgotten() -> None:
         tx.create(msgspec.structs.replace(_node("registered"), status=NodeStatus(state="ready")))
         tx.create(msgspec.structs.replace(_node("down"), status=NodeStatus(state="down")))
 
-    store.update(create)
+    commit(store, create)
     d = Dispatcher(store)
     joined_at = time.time_ns()
-    d.forget_unregistered(joined_at + 299 * 10**9)  # within the 5 minutes: kept
+    run(d.forget_unregistered(joined_at + 299 * 10**9))  # within the 5 minutes: kept
     assert {n.id for n in store.view().nodes()} == {"joined-only", "registered", "down"}
-    d.forget_unregistered(joined_at + 301 * 10**9)
+    run(d.forget_unregistered(joined_at + 301 * 10**9))
     assert {n.id for n in store.view().nodes()} == {"registered", "down"}

@@ -13,6 +13,8 @@ from shoal.types.agent import TaskStatusUpdate
 from shoal.types.node import Node, NodeSpec, NodeStatus
 from shoal.types.task import Task, TaskState, TaskStatus
 
+from ..storeutil import commit
+
 
 def node(node_id: str) -> Node:
     return Node(
@@ -47,7 +49,7 @@ def reported(tasks: list[Task], reports: list[tuple[str, TaskStatusUpdate]]) -> 
         for obj in [node("n1"), node("n2"), *tasks]:
             tx.create(obj)
 
-    store.update(create)
+    commit(store, create)
 
     async def main() -> None:
         dispatcher = Dispatcher(store)

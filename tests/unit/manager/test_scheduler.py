@@ -43,6 +43,8 @@ from shoal.types.service import (
 )
 from shoal.types.task import Task, TaskState, TaskStatus
 
+from ..storeutil import commit, run
+
 CPU = 1_000_000_000
 GIB = 1 << 30
 
@@ -127,7 +129,7 @@ def new_store(*objects: Node | Task) -> Store:
         for obj in objects:
             tx.create(obj)
 
-    store.update(create)
+    commit(store, create)
     return store
 
 
@@ -506,7 +508,7 @@ def test_tick_commits_assignments_to_the_store() -> None:
     sched = scheduler_for(store)
     assert set(sched.pending) == {t.id for t in tasks}
 
-    sched.tick()
+    run(sched.tick())
 
     assert store.index == index + 1  # one transaction for the whole pass
     assert len(watcher.queue.get_nowait()) == 6
@@ -530,7 +532,7 @@ def test_tick_commits_assignments_to_the_store() -> None:
     assert sched.statistics()["scheduled"] == 6
 
     # nothing left to do: a second pass writes nothing
-    sched.tick()
+    run(sched.tick())
     assert store.index == index + 1
 
 
@@ -548,7 +550,7 @@ def test_tick_leaves_unplaceable_tasks_pending_with_the_reason() -> None:
     tasks = replicas(2, cpus=2 * CPU)
     store = new_store(*nodes, *tasks)
     sched = scheduler_for(store)
-    sched.tick()
+    run(sched.tick())
     for t in tasks:
         stored = store.view().get_task(t.id)
         assert stored is not None
@@ -560,7 +562,7 @@ def test_tick_leaves_unplaceable_tasks_pending_with_the_reason() -> None:
 
     # the same verdict again is not written again
     index = store.index
-    sched.tick()
+    run(sched.tick())
     assert store.index == index
 
 
@@ -568,14 +570,14 @@ def test_a_new_node_lets_pending_tasks_be_placed() -> None:
     store = new_store(make_node("n1", availability="drain"), *replicas(2))
     watcher = store.watch("task", "node")
     sched = scheduler_for(store)
-    sched.tick()
+    run(sched.tick())
     sched.apply(watcher.get_nowait_all())
     assert len(sched.pending) == 2
     assert all(stored(store, t).node_id is None for t in sched.pending)
 
-    store.update(lambda tx: tx.create(make_node("n2")))
+    commit(store, lambda tx: tx.create(make_node("n2")))
     sched.apply(watcher.get_nowait_all())
-    sched.tick()
+    run(sched.tick())
     assert {stored(store, t.id).node_id for t in replicas(2)} == {"n2"}
     assert sched.pending == {}
 
@@ -590,9 +592,9 @@ def test_tasks_no_longer_pending_are_not_written() -> None:
         assert task is not None
         tx.update(msgspec.structs.replace(task, desired_state=TaskState.SHUTDOWN.wire))
 
-    store.update(shut_down)
+    commit(store, shut_down)
     index = store.index
-    sched.tick()  # still in the scheduler's pending map, stale
+    run(sched.tick())  # still in the scheduler's pending map, stale
     assert store.index == index
     task = store.view().get_task("svc.1")
     assert task is not None and task.state is TaskState.PENDING and task.node_id is None
@@ -604,14 +606,14 @@ def test_the_schedulers_own_commits_do_not_count_twice() -> None:
     store = new_store(*nodes, *replicas(3))
     watcher = store.watch("task", "node")
     sched = scheduler_for(store)
-    sched.tick()
+    run(sched.tick())
     sched.apply(watcher.get_nowait_all())  # its own ASSIGNED updates come back as events
     assert {n: info.active_count for n, info in sched.nodes.items()} == {"n1": 1, "n2": 1, "n3": 1}
 
     more = [make_task(f"svc.{i}", slot=i) for i in range(4, 7)]
-    store.update(lambda tx: [tx.create(t) for t in more])
+    commit(store, lambda tx: [tx.create(t) for t in more])
     sched.apply(watcher.get_nowait_all())
-    sched.tick()
+    run(sched.tick())
     assert Counter(t.node_id for t in store.view().tasks_of_service("svc")) == {
         "n1": 2,
         "n2": 2,

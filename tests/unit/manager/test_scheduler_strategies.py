@@ -8,6 +8,7 @@ from shoal.manager.scheduler.scheduler import STRATEGY_LABEL, Scheduler
 from shoal.manager.store import MemoryBackend, Store, Tx
 from shoal.types.swarm import Cluster, SwarmSpec
 
+from ..storeutil import commit
 from .test_scheduler import CPU, make_node, placed, replicas
 
 
@@ -22,7 +23,7 @@ def scheduler_with(strategy: str | None, nodes: int = 3) -> Scheduler:
         for i in range(nodes):
             tx.create(make_node(f"n{i}", cpus=4 * CPU))
 
-    store.update(create)
+    commit(store, create)
     sched = Scheduler(store)
     sched.load(store.view())
     return sched

@@ -21,6 +21,8 @@ from shoal.types.service import ReplicatedService, Service, ServiceMode, Service
 from shoal.types.swarm import Cluster
 from shoal.types.task import Task, TaskState, TaskStatus
 
+from ..storeutil import commit, commit_batch
+
 
 def make_node(node_id: str) -> Node:
     return Node(
@@ -85,20 +87,20 @@ def test_a_new_store_starts_at_index_zero(store: Store) -> None:
 
 
 def test_every_write_bumps_one_index_shared_by_all_kinds(store: Store) -> None:
-    node = store.update(lambda tx: tx.create(make_node("n1")))
+    node = commit(store, lambda tx: tx.create(make_node("n1")))
     assert (store.index, node.version.index) == (1, 1)
-    service = store.update(lambda tx: tx.create(make_service("s1")))
+    service = commit(store, lambda tx: tx.create(make_service("s1")))
     assert (store.index, service.version.index) == (2, 2)
-    task = store.update(lambda tx: tx.create(make_task("t1", "s1", "n1")))
+    task = commit(store, lambda tx: tx.create(make_task("t1", "s1", "n1")))
     assert (store.index, task.version.index) == (3, 3)
-    cluster = store.update(lambda tx: tx.create(make_cluster()))
+    cluster = commit(store, lambda tx: tx.create(make_cluster()))
     assert (store.index, cluster.version.index) == (4, 4)
 
-    node2 = store.update(
-        lambda tx: tx.update(msgspec.structs.replace(node, description=node.description))
+    node2 = commit(
+        store, lambda tx: tx.update(msgspec.structs.replace(node, description=node.description))
     )
     assert (store.index, node2.version.index) == (5, 5)
-    store.update(lambda tx: tx.delete("task", "t1"))
+    commit(store, lambda tx: tx.delete("task", "t1"))
     assert store.index == 6
 
     view = store.view()
@@ -109,15 +111,15 @@ def test_every_write_bumps_one_index_shared_by_all_kinds(store: Store) -> None:
 
 
 def test_objects_are_stamped_with_times(store: Store) -> None:
-    created = store.update(lambda tx: tx.create(make_node("n1")))
+    created = commit(store, lambda tx: tx.create(make_node("n1")))
     assert created.created_at and created.created_at == created.updated_at
-    updated = store.update(lambda tx: tx.update(created))
+    updated = commit(store, lambda tx: tx.update(created))
     assert updated.created_at == created.created_at
     assert updated.updated_at > created.updated_at  # RFC 3339, fixed width: sorts as time
 
 
 def test_all_writes_of_one_transaction_share_one_index(store: Store) -> None:
-    store.update(lambda tx: tx.create(make_node("n1")))
+    commit(store, lambda tx: tx.create(make_node("n1")))
 
     def many(tx: Tx) -> list[object]:
         node = tx.get_node("n1")
@@ -129,27 +131,27 @@ def test_all_writes_of_one_transaction_share_one_index(store: Store) -> None:
             tx.update(node),
         ]
 
-    written = store.update(many)
+    written = commit(store, many)
     assert store.index == 2
     assert [o.version.index for o in written] == [2, 2, 2, 2]  # type: ignore[attr-defined]
     assert len({o.updated_at for o in written}) == 1  # type: ignore[attr-defined]
 
 
 def test_a_transaction_without_writes_commits_nothing(store: Store) -> None:
-    store.update(lambda tx: tx.create(make_node("n1")))
+    commit(store, lambda tx: tx.create(make_node("n1")))
     watcher = store.watch()
-    assert store.update(lambda tx: len(tx.nodes())) == 1
-    store.update(lambda tx: tx.delete("node", "missing"))  # deleting nothing is no write
+    assert commit(store, lambda tx: len(tx.nodes())) == 1
+    commit(store, lambda tx: tx.delete("node", "missing"))  # deleting nothing is no write
     assert store.index == 1
     assert watcher.queue.empty()
 
 
 def test_transactions_do_not_nest(store: Store) -> None:
     with pytest.raises(RuntimeError, match="nested"):
-        store.update(lambda tx: store.update(lambda inner: inner.create(make_node("n1"))))
+        commit(store, lambda tx: commit(store, lambda inner: inner.create(make_node("n1"))))
     assert store.index == 0
     assert store.view().nodes() == []
-    store.update(lambda tx: tx.create(make_node("n1")))  # the store is usable again
+    commit(store, lambda tx: tx.create(make_node("n1")))  # the store is usable again
     assert store.index == 1
 
 
@@ -157,10 +159,12 @@ def test_transactions_do_not_nest(store: Store) -> None:
 
 
 def test_update_with_a_stale_version_is_out_of_sequence(store: Store) -> None:
-    v1 = store.update(lambda tx: tx.create(make_service("s1")))
-    v2 = store.update(lambda tx: tx.update(msgspec.structs.replace(v1, spec=ServiceSpec(name="a"))))
+    v1 = commit(store, lambda tx: tx.create(make_service("s1")))
+    v2 = commit(
+        store, lambda tx: tx.update(msgspec.structs.replace(v1, spec=ServiceSpec(name="a")))
+    )
     with pytest.raises(OutOfSequence) as caught:
-        store.update(lambda tx: tx.update(msgspec.structs.replace(v1, spec=ServiceSpec(name="b"))))
+        commit(store, lambda tx: tx.update(msgspec.structs.replace(v1, spec=ServiceSpec(name="b"))))
     # dockerd's words and status for `service update --version` with a stale N
     assert caught.value.message == "rpc error: code = Unknown desc = update out of sequence"
     assert caught.value.status == 500
@@ -169,18 +173,18 @@ def test_update_with_a_stale_version_is_out_of_sequence(store: Store) -> None:
 
 
 def test_update_with_a_version_from_the_future_is_out_of_sequence(store: Store) -> None:
-    v1 = store.update(lambda tx: tx.create(make_node("n1")))
+    v1 = commit(store, lambda tx: tx.create(make_node("n1")))
     future = msgspec.structs.replace(v1, version=msgspec.structs.replace(v1.version, index=99))
     with pytest.raises(OutOfSequence):
-        store.update(lambda tx: tx.update(future))
+        commit(store, lambda tx: tx.update(future))
 
 
 def test_create_twice_and_update_of_a_missing_object_fail(store: Store) -> None:
-    store.update(lambda tx: tx.create(make_node("n1")))
+    commit(store, lambda tx: tx.create(make_node("n1")))
     with pytest.raises(KeyError):
-        store.update(lambda tx: tx.create(make_node("n1")))
+        commit(store, lambda tx: tx.create(make_node("n1")))
     with pytest.raises(KeyError):
-        store.update(lambda tx: tx.update(make_node("n2")))
+        commit(store, lambda tx: tx.update(make_node("n2")))
     assert store.index == 1
 
 
@@ -198,7 +202,7 @@ def populate(store: Store) -> None:
         tx.create(make_task("t3", "s2", "n2"))
         tx.create(make_task("t4", "s2"))
 
-    store.update(fill)
+    commit(store, fill)
 
 
 class Boom(Exception):
@@ -256,7 +260,7 @@ def test_a_failing_transaction_rolls_back_every_write(store: Store, failure: str
         tx.update(stale)
 
     with pytest.raises(Boom if failure == "exception" else OutOfSequence):
-        store.update(fn)
+        commit(store, fn)
     assert snapshot(store) == before
     assert watcher.queue.empty()
 
@@ -266,7 +270,7 @@ def test_the_rolled_back_state_is_what_a_reload_sees(tmp_path: Path) -> None:
     populate(store)
     before = snapshot(store)
     with pytest.raises(Boom):
-        store.update(lambda tx: (mess_everything_up(tx), fail(tx)))
+        commit(store, lambda tx: (mess_everything_up(tx), fail(tx)))
     store.close()
     reopened = Store(SQLiteBackend(tmp_path / "s.db"))
     try:
@@ -277,7 +281,7 @@ def test_the_rolled_back_state_is_what_a_reload_sees(tmp_path: Path) -> None:
 
 def test_a_committed_move_updates_both_indexes(store: Store) -> None:
     populate(store)
-    store.update(mess_everything_up)
+    commit(store, mess_everything_up)
     view = store.view()
     assert ids(view.tasks_on_node("n1")) == {"t4"}
     assert ids(view.tasks_on_node("n2")) == {"t5"}
@@ -295,14 +299,14 @@ def test_a_committed_move_updates_both_indexes(store: Store) -> None:
 
 def test_watchers_get_one_list_per_transaction(store: Store) -> None:
     watcher = store.watch()
-    store.update(lambda tx: tx.create(make_node("n1")))
+    commit(store, lambda tx: tx.create(make_node("n1")))
 
     def two(tx: Tx) -> None:
         tx.create(make_service("s1"))
         tx.create(make_task("t1", "s1", "n1"))
 
-    store.update(two)
-    store.update(lambda tx: tx.delete("node", "n1"))
+    commit(store, two)
+    commit(store, lambda tx: tx.delete("node", "n1"))
 
     assert watcher.queue.qsize() == 3
     first = watcher.queue.get_nowait()
@@ -321,9 +325,9 @@ def test_watchers_get_one_list_per_transaction(store: Store) -> None:
 
 
 def test_update_events_carry_the_old_value(store: Store) -> None:
-    node = store.update(lambda tx: tx.create(make_node("n1")))
+    node = commit(store, lambda tx: tx.create(make_node("n1")))
     watcher = store.watch("node")
-    new = store.update(lambda tx: tx.update(node))
+    new = commit(store, lambda tx: tx.update(node))
     [event] = watcher.queue.get_nowait()
     assert event == Event("update", "node", new, node)
 
@@ -332,14 +336,14 @@ def test_watchers_are_filtered_by_kind(store: Store) -> None:
     tasks = store.watch("task")
     nodes_and_services = store.watch("node", "service")
     everything = store.watch()
-    store.update(lambda tx: tx.create(make_node("n1")))  # no task: nothing for `tasks`
+    commit(store, lambda tx: tx.create(make_node("n1")))  # no task: nothing for `tasks`
 
     def mixed(tx: Tx) -> None:
         tx.create(make_service("s1"))
         tx.create(make_task("t1", "s1"))
         tx.create(make_task("t2", "s1"))
 
-    store.update(mixed)
+    commit(store, mixed)
 
     assert tasks.queue.qsize() == 1
     assert [e.obj.id for e in tasks.queue.get_nowait()] == ["t1", "t2"]
@@ -352,14 +356,14 @@ def test_watchers_are_filtered_by_kind(store: Store) -> None:
 def test_failed_transactions_publish_nothing(store: Store) -> None:
     watcher = store.watch()
     with pytest.raises(Boom):
-        store.update(lambda tx: (tx.create(make_node("n1")), fail(tx)))
+        commit(store, lambda tx: (tx.create(make_node("n1")), fail(tx)))
     assert watcher.queue.empty()
 
 
 def test_a_closed_watcher_gets_nothing(store: Store) -> None:
     watcher = store.watch()
     watcher.close()
-    store.update(lambda tx: tx.create(make_node("n1")))
+    commit(store, lambda tx: tx.create(make_node("n1")))
     assert watcher.queue.empty()
     assert store.statistics()["watchers"] == 0
 
@@ -377,8 +381,8 @@ def test_a_watcher_is_an_async_iterator(store: Store) -> None:
 
         consumer = asyncio.create_task(consume())
         await asyncio.sleep(0)  # the consumer now waits on an empty queue
-        store.update(lambda tx: tx.create(make_node("n1")))
-        store.update(lambda tx: (tx.create(make_node("n2")), tx.create(make_node("n3"))))
+        await store.update(lambda tx: tx.create(make_node("n1")))
+        await store.update(lambda tx: (tx.create(make_node("n2")), tx.create(make_node("n3"))))
         await asyncio.wait_for(consumer, 5)
         watcher.close()
         return got
@@ -393,7 +397,7 @@ def test_batch_splits_into_bounded_transactions(store: Store) -> None:
     watcher = store.watch("task")
     count = 2 * MAX_CHANGES_PER_BATCH + 7
     commits = store.commits
-    store.batch(range(count), create_task)
+    commit_batch(store, range(count), create_task)
 
     assert store.commits - commits == 3
     sizes = []
@@ -408,9 +412,9 @@ def test_batch_splits_into_bounded_transactions(store: Store) -> None:
 
 
 def test_batch_of_an_exact_multiple_makes_no_empty_transaction(store: Store) -> None:
-    store.batch(range(MAX_CHANGES_PER_BATCH), create_task)
+    commit_batch(store, range(MAX_CHANGES_PER_BATCH), create_task)
     assert store.index == 1
-    store.batch([], lambda tx, i: None)
+    commit_batch(store, [], lambda tx, i: None)
     assert store.index == 1
 
 
@@ -423,7 +427,7 @@ def test_batch_keeps_committed_chunks_when_a_later_one_fails(store: Store) -> No
         tx.create(make_task(f"t{i}"))
 
     with pytest.raises(Boom):
-        store.batch(range(2 * MAX_CHANGES_PER_BATCH), write)
+        commit_batch(store, range(2 * MAX_CHANGES_PER_BATCH), write)
     assert store.index == 1
     assert len(store.view().tasks()) == MAX_CHANGES_PER_BATCH
 

@@ -24,6 +24,7 @@ from shoal.types.service import (
 )
 from shoal.types.task import Task, TaskState
 
+from ..storeutil import commit, run
 from .test_scheduler import make_node, make_task, new_store, scheduler_for, stored
 
 
@@ -34,7 +35,7 @@ def moved_to(store: Store, task_id: str, state: TaskState, by: TaskState) -> Tas
         status = msgspec.structs.replace(t.status, state=state.wire, message="agent")
         tx.update(msgspec.structs.replace(t, status=status))
 
-    store.update(move)
+    commit(store, move)
     t = stored(store, task_id)
     assert t.state == state and by < state
     return t
@@ -53,7 +54,7 @@ def test_the_scheduler_never_moves_a_task_back_to_assigned() -> None:
     store = new_store(make_node("n1"), make_task("t1"))
     sched = scheduler_for(store)  # sees t1 pending
     moved_to(store, "t1", TaskState.RUNNING, by=TaskState.PENDING)
-    sched.tick()
+    run(sched.tick())
     t = stored(store, "t1")
     assert (t.state, t.status.message, t.node_id) == (TaskState.RUNNING, "agent", None)
 
@@ -94,7 +95,7 @@ def test_the_orchestrator_replaces_a_failed_task_without_reviving_it() -> None:
         spec=spec.task_template,
     )
     store = new_store(make_node("n1"), failed)
-    store.update(lambda tx: tx.create(Service(id="svc", spec=spec)))
+    commit(store, lambda tx: tx.create(Service(id="svc", spec=spec)))
     restarts = RestartSupervisor(store)
     run_until_quiet(ReplicatedOrchestrator(store, restarts, UpdateSupervisor(store)))
 
