@@ -33,6 +33,7 @@ own time (tottime).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import cProfile
 import gc
 import pstats
@@ -199,7 +200,7 @@ def in_chunks(
             for i in range(start, stop):
                 write(tx, i)
 
-        store.update(chunk)
+        asyncio.run(store.update(chunk))
         advance(stop - start)
 
 
@@ -275,7 +276,7 @@ def run_case(opts: Options, bars: Bars, gc_clock: GcClock) -> Result:
             spec = service_spec(opts.tasks, opts.constrained)
             return tx.create(Service(id=new_id(), spec=spec, spec_version=tx.index))
 
-        service = store.update(create_service)
+        service = asyncio.run(store.update(create_service))
 
         def create_task(tx: Tx, i: int) -> None:
             tx.create(set_status(new_task(service, i + 1), TaskState.PENDING, MSG_PENDING))
@@ -290,7 +291,7 @@ def run_case(opts: Options, bars: Bars, gc_clock: GcClock) -> Result:
     t3 = time.perf_counter()
     commits_before = store.commits
     gc_before_tick = gc_clock.total_s
-    sched.tick()
+    asyncio.run(sched.tick())
     t4 = time.perf_counter()
     gc_s, tick_gc_s = gc_clock.total_s - gc_before, gc_clock.total_s - gc_before_tick
     if opts.profiler is not None:

@@ -67,6 +67,10 @@ class MemoryBackend:
         self._apply(index, records)
         self.commits += 1
 
+    def seed(self, index: int, records: list[Record]) -> None:
+        """What earlier commits left, as a restarted store finds it (tests)."""
+        self._apply(index, records)
+
     def _apply(self, index: int, records: list[Record]) -> None:
         self.index = index
         for r in records:

@@ -71,7 +71,7 @@ def store_of(*tasks: Task) -> Store:
     )
     records = [Record("node", node.id, msgspec.json.encode(node))]
     records += [Record("task", t.id, msgspec.json.encode(t)) for t in tasks]
-    backend.commit(1, records)
+    backend.seed(1, records)
     return Store(backend)
 
 
@@ -241,7 +241,7 @@ def test_a_held_task_created_later_is_armed_from_its_commit() -> None:
         await asyncio.sleep(0)  # let it sweep (nothing held yet)
         watcher = store.watch("task")
         # created now, long after the failure: due at once (zero delay left)
-        store.update(
+        await store.update(
             lambda tx: tx.create(held(spec=TaskSpec(restart_policy=RestartPolicy(delay=0))))
         )
         try:

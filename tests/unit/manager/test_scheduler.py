@@ -538,7 +538,7 @@ def test_tick_commits_assignments_to_the_store() -> None:
 
 def test_tick_confirms_preassigned_tasks() -> None:
     store = new_store(make_node("n1"), make_task("g.n1", "g", node_id="n1"))
-    scheduler_for(store).tick()
+    run(scheduler_for(store).tick())
     task = store.view().get_task("g.n1")
     assert task is not None
     assert (task.state, task.node_id) == (TaskState.ASSIGNED, "n1")
@@ -627,7 +627,7 @@ def test_tick_batches_a_large_pass() -> None:
     count = MAX_CHANGES_PER_BATCH + 1
     store = new_store(*nodes, *replicas(count))
     index = store.index
-    scheduler_for(store).tick()
+    run(scheduler_for(store).tick())
     assert store.index == index + 2
     per_node = sorted(len(store.view().tasks_on_node(n.id)) for n in nodes)
     even, extra = divmod(count, len(nodes))

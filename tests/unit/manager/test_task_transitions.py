@@ -43,7 +43,7 @@ def moved_to(store: Store, task_id: str, state: TaskState, by: TaskState) -> Tas
 
 def test_the_scheduler_assigns_a_pending_task() -> None:
     store = new_store(make_node("n1"), make_task("t1"))
-    scheduler_for(store).tick()
+    run(scheduler_for(store).tick())
     t = stored(store, "t1")
     assert (t.state, t.node_id) == (TaskState.ASSIGNED, "n1")
 
