@@ -75,6 +75,11 @@ async def docker_middleware(request: web.Request, handler: Handler) -> web.Strea
                 "newer version",
             )
     try:
+        if request.method in ("GET", "HEAD"):
+            # reads show only what is durable, as of the request (Store.settled)
+            manager = request.app[CONTEXT_KEY].manager
+            if manager is not None:
+                await manager.store.settled()
         resp = await handler(request)
     except ShoalError as e:
         return _error(e.status, e.message)

@@ -14,7 +14,9 @@ happens after commit, driven by the events (or by the value it returns).
 Every applied transaction takes the next `Version.Index`; each object it writes gets
 that index, so `?version=N` checks are global optimistic concurrency, as Docker's.
 
-Watchers see committed transactions in order; a watcher created before a read sees
+Reads (`view()`) see every applied transaction; the API first waits for what was
+applied before a client's read to be durable (`settled()`), so a client is not shown a
+write a crash could take back. Watchers see committed transactions in order; a watcher created before a read sees
 every change after it (SwarmKit's "watch before view"), and possibly some the read
 already showed. A watcher that falls WATCH_QUEUE transactions behind is closed with a
 reason (SwarmKit closes slow watchers too) and its loop resyncs from a fresh view.
@@ -292,6 +294,12 @@ class Store:
         """A read-only view of every applied transaction. Consistent until the next
         await."""
         return ReadTx(self, self.index)
+
+    async def settled(self) -> None:
+        """Wait until every transaction applied so far is durable: what a client reads
+        after this was committed (up to what others apply meanwhile), so a crash cannot
+        take back what a client was shown."""
+        await self._wait_durable(self.index)
 
     # writes ------------------------------------------------------------------------------
     async def update(self, fn: Callable[[Tx], T]) -> T:
