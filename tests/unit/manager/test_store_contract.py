@@ -251,3 +251,10 @@ def test_a_watcher_that_falls_behind_is_closed_with_a_reason() -> None:
         assert store.statistics()["watchers"] == 0
 
     asyncio.run(main())
+
+
+def test_a_view_cannot_write() -> None:
+    store = Store(MemoryBackend())
+    view = store.view()
+    for write in ("create", "update", "delete"):
+        assert not hasattr(view, write), write
