@@ -144,31 +144,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--writers", type=int, default=DEFAULT_WRITERS)
     parser.add_argument("--api-clients", type=int, default=DEFAULT_API_CLIENTS)
     parser.add_argument("--api-calls", type=int, default=DEFAULT_API_CALLS)
+    parser.add_argument(
+        "--api-only", action="store_true", help="only the API figure (e.g. for an older tree)"
+    )
     args = parser.parse_args(argv)
     console = Console(stderr=True)
     workdir = Path(tempfile.mkdtemp(prefix="shoal-bench-store-", dir="/tmp"))
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
     try:
         with Progress(*columns, console=console) as progress:
-            one_s, one_commits = asyncio.run(one_writer(workdir / "one.db", args.writes, progress))
-            writes = args.writes // args.writers * args.writers
-            many_s, many_commits = asyncio.run(
-                many_writers(workdir / "many.db", writes, args.writers, progress)
-            )
+            if not args.api_only:
+                one_s, one_commits = asyncio.run(
+                    one_writer(workdir / "one.db", args.writes, progress)
+                )
+                writes = args.writes // args.writers * args.writers
+                many_s, many_commits = asyncio.run(
+                    many_writers(workdir / "many.db", writes, args.writers, progress)
+                )
             api_s = api_updates(console, args.api_clients, args.api_calls, progress)
     except BenchError as e:
         console.print(f"store: {e}")
         return 1
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    one_rate, many_rate = args.writes / one_s, writes / many_s
     api_calls = args.api_calls // args.api_clients * args.api_clients
-    print(
-        f"store (SQLite, fsync per commit): one writer {one_rate:.0f} tx/s "
-        f"({one_commits} commits); {args.writers} writers {many_rate:.0f} tx/s "
-        f"({many_commits} commits, {writes / many_commits:.1f} tx per commit); "
-        f"group commit / one fsync per write = {many_rate / one_rate:.1f}x"
-    )
+    if not args.api_only:
+        one_rate, many_rate = args.writes / one_s, writes / many_s
+        print(
+            f"store (SQLite, fsync per commit): one writer {one_rate:.0f} tx/s "
+            f"({one_commits} commits); {args.writers} writers {many_rate:.0f} tx/s "
+            f"({many_commits} commits, {writes / many_commits:.1f} tx per commit); "
+            f"group commit / one fsync per write = {many_rate / one_rate:.1f}x"
+        )
     print(
         f"api: {api_calls} service updates from {args.api_clients} clients in {api_s:.2f} s "
         f"= {api_calls / api_s:.0f} updates/s"
