@@ -26,7 +26,13 @@ from shoal.agent.executor.docker_engine import DEFAULT_ENGINE_HOST, EngineError,
 from shoal.agent.join import join, renew, renewal_delay
 from shoal.agent.session import RemoteSession
 from shoal.api.server import APIServer
-from shoal.errors import AlreadyInSwarm, InvalidArgument, NodeNotInSwarm, ShoalError
+from shoal.errors import (
+    AlreadyInSwarm,
+    InvalidArgument,
+    LeaveRefused,
+    ListenFailed,
+    NodeNotInSwarm,
+)
 from shoal.ids import new_id
 from shoal.log import get_logger
 from shoal.manager.ca.issuer import Issuer, issue_own_certificate
@@ -61,14 +67,6 @@ DAEMON_UMASK = 0o077
 DATA_DIR_MODE = 0o700
 
 log = get_logger("shoal.daemon")
-
-
-class LeaveRefused(ShoalError):
-    status = 503
-
-
-class ListenFailed(ShoalError):
-    status = 500
 
 
 @dataclass

@@ -8,10 +8,10 @@ import msgspec
 
 from shoal.errors import (
     Conflict,
+    ConstraintRejected,
     FailedPrecondition,
     NotFound,
     OutOfSequence,
-    ShoalError,
     invalid_argument,
 )
 from shoal.ids import new_id
@@ -36,12 +36,6 @@ _DNS_NAME = re.compile(r"^[a-zA-Z0-9](?:[-_]*[A-Za-z0-9]+)*$")
 MAX_NAME_LENGTH = 63
 DEFAULT_ISOLATION = "default"
 DEFAULT_RUNTIME = "container"
-
-
-class ConstraintRejected(ShoalError):
-    """dockerd answers a malformed constraint with 500 and gRPC code Unknown."""
-
-    status = 500
 
 
 def _validate_duration(name: str, value: int | None) -> None:
