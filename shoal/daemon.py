@@ -50,7 +50,8 @@ DEFAULT_DATA_DIR = Path("/var/lib/shoal")
 DEFAULT_SOCKET = "unix:///run/shoal/shoal.sock"
 DEFAULT_SWARM_PORT = 2377
 DEFAULT_LISTEN_ADDR = f"0.0.0.0:{DEFAULT_SWARM_PORT}"
-RUNTIMES = ("auto", "process", "docker", "sim")
+# The runtimes `--runtime` offers (`sim`, simulated tasks for scale tests, once it exists).
+RUNTIMES = ("auto", "process", "docker")
 # `--runtime auto`: docker when an engine answers at --engine-host, else process.
 DEFAULT_RUNTIME = "auto"
 MSG_LEAVE_MANAGER = (
