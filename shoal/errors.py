@@ -20,10 +20,10 @@
         └── JoinFailed           no manager answered, or it refused the join     (500)
 
 `http_error()` is the one mapping from an exception (these, aiohttp's own HTTP
-errors, anything else) to the status and message a client is told: the Docker API (api/server.py) and the cluster port
-(manager/clusterport/server.py) both answer with it, as `{"message": ...}`. An
-exception outside this tree is a bug: the client gets a 500 with a reference, the
-daemon's log gets the traceback. Messages are written as dockerd words them,
+errors, anything else) to the status and message a client is told: the Docker API
+(api/server.py) and the cluster port (manager/clusterport/server.py) both answer
+with it, as `{"message": ...}`. An exception outside this tree is a bug: the client
+gets a 500 with a reference, the daemon's log gets the traceback. Messages are written as dockerd words them,
 including the gRPC-flavoured prefixes the docker CLI shows verbatim.
 
 Exceptions that stay inside one component and never reach a client are not part of
