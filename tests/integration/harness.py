@@ -33,6 +33,8 @@ from typing import Any, TypeVar
 import docker
 import pytest
 
+from shoal.httpunix import UnixHTTPConnection
+
 REPO = Path(__file__).resolve().parents[2]
 
 # How long the daemon may take to answer its first ping, and to stop on SIGTERM.
@@ -238,25 +240,6 @@ def parse_table(text: str) -> list[dict[str, str]]:
 
 
 # --------------------------------------------------------------------------- HTTP
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    """http.client over a unix socket, for requests the CLI and docker-py never send
-    (a stale version, a malformed body)."""
-
-    def __init__(self, path: str, timeout: float = 10.0) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._unix_path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(self.timeout)
-            sock.connect(self._unix_path)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
 
 
 class Response:

@@ -20,8 +20,9 @@ import msgspec
 from shoal.errors import NotFound
 from shoal.log import get_logger
 from shoal.manager.store import Event, Store, Tx
-from shoal.types.agent import Assignment, LogSource, TaskStatusUpdate
+from shoal.types.agent import AssignedTask, Assignment, LogSource, TaskStatusUpdate
 from shoal.types.base import now_ns, parse_time
+from shoal.types.meta import TaskMeta
 from shoal.types.node import NODE_JOINED, Node, NodeDescription, NodeStatus
 from shoal.types.swarm import DEFAULT_HEARTBEAT_PERIOD_NS
 from shoal.types.task import Owner, Task, TaskState, TaskStatus, can_transition
@@ -145,6 +146,7 @@ class Dispatcher:
     def _route_event(self, ev: Event, changes: dict[str, Assignment]) -> None:
         task: Task = ev.obj
         old: Task | None = ev.old
+        meta: TaskMeta = ev.meta
 
         def add(node_id: str, t: Task | None = None, removed: str | None = None) -> None:
             s = self._sessions.get(node_id)
@@ -152,7 +154,7 @@ class Dispatcher:
                 return
             a = changes.setdefault(node_id, Assignment())
             if t is not None:
-                a.tasks.append(t)
+                a.tasks.append(AssignedTask(task=t, meta=meta))
                 s.sent.add(t.id)
             if removed is not None and removed in s.sent:
                 a.removed.append(removed)
@@ -170,12 +172,7 @@ class Dispatcher:
         s = self._sessions.get(task.node_id)
         if s is None:
             return
-        if (
-            task.id not in s.sent
-            or old is None
-            or old.desired_state != task.desired_state
-            or old.spec_version != task.spec_version
-        ):
+        if task.id not in s.sent or old is None or old.desired_state != task.desired_state:
             add(task.node_id, task)
 
     async def _flush_loop(self) -> None:
@@ -258,8 +255,13 @@ class Dispatcher:
         s = self._sessions.get(node_id)
         if s is None:
             raise NotFound(f"node {node_id} has no session")
-        tasks = [t for t in self._store.view().tasks_on_node(node_id) if _assignable(t)]
-        s.sent = {t.id for t in tasks}
+        view = self._store.view()
+        tasks = [
+            AssignedTask(task=t, meta=view.task_meta(t.id))
+            for t in view.tasks_on_node(node_id)
+            if _assignable(t)
+        ]
+        s.sent = {a.task.id for a in tasks}
         # anything queued before now is contained in the complete set
         while not s.queue.empty():
             s.queue.get_nowait()

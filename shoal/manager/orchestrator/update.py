@@ -19,7 +19,7 @@ from collections.abc import Callable
 import msgspec
 
 from shoal.manager.loops import log_failure
-from shoal.manager.orchestrator.task import Slot, is_runnable, new_task, set_desired
+from shoal.manager.orchestrator.task import Slot, create_task, is_runnable, set_desired
 from shoal.manager.store import Store, Tx
 from shoal.types.base import format_time, now_ns
 from shoal.types.service import Service, UpdateConfig, UpdateStatus
@@ -42,6 +42,9 @@ ROLLBACK_PAUSED = "rollback_paused"
 ROLLBACK_COMPLETED = "rollback_completed"
 IN_PROGRESS = (UPDATING, ROLLBACK_STARTED)
 
+# Writes one new task for a slot in a transaction, with the desired state given.
+MakeTask = Callable[[Tx, Service, Slot, TaskState], Task]
+
 
 def effective_config(cfg: UpdateConfig | None) -> UpdateConfig:
     cfg = cfg or UpdateConfig()
@@ -62,12 +65,13 @@ class Updater:
         self,
         store: Store,
         service: Service,
+        spec_version: int,
         slots: list[Slot],
-        make_task: Callable[[Service, Slot], Task],
+        make_task: MakeTask,
     ) -> None:
         self._store = store
         self.service = service
-        self.spec_version = service.spec_version
+        self.spec_version = spec_version
         self.slots = slots
         self._make_task = make_task
         rollback = (
@@ -90,10 +94,11 @@ class Updater:
         status = self.service.update_status
         if status is None or not status.started_at or status.state not in IN_PROGRESS:
             return []
+        view = self._store.view()
         return [
             t.id
-            for t in self._store.view().tasks_of_service(self.service.id)
-            if t.spec_version == self.spec_version
+            for t in view.tasks_of_service(self.service.id)
+            if view.task_meta(t.id).spec_version == self.spec_version
             and is_runnable(t)
             and t.created_at >= status.started_at
         ]
@@ -147,20 +152,20 @@ class Updater:
         order = self.config.order
         view = self._store.view()
         service = view.get_service(self.service.id)
-        if service is None or service.spec_version != self.spec_version:
+        if service is None or view.service_meta(service.id).spec_version != self.spec_version:
             return
         old = [t for t in slot if is_runnable(t)]
-        new = self._make_task(service, slot)
         if order == "start-first":
-            new = await self._store.update(lambda tx: tx.create(new))
+            new = await self._store.update(
+                lambda tx: self._make_task(tx, service, slot, TaskState.RUNNING)
+            )
             self._new_tasks[new.id] = None
             await self._wait_running(new.id)
             await self._store.update(lambda tx: self._shutdown(tx, old))
         else:
-            held = msgspec.structs.replace(new, desired_state=TaskState.READY.wire)
 
             def swap(tx: Tx) -> Task:
-                created = tx.create(held)
+                created = self._make_task(tx, service, slot, TaskState.READY)
                 self._shutdown(tx, old)
                 return created
 
@@ -231,7 +236,7 @@ class Updater:
     ) -> None:
         def write(tx: Tx) -> None:
             s = tx.get_service(self.service.id)
-            if s is None or s.spec_version != self.spec_version:
+            if s is None or tx.service_meta(s.id).spec_version != self.spec_version:
                 return
             prev = s.update_status or UpdateStatus()
             now = format_time(now_ns())
@@ -256,12 +261,9 @@ def rollback_service(tx: Tx, service_id: str, message: str) -> Service | None:
     status = UpdateStatus(state=ROLLBACK_STARTED, started_at=format_time(now_ns()), message=message)
     return tx.update(
         msgspec.structs.replace(
-            s,
-            spec=s.previous_spec,
-            previous_spec=s.spec,
-            spec_version=tx.index,
-            update_status=status,
-        )
+            s, spec=s.previous_spec, previous_spec=s.spec, update_status=status
+        ),
+        msgspec.structs.replace(tx.service_meta(s.id), spec_version=tx.index),
     )
 
 
@@ -273,21 +275,22 @@ class UpdateSupervisor:
         self._running: dict[str, tuple[int, asyncio.Task[None]]] = {}
 
     def update(
-        self, service: Service, slots: list[Slot], make_task: Callable[[Service, Slot], Task]
+        self, service: Service, spec_version: int, slots: list[Slot], make_task: MakeTask
     ) -> None:
+        """Run `service`'s updater for `spec_version` (its spec version in the store)."""
         current = self._running.get(service.id)
         if current is not None:
             version, task = current
-            if version == service.spec_version and not task.done():
+            if version == spec_version and not task.done():
                 return
             task.cancel()
         status = service.update_status.state if service.update_status else None
         if status in (PAUSED, ROLLBACK_PAUSED):
             return
-        updater = Updater(self._store, service, slots, make_task)
+        updater = Updater(self._store, service, spec_version, slots, make_task)
         task = asyncio.get_running_loop().create_task(updater.run(), name=f"updater-{service.id}")
         task.add_done_callback(log_failure)
-        self._running[service.id] = (service.spec_version, task)
+        self._running[service.id] = (spec_version, task)
         task.add_done_callback(functools.partial(self._done, service.id))
 
     def _done(self, service_id: str, task: asyncio.Task[None]) -> None:
@@ -319,9 +322,9 @@ class UpdateSupervisor:
         return {"updates_running": len(self._running)}
 
 
-def default_make_task(service: Service, slot: Slot) -> Task:
-    """A replacement task for a replicated slot, or a global task's node."""
+def default_make_task(tx: Tx, service: Service, slot: Slot, desired: TaskState) -> Task:
+    """Write a replacement task for a replicated slot, or a global task's node."""
     sample = slot[0] if slot else None
     if sample is not None and sample.slot is None:
-        return new_task(service, None, sample.node_id)
-    return new_task(service, sample.slot if sample else None)
+        return create_task(tx, service, None, sample.node_id, desired)
+    return create_task(tx, service, sample.slot if sample else None, desired=desired)
