@@ -76,7 +76,8 @@ async def docker_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         if request.method in ("GET", "HEAD"):
             # reads show only what is durable, as of the request (Store.settled)
-            manager = request.app[CONTEXT_KEY].manager
+            daemon = request.app.get(CONTEXT_KEY)
+            manager = daemon.manager if daemon is not None else None
             if manager is not None:
                 await manager.store.settled()
         resp = await handler(request)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 
-import msgspec
 import pytest
 
 from shoal.manager.loops import LoopStats, reconcile_loop
@@ -16,7 +15,8 @@ from shoal.manager.orchestrator.replicated import ReplicatedOrchestrator
 from shoal.manager.orchestrator.restart import RestartSupervisor
 from shoal.manager.orchestrator.update import UpdateSupervisor
 from shoal.manager.store import MemoryBackend, Record, Store, Tx, WatcherClosed
-from shoal.manager.store.memory import WATCH_QUEUE
+from shoal.manager.store.memory import WATCH_QUEUE, encode_record
+from shoal.types.meta import ServiceMeta, TaskMeta
 from shoal.types.node import Node, NodeSpec, NodeStatus
 from shoal.types.service import (
     ContainerSpec,
@@ -39,23 +39,22 @@ def node(node_id: str) -> Node:
     )
 
 
-def service(service_id: str, replicas: int = 1, spec_version: int = 1) -> Service:
+def service(service_id: str, replicas: int = 1) -> Service:
     spec = ServiceSpec(
         name=service_id,
         mode=ServiceMode(replicated=ReplicatedService(replicas=replicas)),
         task_template=TaskSpec(container_spec=ContainerSpec(image="busybox")),
     )
-    return Service(id=service_id, spec=spec, spec_version=spec_version)
+    return Service(id=service_id, spec=spec)
 
 
-def task(task_id: str, svc: Service, slot: int, state: TaskState, spec_version: int) -> Task:
+def task(task_id: str, svc: Service, slot: int, state: TaskState) -> Task:
     return Task(
         id=task_id,
         service_id=svc.id,
         slot=slot,
         node_id="n1",
         spec=svc.spec.task_template or TaskSpec(),
-        spec_version=spec_version,
         status=TaskStatus(timestamp="2026-01-01T00:00:00Z", state=state.wire, message=""),
         desired_state=TaskState.RUNNING.wire,
     )
@@ -125,13 +124,13 @@ def test_a_transaction_that_raises_leaves_no_trace() -> None:
 
     async def main() -> None:
         store = Store(MemoryBackend())
-        svc = service("web", replicas=2, spec_version=2)
+        svc = service("web", replicas=2)
 
         def seed(tx: Tx) -> None:
             tx.create(node("n1"))
-            tx.create(svc)
-            tx.create(task("failed", svc, 1, TaskState.FAILED, spec_version=2))
-            tx.create(task("stale", svc, 2, TaskState.RUNNING, spec_version=1))
+            tx.create(svc, ServiceMeta(spec_version=2))
+            tx.create(task("failed", svc, 1, TaskState.FAILED), TaskMeta(spec_version=2))
+            tx.create(task("stale", svc, 2, TaskState.RUNNING), TaskMeta(spec_version=1))
 
         await store.update(seed)
         before = store.index
@@ -207,7 +206,7 @@ def test_a_foreign_commit_reaches_the_tables_the_watchers_and_the_orchestrator()
         try:
             await asyncio.sleep(0)
             svc = service("elsewhere")
-            commit = backend.inject([Record("service", svc.id, msgspec.json.encode(svc))])
+            commit = backend.inject([encode_record("service", svc, ServiceMeta(spec_version=1))])
             events = await asyncio.wait_for(watcher.__anext__(), WAIT_S)
             assert [(e.action, e.obj.id) for e in events] == [("create", "elsewhere")]
             assert store.view().get_service("elsewhere") == svc
