@@ -49,7 +49,7 @@ from rich.progress import (
 
 from shoal.agent.executor import shim
 from shoal.agent.executor.process import TASKS_DIR
-from shoal.cli.client import UnixHTTPConnection
+from shoal.httpunix import UnixHTTPConnection
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHOAL_BIN = REPO_ROOT / ".venv" / "bin" / "shoal"

@@ -52,7 +52,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from shoal.cli.client import UnixHTTPConnection
+from shoal.httpunix import UnixHTTPConnection
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHOAL_BIN = REPO_ROOT / ".venv" / "bin" / "shoal"

@@ -58,6 +58,7 @@ from shoal.manager.orchestrator.task import new_task, set_status
 from shoal.manager.scheduler.scheduler import MSG_ASSIGNED, Scheduler
 from shoal.manager.store import MemoryBackend, Store, Tx
 from shoal.manager.store.memory import MAX_CHANGES_PER_BATCH
+from shoal.types.meta import ServiceMeta
 from shoal.types.node import (
     EngineDescription,
     Node,
@@ -274,12 +275,13 @@ def run_case(opts: Options, bars: Bars, gc_clock: GcClock) -> Result:
 
         def create_service(tx: Tx) -> Service:
             spec = service_spec(opts.tasks, opts.constrained)
-            return tx.create(Service(id=new_id(), spec=spec, spec_version=tx.index))
+            return tx.create(Service(id=new_id(), spec=spec), ServiceMeta(spec_version=tx.index))
 
         service = asyncio.run(store.update(create_service))
 
         def create_task(tx: Tx, i: int) -> None:
-            tx.create(set_status(new_task(service, i + 1), TaskState.PENDING, MSG_PENDING))
+            task, meta = new_task(service, tx.service_meta(service.id), i + 1)
+            tx.create(set_status(task, TaskState.PENDING, MSG_PENDING), meta)
 
         in_chunks(store, opts.tasks, create_task, bars.advancing(bars.tasks))
         t2 = time.perf_counter()

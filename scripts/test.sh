@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Set up, then run every quality gate and the tests:
 #   ruff check, ruff format --check, mypy (configured in pyproject.toml),
-#   pytest over tests/unit, then tests/integration (real daemons, real docker CLI).
+#   pytest over tests/unit, then tests/integration (real daemons, real docker CLI),
+#   both measured for coverage (the daemons too: [tool.coverage.run] in pyproject.toml),
+#   combined, printed, and held to the floor `fail_under` there.
 # Every gate runs even when an earlier one failed, so one run shows everything;
 # the exit status is non-zero if any gate failed or if no test ran at all.
-# Extra arguments are passed to both pytest runs (e.g. -x, -k NAME).
+# Extra arguments are passed to both pytest runs (e.g. -x, -k NAME); a run with
+# arguments (a part of the suite) prints coverage but is not held to the floor.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -39,7 +42,7 @@ suite() {
     shift 2
     printf '\n=== pytest %s\n' "$name"
     local rc=0
-    "$BIN/pytest" -q "$dir" "$@" || rc=$?
+    "$BIN/pytest" -q "$dir" --cov --cov-append --cov-report= --cov-fail-under=0 "$@" || rc=$?
     case "$rc" in
     0) ran_tests=1 ;;
     5) printf 'no %s tests collected\n' "$name" ;;
@@ -47,14 +50,27 @@ suite() {
     esac
 }
 
+"$BIN/coverage" erase
 suite unit tests/unit "$@"
 suite integration tests/integration "$@"
+
+printf '\n=== coverage\n'
+"$BIN/coverage" combine --append -q >/dev/null 2>&1 || true # strays pytest-cov left
+coverage_total="$("$BIN/coverage" report --format=total --fail-under=0 2>/dev/null || echo "?")"
+coverage_manager="$("$BIN/coverage" report --format=total --fail-under=0 \
+    --include='shoal/manager/**' 2>/dev/null || echo "?")"
+if (($# == 0)); then
+    gate "coverage floor" "$BIN/coverage" report --skip-covered
+else
+    "$BIN/coverage" report --skip-covered --fail-under=0 || true
+fi
 
 if ((ran_tests == 0)) && [[ ! " ${failed[*]} " =~ " pytest " ]]; then
     failed+=("no tests ran")
 fi
 
-printf '\n'
+printf '\ncoverage: %s%% of shoal, %s%% of shoal/manager (floor: fail_under in pyproject.toml)\n' \
+    "$coverage_total" "$coverage_manager"
 if ((${#failed[@]})); then
     printf 'FAILED: %s\n' "$(IFS=,; echo "${failed[*]}")"
     exit 1

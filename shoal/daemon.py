@@ -26,7 +26,13 @@ from shoal.agent.executor.docker_engine import DEFAULT_ENGINE_HOST, EngineError,
 from shoal.agent.join import join, renew, renewal_delay
 from shoal.agent.session import RemoteSession
 from shoal.api.server import APIServer
-from shoal.errors import AlreadyInSwarm, InvalidArgument, NodeNotInSwarm, ShoalError
+from shoal.errors import (
+    AlreadyInSwarm,
+    InvalidArgument,
+    LeaveRefused,
+    ListenFailed,
+    NodeNotInSwarm,
+)
 from shoal.ids import new_id
 from shoal.log import get_logger
 from shoal.manager.ca.issuer import Issuer, issue_own_certificate
@@ -44,7 +50,8 @@ DEFAULT_DATA_DIR = Path("/var/lib/shoal")
 DEFAULT_SOCKET = "unix:///run/shoal/shoal.sock"
 DEFAULT_SWARM_PORT = 2377
 DEFAULT_LISTEN_ADDR = f"0.0.0.0:{DEFAULT_SWARM_PORT}"
-RUNTIMES = ("auto", "process", "docker", "sim")
+# The runtimes `--runtime` offers (`sim`, simulated tasks for scale tests, once it exists).
+RUNTIMES = ("auto", "process", "docker")
 # `--runtime auto`: docker when an engine answers at --engine-host, else process.
 DEFAULT_RUNTIME = "auto"
 MSG_LEAVE_MANAGER = (
@@ -61,14 +68,6 @@ DAEMON_UMASK = 0o077
 DATA_DIR_MODE = 0o700
 
 log = get_logger("shoal.daemon")
-
-
-class LeaveRefused(ShoalError):
-    status = 503
-
-
-class ListenFailed(ShoalError):
-    status = 500
 
 
 @dataclass

@@ -1,25 +1,48 @@
-"""shoal's exceptions. The hierarchy:
+"""shoal's exceptions. The hierarchy of everything that reaches a client:
 
     ShoalError
     ├── NotFound                 an object named by the client does not exist    (404)
     ├── InvalidArgument          the request is malformed or breaks a rule       (400)
+    │   └── CSRError             a certificate signing request shoal cannot sign (400)
     ├── Conflict                 a name is taken                                 (409)
     ├── OutOfSequence            an update carried a stale Version.Index         (500, as dockerd)
     ├── FailedPrecondition       the object is in use / wrong state              (400)
     ├── NodeNotInSwarm           this node is not part of a swarm                (503)
     ├── NotManager               this node is not a swarm manager                (503)
     ├── AlreadyInSwarm           this node is already part of a swarm            (503)
+    ├── LeaveRefused             a manager may not leave without --force        (503)
     ├── Unauthenticated          no certificate of this cluster was presented    (401)
     ├── PermissionDenied         the certificate may not do this (role, removed) (403)
     ├── ResourceExhausted        too many requests of this kind, try later       (429)
     └── Internal                 anything else the server could not do           (500)
+        ├── ConstraintRejected   a placement constraint that does not parse      (500, as dockerd)
+        ├── ListenFailed         the cluster port could not be bound             (500)
+        └── JoinFailed           no manager answered, or it refused the join     (500)
 
-The API layer turns them into Docker's `{"message": ...}` bodies with these status
-codes; nothing else leaks to clients. Messages are written as dockerd words them,
+`http_error()` is the one mapping from an exception (these, aiohttp's own HTTP
+errors, anything else) to the status and message a client is told: the Docker API
+(api/server.py) and the cluster port (manager/clusterport/server.py) both answer
+with it, as `{"message": ...}`. An exception outside this tree is a bug: the client
+gets a 500 with a reference, the daemon's log gets the traceback. Messages are written as dockerd words them,
 including the gRPC-flavoured prefixes the docker CLI shows verbatim.
+
+Exceptions that stay inside one component and never reach a client are not part of
+the tree; each is mapped where it leaves its component: `ExecutorError` and
+`EngineError` (agent: into the task's status), `ConstraintError` (scheduler: into
+ConstraintRejected or a task that fits no node), `TokenError` and `RootMismatch`
+(pki: into JoinFailed or InvalidArgument), `SessionClosed` (agent session: a retry),
+`WatcherClosed` (store: a resync), `APIError` (the `shoal` command's client).
 """
 
 from __future__ import annotations
+
+import secrets
+
+from aiohttp import web
+
+from shoal.log import get_logger
+
+log = get_logger("shoal.errors")
 
 
 class ShoalError(Exception):
@@ -38,6 +61,10 @@ class NotFound(ShoalError):
 
 class InvalidArgument(ShoalError):
     status = 400
+
+
+class CSRError(InvalidArgument):
+    """A node's certificate signing request is malformed or asks for what it may not."""
 
 
 class Conflict(ShoalError):
@@ -100,6 +127,10 @@ class AlreadyInSwarm(ShoalError):
         super().__init__(message)
 
 
+class LeaveRefused(ShoalError):
+    status = 503
+
+
 class Unauthenticated(ShoalError):
     status = 401
 
@@ -114,6 +145,36 @@ class ResourceExhausted(ShoalError):
 
 class Internal(ShoalError):
     status = 500
+
+
+class ConstraintRejected(Internal):
+    """dockerd answers a malformed constraint with 500 and gRPC code Unknown."""
+
+
+class ListenFailed(Internal):
+    pass
+
+
+class JoinFailed(Internal):
+    pass
+
+
+def http_error(exc: BaseException, **context: object) -> tuple[int, str]:
+    """The HTTP status and message a client is told of `exc`. Call it in the `except`
+    block: for an exception outside ShoalError (a bug) it logs the traceback with
+    `context` and tells the client only a reference to that log entry, since the
+    exception's text may name paths, keys or state."""
+    if isinstance(exc, ShoalError):
+        return exc.status, exc.message
+    if isinstance(exc, web.HTTPNotFound):
+        return 404, "page not found"  # no such route: dockerd's words
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        return 405, "method not allowed"
+    if isinstance(exc, web.HTTPException):  # raised by aiohttp itself (a bad upgrade...)
+        return exc.status, exc.text or exc.reason
+    ref = secrets.token_hex(4)
+    log.exception("request failed", ref=ref, **context)
+    return 500, f"internal error (reference {ref} in the daemon's log)"
 
 
 def invalid_argument(desc: str) -> InvalidArgument:

@@ -18,6 +18,7 @@ from shoal.agent.task_runner import TaskRunner
 from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.log import get_logger
 from shoal.types.agent import (
+    AssignedTask,
     Assignment,
     DispatcherSession,
     LogMessage,
@@ -25,7 +26,7 @@ from shoal.types.agent import (
     TaskStatusUpdate,
 )
 from shoal.types.node import NodeDescription, NodeResources
-from shoal.types.task import Task, TaskState, TaskStatus, stub_task
+from shoal.types.task import TaskState, TaskStatus, stub_task
 
 # Status changes are sent in one report REPORT_INTERVAL_S after the first of them (a
 # task's quick ACCEPTED..RUNNING steps travel together), at most REPORT_MAX_BATCH a message.
@@ -132,7 +133,7 @@ class Agent:
 
     async def _apply(self, assignment: Assignment) -> None:
         if assignment.full:
-            wanted = {t.id for t in assignment.tasks}
+            wanted = {a.task.id for a in assignment.tasks}
             for tid in list(self._runners):
                 if tid not in wanted:
                     await self._remove(tid)
@@ -141,15 +142,17 @@ class Agent:
                     # left behind by an earlier daemon: stop and clean it up
                     with contextlib.suppress(Exception):
                         await discard_task(self.executor, tid)
-        for t in assignment.tasks:
-            self._upsert(t)
+        for a in assignment.tasks:
+            self._upsert(a)
         for tid in assignment.removed:
             await self._remove(tid)
 
-    def _upsert(self, task: Task) -> None:
+    def _upsert(self, assigned: AssignedTask) -> None:
+        task = assigned.task
         runner = self._runners.get(task.id)
         if runner is None:
-            runner = TaskRunner(task, self.executor.controller(task), self._report, self._clock)
+            controller = self.executor.controller(task, assigned.meta)
+            runner = TaskRunner(task, controller, self._report, self._clock)
             self._runners[task.id] = runner
             runner.start()
         else:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import aiohttp
 import msgspec
 
-from shoal.errors import InvalidArgument, ShoalError
+from shoal.errors import InvalidArgument, JoinFailed
 from shoal.pki import (
     MANAGER_SERVER_NAME,
     NodeCredentials,
@@ -30,10 +30,6 @@ from shoal.types.session import JoinRequest, JoinResponse, RenewRequest, RenewRe
 JOIN_TIMEOUT_S = 20.0
 # SwarmKit renews at a random point between 50 % and 80 % of a certificate's life.
 RENEW_AT = (0.5, 0.8)
-
-
-class JoinFailed(ShoalError):
-    status = 500
 
 
 @dataclass(frozen=True, slots=True)

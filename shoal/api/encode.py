@@ -1,4 +1,7 @@
-"""Turning API objects into Docker's JSON: shoal's internal fields are left out."""
+"""Turning API objects into Docker's JSON.
+
+The objects the API encodes are Docker's structs, which hold Docker's fields only:
+what shoal keeps beside them (shoal/types/meta.py) is not reachable from them."""
 
 from __future__ import annotations
 
@@ -7,21 +10,11 @@ from typing import Any
 
 from aiohttp import web
 
-from shoal.types.base import to_builtins
-from shoal.types.service import Service
-from shoal.types.task import Task
-
-_INTERNAL: dict[type, tuple[str, ...]] = {
-    Service: ("SpecVersion", "RegistryAuth"),
-    Task: ("SpecVersion", "ServiceName", "RegistryAuth"),
-}
+from shoal.types.base import Model, to_builtins
 
 
-def wire(obj: Any) -> Any:
-    data = to_builtins(obj)
-    for key in _INTERNAL.get(type(obj), ()):
-        data.pop(key, None)
-    return data
+def wire(obj: Model) -> Any:
+    return to_builtins(obj)
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from aiohttp import web
 
 from shoal import __version__
 from shoal.api.context import DaemonContext
-from shoal.errors import ShoalError
+from shoal.errors import http_error
 from shoal.log import get_logger
 
 API_VERSION = "1.41"
@@ -75,22 +74,16 @@ async def docker_middleware(request: web.Request, handler: Handler) -> web.Strea
                 "newer version",
             )
     try:
+        if request.method in ("GET", "HEAD"):
+            # reads show only what is durable, as of the request (Store.settled)
+            manager = request.app[CONTEXT_KEY].manager
+            if manager is not None:
+                await manager.store.settled()
         resp = await handler(request)
-    except ShoalError as e:
-        return _error(e.status, e.message)
-    except web.HTTPNotFound:
-        return _error(404, "page not found")
-    except web.HTTPMethodNotAllowed:
-        return _error(405, "method not allowed")
-    except web.HTTPException as e:
-        return _error(e.status, e.text or e.reason)
-    except (ConnectionResetError, ConnectionError):
+    except ConnectionError:  # the client went away: nobody to answer
         raise
-    except Exception:
-        # What failed stays in the daemon's log: its text may name paths, keys, state.
-        ref = secrets.token_hex(4)
-        log.exception("request failed", method=request.method, path=request.path, ref=ref)
-        return _error(500, f"internal error (reference {ref} in the daemon's log)")
+    except Exception as e:
+        return _error(*http_error(e, method=request.method, path=request.path))
     if not resp.prepared:
         docker_headers(resp)
     return resp

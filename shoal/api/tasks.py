@@ -29,7 +29,7 @@ def register(r: Router) -> None:
 
 def task_name(tx: ReadTx, t: Task) -> str:
     service = tx.get_service(t.service_id)
-    name = service.spec.name if service and service.spec.name else t.service_name
+    name = service.spec.name if service and service.spec.name else tx.task_meta(t.id).service_name
     return f"{name}.{t.slot}" if t.slot is not None else f"{name}.{t.node_id}"
 
 
@@ -91,7 +91,10 @@ async def list_tasks(request: web.Request) -> web.Response:
             continue
         if up_to_date:
             s = view.get_service(t.service_id)
-            if s is None or t.spec_version != s.spec_version:
+            if (
+                s is None
+                or view.task_meta(t.id).spec_version != view.service_meta(s.id).spec_version
+            ):
                 continue
         out.append(wire(t))
     return json_response(out)

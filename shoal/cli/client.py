@@ -3,11 +3,11 @@ the `shoal` command's own use."""
 
 from __future__ import annotations
 
-import http.client
 import json
-import socket
 import urllib.parse
 from typing import Any
+
+from shoal.httpunix import UnixHTTPConnection
 
 API_PREFIX = "/v1.41"
 DEFAULT_TIMEOUT_S = 30.0
@@ -18,24 +18,6 @@ class APIError(Exception):
         super().__init__(f"{status}: {message}")
         self.status = status
         self.message = message
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    """An HTTP/1.1 connection to a unix socket (the `Host` header says localhost)."""
-
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.socket_path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.socket_path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
 
 
 class Client:

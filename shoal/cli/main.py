@@ -39,7 +39,7 @@ def daemon(
     runtime: str = typer.Option(
         "auto",
         "--runtime",
-        help="auto | process | docker | sim (auto: docker when an engine answers).",
+        help="auto | process | docker (auto: docker when an engine answers).",
     ),
     engine_host: str = typer.Option(
         "unix:///var/run/docker.sock",

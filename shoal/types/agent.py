@@ -12,8 +12,17 @@ from typing import Protocol
 import msgspec
 
 from shoal.types.base import Model
+from shoal.types.meta import NO_TASK_META, TaskMeta
 from shoal.types.node import NodeDescription
 from shoal.types.task import Task, TaskStatus
+
+
+class AssignedTask(Model):
+    """A task a node must run: Docker's task, and beside it what shoal keeps about it
+    that the agent needs (the service's name, the registry credentials)."""
+
+    task: Task
+    meta: TaskMeta = NO_TASK_META
 
 
 class Assignment(Model):
@@ -21,7 +30,7 @@ class Assignment(Model):
     complete (`full`); later ones carry only what changed."""
 
     full: bool = False
-    tasks: list[Task] = []
+    tasks: list[AssignedTask] = []
     removed: list[str] = []
 
 

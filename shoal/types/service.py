@@ -228,12 +228,6 @@ class Service(Model):
     endpoint: Endpoint = Endpoint()
     update_status: UpdateStatus | None = None
     service_status: ServiceStatus | None = None
-    # The version of Spec the tasks are built from; bumped on every spec change
-    # (SwarmKit's SpecVersion). Not a Docker field, so never sent to clients.
-    spec_version: int = 0
-    # X-Registry-Auth of the last create/update that sent one (dockerd keeps it in
-    # ContainerSpec.PullOptions); copied to new tasks, never sent to clients.
-    registry_auth: str | None = None
 
 
 class JoinTokens(Model):

@@ -139,14 +139,6 @@ class Task(Model, kw_only=True):
     node_id: str | None = msgspec.field(default=None, name="NodeID")
     status: TaskStatus
     desired_state: str
-    # Not Docker fields: the service spec version the task was made from (for the
-    # `_up-to-date` filter and the updater) and the service's name and mode, which
-    # agents need without reading services.
-    spec_version: int = 0
-    service_name: str = ""
-    # The registry credentials the client sent with the service (X-Registry-Auth,
-    # base64 JSON), for the agent's image pulls; never sent to API clients.
-    registry_auth: str | None = None
 
     @property
     def state(self) -> TaskState:

@@ -40,7 +40,6 @@ from .harness import (
     CommandFailed,
     Daemon,
     Response,
-    free_tcp_port,
     parse_table,
     pid_alive,
     wait_until,
@@ -154,9 +153,19 @@ class ClusterNode(Daemon):
 
 
 def pick_port(addr: str) -> int:
-    """A free TCP port for a cluster listener. On the host's loopback, ask the kernel;
-    inside a namespace of our own, nothing else listens: Swarm's default is free."""
-    return free_tcp_port() if addr.startswith("127.") else 2377
+    """The port to ask for a cluster listener. On the host's loopback, 0: the daemon
+    binds whatever the kernel gives (no window between choosing and binding in which
+    another process could take it) and the test reads it back; inside a namespace of
+    our own nothing else listens, so Swarm's default is free."""
+    return 0 if addr.startswith("127.") else 2377
+
+
+def bound_cluster_port(manager: ClusterNode) -> int:
+    """The port the manager bound, as `docker swarm join-token` prints it."""
+    out = manager.docker("swarm", "join-token", "worker").stdout
+    m = re.search(rf"\s{re.escape(manager.addr)}:(\d+)\s*$", out)
+    assert m and int(m.group(1)) != 0, out
+    return int(m.group(1))
 
 
 NodeFactory = Callable[..., ClusterNode]
@@ -187,6 +196,8 @@ class Cluster:
             "--listen-addr",
             manager.listen_addr,
         )
+        if manager.cluster_port == 0:
+            manager.cluster_port = bound_cluster_port(manager)
         cluster = cls(manager)
         if heartbeat is not None:
             manager.docker("swarm", "update", "--dispatcher-heartbeat", heartbeat)

@@ -33,6 +33,8 @@ from typing import Any, TypeVar
 import docker
 import pytest
 
+from shoal.httpunix import UnixHTTPConnection
+
 REPO = Path(__file__).resolve().parents[2]
 
 # How long the daemon may take to answer its first ping, and to stop on SIGTERM.
@@ -238,25 +240,6 @@ def parse_table(text: str) -> list[dict[str, str]]:
 
 
 # --------------------------------------------------------------------------- HTTP
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    """http.client over a unix socket, for requests the CLI and docker-py never send
-    (a stale version, a malformed body)."""
-
-    def __init__(self, path: str, timeout: float = 10.0) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._unix_path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(self.timeout)
-            sock.connect(self._unix_path)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
 
 
 class Response:
@@ -710,22 +693,14 @@ def cleanup_daemons(daemons: Sequence[Daemon]) -> None:
 
 
 def swarm_init_args() -> list[str]:
-    """`docker swarm init` as the acceptance runs it, on a free cluster port rather than
-    2377: several daemons run side by side (and another may hold 2377 on this host)."""
-    port = free_tcp_port()
-    return ["swarm", "init", "--advertise-addr", "127.0.0.1", "--listen-addr", f"127.0.0.1:{port}"]
+    """`docker swarm init` as the acceptance runs it, on a cluster port the kernel picks
+    at the daemon's bind (port 0) rather than 2377: several daemons run side by side,
+    and a port chosen before the bind could be taken before it."""
+    return ["swarm", "init", "--advertise-addr", "127.0.0.1", "--listen-addr", "127.0.0.1:0"]
 
 
 def init_swarm(daemon: Daemon) -> subprocess.CompletedProcess[str]:
-    """`docker swarm init` on a free cluster port; on a port taken between the choice
-    and the daemon's bind, again on another one."""
-    for attempt in range(PORT_ATTEMPTS):
-        result = daemon.docker(*swarm_init_args(), check=False)
-        if result.returncode == 0:
-            return result
-        if not port_taken(result.stderr) or attempt == PORT_ATTEMPTS - 1:
-            break
-    raise CommandFailed(f"`docker swarm init` exited {result.returncode}\n{result.stderr}")
+    return daemon.docker(*swarm_init_args())
 
 
 def remove_all_services(daemon: Daemon, timeout: float = WAIT_TIMEOUT_S) -> None:

@@ -1,4 +1,4 @@
-"""Dependencies point inward (DESIGN.md "Layout", STYLE.md point 2).
+"""Dependencies point inward (docs/architecture.md, "Layering").
 
     types  <-  manager (store, then its components)  <-  api
     types  <-  agent

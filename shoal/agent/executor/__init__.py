@@ -1,1 +1,1 @@
-"""Executors: one interface (base.py), several runtimes (process, docker, sim)."""
+"""Executors: one interface (base.py), several runtimes (process, docker)."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from shoal.types.agent import LogMessage, LogOptions
+from shoal.types.meta import NO_TASK_META, TaskMeta
 from shoal.types.node import NodeDescription
 from shoal.types.task import Task
 
@@ -81,7 +82,11 @@ class Executor(Protocol):
         """Platform, resources and engine of this node as the runtime sees them."""
         ...
 
-    def controller(self, task: Task) -> Controller: ...
+    def controller(self, task: Task, meta: TaskMeta = NO_TASK_META) -> Controller:
+        """The controller of `task`; `meta` is what shoal keeps beside it (the
+        service's name, registry credentials), empty for a task the agent only
+        finds on the node."""
+        ...
 
     def known_task_ids(self) -> list[str]:
         """IDs of tasks the runtime has state for (to clean up what no longer exists)."""

@@ -58,6 +58,7 @@ from shoal.agent.executor.docker_spec import (
 from shoal.log import get_logger
 from shoal.types.agent import LogMessage, LogOptions
 from shoal.types.base import now_ns, parse_time
+from shoal.types.meta import NO_TASK_META, TaskMeta
 from shoal.types.node import EngineDescription, EnginePlugin, NodeDescription, NodeResources
 from shoal.types.service import ContainerSpec, Platform
 from shoal.types.task import Task
@@ -172,8 +173,8 @@ class DockerExecutor:
             architecture=str(self._info.get("Architecture") or ""),
         )
 
-    def controller(self, task: Task) -> DockerController:
-        return DockerController(self, task)
+    def controller(self, task: Task, meta: TaskMeta = NO_TASK_META) -> DockerController:
+        return DockerController(self, task, meta)
 
     def known_task_ids(self) -> list[str]:
         """Tasks of the containers this agent made (a blocking call: the protocol is
@@ -242,9 +243,10 @@ class DockerController:
     label (cached once found), so a controller made by a restarted agent picks up
     what an earlier one did."""
 
-    def __init__(self, executor: DockerExecutor, task: Task) -> None:
+    def __init__(self, executor: DockerExecutor, task: Task, meta: TaskMeta) -> None:
         self.task_id = task.id
         self.task = task
+        self.meta = meta
         self._x = executor
         self._engine = executor.client
         self._cid: str | None = None
@@ -307,13 +309,16 @@ class DockerController:
     async def prepare(self) -> None:
         # Created by name, as Swarm does: the name holds the task ID, so a container an
         # earlier agent made for this task makes the create fail with a conflict.
-        body = create_body(self.task, self._x.node_info(self.task.node_id or ""), self._x.agent_id)
+        node = self._x.node_info(self.task.node_id or "")
+        body = create_body(self.task, node, self._x.agent_id, self.meta.service_name)
         image = str(body["Image"])
         await self._ensure_image(image)
         for attempt in range(2):
             try:
                 async with self._x.starts:
-                    self._cid = await self._engine.create_container(task_name(self.task), body)
+                    self._cid = await self._engine.create_container(
+                        task_name(self.task, self.meta.service_name), body
+                    )
                 self._created_here = True
                 return
             except EngineError as e:
@@ -335,7 +340,7 @@ class DockerController:
         except EngineError as e:
             raise ExecutorError(e.message) from None
         try:
-            await self._x.pull(image, self.task.registry_auth)
+            await self._x.pull(image, self.meta.registry_auth)
         except ExecutorError as e:
             # What the engine would answer the create, with the pull's reason.
             raise ExecutorError(f"No such image: {image} (pull: {e})") from None

@@ -13,7 +13,6 @@ import contextlib
 import http.client
 import json
 import os
-import socket
 import stat
 import struct
 import time
@@ -24,6 +23,7 @@ from urllib.parse import quote, urlencode, urlsplit
 import aiodocker
 import aiohttp
 
+from shoal.httpunix import UnixHTTPConnection
 from shoal.log import get_logger
 
 DEFAULT_ENGINE_HOST = "unix:///var/run/docker.sock"
@@ -355,25 +355,9 @@ class EngineEvents:
 # --- blocking calls -----------------------------------------------------------------------
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(self.timeout)
-            sock.connect(self._path)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
-
-
 def _connection(host: str, timeout: float) -> http.client.HTTPConnection:
     if host.startswith("unix://"):
-        return _UnixHTTPConnection(host[len("unix://") :], timeout)
+        return UnixHTTPConnection(host[len("unix://") :], timeout)
     parts = urlsplit(host if "://" in host else f"tcp://{host}")
     if parts.scheme not in ("tcp", "http"):
         raise ValueError(f"unsupported engine host {host!r}: use unix:///path or tcp://addr:port")

@@ -54,12 +54,12 @@ def task_slot(task: Task) -> str:
     return str(task.slot) if task.slot else (task.node_id or "")
 
 
-def task_name(task: Task) -> str:
+def task_name(task: Task, service_name: str) -> str:
     """`<service>.<slot>.<task id>` (global: `<service>.<node id>.<task id>`), as
     SwarmKit's naming.Task; this is also the container's name."""
     if task.name:
         return task.name
-    return f"{task.service_name}.{task_slot(task)}.{task.id}"
+    return f"{service_name}.{task_slot(task)}.{task.id}"
 
 
 # --- templates ---------------------------------------------------------------------------
@@ -67,17 +67,22 @@ def task_name(task: Task) -> str:
 
 class TemplateContext:
     """The values Swarm's placeholders (`{{.Node.Hostname}}`, `{{.Task.Slot}}`, ...)
-    expand to, for one task on one node (SwarmKit's template.Context)."""
+    expand to, for one task of the service named `service_name` on one node (SwarmKit's
+    template.Context)."""
 
-    def __init__(self, task: Task, node: NodeInfo) -> None:
+    def __init__(self, task: Task, node: NodeInfo, service_name: str) -> None:
         self._values: dict[str, Any] = {
-            "Service": {"ID": task.service_id, "Name": task.service_name},
+            "Service": {"ID": task.service_id, "Name": service_name},
             "Node": {
                 "ID": node.id or task.node_id or "",
                 "Hostname": node.hostname,
                 "Platform": {"OS": node.os, "Architecture": node.architecture},
             },
-            "Task": {"ID": task.id, "Name": task_name(task), "Slot": task_slot(task)},
+            "Task": {
+                "ID": task.id,
+                "Name": task_name(task, service_name),
+                "Slot": task_slot(task),
+            },
         }
 
     def _lookup(self, path: str, expr: str) -> Any:
@@ -150,7 +155,9 @@ def expand_mount(ctx: TemplateContext, mount: dict[str, Any]) -> dict[str, Any]:
 # --- the create body ------------------------------------------------------------------
 
 
-def container_labels(task: Task, node: NodeInfo, agent_id: str) -> dict[str, str]:
+def container_labels(
+    task: Task, node: NodeInfo, agent_id: str, service_name: str
+) -> dict[str, str]:
     """The spec's labels, then the task's, then Swarm's own (which win), as moby does."""
     spec = task.spec.container_spec or ContainerSpec()
     labels = dict(spec.labels or {})
@@ -159,10 +166,10 @@ def container_labels(task: Task, node: NodeInfo, agent_id: str) -> dict[str, str
         {
             LABEL_TASK: "",
             LABEL_TASK_ID: task.id,
-            LABEL_TASK_NAME: task_name(task),
+            LABEL_TASK_NAME: task_name(task, service_name),
             LABEL_NODE_ID: node.id or task.node_id or "",
             LABEL_SERVICE_ID: task.service_id,
-            LABEL_SERVICE_NAME: task.service_name,
+            LABEL_SERVICE_NAME: service_name,
             LABEL_AGENT: agent_id,
         }
     )
@@ -263,15 +270,16 @@ def _security_opts(privileges: dict[str, Any] | None) -> list[str]:
     return out
 
 
-def create_body(task: Task, node: NodeInfo, agent_id: str) -> dict[str, Any]:
-    """The body of `POST /containers/create` for `task` (Config with HostConfig)."""
+def create_body(task: Task, node: NodeInfo, agent_id: str, service_name: str) -> dict[str, Any]:
+    """The body of `POST /containers/create` for `task` of the service named
+    `service_name` (Config with HostConfig)."""
     spec = task.spec.container_spec
     if spec is None or not spec.image:
         raise ExecutorError("task has no container spec (image) to run")
-    ctx = TemplateContext(task, node)
+    ctx = TemplateContext(task, node, service_name)
     body: dict[str, Any] = {
         "Image": spec.image,
-        "Labels": container_labels(task, node, agent_id),
+        "Labels": container_labels(task, node, agent_id, service_name),
         "Env": expand_env(ctx, spec.env or []),
         "Tty": bool(spec.tty),
         "OpenStdin": bool(spec.open_stdin),

@@ -33,6 +33,7 @@ import shoal
 from shoal.agent.executor import shim
 from shoal.agent.executor.base import ExecutorError, ExitStatus, RuntimeState
 from shoal.types.agent import LogMessage, LogOptions
+from shoal.types.meta import NO_TASK_META, TaskMeta
 from shoal.types.node import EngineDescription, NodeDescription, NodeResources
 from shoal.types.service import ContainerSpec, Platform
 from shoal.types.task import Task
@@ -106,7 +107,8 @@ class ProcessExecutor:
             ),
         )
 
-    def controller(self, task: Task) -> ProcessController:
+    def controller(self, task: Task, meta: TaskMeta = NO_TASK_META) -> ProcessController:
+        """`meta` is unused: a process needs nothing beyond the task."""
         if not TASK_ID_RE.fullmatch(task.id):
             raise ExecutorError(f"invalid task ID {task.id!r}")
         return ProcessController(self, task)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from shoal.errors import InvalidArgument, NotFound, PermissionDenied
 from shoal.ids import new_id
 from shoal.manager.ca.root import RootCA, token_matches
-from shoal.manager.ca.signer import CSRError, node_cert_expiry, sign_node_certificate
+from shoal.manager.ca.signer import node_cert_expiry, sign_node_certificate
 from shoal.manager.store import ReadTx, Store, Tx
 from shoal.pki import Identity
 from shoal.types.node import NODE_JOINED, Node, NodeDescription, NodeSpec, NodeStatus
@@ -43,17 +43,15 @@ class Issuer:
             raise NotFound("this manager has no cluster")
         role = _role_of(req.token, cluster.join_tokens)
         node_id = new_id()
-        try:
-            cert = sign_node_certificate(
-                self._root,
-                req.csr.encode(),
-                node_id,
-                role,
-                cluster.id,
-                node_cert_expiry(self._expiry_ns(view)),
-            )
-        except CSRError as e:
-            raise InvalidArgument(str(e)) from e
+        # A bad CSR raises CSRError, an InvalidArgument: the client is told (400).
+        cert = sign_node_certificate(
+            self._root,
+            req.csr.encode(),
+            node_id,
+            role,
+            cluster.id,
+            node_cert_expiry(self._expiry_ns(view)),
+        )
 
         def write(tx: Tx) -> None:
             current = tx.cluster()
@@ -85,17 +83,14 @@ class Issuer:
         cluster = view.cluster()
         if node is None or cluster is None or cluster.id != ident.cluster_id:
             raise PermissionDenied(f"node {ident.node_id} is not a member of this cluster")
-        try:
-            cert = sign_node_certificate(
-                self._root,
-                csr_pem.encode(),
-                node.id,
-                node.spec.role,
-                cluster.id,
-                node_cert_expiry(self._expiry_ns(view)),
-            )
-        except CSRError as e:
-            raise InvalidArgument(str(e)) from e
+        cert = sign_node_certificate(
+            self._root,
+            csr_pem.encode(),
+            node.id,
+            node.spec.role,
+            cluster.id,
+            node_cert_expiry(self._expiry_ns(view)),
+        )
         return RenewResponse(certificate=cert.decode())
 
 

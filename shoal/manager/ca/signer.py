@@ -9,6 +9,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from shoal.errors import CSRError
 from shoal.manager.ca.root import RootCA
 from shoal.pki import MANAGER_OU, MANAGER_SERVER_NAME, ROLE_OU, key_usage
 from shoal.types.swarm import DEFAULT_NODE_CERT_EXPIRY_NS
@@ -18,10 +19,6 @@ MIN_NODE_CERT_EXPIRY = datetime.timedelta(hours=1)
 ALLOWED_CURVES = (ec.SECP256R1, ec.SECP384R1)
 BACKDATE = datetime.timedelta(hours=1)
 CA_NAME = "swarm-ca"  # SwarmKit's managers also answer to the CA's name
-
-
-class CSRError(ValueError):
-    pass
 
 
 def node_cert_expiry(expiry_ns: int | None) -> datetime.timedelta:

@@ -13,7 +13,7 @@ from typing import TypeVar
 import msgspec
 from aiohttp import web
 
-from shoal.errors import InvalidArgument, ResourceExhausted, ShoalError
+from shoal.errors import InvalidArgument, ResourceExhausted, http_error
 from shoal.log import get_logger
 from shoal.manager.ca.issuer import Issuer
 from shoal.manager.ca.root import RootCA
@@ -83,11 +83,8 @@ class ClusterServer:
             self._gate.admit(rule, ident, request.path)
             request[IDENTITY_KEY] = ident
             return await handler(request)
-        except ShoalError as e:
-            return _error(e.status, e.message)
-        except Exception:
-            log.exception("cluster port request failed", path=request.path)
-            return _error(500, "internal error")
+        except Exception as e:
+            return _error(*http_error(e, port="cluster", path=request.path))
 
     async def start(self, host: str, port: int) -> int:
         self._runner = web.AppRunner(

@@ -8,10 +8,10 @@ import msgspec
 
 from shoal.errors import (
     Conflict,
+    ConstraintRejected,
     FailedPrecondition,
     NotFound,
     OutOfSequence,
-    ShoalError,
     invalid_argument,
 )
 from shoal.ids import new_id
@@ -20,6 +20,7 @@ from shoal.manager.controlapi.names import random_name
 from shoal.manager.orchestrator.update import rollback_service
 from shoal.manager.scheduler import constraint
 from shoal.manager.store import ReadTx, Store, Tx
+from shoal.types.meta import ServiceMeta
 from shoal.types.service import (
     ContainerSpec,
     Endpoint,
@@ -35,12 +36,6 @@ _DNS_NAME = re.compile(r"^[a-zA-Z0-9](?:[-_]*[A-Za-z0-9]+)*$")
 MAX_NAME_LENGTH = 63
 DEFAULT_ISOLATION = "default"
 DEFAULT_RUNTIME = "container"
-
-
-class ConstraintRejected(ShoalError):
-    """dockerd answers a malformed constraint with 500 and gRPC code Unknown."""
-
-    status = 500
 
 
 def _validate_duration(name: str, value: int | None) -> None:
@@ -149,13 +144,8 @@ async def create_service(
         if _name_taken(tx, spec.name):
             raise _name_conflict(spec.name)
         return tx.create(
-            Service(
-                id=new_id(),
-                spec=spec,
-                spec_version=tx.index,
-                endpoint=_endpoint(spec),
-                registry_auth=registry_auth or None,
-            )
+            Service(id=new_id(), spec=spec, endpoint=_endpoint(spec)),
+            ServiceMeta(spec_version=tx.index, registry_auth=registry_auth or None),
         )
 
     return await store.update(write)
@@ -197,18 +187,16 @@ async def update_service(
         new_kind = new_spec.mode.kind if new_spec.mode else "replicated"
         if old_kind != new_kind:
             raise invalid_argument("service mode change is not allowed")
-        spec_version = current.spec_version
+        meta = tx.service_meta(current.id)
         if _task_relevant(new_spec) != _task_relevant(current.spec):
-            spec_version = tx.index
+            meta = msgspec.structs.replace(meta, spec_version=tx.index)
+        if registry_auth:
+            meta = msgspec.structs.replace(meta, registry_auth=registry_auth)
         return tx.update(
             msgspec.structs.replace(
-                current,
-                spec=new_spec,
-                previous_spec=current.spec,
-                spec_version=spec_version,
-                update_status=None,
-                registry_auth=registry_auth or current.registry_auth,
-            )
+                current, spec=new_spec, previous_spec=current.spec, update_status=None
+            ),
+            meta,
         )
 
     return await store.update(write)

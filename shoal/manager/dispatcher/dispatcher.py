@@ -20,9 +20,10 @@ from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.errors import NotFound
 from shoal.log import get_logger
 from shoal.manager.loops import LoopStats, next_backoff
-from shoal.manager.store import Event, Store, Tx, WatcherClosed
-from shoal.types.agent import Assignment, LogSource, TaskStatusUpdate
+from shoal.manager.store import Event, ReadTx, Store, Tx, WatcherClosed
+from shoal.types.agent import AssignedTask, Assignment, LogSource, TaskStatusUpdate
 from shoal.types.base import parse_time
+from shoal.types.meta import TaskMeta
 from shoal.types.node import NODE_JOINED, Node, NodeDescription, NodeStatus
 from shoal.types.swarm import DEFAULT_HEARTBEAT_PERIOD_NS
 from shoal.types.task import Owner, Task, TaskState, TaskStatus, can_transition
@@ -159,9 +160,18 @@ class Dispatcher:
     def _resend_full(self) -> None:
         view = self._store.view()
         for node_id, s in self._sessions.items():
-            tasks = [t for t in view.tasks_on_node(node_id) if _assignable(t)]
-            s.sent = {t.id for t in tasks}
-            s.queue.put_nowait(Assignment(full=True, tasks=tasks))
+            s.queue.put_nowait(self._full_set(view, node_id, s))
+
+    @staticmethod
+    def _full_set(view: ReadTx, node_id: str, s: _Session) -> Assignment:
+        """Every task the node must run, as the first message of a session says it."""
+        tasks = [
+            AssignedTask(task=t, meta=view.task_meta(t.id))
+            for t in view.tasks_on_node(node_id)
+            if _assignable(t)
+        ]
+        s.sent = {a.task.id for a in tasks}
+        return Assignment(full=True, tasks=tasks)
 
     def _route_events(self, events: list[Event]) -> None:
         changes: dict[str, Assignment] = {}
@@ -194,6 +204,7 @@ class Dispatcher:
     def _route_event(self, ev: Event, changes: dict[str, Assignment]) -> None:
         task: Task = ev.obj
         old: Task | None = ev.old
+        meta: TaskMeta = ev.meta
 
         def add(node_id: str, t: Task | None = None, removed: str | None = None) -> None:
             s = self._sessions.get(node_id)
@@ -201,7 +212,7 @@ class Dispatcher:
                 return
             a = changes.setdefault(node_id, Assignment())
             if t is not None:
-                a.tasks.append(t)
+                a.tasks.append(AssignedTask(task=t, meta=meta))
                 s.sent.add(t.id)
             if removed is not None and removed in s.sent:
                 a.removed.append(removed)
@@ -219,12 +230,7 @@ class Dispatcher:
         s = self._sessions.get(task.node_id)
         if s is None:
             return
-        if (
-            task.id not in s.sent
-            or old is None
-            or old.desired_state != task.desired_state
-            or old.spec_version != task.spec_version
-        ):
+        if task.id not in s.sent or old is None or old.desired_state != task.desired_state:
             add(task.node_id, task)
 
     async def _flush_loop(self) -> None:
@@ -338,12 +344,11 @@ class Dispatcher:
         s = self._sessions.get(node_id)
         if s is None:
             raise NotFound(f"node {node_id} has no session")
-        tasks = [t for t in self._store.view().tasks_on_node(node_id) if _assignable(t)]
-        s.sent = {t.id for t in tasks}
+        full = self._full_set(self._store.view(), node_id, s)
         # anything queued before now is contained in the complete set
         while not s.queue.empty():
             s.queue.get_nowait()
-        yield Assignment(full=True, tasks=tasks)
+        yield full
         while self._sessions.get(node_id) is s:
             a = await s.queue.get()
             if a is None:

@@ -155,10 +155,11 @@ class ServiceOrchestrator:
                     out.add(t.service_id)
         return out
 
-    def start_update(self, service: Service, slots: list[Slot]) -> None:
+    def start_update(self, tx: Tx, service: Service, slots: list[Slot]) -> None:
         """Note that `service`'s dirty `slots` need its updater (started after commit)."""
+        spec_version = tx.service_meta(service.id).spec_version
         self._effects.append(
-            functools.partial(self._updates.update, service, slots, default_make_task)
+            functools.partial(self._updates.update, service, spec_version, slots, default_make_task)
         )
 
     def statistics(self) -> dict[str, int]:
@@ -167,7 +168,7 @@ class ServiceOrchestrator:
     def _latest(self, tasks: list[Task]) -> Task | None:
         return max(tasks, key=lambda t: (t.created_at, t.id), default=None)
 
-    def _finished_for_good(self, service: Service, tasks: list[Task]) -> bool:
+    def _finished_for_good(self, tx: Tx, service: Service, tasks: list[Task]) -> bool:
         """The slot's (or node's) last task ended and the restart policy will not
         replace it: it still counts, so no new task is made for it."""
         latest = self._latest(tasks)
@@ -175,7 +176,7 @@ class ServiceOrchestrator:
             latest is not None
             and latest.desired == TaskState.SHUTDOWN
             and latest.state > TaskState.RUNNING
-            and not self._restarts.should_restart(latest, service, tasks)
+            and not self._restarts.should_restart(tx, latest, service, tasks)
         )
 
 

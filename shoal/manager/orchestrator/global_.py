@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from shoal.manager.orchestrator.base import ServiceOrchestrator
 from shoal.manager.orchestrator.task import (
+    create_task,
     invalid_node,
     is_runnable,
     is_task_dirty,
-    new_task,
     set_desired,
 )
 from shoal.manager.scheduler import constraint
@@ -55,10 +55,10 @@ class GlobalOrchestrator(ServiceOrchestrator):
                 continue
             assert node is not None
             if not live:
-                if self._finished_for_good(service, tasks):
+                if self._finished_for_good(tx, service, tasks):
                     continue
                 if node.spec.availability == "active" and node.status.state == "ready":
-                    tx.create(new_task(service, None, node.id))
+                    create_task(tx, service, None, node.id)
                 continue
             if len(live) > 1 and not self._updates.is_updating(service.id):
                 keep = self._latest(live)
@@ -66,10 +66,10 @@ class GlobalOrchestrator(ServiceOrchestrator):
                     if t is not keep:
                         tx.update(set_desired(t, TaskState.SHUTDOWN))
                 live = [keep] if keep else []
-            if any(is_task_dirty(service, t) for t in live):
+            if any(is_task_dirty(tx, service, t) for t in live):
                 dirty.append(live)
         if dirty or self._updates.interrupted(service):
-            self.start_update(service, dirty)
+            self.start_update(tx, service, dirty)
 
     @staticmethod
     def _keeps_tasks(node: Node | None, constraints: list[constraint.Constraint]) -> bool:

@@ -13,9 +13,9 @@ from collections import Counter
 from shoal.manager.orchestrator.base import ServiceOrchestrator
 from shoal.manager.orchestrator.task import (
     Slot,
+    create_task,
     is_runnable,
     is_task_dirty,
-    new_task,
     set_desired,
     slots_of,
 )
@@ -45,7 +45,7 @@ class ReplicatedOrchestrator(ServiceOrchestrator):
             live = [t for t in tasks if is_runnable(t)]
             if live:
                 runnable[n] = live
-            elif self._finished_for_good(service, tasks):
+            elif self._finished_for_good(tx, service, tasks):
                 finished[n] = tasks
         want = replicas_of(service)
         have = len(runnable) + len(finished)
@@ -54,16 +54,16 @@ class ReplicatedOrchestrator(ServiceOrchestrator):
             used = set(runnable) | set(finished)
             free = (n for n in range(1, 1 << 30) if n not in used)
             for _ in range(want - have):
-                tx.create(new_task(service, next(free)))
+                create_task(tx, service, next(free))
         elif want < have:
             removed = self._remove_slots(tx, runnable, finished, have - want)
         dirty = [
             slot
             for n, slot in runnable.items()
-            if n not in removed and any(is_task_dirty(service, t) for t in slot)
+            if n not in removed and any(is_task_dirty(tx, service, t) for t in slot)
         ]
         if dirty or self._updates.interrupted(service):
-            self.start_update(service, dirty)
+            self.start_update(tx, service, dirty)
 
     def _remove_slots(
         self, tx: Tx, runnable: dict[int, Slot], finished: dict[int, Slot], count: int

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.manager.loops import LoopStats, log_failure, supervise
-from shoal.manager.orchestrator.task import new_task, set_desired
+from shoal.manager.orchestrator.task import create_task, set_desired
 from shoal.manager.store import Event, ReadTx, Store, Tx
 from shoal.types.base import format_time, now_ns, parse_time
 from shoal.types.service import Service, TaskSpec
@@ -100,7 +100,7 @@ def hold_of(tx: ReadTx, task: Task) -> Hold:
     ended_at = parse_time(old.status.timestamp) if old.status.timestamp else created
     if old.state > TaskState.RUNNING and ended_at <= created:
         return Hold(ended_at + delay, delay, None, deadline)
-    if old.spec_version == task.spec_version:
+    if tx.task_meta(old.id).spec_version == tx.task_meta(task.id).spec_version:
         return Hold(created + delay, delay, old.id, deadline)
     return Hold(created, 0, old.id, deadline)
 
@@ -124,7 +124,7 @@ class RestartSupervisor:
         return (task.service_id, task.slot if task.slot is not None else task.node_id)
 
     def should_restart(
-        self, task: Task, service: Service, slot_tasks: list[Task] | None = None
+        self, tx: ReadTx, task: Task, service: Service, slot_tasks: list[Task] | None = None
     ) -> bool:
         """Whether the policy restarts `task`. Attempts are counted both in memory and
         from the slot's history in the store (`slot_tasks`: tasks of the same spec
@@ -148,8 +148,9 @@ class RestartSupervisor:
         in_memory = sum(1 for t in hist if not window_s or t >= cutoff)
         in_store = 0
         if slot_tasks:
+            version = tx.task_meta(task.id).spec_version
             same = sorted(
-                (t for t in slot_tasks if t.spec_version == task.spec_version),
+                (t for t in slot_tasks if tx.task_meta(t.id).spec_version == version),
                 key=lambda t: (t.created_at, t.id),
             )[1:]
             wall_cutoff = (
@@ -164,13 +165,12 @@ class RestartSupervisor:
         if task.desired > TaskState.COMPLETE:
             return None  # already handled by an earlier call
         tx.update(set_desired(task, TaskState.SHUTDOWN))
-        if not force and not self.should_restart(task, service, self._slot(tx, task)):
+        if not force and not self.should_restart(tx, task, service, self._slot(tx, task)):
             return None
         node_id = task.node_id if task.slot is None else None  # global tasks stay on their node
-        replacement = new_task(service, task.slot, node_id, desired=TaskState.READY)
         # Its timer is armed after commit, by run(), from the committed event; the
         # caller records the restart after commit too (`record`).
-        return tx.create(replacement)
+        return create_task(tx, service, task.slot, node_id, desired=TaskState.READY)
 
     def record(self, task: Task) -> None:
         """After commit: `task` was restarted by the policy (counted for max attempts)."""

@@ -7,7 +7,9 @@ from collections import defaultdict
 import msgspec
 
 from shoal.ids import new_id
+from shoal.manager.store import ReadTx, Tx
 from shoal.types.base import format_time, now_ns
+from shoal.types.meta import ServiceMeta, TaskMeta
 from shoal.types.node import Node
 from shoal.types.service import Service
 from shoal.types.task import PortStatus, Task, TaskState, TaskStatus
@@ -17,18 +19,19 @@ Slot = list[Task]
 
 def new_task(
     service: Service,
+    meta: ServiceMeta,
     slot: int | None,
     node_id: str | None = None,
     desired: TaskState = TaskState.RUNNING,
-) -> Task:
-    """A NEW task for `service` (SwarmKit's NewTask: message "created")."""
+) -> tuple[Task, TaskMeta]:
+    """A NEW task for `service` (SwarmKit's NewTask: message "created"), and what shoal
+    keeps beside it, from the service's `meta`."""
     spec = service.spec.task_template
     assert spec is not None
-    return Task(
+    task = Task(
         id=new_id(),
         spec=spec,
         service_id=service.id,
-        service_name=service.spec.name or "",
         slot=slot,
         node_id=node_id,
         status=TaskStatus(
@@ -38,10 +41,26 @@ def new_task(
             port_status=PortStatus(),
         ),
         desired_state=desired.wire,
-        spec_version=service.spec_version,
         labels={},
-        registry_auth=service.registry_auth,
     )
+    task_meta = TaskMeta(
+        spec_version=meta.spec_version,
+        service_name=service.spec.name or "",
+        registry_auth=meta.registry_auth,
+    )
+    return task, task_meta
+
+
+def create_task(
+    tx: Tx,
+    service: Service,
+    slot: int | None,
+    node_id: str | None = None,
+    desired: TaskState = TaskState.RUNNING,
+) -> Task:
+    """Write a new task for `service` in `tx` (see new_task)."""
+    task, meta = new_task(service, tx.service_meta(service.id), slot, node_id, desired)
+    return tx.create(task, meta)
 
 
 def set_desired(task: Task, desired: TaskState) -> Task:
@@ -64,13 +83,13 @@ def is_runnable(task: Task) -> bool:
     return task.desired <= TaskState.RUNNING
 
 
-def is_task_dirty(service: Service, task: Task) -> bool:
+def is_task_dirty(tx: ReadTx, service: Service, task: Task) -> bool:
     """True when the task was made from an older spec than the service's current one.
 
     The spec version is bumped only for changes that need new tasks (the task
     template or the endpoint), not for replicas or labels: see controlapi.
     """
-    return task.spec_version != service.spec_version
+    return tx.task_meta(task.id).spec_version != tx.service_meta(service.id).spec_version
 
 
 def invalid_node(node: Node | None) -> bool:

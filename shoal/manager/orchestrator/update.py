@@ -24,7 +24,7 @@ import msgspec
 from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.log import get_logger
 from shoal.manager.loops import LoopStats, log_failure, next_backoff
-from shoal.manager.orchestrator.task import Slot, is_runnable, new_task, set_desired
+from shoal.manager.orchestrator.task import Slot, create_task, is_runnable, set_desired
 from shoal.manager.store import Event, Store, Tx, Watcher, WatcherClosed
 from shoal.types.base import format_time, now_ns
 from shoal.types.service import Service, UpdateConfig, UpdateStatus
@@ -44,6 +44,9 @@ ROLLBACK_STARTED = "rollback_started"
 ROLLBACK_PAUSED = "rollback_paused"
 ROLLBACK_COMPLETED = "rollback_completed"
 IN_PROGRESS = (UPDATING, ROLLBACK_STARTED)
+
+# Writes one new task for a slot in a transaction, with the desired state given.
+MakeTask = Callable[[Tx, Service, Slot, TaskState], Task]
 
 log = get_logger("shoal.manager.update")
 
@@ -67,14 +70,15 @@ class Updater:
         self,
         store: Store,
         service: Service,
+        spec_version: int,
         slots: list[Slot],
-        make_task: Callable[[Service, Slot], Task],
+        make_task: MakeTask,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._store = store
         self._clock = clock
         self.service = service
-        self.spec_version = service.spec_version
+        self.spec_version = spec_version
         self.slots = slots
         self._make_task = make_task
         rollback = (
@@ -102,10 +106,11 @@ class Updater:
         status = self.service.update_status
         if status is None or not status.started_at or status.state not in IN_PROGRESS:
             return []
+        view = self._store.view()
         return [
             t.id
-            for t in self._store.view().tasks_of_service(self.service.id)
-            if t.spec_version == self.spec_version
+            for t in view.tasks_of_service(self.service.id)
+            if view.task_meta(t.id).spec_version == self.spec_version
             and is_runnable(t)
             and t.created_at >= status.started_at
         ]
@@ -244,12 +249,13 @@ class Updater:
         order = self.config.order
         view = self._store.view()
         service = view.get_service(self.service.id)
-        if service is None or service.spec_version != self.spec_version:
+        if service is None or view.service_meta(service.id).spec_version != self.spec_version:
             return
         old = [t for t in slot if is_runnable(t)]
-        new = self._make_task(service, slot)
         if order == "start-first":
-            created = await self._store.update(lambda tx: tx.create(new))
+            created = await self._store.update(
+                lambda tx: self._make_task(tx, service, slot, TaskState.RUNNING)
+            )
             self._watch_new(created.id)
             await self._wait_running(created.id)
             cur = self._store.view().get_task(created.id)
@@ -258,10 +264,9 @@ class Updater:
             if cur is not None and cur.state == TaskState.RUNNING:
                 await self._store.update(lambda tx: self._shutdown(tx, old))
         else:
-            held = msgspec.structs.replace(new, desired_state=TaskState.READY.wire)
 
             def swap(tx: Tx) -> Task:
-                created = tx.create(held)
+                created = self._make_task(tx, service, slot, TaskState.READY)
                 self._shutdown(tx, old)
                 return created
 
@@ -312,7 +317,7 @@ class Updater:
 
         def write(tx: Tx) -> None:
             s = tx.get_service(self.service.id)
-            if s is None or s.spec_version != self.spec_version:
+            if s is None or tx.service_meta(s.id).spec_version != self.spec_version:
                 return
             prev = s.update_status or UpdateStatus()
             status = UpdateStatus(
@@ -339,12 +344,9 @@ def rollback_service(
     status = UpdateStatus(state=ROLLBACK_STARTED, started_at=started, message=message)
     return tx.update(
         msgspec.structs.replace(
-            s,
-            spec=s.previous_spec,
-            previous_spec=s.spec,
-            spec_version=tx.index,
-            update_status=status,
-        )
+            s, spec=s.previous_spec, previous_spec=s.spec, update_status=status
+        ),
+        msgspec.structs.replace(tx.service_meta(s.id), spec_version=tx.index),
     )
 
 
@@ -362,31 +364,33 @@ class UpdateSupervisor:
         self._stats = LoopStats()
 
     def update(
-        self, service: Service, slots: list[Slot], make_task: Callable[[Service, Slot], Task]
+        self, service: Service, spec_version: int, slots: list[Slot], make_task: MakeTask
     ) -> None:
+        """Run `service`'s updater for `spec_version` (its spec version in the store)."""
         current = self._running.get(service.id)
         if current is not None:
             version, task = current
-            if version == service.spec_version and not task.done():
+            if version == spec_version and not task.done():
                 return
             task.cancel()
         status = service.update_status.state if service.update_status else None
         if status in (PAUSED, ROLLBACK_PAUSED):
             return
         task = asyncio.get_running_loop().create_task(
-            self._supervise(service, slots, make_task), name=f"updater-{service.id}"
+            self._supervise(service, spec_version, slots, make_task), name=f"updater-{service.id}"
         )
         task.add_done_callback(log_failure)
-        self._running[service.id] = (service.spec_version, task)
+        self._running[service.id] = (spec_version, task)
         task.add_done_callback(functools.partial(self._done, service.id))
 
     async def _supervise(
-        self, service: Service, slots: list[Slot], make_task: Callable[[Service, Slot], Task]
+        self, service: Service, spec_version: int, slots: list[Slot], make_task: MakeTask
     ) -> None:
         backoff = 0.0
         while True:
             try:
-                await Updater(self._store, service, slots, make_task, self._clock).run()
+                updater = Updater(self._store, service, spec_version, slots, make_task, self._clock)
+                await updater.run()
                 self._stats.rounds += 1
                 return
             except Exception:
@@ -394,11 +398,12 @@ class UpdateSupervisor:
                 log.exception("updater failed; retrying", loop=f"updater-{service.id}")
             backoff = next_backoff(backoff)
             await self._clock.sleep(backoff)
-            cur = self._store.view().get_service(service.id)
-            if cur is None or cur.spec_version != service.spec_version:
+            view = self._store.view()
+            cur = view.get_service(service.id)
+            if cur is None or view.service_meta(cur.id).spec_version != spec_version:
                 return
             service = cur
-            slots = [_still_dirty(self._store, service, slot) for slot in slots]
+            slots = [_still_dirty(self._store, service.id, spec_version, slot) for slot in slots]
             slots = [slot for slot in slots if slot]
 
     def _done(self, service_id: str, task: asyncio.Task[None]) -> None:
@@ -430,25 +435,26 @@ class UpdateSupervisor:
         return {"updates_running": len(self._running), **self._stats.as_dict()}
 
 
-def _still_dirty(store: Store, service: Service, slot: Slot) -> Slot:
+def _still_dirty(store: Store, service_id: str, spec_version: int, slot: Slot) -> Slot:
     """`slot`'s tasks as the store has them now, or [] when the slot already has a
-    runnable task of the service's spec version (an earlier attempt replaced it)."""
+    runnable task of `spec_version` (an earlier attempt replaced it)."""
     if not slot:
         return slot
     sample = slot[0]
+    view = store.view()
     tasks = [
         t
-        for t in store.view().tasks_of_service(service.id)
+        for t in view.tasks_of_service(service_id)
         if t.slot == sample.slot and (sample.slot is not None or t.node_id == sample.node_id)
     ]
-    if any(is_runnable(t) and t.spec_version == service.spec_version for t in tasks):
+    if any(is_runnable(t) and view.task_meta(t.id).spec_version == spec_version for t in tasks):
         return []
     return [t for t in tasks if is_runnable(t)] or slot
 
 
-def default_make_task(service: Service, slot: Slot) -> Task:
-    """A replacement task for a replicated slot, or a global task's node."""
+def default_make_task(tx: Tx, service: Service, slot: Slot, desired: TaskState) -> Task:
+    """Write a replacement task for a replicated slot, or a global task's node."""
     sample = slot[0] if slot else None
     if sample is not None and sample.slot is None:
-        return new_task(service, None, sample.node_id)
-    return new_task(service, sample.slot if sample else None)
+        return create_task(tx, service, None, sample.node_id, desired)
+    return create_task(tx, service, sample.slot if sample else None, desired=desired)

@@ -172,11 +172,12 @@ class Scheduler:
         """Decide a node for each task, updating the local view as if they were placed."""
         decisions: list[Decision] = []
         groups: dict[tuple[str, int], list[Task]] = defaultdict(list)
+        meta = self._store.view().task_meta
         for t in tasks:
             if t.node_id:
                 decisions.append(self._check_preassigned(t))
             else:
-                groups[(t.service_id, t.spec_version)].append(t)
+                groups[(t.service_id, meta(t.id).spec_version)].append(t)
         for group in groups.values():
             group.sort(key=lambda t: (t.slot or 0, t.id))
             self._schedule_group(group, decisions)

@@ -14,13 +14,20 @@ happens after commit, driven by the events (or by the value it returns).
 Every applied transaction takes the next `Version.Index`; each object it writes gets
 that index, so `?version=N` checks are global optimistic concurrency, as Docker's.
 
-Watchers see committed transactions in order; a watcher created before a read sees
+Reads (`view()`) see every applied transaction; the API first waits for what was
+applied before a client's read to be durable (`settled()`), so a client is not shown a
+write a crash could take back. Watchers see committed transactions in order; a watcher created before a read sees
 every change after it (SwarmKit's "watch before view"), and possibly some the read
 already showed. A watcher that falls WATCH_QUEUE transactions behind is closed with a
 reason (SwarmKit closes slow watchers too) and its loop resyncs from a fresh view.
 
 A backend shared with other writers (etcd) feeds their commits in: `run()` applies them
 to the tables and publishes them like the store's own.
+
+Services and tasks are Docker's structs, holding Docker's fields only; what shoal alone
+keeps about them (shoal/types/meta.py) lives beside each one: `tx.create(obj, meta)`,
+`tx.update(obj)` keeps it (or `tx.update(obj, meta)` replaces it), `tx.service_meta(id)`
+and `tx.task_meta(id)` read it, events carry it, and one record holds both.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from shoal.errors import Internal, OutOfSequence
 from shoal.log import get_logger
 from shoal.manager.store.backend import Backend, Commit, Record
 from shoal.types.base import Version, format_time
+from shoal.types.meta import NO_SERVICE_META, NO_TASK_META, ServiceMeta, TaskMeta
 from shoal.types.node import Node
 from shoal.types.service import Service
 from shoal.types.swarm import Cluster
@@ -50,6 +58,15 @@ KINDS: dict[str, type[Any]] = {
     "task": Task,
 }
 _KIND_OF: dict[type[Any], str] = {t: k for k, t in KINDS.items()}
+# The kinds that have shoal's own metadata beside them, and its value when none is given.
+META_DEFAULTS: dict[str, Any] = {"service": NO_SERVICE_META, "task": NO_TASK_META}
+# What a record's data decodes as: the object, or [object, meta] for kinds with meta.
+_RECORD_TYPES: dict[str, Any] = {
+    "cluster": Cluster,
+    "node": Node,
+    "service": tuple[Service, ServiceMeta],
+    "task": tuple[Task, TaskMeta],
+}
 
 # Largest number of objects one batch() transaction writes (size bound of a batch).
 MAX_CHANGES_PER_BATCH = 2000
@@ -68,12 +85,14 @@ Obj = TypeVar("Obj", Cluster, Node, Service, Task)
 @dataclass(frozen=True, slots=True)
 class Event:
     """One change: action is "create", "update" or "remove"; `obj` is the new value
-    (the last value for "remove"), `old` the value before."""
+    (the last value for "remove"), `old` the value before; `meta` is shoal's metadata
+    beside `obj` (services and tasks; None for other kinds)."""
 
     action: str
     kind: str
     obj: Any
     old: Any | None = None
+    meta: Any = None
 
 
 class WatcherClosed(Exception):
@@ -123,13 +142,16 @@ class Watcher:
 class _Tables:
     def __init__(self) -> None:
         self.objects: dict[str, dict[str, Any]] = {k: {} for k in KINDS}
+        self.meta: dict[str, dict[str, Any]] = {k: {} for k in META_DEFAULTS}
         self.tasks_by_service: dict[str, set[str]] = defaultdict(set)
         self.tasks_by_node: dict[str, set[str]] = defaultdict(set)
 
-    def put(self, kind: str, obj: Any) -> None:
+    def put(self, kind: str, obj: Any, meta: Any | None = None) -> None:
         table = self.objects[kind]
         old = table.get(obj.id)
         table[obj.id] = obj
+        if meta is not None:
+            self.meta[kind][obj.id] = meta
         if kind == "task":
             if old is not None and old.node_id != obj.node_id and old.node_id:
                 self.tasks_by_node[old.node_id].discard(obj.id)
@@ -139,6 +161,8 @@ class _Tables:
 
     def drop(self, kind: str, id_: str) -> Any | None:
         old = self.objects[kind].pop(id_, None)
+        if kind in self.meta:
+            self.meta[kind].pop(id_, None)
         if kind == "task" and old is not None:
             self.tasks_by_service[old.service_id].discard(id_)
             if not self.tasks_by_service[old.service_id]:
@@ -167,6 +191,17 @@ class ReadTx:
 
     def get_node(self, id_: str) -> Node | None:
         return self._t.objects["node"].get(id_)
+
+    def meta(self, kind: str, id_: str) -> Any | None:
+        """shoal's metadata beside an object (None for kinds without any)."""
+        table = self._t.meta.get(kind)
+        return None if table is None else table.get(id_, META_DEFAULTS[kind])
+
+    def service_meta(self, id_: str) -> ServiceMeta:
+        return self._t.meta["service"].get(id_, NO_SERVICE_META)
+
+    def task_meta(self, id_: str) -> TaskMeta:
+        return self._t.meta["task"].get(id_, NO_TASK_META)
 
     def cluster(self) -> Cluster | None:
         return next(iter(self._t.objects["cluster"].values()), None)
@@ -200,7 +235,7 @@ class Tx(ReadTx):
         super().__init__(store, index)
         self.time = format_time(store.clock.time_ns())
         self._events: list[Event] = []
-        self._undo: list[tuple[str, str, Any | None]] = []
+        self._undo: list[tuple[str, str, Any | None, Any | None]] = []
 
     # writes ------------------------------------------------------------------------
     def _stamp(self, obj: Obj, created: bool) -> Obj:
@@ -209,44 +244,51 @@ class Tx(ReadTx):
             changes["created_at"] = self.time
         return msgspec.structs.replace(obj, **changes)
 
-    def create(self, obj: Obj) -> Obj:
+    def create(self, obj: Obj, meta: Any | None = None) -> Obj:
+        """Write a new object, with shoal's metadata beside it (services and tasks;
+        the kind's empty metadata when None)."""
         kind = _KIND_OF[type(obj)]
         if obj.id in self._t.objects[kind]:
             raise KeyError(f"{kind} {obj.id} already exists")
+        if kind in META_DEFAULTS and meta is None:
+            meta = META_DEFAULTS[kind]
         stamped = self._stamp(obj, created=True)
-        self._undo.append((kind, obj.id, None))
-        self._t.put(kind, stamped)
-        self._events.append(Event("create", kind, stamped))
+        self._undo.append((kind, obj.id, None, None))
+        self._t.put(kind, stamped, meta)
+        self._events.append(Event("create", kind, stamped, meta=meta))
         return stamped
 
-    def update(self, obj: Obj) -> Obj:
+    def update(self, obj: Obj, meta: Any | None = None) -> Obj:
         """Write a new value of an existing object. `obj.version` must be the stored
-        one (read-modify-write); otherwise OutOfSequence, as Docker answers."""
+        one (read-modify-write); otherwise OutOfSequence, as Docker answers. Its
+        metadata stays as it was unless `meta` replaces it."""
         kind = _KIND_OF[type(obj)]
         old = self._t.objects[kind].get(obj.id)
         if old is None:
             raise KeyError(f"{kind} {obj.id} does not exist")
         if old.version.index != obj.version.index:
             raise OutOfSequence()
+        old_meta = self.meta(kind, obj.id)
         stamped = self._stamp(obj, created=False)
-        self._undo.append((kind, obj.id, old))
-        self._t.put(kind, stamped)
-        self._events.append(Event("update", kind, stamped, old))
+        self._undo.append((kind, obj.id, old, old_meta))
+        self._t.put(kind, stamped, meta)
+        self._events.append(Event("update", kind, stamped, old, old_meta if meta is None else meta))
         return stamped
 
     def delete(self, kind: str, id_: str) -> None:
         old = self._t.objects[kind].get(id_)
         if old is None:
             return
-        self._undo.append((kind, id_, old))
+        old_meta = self.meta(kind, id_)
+        self._undo.append((kind, id_, old, old_meta))
         self._t.drop(kind, id_)
-        self._events.append(Event("remove", kind, old, old))
+        self._events.append(Event("remove", kind, old, old, old_meta))
 
     def _rollback(self) -> None:
-        for kind, id_, old in reversed(self._undo):
+        for kind, id_, old, old_meta in reversed(self._undo):
             self._t.drop(kind, id_)
             if old is not None:
-                self._t.put(kind, old)
+                self._t.put(kind, old, old_meta)
 
 
 @dataclass(slots=True)
@@ -285,8 +327,7 @@ class Store:
         for r in records:
             if r.data is None or r.kind not in KINDS:
                 continue
-            obj = msgspec.json.decode(r.data, type=KINDS[r.kind])
-            self._tables.put(r.kind, obj)
+            self._tables.put(r.kind, *_decode(r))
 
     def close(self) -> None:
         self._backend.close()
@@ -296,6 +337,12 @@ class Store:
         """A read-only view of every applied transaction. Consistent until the next
         await."""
         return ReadTx(self, self.index)
+
+    async def settled(self) -> None:
+        """Wait until every transaction applied so far is durable: what a client reads
+        after this was committed (up to what others apply meanwhile), so a crash cannot
+        take back what a client was shown."""
+        await self._wait_durable(self.index)
 
     # writes ------------------------------------------------------------------------------
     async def update(self, fn: Callable[[Tx], T]) -> T:
@@ -417,18 +464,19 @@ class Store:
             raise RuntimeError("a foreign commit arrived while this store was writing")
         events: list[Event] = []
         for r in commit.records:
-            cls = KINDS.get(r.kind)
-            if cls is None:
+            if r.kind not in KINDS:
                 continue
             old = self._tables.objects[r.kind].get(r.id)
             if r.data is None:
                 if old is not None:
+                    old_meta = self._tables.meta.get(r.kind, {}).get(r.id)
                     self._tables.drop(r.kind, r.id)
-                    events.append(Event("remove", r.kind, old, old))
+                    events.append(Event("remove", r.kind, old, old, old_meta))
                 continue
-            obj = msgspec.json.decode(r.data, type=cls)
-            self._tables.put(r.kind, obj)
-            events.append(Event("create" if old is None else "update", r.kind, obj, old))
+            obj, meta = _decode(r)
+            self._tables.put(r.kind, obj, meta)
+            action = "create" if old is None else "update"
+            events.append(Event(action, r.kind, obj, old, meta))
         self.index = self.durable_index = commit.index
         self.foreign_commits += 1
         if events:
@@ -452,8 +500,26 @@ class Store:
         }
 
 
+def encode_record(kind: str, obj: Any, meta: Any | None = None) -> Record:
+    """An object as the backend keeps it: its JSON, or `[object, meta]` for the kinds
+    that have metadata (the kind's empty metadata when `meta` is None)."""
+    if kind in META_DEFAULTS:
+        return Record(
+            kind, obj.id, msgspec.json.encode((obj, META_DEFAULTS[kind] if meta is None else meta))
+        )
+    return Record(kind, obj.id, msgspec.json.encode(obj))
+
+
+def _decode(r: Record) -> tuple[Any, Any | None]:
+    assert r.data is not None
+    value = msgspec.json.decode(r.data, type=_RECORD_TYPES[r.kind])
+    return (value[0], value[1]) if r.kind in META_DEFAULTS else (value, None)
+
+
 def _records(events: list[Event]) -> list[Record]:
     return [
-        Record(ev.kind, ev.obj.id, None if ev.action == "remove" else msgspec.json.encode(ev.obj))
+        Record(ev.kind, ev.obj.id, None)
+        if ev.action == "remove"
+        else encode_record(ev.kind, ev.obj, ev.meta)
         for ev in events
     ]

@@ -277,7 +277,7 @@ def test_a_bad_status_frame_leaves_other_nodes_statuses_flowing(
                 assert m is not None, "the session ended before the task was assigned"
                 if m["type"] == "assignment":
                     tasks = m["Assignment"].get("Tasks") or []
-                    task_id = tasks[0]["ID"] if tasks else None
+                    task_id = tasks[0]["Task"]["ID"] if tasks else None
             # A state that is not a task state, for a task that is really this node's.
             await ws.send_bytes(status_frame(task_id, "x"))
             # Refused alone: the session goes on.

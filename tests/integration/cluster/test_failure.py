@@ -97,4 +97,15 @@ def test_a_graceful_stop_is_a_failure_too(cluster: Cluster) -> None:
     )
     node2.start()
     cluster.wait_node_state("node-2", "ready", timeout=DOWN_TIMEOUT_S)
-    cluster.wait_converged("steady", 3, check=lambda c: c["node-2"] == 0)
+    # Back, it runs none of its old tasks again, and nothing is doubled: what held
+    # before the restart must keep holding after it, for a while.
+    after = cluster.wait_converged("steady", 3, check=lambda c: c["node-2"] == 0)
+    expected = sorted(t for tasks in after.values() for t in tasks)
+    holds_for(
+        lambda: (
+            sorted(cluster.live_processes()) == expected
+            and sorted(cluster.running_placement("steady")) == expected
+        ),
+        seconds=3,
+        what="the same three tasks, none on the restarted node-2",
+    )

@@ -33,7 +33,9 @@ from typing import Any
 
 import pytest
 
-from ..harness import CommandFailed, Daemon, UnixHTTPConnection, docker_cli
+from shoal.httpunix import UnixHTTPConnection
+
+from ..harness import CommandFailed, Daemon, docker_cli
 
 ENGINE_SOCKET = Path("/var/run/docker.sock")
 ENGINE_HOST = f"unix://{ENGINE_SOCKET}"

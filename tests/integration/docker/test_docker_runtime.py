@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from ..harness import PROGRESS_TIMEOUT_S, free_tcp_port, holds_for, wait_until
+from ..harness import PROGRESS_TIMEOUT_S, holds_for, swarm_init_args, wait_until
 from .engine import DockerDaemon, DockerDaemonFactory, Engine, Registry, build_image, unique
 
 pytestmark = pytest.mark.integration
@@ -34,15 +34,8 @@ SERVICE_ID_LABEL = "com.docker.swarm.service.id"
 
 
 def init_swarm(daemon: DockerDaemon) -> None:
-    # A cluster port of its own: other daemons of the session may hold 2377.
-    daemon.docker(
-        "swarm",
-        "init",
-        "--advertise-addr",
-        "127.0.0.1",
-        "--listen-addr",
-        f"127.0.0.1:{free_tcp_port()}",
-    )
+    # A cluster port of its own, picked at the bind: other daemons may hold 2377.
+    daemon.docker(*swarm_init_args())
 
 
 @pytest.fixture(scope="module")

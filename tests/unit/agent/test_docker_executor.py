@@ -18,6 +18,7 @@ from shoal.agent.executor.docker import ERR_DESTROYED, DockerController, DockerE
 from shoal.agent.executor.docker_spec import LABEL_AGENT, LABEL_TASK_ID
 from shoal.types.agent import LogOptions
 from shoal.types.base import format_time
+from shoal.types.meta import TaskMeta
 from shoal.types.service import ContainerSpec, HealthConfig, TaskSpec
 from shoal.types.task import Task, TaskState, TaskStatus
 
@@ -43,19 +44,21 @@ def engine() -> Iterator[FakeEngine]:
             fake.stop()
 
 
-def make_task(task_id: str = "task1", slot: int = 1, auth: str | None = None, **spec: Any) -> Task:
+def make_task(
+    task_id: str = "task1", slot: int = 1, auth: str | None = None, **spec: Any
+) -> tuple[Task, TaskMeta]:
+    """A task of service `web`, and the metadata its assignment carries beside it."""
     spec.setdefault("image", IMAGE)
-    return Task(
+    task = Task(
         id=task_id,
         spec=TaskSpec(container_spec=ContainerSpec(**spec)),
         service_id="svc1",
-        service_name="web",
         slot=slot,
         node_id="node1",
         status=TaskStatus(timestamp="", state=TaskState.ASSIGNED.wire, message=""),
         desired_state=TaskState.RUNNING.wire,
-        registry_auth=auth,
     )
+    return task, TaskMeta(service_name="web", registry_auth=auth)
 
 
 Test = Callable[[DockerExecutor], Awaitable[None]]
@@ -84,7 +87,7 @@ def test_start_without_healthcheck_runs_named_and_labelled(
     engine: FakeEngine, tmp_path: Path
 ) -> None:
     async def test(x: DockerExecutor) -> None:
-        c = x.controller(make_task(slot=3))
+        c = x.controller(*make_task(slot=3))
         await c.prepare()
         rs = await c.start()
         assert rs.running and rs.pid == 4242
@@ -99,7 +102,7 @@ def test_start_without_healthcheck_runs_named_and_labelled(
 
 def test_start_waits_until_healthy(engine: FakeEngine, tmp_path: Path) -> None:
     async def test(x: DockerExecutor) -> None:
-        c = x.controller(make_task(health_check=HealthConfig(test=["CMD", "true"])))
+        c = x.controller(*make_task(health_check=HealthConfig(test=["CMD", "true"])))
         await c.prepare()
         starting = asyncio.ensure_future(c.start())
         await asyncio.sleep(SETTLE_S)
@@ -114,7 +117,7 @@ def test_unhealthy_before_healthy_fails_the_start_and_stops_it(
     engine: FakeEngine, tmp_path: Path
 ) -> None:
     async def test(x: DockerExecutor) -> None:
-        c = x.controller(make_task(health_check=HealthConfig(test=["CMD", "false"])))
+        c = x.controller(*make_task(health_check=HealthConfig(test=["CMD", "false"])))
         await c.prepare()
         starting = asyncio.ensure_future(c.start())
         await asyncio.sleep(SETTLE_S)
@@ -130,7 +133,7 @@ def test_unhealthy_before_healthy_fails_the_start_and_stops_it(
 
 def test_wait_returns_the_exit_status(engine: FakeEngine, tmp_path: Path) -> None:
     async def test(x: DockerExecutor) -> None:
-        c = x.controller(make_task())
+        c = x.controller(*make_task())
         await c.prepare()
         await c.start()
         waiting = asyncio.ensure_future(c.wait())
@@ -144,7 +147,7 @@ def test_wait_returns_the_exit_status(engine: FakeEngine, tmp_path: Path) -> Non
 
 def test_turning_unhealthy_ends_the_task(engine: FakeEngine, tmp_path: Path) -> None:
     async def test(x: DockerExecutor) -> None:
-        c = x.controller(make_task(health_check=HealthConfig(test=["CMD", "true"])))
+        c = x.controller(*make_task(health_check=HealthConfig(test=["CMD", "true"])))
         await c.prepare()
         starting = asyncio.ensure_future(c.start())
         await asyncio.sleep(SETTLE_S)
@@ -163,7 +166,7 @@ def test_turning_unhealthy_ends_the_task(engine: FakeEngine, tmp_path: Path) -> 
 
 def test_a_removed_container_fails_the_wait(engine: FakeEngine, tmp_path: Path) -> None:
     async def test(x: DockerExecutor) -> None:
-        c = x.controller(make_task())
+        c = x.controller(*make_task())
         await c.prepare()
         await c.start()
         waiting = asyncio.ensure_future(c.wait())
@@ -177,12 +180,12 @@ def test_a_removed_container_fails_the_wait(engine: FakeEngine, tmp_path: Path) 
 
 def test_a_new_agent_adopts_instead_of_creating(engine: FakeEngine, tmp_path: Path) -> None:
     async def first(x: DockerExecutor) -> None:
-        c = x.controller(make_task())
+        c = x.controller(*make_task())
         await c.prepare()
         await c.start()
 
     async def second(x: DockerExecutor) -> None:
-        c: DockerController = x.controller(make_task())
+        c: DockerController = x.controller(*make_task())
         rs = await c.inspect()
         assert rs.running and rs.container_id == only_container(engine)["Id"]
         await c.prepare()  # again, as after a restart in READY: no second container
@@ -201,7 +204,7 @@ def test_known_task_ids_are_this_agents_only(engine: FakeEngine, tmp_path: Path)
     )
 
     async def test(x: DockerExecutor) -> None:
-        await x.controller(make_task("mine")).prepare()
+        await x.controller(*make_task("mine")).prepare()
         assert x.known_task_ids() == ["mine"]
 
     run(engine, tmp_path, test)
@@ -215,7 +218,7 @@ def test_missing_image_is_pulled_once_with_credentials(engine: FakeEngine, tmp_p
         tasks = [
             make_task(f"t{i}", slot=i, image="127.0.0.1:5000/app:1", auth="e30=") for i in range(5)
         ]
-        await asyncio.gather(*(x.controller(t).prepare() for t in tasks))
+        await asyncio.gather(*(x.controller(*t).prepare() for t in tasks))
         assert engine.pulls == [("127.0.0.1:5000/app", "1", "e30=")]
         assert len(engine.containers) == 5
 
@@ -224,7 +227,7 @@ def test_missing_image_is_pulled_once_with_credentials(engine: FakeEngine, tmp_p
 
 def test_missing_image_not_pullable_says_why(engine: FakeEngine, tmp_path: Path) -> None:
     async def test(x: DockerExecutor) -> None:
-        c = x.controller(make_task(image="nosuch/image"))
+        c = x.controller(*make_task(image="nosuch/image"))
         with pytest.raises(ExecutorError) as e:
             await c.prepare()
         assert str(e.value) == "No such image: nosuch/image (pull: pull access denied)"
@@ -238,7 +241,7 @@ def test_shutdown_uses_the_grace_period_and_remove_deletes(
     engine: FakeEngine, tmp_path: Path
 ) -> None:
     async def test(x: DockerExecutor) -> None:
-        c = x.controller(make_task())
+        c = x.controller(*make_task())
         await c.prepare()
         await c.start()
         await c.shutdown(2.5)
@@ -252,7 +255,7 @@ def test_shutdown_uses_the_grace_period_and_remove_deletes(
 
 def test_logs_with_the_engines_timestamps(engine: FakeEngine, tmp_path: Path) -> None:
     async def test(x: DockerExecutor) -> None:
-        c = x.controller(make_task())
+        c = x.controller(*make_task())
         await c.prepare()
         cid = only_container(engine)["Id"]
         engine.logs[cid] = [

@@ -39,6 +39,7 @@ from shoal.types.task import Task, TaskState, TaskStatus
 
 NODE = NodeInfo(id="node0id", hostname="host-a", os="linux", architecture="x86_64")
 AGENT = "agent0"
+SERVICE = "web"  # the service name an assignment carries beside the task
 
 
 def make_task(
@@ -55,7 +56,6 @@ def make_task(
             container_spec=ContainerSpec(**spec), resources=resources, log_driver=log_driver
         ),
         service_id="svc0id",
-        service_name="web",
         slot=slot,
         node_id="node0id",
         labels=task_labels,
@@ -65,8 +65,8 @@ def make_task(
 
 
 def test_names_replicated_and_global() -> None:
-    assert task_name(make_task(slot=2)) == "web.2.task0id"
-    assert task_name(make_task(slot=None)) == "web.node0id.task0id"
+    assert task_name(make_task(slot=2), SERVICE) == "web.2.task0id"
+    assert task_name(make_task(slot=None), SERVICE) == "web.node0id.task0id"
 
 
 @pytest.mark.parametrize(
@@ -81,21 +81,23 @@ def test_names_replicated_and_global() -> None:
     ],
 )
 def test_templates(template: str, expanded: str) -> None:
-    assert TemplateContext(make_task(), NODE).expand(template) == expanded
+    assert TemplateContext(make_task(), NODE, SERVICE).expand(template) == expanded
 
 
 def test_template_slot_of_a_global_task_is_the_node() -> None:
-    assert TemplateContext(make_task(slot=None), NODE).expand("{{.Task.Slot}}") == "node0id"
+    assert (
+        TemplateContext(make_task(slot=None), NODE, SERVICE).expand("{{.Task.Slot}}") == "node0id"
+    )
 
 
 @pytest.mark.parametrize("template", ["{{.Node.Nope}}", "{{.Node}}", '{{printf "%d" 1}}'])
 def test_template_errors(template: str) -> None:
     with pytest.raises(ExecutorError, match="template"):
-        TemplateContext(make_task(), NODE).expand(template)
+        TemplateContext(make_task(), NODE, SERVICE).expand(template)
 
 
 def test_env_templates_and_invalid_entries() -> None:
-    ctx = TemplateContext(make_task(), NODE)
+    ctx = TemplateContext(make_task(), NODE, SERVICE)
     assert expand_env(ctx, ["A=1", "H={{.Node.Hostname}}", "E="]) == ["A=1", "H=host-a", "E="]
     with pytest.raises(ExecutorError, match="invalid environment variable"):
         expand_env(ctx, ["NOVALUE"])
@@ -106,7 +108,7 @@ def test_labels_swarm_ones_win() -> None:
         task_labels={"from-task": "t", "shared": "task"},
         labels={"team": "blue", "shared": "spec", LABEL_TASK_ID: "forged"},
     )
-    labels = create_body(task, NODE, AGENT)["Labels"]
+    labels = create_body(task, NODE, AGENT, SERVICE)["Labels"]
     assert labels == {
         "team": "blue",
         "from-task": "t",
@@ -122,11 +124,11 @@ def test_labels_swarm_ones_win() -> None:
 
 
 def test_command_replaces_the_entrypoint_args_alone_are_cmd() -> None:
-    body = create_body(make_task(command=["/bin/sh", "-c"], args=["echo hi"]), NODE, AGENT)
+    body = create_body(make_task(command=["/bin/sh", "-c"], args=["echo hi"]), NODE, AGENT, SERVICE)
     assert body["Entrypoint"] == ["/bin/sh", "-c"] and body["Cmd"] == ["echo hi"]
-    body = create_body(make_task(args=["sleep", "1"]), NODE, AGENT)
+    body = create_body(make_task(args=["sleep", "1"]), NODE, AGENT, SERVICE)
     assert "Entrypoint" not in body and body["Cmd"] == ["sleep", "1"]
-    body = create_body(make_task(), NODE, AGENT)
+    body = create_body(make_task(), NODE, AGENT, SERVICE)
     assert "Entrypoint" not in body and "Cmd" not in body  # the image's own
 
 
@@ -170,7 +172,7 @@ def test_every_container_spec_field() -> None:
         ),
         log_driver={"Name": "json-file", "Options": {"max-size": "1m"}},
     )
-    body = create_body(task, NODE, AGENT)
+    body = create_body(task, NODE, AGENT, SERVICE)
     assert body["Image"] == "busybox:1"
     assert body["Env"] == ["A=1"]
     assert body["User"] == "nobody:nogroup" and body["WorkingDir"] == "/tmp"
@@ -207,7 +209,7 @@ def test_every_container_spec_field() -> None:
 
 
 def test_defaults_leave_the_engine_its_own() -> None:
-    body = create_body(make_task(), NODE, AGENT)
+    body = create_body(make_task(), NODE, AGENT, SERVICE)
     assert body["StopTimeout"] == 10  # Swarm's default grace
     assert "Healthcheck" not in body  # the image's
     assert body["HostConfig"] == {"Mounts": [], "ReadonlyRootfs": False}
@@ -219,12 +221,12 @@ def test_defaults_leave_the_engine_its_own() -> None:
 )
 def test_invalid_mounts(mount: dict[str, Any]) -> None:
     with pytest.raises(ExecutorError):
-        create_body(make_task(mounts=[mount]), NODE, AGENT)
+        create_body(make_task(mounts=[mount]), NODE, AGENT, SERVICE)
 
 
 def test_no_image_is_an_error() -> None:
     with pytest.raises(ExecutorError):
-        create_body(make_task(image=""), NODE, AGENT)
+        create_body(make_task(image=""), NODE, AGENT, SERVICE)
 
 
 @pytest.mark.parametrize(
@@ -265,7 +267,9 @@ def test_custom_seccomp_profile_is_decoded() -> None:
     profile = '{"defaultAction":"SCMP_ACT_ALLOW"}'
     encoded = base64.b64encode(profile.encode()).decode()
     task = make_task(privileges={"Seccomp": {"Mode": "custom", "Profile": encoded}})
-    assert create_body(task, NODE, AGENT)["HostConfig"]["SecurityOpt"] == [f"seccomp={profile}"]
+    assert create_body(task, NODE, AGENT, SERVICE)["HostConfig"]["SecurityOpt"] == [
+        f"seccomp={profile}"
+    ]
     bad = make_task(privileges={"Seccomp": {"Mode": "custom", "Profile": "not base64!"}})
     with pytest.raises(ExecutorError, match="seccomp"):
-        create_body(bad, NODE, AGENT)
+        create_body(bad, NODE, AGENT, SERVICE)

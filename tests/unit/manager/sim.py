@@ -24,6 +24,7 @@ from shoal.manager.controlapi.services import create_service, update_service
 from shoal.manager.manager import Manager
 from shoal.manager.store import MemoryBackend, Store, Tx
 from shoal.types.agent import LogMessage, LogOptions
+from shoal.types.meta import NO_TASK_META, TaskMeta
 from shoal.types.node import Node, NodeDescription, NodeResources, NodeSpec, NodeStatus
 from shoal.types.service import (
     ContainerSpec,
@@ -103,7 +104,7 @@ class FakeExecutor:
             resources=NodeResources(nano_cpus=4 * S, memory_bytes=8 << 30),
         )
 
-    def controller(self, task: Task) -> FakeController:
+    def controller(self, task: Task, meta: TaskMeta = NO_TASK_META) -> FakeController:
         c = self.controllers.get(task.id)
         if c is None:
             c = self.controllers[task.id] = FakeController(self._clock, task)
@@ -199,6 +200,12 @@ class Sim:
         assert s is not None
         return s
 
+    def spec_version(self, service_id: str) -> int:
+        return self.store.view().service_meta(service_id).spec_version
+
+    def version_of(self, task: Task) -> int:
+        return self.store.view().task_meta(task.id).spec_version
+
     def status(self, service_id: str) -> str | None:
         us = self.service(service_id).update_status
         return us.state if us else None
@@ -212,5 +219,5 @@ class Sim:
         return [
             t
             for t in self.tasks(service_id)
-            if t.state == TaskState.RUNNING and (version is None or t.spec_version == version)
+            if t.state == TaskState.RUNNING and (version is None or self.version_of(t) == version)
         ]

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 
-import msgspec
-
 from shoal.manager.orchestrator.restart import (
     DEFAULT_RESTART_DELAY_NS,
     OLD_TASK_TIMEOUT_NS,
@@ -20,8 +18,9 @@ from shoal.manager.orchestrator.restart import (
     predecessor,
 )
 from shoal.manager.store import MemoryBackend, Store
-from shoal.manager.store.backend import Record
+from shoal.manager.store.memory import encode_record
 from shoal.types.base import format_time
+from shoal.types.meta import TaskMeta
 from shoal.types.node import Node, NodeSpec, NodeStatus
 from shoal.types.service import RestartPolicy, TaskSpec
 from shoal.types.task import Task, TaskState, TaskStatus
@@ -40,7 +39,6 @@ def task(
     status_at: int | None = None,
     slot: int | None = 1,
     node_id: str | None = "n1",
-    spec_version: int = 1,
     spec: TaskSpec = DELAY_15S,
 ) -> Task:
     return Task(
@@ -49,7 +47,6 @@ def task(
         slot=slot,
         node_id=node_id,
         spec=spec,
-        spec_version=spec_version,
         created_at=format_time(created),
         status=TaskStatus(
             timestamp=format_time(created if status_at is None else status_at),
@@ -60,17 +57,21 @@ def task(
     )
 
 
-def store_of(*tasks: Task) -> Store:
+def store_of(*tasks: Task, versions: dict[str, int] | None = None) -> Store:
     """A store loaded with these objects as they were committed (their own times kept),
-    as a daemon finds them when it starts again."""
+    as a daemon finds them when it starts again. Tasks are of spec version 1 unless
+    `versions` (task ID -> spec version) says otherwise."""
+    versions = versions or {}
     backend = MemoryBackend()
     node = Node(
         id="n1",
         spec=NodeSpec(role="manager", availability="active"),
         status=NodeStatus(state="ready"),
     )
-    records = [Record("node", node.id, msgspec.json.encode(node))]
-    records += [Record("task", t.id, msgspec.json.encode(t)) for t in tasks]
+    records = [encode_record("node", node)]
+    records += [
+        encode_record("task", t, TaskMeta(spec_version=versions.get(t.id, 1))) for t in tasks
+    ]
     backend.seed(1, records)
     return Store(backend)
 
@@ -79,7 +80,6 @@ def held(
     *,
     created: int = T0 + S // 10,
     slot: int | None = 1,
-    spec_version: int = 1,
     spec: TaskSpec = DELAY_15S,
 ) -> Task:
     """The replacement "new", held at desired READY."""
@@ -89,7 +89,6 @@ def held(
         state=TaskState.ASSIGNED,
         desired=TaskState.READY,
         slot=slot,
-        spec_version=spec_version,
         spec=spec,
     )
 
@@ -124,8 +123,8 @@ def test_restart_delay_defaults_to_five_seconds() -> None:
 
 def test_stop_first_update_waits_for_the_old_task_only() -> None:
     old = task("old", created=T0 - 60 * S, state=TaskState.RUNNING, desired=TaskState.SHUTDOWN)
-    new = held(spec_version=2)
-    hold = hold_of(store_of(old, new).view(), new)
+    new = held()
+    hold = hold_of(store_of(old, new, versions={"new": 2}).view(), new)
     assert (hold.start_at_ns, hold.delay_ns, hold.old_task_id) == (T0 + S // 10, 0, "old")
     assert hold.old_deadline_ns == T0 + S // 10 + OLD_TASK_TIMEOUT_NS
 
@@ -140,8 +139,8 @@ def test_update_whose_old_task_stopped_since_is_still_an_update() -> None:
         desired=TaskState.SHUTDOWN,
         status_at=T0 + 10 * S,
     )
-    new = held(spec_version=2)
-    hold = hold_of(store_of(old, new).view(), new)
+    new = held()
+    hold = hold_of(store_of(old, new, versions={"new": 2}).view(), new)
     assert (hold.start_at_ns, hold.delay_ns) == (T0 + S // 10, 0)
 
 
@@ -242,7 +241,10 @@ def test_a_held_task_created_later_is_armed_from_its_commit() -> None:
         watcher = store.watch("task")
         # created now, long after the failure: due at once (zero delay left)
         await store.update(
-            lambda tx: tx.create(held(spec=TaskSpec(restart_policy=RestartPolicy(delay=0))))
+            lambda tx: tx.create(
+                held(spec=TaskSpec(restart_policy=RestartPolicy(delay=0))),
+                TaskMeta(spec_version=1),
+            )
         )
         try:
             while True:

@@ -58,9 +58,9 @@ def test_a_loop_goes_on_after_a_failed_round(
             await sim.update(sid, env=["V=2"])  # held tasks, shut-down tasks, new ones
             await sim.advance(SETTLE_S * 2 + 5)
             assert loop.statistics()[key] == 1
-            version = sim.service(sid).spec_version
+            version = sim.spec_version(sid)
             running = sim.running(sid)
-            assert len(running) == 2 and {t.spec_version for t in running} == {version}
+            assert len(running) == 2 and {sim.version_of(t) for t in running} == {version}
             assert sim.status(sid) == update.COMPLETED
 
     asyncio.run(main())
@@ -81,8 +81,8 @@ def test_an_updater_that_raises_is_run_again(monkeypatch: pytest.MonkeyPatch) ->
             stats = sim.manager.updates.statistics()
             assert (stats["failures"], stats["rounds"]) == (1, 1)
             assert sim.status(sid) == update.COMPLETED
-            version = sim.service(sid).spec_version
+            version = sim.spec_version(sid)
             runnable = [t for t in sim.tasks(sid) if t.desired <= TaskState.RUNNING]
-            assert sorted(t.spec_version for t in runnable) == [version, version]
+            assert sorted(sim.version_of(t) for t in runnable) == [version, version]
 
     asyncio.run(main())

@@ -34,7 +34,7 @@ def on_sim(test: Callable[[Sim], Awaitable[None]], nodes: int = 3) -> None:
 
 
 def versions_running(sim: Sim, service_id: str) -> list[int]:
-    return sorted(t.spec_version for t in sim.running(service_id))
+    return sorted(sim.version_of(t) for t in sim.running(service_id))
 
 
 def test_rolling_update_two_at_a_time_with_a_delay() -> None:
@@ -42,11 +42,11 @@ def test_rolling_update_two_at_a_time_with_a_delay() -> None:
         cfg = UpdateConfig(parallelism=2, delay=10 * S, monitor=5 * S)
         sid = await sim.create(replicas=4, update=cfg)
         await sim.advance(SETTLE_S)
-        old = sim.service(sid).spec_version
+        old = sim.spec_version(sid)
         assert versions_running(sim, sid) == [old] * 4
 
         await sim.update(sid, env=["V=2"])
-        new = sim.service(sid).spec_version
+        new = sim.spec_version(sid)
         await sim.advance(SETTLE_S)
         assert versions_running(sim, sid) == [old, old, new, new]  # two slots at once
         await sim.advance(8)  # within the delay: nothing more
@@ -103,13 +103,13 @@ def test_failures_up_to_the_max_failure_ratio_are_tolerated() -> None:
         cfg = UpdateConfig(parallelism=1, monitor=5 * S, max_failure_ratio=0.5)
         sid = await sim.create(replicas=4, update=cfg)
         await sim.advance(SETTLE_S)
-        old = sim.service(sid).spec_version
+        old = sim.spec_version(sid)
         await sim.update(sid, env=["FAIL=start"])
         await sim.advance(SETTLE_S * 4)
         # 1/4 and 2/4 are within the ratio; the third failure (3/4 > 0.5) pauses
         assert sim.status(sid) == PAUSED
         still_old = [
-            t for t in sim.tasks(sid) if t.spec_version == old and t.desired <= TaskState.RUNNING
+            t for t in sim.tasks(sid) if sim.version_of(t) == old and t.desired <= TaskState.RUNNING
         ]
         assert len(still_old) == 1
 
@@ -121,12 +121,12 @@ def test_failure_action_continue_goes_through_every_slot() -> None:
         cfg = UpdateConfig(parallelism=1, monitor=5 * S, failure_action="continue")
         sid = await sim.create(replicas=3, update=cfg)
         await sim.advance(SETTLE_S)
-        old = sim.service(sid).spec_version
+        old = sim.spec_version(sid)
         await sim.update(sid, env=["FAIL=start"])
         await sim.advance(SETTLE_S * 3 + 5)
         assert sim.status(sid) == COMPLETED
         assert not [
-            t for t in sim.tasks(sid) if t.spec_version == old and t.desired <= TaskState.RUNNING
+            t for t in sim.tasks(sid) if sim.version_of(t) == old and t.desired <= TaskState.RUNNING
         ]
 
     on_sim(test)
@@ -192,7 +192,7 @@ def test_start_first_never_runs_fewer_tasks_than_replicas() -> None:
         new_versions: list[int] = []
         for env in (["V=2"], ["V=3", "FAIL=start"]):  # one that works, one that fails
             await sim.update(sid, env=env)
-            new_versions.append(sim.service(sid).spec_version)
+            new_versions.append(sim.spec_version(sid))
             await sim.advance(SETTLE_S * 3 + 2 + SETTLE_S)
         counter.cancel()
         watcher.close()

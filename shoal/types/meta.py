@@ -1,0 +1,37 @@
+"""What shoal keeps about a service or a task beside its Docker object.
+
+Docker's `Service` and `Task` (shoal/types/service.py, task.py) hold Docker's fields
+only, so whatever the API encodes from them is Docker's shape by construction. What
+only shoal needs lives here, in its own structs: the store keeps one beside each
+service and task (in the same record, written in the same transaction), and the
+dispatcher sends an agent the part of it the agent needs beside each task. Nothing here
+is ever a field of a Docker object, so there is no list of fields to strip.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class ServiceMeta(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
+    # The version of Spec the tasks are built from, bumped on every change that needs
+    # new tasks (SwarmKit's SpecVersion): the updater and the `_up-to-date` filter.
+    spec_version: int = 0
+    # X-Registry-Auth of the last create/update that sent one (dockerd keeps it in
+    # ContainerSpec.PullOptions): copied to new tasks for the agent's image pulls.
+    registry_auth: str | None = None
+
+
+class TaskMeta(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
+    """Set when the task is made and never changed."""
+
+    # The spec version of the service the task was made from.
+    spec_version: int = 0
+    # The service's name, which agents need (container names, labels) without reading
+    # services, and which outlives the service.
+    service_name: str = ""
+    registry_auth: str | None = None
+
+
+NO_SERVICE_META = ServiceMeta()
+NO_TASK_META = TaskMeta()

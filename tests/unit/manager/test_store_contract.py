@@ -1,0 +1,260 @@
+"""The store's contract as the control loops rely on it: a write is acknowledged only
+once durable, concurrent writes share commits, a transaction that raises leaves no
+trace (not in the tables, not in the effects that follow a commit), a foreign commit
+reaches the tables and the watchers, and a slow watcher is closed, not waited for."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+import pytest
+
+from shoal.manager.loops import LoopStats, reconcile_loop
+from shoal.manager.manager import Manager
+from shoal.manager.orchestrator.replicated import ReplicatedOrchestrator
+from shoal.manager.orchestrator.restart import RestartSupervisor
+from shoal.manager.orchestrator.update import UpdateSupervisor
+from shoal.manager.store import MemoryBackend, Record, Store, Tx, WatcherClosed
+from shoal.manager.store.memory import WATCH_QUEUE
+from shoal.types.node import Node, NodeSpec, NodeStatus
+from shoal.types.service import (
+    ContainerSpec,
+    ReplicatedService,
+    Service,
+    ServiceMode,
+    ServiceSpec,
+    TaskSpec,
+)
+from shoal.types.task import Task, TaskState, TaskStatus
+
+WAIT_S = 5.0
+
+
+def node(node_id: str) -> Node:
+    return Node(
+        id=node_id,
+        spec=NodeSpec(role="worker", availability="active"),
+        status=NodeStatus(state="ready"),
+    )
+
+
+def service(service_id: str, replicas: int = 1, spec_version: int = 1) -> Service:
+    spec = ServiceSpec(
+        name=service_id,
+        mode=ServiceMode(replicated=ReplicatedService(replicas=replicas)),
+        task_template=TaskSpec(container_spec=ContainerSpec(image="busybox")),
+    )
+    return Service(id=service_id, spec=spec, spec_version=spec_version)
+
+
+def task(task_id: str, svc: Service, slot: int, state: TaskState, spec_version: int) -> Task:
+    return Task(
+        id=task_id,
+        service_id=svc.id,
+        slot=slot,
+        node_id="n1",
+        spec=svc.spec.task_template or TaskSpec(),
+        spec_version=spec_version,
+        status=TaskStatus(timestamp="2026-01-01T00:00:00Z", state=state.wire, message=""),
+        desired_state=TaskState.RUNNING.wire,
+    )
+
+
+# --------------------------------------------------------------------------- durability
+
+
+def test_a_write_is_acknowledged_only_once_durable() -> None:
+    async def main() -> None:
+        backend = MemoryBackend()
+        store = Store(backend)
+        watcher = store.watch("node")
+        backend.hold()
+        write = asyncio.create_task(store.update(lambda tx: tx.create(node("n1"))))
+        for _ in range(10):
+            await asyncio.sleep(0)
+        # applied (reads see it), not durable, not acknowledged, not published
+        assert store.view().get_node("n1") is not None
+        assert not write.done()
+        assert backend.objects == {}
+        assert watcher.queue.empty()
+        backend.release()
+        created = await asyncio.wait_for(write, WAIT_S)
+        assert ("node", "n1") in backend.objects
+        assert [e.obj for e in await watcher.__anext__()] == [created]
+
+    asyncio.run(main())
+
+
+def test_concurrent_writes_share_commits() -> None:
+    async def main() -> None:
+        backend = MemoryBackend()
+        store = Store(backend)
+        writes = [store.update(lambda tx, i=i: tx.create(node(f"n{i}"))) for i in range(50)]
+        await asyncio.gather(*writes)
+        assert store.commits == 50
+        # all 50 were applied before the first commit ran: they share it
+        assert backend.commits == store.group_commits == 1
+        assert store.durable_index == store.index == 50
+
+    asyncio.run(main())
+
+
+def test_a_failed_commit_acknowledges_nothing_more() -> None:
+    class Broken(MemoryBackend):
+        async def commit(self, index: int, records: list[Record]) -> None:
+            raise OSError("disk full")
+
+    async def main() -> None:
+        store = Store(Broken())
+        with pytest.raises(Exception, match="cannot commit"):
+            await store.update(lambda tx: tx.create(node("n1")))
+        with pytest.raises(Exception, match="cannot commit"):
+            await store.update(lambda tx: tx.create(node("n2")))
+
+    asyncio.run(main())
+
+
+# --------------------------------------------------------------------------- purity
+
+
+def test_a_transaction_that_raises_leaves_no_trace() -> None:
+    """The orchestrator's round both restarts a failed task and starts an updater for an
+    out-of-date slot, then raises: no task is written, no updater runs, no restart is
+    counted, no held task is armed. The next round (a fresh sweep) does it all once."""
+
+    async def main() -> None:
+        store = Store(MemoryBackend())
+        svc = service("web", replicas=2, spec_version=2)
+
+        def seed(tx: Tx) -> None:
+            tx.create(node("n1"))
+            tx.create(svc)
+            tx.create(task("failed", svc, 1, TaskState.FAILED, spec_version=2))
+            tx.create(task("stale", svc, 2, TaskState.RUNNING, spec_version=1))
+
+        await store.update(seed)
+        before = store.index
+        restarts, updates = RestartSupervisor(store), UpdateSupervisor(store)
+        orch = ReplicatedOrchestrator(store, restarts, updates)
+        real = orch.reconcile
+        failed = asyncio.Event()
+
+        def reconcile_then_fail(tx: Tx, s: Service) -> None:
+            real(tx, s)
+            if not failed.is_set():
+                failed.set()
+                raise RuntimeError("injected")
+
+        orch.reconcile = reconcile_then_fail  # type: ignore[method-assign]
+        stats = LoopStats()
+        stopped = asyncio.Event()
+        started = asyncio.Event()
+
+        async def after() -> None:
+            await orch._after_commit()
+            started.set()
+
+        loop = asyncio.create_task(
+            reconcile_loop(
+                store,
+                ("service", "task", "node"),
+                orch._fresh(orch._check_all),
+                orch._fresh(orch._handle),
+                stopped,
+                "test",
+                stats,
+                after,
+            )  # fmt: skip
+        )
+        try:
+            await asyncio.wait_for(failed.wait(), WAIT_S)
+            assert stats.failures == 1  # counted as it raised, before the loop yielded
+            # the failed round: nothing written, nothing started, nothing counted
+            assert store.index == before
+            assert updates.statistics()["updates_running"] == 0
+            assert restarts.restarts == 0
+            assert {t.id for t in store.view().tasks()} == {"failed", "stale"}
+            # the loop resyncs (after its backoff) and does it once
+            await asyncio.wait_for(started.wait(), WAIT_S)
+            assert updates.statistics()["updates_running"] == 1
+            assert restarts.restarts == 1
+            assert len(store.view().tasks()) == 3
+        finally:
+            stopped.set()
+            updates.stop()
+            loop.cancel()
+            await asyncio.gather(loop, return_exceptions=True)
+
+    asyncio.run(main())
+
+
+# --------------------------------------------------------------------------- foreign commits
+
+
+def test_a_foreign_commit_reaches_the_tables_the_watchers_and_the_orchestrator() -> None:
+    """A service created by "another manager" (a commit the backend feeds in) is in the
+    tables, published to watchers, and reconciled: its task is made and scheduled."""
+
+    async def main() -> None:
+        backend = MemoryBackend()
+        store = Store(backend)
+        await store.update(lambda tx: tx.create(node("n1")))
+        manager = Manager(store)
+        watcher = store.watch("service")
+        tasks = store.watch("task")
+        manager.start()
+        try:
+            await asyncio.sleep(0)
+            svc = service("elsewhere")
+            commit = backend.inject([Record("service", svc.id, msgspec.json.encode(svc))])
+            events = await asyncio.wait_for(watcher.__anext__(), WAIT_S)
+            assert [(e.action, e.obj.id) for e in events] == [("create", "elsewhere")]
+            assert store.view().get_service("elsewhere") == svc
+            assert store.durable_index >= commit.index
+
+            async def scheduled() -> Task:
+                async for events in tasks:
+                    for e in events:
+                        if e.obj.service_id == "elsewhere" and e.obj.node_id == "n1":
+                            return e.obj  # type: ignore[no-any-return]
+                raise AssertionError("the watch ended")
+
+            t = await asyncio.wait_for(scheduled(), WAIT_S)
+            assert t.slot == 1 and t.state >= TaskState.ASSIGNED
+        finally:
+            watcher.close()
+            tasks.close()
+            await manager.stop()
+
+    asyncio.run(main())
+
+
+# --------------------------------------------------------------------------- watchers
+
+
+def test_a_watcher_that_falls_behind_is_closed_with_a_reason() -> None:
+    async def main() -> None:
+        store = Store(MemoryBackend())
+        slow = store.watch("node")
+        for i in range(WATCH_QUEUE + 1):
+            await store.update(lambda tx, i=i: tx.create(node(f"n{i}")))
+        assert slow.closed_reason == f"fell {WATCH_QUEUE} transactions behind"
+        drained = 0
+        with pytest.raises(WatcherClosed):
+            while True:
+                await slow.__anext__()
+                drained += 1
+        assert drained == WATCH_QUEUE
+        # the store goes on without it
+        await store.update(lambda tx: tx.create(node("late")))
+        assert store.statistics()["watchers"] == 0
+
+    asyncio.run(main())
+
+
+def test_a_view_cannot_write() -> None:
+    store = Store(MemoryBackend())
+    view = store.view()
+    for write in ("create", "update", "delete"):
+        assert not hasattr(view, write), write
