@@ -280,8 +280,8 @@ class RestartSupervisor:
                     return
         finally:
             waiting.discard(waiter)
-            if not waiting:
-                self._waiting.pop(hold.old_task_id, None)
+            if not waiting and self._waiting.get(hold.old_task_id) is waiting:
+                del self._waiting[hold.old_task_id]
 
     async def _start_after(self, task_id: str, hold: Hold) -> None:
         try:

@@ -121,14 +121,14 @@ class Updater:
         follow = asyncio.get_running_loop().create_task(
             self._follow(watcher), name=f"updater-watch-{self.service.id}"
         )
-        follow.add_done_callback(log_failure)
         try:
-            await self._run()
+            await self._run(follow)
         finally:
             follow.cancel()
+            await asyncio.gather(follow, return_exceptions=True)
             watcher.close()
 
-    async def _run(self) -> None:
+    async def _run(self, follow: asyncio.Task[None]) -> None:
         resumed = self._resumed()
         for tid in resumed:
             self._watch_new(tid)
@@ -158,9 +158,12 @@ class Updater:
             *(worker() for _ in range(max(1, parallelism))),
         )
         exceeded: asyncio.Future[Any] = asyncio.ensure_future(self._exceeded.wait())
-        both: set[asyncio.Future[Any]] = {rollout, exceeded}
+        waits: set[asyncio.Future[Any]] = {rollout, exceeded, follow}
         try:
-            await asyncio.wait(both, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            if follow.done():  # it only ends by raising: without it nothing would wake us
+                follow.result()
+                raise RuntimeError("the updater's task watch ended")
             if rollout.done():
                 rollout.result()  # a worker's exception ends this run (the supervisor retries)
                 await self._monitor()
