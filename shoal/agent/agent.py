@@ -15,6 +15,7 @@ import msgspec
 
 from shoal.agent.executor.base import Executor
 from shoal.agent.task_runner import TaskRunner
+from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.log import get_logger
 from shoal.types.agent import (
     AssignedTask,
@@ -27,8 +28,11 @@ from shoal.types.agent import (
 from shoal.types.node import NodeDescription, NodeResources
 from shoal.types.task import TaskState, TaskStatus, stub_task
 
+# Status changes are sent in one report REPORT_INTERVAL_S after the first of them (a
+# task's quick ACCEPTED..RUNNING steps travel together), at most REPORT_MAX_BATCH a message.
 REPORT_INTERVAL_S = 0.05
 REPORT_MAX_BATCH = 10_000
+# A failed session is retried after a backoff doubling between these bounds.
 SESSION_BACKOFF_MIN_S = 0.1
 SESSION_BACKOFF_MAX_S = 8.0
 
@@ -43,8 +47,10 @@ class Agent:
         executor: Executor,
         session: DispatcherSession,
         resources: NodeResources | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.node_id = node_id
+        self._clock = clock
         self.resources = resources
         self.addr = addr
         self.executor = executor
@@ -113,7 +119,7 @@ class Agent:
                 raise
             except Exception as e:
                 log.warning("session with the dispatcher failed", error=repr(e))
-            await asyncio.sleep(backoff)
+            await self._clock.sleep(backoff)
             backoff = min(backoff * 2, SESSION_BACKOFF_MAX_S)
 
     async def _consume(self) -> None:
@@ -122,7 +128,7 @@ class Agent:
 
     async def _heartbeats(self, period: float) -> None:
         while True:
-            await asyncio.sleep(period)
+            await self._clock.sleep(period)
             period = await self._session.heartbeat(self.node_id)
 
     async def _apply(self, assignment: Assignment) -> None:
@@ -146,7 +152,7 @@ class Agent:
         runner = self._runners.get(task.id)
         if runner is None:
             controller = self.executor.controller(task, assigned.meta)
-            runner = TaskRunner(task, controller, self._report)
+            runner = TaskRunner(task, controller, self._report, self._clock)
             self._runners[task.id] = runner
             runner.start()
         else:
@@ -166,7 +172,7 @@ class Agent:
     async def _report_loop(self) -> None:
         while True:
             await self._status_ready.wait()
-            await asyncio.sleep(REPORT_INTERVAL_S)
+            await self._clock.sleep(REPORT_INTERVAL_S)
             self._status_ready.clear()
             batch, self._statuses = self._statuses, {}
             updates = [TaskStatusUpdate(task_id=k, status=v) for k, v in batch.items()]

@@ -17,8 +17,9 @@ from collections.abc import Callable
 import msgspec
 
 from shoal.agent.executor.base import Controller, ExecutorError, ExitStatus, RuntimeState
+from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.log import get_logger
-from shoal.types.base import format_time, now_ns
+from shoal.types.base import format_time
 from shoal.types.task import ContainerStatus, PortStatus, Task, TaskState, TaskStatus
 
 DEFAULT_STOP_GRACE_S = 10.0
@@ -52,8 +53,11 @@ def exit_error(status: ExitStatus) -> str:
 
 
 class TaskRunner:
-    def __init__(self, task: Task, controller: Controller, report: Report) -> None:
+    def __init__(
+        self, task: Task, controller: Controller, report: Report, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         self.task = task
+        self._clock = clock
         self.controller = controller
         self._report = report
         self.state = task.state
@@ -100,7 +104,7 @@ class TaskRunner:
     def _set(self, state: TaskState, message: str | None = None, err: str | None = None) -> None:
         self.state = state
         status = TaskStatus(
-            timestamp=format_time(now_ns()),
+            timestamp=format_time(self._clock.time_ns()),
             state=state.wire,
             message=message if message is not None else MSG.get(state, state.wire),
             err=err,

@@ -1,6 +1,7 @@
 """The log broker: gathers the logs of a service's (or one task's) tasks from the
 nodes that ran them, merged in time order; with `follow`, also from tasks that start
-while the client is listening."""
+while the client is listening: a watcher on tasks says when one reaches a node, so a
+follower costs nothing while nothing changes."""
 
 from __future__ import annotations
 
@@ -12,11 +13,10 @@ from collections.abc import AsyncGenerator, AsyncIterator
 import msgspec
 
 from shoal.manager.dispatcher.dispatcher import Dispatcher
-from shoal.manager.store import Store
+from shoal.manager.store import Store, Watcher, WatcherClosed
 from shoal.types.agent import LogMessage, LogOptions
 from shoal.types.task import Task, TaskState
 
-FOLLOW_NEW_TASKS_POLL_S = 0.5
 FOLLOW_QUEUE = 10_000  # messages buffered for a slow client before readers wait
 
 
@@ -35,6 +35,22 @@ class LogBroker:
 
     async def logs(
         self, options: LogOptions, service_id: str | None = None, task_id: str | None = None
+    ) -> AsyncIterator[tuple[Task, LogMessage]]:
+        # Watch before reading: a task that reaches a node after the read is seen.
+        watcher = self._store.watch("task") if options.follow and task_id is None else None
+        try:
+            async for item in self._logs(options, service_id, task_id, watcher):
+                yield item
+        finally:
+            if watcher is not None:
+                watcher.close()
+
+    async def _logs(
+        self,
+        options: LogOptions,
+        service_id: str | None,
+        task_id: str | None,
+        watcher: Watcher | None,
     ) -> AsyncIterator[tuple[Task, LogMessage]]:
         tasks = [
             t
@@ -60,21 +76,42 @@ class LogBroker:
         # Tasks that start while the client follows are read from their beginning.
         new_options = msgspec.structs.replace(options, tail=None)
 
-        async def watch_new() -> None:
-            assert service_id is not None
-            while True:
-                await asyncio.sleep(FOLLOW_NEW_TASKS_POLL_S)
-                for t in self._tasks(service_id, None):
-                    if t.id not in readers and t.node_id and t.state >= TaskState.ASSIGNED:
-                        start(t, new_options)
+        def consider(t: Task) -> None:
+            # From RUNNING on, the runtime has its log (a task only ASSIGNED may have
+            # none yet, and a reader started then would end at once); a task that ends
+            # without running reaches a state past RUNNING too.
+            if t.id not in readers and t.node_id and t.state >= TaskState.RUNNING:
+                start(t, new_options)
 
-        watcher = asyncio.create_task(watch_new()) if task_id is None else None
+        async def watch_new(w: Watcher) -> None:
+            assert service_id is not None
+            try:
+                while True:
+                    try:
+                        events = await w.__anext__()
+                    except WatcherClosed:  # fell behind: read the service's tasks again
+                        w.close()
+                        w = self._store.watch("task")
+                        for t in self._tasks(service_id, None):
+                            consider(t)
+                        continue
+                    for ev in events:
+                        if ev.action != "remove" and ev.obj.service_id == service_id:
+                            consider(ev.obj)
+            finally:
+                w.close()
+
+        follower = (
+            asyncio.create_task(watch_new(watcher), name="logs-new-tasks")
+            if watcher is not None
+            else None
+        )
         try:
             while True:
                 yield await queue.get()
         finally:
-            if watcher is not None:
-                watcher.cancel()
+            if follower is not None:
+                follower.cancel()
             for r in readers.values():
                 r.cancel()
             with contextlib.suppress(BaseException):

@@ -7,8 +7,9 @@ import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.log import get_logger
-from shoal.manager.store import Event, Store, Tx, WatcherClosed
+from shoal.manager.store import Event, Store, Tx, Watcher, WatcherClosed
 
 # A loop whose rounds fail waits before it resyncs: doubling, within these bounds.
 RETRY_MIN_S = 0.1
@@ -47,6 +48,7 @@ async def reconcile_loop(
     name: str = "loop",
     stats: LoopStats | None = None,
     after: Callable[[], Awaitable[None]] | None = None,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> None:
     """The shape of a control loop that writes: one `sweep` transaction over everything
     (at start, after a daemon restart, after a failure, after its watcher fell behind),
@@ -80,11 +82,70 @@ async def reconcile_loop(
         except Exception:
             stats.failures += 1
             log.exception("loop round failed; resyncing", loop=name)
-            backoff = min(RETRY_MAX_S, max(RETRY_MIN_S, backoff * 2))
-            await asyncio.sleep(backoff)
+            backoff = next_backoff(backoff)
+            await clock.sleep(backoff)
         finally:
             watcher.close()
 
 
+def next_backoff(backoff: float) -> float:
+    """The wait after one more failed round: doubling, within RETRY_MIN_S..RETRY_MAX_S."""
+    return min(RETRY_MAX_S, max(RETRY_MIN_S, backoff * 2))
+
+
+async def supervise(
+    name: str,
+    incarnation: Callable[[], Awaitable[None]],
+    stopped: asyncio.Event,
+    stats: LoopStats,
+    clock: Clock = SYSTEM_CLOCK,
+) -> None:
+    """Run a loop that keeps its own view (the scheduler's nodes, the reaper's dirty
+    slots, ...) so that one bad round never ends it. `incarnation` watches the store,
+    loads its view and then handles events until `stopped`, counting each round in
+    `stats.rounds`; when it raises, the failure is logged with `name` and counted, and a
+    fresh incarnation (a new watcher, a new view: a resync) starts after a backoff that
+    doubles while incarnations fail without completing a round. A watcher closed for
+    falling behind is a resync, not a failure."""
+    backoff = 0.0
+    while not stopped.is_set():
+        rounds = stats.rounds
+        try:
+            await incarnation()
+        except WatcherClosed as e:
+            stats.resyncs += 1
+            log.warning("loop resyncs", loop=name, reason=str(e))
+        except Exception:
+            stats.failures += 1
+            log.exception("loop round failed; resyncing", loop=name)
+            backoff = 0.0 if stats.rounds > rounds else backoff
+            backoff = next_backoff(backoff)
+            await clock.sleep(backoff)
+
+
 def _apply(handle: Callable[[Tx, list[Event]], None], events: list[Event], tx: Tx) -> None:
     handle(tx, events)
+
+
+async def take_burst(
+    watcher: Watcher,
+    apply: Callable[[list[Event]], None],
+    clock: Clock,
+    quiet_s: float,
+    max_s: float,
+    full: Callable[[], bool] | None = None,
+) -> None:
+    """After a first event was applied: keep applying what arrives until `quiet_s`
+    passes with nothing new, `max_s` has passed since the first, or `full()` says the
+    batch is big enough (a size and a time bound; STYLE.md point 8)."""
+    first = clock.monotonic()
+    while full is None or not full():
+        left = max_s - (clock.monotonic() - first)
+        if left <= 0:
+            return
+        try:
+            more = await clock.wait_for(watcher.__anext__(), min(quiet_s, left))
+        except TimeoutError:
+            return
+        more.extend(watcher.get_nowait_all())
+        apply(more)

@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import Coroutine
 from typing import Any, Protocol
 
+from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.log import get_logger
 from shoal.manager.allocator.allocator import Allocator
 from shoal.manager.dispatcher.dispatcher import Dispatcher
@@ -36,17 +37,19 @@ class _Loop(Protocol):
 
 
 class Manager:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, clock: Clock = SYSTEM_CLOCK) -> None:
+        """`clock`: the one every loop reads and waits on (tests pass a FakeClock)."""
         self.store = store
-        self.restarts = RestartSupervisor(store)
-        self.updates = UpdateSupervisor(store)
-        self.dispatcher = Dispatcher(store)
+        self.clock = clock
+        self.restarts = RestartSupervisor(store, clock)
+        self.updates = UpdateSupervisor(store, clock)
+        self.dispatcher = Dispatcher(store, clock)
         self.logbroker = LogBroker(store, self.dispatcher)
-        self.scheduler = Scheduler(store)
-        self.allocator = Allocator(store)
-        self.replicated = ReplicatedOrchestrator(store, self.restarts, self.updates)
-        self.global_ = GlobalOrchestrator(store, self.restarts, self.updates)
-        self.reaper = TaskReaper(store)
+        self.scheduler = Scheduler(store, clock)
+        self.allocator = Allocator(store, clock)
+        self.replicated = ReplicatedOrchestrator(store, self.restarts, self.updates, clock)
+        self.global_ = GlobalOrchestrator(store, self.restarts, self.updates, clock)
+        self.reaper = TaskReaper(store, clock)
         self._loops: dict[str, _Loop] = {
             "dispatcher": self.dispatcher,
             "restarts": self.restarts,

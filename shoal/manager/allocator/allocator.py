@@ -8,6 +8,7 @@ import asyncio
 
 import msgspec
 
+from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.manager.loops import reconcile_loop
 from shoal.manager.orchestrator.task import set_status
 from shoal.manager.store import Event, Store, Tx
@@ -19,14 +20,21 @@ MSG_PENDING = "pending task scheduling"
 
 
 class Allocator:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, clock: Clock = SYSTEM_CLOCK) -> None:
         self._store = store
+        self._clock = clock
         self._stopped = asyncio.Event()
         self.allocated = 0
 
     async def run(self) -> None:
         await reconcile_loop(
-            self._store, ("task", "service"), self._allocate_all, self._handle, self._stopped
+            self._store,
+            ("task", "service"),
+            self._allocate_all,
+            self._handle,
+            self._stopped,
+            name="allocator",
+            clock=self._clock,
         )
 
     def stop(self) -> None:

@@ -9,19 +9,20 @@ task statuses agents report in batches bounded by size and time.
 from __future__ import annotations
 
 import asyncio
-import functools
+import heapq
 import random
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import msgspec
 
+from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.errors import NotFound
 from shoal.log import get_logger
-from shoal.manager.store import Event, Store, Tx
+from shoal.manager.loops import LoopStats, next_backoff
+from shoal.manager.store import Event, ReadTx, Store, Tx, WatcherClosed
 from shoal.types.agent import AssignedTask, Assignment, LogSource, TaskStatusUpdate
-from shoal.types.base import now_ns, parse_time
+from shoal.types.base import parse_time
 from shoal.types.meta import TaskMeta
 from shoal.types.node import NODE_JOINED, Node, NodeDescription, NodeStatus
 from shoal.types.swarm import DEFAULT_HEARTBEAT_PERIOD_NS
@@ -29,7 +30,8 @@ from shoal.types.task import Owner, Task, TaskState, TaskStatus, can_transition
 
 HEARTBEAT_GRACE = 3  # periods without a heartbeat before a node is down
 HEARTBEAT_EPSILON_S = 0.5  # jitter on the period given to agents
-EXPIRY_CHECK_S = 0.5  # how often deadlines are checked, at most
+# Agents' status reports are written in one batch per STATUS_BATCH_INTERVAL_S after the
+# first one arrives, or at once when STATUS_BATCH_MAX_ITEMS are waiting.
 STATUS_BATCH_MAX_ITEMS = 10_000
 STATUS_BATCH_INTERVAL_S = 0.1
 MSG_HEARTBEAT_FAILURE = "heartbeat failure"
@@ -57,20 +59,28 @@ def _assignable(task: Task) -> bool:
 class Dispatcher:
     """Implements the agent side's `DispatcherSession` protocol."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, clock: Clock = SYSTEM_CLOCK) -> None:
         self._store = store
+        self._clock = clock
         self._sessions: dict[str, _Session] = {}
         # per node, the monotonic time after which it is down: set at each beat from the
         # period that node was given (a period changed meanwhile applies from its next
         # beat), and kept after a session drops so the node still expires
         self._deadlines: dict[str, float] = {}
+        # the same deadlines in time order, for one timer on the earliest; an entry a
+        # later beat superseded is dropped when it surfaces (so a beat costs O(log n))
+        self._deadline_heap: list[tuple[float, str]] = []
+        self._earlier_deadline = asyncio.Event()
         # keyed by (node, task): a node's report never replaces another node's
         self._pending_status: dict[tuple[str, str], TaskStatus] = {}
+        self._status_arrived = asyncio.Event()
         self._flush_now = asyncio.Event()
         self._stopped = asyncio.Event()
         self.status_writes = 0
         self.rejected_reports = 0  # malformed frames, bad items
-        self.loop_failures = 0
+        self._stats: dict[str, LoopStats] = {
+            name: LoopStats() for name in ("route", "status", "heartbeats", "unregistered")
+        }
 
     # configuration --------------------------------------------------------------------------
     def heartbeat_period(self) -> float:
@@ -82,9 +92,8 @@ class Dispatcher:
 
     # the loops ------------------------------------------------------------------------------
     async def run(self) -> None:
-        watcher = self._store.watch("task", "node")
         loops = [
-            asyncio.create_task(self._route(watcher), name="dispatcher-route"),
+            asyncio.create_task(self._route_loop(), name="dispatcher-route"),
             asyncio.create_task(self._flush_loop(), name="dispatcher-status"),
             asyncio.create_task(self._expire_loop(), name="dispatcher-heartbeats"),
             asyncio.create_task(self._forget_loop(), name="dispatcher-unregistered"),
@@ -92,7 +101,6 @@ class Dispatcher:
         try:
             await self._stopped.wait()
         finally:
-            watcher.close()
             for t in loops:
                 t.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
@@ -101,19 +109,69 @@ class Dispatcher:
     def stop(self) -> None:
         self._stopped.set()
 
-    async def _guarded(self, what: str, fn: Callable[[], Awaitable[None] | None]) -> None:
-        """One failed round of a loop is logged and counted; the loop goes on."""
-        try:
-            result = fn()
-            if result is not None:
-                await result
-        except Exception:
-            self.loop_failures += 1
-            log.exception("dispatcher loop failed; continuing", loop=what)
+    async def _forever(self, what: str, round_: Callable[[], Awaitable[None]]) -> None:
+        """Run `round_` again and again: one that raises is logged with the loop's name
+        and counted, and the loop goes on after a backoff that doubles while rounds keep
+        failing."""
+        stats = self._stats[what]
+        backoff = 0.0
+        while True:
+            try:
+                await round_()
+                stats.rounds += 1
+                backoff = 0.0
+            except Exception:
+                stats.failures += 1
+                log.exception("dispatcher loop failed; continuing", loop=what)
+                backoff = next_backoff(backoff)
+                await self._clock.sleep(backoff)
 
-    async def _route(self, watcher: AsyncIterator[list[Event]]) -> None:
-        async for events in watcher:
-            await self._guarded("route", functools.partial(self._route_events, events))
+    async def _route_loop(self) -> None:
+        """Route committed task changes to the sessions of their nodes. A round that
+        raises is logged and counted, and every session is sent its complete set again
+        (what the round should have sent is in it), after a backoff that doubles while
+        rounds keep failing; a watcher that fell behind is replaced the same way."""
+        stats = self._stats["route"]
+        watcher = self._store.watch("task", "node")
+        backoff = 0.0
+        try:
+            while True:
+                try:
+                    events = await watcher.__anext__()
+                    events.extend(watcher.get_nowait_all())
+                    self._route_events(events)
+                    stats.rounds += 1
+                    backoff = 0.0
+                except WatcherClosed as e:
+                    stats.resyncs += 1
+                    log.warning("dispatcher resyncs its sessions", reason=str(e))
+                    watcher.close()
+                    watcher = self._store.watch("task", "node")
+                    self._resend_full()
+                except Exception:
+                    stats.failures += 1
+                    log.exception("dispatcher loop failed; continuing", loop="route")
+                    backoff = next_backoff(backoff)
+                    await self._clock.sleep(backoff)
+                    self._resend_full()
+        finally:
+            watcher.close()
+
+    def _resend_full(self) -> None:
+        view = self._store.view()
+        for node_id, s in self._sessions.items():
+            s.queue.put_nowait(self._full_set(view, node_id, s))
+
+    @staticmethod
+    def _full_set(view: ReadTx, node_id: str, s: _Session) -> Assignment:
+        """Every task the node must run, as the first message of a session says it."""
+        tasks = [
+            AssignedTask(task=t, meta=view.task_meta(t.id))
+            for t in view.tasks_on_node(node_id)
+            if _assignable(t)
+        ]
+        s.sent = {a.task.id for a in tasks}
+        return Assignment(full=True, tasks=tasks)
 
     def _route_events(self, events: list[Event]) -> None:
         changes: dict[str, Assignment] = {}
@@ -176,34 +234,61 @@ class Dispatcher:
             add(task.node_id, task)
 
     async def _flush_loop(self) -> None:
-        while True:
+        """Idle until a report arrives; then write everything that arrived within
+        STATUS_BATCH_INTERVAL_S of it (or sooner, once the batch is full) at once."""
+
+        async def round_() -> None:
+            await self._status_arrived.wait()
             try:
-                await asyncio.wait_for(self._flush_now.wait(), STATUS_BATCH_INTERVAL_S)
+                await self._clock.wait_for(self._flush_now.wait(), STATUS_BATCH_INTERVAL_S)
             except TimeoutError:
                 pass
+            self._status_arrived.clear()
             self._flush_now.clear()
-            await self._guarded("status", self._flush)
+            await self._flush()
+
+        await self._forever("status", round_)
 
     async def _expire_loop(self) -> None:
-        while True:
-            await asyncio.sleep(min(EXPIRY_CHECK_S, self.heartbeat_period() / 2))
-            await self._guarded("heartbeats", self._expire)
+        """One timer, on the earliest deadline; a registration (or a shorter period)
+        that brings the earliest deadline forward re-arms it."""
 
-    async def _expire(self) -> None:
-        now = time.monotonic()
-        expired = [n for n, deadline in self._deadlines.items() if now > deadline]
-        for node_id in expired:
-            log.warning("node missed heartbeats", node=node_id)
-            del self._deadlines[node_id]
-            self._sessions.pop(node_id, None)
+        async def round_() -> None:
+            self._earlier_deadline.clear()
+            now = self._clock.monotonic()
+            while self._deadline_heap and self._deadline_heap[0][0] <= now:
+                deadline, node_id = heapq.heappop(self._deadline_heap)
+                if self._deadlines.get(node_id) == deadline:  # else a later beat moved it
+                    await self._expire(node_id, deadline)
+            if not self._deadline_heap:
+                await self._earlier_deadline.wait()
+                return
+            wait_s = self._deadline_heap[0][0] - now
+            try:
+                await self._clock.wait_for(self._earlier_deadline.wait(), wait_s)
+            except TimeoutError:
+                pass
+
+        await self._forever("heartbeats", round_)
+
+    async def _expire(self, node_id: str, deadline: float) -> None:
+        log.warning("node missed heartbeats", node=node_id)
+        del self._deadlines[node_id]
+        self._sessions.pop(node_id, None)
+        try:
             await self._mark_down(node_id)
+        except BaseException:
+            # not marked down: the node is still due, the next round tries again
+            self._deadlines.setdefault(node_id, deadline)
+            heapq.heappush(self._deadline_heap, (deadline, node_id))
+            raise
 
     async def _forget_loop(self) -> None:
-        while True:
-            await asyncio.sleep(UNREGISTERED_SWEEP_S)
-            await self._guarded(
-                "unregistered", functools.partial(self.forget_unregistered, now_ns())
-            )
+        async def round_() -> None:
+            await self._clock.sleep(UNREGISTERED_SWEEP_S)
+            await self.forget_unregistered(self._clock.time_ns())
+
+        await self._forever("unregistered", round_)
 
     async def forget_unregistered(self, now: int) -> None:
         """Remove the nodes that joined before `now` less the TTL and never registered."""
@@ -248,24 +333,22 @@ class Dispatcher:
         given = period + random.uniform(-HEARTBEAT_EPSILON_S, HEARTBEAT_EPSILON_S) * min(
             1.0, period / 5
         )
-        self._deadlines[node_id] = time.monotonic() + given * HEARTBEAT_GRACE
+        deadline = self._clock.monotonic() + given * HEARTBEAT_GRACE
+        self._deadlines[node_id] = deadline
+        if not self._deadline_heap or deadline < self._deadline_heap[0][0]:
+            self._earlier_deadline.set()
+        heapq.heappush(self._deadline_heap, (deadline, node_id))
         return given
 
     async def assignments(self, node_id: str) -> AsyncIterator[Assignment]:
         s = self._sessions.get(node_id)
         if s is None:
             raise NotFound(f"node {node_id} has no session")
-        view = self._store.view()
-        tasks = [
-            AssignedTask(task=t, meta=view.task_meta(t.id))
-            for t in view.tasks_on_node(node_id)
-            if _assignable(t)
-        ]
-        s.sent = {a.task.id for a in tasks}
+        full = self._full_set(self._store.view(), node_id, s)
         # anything queued before now is contained in the complete set
         while not s.queue.empty():
             s.queue.get_nowait()
-        yield Assignment(full=True, tasks=tasks)
+        yield full
         while self._sessions.get(node_id) is s:
             a = await s.queue.get()
             if a is None:
@@ -275,6 +358,8 @@ class Dispatcher:
     async def update_task_status(self, node_id: str, updates: list[TaskStatusUpdate]) -> None:
         for u in updates:
             self._pending_status[(node_id, u.task_id)] = u.status
+        if self._pending_status:
+            self._status_arrived.set()
         if len(self._pending_status) >= STATUS_BATCH_MAX_ITEMS:
             self._flush_now.set()
 
@@ -328,7 +413,12 @@ class Dispatcher:
             "pending_status": len(self._pending_status),
             "status_writes": self.status_writes,
             "rejected_reports": self.rejected_reports,
-            "loop_failures": self.loop_failures,
+            "loop_failures": sum(st.failures for st in self._stats.values()),
+            **{
+                f"{loop}_{k}": v
+                for loop, st in self._stats.items()
+                for k, v in st.as_dict().items()
+            },
         }
 
 

@@ -7,6 +7,7 @@ import asyncio
 import functools
 from collections.abc import Callable
 
+from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.manager.loops import LoopStats, reconcile_loop
 from shoal.manager.orchestrator.restart import RestartSupervisor
 from shoal.manager.orchestrator.task import Slot, invalid_node, is_runnable, set_desired
@@ -27,9 +28,14 @@ class ServiceOrchestrator:
     modes: frozenset[str] = frozenset()
 
     def __init__(
-        self, store: Store, restarts: RestartSupervisor, updates: UpdateSupervisor
+        self,
+        store: Store,
+        restarts: RestartSupervisor,
+        updates: UpdateSupervisor,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._store = store
+        self._clock = clock
         self._restarts = restarts
         self._updates = updates
         self._stopped = asyncio.Event()
@@ -53,6 +59,7 @@ class ServiceOrchestrator:
             name=type(self).__name__,
             stats=self._stats,
             after=self._after_commit,
+            clock=self._clock,
         )
 
     def _fresh(self, fn: Callable[..., None]) -> Callable[..., None]:

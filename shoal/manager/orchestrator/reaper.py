@@ -1,8 +1,12 @@
 """The task reaper: deletes old tasks so history stays bounded.
 
 Keeps `TaskHistoryRetentionLimit` finished tasks per slot (per node for global
-services), deletes tasks desired REMOVE once they stopped (or never reached a node),
-and runs on a timer or when enough changes piled up, as SwarmKit's.
+services), deletes tasks desired REMOVE once they stopped (or never reached a node).
+
+Driven by task events only, as SwarmKit's: a change that may leave something to delete
+marks its slot (or task) dirty; the dirty set is reaped REAPER_BATCH_S after the first
+mark, or at once when REAPER_MAX_DIRTY piled up. Idle, it costs nothing; a task desired
+REMOVE that still runs is looked at again when its own stop is committed.
 """
 
 from __future__ import annotations
@@ -10,12 +14,16 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 
+from shoal.clock import SYSTEM_CLOCK, Clock
+from shoal.manager.loops import LoopStats, supervise, take_burst
 from shoal.manager.orchestrator.task import is_runnable
-from shoal.manager.store import Store, Tx
+from shoal.manager.store import Event, Store, Tx
 from shoal.types.swarm import DEFAULT_TASK_HISTORY
 from shoal.types.task import Task, TaskState
 
-REAPER_INTERVAL_S = 0.25
+# Time bound of a batch: how long after the first dirty mark the reaper deletes.
+REAPER_BATCH_S = 0.25
+# Size bound of a batch: this many dirty slots and tasks are reaped at once.
 REAPER_MAX_DIRTY = 1000
 
 
@@ -24,14 +32,21 @@ def _stopped(task: Task) -> bool:
 
 
 class TaskReaper:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, clock: Clock = SYSTEM_CLOCK) -> None:
         self._store = store
+        self._clock = clock
         self._stopped = asyncio.Event()
         self._dirty: set[tuple[str, object]] = set()
         self._removing: set[str] = set()
         self.deleted = 0
+        self._stats = LoopStats()
 
     async def run(self) -> None:
+        await supervise("reaper", self._run_once, self._stopped, self._stats, self._clock)
+
+    async def _run_once(self) -> None:
+        """Note every task of a fresh view (at start, after a failed round), reap, then
+        reap each batch of changes."""
         watcher = self._store.watch("task")
         try:
             view = self._store.view()
@@ -39,21 +54,34 @@ class TaskReaper:
                 self._note(t)
             await self._reap()
             while not self._stopped.is_set():
-                try:
-                    events = await asyncio.wait_for(watcher.__anext__(), REAPER_INTERVAL_S)
-                except TimeoutError:
-                    await self._reap()
+                events = await watcher.__anext__()
+                events.extend(watcher.get_nowait_all())
+                self._note_events(events)
+                if not self._has_work():
                     continue
-                for ev in events:
-                    if ev.action != "remove":
-                        self._note(ev.obj)
-                if len(self._dirty) + len(self._removing) >= REAPER_MAX_DIRTY:
-                    await self._reap()
+                await take_burst(
+                    watcher,
+                    self._note_events,
+                    self._clock,
+                    REAPER_BATCH_S,
+                    REAPER_BATCH_S,
+                    full=lambda: len(self._dirty) + len(self._removing) >= REAPER_MAX_DIRTY,
+                )
+                await self._reap()
+                self._stats.rounds += 1
         finally:
             watcher.close()
 
     def stop(self) -> None:
         self._stopped.set()
+
+    def _has_work(self) -> bool:
+        return bool(self._dirty or self._removing)
+
+    def _note_events(self, events: list[Event]) -> None:
+        for ev in events:
+            if ev.action != "remove":
+                self._note(ev.obj)
 
     def _note(self, t: Task) -> None:
         if t.desired >= TaskState.REMOVE:
@@ -62,16 +90,16 @@ class TaskReaper:
             self._dirty.add((t.service_id, t.slot if t.slot is not None else t.node_id))
 
     async def _reap(self) -> None:
-        if not self._dirty and not self._removing:
+        if not self._has_work():
             return
         dirty, self._dirty = self._dirty, set()
         removing, self._removing = self._removing, set()
-        deleted, later = await self._store.update(lambda tx: _reap_tx(tx, dirty, removing))
+        # What still runs (`later`) is noted again by the event of its stop.
+        deleted, _later = await self._store.update(lambda tx: _reap_tx(tx, dirty, removing))
         self.deleted += deleted
-        self._removing |= later  # looked at again once they have stopped
 
     def statistics(self) -> dict[str, int]:
-        return {"deleted": self.deleted}
+        return {"deleted": self.deleted, **self._stats.as_dict()}
 
 
 def _reap_tx(tx: Tx, dirty: set[tuple[str, object]], removing: set[str]) -> tuple[int, set[str]]:

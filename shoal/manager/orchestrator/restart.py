@@ -6,19 +6,21 @@ READY. A held task (desired READY) is started by a timer armed after commit, dri
 the committed events, and again by a sweep of the store at start-up: what it waits for
 is derived from the store alone (`hold_of`), so a daemon that dies while a task waits
 out its restart delay, or while a stop-first update waits for the old task to stop,
-re-arms it when it comes back. Restart history is kept in memory and in the store.
+re-arms it when it comes back. A held task waiting for its predecessor is woken by
+the events of that task (or of its node), never by polling. Restart history is kept in
+memory and in the store.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import defaultdict, deque
 from dataclasses import dataclass
 
-from shoal.manager.loops import log_failure
+from shoal.clock import SYSTEM_CLOCK, Clock
+from shoal.manager.loops import LoopStats, log_failure, supervise
 from shoal.manager.orchestrator.task import create_task, set_desired
-from shoal.manager.store import ReadTx, Store, Tx
+from shoal.manager.store import Event, ReadTx, Store, Tx
 from shoal.types.base import format_time, now_ns, parse_time
 from shoal.types.service import Service, TaskSpec
 from shoal.types.task import Task, TaskState
@@ -27,8 +29,6 @@ DEFAULT_RESTART_DELAY_NS = 5_000_000_000
 DEFAULT_RESTART_CONDITION = "any"
 # How long a held task waits for its predecessor to stop, from the held task's creation.
 OLD_TASK_TIMEOUT_NS = 60_000_000_000
-# How often a held task re-checks whether its predecessor stopped.
-OLD_TASK_POLL_S = 0.05
 
 
 @dataclass(slots=True)
@@ -108,12 +108,16 @@ def hold_of(tx: ReadTx, task: Task) -> Hold:
 class RestartSupervisor:
     """Shared by the replicated and global orchestrators (one per manager)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, clock: Clock = SYSTEM_CLOCK) -> None:
         self._store = store
+        self._clock = clock
         self._history: dict[tuple[str, object], _History] = defaultdict(lambda: _History(deque()))
         self._delayed: dict[str, asyncio.Task[None]] = {}
+        # predecessor task id -> the events its held successors wait on
+        self._waiting: dict[str, set[asyncio.Event]] = {}
         self._stopped = asyncio.Event()
         self.restarts = 0
+        self._stats = LoopStats()
 
     @staticmethod
     def _key(task: Task) -> tuple[str, object]:
@@ -140,7 +144,7 @@ class RestartSupervisor:
             return True
         window_s = (policy.window or 0) / 1e9 if policy else 0.0
         hist = self._history[self._key(task)].times
-        cutoff = time.monotonic() - window_s
+        cutoff = self._clock.monotonic() - window_s
         in_memory = sum(1 for t in hist if not window_s or t >= cutoff)
         in_store = 0
         if slot_tasks:
@@ -149,7 +153,9 @@ class RestartSupervisor:
                 (t for t in slot_tasks if tx.task_meta(t.id).spec_version == version),
                 key=lambda t: (t.created_at, t.id),
             )[1:]
-            wall_cutoff = format_time(now_ns() - int(window_s * 1e9)) if window_s else ""
+            wall_cutoff = (
+                format_time(self._clock.time_ns() - int(window_s * 1e9)) if window_s else ""
+            )
             in_store = sum(1 for t in same if t.created_at >= wall_cutoff)
         return max(in_memory, in_store) < max_attempts
 
@@ -168,7 +174,7 @@ class RestartSupervisor:
 
     def record(self, task: Task) -> None:
         """After commit: `task` was restarted by the policy (counted for max attempts)."""
-        self._history[self._key(task)].times.append(time.monotonic())
+        self._history[self._key(task)].times.append(self._clock.monotonic())
         self.restarts += 1
 
     @staticmethod
@@ -183,22 +189,54 @@ class RestartSupervisor:
 
     # held tasks ------------------------------------------------------------------------
     async def run(self) -> None:
+        await supervise("restarts", self._run_once, self._stopped, self._stats, self._clock)
+
+    async def _run_once(self) -> None:
         """Arm a timer for every held task: each one in the store at start (the timers
-        of a daemon that died are gone with it), then each one a transaction commits."""
-        watcher = self._store.watch("task")
+        of a daemon that died are gone with it; after a failed round, those already
+        armed stay), then each one a transaction commits. Wake the held tasks whose
+        predecessor (or its node) changed."""
+        watcher = self._store.watch("task", "node")
         try:
             view = self._store.view()
             for t in view.tasks():
                 self._arm(view, t.id)
+            self._wake_all()  # a predecessor may have stopped while no watcher ran
             while not self._stopped.is_set():
                 events = await watcher.__anext__()
                 events.extend(watcher.get_nowait_all())
-                view = self._store.view()
-                for ev in events:
-                    if ev.action != "remove" and ev.obj.desired == TaskState.READY:
-                        self._arm(view, ev.obj.id)
+                self._handle(events)
+                self._stats.rounds += 1
         finally:
             watcher.close()
+
+    def _handle(self, events: list[Event]) -> None:
+        view = self._store.view()
+        for ev in events:
+            if ev.kind == "node":
+                if self._waiting:
+                    self._wake_on_node(view, ev.obj.id)
+                continue
+            self._wake(ev.obj.id)
+            if ev.action != "remove" and ev.obj.desired == TaskState.READY:
+                self._arm(view, ev.obj.id)
+
+    def _wake(self, task_id: str) -> None:
+        for waiter in self._waiting.get(task_id, ()):
+            waiter.set()
+
+    def _wake_all(self) -> None:
+        for waiters in self._waiting.values():
+            for waiter in waiters:
+                waiter.set()
+
+    def _wake_on_node(self, view: ReadTx, node_id: str) -> None:
+        """A node went down (or away): held tasks whose predecessor ran there stop
+        waiting for it. Costs the number of held tasks that wait, not of tasks."""
+        for old_id in list(self._waiting):
+            old = view.get_task(old_id)
+            if old is None or old.node_id == node_id:
+                self._wake(old_id)
 
     def _arm(self, view: ReadTx, task_id: str) -> None:
         task = view.get_task(task_id)
@@ -217,7 +255,7 @@ class RestartSupervisor:
     def _old_running(self, old_task_id: str | None, deadline_ns: int) -> bool:
         """Whether a held task must still wait for its predecessor: it runs (or is
         about to), on a node that can still report it stopping, before the deadline."""
-        if old_task_id is None or now_ns() >= deadline_ns:
+        if old_task_id is None or self._clock.time_ns() >= deadline_ns:
             return False
         view = self._store.view()
         old = view.get_task(old_task_id)
@@ -226,11 +264,30 @@ class RestartSupervisor:
         node = view.get_node(old.node_id) if old.node_id else None
         return node is not None and node.status.state != "down"
 
+    async def _wait_old(self, hold: Hold) -> None:
+        """Until the predecessor stopped (its events wake this) or the deadline."""
+        assert hold.old_task_id is not None
+        waiter = asyncio.Event()
+        waiting = self._waiting.setdefault(hold.old_task_id, set())
+        waiting.add(waiter)
+        try:
+            while self._old_running(hold.old_task_id, hold.old_deadline_ns):
+                waiter.clear()
+                left_s = (hold.old_deadline_ns - self._clock.time_ns()) / 1e9
+                try:
+                    await self._clock.wait_for(waiter.wait(), left_s)
+                except TimeoutError:
+                    return
+        finally:
+            waiting.discard(waiter)
+            if not waiting and self._waiting.get(hold.old_task_id) is waiting:
+                del self._waiting[hold.old_task_id]
+
     async def _start_after(self, task_id: str, hold: Hold) -> None:
         try:
-            await asyncio.sleep(hold.remaining_s(now_ns()))
-            while self._old_running(hold.old_task_id, hold.old_deadline_ns):  # noqa: ASYNC110
-                await asyncio.sleep(OLD_TASK_POLL_S)
+            await self._clock.sleep(hold.remaining_s(self._clock.time_ns()))
+            if hold.old_task_id is not None:
+                await self._wait_old(hold)
 
             def start(tx: Tx) -> None:
                 t = tx.get_task(task_id)
@@ -252,4 +309,9 @@ class RestartSupervisor:
         self._delayed.clear()
 
     def statistics(self) -> dict[str, int]:
-        return {"restarts": self.restarts, "delayed": len(self._delayed)}
+        return {
+            "restarts": self.restarts,
+            "delayed": len(self._delayed),
+            "waiting_on_predecessor": sum(len(w) for w in self._waiting.values()),
+            **self._stats.as_dict(),
+        }

@@ -6,6 +6,9 @@ order. A new task that fails before it runs, or within `Monitor` after, counts a
 failure; when failures / slots exceed `MaxFailureRatio`, `FailureAction` applies:
 pause, continue, or rollback (a failing rollback pauses). After the last slot the
 updater watches one more `Monitor` period, then marks the update completed.
+
+The updater never polls: a watcher on tasks feeds it the changes of the tasks it made
+(reaching RUNNING, failing), and every wait (Delay, Monitor) is a timer on the clock.
 See docs/update.md.
 """
 
@@ -13,14 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import time
 from collections.abc import Callable
+from typing import Any
 
 import msgspec
 
-from shoal.manager.loops import log_failure
+from shoal.clock import SYSTEM_CLOCK, Clock
+from shoal.log import get_logger
+from shoal.manager.loops import LoopStats, log_failure, next_backoff
 from shoal.manager.orchestrator.task import Slot, create_task, is_runnable, set_desired
-from shoal.manager.store import Store, Tx
+from shoal.manager.store import Event, Store, Tx, Watcher, WatcherClosed
 from shoal.types.base import format_time, now_ns
 from shoal.types.service import Service, UpdateConfig, UpdateStatus
 from shoal.types.task import Task, TaskState
@@ -31,8 +36,6 @@ DEFAULT_MONITOR_NS = 5_000_000_000
 DEFAULT_FAILURE_ACTION = "pause"
 DEFAULT_MAX_FAILURE_RATIO = 0.0
 DEFAULT_ORDER = "stop-first"
-# How often the updater re-reads task states while it waits on them.
-POLL_S = 0.05
 
 UPDATING = "updating"
 PAUSED = "paused"
@@ -44,6 +47,8 @@ IN_PROGRESS = (UPDATING, ROLLBACK_STARTED)
 
 # Writes one new task for a slot in a transaction, with the desired state given.
 MakeTask = Callable[[Tx, Service, Slot, TaskState], Task]
+
+log = get_logger("shoal.manager.update")
 
 
 def effective_config(cfg: UpdateConfig | None) -> UpdateConfig:
@@ -68,8 +73,10 @@ class Updater:
         spec_version: int,
         slots: list[Slot],
         make_task: MakeTask,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._store = store
+        self._clock = clock
         self.service = service
         self.spec_version = spec_version
         self.slots = slots
@@ -81,9 +88,14 @@ class Updater:
         self.config = effective_config(
             service.spec.rollback_config if rollback else service.spec.update_config
         )
+        self._monitor_s = (self.config.monitor or 0) / 1e9
         self.failed_tasks: list[str] = []
         # new task id -> monotonic time it reached RUNNING (None: not yet)
         self._new_tasks: dict[str, float | None] = {}
+        # new task id -> set once it reached RUNNING, ended, or went away
+        self._settled: dict[str, asyncio.Event] = {}
+        # set once failures / slots crossed MaxFailureRatio (never with "continue")
+        self._exceeded = asyncio.Event()
         # slots this update replaces, with those an interrupted run already replaced
         self._total = len(slots)
 
@@ -104,9 +116,22 @@ class Updater:
         ]
 
     async def run(self) -> None:
+        # Watch before reading: no change of a task it made can slip between the two.
+        watcher = self._store.watch("task")
+        follow = asyncio.get_running_loop().create_task(
+            self._follow(watcher), name=f"updater-watch-{self.service.id}"
+        )
+        try:
+            await self._run(follow)
+        finally:
+            follow.cancel()
+            await asyncio.gather(follow, return_exceptions=True)
+            watcher.close()
+
+    async def _run(self, follow: asyncio.Task[None]) -> None:
         resumed = self._resumed()
         for tid in resumed:
-            self._new_tasks[tid] = None
+            self._watch_new(tid)
         self._total += len(resumed)
         await self._set_status(
             ROLLBACK_STARTED if self.rollback else UPDATING,
@@ -117,35 +142,110 @@ class Updater:
         queue: asyncio.Queue[Slot] = asyncio.Queue()
         for s in self.slots:
             queue.put_nowait(s)
-        stop = asyncio.Event()
 
         async def worker() -> None:
-            while not queue.empty() and not stop.is_set():
-                slot = queue.get_nowait()
-                await self._update_slot(slot)
-                if self._failure_exceeded():
-                    stop.set()
+            while not queue.empty() and not self._exceeded.is_set():
+                await self._update_slot(queue.get_nowait())
+                if self._exceeded.is_set():
                     return
                 if self.config.delay:
-                    await asyncio.sleep(self.config.delay / 1e9)
+                    await self._clock.sleep(self.config.delay / 1e9)
 
-        await asyncio.gather(
+        # As SwarmKit's: the failure action applies as soon as a failure crosses the
+        # ratio (its event arrives), not once the workers are done with their delay.
+        rollout = asyncio.gather(
             *(self._wait_running(tid) for tid in resumed),
             *(worker() for _ in range(max(1, parallelism))),
         )
-        if not stop.is_set():
-            # keep watching the new tasks for one monitor period (SwarmKit: or Delay+1s)
-            monitor_s = (self.config.monitor or 0) / 1e9
-            deadline = time.monotonic() + monitor_s
-            while time.monotonic() < deadline and not self._failure_exceeded():  # noqa: ASYNC110
-                await asyncio.sleep(min(POLL_S * 4, max(0.0, deadline - time.monotonic())))
-        if self._failure_exceeded():
+        exceeded: asyncio.Future[Any] = asyncio.ensure_future(self._exceeded.wait())
+        waits: set[asyncio.Future[Any]] = {rollout, exceeded, follow}
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            if follow.done():  # it only ends by raising: without it nothing would wake us
+                follow.result()
+                raise RuntimeError("the updater's task watch ended")
+            if rollout.done():
+                rollout.result()  # a worker's exception ends this run (the supervisor retries)
+                await self._monitor()
+        finally:
+            exceeded.cancel()
+            if not rollout.done():
+                rollout.cancel()
+                await asyncio.gather(rollout, return_exceptions=True)
+        if self._exceeded.is_set():
             await self._on_failure()
             return
         if self.rollback:
             await self._set_status(ROLLBACK_COMPLETED, "rollback completed", done=True)
         else:
             await self._set_status(COMPLETED, "update completed", done=True)
+
+    async def _monitor(self) -> None:
+        """Keep watching the new tasks for one more monitor period (SwarmKit: or
+        Delay+1s), ending early on a failure that crosses the ratio."""
+        try:
+            await self._clock.wait_for(self._exceeded.wait(), self._monitor_s)
+        except TimeoutError:
+            pass
+
+    # following the new tasks ----------------------------------------------------------
+    def _watch_new(self, task_id: str) -> None:
+        self._new_tasks.setdefault(task_id, None)
+        self._settled.setdefault(task_id, asyncio.Event())
+        self._observe(task_id, self._store.view().get_task(task_id))
+
+    async def _follow(self, watcher: Watcher) -> None:
+        """Feed the changes of the tasks this update made to `_observe`; cost follows
+        the number of task changes. A watcher that fell behind is replaced and the
+        tasks are read again."""
+        while True:
+            try:
+                events = await watcher.__anext__()
+            except WatcherClosed:
+                watcher.close()
+                watcher = self._store.watch("task")
+                view = self._store.view()
+                for tid in list(self._new_tasks):
+                    self._observe(tid, view.get_task(tid))
+                continue
+            events.extend(watcher.get_nowait_all())
+            self._on_events(events)
+
+    def _on_events(self, events: list[Event]) -> None:
+        for ev in events:
+            if ev.obj.id in self._new_tasks:
+                self._observe(ev.obj.id, None if ev.action == "remove" else ev.obj)
+
+    def _observe(self, task_id: str, t: Task | None) -> None:
+        """One committed value of a new task: note when it reached RUNNING, and count
+        it failed if it ended before, or within the monitor period after (unless it was
+        told to stop: a scale-down or a newer update is no failure)."""
+        settled = self._settled[task_id]
+        if t is None:
+            settled.set()
+            return
+        if t.state < TaskState.RUNNING:
+            return
+        running_since = self._new_tasks[task_id]
+        if t.state == TaskState.RUNNING:
+            if running_since is None:
+                self._new_tasks[task_id] = self._clock.monotonic()
+            settled.set()
+            return
+        # ended
+        if running_since is None:
+            self._record_failure(task_id)
+        elif (
+            t.desired <= TaskState.RUNNING
+            and running_since is not None
+            and self._clock.monotonic() - running_since <= self._monitor_s
+        ):
+            self._record_failure(task_id)
+        settled.set()
+
+    async def _wait_running(self, task_id: str) -> None:
+        """Until the new task reached RUNNING, ended or went away (its events say)."""
+        await self._settled[task_id].wait()
 
     # one slot ----------------------------------------------------------------------------
     async def _update_slot(self, slot: Slot) -> None:
@@ -156,12 +256,16 @@ class Updater:
             return
         old = [t for t in slot if is_runnable(t)]
         if order == "start-first":
-            new = await self._store.update(
+            created = await self._store.update(
                 lambda tx: self._make_task(tx, service, slot, TaskState.RUNNING)
             )
-            self._new_tasks[new.id] = None
-            await self._wait_running(new.id)
-            await self._store.update(lambda tx: self._shutdown(tx, old))
+            self._watch_new(created.id)
+            await self._wait_running(created.id)
+            cur = self._store.view().get_task(created.id)
+            # Only a new task that runs replaces the old ones (SwarmKit's too): the
+            # service never has fewer running tasks than replicas.
+            if cur is not None and cur.state == TaskState.RUNNING:
+                await self._store.update(lambda tx: self._shutdown(tx, old))
         else:
 
             def swap(tx: Tx) -> Task:
@@ -171,7 +275,7 @@ class Updater:
 
             # The restart supervisor starts the held task once the old one stopped.
             created = await self._store.update(swap)
-            self._new_tasks[created.id] = None
+            self._watch_new(created.id)
             await self._wait_running(created.id)
 
     @staticmethod
@@ -181,40 +285,15 @@ class Updater:
             if cur is not None and is_runnable(cur):
                 tx.update(set_desired(cur, TaskState.SHUTDOWN))
 
-    async def _wait_running(self, task_id: str) -> None:
-        while True:
-            t = self._store.view().get_task(task_id)
-            if t is None:
-                return
-            if t.state == TaskState.RUNNING:
-                self._new_tasks[task_id] = time.monotonic()
-                return
-            if t.state > TaskState.RUNNING:
-                self._record_failure(task_id)
-                return
-            await asyncio.sleep(POLL_S)
-
     # failures ----------------------------------------------------------------------------
     def _record_failure(self, task_id: str) -> None:
         if task_id not in self.failed_tasks:
             self.failed_tasks.append(task_id)
-
-    def _scan_failures(self) -> None:
-        monitor_s = (self.config.monitor or 0) / 1e9
-        view = self._store.view()
-        now = time.monotonic()
-        for tid, running_since in self._new_tasks.items():
-            t = view.get_task(tid)
-            if t is None or t.state <= TaskState.RUNNING or t.desired > TaskState.RUNNING:
-                continue
-            if running_since is None or now - running_since <= monitor_s:
-                self._record_failure(tid)
+            if self._failure_exceeded():
+                self._exceeded.set()
 
     def _failure_exceeded(self) -> bool:
-        if self.config.failure_action == "continue":
-            return False
-        self._scan_failures()
-        if not self.failed_tasks:
+        if self.config.failure_action == "continue" or not self.failed_tasks:
             return False
         ratio = self.config.max_failure_ratio or 0.0
         return len(self.failed_tasks) / max(1, self._total) > ratio
@@ -225,8 +304,11 @@ class Updater:
         if self.rollback:
             await self._set_status(ROLLBACK_PAUSED, f"rollback paused {reason}")
         elif self.config.failure_action == "rollback":
+            now = self._clock.time_ns()
             await self._store.update(
-                lambda tx: rollback_service(tx, self.service.id, f"update rolled back {reason}")
+                lambda tx: rollback_service(
+                    tx, self.service.id, f"update rolled back {reason}", now
+                )
             )
         else:
             await self._set_status(PAUSED, f"update paused {reason}")
@@ -234,12 +316,13 @@ class Updater:
     async def _set_status(
         self, state: str, message: str, start: bool = False, done: bool = False
     ) -> None:
+        now = format_time(self._clock.time_ns())
+
         def write(tx: Tx) -> None:
             s = tx.get_service(self.service.id)
             if s is None or tx.service_meta(s.id).spec_version != self.spec_version:
                 return
             prev = s.update_status or UpdateStatus()
-            now = format_time(now_ns())
             status = UpdateStatus(
                 state=state,
                 started_at=now if start or not prev.started_at else prev.started_at,
@@ -252,13 +335,16 @@ class Updater:
         await self._store.update(write)
 
 
-def rollback_service(tx: Tx, service_id: str, message: str) -> Service | None:
+def rollback_service(
+    tx: Tx, service_id: str, message: str, now: int | None = None
+) -> Service | None:
     """Swap Spec and PreviousSpec and mark the service rolling back (also used by the
-    API's `?rollback=previous`)."""
+    API's `?rollback=previous`). `now`: wall time in ns (default: the system's)."""
     s = tx.get_service(service_id)
     if s is None or s.previous_spec is None:
         return None
-    status = UpdateStatus(state=ROLLBACK_STARTED, started_at=format_time(now_ns()), message=message)
+    started = format_time(now_ns() if now is None else now)
+    status = UpdateStatus(state=ROLLBACK_STARTED, started_at=started, message=message)
     return tx.update(
         msgspec.structs.replace(
             s, spec=s.previous_spec, previous_spec=s.spec, update_status=status
@@ -268,11 +354,17 @@ def rollback_service(tx: Tx, service_id: str, message: str) -> Service | None:
 
 
 class UpdateSupervisor:
-    """Runs at most one Updater per service; a newer spec cancels the running one."""
+    """Runs at most one Updater per service; a newer spec cancels the running one.
 
-    def __init__(self, store: Store) -> None:
+    An updater that raises is logged and counted, and run again (from what the store
+    says: slots already replaced are skipped) after a backoff that doubles while it
+    keeps failing; a newer spec, a removal or `stop()` ends the retries."""
+
+    def __init__(self, store: Store, clock: Clock = SYSTEM_CLOCK) -> None:
         self._store = store
+        self._clock = clock
         self._running: dict[str, tuple[int, asyncio.Task[None]]] = {}
+        self._stats = LoopStats()
 
     def update(
         self, service: Service, spec_version: int, slots: list[Slot], make_task: MakeTask
@@ -287,11 +379,35 @@ class UpdateSupervisor:
         status = service.update_status.state if service.update_status else None
         if status in (PAUSED, ROLLBACK_PAUSED):
             return
-        updater = Updater(self._store, service, spec_version, slots, make_task)
-        task = asyncio.get_running_loop().create_task(updater.run(), name=f"updater-{service.id}")
+        task = asyncio.get_running_loop().create_task(
+            self._supervise(service, spec_version, slots, make_task), name=f"updater-{service.id}"
+        )
         task.add_done_callback(log_failure)
         self._running[service.id] = (spec_version, task)
         task.add_done_callback(functools.partial(self._done, service.id))
+
+    async def _supervise(
+        self, service: Service, spec_version: int, slots: list[Slot], make_task: MakeTask
+    ) -> None:
+        backoff = 0.0
+        while True:
+            try:
+                updater = Updater(self._store, service, spec_version, slots, make_task, self._clock)
+                await updater.run()
+                self._stats.rounds += 1
+                return
+            except Exception:
+                self._stats.failures += 1
+                log.exception("updater failed; retrying", loop=f"updater-{service.id}")
+            backoff = next_backoff(backoff)
+            await self._clock.sleep(backoff)
+            view = self._store.view()
+            cur = view.get_service(service.id)
+            if cur is None or view.service_meta(cur.id).spec_version != spec_version:
+                return
+            service = cur
+            slots = [_still_dirty(self._store, service.id, spec_version, slot) for slot in slots]
+            slots = [slot for slot in slots if slot]
 
     def _done(self, service_id: str, task: asyncio.Task[None]) -> None:
         cur = self._running.get(service_id)
@@ -319,7 +435,24 @@ class UpdateSupervisor:
         self._running.clear()
 
     def statistics(self) -> dict[str, int]:
-        return {"updates_running": len(self._running)}
+        return {"updates_running": len(self._running), **self._stats.as_dict()}
+
+
+def _still_dirty(store: Store, service_id: str, spec_version: int, slot: Slot) -> Slot:
+    """`slot`'s tasks as the store has them now, or [] when the slot already has a
+    runnable task of `spec_version` (an earlier attempt replaced it)."""
+    if not slot:
+        return slot
+    sample = slot[0]
+    view = store.view()
+    tasks = [
+        t
+        for t in view.tasks_of_service(service_id)
+        if t.slot == sample.slot and (sample.slot is not None or t.node_id == sample.node_id)
+    ]
+    if any(is_runnable(t) and view.task_meta(t.id).spec_version == spec_version for t in tasks):
+        return []
+    return [t for t in tasks if is_runnable(t)] or slot
 
 
 def default_make_task(tx: Tx, service: Service, slot: Slot, desired: TaskState) -> Task:

@@ -12,21 +12,24 @@ from __future__ import annotations
 import asyncio
 import heapq
 import random
-import time
 from collections import defaultdict
 from dataclasses import dataclass
 
 import msgspec
 
+from shoal.clock import SYSTEM_CLOCK, Clock
+from shoal.manager.loops import LoopStats, supervise, take_burst
 from shoal.manager.scheduler.constraint import node_value
 from shoal.manager.scheduler.filters import Pipeline
 from shoal.manager.scheduler.nodeinfo import NodeInfo
 from shoal.manager.store import Event, ReadTx, Store, Tx
-from shoal.types.base import format_time, now_ns
+from shoal.types.base import format_time
 from shoal.types.node import Node
 from shoal.types.swarm import Cluster
 from shoal.types.task import Owner, Task, TaskState, can_transition
 
+# Pending tasks are collected until no event came for COMMIT_DEBOUNCE_S, or for
+# MAX_LATENCY_S at most, then placed in one pass (a burst of creations: one pass).
 COMMIT_DEBOUNCE_S = 0.05
 MAX_LATENCY_S = 1.0
 MSG_ASSIGNED = "scheduler assigned task to node"
@@ -56,8 +59,9 @@ def _needs_scheduling(task: Task) -> bool:
 class Scheduler:
     """One per leading manager; `run()` until `stop()`."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, clock: Clock = SYSTEM_CLOCK) -> None:
         self._store = store
+        self._clock = clock
         self.nodes: dict[str, NodeInfo] = {}
         self.pending: dict[str, Task] = {}
         self._pipeline = Pipeline()
@@ -66,6 +70,7 @@ class Scheduler:
         self.passes = 0
         self.strategy = SPREAD
         self._random = random.Random()
+        self._stats = LoopStats()
 
     # state from the store ---------------------------------------------------------------
     def load(self, view: ReadTx) -> None:
@@ -132,21 +137,22 @@ class Scheduler:
 
     # the loop -------------------------------------------------------------------------------
     async def run(self) -> None:
+        await supervise("scheduler", self._run_once, self._stopped, self._stats, self._clock)
+
+    async def _run_once(self) -> None:
+        """Load the view (again, after a failed round: a resync), then place what each
+        debounced burst of events leaves pending."""
         watcher = self._store.watch("task", "node", "cluster")
         try:
             self.load(self._store.view())
             await self.tick()
             while not self._stopped.is_set():
                 events = await watcher.__anext__()
+                events.extend(watcher.get_nowait_all())
                 self.apply(events)
-                first = time.monotonic()
-                while time.monotonic() - first < MAX_LATENCY_S:
-                    try:
-                        more = await asyncio.wait_for(watcher.__anext__(), COMMIT_DEBOUNCE_S)
-                    except TimeoutError:
-                        break
-                    self.apply(more)
+                await take_burst(watcher, self.apply, self._clock, COMMIT_DEBOUNCE_S, MAX_LATENCY_S)
                 await self.tick()
+                self._stats.rounds += 1
         finally:
             watcher.close()
 
@@ -307,7 +313,7 @@ class Scheduler:
     async def _commit(self, decisions: list[Decision]) -> None:
         """Write the decisions; the scheduler's own view follows after the commit (the
         transaction only notes what it did)."""
-        ts = format_time(now_ns())
+        ts = format_time(self._clock.time_ns())
         stale: list[Decision] = []  # tasks gone or already handled: placed in our view only
         assigned: list[Decision] = []
 
@@ -348,6 +354,7 @@ class Scheduler:
             "pending": len(self.pending),
             "scheduled": self.scheduled,
             "passes": self.passes,
+            **self._stats.as_dict(),
         }
 
 

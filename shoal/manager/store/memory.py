@@ -40,10 +40,11 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.errors import Internal, OutOfSequence
 from shoal.log import get_logger
 from shoal.manager.store.backend import Backend, Commit, Record
-from shoal.types.base import Version, format_time, now_ns
+from shoal.types.base import Version, format_time
 from shoal.types.meta import NO_SERVICE_META, NO_TASK_META, ServiceMeta, TaskMeta
 from shoal.types.node import Node
 from shoal.types.service import Service
@@ -232,7 +233,7 @@ class Tx(ReadTx):
 
     def __init__(self, store: Store, index: int) -> None:
         super().__init__(store, index)
-        self.time = format_time(now_ns())
+        self.time = format_time(store.clock.time_ns())
         self._events: list[Event] = []
         self._undo: list[tuple[str, str, Any | None, Any | None]] = []
 
@@ -302,8 +303,11 @@ class _Applied:
 class Store:
     """The cluster state of one manager. Nothing else writes state."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, clock: Clock = SYSTEM_CLOCK) -> None:
+        """`clock`: where the objects' CreatedAt / UpdatedAt come from (tests pass the
+        FakeClock their loops run on, so stored times and timers agree)."""
         self._backend = backend
+        self.clock = clock
         self._tables = _Tables()
         self._watchers: set[Watcher] = set()
         self.index = 0  # the last applied transaction
