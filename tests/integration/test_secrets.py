@@ -159,3 +159,57 @@ def test_docker_py(secrets_cluster: Daemon) -> None:
             )
     finally:
         client.close()
+
+
+def _in_task(pid: int, *argv: str) -> str:
+    """Run argv in the task's mount namespace (as `docker exec` would in a container)."""
+    import subprocess
+
+    out = subprocess.run(
+        ["nsenter", "-t", str(pid), "-m", *argv], capture_output=True, text=True, timeout=10
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_the_talks_example(secrets_cluster: Daemon) -> None:
+    d = secrets_cluster
+    d.docker("secret", "create", "my_secret", "-", input="This is a secret\n")
+    d.docker(
+        "service", "create", "--detach", "--name", "redis", "--secret", "my_secret",
+        "busybox", "sleep", "1000",
+    )  # fmt: skip
+    (pid,) = d.wait_processes("redis", 1, argv=["sleep", "1000"]).values()
+    assert _in_task(pid, "cat", "/run/secrets/my_secret") == "This is a secret\n"
+    # read-only, and nothing of it on the host's /run
+    assert "ro," in _in_task(pid, "grep", "/run/secrets", "/proc/self/mounts")
+    import os
+
+    assert not os.path.exists("/run/secrets/my_secret")
+
+
+def test_secret_rotation(secrets_cluster: Daemon) -> None:
+    d = secrets_cluster
+    d.docker("secret", "create", "old", "-", input="old-value")
+    d.docker("secret", "create", "new", "-", input="new-value")
+    d.docker(
+        "service", "create", "--detach", "--name", "app",
+        "--secret", "source=old,target=app_key,mode=0400",
+        "busybox", "sleep", "1000",
+    )  # fmt: skip
+    (pid,) = d.wait_processes("app", 1, argv=["sleep", "1000"]).values()
+    assert _in_task(pid, "cat", "/run/secrets/app_key") == "old-value"
+    d.docker(
+        "service", "update", "--detach", "--secret-rm", "old",
+        "--secret-add", "source=new,target=app_key", "app",
+    )  # fmt: skip
+    from .harness import wait_until
+
+    def moved() -> bool:
+        pids = d.service_pids("app")
+        return len(pids) == 1 and pid not in pids.values()
+
+    wait_until(moved, what="the task replaced")
+    (new_pid,) = d.service_pids("app").values()
+    assert _in_task(new_pid, "cat", "/run/secrets/app_key") == "new-value"
+    d.docker("secret", "rm", "old")
