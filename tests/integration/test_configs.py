@@ -94,3 +94,30 @@ def test_docker_py(configs_cluster: Daemon) -> None:
         assert client.configs.list() == []
     finally:
         client.close()
+
+
+def test_templated_config_per_task(configs_cluster: Daemon) -> None:
+    import subprocess
+
+    d = configs_cluster
+    d.docker(
+        "config", "create", "--template-driver", "golang", "app-conf", "-",
+        input="name: {{ .Service.Name }}\nslot: {{ .Task.Slot }}\nx: {{ env \"X\" }}\n",
+    )  # fmt: skip
+    d.docker(
+        "service", "create", "--detach", "--name", "tpl-app", "--replicas", "2", "--env", "X=1",
+        "--config", "source=app-conf,target=/etc/app/conf.yml,mode=0440",
+        "busybox", "sleep", "1000",
+    )  # fmt: skip
+    pids = d.wait_processes("tpl-app", 2, argv=["sleep", "1000"])
+    seen = set()
+    for pid in pids.values():
+        cat = ["nsenter", "-t", str(pid), "-m", "cat", "/etc/app/conf.yml"]
+        out = subprocess.run(cat, capture_output=True, text=True, timeout=10).stdout
+        stat = ["nsenter", "-t", str(pid), "-m", "stat", "-c", "%a", "/etc/app/conf.yml"]
+        assert subprocess.run(stat, capture_output=True, text=True).stdout.strip() == "440"
+        seen.add(out)
+    assert seen == {f"name: tpl-app\nslot: {n}\nx: 1\n" for n in (1, 2)}
+    import os
+
+    assert not os.path.exists("/etc/app/conf.yml")
