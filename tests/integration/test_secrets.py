@@ -186,6 +186,9 @@ def test_the_talks_example(secrets_cluster: Daemon) -> None:
     import os
 
     assert not os.path.exists("/run/secrets/my_secret")
+    # the task's tmpfs is held by its namespace alone: no mount left on the host
+    with open("/proc/self/mounts") as f:
+        assert str(d.data_dir) not in f.read()
 
 
 def test_secret_rotation(secrets_cluster: Daemon) -> None:

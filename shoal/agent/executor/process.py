@@ -225,7 +225,11 @@ class ProcessController:
             return await self._wait_running(spawned=None)
         # posix_spawn of a Python process takes milliseconds: keep it off the event loop
         spawned = await asyncio.to_thread(self._executor.spawn_shim, self._dir)
-        return await self._wait_running(spawned=spawned)
+        state = await self._wait_running(spawned=spawned)
+        # The task's namespace holds its own mounts of the tmpfs now: detached from the
+        # host's tree, it lives exactly as long as the task (nothing left to clean up).
+        await asyncio.to_thread(task_secrets.release, self._dir)
+        return state
 
     async def wait(self) -> ExitStatus:
         if not (self._dir / shim.STARTED_FILE).exists():
