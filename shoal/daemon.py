@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+from cryptography.hazmat.primitives import serialization
 
 from shoal.agent.agent import Agent, discard_task
 from shoal.agent.executor.base import Executor
@@ -32,16 +33,19 @@ from shoal.errors import (
     LeaveRefused,
     ListenFailed,
     NodeNotInSwarm,
+    SwarmLocked,
 )
 from shoal.ids import new_id
 from shoal.log import get_logger
 from shoal.manager.ca.issuer import Issuer, issue_own_certificate
 from shoal.manager.ca.root import RootCA
 from shoal.manager.clusterport.server import ClusterServer
+from shoal.manager.keys import ManagerKeys
 from shoal.manager.manager import Manager
 from shoal.manager.store import Store, Tx
+from shoal.manager.store.encrypted import EncryptedBackend
 from shoal.manager.store.sqlite import SQLiteBackend
-from shoal.pki import ROOT_CA_FILE, NodeCredentials, key_pem, make_csr, new_key
+from shoal.pki import NODE_KEY_FILE, ROOT_CA_FILE, NodeCredentials, key_pem, make_csr, new_key
 from shoal.types.node import ManagerStatus, Node, NodeResources, NodeSpec, NodeStatus
 from shoal.types.service import JoinTokens
 from shoal.types.swarm import Cluster, SwarmInitRequest, SwarmJoinRequest, default_swarm_spec
@@ -173,6 +177,8 @@ class Daemon:
         self._cluster_server: ClusterServer | None = None
         self._remote: RemoteSession | None = None
         self._creds: NodeCredentials | None = None
+        # a manager's DEK/KEK (shoal/manager/keys.py); locked until unlocked with autolock
+        self._keys: ManagerKeys | None = None
         self._renewer: asyncio.Task[None] | None = None
         # set when a manager refuses this node's certificate (its role changed)
         self._renew_now = asyncio.Event()
@@ -203,6 +209,38 @@ class Daemon:
             return []
         return [self._state.advertise_addr] if self._state.runs_manager else self._state.managers
 
+    @property
+    def locked(self) -> bool:
+        return self._keys is not None and self._keys.locked
+
+    def unlock_key(self) -> str:
+        return (self._keys.unlock_key if self._keys else None) or ""
+
+    async def swarm_unlock(self, key: str) -> None:
+        async with self._lock:
+            if self._state is None:
+                raise NodeNotInSwarm()
+            if self._keys is None or not self._keys.locked:
+                raise InvalidArgument("swarm is not locked")
+            self._keys.unlock(key)
+            self._creds = self._load_creds()
+            await self._start_manager()
+            log.info("swarm unlocked")
+
+    async def set_autolock(self, on: bool, rotate: bool) -> None:
+        """After `swarm update`: autolock on or off, or a new unlock key. The node's
+        private keys are written again under the new KEK."""
+        async with self._lock:
+            root_key = self._certs_dir / ROOT_KEY_FILE
+            root_pem = self._read_private_key(root_key) if root_key.exists() else None
+            if self._keys is None or not self._keys.set_autolock(on, rotate):
+                return
+            if self._creds is not None:
+                self._save_creds(self._creds)
+            if root_pem is not None:
+                self._write_private_key(root_key, root_pem)
+            log.info("manager keys changed", autolock=on, rotated=rotate)
+
     def running_tasks(self) -> tuple[int, int]:
         if self._agent is None:
             return 0, 0
@@ -232,7 +270,50 @@ class Daemon:
     def _root_ca(self) -> RootCA:
         return RootCA(
             (self._certs_dir / ROOT_CA_FILE).read_bytes(),
-            (self._certs_dir / ROOT_KEY_FILE).read_bytes(),
+            self._read_private_key(self._certs_dir / ROOT_KEY_FILE),
+        )
+
+    # private keys on disk: sealed by the KEK while autolock is on, as Swarm does --------------
+    def _read_private_key(self, path: Path) -> bytes:
+        pem = path.read_bytes()
+        if b"ENCRYPTED" not in pem:
+            return pem
+        if self._keys is None or self._keys.kek is None:
+            raise SwarmLocked()
+        key = serialization.load_pem_private_key(pem, password=self._keys.kek)
+        return key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+    def _sealed(self, pem: bytes) -> bytes:
+        """A private key as it goes to disk: encrypted by the KEK with autolock on."""
+        if self._keys is None or not self._keys.autolock or self._keys.kek is None:
+            return pem
+        key = serialization.load_pem_private_key(pem, password=None)
+        return key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(self._keys.kek),
+        )
+
+    def _write_private_key(self, path: Path, pem: bytes) -> None:
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.touch(mode=0o600)
+        tmp.chmod(0o600)
+        tmp.write_bytes(self._sealed(pem))
+        tmp.replace(path)
+
+    def _save_creds(self, creds: NodeCredentials) -> None:
+        NodeCredentials(creds.ca_pem, creds.cert_pem, self._sealed(creds.key_pem)).save(
+            self._certs_dir
+        )
+
+    def _load_creds(self) -> NodeCredentials:
+        creds = NodeCredentials.load(self._certs_dir)
+        return NodeCredentials(
+            creds.ca_pem, creds.cert_pem, self._read_private_key(self._certs_dir / NODE_KEY_FILE)
         )
 
     # lifecycle --------------------------------------------------------------------------------
@@ -242,11 +323,19 @@ class Daemon:
         state = self._load_state()
         if state is not None:
             self._state = state
-            self._creds = NodeCredentials.load(self._certs_dir)
             if state.runs_manager:
-                await self._start_manager()
+                if ManagerKeys.exists(self._swarm_dir):
+                    self._keys = ManagerKeys.load(self._swarm_dir)
+                else:  # a swarm made before encryption at rest: its store is sealed from now on
+                    self._keys = ManagerKeys.create(self._swarm_dir, autolock=False)
+            if self.locked:
+                log.warning("swarm is locked: `docker swarm unlock` to start the manager")
             else:
-                self._start_worker()
+                self._creds = self._load_creds()
+                if state.runs_manager:
+                    await self._start_manager()
+                else:
+                    self._start_worker()
         await self._api.start()
         log.info(
             "daemon started",
@@ -275,7 +364,8 @@ class Daemon:
         agent (in-process session). `bootstrap` writes the first objects at `swarm init`
         once the cluster port's real port is known."""
         assert self._state is not None and self._creds is not None
-        store = Store(SQLiteBackend(self._swarm_dir / "store.db"))
+        assert self._keys is not None and self._keys.dek is not None
+        store = Store(EncryptedBackend(SQLiteBackend(self._swarm_dir / "store.db"), self._keys.dek))
         manager = Manager(store)
         root = self._root_ca()
         host, port = split_addr(self._state.listen_addr, DEFAULT_SWARM_PORT)
@@ -341,7 +431,7 @@ class Daemon:
                 log.warning("certificate renewal failed; retrying", error=repr(e))
                 await asyncio.sleep(RENEW_RETRY_S)
                 continue
-            creds.save(self._certs_dir)
+            self._save_creds(creds)
             self._creds = creds
             log.info("node certificate renewed", role=creds.identity.role)
 
@@ -397,11 +487,13 @@ class Daemon:
             key = new_key()
             cert = issue_own_certificate(ca, make_csr(key), node_id, cluster_id, expiry)
             shutil.rmtree(self._swarm_dir, ignore_errors=True)
+            enc = spec.encryption_config
+            self._keys = ManagerKeys.create(
+                self._swarm_dir, autolock=bool(enc and enc.auto_lock_managers)
+            )
             self._creds = NodeCredentials(ca.cert_pem, cert, key_pem(key))
-            self._creds.save(self._certs_dir)
-            root_key = self._certs_dir / ROOT_KEY_FILE
-            root_key.touch(mode=0o600)
-            root_key.write_bytes(ca.key_pem)
+            self._save_creds(self._creds)
+            self._write_private_key(self._certs_dir / ROOT_KEY_FILE, ca.key_pem)
             self._state = SwarmState(
                 node_id=node_id,
                 cluster_id=cluster_id,
@@ -444,6 +536,7 @@ class Daemon:
                 shutil.rmtree(self._swarm_dir, ignore_errors=True)
                 self._state = None
                 self._creds = None
+                self._keys = None
                 raise
             self._save_state(self._state)
             log.info(
@@ -491,7 +584,7 @@ class Daemon:
         async with self._lock:
             if self._state is None:
                 raise NodeNotInSwarm()
-            if self._state.runs_manager and not force:
+            if self._state.runs_manager and not force and not self.locked:
                 raise LeaveRefused(MSG_LEAVE_MANAGER)
             await self._stop_swarm(stop_tasks=True)
             for tid in self.executor.known_task_ids():
@@ -499,6 +592,7 @@ class Daemon:
             shutil.rmtree(self._swarm_dir, ignore_errors=True)
             self._state = None
             self._creds = None
+            self._keys = None
             log.info("left the swarm")
 
 

@@ -11,6 +11,7 @@
     ├── NotManager               this node is not a swarm manager                (503)
     ├── AlreadyInSwarm           this node is already part of a swarm            (503)
     ├── LeaveRefused             a manager may not leave without --force        (503)
+    ├── SwarmLocked              the manager's keys wait for the unlock key     (503)
     ├── Unauthenticated          no certificate of this cluster was presented    (401)
     ├── PermissionDenied         the certificate may not do this (role, removed) (403)
     ├── ResourceExhausted        too many requests of this kind, try later       (429)
@@ -129,6 +130,19 @@ class AlreadyInSwarm(ShoalError):
 
 class LeaveRefused(ShoalError):
     status = 503
+
+
+class SwarmLocked(ShoalError):
+    status = 503
+
+    def __init__(
+        self,
+        message: str = (
+            "Swarm is encrypted and needs to be unlocked before it can be used. "
+            'Please use "docker swarm unlock" to unlock it.'
+        ),
+    ) -> None:
+        super().__init__(message)
 
 
 class Unauthenticated(ShoalError):

@@ -132,6 +132,11 @@ class Agent:
             period = await self._session.heartbeat(self.node_id)
 
     async def _apply(self, assignment: Assignment) -> None:
+        deps = self.executor.dependencies
+        if assignment.full:
+            deps.clear()
+        for d in assignment.dependencies:
+            deps[d.key] = d
         if assignment.full:
             wanted = {a.task.id for a in assignment.tasks}
             for tid in list(self._runners):
@@ -146,6 +151,8 @@ class Agent:
             self._upsert(a)
         for tid in assignment.removed:
             await self._remove(tid)
+        for key in assignment.removed_dependencies:
+            deps.pop(key, None)
 
     def _upsert(self, assigned: AssignedTask) -> None:
         task = assigned.task

@@ -8,12 +8,12 @@ from aiohttp import web
 from shoal.api.body import bool_query, decode, int_query
 from shoal.api.encode import empty, json_response, wire
 from shoal.api.server import Router, context
-from shoal.errors import WORKER_NOT_MANAGER, NotManager, OutOfSequence
+from shoal.errors import WORKER_NOT_MANAGER, NotManager, OutOfSequence, SwarmLocked
 from shoal.manager.manager import Manager
 from shoal.manager.store import Tx
 from shoal.pki import new_join_token
 from shoal.types.service import JoinTokens
-from shoal.types.swarm import SwarmInitRequest, SwarmJoinRequest, SwarmSpec
+from shoal.types.swarm import SwarmInitRequest, SwarmJoinRequest, SwarmSpec, SwarmUnlockRequest
 
 
 def register(r: Router) -> None:
@@ -23,10 +23,13 @@ def register(r: Router) -> None:
     r.add("GET", "/swarm", inspect)
     r.add("POST", "/swarm/update", update)
     r.add("GET", "/swarm/unlockkey", unlockkey)
+    r.add("POST", "/swarm/unlock", unlock)
 
 
 def require_manager(request: web.Request) -> Manager:
     d = context(request)
+    if d.locked:
+        raise SwarmLocked()
     m = d.manager
     if m is None:
         # a worker is told so; a node outside any swarm gets the init/join hint
@@ -65,6 +68,7 @@ async def update(request: web.Request) -> web.Response:
     spec = await decode(request, SwarmSpec)
     rotate_worker = bool_query(request, "rotateWorkerToken")
     rotate_manager = bool_query(request, "rotateManagerToken")
+    rotate_unlock = bool_query(request, "rotateManagerUnlockKey")
 
     def write(tx: Tx) -> None:
         cluster = tx.cluster()
@@ -82,9 +86,17 @@ async def update(request: web.Request) -> web.Response:
         tx.update(msgspec.structs.replace(cluster, spec=spec, join_tokens=tokens))
 
     await m.store.update(write)
+    enc = spec.encryption_config
+    await context(request).set_autolock(bool(enc and enc.auto_lock_managers), rotate_unlock)
     return empty()
 
 
 async def unlockkey(request: web.Request) -> web.Response:
     require_manager(request)
-    return json_response({"UnlockKey": ""})
+    return json_response({"UnlockKey": context(request).unlock_key()})
+
+
+async def unlock(request: web.Request) -> web.Response:
+    req = await decode(request, SwarmUnlockRequest)
+    await context(request).swarm_unlock(req.unlock_key or "")
+    return empty()

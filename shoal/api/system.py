@@ -113,6 +113,15 @@ def swarm_info(request: web.Request) -> dict[str, Any]:
             "RemoteManagers": None,
         }
     remote = [{"NodeID": "", "Addr": a} for a in d.remote_managers]
+    if d.locked:
+        return {
+            "NodeID": "",
+            "NodeAddr": "",
+            "LocalNodeState": "locked",
+            "ControlAvailable": False,
+            "Error": "",
+            "RemoteManagers": None,
+        }
     if m is None:  # a worker
         return {
             "NodeID": d.node_id,

@@ -25,13 +25,27 @@ class AssignedTask(Model):
     meta: TaskMeta = NO_TASK_META
 
 
+class Dependency(Model):
+    """A secret's or config's payload a task on the node needs: `key` is
+    "secret:<id>" or "config:<id>". Kept in the agent's memory only."""
+
+    key: str
+    data: bytes
+    # the config or secret is a template (`--template-driver golang`), rendered per task
+    template: bool = False
+
+
 class Assignment(Model):
     """A change to the set of tasks a node must run. The first one a session sends is
-    complete (`full`); later ones carry only what changed."""
+    complete (`full`); later ones carry only what changed. Dependencies (secrets,
+    configs) come with the first task that needs them on the node, and are dropped
+    (`removed_dependencies`) when no task there needs them any more."""
 
     full: bool = False
     tasks: list[AssignedTask] = []
     removed: list[str] = []
+    dependencies: list[Dependency] = []
+    removed_dependencies: list[str] = []
 
 
 class TaskStatusUpdate(Model):

@@ -110,3 +110,7 @@ class SwarmJoinRequest(Model):
     remote_addrs: list[str] | None = None
     join_token: str | None = None
     availability: str | None = None
+
+
+class SwarmUnlockRequest(Model):
+    unlock_key: str | None = None

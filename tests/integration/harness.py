@@ -492,15 +492,17 @@ class Daemon:
         check: bool = True,
         timeout: float = CLI_TIMEOUT_S,
         host: str | None = None,
+        input: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """Run the docker CLI against this daemon. With check, a non-zero exit fails the
-        test with the command's output."""
+        """Run the docker CLI against this daemon (`input` on its stdin, else nothing).
+        With check, a non-zero exit fails the test with the command's output."""
         argv = [docker_cli(), *args]
         try:
             result = subprocess.run(
                 argv,
                 env=self.docker_env(host),
-                stdin=subprocess.DEVNULL,
+                input=input,
+                stdin=subprocess.DEVNULL if input is None else None,
                 capture_output=True,
                 text=True,
                 timeout=timeout,

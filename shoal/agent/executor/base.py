@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from shoal.types.agent import LogMessage, LogOptions
+from shoal.types.agent import Dependency, LogMessage, LogOptions
 from shoal.types.meta import NO_TASK_META, TaskMeta
 from shoal.types.node import NodeDescription
 from shoal.types.task import Task
@@ -77,6 +77,9 @@ class Controller(Protocol):
 
 class Executor(Protocol):
     name: str
+    # The secrets and configs the dispatcher sent ("secret:<id>" -> payload), in
+    # memory only; the agent keeps it up to date from its assignments.
+    dependencies: dict[str, Dependency]
 
     def describe(self) -> NodeDescription:
         """Platform, resources and engine of this node as the runtime sees them."""

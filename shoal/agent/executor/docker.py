@@ -56,7 +56,7 @@ from shoal.agent.executor.docker_spec import (
     task_name,
 )
 from shoal.log import get_logger
-from shoal.types.agent import LogMessage, LogOptions
+from shoal.types.agent import Dependency, LogMessage, LogOptions
 from shoal.types.base import now_ns, parse_time
 from shoal.types.meta import NO_TASK_META, TaskMeta
 from shoal.types.node import EngineDescription, EnginePlugin, NodeDescription, NodeResources
@@ -122,6 +122,8 @@ class DockerExecutor:
     ) -> None:
         self.data_dir = Path(data_dir)
         self.hostname = hostname
+        # secrets and configs reach containers in a later step (docs/secrets.md)
+        self.dependencies: dict[str, Dependency] = {}
         self.engine_labels = dict(engine_labels)
         self.host = host
         # Raises EngineError when no engine answers: the daemon says so at startup.

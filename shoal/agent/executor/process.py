@@ -30,9 +30,10 @@ from pathlib import Path
 from typing import Any
 
 import shoal
+from shoal.agent import secrets as task_secrets
 from shoal.agent.executor import shim
 from shoal.agent.executor.base import ExecutorError, ExitStatus, RuntimeState
-from shoal.types.agent import LogMessage, LogOptions
+from shoal.types.agent import Dependency, LogMessage, LogOptions
 from shoal.types.meta import NO_TASK_META, TaskMeta
 from shoal.types.node import EngineDescription, NodeDescription, NodeResources
 from shoal.types.service import ContainerSpec, Platform
@@ -91,6 +92,7 @@ class ProcessExecutor:
         # Shims this executor spawned and has not reaped yet.
         self._children: set[int] = set()
         self.boot_id = shim.boot_id()
+        self.dependencies: dict[str, Dependency] = {}
 
     def describe(self) -> NodeDescription:
         return NodeDescription(
@@ -108,10 +110,10 @@ class ProcessExecutor:
         )
 
     def controller(self, task: Task, meta: TaskMeta = NO_TASK_META) -> ProcessController:
-        """`meta` is unused: a process needs nothing beyond the task."""
+        """`meta` gives config templates the service's name."""
         if not TASK_ID_RE.fullmatch(task.id):
             raise ExecutorError(f"invalid task ID {task.id!r}")
-        return ProcessController(self, task)
+        return ProcessController(self, task, meta)
 
     def known_task_ids(self) -> list[str]:
         try:
@@ -172,9 +174,12 @@ class ProcessController:
     """Runs one task through a shim; every method reads the task directory afresh, so
     a controller made by a restarted agent picks up where the old one was."""
 
-    def __init__(self, executor: ProcessExecutor, task: Task) -> None:
+    def __init__(
+        self, executor: ProcessExecutor, task: Task, meta: TaskMeta = NO_TASK_META
+    ) -> None:
         self.task_id = task.id
         self.task = task
+        self.meta = meta
         self.spec = task.spec.container_spec or ContainerSpec()
         self._executor = executor
         self._dir = executor.tasks_dir / task.id
@@ -200,6 +205,10 @@ class ProcessController:
             return  # prepared and started by an earlier call (or an earlier agent)
         launch = self._launch_spec()
         self._dir.mkdir(parents=True, exist_ok=True)
+        files = task_secrets.files_of(
+            self.task, self._executor.dependencies, self._template_context(launch)
+        )
+        launch["mounts"] = await asyncio.to_thread(task_secrets.prepare, self._dir, files)
         shim.write_atomic(str(self._dir / shim.SPEC_FILE), json.dumps(launch).encode())
 
     async def start(self) -> RuntimeState:
@@ -216,7 +225,11 @@ class ProcessController:
             return await self._wait_running(spawned=None)
         # posix_spawn of a Python process takes milliseconds: keep it off the event loop
         spawned = await asyncio.to_thread(self._executor.spawn_shim, self._dir)
-        return await self._wait_running(spawned=spawned)
+        state = await self._wait_running(spawned=spawned)
+        # The task's namespace holds its own mounts of the tmpfs now: detached from the
+        # host's tree, it lives exactly as long as the task (nothing left to clean up).
+        await asyncio.to_thread(task_secrets.release, self._dir)
+        return state
 
     async def wait(self) -> ExitStatus:
         if not (self._dir / shim.STARTED_FILE).exists():
@@ -256,7 +269,28 @@ class ProcessController:
 
     async def remove(self) -> None:
         await self.shutdown(0.0)
+        await asyncio.to_thread(task_secrets.release, self._dir)
         shutil.rmtree(self._dir, ignore_errors=True)
+
+    def _template_context(self, launch: dict[str, Any]) -> dict[str, Any]:
+        """What config templates may name about this task (shoal/agent/templates.py)."""
+        t = self.task
+        name = self.meta.service_name
+        ex = self._executor
+        return {
+            "Service": {"ID": t.service_id, "Name": name, "Labels": {}},
+            "Task": {
+                "ID": t.id,
+                "Name": f"{name}.{t.slot if t.slot is not None else t.node_id}.{t.id}",
+                "Slot": t.slot if t.slot is not None else "",
+            },
+            "Node": {
+                "ID": t.node_id or "",
+                "Hostname": ex.hostname,
+                "Platform": {"OS": "linux", "Architecture": platform.machine()},
+            },
+            "env": launch["env"],
+        }
 
     async def logs(self, options: LogOptions) -> AsyncIterator[LogMessage]:
         streams = {

@@ -5,7 +5,9 @@ The agent starts one shim per task in a session of its own, so the task outlives
 agent (a restart, a `kill -9`) and a new agent adopts it by reading the task directory.
 The shim talks to the agent only through files in that directory, never through a pipe:
 
-    spec.json   what to run (written by the agent): argv, env, cwd, uid, gid, groups
+    spec.json   what to run (written by the agent): argv, env, cwd, uid, gid, groups,
+                and the mounts of its private mount namespace (secrets and configs,
+                see shoal/agent/secrets.py), which the shim enters before the task starts
     shim.pid    the shim's identity, written first: "<pid> <start time> <boot id>" (the
                 start time in clock ticks, as in /proc/<pid>/stat, so that a pid reused
                 by another process, even after a reboot, is not taken for the shim)
@@ -181,6 +183,60 @@ def _open_pidfd(pid: int) -> int | None:
         return None
 
 
+CLONE_NEWNS = 0x00020000
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+
+
+def enter_mounts(mounts: list[dict[str, str]]) -> None:
+    """A private mount namespace for the shim and its task: the overlays that lay the
+    task's secrets and configs over the host's directories, then /run/secrets read-only.
+    OSError when the kernel refuses."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def check(rc: int, what: str) -> None:
+        if rc != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"{what}: {os.strerror(err)}")
+
+    def mount(
+        src: str | None, target: str, fstype: str | None, flags: int, data: str | None
+    ) -> None:
+        check(
+            libc.mount(
+                src and src.encode(), target.encode(), fstype and fstype.encode(), flags,
+                data and data.encode(),
+            ),
+            f"mount {target}",
+        )  # fmt: skip
+
+    check(libc.unshare(CLONE_NEWNS), "unshare")
+    mount(None, "/", None, MS_REC | MS_PRIVATE, None)
+    for m in mounts:
+        if "overlay" in m:
+            d = m["overlay"]
+            opts = f"lowerdir={d},upperdir={m['upper']},workdir={m['work']}"
+            mount("overlay", d, "overlay", MS_NODEV | MS_NOSUID, opts)
+        elif "readonly" in m:
+            d = m["readonly"]
+            mount(d, d, None, MS_BIND, None)
+            mount(
+                None,
+                d,
+                None,
+                MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NODEV | MS_NOSUID | MS_NOEXEC,
+                None,
+            )
+
+
 def run(task_dir: str) -> None:
     """Supervise the task described by `task_dir`/spec.json until it exits."""
 
@@ -194,6 +250,8 @@ def run(task_dir: str) -> None:
         spec = json.load(f)
     log_fd = os.open(path(LOG_FILE), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
     try:
+        if spec.get("mounts"):
+            enter_mounts(spec["mounts"])
         proc = subprocess.Popen(
             spec["argv"],
             env=spec["env"],

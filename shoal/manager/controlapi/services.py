@@ -17,6 +17,7 @@ from shoal.errors import (
 from shoal.ids import new_id
 from shoal.manager.controlapi.defaults import insert_defaults
 from shoal.manager.controlapi.names import random_name
+from shoal.manager.controlapi.secrets import check_references
 from shoal.manager.orchestrator.update import rollback_service
 from shoal.manager.scheduler import constraint
 from shoal.manager.store import ReadTx, Store, Tx
@@ -143,8 +144,10 @@ async def create_service(
         assert spec.name is not None
         if _name_taken(tx, spec.name):
             raise _name_conflict(spec.name)
+        service = Service(id=new_id(), spec=spec, endpoint=_endpoint(spec))
+        check_references(tx, service)
         return tx.create(
-            Service(id=new_id(), spec=spec, endpoint=_endpoint(spec)),
+            service,
             ServiceMeta(spec_version=tx.index, registry_auth=registry_auth or None),
         )
 
@@ -187,6 +190,7 @@ async def update_service(
         new_kind = new_spec.mode.kind if new_spec.mode else "replicated"
         if old_kind != new_kind:
             raise invalid_argument("service mode change is not allowed")
+        check_references(tx, msgspec.structs.replace(current, spec=new_spec))
         meta = tx.service_meta(current.id)
         if _task_relevant(new_spec) != _task_relevant(current.spec):
             meta = msgspec.structs.replace(meta, spec_version=tx.index)

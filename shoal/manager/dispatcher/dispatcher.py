@@ -21,7 +21,13 @@ from shoal.errors import NotFound
 from shoal.log import get_logger
 from shoal.manager.loops import LoopStats, next_backoff
 from shoal.manager.store import Event, ReadTx, Store, Tx, WatcherClosed
-from shoal.types.agent import AssignedTask, Assignment, LogSource, TaskStatusUpdate
+from shoal.types.agent import (
+    AssignedTask,
+    Assignment,
+    Dependency,
+    LogSource,
+    TaskStatusUpdate,
+)
 from shoal.types.base import parse_time
 from shoal.types.meta import TaskMeta
 from shoal.types.node import NODE_JOINED, Node, NodeDescription, NodeStatus
@@ -50,6 +56,19 @@ class _Session:
     # None: the session was revoked (node removed, role changed); its stream ends
     queue: asyncio.Queue[Assignment | None] = field(default_factory=asyncio.Queue)
     sent: set[str] = field(default_factory=set)
+    # need-to-know: the dependencies each sent task holds, and how many tasks hold each
+    task_deps: dict[str, list[str]] = field(default_factory=dict)
+    held: dict[str, int] = field(default_factory=dict)
+
+
+def dependency_keys(task: Task) -> list[str]:
+    """ "secret:<id>" and "config:<id>" for what the task's container spec refers to."""
+    cs = task.spec.container_spec
+    if cs is None:
+        return []
+    keys = [f"secret:{r.secret_id}" for r in cs.secrets or () if r.secret_id]
+    keys += [f"config:{r.config_id}" for r in cs.configs or () if r.config_id]
+    return sorted(set(keys))
 
 
 def _assignable(task: Task) -> bool:
@@ -162,16 +181,21 @@ class Dispatcher:
         for node_id, s in self._sessions.items():
             s.queue.put_nowait(self._full_set(view, node_id, s))
 
-    @staticmethod
-    def _full_set(view: ReadTx, node_id: str, s: _Session) -> Assignment:
-        """Every task the node must run, as the first message of a session says it."""
+    def _full_set(self, view: ReadTx, node_id: str, s: _Session) -> Assignment:
+        """Every task the node must run, with the secrets and configs they need, as the
+        first message of a session says it."""
         tasks = [
             AssignedTask(task=t, meta=view.task_meta(t.id))
             for t in view.tasks_on_node(node_id)
             if _assignable(t)
         ]
         s.sent = {a.task.id for a in tasks}
-        return Assignment(full=True, tasks=tasks)
+        full = Assignment(full=True, tasks=tasks)
+        s.task_deps, s.held = {}, {}
+        for assigned in tasks:
+            if not assigned.task.state.terminal:
+                self._acquire(s, assigned.task, full)
+        return full
 
     def _route_events(self, events: list[Event]) -> None:
         changes: dict[str, Assignment] = {}
@@ -212,11 +236,16 @@ class Dispatcher:
                 return
             a = changes.setdefault(node_id, Assignment())
             if t is not None:
+                if t.id not in s.sent and not t.state.terminal:
+                    self._acquire(s, t, a)
+                elif t.state > TaskState.RUNNING:
+                    self._release(s, t.id, a)
                 a.tasks.append(AssignedTask(task=t, meta=meta))
                 s.sent.add(t.id)
             if removed is not None and removed in s.sent:
                 a.removed.append(removed)
                 s.sent.discard(removed)
+                self._release(s, removed, a)
 
         if old is not None and old.node_id and old.node_id != task.node_id:
             add(old.node_id, removed=old.id)
@@ -232,6 +261,36 @@ class Dispatcher:
             return
         if task.id not in s.sent or old is None or old.desired_state != task.desired_state:
             add(task.node_id, task)
+
+    def _acquire(self, s: _Session, task: Task, a: Assignment) -> None:
+        """The task's dependencies, sent to the node with it unless it holds them."""
+        keys = dependency_keys(task)
+        if not keys:
+            return
+        s.task_deps[task.id] = keys
+        view = self._store.view()
+        for key in keys:
+            if s.held.get(key, 0) == 0:
+                dep = _payload(view, key)
+                if dep is None:
+                    continue
+                a.dependencies.append(dep)
+                if key in a.removed_dependencies:
+                    a.removed_dependencies.remove(key)
+            s.held[key] = s.held.get(key, 0) + 1
+
+    @staticmethod
+    def _release(s: _Session, task_id: str, a: Assignment) -> None:
+        """A task that left the node (or finished) no longer holds its dependencies;
+        the node drops those no other task there holds."""
+        for key in s.task_deps.pop(task_id, ()):
+            left = s.held.get(key, 0) - 1
+            if left > 0:
+                s.held[key] = left
+                continue
+            s.held.pop(key, None)
+            a.dependencies[:] = [d for d in a.dependencies if d.key != key]
+            a.removed_dependencies.append(key)
 
     async def _flush_loop(self) -> None:
         """Idle until a report arrives; then write everything that arrived within
@@ -435,6 +494,16 @@ def _write_status(tx: Tx, item: tuple[tuple[str, str], TaskStatus]) -> bool:
         return False
     tx.update(msgspec.structs.replace(t, status=status))
     return True
+
+
+def _payload(view: ReadTx, key: str) -> Dependency | None:
+    kind, _, id_ = key.partition(":")
+    obj = view.get(kind, id_)
+    if obj is None:
+        return None
+    data = view.secret_data(id_) if kind == "secret" else obj.spec.data
+    templ = obj.spec.templating
+    return Dependency(key=key, data=data or b"", template=bool(templ and templ.name))
 
 
 def _keep_tls(node: Node, description: NodeDescription) -> NodeDescription:

@@ -47,6 +47,7 @@ from shoal.manager.store.backend import Backend, Commit, Record
 from shoal.types.base import Version, format_time
 from shoal.types.meta import NO_SERVICE_META, NO_TASK_META, ServiceMeta, TaskMeta
 from shoal.types.node import Node
+from shoal.types.secret import NO_SECRET_META, Config, Secret, SecretMeta
 from shoal.types.service import Service
 from shoal.types.swarm import Cluster
 from shoal.types.task import Task
@@ -56,16 +57,24 @@ KINDS: dict[str, type[Any]] = {
     "node": Node,
     "service": Service,
     "task": Task,
+    "secret": Secret,
+    "config": Config,
 }
 _KIND_OF: dict[type[Any], str] = {t: k for k, t in KINDS.items()}
 # The kinds that have shoal's own metadata beside them, and its value when none is given.
-META_DEFAULTS: dict[str, Any] = {"service": NO_SERVICE_META, "task": NO_TASK_META}
+META_DEFAULTS: dict[str, Any] = {
+    "service": NO_SERVICE_META,
+    "task": NO_TASK_META,
+    "secret": NO_SECRET_META,
+}
 # What a record's data decodes as: the object, or [object, meta] for kinds with meta.
 _RECORD_TYPES: dict[str, Any] = {
     "cluster": Cluster,
     "node": Node,
     "service": tuple[Service, ServiceMeta],
     "task": tuple[Task, TaskMeta],
+    "secret": tuple[Secret, SecretMeta],
+    "config": Config,
 }
 
 # Largest number of objects one batch() transaction writes (size bound of a batch).
@@ -79,7 +88,7 @@ WATCH_QUEUE = 10_000
 log = get_logger("shoal.manager.store")
 
 T = TypeVar("T")
-Obj = TypeVar("Obj", Cluster, Node, Service, Task)
+Obj = TypeVar("Obj", Cluster, Node, Service, Task, Secret, Config)
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +211,17 @@ class ReadTx:
 
     def task_meta(self, id_: str) -> TaskMeta:
         return self._t.meta["task"].get(id_, NO_TASK_META)
+
+    def secret_data(self, id_: str) -> bytes:
+        """A secret's payload (empty when there is no such secret)."""
+        meta: SecretMeta = self._t.meta["secret"].get(id_, NO_SECRET_META)
+        return meta.data
+
+    def secrets(self) -> list[Secret]:
+        return list(self._t.objects["secret"].values())
+
+    def configs(self) -> list[Config]:
+        return list(self._t.objects["config"].values())
 
     def cluster(self) -> Cluster | None:
         return next(iter(self._t.objects["cluster"].values()), None)

@@ -23,7 +23,7 @@ from shoal.clock import FakeClock, TimerHandle
 from shoal.manager.controlapi.services import create_service, update_service
 from shoal.manager.manager import Manager
 from shoal.manager.store import MemoryBackend, Store, Tx
-from shoal.types.agent import LogMessage, LogOptions
+from shoal.types.agent import Dependency, LogMessage, LogOptions
 from shoal.types.meta import NO_TASK_META, TaskMeta
 from shoal.types.node import Node, NodeDescription, NodeResources, NodeSpec, NodeStatus
 from shoal.types.service import (
@@ -97,6 +97,7 @@ class FakeExecutor:
         self._clock = clock
         self._hostname = hostname
         self.controllers: dict[str, FakeController] = {}
+        self.dependencies: dict[str, Dependency] = {}  # secrets and configs delivered
 
     def describe(self) -> NodeDescription:
         return NodeDescription(

@@ -1,0 +1,134 @@
+"""Secrets and configs on the node, for the process runtime.
+
+The payloads live in the agent's memory (`Executor.dependencies`, filled from the
+dispatcher's assignments) and, for a task that needs them, on a tmpfs of its own
+(`<task dir>/deps`, mounted nodev,nosuid,noexec, mode 0700): never on the node's disk.
+
+The task sees them through its private mount namespace, which its shim enters before
+it starts the task (shim.py `enter_mounts`): each top-level directory that holds a
+target (`/run` for `/run/secrets/...`, `/etc` for `/etc/app/conf.yml`) is an overlay
+whose lower layer is the host's directory and whose upper layer is on that tmpfs, so
+a target may be anywhere, even in a directory the host lacks, and nothing is written
+to the host's filesystem; then `/run/secrets` is made read-only. Mounts below such a
+directory on the host are not visible to the task through the overlay.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from shoal.agent.executor.base import ExecutorError
+from shoal.agent.templates import TemplateError, render
+from shoal.types.agent import Dependency
+from shoal.types.task import Task
+
+SECRETS_DIR = "/run/secrets"
+DEPS_DIR = "deps"
+# Size bound of a task's tmpfs: its secrets (< 500 KiB each) and configs (< 1000 KiB).
+DEPS_TMPFS_SIZE = "64m"
+DEFAULT_SECRET_MODE = 0o444
+DEFAULT_CONFIG_MODE = 0o444
+
+
+def _ids(file: dict[str, Any] | None) -> tuple[int, int, int]:
+    file = file or {}
+    mode = file.get("Mode")
+    return (
+        int(file.get("UID") or 0),
+        int(file.get("GID") or 0),
+        DEFAULT_SECRET_MODE if mode is None else int(mode),
+    )
+
+
+def files_of(
+    task: Task, deps: dict[str, Dependency], context: dict[str, Any]
+) -> list[tuple[str, bytes, int, int, int]]:
+    """(absolute target, bytes, uid, gid, mode) of every secret and config of `task`;
+    ExecutorError when the node lacks one (it was not sent: a bug) or a template fails."""
+    cs = task.spec.container_spec
+    out: list[tuple[str, bytes, int, int, int]] = []
+    if cs is None:
+        return out
+    secrets_by_target: dict[str, bytes] = {}
+    for ref in cs.secrets or ():
+        dep = deps.get(f"secret:{ref.secret_id}")
+        if dep is None:
+            raise ExecutorError(f"secret {ref.secret_name} is not available on this node")
+        data = dep.data
+        secrets_by_target[str((ref.file or {}).get("Name") or ref.secret_name)] = data
+        name = str((ref.file or {}).get("Name") or ref.secret_name)
+        target = name if name.startswith("/") else f"{SECRETS_DIR}/{name}"
+        out.append((target, data, *_ids(ref.file)))
+    for cref in cs.configs or ():
+        if cref.file is None:
+            continue  # a runtime config (credential spec): nothing to mount
+        cdep = deps.get(f"config:{cref.config_id}")
+        if cdep is None:
+            raise ExecutorError(f"config {cref.config_name} is not available on this node")
+        data = cdep.data
+        if cdep.template:
+            try:
+                data = render(data, {**context, "secrets": secrets_by_target})
+            except TemplateError as e:
+                raise ExecutorError(f"config {cref.config_name}: {e}") from e
+        name = str(cref.file.get("Name") or cref.config_name)
+        target = name if name.startswith("/") else f"/{name}"
+        out.append((target, data, *_ids(cref.file)))
+    return out
+
+
+def prepare(task_dir: Path, files: list[tuple[str, bytes, int, int, int]]) -> list[dict[str, str]]:
+    """Mount the task's tmpfs and lay its files out there; returns the mounts its shim
+    makes (see shim.enter_mounts). Root only: a mount namespace needs it."""
+    if not files:
+        return []
+    if os.geteuid() != 0:
+        raise ExecutorError("secrets and configs need the daemon to run as root (process runtime)")
+    root = task_dir / DEPS_DIR
+    root.mkdir(mode=0o700, exist_ok=True)
+    if not os.path.ismount(root):
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"mode=0700,nodev,nosuid,noexec,size={DEPS_TMPFS_SIZE}",
+             "tmpfs", str(root)],
+            check=True, capture_output=True,
+        )  # fmt: skip
+    mounts: list[dict[str, str]] = []
+    tops: set[str] = set()
+    for target, data, uid, gid, mode in files:
+        parts = Path(target).parts
+        if len(parts) < 3:
+            raise ExecutorError(
+                f"target {target}: the process runtime needs a target below a top-level "
+                "directory (such as /etc/...)"
+            )
+        top = parts[1]
+        upper = root / top / "upper"
+        if top not in tops:
+            tops.add(top)
+            upper.mkdir(parents=True, exist_ok=True)
+            (root / top / "work").mkdir(parents=True, exist_ok=True)
+            mounts.append(
+                {"overlay": f"/{top}", "upper": str(upper), "work": str(root / top / "work")}
+            )
+        path = upper.joinpath(*parts[2:])
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, data)
+            os.fchown(fd, uid, gid)
+            os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
+    if any(t.startswith(SECRETS_DIR + "/") for t, *_ in files):
+        mounts.append({"readonly": SECRETS_DIR})
+    return mounts
+
+
+def release(task_dir: Path) -> None:
+    """Unmount the task's tmpfs (its payloads vanish with it)."""
+    root = task_dir / DEPS_DIR
+    if os.path.ismount(root):
+        subprocess.run(["umount", "-l", str(root)], check=False, capture_output=True)
