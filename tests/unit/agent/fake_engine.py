@@ -4,11 +4,17 @@ socket from a thread of its own (the executor makes blocking calls too).
 
 Tests change a container's state the way the engine would (`set_health`, `exit`,
 `destroy`), and each change emits the event the engine emits.
+
+Nothing here sleeps. A test waits for what the engine sees (`when`: a condition on its
+state, checked after each request it answers and each change a test makes), and holds
+pulls back (`hold_pulls`) until it lets them finish.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import json
 import secrets
 import struct
@@ -39,7 +45,12 @@ class FakeEngine:
         self.pullable: dict[str, str] = {}  # fromImage:tag -> image reference made
         self.pulls: list[tuple[str, str, str | None]] = []
         self.logs: dict[str, list[tuple[int, str, bytes]]] = {}
-        self.pull_delay_s = 0.0
+        # Inspect answers that showed a running container, by container ID.
+        self.running_inspects: dict[str, int] = {}
+        # The last event emitted for each container (what `replay` sends again).
+        self.last_event: dict[str, str] = {}
+        self._pulls_open: asyncio.Event | None = None
+        self._conditions: list[tuple[Callable[[], bool], concurrent.futures.Future[None]]] = []
         self._subscribers: list[asyncio.Queue[dict[str, Any]]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -65,7 +76,46 @@ class FakeEngine:
     def call(self, fn: Callable[[], Any]) -> Any:
         """Run `fn` on the engine's loop (state changes go through here)."""
         assert self._loop is not None
-        return asyncio.run_coroutine_threadsafe(_call(fn), self._loop).result(START_TIMEOUT_S)
+        return asyncio.run_coroutine_threadsafe(self._call(fn), self._loop).result(START_TIMEOUT_S)
+
+    def when(self, condition: Callable[[], bool]) -> concurrent.futures.Future[None]:
+        """A future done once `condition()` holds: checked on the engine's loop now, and
+        again after every request the engine answers and every `call`. Await it with
+        `asyncio.wrap_future`."""
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self.call(lambda: self._conditions.append((condition, done)))
+        return done
+
+    def hold_pulls(self) -> None:
+        """Pulls answer their progress stream's headers, then wait for `release_pulls`."""
+        self.call(lambda: self._gate().clear())
+
+    def release_pulls(self) -> None:
+        self.call(lambda: self._gate().set())
+
+    async def _call(self, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        finally:
+            self._check_conditions()
+
+    def _check_conditions(self) -> None:
+        waiting = []
+        for condition, done in self._conditions:
+            if done.done():
+                continue  # given up on (cancelled) by the test
+            if condition():
+                with contextlib.suppress(concurrent.futures.InvalidStateError):
+                    done.set_result(None)
+            else:
+                waiting.append((condition, done))
+        self._conditions = waiting
+
+    def _gate(self) -> asyncio.Event:
+        if self._pulls_open is None:
+            self._pulls_open = asyncio.Event()
+            self._pulls_open.set()
+        return self._pulls_open
 
     def _serve(self) -> None:
         loop = asyncio.new_event_loop()
@@ -77,7 +127,7 @@ class FakeEngine:
         loop.close()
 
     async def _start_app(self) -> None:
-        app = web.Application()
+        app = web.Application(middlewares=[self._after_request])
         r = app.router
         r.add_get("/_ping", self._ping)
         r.add_get("/v1.41/info", self._info)
@@ -95,7 +145,20 @@ class FakeEngine:
         await self._runner.setup()
         await web.UnixSite(self._runner, self.socket_path).start()
 
+    @web.middleware
+    async def _after_request(
+        self, request: web.Request, handler: Callable[[web.Request], Any]
+    ) -> web.StreamResponse:
+        try:
+            response: web.StreamResponse = await handler(request)
+            return response
+        finally:
+            self._check_conditions()
+
     async def _shutdown(self) -> None:
+        self._gate().set()  # a test that failed with a pull held back
+        for _, done in self._conditions:
+            done.cancel()
         for q in self._subscribers:
             q.put_nowait({})
         if self._runner is not None:
@@ -113,8 +176,14 @@ class FakeEngine:
             "time": int(time.time()),
             "timeNano": time.time_ns(),
         }
+        self.last_event[cid] = action
         for q in self._subscribers:
             q.put_nowait(event)
+
+    def replay(self, cid: str) -> None:
+        """The container's last event once more, as the engine replays events after a
+        reconnection (a duplicate the executor must take in its stride)."""
+        self.emit(cid, self.last_event[cid])
 
     def set_health(self, cid: str, status: str) -> None:
         self.containers[cid]["State"]["Health"] = {"Status": status}
@@ -189,6 +258,8 @@ class FakeEngine:
         c = self._find(request.match_info["id"])
         if c is None:
             return _error(404, f"No such container: {request.match_info['id']}")
+        if c["State"]["Running"]:
+            self.running_inspects[c["Id"]] = self.running_inspects.get(c["Id"], 0) + 1
         return web.json_response(c)
 
     async def _start(self, request: web.Request) -> web.Response:
@@ -251,7 +322,7 @@ class FakeEngine:
         resp = web.StreamResponse()
         resp.content_type = "application/json"
         await resp.prepare(request)
-        await asyncio.sleep(self.pull_delay_s)
+        await self._gate().wait()
         made = self.pullable.get(key)
         if made is None:
             line = {"errorDetail": {"message": "pull access denied"}, "error": "pull access denied"}
@@ -281,7 +352,3 @@ class FakeEngine:
 
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"message": message}, status=status)
-
-
-async def _call(fn: Callable[[], Any]) -> Any:
-    return fn()

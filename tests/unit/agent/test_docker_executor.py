@@ -1,7 +1,11 @@
 """The docker executor against a fake engine (fake_engine.py): health-gated start,
 unhealthy and destroyed containers, exit status, adoption without a second container,
 pulls (one per image, with the task's credentials), ownership by agent label, logs,
-and what the node reports."""
+and what the node reports.
+
+Nothing sleeps: a test that shows something does not happen first waits for the
+executor to have seen the container's state and gone back to waiting for its events
+(`until_waiting`); a pull is held back until every task waits on it."""
 
 from __future__ import annotations
 
@@ -22,14 +26,13 @@ from shoal.types.meta import TaskMeta
 from shoal.types.service import ContainerSpec, HealthConfig, TaskSpec
 from shoal.types.task import Task, TaskState, TaskStatus
 
+from .awaiting import suspended_in, until
 from .fake_engine import FakeEngine
 
 IMAGE = "busybox:1"
 HOSTNAME = "node-a"
 # Bound on every wait, so a bug fails a test instead of hanging it.
 WAIT_S = 10.0
-# How long a test lets the executor run to show that something does not happen.
-SETTLE_S = 0.3
 
 
 @pytest.fixture
@@ -83,6 +86,32 @@ def only_container(engine: FakeEngine) -> dict[str, Any]:
     return c
 
 
+async def until_waiting(engine: FakeEngine, pending: asyncio.Future[Any]) -> str:
+    """Return (with the container's ID) once the executor, busy with `pending` (a start
+    or a wait), has seen the only container running and gone back to waiting for its
+    events: after the engine has answered an inspect showing it running, the engine
+    replays the container's last event, and the executor asks for its state again (so
+    it did not end `pending` on what it saw). Returns at once if `pending` ends first:
+    the test's assertions then say what went wrong."""
+    cid: str = engine.call(lambda: only_container(engine)["Id"])
+    seen: int = engine.call(lambda: engine.running_inspects.get(cid, 0))
+
+    async def inspected(times: int) -> None:
+        answered = asyncio.wrap_future(
+            engine.when(lambda: engine.running_inspects.get(cid, 0) >= seen + times)
+        )
+        try:
+            await asyncio.wait({answered, pending}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            answered.cancel()
+
+    await inspected(1)
+    if not pending.done():
+        engine.call(lambda: engine.replay(cid))
+        await inspected(2)
+    return cid
+
+
 def test_start_without_healthcheck_runs_named_and_labelled(
     engine: FakeEngine, tmp_path: Path
 ) -> None:
@@ -105,9 +134,9 @@ def test_start_waits_until_healthy(engine: FakeEngine, tmp_path: Path) -> None:
         c = x.controller(*make_task(health_check=HealthConfig(test=["CMD", "true"])))
         await c.prepare()
         starting = asyncio.ensure_future(c.start())
-        await asyncio.sleep(SETTLE_S)
+        cid = await until_waiting(engine, starting)
         assert not starting.done()  # running, but not healthy yet
-        engine.call(lambda: engine.set_health(only_container(engine)["Id"], "healthy"))
+        engine.call(lambda: engine.set_health(cid, "healthy"))
         assert (await starting).running
 
     run(engine, tmp_path, test)
@@ -120,8 +149,8 @@ def test_unhealthy_before_healthy_fails_the_start_and_stops_it(
         c = x.controller(*make_task(health_check=HealthConfig(test=["CMD", "false"])))
         await c.prepare()
         starting = asyncio.ensure_future(c.start())
-        await asyncio.sleep(SETTLE_S)
-        engine.call(lambda: engine.set_health(only_container(engine)["Id"], "unhealthy"))
+        cid = await until_waiting(engine, starting)
+        engine.call(lambda: engine.set_health(cid, "unhealthy"))
         with pytest.raises(
             ExecutorError, match=r"^task: non-zero exit \(143\): unhealthy container$"
         ):
@@ -137,9 +166,9 @@ def test_wait_returns_the_exit_status(engine: FakeEngine, tmp_path: Path) -> Non
         await c.prepare()
         await c.start()
         waiting = asyncio.ensure_future(c.wait())
-        await asyncio.sleep(SETTLE_S)
+        cid = await until_waiting(engine, waiting)
         assert not waiting.done()
-        engine.call(lambda: engine.exit(only_container(engine)["Id"], 137, oom=True))
+        engine.call(lambda: engine.exit(cid, 137, oom=True))
         assert await waiting == ExitStatus(exit_code=137, signal=9, oom_killed=True)
 
     run(engine, tmp_path, test)
@@ -150,12 +179,11 @@ def test_turning_unhealthy_ends_the_task(engine: FakeEngine, tmp_path: Path) -> 
         c = x.controller(*make_task(health_check=HealthConfig(test=["CMD", "true"])))
         await c.prepare()
         starting = asyncio.ensure_future(c.start())
-        await asyncio.sleep(SETTLE_S)
-        cid = only_container(engine)["Id"]
+        cid = await until_waiting(engine, starting)
         engine.call(lambda: engine.set_health(cid, "healthy"))
         await starting
         waiting = asyncio.ensure_future(c.wait())
-        await asyncio.sleep(SETTLE_S)
+        await until_waiting(engine, waiting)
         engine.call(lambda: engine.set_health(cid, "unhealthy"))
         with pytest.raises(ExecutorError, match="unhealthy container"):
             await waiting
@@ -170,8 +198,8 @@ def test_a_removed_container_fails_the_wait(engine: FakeEngine, tmp_path: Path) 
         await c.prepare()
         await c.start()
         waiting = asyncio.ensure_future(c.wait())
-        await asyncio.sleep(SETTLE_S)
-        engine.call(lambda: engine.destroy(only_container(engine)["Id"]))
+        cid = await until_waiting(engine, waiting)
+        engine.call(lambda: engine.destroy(cid))
         with pytest.raises(ExecutorError, match=ERR_DESTROYED):
             await waiting
 
@@ -212,13 +240,19 @@ def test_known_task_ids_are_this_agents_only(engine: FakeEngine, tmp_path: Path)
 
 def test_missing_image_is_pulled_once_with_credentials(engine: FakeEngine, tmp_path: Path) -> None:
     engine.pullable["127.0.0.1:5000/app:1"] = "127.0.0.1:5000/app:1"
-    engine.pull_delay_s = SETTLE_S
+    engine.hold_pulls()
 
     async def test(x: DockerExecutor) -> None:
         tasks = [
             make_task(f"t{i}", slot=i, image="127.0.0.1:5000/app:1", auth="e30=") for i in range(5)
         ]
-        await asyncio.gather(*(x.controller(*t).prepare() for t in tasks))
+        preparing = [asyncio.create_task(x.controller(*t).prepare()) for t in tasks]
+        # The pull finishes once every task has found the image missing and waits for it.
+        await until(
+            lambda: all(suspended_in(p, DockerExecutor.pull) or p.done() for p in preparing)
+        )
+        engine.release_pulls()
+        await asyncio.gather(*preparing)
         assert engine.pulls == [("127.0.0.1:5000/app", "1", "e30=")]
         assert len(engine.containers) == 5
 

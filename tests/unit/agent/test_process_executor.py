@@ -2,11 +2,15 @@
 
 Every test stops what it started; an autouse fixture then checks that no shim of the
 test is left and that no child of the test process is left unreaped.
+
+Nothing sleeps: a process's exit is awaited through a pidfd, and a test that shows a
+wait does not end waits until the waiter blocks on the shim's exit (awaiting.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import select
 import signal
@@ -32,6 +36,8 @@ from shoal.agent.executor.process import (
 from shoal.types.agent import LogMessage, LogOptions
 from shoal.types.service import ContainerSpec, TaskSpec
 from shoal.types.task import Task, TaskState, TaskStatus
+
+from .awaiting import all_exited, exited, open_pidfds, suspended_in, until
 
 HOSTNAME = "node-1"
 # Bound on every wait in these tests, so a bug fails a test instead of hanging it.
@@ -196,6 +202,8 @@ def no_leftover_processes(tmp_path: Path) -> Iterator[None]:
             zombies.append(entry.name)
     for pid in _recorded_task_pids(tmp_path, since):
         leftovers.setdefault(pid, Path(f"/proc/{pid}/cmdline").read_bytes())
+    # Opened before the kill: a pidfd stays the process's, whatever reuses its pid.
+    pidfds = open_pidfds(leftovers)
     for pid in leftovers:
         try:
             # a task process leads its own group: its children go with it
@@ -205,9 +213,7 @@ def no_leftover_processes(tmp_path: Path) -> Iterator[None]:
                 os.kill(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-    deadline = time.monotonic() + WAIT_S
-    while any(alive(pid) for pid in leftovers) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    all_exited(pidfds, WAIT_S)
     assert not leftovers, f"left running (killed now): {leftovers}"
     assert not zombies, zombies
 
@@ -434,10 +440,8 @@ def test_leftover_processes_die_with_the_task(tmp_path: Path) -> None:
         assert await wait(controller) == ExitStatus(exit_code=0)
         (message,) = await collect(controller)
         leftover = int(message.data)
-        for _ in range(100):
-            if not alive(leftover):
-                break
-            await asyncio.sleep(0.01)
+        with contextlib.suppress(TimeoutError):
+            await exited(leftover, WAIT_S)
         assert not alive(leftover)
 
     run(tmp_path, body)
@@ -471,7 +475,10 @@ def test_adoption_by_a_new_executor(tmp_path: Path) -> None:
         assert state.running and state.pid == pid
         assert (await adopted.start()).pid == pid  # no second process
         waiter = asyncio.create_task(adopted.wait())
-        await asyncio.sleep(0.1)
+        # Until it waits for the shim's exit (or, wrongly, returns without).
+        await until(
+            lambda: waiter.done() or suspended_in(waiter, ProcessController._wait_shim_exit)
+        )
         assert not waiter.done()
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
@@ -495,7 +502,7 @@ async def main():
     await controller.prepare()
     state = await controller.start()
     print(state.pid, flush=True)
-    await asyncio.sleep(1000)
+    await asyncio.Event().wait()  # until the test kills it
 
 asyncio.run(main())
 """
