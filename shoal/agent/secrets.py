@@ -15,7 +15,10 @@ private mount namespace, which its shim enters before it starts the task (shim.p
 the host's directory and whose upper layer is on that tmpfs, so a target may be
 anywhere, even in a directory the host lacks, and nothing is written to the host's
 filesystem; then `/run/secrets` is made read-only. Mounts below such a directory on
-the host are not visible to the task through the overlay.
+the host are not visible to the task through the overlay. A target directly under /
+(`/<name>`, Docker's default for configs) needs a mount point the host lacks: the task
+then gets a root of its own, a directory on that tmpfs holding those files and a
+recursive bind mount of every directory of the host's / (shim.py `enter_root`).
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ SECRETS_DIR = "/run/secrets"
 DEPS_DIR = "deps"
 # Size bound of a task's tmpfs: its secrets (< 500 KiB each) and configs (< 1000 KiB).
 DEPS_TMPFS_SIZE = "64m"
+# On the task's tmpfs: its root directory, when a target lies directly under /.
+NEW_ROOT_DIR = "root"
 DEFAULT_SECRET_MODE = 0o444
 DEFAULT_CONFIG_MODE = 0o444
 
@@ -97,11 +102,22 @@ def prepare(task_dir: Path, files: list[tuple[str, bytes, int, int, int]]) -> li
     tops: set[str] = set()
     for target, data, uid, gid, mode in files:
         parts = Path(target).parts
-        if len(parts) < 3:
-            raise ExecutorError(
-                f"target {target}: the process runtime needs a target below a top-level "
-                "directory (such as /etc/...)"
-            )
+        if len(parts) < 2:
+            raise ExecutorError(f"invalid mount target, must be an absolute path: {target}")
+        if len(parts) == 2:
+            # Directly under / (Docker's default config target, `/<name>`): the task
+            # gets a root of its own on the tmpfs (shim.enter_root).
+            if os.path.isdir(target):
+                raise ExecutorError(
+                    f"invalid mount target {target}: it is a directory on this node"
+                )
+            new_root = root / NEW_ROOT_DIR
+            if not mounts or "root" not in mounts[0]:
+                new_root.mkdir(mode=0o755, exist_ok=True)
+                os.chmod(new_root, 0o755)
+                mounts.insert(0, {"root": str(new_root)})
+            _write(new_root / parts[1], data, uid, gid, mode)
+            continue
         top = parts[1]
         upper = root / top / "upper"
         if top not in tops:
