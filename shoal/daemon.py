@@ -246,6 +246,9 @@ class Daemon:
             return 0, 0
         return self._agent.task_counts()
 
+    def dependency_counts(self) -> dict[str, int]:
+        return {} if self._agent is None else self._agent.dependency_counts()
+
     # paths ------------------------------------------------------------------------------------
     @property
     def _swarm_dir(self) -> Path:

@@ -33,6 +33,9 @@ from shoal.types.task import TaskState, TaskStatus, stub_task
 REPORT_INTERVAL_S = 0.05
 REPORT_MAX_BATCH = 10_000
 # A failed session is retried after a backoff doubling between these bounds.
+# The kinds of Dependency.key ("secret:<id>", "config:<id>").
+DEP_SECRET = "secret"
+DEP_CONFIG = "config"
 SESSION_BACKOFF_MIN_S = 0.1
 SESSION_BACKOFF_MAX_S = 8.0
 
@@ -60,6 +63,9 @@ class Agent:
         self._status_ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        # Payloads of secrets and configs the dispatcher sent this node, by kind: a
+        # node that runs no task needing one never gets it (docker info shows these).
+        self._deps_received = {DEP_SECRET: 0, DEP_CONFIG: 0}
 
     # lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -137,6 +143,15 @@ class Agent:
             deps.clear()
         for d in assignment.dependencies:
             deps[d.key] = d
+            kind = d.key.partition(":")[0]
+            if kind in self._deps_received:
+                self._deps_received[kind] += 1
+        if assignment.dependencies or assignment.removed_dependencies:
+            log.debug(
+                "dependencies changed",
+                received=[d.key for d in assignment.dependencies],
+                removed=list(assignment.removed_dependencies),
+            )
         if assignment.full:
             wanted = {a.task.id for a in assignment.tasks}
             for tid in list(self._runners):
@@ -207,8 +222,22 @@ class Agent:
         running = sum(1 for r in self._runners.values() if r.state == TaskState.RUNNING)
         return running, len(self._runners)
 
+    def dependency_counts(self) -> dict[str, int]:
+        """Secrets and configs: held now (in memory) and received since the start."""
+        held = [key.partition(":")[0] for key in self.executor.dependencies]
+        return {
+            "secrets_held": held.count(DEP_SECRET),
+            "secrets_received": self._deps_received[DEP_SECRET],
+            "configs_held": held.count(DEP_CONFIG),
+            "configs_received": self._deps_received[DEP_CONFIG],
+        }
+
     def statistics(self) -> dict[str, int]:
-        return {"tasks": len(self._runners), "pending_reports": len(self._statuses)}
+        return {
+            "tasks": len(self._runners),
+            "pending_reports": len(self._statuses),
+            **self.dependency_counts(),
+        }
 
 
 async def discard_task(executor: Executor, task_id: str) -> None:

@@ -153,6 +153,19 @@ def swarm_info(request: web.Request) -> dict[str, Any]:
     return out
 
 
+# `docker info` lines (under "Storage Driver") for the agent's dependency counts.
+DRIVER_STATUS_KEYS = (
+    ("Secrets held", "secrets_held"),
+    ("Secrets received", "secrets_received"),
+    ("Configs held", "configs_held"),
+    ("Configs received", "configs_received"),
+)
+
+
+def _driver_status(counts: dict[str, int]) -> list[list[str]]:
+    return [[label, str(counts[key])] for label, key in DRIVER_STATUS_KEYS if key in counts]
+
+
 async def info(request: web.Request) -> web.Response:
     d = context(request)
     running, total = d.running_tasks()
@@ -166,7 +179,8 @@ async def info(request: web.Request) -> web.Response:
             "ContainersStopped": total - running,
             "Images": 0,
             "Driver": d.runtime,
-            "DriverStatus": [],
+            # shown by `docker info` under the storage driver: what this node holds
+            "DriverStatus": _driver_status(d.dependency_counts()),
             "Plugins": {"Volume": [], "Network": [], "Authorization": None, "Log": []},
             "MemoryLimit": True,
             "SwapLimit": False,

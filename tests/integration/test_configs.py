@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import secrets
 from collections.abc import Iterator
+from pathlib import Path
 
 import docker
 import pytest
 from docker.types import ConfigReference
 
-from .harness import Daemon, parse_table
+from .harness import Daemon, parse_table, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -121,3 +124,28 @@ def test_templated_config_per_task(configs_cluster: Daemon) -> None:
     import os
 
     assert not os.path.exists("/etc/app/conf.yml")
+
+
+def test_default_target_directly_under_root(configs_cluster: Daemon, tmp_path: Path) -> None:
+    """Docker's default config target is /<name>: the task gets a root of its own
+    (on its tmpfs) where the config sits beside every directory of the host's /."""
+    d = configs_cluster
+    name = f"shoal-it-{secrets.token_hex(4)}"  # no such file on the host's /
+    d.docker("config", "create", name, "-", input="a=1\n")
+    d.docker("secret", "create", "beside", "-", input="s-value")
+    d.docker(
+        "service", "create", "--detach", "--name", "rooted",
+        "--config", name, "--secret", "beside", "--workdir", str(tmp_path),
+        "busybox", "sh", "-c", f"cat /{name} /run/secrets/beside > seen; exec sleep 1000",
+    )  # fmt: skip
+    refs = d.service("rooted")["Spec"]["TaskTemplate"]["ContainerSpec"]["Configs"]
+    assert refs[0]["File"]["Name"] == name  # the CLI's default: /<name> on Linux
+    (pid,) = d.wait_processes("rooted", 1, argv=["sleep", "1000"]).values()
+    wait_until(lambda: (tmp_path / "seen").exists(), what="the task to read its files")
+    assert (tmp_path / "seen").read_text() == "a=1\ns-value"
+    # Seen from the host through the task's root; nothing of it on the host's /.
+    assert Path(f"/proc/{pid}/root/{name}").read_text() == "a=1\n"
+    assert oct(Path(f"/proc/{pid}/root/{name}").stat().st_mode & 0o777) == oct(0o444)
+    assert not os.path.lexists(f"/{name}")
+    with open("/proc/self/mounts") as f:
+        assert str(d.data_dir) not in f.read()

@@ -57,9 +57,13 @@ class ManagerOnly:
     node_addr = "127.0.0.1"
     manager_addr = "127.0.0.1:2377"
     remote_managers: list[str] = []
+    locked = False  # no autolock here
 
     def running_tasks(self) -> tuple[int, int]:
         return 0, 0
+
+    def dependency_counts(self) -> dict[str, int]:
+        return {}
 
     async def swarm_init(self, request: SwarmInitRequest) -> str:
         raise NotImplementedError

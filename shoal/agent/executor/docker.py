@@ -19,6 +19,10 @@ Image policy: a task runs the image its spec names. When the engine already has 
 reference (a digest pinned by the manager, or a tag) nothing is pulled; otherwise it is
 pulled first. Swarm pulls tags on every start; the manager pins digests (the CLI asks
 `/distribution`), so a new digest is what triggers a pull here.
+
+Secrets and configs go as dockerd mounts them: onto a tmpfs of the task's own
+(`<agent dir>/deps/<task id>`), read-only, each file bind-mounted read-only at its
+target (shoal/agent/secrets.py); the tmpfs goes when the container is removed.
 """
 
 from __future__ import annotations
@@ -26,12 +30,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import platform
 import secrets
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from shoal.agent import secrets as task_secrets
 from shoal.agent.executor.base import ExecutorError, ExitStatus, RuntimeState
 from shoal.agent.executor.docker_engine import (
     DEFAULT_ENGINE_HOST,
@@ -65,6 +71,8 @@ from shoal.types.task import Task
 
 EXECUTOR_NAME = "docker"
 AGENT_ID_FILE = "docker-agent-id"
+# Under the agent's data dir: one tmpfs per task that has secrets or configs.
+DEPS_DIR = "deps"
 AGENT_ID_BYTES = 16
 # Container creates and starts in flight at once: enough to keep the engine busy (it
 # is the bottleneck), few enough not to swamp it.
@@ -122,7 +130,7 @@ class DockerExecutor:
     ) -> None:
         self.data_dir = Path(data_dir)
         self.hostname = hostname
-        # secrets and configs reach containers in a later step (docs/secrets.md)
+        self.deps_dir = self.data_dir / DEPS_DIR
         self.dependencies: dict[str, Dependency] = {}
         self.engine_labels = dict(engine_labels)
         self.host = host
@@ -188,6 +196,10 @@ class DockerExecutor:
             return []
         ids = {str((c.get("Labels") or {}).get(LABEL_TASK_ID) or "") for c in found}
         ids.discard("")
+        # A task whose container is gone may still hold its secrets tmpfs: known too, so
+        # the agent removes it (and the tmpfs with it).
+        with contextlib.suppress(OSError):
+            ids.update(p.name for p in self.deps_dir.iterdir())
         return sorted(ids)
 
     async def close(self) -> None:
@@ -251,6 +263,7 @@ class DockerController:
         self.meta = meta
         self._x = executor
         self._engine = executor.client
+        self._deps = executor.deps_dir / task.id
         self._cid: str | None = None
         # True once prepare() created the container (so start() need not look first).
         self._created_here = False
@@ -315,6 +328,10 @@ class DockerController:
         body = create_body(self.task, node, self._x.agent_id, self.meta.service_name)
         image = str(body["Image"])
         await self._ensure_image(image)
+        files = task_secrets.files_of(self.task, self._x.dependencies, self._template_context(body))
+        if files:
+            binds = await asyncio.to_thread(task_secrets.prepare_binds, self._deps, files)
+            body["HostConfig"]["Mounts"].extend(binds)
         for attempt in range(2):
             try:
                 async with self._x.starts:
@@ -437,13 +454,13 @@ class DockerController:
 
     async def remove(self) -> None:
         info = await self._find()
-        if info is None:
-            return
-        try:
-            await self._engine.remove_container(str(info["Id"]))
-        except EngineError as e:
-            raise ExecutorError(e.message) from None
-        self._cid = None
+        if info is not None:
+            try:
+                await self._engine.remove_container(str(info["Id"]))
+            except EngineError as e:
+                raise ExecutorError(e.message) from None
+            self._cid = None
+        await asyncio.to_thread(task_secrets.release_binds, self._deps)
 
     async def logs(self, options: LogOptions) -> AsyncIterator[LogMessage]:
         if not options.stdout and not options.stderr:
@@ -475,6 +492,29 @@ class DockerController:
             raise ExecutorError(e.message) from None
 
     # --- helpers ------------------------------------------------------------------------
+
+    def _template_context(self, body: dict[str, Any]) -> dict[str, Any]:
+        """What config templates may name about this task (shoal/agent/templates.py)."""
+        t = self.task
+        node = self._x.node_info(t.node_id or "")
+        env = dict(str(e).partition("=")[::2] for e in body.get("Env") or [])
+        return {
+            "Service": {"ID": t.service_id, "Name": self.meta.service_name, "Labels": {}},
+            "Task": {
+                "ID": t.id,
+                "Name": task_name(t, self.meta.service_name),
+                "Slot": t.slot if t.slot is not None else "",
+            },
+            "Node": {
+                "ID": node.id,
+                "Hostname": node.hostname,
+                "Platform": {
+                    "OS": node.os,
+                    "Architecture": node.architecture or platform.machine(),
+                },
+            },
+            "env": env,
+        }
 
     def _grace_s(self) -> float:
         return stop_grace_s(self.task.spec.container_spec or ContainerSpec())

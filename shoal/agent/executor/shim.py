@@ -36,6 +36,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 SPEC_FILE = "spec.json"
@@ -192,6 +193,7 @@ MS_REMOUNT = 32
 MS_BIND = 4096
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
+MS_MOVE = 8192
 
 
 def enter_mounts(mounts: list[dict[str, str]]) -> None:
@@ -221,7 +223,9 @@ def enter_mounts(mounts: list[dict[str, str]]) -> None:
     check(libc.unshare(CLONE_NEWNS), "unshare")
     mount(None, "/", None, MS_REC | MS_PRIVATE, None)
     for m in mounts:
-        if "overlay" in m:
+        if "root" in m:
+            enter_root(m["root"], mount)
+        elif "overlay" in m:
             d = m["overlay"]
             opts = f"lowerdir={d},upperdir={m['upper']},workdir={m['work']}"
             mount("overlay", d, "overlay", MS_NODEV | MS_NOSUID, opts)
@@ -235,6 +239,34 @@ def enter_mounts(mounts: list[dict[str, str]]) -> None:
                 MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NODEV | MS_NOSUID | MS_NOEXEC,
                 None,
             )
+
+
+def enter_root(
+    new: str, mount: Callable[[str | None, str, str | None, int, str | None], None]
+) -> None:
+    """Make `new` (a directory on the task's tmpfs, holding the files whose target is
+    directly under /) the root of this mount namespace: every entry of the host's / is
+    added to it (directories as recursive bind mounts, files bound, symlinks copied),
+    then `new` is moved onto / and the process chroots into it, as switch_root does.
+    Nothing is written to the host. Tools entering the namespace from outside need the
+    task's root too (`nsenter -m -r`, or /proc/<pid>/root)."""
+    mount(new, new, None, MS_BIND, None)
+    for name in sorted(os.listdir("/")):
+        src, dst = "/" + name, os.path.join(new, name)
+        if os.path.lexists(dst):
+            continue  # the task's own file
+        if os.path.islink(src):
+            os.symlink(os.readlink(src), dst)
+        elif os.path.isdir(src):
+            os.mkdir(dst, 0o755)
+            mount(src, dst, None, MS_BIND | MS_REC, None)
+        elif os.path.isfile(src):
+            os.close(os.open(dst, os.O_WRONLY | os.O_CREAT, 0o600))
+            mount(src, dst, None, MS_BIND, None)
+    os.chdir(new)
+    mount(new, "/", None, MS_MOVE, None)
+    os.chroot(".")
+    os.chdir("/")
 
 
 def run(task_dir: str) -> None:

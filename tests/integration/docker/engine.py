@@ -381,8 +381,25 @@ class DockerDaemon(Daemon):
             except (AssertionError, OSError, subprocess.SubprocessError) as e:
                 self._log(f"teardown could not clean the engine: {e}")
         finally:
+            # The secrets tmpfs of tasks whose containers were removed here rather than
+            # by the daemon: unmounted before the directory goes.
+            for mount_point in mounts_under(self.root):
+                self._log(f"teardown unmounts {mount_point}")
+                subprocess.run(["umount", "-l", mount_point], check=False, capture_output=True)
             leftovers = super().cleanup()
         return leftovers
+
+
+def mounts_under(root: Path) -> list[str]:
+    """Mount points at or below `root` in this mount namespace, deepest first."""
+    prefix = str(root.resolve())
+    found = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            point = line.split()[4].encode().decode("unicode_escape")
+            if point == prefix or point.startswith(prefix + "/"):
+                found.append(point)
+    return sorted(found, key=len, reverse=True)
 
 
 # make(node_name=None, start=True) -> a DockerDaemon (the `docker_daemon_factory` fixture)
