@@ -43,8 +43,8 @@ def line(type_: str, action: str, id_: str, **attributes: str) -> str:
 class LiveEvents:
     """A running `docker events`, its output lines read as they come."""
 
-    def __init__(self, daemon: Daemon, *args: str) -> None:
-        self.proc = daemon.docker_popen("events", "--format", FORMAT, *args)
+    def __init__(self, daemon: Daemon, *args: str, fmt: str = FORMAT) -> None:
+        self.proc = daemon.docker_popen("events", "--format", fmt, *args)
         self.lines: queue.Queue[str | None] = queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
