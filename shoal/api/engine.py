@@ -154,6 +154,15 @@ class EngineProxy:
             await resp.write_eof()
         return resp
 
+    async def get(self, raw_path: str) -> aiohttp.ClientResponse:
+        """GET `raw_path` (path and query) from the engine, for a caller that reads the
+        answer itself (and closes it)."""
+        self.requests += 1
+        try:
+            return await self.session.get(URL(self._base + raw_path, encoded=True))
+        except (aiohttp.ClientConnectionError, OSError) as e:
+            raise Internal(ENGINE_UNREACHABLE.format(host=self.host)) from e
+
     # --- hijacked connections ---------------------------------------------------------
 
     async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:

@@ -15,6 +15,7 @@ from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.log import get_logger
 from shoal.manager.allocator.allocator import Allocator
 from shoal.manager.dispatcher.dispatcher import Dispatcher
+from shoal.manager.events import EventLog
 from shoal.manager.logbroker import LogBroker
 from shoal.manager.loops import log_failure
 from shoal.manager.orchestrator.global_ import GlobalOrchestrator
@@ -41,6 +42,7 @@ class Manager:
         """`clock`: the one every loop reads and waits on (tests pass a FakeClock)."""
         self.store = store
         self.clock = clock
+        self.events = EventLog(store, clock)  # first: it watches from construction
         self.restarts = RestartSupervisor(store, clock)
         self.updates = UpdateSupervisor(store, clock)
         self.dispatcher = Dispatcher(store, clock)
@@ -51,6 +53,7 @@ class Manager:
         self.global_ = GlobalOrchestrator(store, self.restarts, self.updates, clock)
         self.reaper = TaskReaper(store, clock)
         self._loops: dict[str, _Loop] = {
+            "events": self.events,
             "dispatcher": self.dispatcher,
             "restarts": self.restarts,
             "allocator": self.allocator,
