@@ -52,6 +52,11 @@ class Decision:
     message: str = MSG_ASSIGNED
 
 
+ASSIGNED = TaskState.ASSIGNED.wire
+# The scheduler moves PENDING tasks to ASSIGNED, which the state machine allows it.
+assert can_transition(TaskState.PENDING, TaskState.ASSIGNED, Owner.SCHEDULER)
+
+
 def _needs_scheduling(task: Task) -> bool:
     return task.state == TaskState.PENDING and task.desired <= TaskState.RUNNING
 
@@ -322,6 +327,7 @@ class Scheduler:
             if t is None or not _needs_scheduling(t):
                 stale.append(d)
                 return
+            # (_needs_scheduling: the task is PENDING, which the scheduler may assign)
             if d.node_id is None:
                 if t.status.err == d.err and t.status.message == MSG_PENDING:
                     return
@@ -330,10 +336,8 @@ class Scheduler:
                 )
                 tx.update(msgspec.structs.replace(t, status=status))
                 return
-            if not can_transition(t.state, TaskState.ASSIGNED, Owner.SCHEDULER):
-                return
             status = msgspec.structs.replace(
-                t.status, state=TaskState.ASSIGNED.wire, message=d.message, err=None, timestamp=ts
+                t.status, state=ASSIGNED, message=d.message, err=None, timestamp=ts
             )
             tx.update(msgspec.structs.replace(t, node_id=d.node_id, status=status))
             assigned.append(d)
