@@ -18,6 +18,7 @@ from shoal.manager.dispatcher.dispatcher import Dispatcher
 from shoal.manager.logbroker import LogBroker
 from shoal.manager.loops import log_failure
 from shoal.manager.orchestrator.global_ import GlobalOrchestrator
+from shoal.manager.orchestrator.jobs import JobOrchestrator
 from shoal.manager.orchestrator.reaper import TaskReaper
 from shoal.manager.orchestrator.replicated import ReplicatedOrchestrator
 from shoal.manager.orchestrator.restart import RestartSupervisor
@@ -49,6 +50,7 @@ class Manager:
         self.allocator = Allocator(store, clock)
         self.replicated = ReplicatedOrchestrator(store, self.restarts, self.updates, clock)
         self.global_ = GlobalOrchestrator(store, self.restarts, self.updates, clock)
+        self.jobs = JobOrchestrator(store, self.restarts, self.updates, clock)
         self.reaper = TaskReaper(store, clock)
         self._loops: dict[str, _Loop] = {
             "dispatcher": self.dispatcher,
@@ -57,6 +59,7 @@ class Manager:
             "scheduler": self.scheduler,
             "replicated": self.replicated,
             "global": self.global_,
+            "jobs": self.jobs,
             "reaper": self.reaper,
         }
         self._tasks: list[asyncio.Task[None]] = []
