@@ -16,7 +16,12 @@ otherwise shut down (kept as history).
 - Global job: one task per eligible node (ready, active, meeting the constraints), on
   the nodes of the cluster and on every node that joins later. A node whose task
   completed, or failed for good, gets no other one in this run. Tasks on a node that is
-  down, drained or gone, or no longer meets the constraints, are shut down.
+  down, drained or gone, or no longer meets the constraints, are shut down. (SwarmKit's
+  global reconciler skips nodes created after the run started; shoal runs the job on
+  them too, as issue 11 asks and as the CLI's progress display expects.)
+
+What differs from a service: no updater (a new spec is a new run), and a failed task's
+slot or node whose restart policy gives up stays failed instead of getting a new task.
 """
 
 from __future__ import annotations
