@@ -36,15 +36,31 @@ def down_nodes(tx: ReadTx) -> set[str]:
 
 
 def service_status(tx: ReadTx, service: Service, down: set[str]) -> ServiceStatus:
-    """Running and desired task counts, as `docker service ls` shows them. Like dockerd,
-    a task still stopping counts as running; tasks on a `down` node do not count."""
+    """Running, desired and completed task counts, as `docker service ls` shows them.
+    Like dockerd, a task still stopping counts as running; tasks on a `down` node do
+    not count. For a job (SwarmKit's ListServiceStatuses) only the tasks of its current
+    run count: desired is MaxConcurrent for a replicated job, and for a global job the
+    tasks still to complete (the CLI shows `running/desired (completed/total)`)."""
     live = [t for t in tx.tasks_of_service(service.id) if t.node_id not in down]
+    if service.job_status is not None:
+        run = service.job_status.job_iteration
+        live = [t for t in live if t.job_iteration == run]
     running = sum(1 for t in live if t.state == TaskState.RUNNING)
-    if service.spec.mode and service.spec.mode.kind == "global":
+    completed = 0
+    mode = service.spec.mode
+    if mode and mode.replicated_job is not None:
+        desired = mode.replicated_job.max_concurrent or 0
+    elif mode and mode.global_job is not None:
+        desired = sum(
+            1 for t in live if t.desired == TaskState.COMPLETE and t.state != TaskState.COMPLETE
+        )
+    elif mode and mode.kind == "global":
         desired = sum(1 for t in live if t.desired == TaskState.RUNNING)
     else:
         desired = replicas_of(service)
-    return ServiceStatus(running_tasks=running, desired_tasks=desired)
+    if service.job_status is not None:
+        completed = sum(1 for t in live if t.state == TaskState.COMPLETE)
+    return ServiceStatus(running_tasks=running, desired_tasks=desired, completed_tasks=completed)
 
 
 def _matches(s: Service, f: filters.Filters) -> bool:

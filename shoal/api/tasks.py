@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from shoal.api import filters
@@ -96,10 +98,19 @@ async def list_tasks(request: web.Request) -> web.Response:
                 or view.task_meta(t.id).spec_version != view.service_meta(s.id).spec_version
             ):
                 continue
-        out.append(wire(t))
+        out.append(task_wire(t))
     return json_response(out)
 
 
 async def inspect(request: web.Request) -> web.Response:
     m = require_manager(request)
-    return json_response(wire(resolve_task(m.store.view(), request.match_info["id"])))
+    return json_response(task_wire(resolve_task(m.store.view(), request.match_info["id"])))
+
+
+def task_wire(t: Task) -> Any:
+    """A task as dockerd encodes it: its `Slot` is omitted when 0 (`omitempty`), which
+    only the first slot of a replicated job has."""
+    out = wire(t)
+    if out.get("Slot") == 0:
+        del out["Slot"]
+    return out

@@ -19,6 +19,7 @@ from shoal.manager.events import EventLog
 from shoal.manager.logbroker import LogBroker
 from shoal.manager.loops import log_failure
 from shoal.manager.orchestrator.global_ import GlobalOrchestrator
+from shoal.manager.orchestrator.jobs import JobOrchestrator
 from shoal.manager.orchestrator.reaper import TaskReaper
 from shoal.manager.orchestrator.replicated import ReplicatedOrchestrator
 from shoal.manager.orchestrator.restart import RestartSupervisor
@@ -51,6 +52,7 @@ class Manager:
         self.allocator = Allocator(store, clock)
         self.replicated = ReplicatedOrchestrator(store, self.restarts, self.updates, clock)
         self.global_ = GlobalOrchestrator(store, self.restarts, self.updates, clock)
+        self.jobs = JobOrchestrator(store, self.restarts, self.updates, clock)
         self.reaper = TaskReaper(store, clock)
         self._loops: dict[str, _Loop] = {
             "events": self.events,
@@ -60,6 +62,7 @@ class Manager:
             "scheduler": self.scheduler,
             "replicated": self.replicated,
             "global": self.global_,
+            "jobs": self.jobs,
             "reaper": self.reaper,
         }
         self._tasks: list[asyncio.Task[None]] = []

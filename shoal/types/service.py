@@ -213,9 +213,18 @@ class UpdateStatus(Model):
 
 
 class ServiceStatus(Model):
-    running_tasks: int = 0
-    desired_tasks: int = 0
-    completed_tasks: int = 0
+    # No defaults: dockerd always sends all three, zeros included.
+    running_tasks: int
+    desired_tasks: int
+    completed_tasks: int
+
+
+class JobStatus(Model):
+    """A job's execution: `JobIteration` grows by one each time the job runs again (an
+    update of its spec); the tasks of a run carry its iteration."""
+
+    job_iteration: Version  # always sent, `{}` at iteration 0, as dockerd does
+    last_execution: str | None = None
 
 
 class Service(Model):
@@ -228,6 +237,7 @@ class Service(Model):
     endpoint: Endpoint = Endpoint()
     update_status: UpdateStatus | None = None
     service_status: ServiceStatus | None = None
+    job_status: JobStatus | None = None
 
 
 class JoinTokens(Model):

@@ -141,6 +141,8 @@ class Task(Model, kw_only=True):
     node_id: str | None = msgspec.field(default=None, name="NodeID")
     status: TaskStatus
     desired_state: str
+    # The JobStatus.JobIteration of the job this task runs for; None for services.
+    job_iteration: Version | None = None
 
     @property
     def state(self) -> TaskState:

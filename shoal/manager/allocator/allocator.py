@@ -60,7 +60,7 @@ class Allocator:
         t = tx.get_task(task_id)
         if t is None or not can_transition(t.state, TaskState.PENDING, Owner.ALLOCATOR):
             return
-        if t.desired > TaskState.RUNNING:
+        if t.desired > TaskState.COMPLETE:  # a job's tasks are desired COMPLETE
             return  # removed before it was ever allocated; the reaper deletes it
         tx.update(set_status(t, TaskState.PENDING, MSG_PENDING))
         self.allocated += 1

@@ -65,10 +65,14 @@ def insert_defaults(spec: ServiceSpec) -> ServiceSpec:
         ),
         placement=tt.placement or Placement(),
     )
+    # A job has no update or rollback config (SwarmKit refuses one): none is made up.
+    job = spec.mode is not None and spec.mode.kind.endswith("-job")
     return msgspec.structs.replace(
         spec,
         task_template=tt,
-        update_config=_merge(spec.update_config, DEFAULT_UPDATE),
-        rollback_config=_merge(spec.rollback_config, DEFAULT_UPDATE),
+        update_config=spec.update_config if job else _merge(spec.update_config, DEFAULT_UPDATE),
+        rollback_config=(
+            spec.rollback_config if job else _merge(spec.rollback_config, DEFAULT_UPDATE)
+        ),
         endpoint_spec=_merge(spec.endpoint_spec, EndpointSpec(mode=DEFAULT_ENDPOINT_MODE)),
     )

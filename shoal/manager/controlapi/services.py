@@ -21,11 +21,14 @@ from shoal.manager.controlapi.secrets import check_references
 from shoal.manager.orchestrator.update import rollback_service
 from shoal.manager.scheduler import constraint
 from shoal.manager.store import ReadTx, Store, Tx
+from shoal.types.base import Version, format_time, now_ns
 from shoal.types.meta import ServiceMeta
 from shoal.types.service import (
     ContainerSpec,
     Endpoint,
     EndpointSpec,
+    JobStatus,
+    ReplicatedJob,
     ReplicatedService,
     Service,
     ServiceMode,
@@ -37,6 +40,7 @@ _DNS_NAME = re.compile(r"^[a-zA-Z0-9](?:[-_]*[A-Za-z0-9]+)*$")
 MAX_NAME_LENGTH = 63
 DEFAULT_ISOLATION = "default"
 DEFAULT_RUNTIME = "container"
+DEFAULT_MAX_CONCURRENT = 1
 
 
 def _validate_duration(name: str, value: int | None) -> None:
@@ -102,14 +106,42 @@ def validate(spec: ServiceSpec) -> ServiceSpec:
         mode = ServiceMode(replicated=ReplicatedService(replicas=1))
     if mode.replicated is not None and (mode.replicated.replicas or 0) < 0:
         raise invalid_argument("Replicas cannot be negative")
-    if mode.kind.endswith("-job"):
-        raise invalid_argument(f"service mode {mode.kind} is not supported yet")
+    if is_job(mode):
+        mode = _job_mode(mode)
+        if spec.update_config is not None:
+            raise invalid_argument("Jobs may not have an update config")
     ep = spec.endpoint_spec
     if ep is not None and ep.mode not in (None, "", "vip", "dnsrr"):
         raise invalid_argument(f"EndpointSpec: invalid mode {ep.mode!r}")
     cs = msgspec.structs.replace(cs, isolation=cs.isolation or DEFAULT_ISOLATION)
     tt = msgspec.structs.replace(tt, container_spec=cs, runtime=tt.runtime or DEFAULT_RUNTIME)
     return msgspec.structs.replace(spec, name=name, task_template=tt, mode=mode)
+
+
+def is_job(mode: ServiceMode | None) -> bool:
+    return mode is not None and mode.kind.endswith("-job")
+
+
+def _job_mode(mode: ServiceMode) -> ServiceMode:
+    """A replicated job's counts with dockerd's defaults filled in: MaxConcurrent 1,
+    TotalCompletions = MaxConcurrent (the API's documented defaults)."""
+    rj = mode.replicated_job
+    if rj is None:
+        return mode
+    if (rj.max_concurrent or 0) < 0:
+        raise invalid_argument("Maximum concurrent jobs must not be negative")
+    if (rj.total_completions or 0) < 0:
+        raise invalid_argument("Total completed jobs must not be negative")
+    concurrent = DEFAULT_MAX_CONCURRENT if rj.max_concurrent is None else rj.max_concurrent
+    total = concurrent if rj.total_completions is None else rj.total_completions
+    return ServiceMode(
+        replicated_job=ReplicatedJob(max_concurrent=concurrent, total_completions=total)
+    )
+
+
+def _job_status(iteration: int) -> JobStatus:
+    """A job's run number `iteration`, started now."""
+    return JobStatus(job_iteration=Version(index=iteration), last_execution=format_time(now_ns()))
 
 
 def _name_conflict(name: str) -> Conflict:
@@ -144,7 +176,12 @@ async def create_service(
         assert spec.name is not None
         if _name_taken(tx, spec.name):
             raise _name_conflict(spec.name)
-        service = Service(id=new_id(), spec=spec, endpoint=_endpoint(spec))
+        service = Service(
+            id=new_id(),
+            spec=spec,
+            endpoint=_endpoint(spec),
+            job_status=_job_status(0) if is_job(spec.mode) else None,
+        )
         check_references(tx, service)
         return tx.create(
             service,
@@ -196,9 +233,16 @@ async def update_service(
             meta = msgspec.structs.replace(meta, spec_version=tx.index)
         if registry_auth:
             meta = msgspec.structs.replace(meta, registry_auth=registry_auth)
+        job_status = current.job_status
+        if job_status is not None:  # every update of a job runs it again (SwarmKit)
+            job_status = _job_status(job_status.job_iteration.index + 1)
         return tx.update(
             msgspec.structs.replace(
-                current, spec=new_spec, previous_spec=current.spec, update_status=None
+                current,
+                spec=new_spec,
+                previous_spec=current.spec,
+                update_status=None,
+                job_status=job_status,
             ),
             meta,
         )

@@ -2,6 +2,8 @@
 
 Keeps `TaskHistoryRetentionLimit` finished tasks per slot (per node for global
 services), deletes tasks desired REMOVE once they stopped (or never reached a node).
+The tasks of a job's current run (desired COMPLETE) are not history: they are how the
+job counts its completions.
 
 Driven by task events only, as SwarmKit's: a change that may leave something to delete
 marks its slot (or task) dirty; the dirty set is reaped REAPER_BATCH_S after the first
@@ -128,7 +130,9 @@ def _reap_tx(tx: Tx, dirty: set[tuple[str, object]], removing: set[str]) -> tupl
     for sid in services:
         for t in tx.tasks_of_service(sid):
             key = (sid, t.slot if t.slot is not None else t.node_id)
-            if key in dirty and not is_runnable(t):
+            # A job's task still desired COMPLETE is its run's record (a completion,
+            # or a failure awaiting its restart): never history.
+            if key in dirty and not is_runnable(t) and t.desired != TaskState.COMPLETE:
                 groups[key].append(t)
     for history in groups.values():
         if len(history) <= limit:

@@ -42,6 +42,11 @@ def restart_condition(service: Service) -> str:
     return policy.condition if policy and policy.condition else DEFAULT_RESTART_CONDITION
 
 
+def run_state(task: Task) -> TaskState:
+    """The desired state that runs `task`: a job's task runs to COMPLETE (SwarmKit)."""
+    return TaskState.COMPLETE if task.job_iteration is not None else TaskState.RUNNING
+
+
 def restart_delay_ns(spec: TaskSpec | None) -> int:
     policy = spec.restart_policy if spec else None
     return policy.delay if policy and policy.delay is not None else DEFAULT_RESTART_DELAY_NS
@@ -74,7 +79,8 @@ def predecessor(tx: ReadTx, task: Task) -> Task | None:
         if t.id != task.id
         and t.slot == task.slot
         and (task.slot is not None or t.node_id == task.node_id)
-        and t.desired > TaskState.RUNNING
+        and t.job_iteration == task.job_iteration
+        and t.desired > run_state(t)
         and (t.created_at, t.id) < (task.created_at, task.id)
     ]
     return max(older, key=lambda t: (t.created_at, t.id), default=None)
@@ -170,7 +176,14 @@ class RestartSupervisor:
         node_id = task.node_id if task.slot is None else None  # global tasks stay on their node
         # Its timer is armed after commit, by run(), from the committed event; the
         # caller records the restart after commit too (`record`).
-        return create_task(tx, service, task.slot, node_id, desired=TaskState.READY)
+        return create_task(
+            tx,
+            service,
+            task.slot,
+            node_id,
+            desired=TaskState.READY,
+            job_iteration=task.job_iteration,
+        )
 
     def record(self, task: Task) -> None:
         """After commit: `task` was restarted by the policy (counted for max attempts)."""
@@ -185,6 +198,7 @@ class RestartSupervisor:
             for t in tx.tasks_of_service(task.service_id)
             if (t.slot, t.node_id if t.slot is None else None)
             == (task.slot, task.node_id if task.slot is None else None)
+            and t.job_iteration == task.job_iteration
         ]
 
     # held tasks ------------------------------------------------------------------------
@@ -292,7 +306,7 @@ class RestartSupervisor:
             def start(tx: Tx) -> None:
                 t = tx.get_task(task_id)
                 if t is not None and t.desired == TaskState.READY:
-                    tx.update(set_desired(t, TaskState.RUNNING))
+                    tx.update(set_desired(t, run_state(t)))
 
             await self._store.update(start)
         finally:

@@ -8,7 +8,7 @@ import msgspec
 
 from shoal.ids import new_id
 from shoal.manager.store import ReadTx, Tx
-from shoal.types.base import format_time, now_ns
+from shoal.types.base import Version, format_time, now_ns
 from shoal.types.meta import ServiceMeta, TaskMeta
 from shoal.types.node import Node
 from shoal.types.service import Service
@@ -23,9 +23,11 @@ def new_task(
     slot: int | None,
     node_id: str | None = None,
     desired: TaskState = TaskState.RUNNING,
+    job_iteration: Version | None = None,
 ) -> tuple[Task, TaskMeta]:
     """A NEW task for `service` (SwarmKit's NewTask: message "created"), and what shoal
-    keeps beside it, from the service's `meta`."""
+    keeps beside it, from the service's `meta`. A job's task carries the iteration of
+    the job's run it belongs to."""
     spec = service.spec.task_template
     assert spec is not None
     task = Task(
@@ -42,6 +44,7 @@ def new_task(
         ),
         desired_state=desired.wire,
         labels={},
+        job_iteration=job_iteration,
     )
     task_meta = TaskMeta(
         spec_version=meta.spec_version,
@@ -57,9 +60,12 @@ def create_task(
     slot: int | None,
     node_id: str | None = None,
     desired: TaskState = TaskState.RUNNING,
+    job_iteration: Version | None = None,
 ) -> Task:
     """Write a new task for `service` in `tx` (see new_task)."""
-    task, meta = new_task(service, tx.service_meta(service.id), slot, node_id, desired)
+    task, meta = new_task(
+        service, tx.service_meta(service.id), slot, node_id, desired, job_iteration
+    )
     return tx.create(task, meta)
 
 

@@ -58,7 +58,8 @@ assert can_transition(TaskState.PENDING, TaskState.ASSIGNED, Owner.SCHEDULER)
 
 
 def _needs_scheduling(task: Task) -> bool:
-    return task.state == TaskState.PENDING and task.desired <= TaskState.RUNNING
+    # A job's tasks are desired COMPLETE: they run too.
+    return task.state == TaskState.PENDING and task.desired <= TaskState.COMPLETE
 
 
 class Scheduler:
