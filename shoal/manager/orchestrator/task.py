@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Any
 
 import msgspec
 
@@ -23,9 +24,11 @@ def new_task(
     slot: int | None,
     node_id: str | None = None,
     desired: TaskState = TaskState.RUNNING,
+    default_log_driver: dict[str, Any] | None = None,
 ) -> tuple[Task, TaskMeta]:
     """A NEW task for `service` (SwarmKit's NewTask: message "created"), and what shoal
-    keeps beside it, from the service's `meta`."""
+    keeps beside it, from the service's `meta`; `default_log_driver` is the cluster's
+    TaskDefaults.LogDriver, which the task keeps if the service names none."""
     spec = service.spec.task_template
     assert spec is not None
     task = Task(
@@ -47,6 +50,7 @@ def new_task(
         spec_version=meta.spec_version,
         service_name=service.spec.name or "",
         registry_auth=meta.registry_auth,
+        default_log_driver=None if spec.log_driver else default_log_driver,
     )
     return task, task_meta
 
@@ -59,7 +63,10 @@ def create_task(
     desired: TaskState = TaskState.RUNNING,
 ) -> Task:
     """Write a new task for `service` in `tx` (see new_task)."""
-    task, meta = new_task(service, tx.service_meta(service.id), slot, node_id, desired)
+    cluster = tx.cluster()
+    defaults = cluster.spec.task_defaults if cluster is not None else None
+    log_driver = (defaults or {}).get("LogDriver") or None
+    task, meta = new_task(service, tx.service_meta(service.id), slot, node_id, desired, log_driver)
     return tx.create(task, meta)
 
 
