@@ -49,10 +49,12 @@ def _options(request: web.Request) -> LogOptions:
         raw = q.get(name, "")
         if not raw or raw == "0":
             return 0
-        try:
-            return int(float(raw) * 1e9)
-        except ValueError as e:
-            raise InvalidArgument(f"invalid {name} value {raw!r}") from e
+        # "<seconds>[.<nanoseconds>]", as the CLI sends it: parsed exactly (a float
+        # loses the nanoseconds, and `since` must include the line stamped with it).
+        secs, _, frac = raw.partition(".")
+        if not secs.lstrip("-").isdigit() or (frac and not frac.isdigit()):
+            raise InvalidArgument(f"invalid {name} value {raw!r}")
+        return int(secs) * 1_000_000_000 + int((frac + "000000000")[:9])
 
     stdout, stderr = bool_query(request, "stdout"), bool_query(request, "stderr")
     if not stdout and not stderr:
