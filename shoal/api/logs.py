@@ -3,12 +3,15 @@
 Each message is a frame `[stream, 0, 0, 0, size (uint32, big-endian)]` + payload, even
 for services (the CLI demultiplexes them). With `timestamps` the payload starts with an
 RFC 3339 time; with `details` then with the task's swarm labels, which the CLI turns
-into its `name.slot.task@node |` prefix.
+into its `name.slot.task@node |` prefix, and the log driver's extra attributes (which
+`docker service logs --details` shows): `k=v` pairs sorted by key, query-escaped, as
+dockerd writes them.
 """
 
 from __future__ import annotations
 
 import struct
+from urllib.parse import quote_plus
 
 from aiohttp import web
 
@@ -46,10 +49,12 @@ def _options(request: web.Request) -> LogOptions:
         raw = q.get(name, "")
         if not raw or raw == "0":
             return 0
-        try:
-            return int(float(raw) * 1e9)
-        except ValueError as e:
-            raise InvalidArgument(f"invalid {name} value {raw!r}") from e
+        # "<seconds>[.<nanoseconds>]", as the CLI sends it: parsed exactly (a float
+        # loses the nanoseconds, and `since` must include the line stamped with it).
+        secs, _, frac = raw.partition(".")
+        if not secs.lstrip("-").isdigit() or (frac and not frac.isdigit()):
+            raise InvalidArgument(f"invalid {name} value {raw!r}")
+        return int(secs) * 1_000_000_000 + int((frac + "000000000")[:9])
 
     stdout, stderr = bool_query(request, "stdout"), bool_query(request, "stderr")
     if not stdout and not stderr:
@@ -69,11 +74,14 @@ def frame(task: Task, m: LogMessage, timestamps: bool, details: bool) -> bytes:
     if timestamps:
         prefix += format_time(m.timestamp_ns).encode() + b" "
     if details:
-        prefix += (
-            f"com.docker.swarm.node.id={task.node_id},"
-            f"com.docker.swarm.service.id={task.service_id},"
-            f"com.docker.swarm.task.id={task.id} "
-        ).encode()
+        attrs = {
+            **(m.attrs or {}),
+            "com.docker.swarm.node.id": task.node_id or "",
+            "com.docker.swarm.service.id": task.service_id,
+            "com.docker.swarm.task.id": task.id,
+        }
+        pairs = (f"{quote_plus(k)}={quote_plus(v)}" for k, v in sorted(attrs.items()))
+        prefix += ",".join(pairs).encode() + b" "
     payload = prefix + m.data
     return _HEADER.pack(m.stream, len(payload)) + payload
 

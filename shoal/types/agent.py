@@ -67,6 +67,8 @@ class LogMessage(Model):
     timestamp_ns: int
     stream: int  # 1 stdout, 2 stderr
     data: bytes
+    # The log driver's extra attributes (`--log-opt env=...`), which `details` shows.
+    attrs: dict[str, str] | None = None
 
 
 class LogSource(Protocol):

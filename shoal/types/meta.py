@@ -10,6 +10,8 @@ is ever a field of a Docker object, so there is no list of fields to strip.
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 
@@ -31,6 +33,9 @@ class TaskMeta(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc
     # services, and which outlives the service.
     service_name: str = ""
     registry_auth: str | None = None
+    # The cluster's TaskDefaults.LogDriver when the task was made, for a service with no
+    # LogDriver of its own (SwarmKit's Task.LogDriver, which Docker's API does not show).
+    default_log_driver: dict[str, Any] | None = None
 
 
 NO_SERVICE_META = ServiceMeta()

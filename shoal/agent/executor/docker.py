@@ -36,6 +36,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote_plus
 
 from shoal.agent import secrets as task_secrets
 from shoal.agent.executor.base import ExecutorError, ExitStatus, RuntimeState
@@ -325,7 +326,13 @@ class DockerController:
         # Created by name, as Swarm does: the name holds the task ID, so a container an
         # earlier agent made for this task makes the create fail with a conflict.
         node = self._x.node_info(self.task.node_id or "")
-        body = create_body(self.task, node, self._x.agent_id, self.meta.service_name)
+        body = create_body(
+            self.task,
+            node,
+            self._x.agent_id,
+            self.meta.service_name,
+            self.meta.default_log_driver,
+        )
         image = str(body["Image"])
         await self._ensure_image(image)
         files = task_secrets.files_of(self.task, self._x.dependencies, self._template_context(body))
@@ -472,6 +479,7 @@ class DockerController:
             "stdout": "1" if options.stdout else "0",
             "stderr": "1" if options.stderr else "0",
             "timestamps": "1",
+            "details": "1",
             "follow": "1" if options.follow else "0",
             "tail": "all" if options.tail is None else str(max(options.tail, 0)),
         }
@@ -482,12 +490,20 @@ class DockerController:
         tty = bool((info.get("Config") or {}).get("Tty"))
         try:
             async for stream, payload in self._engine.logs(str(info["Id"]), params, tty):
-                stamp, sep, data = payload.partition(b" ")
+                # "<RFC 3339 time> <k=v,... attributes, maybe none> <line>"
+                stamp, sep, rest = payload.partition(b" ")
                 try:
                     ts = parse_time(stamp.decode()) if sep else now_ns()
                 except ValueError:
-                    ts, data = now_ns(), payload
-                yield LogMessage(task_id=self.task_id, timestamp_ns=ts, stream=stream, data=data)
+                    ts, rest = now_ns(), payload
+                raw_attrs, _, data = rest.partition(b" ")
+                yield LogMessage(
+                    task_id=self.task_id,
+                    timestamp_ns=ts,
+                    stream=stream,
+                    data=data,
+                    attrs=_parse_attrs(raw_attrs),
+                )
         except EngineError as e:
             raise ExecutorError(e.message) from None
 
@@ -542,6 +558,16 @@ def _unhealthy_error(status: ExitStatus) -> str:
     if status.exit_code:
         return f"task: non-zero exit ({status.exit_code}): {ERR_UNHEALTHY}"
     return ERR_UNHEALTHY
+
+
+def _parse_attrs(raw: bytes) -> dict[str, str] | None:
+    """The engine's `details` of a log line: query-escaped `k=v` pairs, comma-separated."""
+    attrs = {}
+    for pair in raw.decode(errors="replace").split(","):
+        key, sep, value = pair.partition("=")
+        if sep:
+            attrs[unquote_plus(key)] = unquote_plus(value)
+    return attrs or None
 
 
 def _engine_time(ns: int) -> str:

@@ -270,7 +270,13 @@ def _security_opts(privileges: dict[str, Any] | None) -> list[str]:
     return out
 
 
-def create_body(task: Task, node: NodeInfo, agent_id: str, service_name: str) -> dict[str, Any]:
+def create_body(
+    task: Task,
+    node: NodeInfo,
+    agent_id: str,
+    service_name: str,
+    default_log_driver: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The body of `POST /containers/create` for `task` of the service named
     `service_name` (Config with HostConfig)."""
     spec = task.spec.container_spec
@@ -346,7 +352,8 @@ def create_body(task: Task, node: NodeInfo, agent_id: str, service_name: str) ->
     reservations = resources.reservations if resources else None
     if reservations is not None and reservations.memory_bytes:
         host["MemoryReservation"] = reservations.memory_bytes
-    log_driver = task.spec.log_driver
+    # The service's, else the cluster's TaskDefaults.LogDriver when the task was made.
+    log_driver = task.spec.log_driver or default_log_driver
     if log_driver and log_driver.get("Name"):
         host["LogConfig"] = {
             "Type": log_driver["Name"],

@@ -23,6 +23,7 @@ import pwd
 import re
 import shutil
 import signal
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -31,11 +32,12 @@ from typing import Any
 
 import shoal
 from shoal.agent import secrets as task_secrets
-from shoal.agent.executor import shim
+from shoal.agent.executor import gelf, logdriver, shim
 from shoal.agent.executor.base import ExecutorError, ExitStatus, RuntimeState
 from shoal.types.agent import Dependency, LogMessage, LogOptions
+from shoal.types.base import format_time, now_ns
 from shoal.types.meta import NO_TASK_META, TaskMeta
-from shoal.types.node import EngineDescription, NodeDescription, NodeResources
+from shoal.types.node import EngineDescription, EnginePlugin, NodeDescription, NodeResources
 from shoal.types.service import ContainerSpec, Platform
 from shoal.types.task import Task
 
@@ -105,7 +107,7 @@ class ProcessExecutor:
             engine=EngineDescription(
                 engine_version=shoal.__version__,
                 labels=dict(self.engine_labels),
-                plugins=[],
+                plugins=[EnginePlugin(type="Log", name=n) for n in logdriver.PROCESS_DRIVERS],
             ),
         )
 
@@ -183,6 +185,7 @@ class ProcessController:
         self.spec = task.spec.container_spec or ContainerSpec()
         self._executor = executor
         self._dir = executor.tasks_dir / task.id
+        self._attrs: dict[str, str] | None = None  # of the log lines (logs())
 
     # --- the Controller protocol -----------------------------------------------------
 
@@ -204,6 +207,7 @@ class ProcessController:
         if (self._dir / shim.STARTED_FILE).exists():
             return  # prepared and started by an earlier call (or an earlier agent)
         launch = self._launch_spec()
+        launch["log"] = await self._log_config(launch)
         self._dir.mkdir(parents=True, exist_ok=True)
         files = task_secrets.files_of(
             self.task, self._executor.dependencies, self._template_context(launch)
@@ -303,6 +307,7 @@ class ProcessController:
         def wanted(ts: int, stream: int) -> bool:
             return stream in streams and ts >= since and (not until or ts <= until)
 
+        self._attrs = self._log_attrs() or None
         path = self._dir / shim.LOG_FILE
         offset = 0
         if options.tail is not None and options.tail >= 0:
@@ -352,6 +357,59 @@ class ProcessController:
                 env[key] = value
         check_executable(argv[0], env["PATH"], cwd)
         return {"argv": argv, "env": env, "cwd": cwd, "uid": uid, "gid": gid, "groups": groups}
+
+    async def _log_config(self, launch: dict[str, Any]) -> dict[str, Any]:
+        """spec.json's `log`: the driver, the extra attributes of its lines (which
+        `--details` shows) and, for gelf, the resolved endpoint and the message fields
+        (the task plays the container: its ID, its Swarm container name)."""
+        name, options = logdriver.of_task(self.task, self.meta)
+        logdriver.validate(name, options, logdriver.PROCESS_DRIVERS)
+        t = self.task
+        labels = {
+            **(self.spec.labels or {}),
+            "com.docker.swarm.node.id": t.node_id or "",
+            "com.docker.swarm.service.id": t.service_id,
+            "com.docker.swarm.service.name": self.meta.service_name,
+            "com.docker.swarm.task.id": t.id,
+        }
+        attrs = logdriver.attributes(options, labels, launch["env"])
+        config: dict[str, Any] = {"driver": name, "attrs": attrs}
+        if name != logdriver.GELF:
+            return config
+        scheme, host, port = gelf.parse_address(options["gelf-address"])
+        if scheme != "udp":
+            raise ExecutorError("gelf: the process runtime sends GELF over UDP only")
+        try:
+            found = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        except OSError as e:
+            raise ExecutorError(
+                "failed to initialize logging driver: gelf: cannot connect to GELF "
+                f"endpoint: {host}:{port}: {e}"
+            ) from None
+        slot = t.slot if t.slot is not None else t.node_id
+        info = {
+            "FullID": t.id,
+            "Name": f"{self.meta.service_name}.{slot}.{t.id}",
+            "ImageName": self.spec.image or "",
+            "Command": " ".join(launch["argv"]),
+            "Created": format_time(now_ns()),
+        }
+        config.update(
+            host=self._executor.hostname,
+            address=[found[0][4][0], port],
+            compression=options.get("gelf-compression-type", gelf.DEFAULT_COMPRESSION_TYPE),
+            level=int(options.get("gelf-compression-level", gelf.DEFAULT_COMPRESSION_LEVEL)),
+            extra=logdriver.gelf_extra(info, options, attrs),
+        )
+        return config
+
+    def _log_attrs(self) -> dict[str, str]:
+        """The extra attributes of the task's log lines, from its spec.json."""
+        try:
+            launch = json.loads((self._dir / shim.SPEC_FILE).read_bytes())
+            return {str(k): str(v) for k, v in (launch.get("log") or {})["attrs"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return {}
 
     # --- the shim and its files ----------------------------------------------------------
 
@@ -526,7 +584,9 @@ class ProcessController:
             ts, stream, data = shim.decode_record(line)
         except ValueError:
             return None  # a line torn by a crash: skip it rather than end the stream
-        return LogMessage(task_id=self.task_id, timestamp_ns=ts, stream=stream, data=data)
+        return LogMessage(
+            task_id=self.task_id, timestamp_ns=ts, stream=stream, data=data, attrs=self._attrs
+        )
 
     def _tail(
         self, path: Path, n: int, wanted: Callable[[int, int], bool]

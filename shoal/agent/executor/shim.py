@@ -6,15 +6,18 @@ agent (a restart, a `kill -9`) and a new agent adopts it by reading the task dir
 The shim talks to the agent only through files in that directory, never through a pipe:
 
     spec.json   what to run (written by the agent): argv, env, cwd, uid, gid, groups,
-                and the mounts of its private mount namespace (secrets and configs,
-                see shoal/agent/secrets.py), which the shim enters before the task starts
+                the mounts of its private mount namespace (secrets and configs,
+                see shoal/agent/secrets.py), which the shim enters before the task
+                starts, and `log`: the log driver ({"driver": "json-file" | "none"},
+                or "gelf" with where and how to send, see gelf.py)
     shim.pid    the shim's identity, written first: "<pid> <start time> <boot id>" (the
                 start time in clock ticks, as in /proc/<pid>/stat, so that a pid reused
                 by another process, even after a reboot, is not taken for the shim)
     pid         the task process's pid, once it has been exec'd
     log.jsonl   one JSON object per line of output: {"ts": <wall clock ns>,
                 "stream": 1 | 2, "data": <the bytes, decoded as UTF-8 with
-                surrogateescape and written with ASCII escapes>}
+                surrogateescape and written with ASCII escapes>}; also under gelf
+                (as Docker's dual logging keeps a local cache), not under `none`
     exit.json   {"exit_code": N, "signal": S | null} once the task has exited, or
                 {"exit_code": 127 | 126, "signal": null, "error": "..."} when it could
                 not be exec'd; written atomically, after the last log line
@@ -29,6 +32,7 @@ This module is also imported by the agent for the file names and the record form
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import select
@@ -37,6 +41,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
 SPEC_FILE = "spec.json"
@@ -100,15 +105,18 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
+Line = tuple[int, int, bytes]  # (timestamp ns, stream, data)
+
+
 class _LineSplitter:
-    """Cuts one stream's output into records: whole lines (newline kept), lines longer
+    """Cuts one stream's output into lines: whole lines (newline kept), lines longer
     than MAX_LINE_BYTES in pieces, and what is left at the end as a partial line."""
 
     def __init__(self, stream: int) -> None:
         self.stream = stream
         self.buf = bytearray()
 
-    def feed(self, data: bytes, ts_ns: int) -> list[bytes]:
+    def feed(self, data: bytes, ts_ns: int) -> list[Line]:
         self.buf += data
         records = []
         start = 0
@@ -120,17 +128,57 @@ class _LineSplitter:
                 stop = start + MAX_LINE_BYTES
             else:
                 break
-            records.append(encode_record(ts_ns, self.stream, bytes(self.buf[start:stop])))
+            records.append((ts_ns, self.stream, bytes(self.buf[start:stop])))
             start = stop
         del self.buf[:start]
         return records
 
-    def flush(self, ts_ns: int) -> list[bytes]:
+    def flush(self, ts_ns: int) -> list[Line]:
         if not self.buf:
             return []
-        record = encode_record(ts_ns, self.stream, bytes(self.buf))
+        line = (ts_ns, self.stream, bytes(self.buf))
         self.buf.clear()
-        return [record]
+        return [line]
+
+
+class _LogSink:
+    """Where the task's lines go, as its log driver says: log.jsonl (json-file, and
+    gelf's local cache), the GELF endpoint, or nowhere (none)."""
+
+    def __init__(self, log_fd: int, config: dict[str, Any]) -> None:
+        driver = config.get("driver", "json-file")
+        self.log_fd = log_fd if driver != "none" else None
+        self.gelf = _load_sibling("gelf").UDPSender(config) if driver == "gelf" else None
+
+    def write(self, lines: list[Line]) -> None:
+        if not lines:
+            return
+        if self.log_fd is not None:
+            _write_all(self.log_fd, b"".join(encode_record(*line) for line in lines))
+        if self.gelf is not None:
+            for ts_ns, stream, data in lines:
+                self.gelf.send(data, ts_ns, stream)
+
+    def close(self) -> None:
+        if self.gelf is not None:
+            if self.gelf.errors or self.gelf.dropped:
+                print(
+                    f"gelf: {self.gelf.errors} send errors, {self.gelf.dropped} messages "
+                    "too large to send",
+                    file=sys.stderr,
+                )
+            self.gelf.close()
+
+
+def _load_sibling(name: str) -> ModuleType:
+    """A stdlib-only module beside this file: run as a script with -I, the shim has no
+    package to import it from."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), name + ".py")
+    spec = importlib.util.spec_from_file_location(f"_shim_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _exec_error(e: BaseException, spec: dict[str, Any]) -> tuple[int, str]:
@@ -319,9 +367,11 @@ def run(task_dir: str) -> None:
     if pidfd is not None:
         poller.register(pidfd, select.POLLIN)
 
+    sink = _LogSink(log_fd, spec.get("log") or {})
+
     def pump(timeout_ms: int | None) -> bool:
         """Log what is ready to read; True when the pidfd says the task has exited."""
-        records: list[bytes] = []
+        records: list[Line] = []
         child_ready = False
         for fd, _events in poller.poll(timeout_ms):
             if fd == pidfd:
@@ -334,8 +384,7 @@ def run(task_dir: str) -> None:
                 records += splitters[fd].flush(time.time_ns())
                 poller.unregister(fd)
                 open_fds.discard(fd)
-        if records:
-            _write_all(log_fd, b"".join(records))
+        sink.write(records)
         return child_ready
 
     if pidfd is not None:
@@ -365,8 +414,8 @@ def run(task_dir: str) -> None:
     records = []
     for splitter in splitters.values():
         records += splitter.flush(time.time_ns())
-    if records:
-        _write_all(log_fd, b"".join(records))
+    sink.write(records)
+    sink.close()
     os.close(log_fd)
     proc.stdout.close()
     proc.stderr.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Any
 
 import msgspec
 
@@ -24,10 +25,12 @@ def new_task(
     node_id: str | None = None,
     desired: TaskState = TaskState.RUNNING,
     job_iteration: Version | None = None,
+    default_log_driver: dict[str, Any] | None = None,
 ) -> tuple[Task, TaskMeta]:
     """A NEW task for `service` (SwarmKit's NewTask: message "created"), and what shoal
     keeps beside it, from the service's `meta`. A job's task carries the iteration of
-    the job's run it belongs to."""
+    the job's run it belongs to; `default_log_driver` is the cluster's
+    TaskDefaults.LogDriver, which the task keeps if the service names none."""
     spec = service.spec.task_template
     assert spec is not None
     task = Task(
@@ -50,6 +53,7 @@ def new_task(
         spec_version=meta.spec_version,
         service_name=service.spec.name or "",
         registry_auth=meta.registry_auth,
+        default_log_driver=None if spec.log_driver else default_log_driver,
     )
     return task, task_meta
 
@@ -63,8 +67,11 @@ def create_task(
     job_iteration: Version | None = None,
 ) -> Task:
     """Write a new task for `service` in `tx` (see new_task)."""
+    cluster = tx.cluster()
+    defaults = cluster.spec.task_defaults if cluster is not None else None
+    log_driver = (defaults or {}).get("LogDriver") or None
     task, meta = new_task(
-        service, tx.service_meta(service.id), slot, node_id, desired, job_iteration
+        service, tx.service_meta(service.id), slot, node_id, desired, job_iteration, log_driver
     )
     return tx.create(task, meta)
 

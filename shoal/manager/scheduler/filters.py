@@ -51,6 +51,28 @@ class ResourceFilter(Filter):
         return f"insufficient resources on {nodes} nodes"
 
 
+class PluginFilter(Filter):
+    """SwarmKit's: the node must have the task's log driver among its Log plugins. A
+    node that reports no Log plugin at all is not turned away (an older engine), nor
+    is a task whose driver is unnamed or `none`. (Volume and network plugins: not yet.)"""
+
+    def set_task(self, task: Task) -> bool:
+        driver = task.spec.log_driver or {}
+        self.log_driver = str(driver.get("Name") or "")
+        return self.log_driver not in ("", "none")
+
+    def check(self, info: NodeInfo) -> bool:
+        engine = info.node.description.engine if info.node.description else None
+        names = [p.name for p in (engine.plugins if engine else None) or [] if p.type == "Log"]
+        wanted = self.log_driver
+        return not names or any(n == wanted or n == wanted + ":latest" for n in names)
+
+    def explain(self, nodes: int) -> str:
+        if nodes == 1:
+            return "missing plugin on 1 node"
+        return f"missing plugin on {nodes} nodes"
+
+
 class ConstraintFilter(Filter):
     def set_task(self, task: Task) -> bool:
         placement = task.spec.placement
@@ -137,6 +159,7 @@ def pipeline() -> list[Filter]:
     return [
         ReadyFilter(),
         ResourceFilter(),
+        PluginFilter(),
         ConstraintFilter(),
         PlatformFilter(),
         HostPortFilter(),

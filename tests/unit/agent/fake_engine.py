@@ -298,8 +298,11 @@ class FakeEngine:
         resp = web.StreamResponse()
         resp.content_type = "application/vnd.docker.multiplexed-stream"
         await resp.prepare(request)
+        # dockerd: "[time ][attrs ]line"; with details, the attributes (none here) and
+        # their space are always there.
+        details = b" " if request.query.get("details") in ("1", "true") else b""
         for stream, stamp, data in self.logs.get(c["Id"], []):
-            payload = f"{stamp} ".encode() + data
+            payload = f"{stamp} ".encode() + details + data
             await resp.write(struct.pack(">BxxxI", stream, len(payload)) + payload)
         await resp.write_eof()
         return resp

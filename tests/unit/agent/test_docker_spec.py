@@ -273,3 +273,15 @@ def test_custom_seccomp_profile_is_decoded() -> None:
     bad = make_task(privileges={"Seccomp": {"Mode": "custom", "Profile": "not base64!"}})
     with pytest.raises(ExecutorError, match="seccomp"):
         create_body(bad, NODE, AGENT, SERVICE)
+
+
+def test_the_cluster_default_log_driver_applies_when_the_service_names_none() -> None:
+    default = {"Name": "gelf", "Options": {"gelf-address": "udp://127.0.0.1:1"}}
+    body = create_body(make_task(), NODE, AGENT, SERVICE, default)
+    assert body["HostConfig"]["LogConfig"] == {
+        "Type": "gelf",
+        "Config": {"gelf-address": "udp://127.0.0.1:1"},
+    }
+    own = make_task(log_driver={"Name": "json-file"})
+    body = create_body(own, NODE, AGENT, SERVICE, default)
+    assert body["HostConfig"]["LogConfig"] == {"Type": "json-file", "Config": {}}

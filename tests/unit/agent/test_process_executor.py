@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 import shoal
@@ -596,4 +600,90 @@ def test_describe(tmp_path: Path) -> None:
     assert description.resources.memory_bytes > 0
     assert description.engine.engine_version == shoal.__version__
     assert description.engine.labels == {"zone": "a"}
-    assert description.engine.plugins == []
+    # the log drivers it runs, for the scheduler's plugin filter
+    plugins = {(p.type, p.name) for p in description.engine.plugins or []}
+    assert plugins == {("Log", "json-file"), ("Log", "gelf")}
+
+
+def _task_with_log_driver(driver: dict[str, Any], **spec: Any) -> Task:
+    task = make_task(**spec)
+    return msgspec.structs.replace(
+        task, spec=msgspec.structs.replace(task.spec, log_driver=driver), service_id="svc1"
+    )
+
+
+def test_the_gelf_driver_sends_each_line_to_the_endpoint_and_keeps_the_local_log(
+    tmp_path: Path,
+) -> None:
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.setblocking(False)
+    options = {
+        "gelf-address": f"udp://127.0.0.1:{listener.getsockname()[1]}",
+        "gelf-compression-type": "zlib",
+        "env": "WHO",
+    }
+    task = _task_with_log_driver(
+        {"Name": "gelf", "Options": options},
+        command=["sh", "-c", "echo hello $WHO; echo oops >&2"],
+        env=["WHO=world"],
+    )
+
+    async def body(tasks: Tasks) -> None:
+        controller = tasks.controller(task)
+        await controller.prepare()
+        await controller.start()
+        assert (await wait(controller)).exit_code == 0
+        loop = asyncio.get_running_loop()
+        got = [
+            json.loads(
+                zlib.decompress(await asyncio.wait_for(loop.sock_recv(listener, 65536), WAIT_S))
+            )
+            for _ in range(2)
+        ]
+        got.sort(key=lambda m: m["level"], reverse=True)
+        assert [(m["short_message"], m["level"]) for m in got] == [("hello world", 6), ("oops", 3)]
+        for m in got:
+            assert m["version"] == "1.1" and m["host"] == HOSTNAME
+            assert m["_container_id"] == task.id and m["_tag"] == task.id[:12]
+            assert m["_command"] == "sh -c echo hello $WHO; echo oops >&2"
+            assert m["_image_name"] == "busybox" and m["_WHO"] == "world"
+        # The local log stays (Docker's dual logging), with the attributes for --details.
+        messages = await collect(controller)
+        assert [m.data for m in messages if m.stream == 1] == [b"hello world\n"]
+        assert messages[0].attrs == {"WHO": "world"}
+
+    try:
+        run(tmp_path, body)
+    finally:
+        listener.close()
+
+
+def test_an_unsupported_log_driver_is_refused_with_dockers_message(tmp_path: Path) -> None:
+    async def body(tasks: Tasks) -> None:
+        for driver, error in [
+            ({"Name": "syslog"}, "logger: no log driver named 'syslog' is registered"),
+            ({"Name": "gelf", "Options": {}}, "gelf-address is a required parameter"),
+            (
+                {"Name": "gelf", "Options": {"gelf-address": "tcp://127.0.0.1:1"}},
+                "over UDP only",
+            ),
+        ]:
+            controller = tasks.controller(_task_with_log_driver(driver, command=["true"]))
+            with pytest.raises(ExecutorError, match=error):
+                await controller.prepare()
+
+    run(tmp_path, body)
+
+
+def test_the_none_driver_keeps_no_log(tmp_path: Path) -> None:
+    async def body(tasks: Tasks) -> None:
+        controller = tasks.controller(
+            _task_with_log_driver({"Name": "none"}, command=["echo", "hi"])
+        )
+        await controller.prepare()
+        await controller.start()
+        assert (await wait(controller)).exit_code == 0
+        assert await collect(controller) == []
+
+    run(tmp_path, body)

@@ -26,6 +26,7 @@ from shoal.manager.store import MemoryBackend, Store, Tx
 from shoal.manager.store.memory import MAX_CHANGES_PER_BATCH
 from shoal.types.node import (
     EngineDescription,
+    EnginePlugin,
     Node,
     NodeDescription,
     NodeResources,
@@ -632,3 +633,39 @@ def test_tick_batches_a_large_pass() -> None:
     per_node = sorted(len(store.view().tasks_on_node(n.id)) for n in nodes)
     even, extra = divmod(count, len(nodes))
     assert per_node == [even] * (len(nodes) - extra) + [even + 1] * extra
+
+
+# ------------------------------------------------------------------------ log driver plugins
+
+
+def with_log_plugins(node: Node, *names: str) -> Node:
+    description = node.description
+    engine = msgspec.structs.replace(
+        description.engine, plugins=[EnginePlugin(type="Log", name=n) for n in names]
+    )
+    return msgspec.structs.replace(
+        node, description=msgspec.structs.replace(description, engine=engine)
+    )
+
+
+def with_log_driver(task: Task, name: str) -> Task:
+    spec = msgspec.structs.replace(task.spec, log_driver={"Name": name})
+    return msgspec.structs.replace(task, spec=spec)
+
+
+def test_a_log_driver_no_node_has_leaves_the_task_pending_as_swarm_says() -> None:
+    nodes = [with_log_plugins(make_node(n), "json-file", "gelf") for n in ("n1", "n2")]
+    decisions = schedule(nodes, [with_log_driver(t, "splunk") for t in replicas(1)])
+    assert errors(decisions) == ["no suitable node (missing plugin on 2 nodes)"]
+
+
+def test_log_drivers_place_on_the_nodes_that_have_them() -> None:
+    nodes = [
+        with_log_plugins(make_node("n1"), "json-file"),
+        with_log_plugins(make_node("n2"), "json-file", "gelf"),
+        make_node("n3"),  # reports no Log plugin at all: not turned away, as SwarmKit
+    ]
+    decisions = schedule(nodes, [with_log_driver(t, "gelf") for t in replicas(4)])
+    assert set(placed(decisions)) == {"n2", "n3"}
+    none = schedule(nodes[:1], [with_log_driver(t, "none") for t in replicas(1)])
+    assert placed(none) == Counter({"n1": 1})
