@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.log import get_logger
 from shoal.manager.allocator.allocator import Allocator
+from shoal.manager.ca.rotation import RotationReconciler
 from shoal.manager.dispatcher.dispatcher import Dispatcher
 from shoal.manager.logbroker import LogBroker
 from shoal.manager.loops import log_failure
@@ -50,6 +51,7 @@ class Manager:
         self.replicated = ReplicatedOrchestrator(store, self.restarts, self.updates, clock)
         self.global_ = GlobalOrchestrator(store, self.restarts, self.updates, clock)
         self.reaper = TaskReaper(store, clock)
+        self.rotation = RotationReconciler(store, clock)
         self._loops: dict[str, _Loop] = {
             "dispatcher": self.dispatcher,
             "restarts": self.restarts,
@@ -58,6 +60,7 @@ class Manager:
             "replicated": self.replicated,
             "global": self.global_,
             "reaper": self.reaper,
+            "root-rotation": self.rotation,
         }
         self._tasks: list[asyncio.Task[None]] = []
 
