@@ -40,7 +40,7 @@ from shoal.manager.ca.issuer import Issuer, issue_own_certificate
 from shoal.manager.ca.root import RootCA
 from shoal.manager.ca.rotation import adopt_root, directive, record_node_tls
 from shoal.manager.clusterport.server import ClusterServer
-from shoal.manager.controlapi.swarm import init_spec, validate_spec
+from shoal.manager.controlapi.swarm import init_spec, new_cluster, validate_spec
 from shoal.manager.keys import ManagerKeys
 from shoal.manager.manager import Manager
 from shoal.manager.store import Store, Tx
@@ -48,9 +48,8 @@ from shoal.manager.store.encrypted import EncryptedBackend
 from shoal.manager.store.sqlite import SQLiteBackend
 from shoal.pki import NODE_KEY_FILE, ROOT_CA_FILE, NodeCredentials, key_pem, make_csr, new_key
 from shoal.types.node import ManagerStatus, Node, NodeResources, NodeSpec, NodeStatus
-from shoal.types.service import JoinTokens
 from shoal.types.session import TrustUpdate
-from shoal.types.swarm import Cluster, SwarmInitRequest, SwarmJoinRequest
+from shoal.types.swarm import SwarmInitRequest, SwarmJoinRequest
 
 DEFAULT_DATA_DIR = Path("/var/lib/shoal")
 DEFAULT_SOCKET = "unix:///run/shoal/shoal.sock"
@@ -563,19 +562,7 @@ class Daemon:
             state = self._state
 
             def bootstrap(tx: Tx) -> None:
-                tx.create(
-                    Cluster(
-                        id=cluster_id,
-                        spec=spec,
-                        tls_info=ca.tls_info(),
-                        default_addr_pool=request.default_addr_pool or ["10.0.0.0/8"],
-                        subnet_size=request.subnet_size or 24,
-                        data_path_port=request.data_path_port or 4789,
-                        join_tokens=JoinTokens(
-                            worker=ca.new_join_token(), manager=ca.new_join_token()
-                        ),
-                    )
-                )
+                tx.create(new_cluster(cluster_id, spec, ca, request))
                 tx.create(
                     Node(
                         id=node_id,

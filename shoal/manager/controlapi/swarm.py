@@ -17,10 +17,14 @@ from shoal.manager.store import Store, Tx
 from shoal.pki import new_join_token
 from shoal.types.service import JoinTokens
 from shoal.types.swarm import (
+    DEFAULT_DATA_PATH_PORT,
+    DEFAULT_SUBNET_SIZE,
     CAConfig,
+    Cluster,
     DispatcherConfig,
     OrchestrationConfig,
     RaftConfig,
+    SwarmInitRequest,
     SwarmSpec,
     default_swarm_spec,
 )
@@ -29,6 +33,7 @@ MSG_EXTERNAL_CA = (
     "external CAs are not supported: the cluster's own root CA signs every node "
     "certificate (remove --external-ca)"
 )
+DEFAULT_ADDR_POOL = "10.0.0.0/8"
 MSG_NEGATIVE_HEARTBEAT = "heartbeat time period cannot be a negative duration"
 
 
@@ -93,6 +98,19 @@ def init_spec(given: SwarmSpec | None) -> SwarmSpec:
         ),
         encryption_config=given.encryption_config or spec.encryption_config,
         task_defaults=given.task_defaults if given.task_defaults is not None else {},
+    )
+
+
+def new_cluster(cluster_id: str, spec: SwarmSpec, ca: RootCA, req: SwarmInitRequest) -> Cluster:
+    """The cluster `swarm init` creates."""
+    return Cluster(
+        id=cluster_id,
+        spec=spec,
+        tls_info=ca.tls_info(),
+        default_addr_pool=req.default_addr_pool or [DEFAULT_ADDR_POOL],
+        subnet_size=req.subnet_size or DEFAULT_SUBNET_SIZE,
+        data_path_port=req.data_path_port or DEFAULT_DATA_PATH_PORT,
+        join_tokens=JoinTokens(worker=ca.new_join_token(), manager=ca.new_join_token()),
     )
 
 
