@@ -133,8 +133,11 @@ def test_the_task_history_limit_is_enforced(daemon: Daemon) -> None:
         tasks = slot_tasks()
         svc = daemon.api.inspect_service("hist")
         running = [t for t in tasks if t["Status"]["State"] == "running"]
+        # the update is over (its status written) so the next one is not out of sequence
+        done = n_updates == 0 or (svc.get("UpdateStatus") or {}).get("State") == "completed"
         return (
-            len(running) == 1
+            done
+            and len(running) == 1
             and running[0]["Spec"].get("ForceUpdate", 0) == n_updates
             and svc["Spec"]["TaskTemplate"].get("ForceUpdate", 0) == n_updates
         )
