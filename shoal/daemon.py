@@ -16,7 +16,6 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import msgspec
 from cryptography.hazmat.primitives import serialization
@@ -24,7 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from shoal.agent.agent import Agent, discard_task
 from shoal.agent.executor.base import Executor
 from shoal.agent.executor.docker_engine import DEFAULT_ENGINE_HOST, EngineError, engine_answers
-from shoal.agent.join import join, renew, renewal_delay
+from shoal.agent.join import join, node_tls_info, renew, renewal_delay
 from shoal.agent.session import RemoteSession
 from shoal.api.server import APIServer
 from shoal.errors import (
@@ -39,7 +38,9 @@ from shoal.ids import new_id
 from shoal.log import get_logger
 from shoal.manager.ca.issuer import Issuer, issue_own_certificate
 from shoal.manager.ca.root import RootCA
+from shoal.manager.ca.rotation import adopt_root, directive, record_node_tls
 from shoal.manager.clusterport.server import ClusterServer
+from shoal.manager.controlapi.swarm import init_spec, new_cluster, validate_spec
 from shoal.manager.keys import ManagerKeys
 from shoal.manager.manager import Manager
 from shoal.manager.store import Store, Tx
@@ -47,8 +48,8 @@ from shoal.manager.store.encrypted import EncryptedBackend
 from shoal.manager.store.sqlite import SQLiteBackend
 from shoal.pki import NODE_KEY_FILE, ROOT_CA_FILE, NodeCredentials, key_pem, make_csr, new_key
 from shoal.types.node import ManagerStatus, Node, NodeResources, NodeSpec, NodeStatus
-from shoal.types.service import JoinTokens
-from shoal.types.swarm import Cluster, SwarmInitRequest, SwarmJoinRequest, default_swarm_spec
+from shoal.types.session import TrustUpdate
+from shoal.types.swarm import SwarmInitRequest, SwarmJoinRequest
 
 DEFAULT_DATA_DIR = Path("/var/lib/shoal")
 DEFAULT_SOCKET = "unix:///run/shoal/shoal.sock"
@@ -132,18 +133,6 @@ def make_executor(config: DaemonConfig) -> Executor:
     raise InvalidArgument(f"runtime {config.runtime!r} is not available in this version")
 
 
-def merge_spec(default: Any, given: Any) -> Any:
-    """Fields the client set win; unset ones (None) come from the default, recursively."""
-    if given is None:
-        return default
-    if not isinstance(given, msgspec.Struct) or not isinstance(default, msgspec.Struct):
-        return given
-    changes = {
-        f: merge_spec(getattr(default, f), getattr(given, f)) for f in given.__struct_fields__
-    }
-    return msgspec.structs.replace(given, **changes)
-
-
 def split_addr(addr: str, default_port: int) -> tuple[str, int]:
     host, sep, port = addr.rpartition(":")
     if not sep or not port.isdigit():
@@ -180,8 +169,11 @@ class Daemon:
         # a manager's DEK/KEK (shoal/manager/keys.py); locked until unlocked with autolock
         self._keys: ManagerKeys | None = None
         self._renewer: asyncio.Task[None] | None = None
-        # set when a manager refuses this node's certificate (its role changed)
+        # set when a manager refuses this node's certificate (its role changed), or
+        # tells it what to trust (a root rotation: `_pending_trust`)
         self._renew_now = asyncio.Event()
+        self._pending_trust: TrustUpdate | None = None
+        self._ca_watch: asyncio.Task[None] | None = None
         self._api = APIServer(self, config.hosts)
         self._lock = asyncio.Lock()
         self.stopped = asyncio.Event()
@@ -388,6 +380,7 @@ class Daemon:
             if adv_port == 0 or port == 0:
                 self._state.advertise_addr = f"{adv_host}:{bound}"
             await store.update(bootstrap)
+        await store.update(lambda tx: adopt_root(tx, root))
         issuer.managers[:] = self.remote_managers
         self._cluster_server = server
         self._manager = manager
@@ -401,12 +394,37 @@ class Daemon:
         )
         self._agent.start()
         self._renewer = asyncio.create_task(self._renew_loop(), name="cert-renewer")
+        self._ca_watch = asyncio.create_task(self._watch_trust(manager), name="ca-watch")
+
+    async def _watch_trust(self, manager: Manager) -> None:
+        """The manager's own node learns of a root rotation from the store, as remote
+        nodes learn of it from their sessions."""
+        assert self._state is not None
+        node_id = self._state.node_id
+        watcher = manager.store.watch("node", "cluster")
+        try:
+            while True:
+                d = directive(manager.store.view(), node_id)
+                if d is not None:
+                    self._on_trust(TrustUpdate(trust_root=d.trust_root, renew=d.renew))
+                await watcher.__anext__()
+                watcher.get_nowait_all()
+        finally:
+            watcher.close()
+
+    def _on_trust(self, m: TrustUpdate) -> None:
+        self._pending_trust = m
+        self._renew_now.set()
 
     def _start_worker(self) -> None:
         assert self._state is not None
         state = self._state
         self._remote = RemoteSession(
-            lambda: state.managers, self._credentials, on_refused=self._renew_now.set
+            lambda: state.managers,
+            self._credentials,
+            on_refused=self._renew_now.set,
+            on_trust=self._on_trust,
+            tls_info=lambda: node_tls_info(self._credentials()),
         )
         self._agent = Agent(
             state.node_id, self.node_addr, self.executor, self._remote, self._resources()
@@ -421,25 +439,57 @@ class Daemon:
     async def _renew_loop(self) -> None:
         """Renew this node's certificate at 50–80 % of its life, or at once when a
         manager refused it (a promotion or demotion: the new certificate carries the
-        role the store records). Workers ask a manager, a manager signs its own."""
+        role the store records). Workers ask a manager, a manager signs its own.
+        During a root rotation it also takes the roots the manager says to trust, and
+        renews when told; then it reports its TLS state."""
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
                     self._renew_now.wait(), renewal_delay(self._credentials().cert_pem)
                 )
             self._renew_now.clear()
+            trust, self._pending_trust = self._pending_trust, None
+            creds = self._credentials()
+            if trust is not None and trust.trust_root.encode() != creds.ca_pem:
+                creds = NodeCredentials(trust.trust_root.encode(), creds.cert_pem, creds.key_pem)
             try:
-                creds = await self._renewed()
+                if trust is None or trust.renew:
+                    creds = await self._renewed(creds)
             except Exception as e:
                 log.warning("certificate renewal failed; retrying", error=repr(e))
+                if trust is not None:
+                    self._pending_trust = self._pending_trust or trust
                 await asyncio.sleep(RENEW_RETRY_S)
+                self._renew_now.set()
                 continue
-            self._save_creds(creds)
-            self._creds = creds
-            log.info("node certificate renewed", role=creds.identity.role)
+            self._install(creds)
+            await self._report_tls()
 
-    async def _renewed(self) -> NodeCredentials:
-        creds = self._credentials()
+    def _install(self, creds: NodeCredentials) -> None:
+        changed_root = self._creds is None or creds.ca_pem != self._creds.ca_pem
+        self._save_creds(creds)
+        self._creds = creds
+        if self._cluster_server is not None:
+            self._cluster_server.set_credentials(creds)
+        if self._manager is not None:
+            key = self._manager.store.view().cluster_meta().root_key
+            if key:  # after a rotation the store holds the root; so does the disk
+                self._write_private_key(self._certs_dir / ROOT_KEY_FILE, key.encode())
+        log.info("node credentials changed", role=creds.identity.role, new_root=changed_root)
+
+    async def _report_tls(self) -> None:
+        if self._state is None or self._creds is None:
+            return
+        tls = node_tls_info(self._creds)
+        if self._manager is not None:
+            await record_node_tls(self._manager.store, self._state.node_id, tls)
+        elif self._remote is not None:
+            try:
+                await self._remote.report_tls(tls)
+            except ConnectionError as e:  # the next session reports it
+                log.info("TLS state not reported yet", error=repr(e))
+
+    async def _renewed(self, creds: NodeCredentials) -> NodeCredentials:
         if self._state is not None and self._state.runs_manager and self._manager is not None:
             key = new_key()
             issuer = Issuer(self._manager.store, self._root_ca(), [])
@@ -449,6 +499,10 @@ class Daemon:
         return await renew(managers[0], creds)
 
     async def _stop_swarm(self, stop_tasks: bool) -> None:
+        if self._ca_watch is not None:
+            self._ca_watch.cancel()
+            await asyncio.gather(self._ca_watch, return_exceptions=True)
+            self._ca_watch = None
         if self._renewer is not None:
             self._renewer.cancel()
             await asyncio.gather(self._renewer, return_exceptions=True)
@@ -485,7 +539,8 @@ class Daemon:
             adv_host, adv_port = split_addr(advertise, listen_port)
             node_id, cluster_id = new_id(), new_id()
             ca = RootCA.create()
-            spec = merge_spec(default_swarm_spec(), request.spec)
+            spec = init_spec(request.spec)
+            validate_spec(spec)
             expiry = spec.ca_config.node_cert_expiry if spec.ca_config else None
             key = new_key()
             cert = issue_own_certificate(ca, make_csr(key), node_id, cluster_id, expiry)
@@ -507,19 +562,7 @@ class Daemon:
             state = self._state
 
             def bootstrap(tx: Tx) -> None:
-                tx.create(
-                    Cluster(
-                        id=cluster_id,
-                        spec=spec,
-                        tls_info=ca.tls_info(),
-                        default_addr_pool=request.default_addr_pool or ["10.0.0.0/8"],
-                        subnet_size=request.subnet_size or 24,
-                        data_path_port=request.data_path_port or 4789,
-                        join_tokens=JoinTokens(
-                            worker=ca.new_join_token(), manager=ca.new_join_token()
-                        ),
-                    )
-                )
+                tx.create(new_cluster(cluster_id, spec, ca, request))
                 tx.create(
                     Node(
                         id=node_id,

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
@@ -180,6 +181,24 @@ def peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> Identity 
 def cert_validity(cert_pem: bytes) -> tuple[datetime.datetime, datetime.datetime]:
     cert = x509.load_pem_x509_certificate(cert_pem)
     return cert.not_valid_before_utc, cert.not_valid_after_utc
+
+
+def leaf_issuer(cert_pem: bytes, ca_pem: bytes) -> x509.Certificate | None:
+    """The certificate that issued the leaf of `cert_pem` (a leaf, maybe followed by
+    intermediates): the intermediate sent beside it, else the root of `ca_pem` that
+    signed it. None when neither did."""
+    chain = x509.load_pem_x509_certificates(cert_pem)
+    leaf = chain[0]
+    candidates = chain[1:] + (x509.load_pem_x509_certificates(ca_pem) if ca_pem.strip() else [])
+    for c in candidates:
+        if c.subject != leaf.issuer:
+            continue
+        try:
+            leaf.verify_directly_issued_by(c)
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+        return c
+    return None
 
 
 def _load_chain(ctx: ssl.SSLContext, cert_pem: bytes, key_pem_bytes: bytes) -> None:

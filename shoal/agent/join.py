@@ -4,12 +4,14 @@ over mutual TLS."""
 
 from __future__ import annotations
 
+import base64
 import datetime
 import random
 from dataclasses import dataclass
 
 import aiohttp
 import msgspec
+from cryptography.hazmat.primitives import serialization
 
 from shoal.errors import InvalidArgument, JoinFailed
 from shoal.pki import (
@@ -20,11 +22,13 @@ from shoal.pki import (
     cert_validity,
     client_context,
     key_pem,
+    leaf_issuer,
     make_csr,
     new_key,
     parse_token,
     pinned_root,
 )
+from shoal.types.node import TLSInfo
 from shoal.types.session import JoinRequest, JoinResponse, RenewRequest, RenewResponse
 
 JOIN_TIMEOUT_S = 20.0
@@ -130,3 +134,19 @@ async def renew(manager: str, creds: NodeCredentials) -> NodeCredentials:
     except (aiohttp.ClientError, OSError, TimeoutError) as e:
         raise JoinFailed(f"cannot reach the manager at {manager}: {e}") from e
     return NodeCredentials(creds.ca_pem, resp.certificate.encode(), key_pem(key))
+
+
+def node_tls_info(creds: NodeCredentials) -> TLSInfo:
+    """Docker's `Node.Description.TLSInfo` of a node holding `creds`: the roots it
+    trusts, and the subject and key of whoever issued its certificate."""
+    issuer = leaf_issuer(creds.cert_pem, creds.ca_pem)
+    if issuer is None:
+        return TLSInfo(trust_root=creds.ca_pem.decode())
+    spki = issuer.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return TLSInfo(
+        trust_root=creds.ca_pem.decode(),
+        cert_issuer_subject=base64.b64encode(issuer.subject.public_bytes()).decode(),
+        cert_issuer_public_key=base64.b64encode(spki).decode(),
+    )

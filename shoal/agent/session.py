@@ -18,7 +18,7 @@ from shoal.log import get_logger
 from shoal.pki import MANAGER_SERVER_NAME, NodeCredentials
 from shoal.types import session as msg
 from shoal.types.agent import Assignment, LogMessage, LogOptions, LogSource, TaskStatusUpdate
-from shoal.types.node import NodeDescription
+from shoal.types.node import NodeDescription, TLSInfo
 
 RPC_TIMEOUT_S = 5.0  # SwarmKit's dispatcher RPC timeout
 CONNECT_TIMEOUT_S = 5.0
@@ -47,10 +47,16 @@ class RemoteSession:
         managers: Callable[[], list[str]],
         credentials: Callable[[], NodeCredentials],
         on_refused: Callable[[], None] = lambda: None,
+        on_trust: Callable[[msg.TrustUpdate], None] = lambda _: None,
+        tls_info: Callable[[], TLSInfo] | None = None,
     ) -> None:
+        """`on_trust`: the manager said what to trust and whether to renew (a root
+        rotation); `tls_info`: this node's TLS state, reported after registering."""
         self._managers = managers
         self._credentials = credentials
         self._on_refused = on_refused
+        self._on_trust = on_trust
+        self._tls_info = tls_info
         self._http: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -148,7 +154,13 @@ class RemoteSession:
         self._assignments = asyncio.Queue()
         self._reader = asyncio.create_task(self._read(ws, logs), name="session-reader")
         log.info("session started", manager=self.connected_to)
+        if self._tls_info is not None:
+            await self.report_tls(self._tls_info())
         return m.period
+
+    async def report_tls(self, tls: TLSInfo) -> None:
+        """Tell the manager what this node trusts and who issued its certificate."""
+        await self._send(msg.NodeTLS(tls_info=tls))
 
     async def heartbeat(self, node_id: str) -> float:
         seq = next(self._seq)
@@ -198,6 +210,8 @@ class RemoteSession:
                     pump = self._log_pumps.pop(m.sub_id, None)
                     if pump is not None:
                         pump.cancel()
+                elif isinstance(m, msg.TrustUpdate):
+                    self._on_trust(m)
                 elif isinstance(m, msg.SessionError):
                     log.warning("manager ended the session", error=m.message)
                     break

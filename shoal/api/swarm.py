@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import msgspec
 from aiohttp import web
 
 from shoal.api.body import bool_query, decode, int_query
 from shoal.api.encode import empty, json_response, wire
 from shoal.api.server import Router, context
-from shoal.errors import WORKER_NOT_MANAGER, NotManager, OutOfSequence, SwarmLocked
+from shoal.errors import WORKER_NOT_MANAGER, NotManager, SwarmLocked
+from shoal.manager.controlapi.swarm import update_swarm
 from shoal.manager.manager import Manager
-from shoal.manager.store import Tx
-from shoal.pki import new_join_token
-from shoal.types.service import JoinTokens
 from shoal.types.swarm import SwarmInitRequest, SwarmJoinRequest, SwarmSpec, SwarmUnlockRequest
 
 
@@ -70,22 +67,9 @@ async def update(request: web.Request) -> web.Response:
     rotate_manager = bool_query(request, "rotateManagerToken")
     rotate_unlock = bool_query(request, "rotateManagerUnlockKey")
 
-    def write(tx: Tx) -> None:
-        cluster = tx.cluster()
-        if cluster is None:
-            raise NotManager()
-        if cluster.version.index != version:
-            raise OutOfSequence()
-        tokens = cluster.join_tokens
-        if rotate_worker or rotate_manager:
-            root = cluster.tls_info.trust_root.encode()
-            tokens = JoinTokens(
-                worker=new_join_token(root) if rotate_worker else tokens.worker,
-                manager=new_join_token(root) if rotate_manager else tokens.manager,
-            )
-        tx.update(msgspec.structs.replace(cluster, spec=spec, join_tokens=tokens))
-
-    await m.store.update(write)
+    await update_swarm(
+        m.store, version, spec, rotate_worker=rotate_worker, rotate_manager=rotate_manager
+    )
     enc = spec.encryption_config
     await context(request).set_autolock(bool(enc and enc.auto_lock_managers), rotate_unlock)
     return empty()

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.log import get_logger
 from shoal.manager.allocator.allocator import Allocator
+from shoal.manager.ca.rotation import RotationReconciler
 from shoal.manager.dispatcher.dispatcher import Dispatcher
 from shoal.manager.events import EventLog
 from shoal.manager.logbroker import LogBroker
@@ -54,6 +55,7 @@ class Manager:
         self.global_ = GlobalOrchestrator(store, self.restarts, self.updates, clock)
         self.jobs = JobOrchestrator(store, self.restarts, self.updates, clock)
         self.reaper = TaskReaper(store, clock)
+        self.rotation = RotationReconciler(store, clock)
         self._loops: dict[str, _Loop] = {
             "events": self.events,
             "dispatcher": self.dispatcher,
@@ -64,6 +66,7 @@ class Manager:
             "global": self.global_,
             "jobs": self.jobs,
             "reaper": self.reaper,
+            "root-rotation": self.rotation,
         }
         self._tasks: list[asyncio.Task[None]] = []
 

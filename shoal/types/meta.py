@@ -40,3 +40,28 @@ class TaskMeta(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc
 
 NO_SERVICE_META = ServiceMeta()
 NO_TASK_META = TaskMeta()
+
+
+class RootRotation(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
+    """A root CA rotation in progress (SwarmKit's `RootCA.RootRotation`): the new root,
+    its key, and the new root's certificate signed by the old root, the intermediate
+    that lets nodes still trusting only the old root accept certificates of the new."""
+
+    ca_cert: str
+    ca_key: str
+    cross_signed_ca_cert: str
+
+
+class ClusterMeta(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
+    """What shoal keeps beside the Cluster: the CA's private state (the store is
+    encrypted at rest, as SwarmKit's raft log holds the root key)."""
+
+    # The current root's key; "" for a swarm whose key lives only in the manager's
+    # certificates directory (every swarm until its first rotation).
+    root_key: str = ""
+    rotation: RootRotation | None = None
+    # SwarmKit's LastForcedRotation: the Spec.CAConfig.ForceRotate last acted on.
+    last_forced_rotation: int = 0
+
+
+NO_CLUSTER_META = ClusterMeta()

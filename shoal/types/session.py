@@ -13,7 +13,7 @@ import msgspec
 
 from shoal.types.agent import Assignment, LogMessage, LogOptions, TaskStatusUpdate
 from shoal.types.base import Model
-from shoal.types.node import NodeDescription
+from shoal.types.node import NodeDescription, TLSInfo
 
 # What a manager reads from one agent frame (the websocket refuses larger ones).
 MAX_AGENT_FRAME_BYTES = 4 * 1024 * 1024
@@ -73,6 +73,21 @@ class LogData(Model, tag="logs", kw_only=True):
     done: bool = False
 
 
+class TrustUpdate(Model, tag="trust", kw_only=True):
+    """The manager tells a node what to trust (a PEM bundle: both roots during a root
+    rotation) and whether to renew its certificate (its issuer is not the cluster's)."""
+
+    trust_root: str
+    renew: bool = False
+
+
+class NodeTLS(Model, tag="node_tls", kw_only=True):
+    """A node's TLS state as it is now (Docker's `Node.Description.TLSInfo`): sent
+    after registering and after every change of its root or certificate."""
+
+    tls_info: TLSInfo = msgspec.field(name="TLSInfo")
+
+
 class SessionError(Model, tag="error", kw_only=True):
     message: str
 
@@ -88,6 +103,8 @@ SessionMessage = (
     | LogAck
     | LogCancel
     | LogData
+    | TrustUpdate
+    | NodeTLS
     | SessionError
 )
 

@@ -85,7 +85,8 @@ class Cluster(Model, kw_only=True):
     updated_at: str = ""
     spec: SwarmSpec = SwarmSpec()
     tls_info: TLSInfo = msgspec.field(default=TLSInfo(), name="TLSInfo")
-    root_rotation_in_progress: bool = False
+    # dockerd always shows it (a default_factory is never omitted)
+    root_rotation_in_progress: bool = msgspec.field(default_factory=bool)
     default_addr_pool: list[str] | None = None
     subnet_size: int
     data_path_port: int

@@ -6,6 +6,7 @@ from __future__ import annotations
 from shoal.errors import InvalidArgument, NotFound, PermissionDenied
 from shoal.ids import new_id
 from shoal.manager.ca.root import RootCA, token_matches
+from shoal.manager.ca.rotation import current_root, signer
 from shoal.manager.ca.signer import node_cert_expiry, sign_node_certificate
 from shoal.manager.store import ReadTx, Store, Tx
 from shoal.pki import Identity
@@ -19,10 +20,27 @@ MSG_BAD_TOKEN = (
 
 
 class Issuer:
+    """Signs with the cluster's signer as the store records it (the new root during a
+    rotation, its cross-signed certificate sent beside each leaf); `root` is the root
+    kept in the certificates directory, the signer until a rotation has finished."""
+
     def __init__(self, store: Store, root: RootCA, manager_addrs: list[str]) -> None:
         self._store = store
         self._root = root
         self.managers = manager_addrs
+
+    def root_pem(self) -> bytes:
+        """The cluster's root (`GET /ca/root`): the old one until a rotation finishes."""
+        return current_root(self._store.view(), self._root).cert_pem
+
+    def _sign(
+        self, view: ReadTx, csr_pem: bytes, node_id: str, role: str, cluster_id: str
+    ) -> bytes:
+        s = signer(view, self._root)
+        cert = sign_node_certificate(
+            s.root, csr_pem, node_id, role, cluster_id, node_cert_expiry(self._expiry_ns(view))
+        )
+        return cert + s.chain
 
     def _expiry_ns(self, tx: ReadTx) -> int | None:
         cluster = tx.cluster()
@@ -44,14 +62,7 @@ class Issuer:
         role = _role_of(req.token, cluster.join_tokens)
         node_id = new_id()
         # A bad CSR raises CSRError, an InvalidArgument: the client is told (400).
-        cert = sign_node_certificate(
-            self._root,
-            req.csr.encode(),
-            node_id,
-            role,
-            cluster.id,
-            node_cert_expiry(self._expiry_ns(view)),
-        )
+        cert = self._sign(view, req.csr.encode(), node_id, role, cluster.id)
 
         def write(tx: Tx) -> None:
             current = tx.cluster()
@@ -83,14 +94,7 @@ class Issuer:
         cluster = view.cluster()
         if node is None or cluster is None or cluster.id != ident.cluster_id:
             raise PermissionDenied(f"node {ident.node_id} is not a member of this cluster")
-        cert = sign_node_certificate(
-            self._root,
-            csr_pem.encode(),
-            node.id,
-            node.spec.role,
-            cluster.id,
-            node_cert_expiry(self._expiry_ns(view)),
-        )
+        cert = self._sign(view, csr_pem.encode(), node.id, node.spec.role, cluster.id)
         return RenewResponse(certificate=cert.decode())
 
 

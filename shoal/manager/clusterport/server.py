@@ -7,6 +7,7 @@ certificate and the store. A path not listed there does not exist.
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -57,6 +58,10 @@ class ClusterServer:
         self._issuer = issuer
         self._root = root
         self._credentials = credentials
+        self._store = store
+        # the context new connections get (swapped when the node's certificate or
+        # trusted roots change: a root rotation)
+        self._ssl: ssl.SSLContext | None = None
         self._gate = Gate(store, cluster_id)
         self._joins = JoinLimiter()
         self._runner: web.AppRunner | None = None
@@ -95,13 +100,26 @@ class ClusterServer:
             shutdown_timeout=SHUTDOWN_TIMEOUT_S,
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, ssl_context=self._credentials.server_context())
+        base = self._ssl = self._credentials.server_context()
+        base.sni_callback = self._pick_context
+        site = web.TCPSite(self._runner, host, port, ssl_context=base)
         await site.start()
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else port
         log.info("cluster port listening", host=host, port=self.port)
         return self.port
+
+    def _pick_context(self, conn: ssl.SSLObject, name: str | None, ctx: ssl.SSLContext) -> None:
+        # Called at every handshake (with or without SNI): the current context.
+        if self._ssl is not None and self._ssl is not ctx:
+            conn.context = self._ssl
+
+    def set_credentials(self, credentials: NodeCredentials) -> None:
+        """New connections present this certificate and trust these roots; those open
+        keep what they had."""
+        self._credentials = credentials
+        self._ssl = credentials.server_context()
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -110,7 +128,7 @@ class ClusterServer:
 
     # handlers ---------------------------------------------------------------------------
     async def _ca_root(self, request: web.Request) -> web.Response:
-        return web.Response(body=self._root.cert_pem, content_type="application/x-pem-file")
+        return web.Response(body=self._issuer.root_pem(), content_type="application/x-pem-file")
 
     async def _ca_join(self, request: web.Request) -> web.Response:
         if not self._joins.allow(request.remote or ""):
@@ -128,7 +146,9 @@ class ClusterServer:
         )
 
     async def _session(self, request: web.Request) -> web.StreamResponse:
-        return await serve_session(request, request[IDENTITY_KEY], self._dispatcher, self._gate)
+        return await serve_session(
+            request, request[IDENTITY_KEY], self._dispatcher, self._gate, self._store
+        )
 
     async def _manager_ping(self, request: web.Request) -> web.Response:
         return web.Response(body=b'{"ok":true}', content_type="application/json")

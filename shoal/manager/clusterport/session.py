@@ -27,13 +27,17 @@ from aiohttp import WSMsgType, web
 
 from shoal.errors import InvalidArgument, ShoalError
 from shoal.log import get_logger
+from shoal.manager.ca.rotation import Directive, directive, record_node_tls
 from shoal.manager.clusterport.access import Gate
 from shoal.manager.dispatcher.dispatcher import Dispatcher
+from shoal.manager.store import Store
 from shoal.pki import Identity
 from shoal.types import session as msg
 from shoal.types.agent import LogMessage, LogOptions
 
 REGISTER_TIMEOUT_S = 10.0
+# A trust directive the node has not acted on is sent again after this many heartbeats.
+TRUST_RESEND_BEATS = 5
 
 log = get_logger("shoal.manager.session")
 
@@ -131,12 +135,17 @@ class AgentSession:
         peer: str | None,
         dispatcher: Dispatcher,
         gate: Gate,
+        store: Store,
     ) -> None:
         self._ws = ws
         self._ident = ident
         self._peer = peer
         self._dispatcher = dispatcher
         self._gate = gate
+        self._store = store
+        # the trust directive last sent, and heartbeats since (root rotation)
+        self._directive: Directive | None = None
+        self._beats_since = 0
         self._sender = _Sender(ws)
         self._logs = RemoteLogSource(self._sender)
 
@@ -219,16 +228,30 @@ class AgentSession:
                     await self._refuse(e.message)
                     return
                 await self._sender.send(msg.HeartbeatAck(seq=m.seq, period=period))
+                await self._direct()
+            elif isinstance(m, msg.NodeTLS):
+                await record_node_tls(self._store, self.node_id, m.tls_info)
             elif isinstance(m, msg.Status):
                 await self._dispatcher.update_task_status(self.node_id, m.updates)
             elif isinstance(m, msg.LogData):
                 self._logs.feed(m)
 
+    async def _direct(self) -> None:
+        """Tell the node what to trust and whether to renew, when that differs from
+        what it reported (a root rotation); again if it has not acted after a while."""
+        d = directive(self._store.view(), self.node_id)
+        self._beats_since += 1
+        if d is None or (d == self._directive and self._beats_since < TRUST_RESEND_BEATS):
+            self._directive = d
+            return
+        self._directive, self._beats_since = d, 0
+        await self._sender.send(msg.TrustUpdate(trust_root=d.trust_root, renew=d.renew))
+
 
 async def serve_session(
-    request: web.Request, ident: Identity, dispatcher: Dispatcher, gate: Gate
+    request: web.Request, ident: Identity, dispatcher: Dispatcher, gate: Gate, store: Store
 ) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(max_msg_size=msg.MAX_AGENT_FRAME_BYTES)
     await ws.prepare(request)
-    await AgentSession(ws, ident, request.remote, dispatcher, gate).serve()
+    await AgentSession(ws, ident, request.remote, dispatcher, gate, store).serve()
     return ws

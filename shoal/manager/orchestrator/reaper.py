@@ -1,7 +1,10 @@
 """The task reaper: deletes old tasks so history stays bounded.
 
-Keeps `TaskHistoryRetentionLimit` finished tasks per slot (per node for global
-services), deletes tasks desired REMOVE once they stopped (or never reached a node).
+Keeps at most `TaskHistoryRetentionLimit` tasks per slot (per node for global
+services), counting the one that runs, as SwarmKit does (the limit is raised to
+MaxAttempts + 1 for a service whose restart policy sets MaxAttempts, whose restart
+history needs them); only stopped tasks are deleted, oldest first. A negative limit
+keeps everything. Tasks desired REMOVE go once they stopped (or never reached a node).
 The tasks of a job's current run (desired COMPLETE) are not history: they are how the
 job counts its completions.
 
@@ -123,23 +126,38 @@ def _reap_tx(tx: Tx, dirty: set[tuple[str, object]], removing: set[str]) -> tupl
             deleted += 1
         else:
             later.add(tid)
-    if limit < 0:
-        return deleted, later
     groups: dict[tuple[str, object], list[Task]] = defaultdict(list)
     services = {sid for sid, _ in dirty}
+    keep: dict[str, int] = {}
     for sid in services:
+        keep[sid] = _history_limit(tx, sid, limit)
         for t in tx.tasks_of_service(sid):
             key = (sid, t.slot if t.slot is not None else t.node_id)
             # A job's task still desired COMPLETE is its run's record (a completion,
             # or a failure awaiting its restart): never history.
-            if key in dirty and not is_runnable(t) and t.desired != TaskState.COMPLETE:
+            if key in dirty and t.desired != TaskState.COMPLETE:
                 groups[key].append(t)
-    for history in groups.values():
-        if len(history) <= limit:
+    for (sid, _), history in groups.items():
+        excess = len(history) - keep[sid]
+        if keep[sid] < 0 or excess <= 0:
             continue
         history.sort(key=lambda t: (t.created_at, t.id))
-        for t in history[: len(history) - limit]:
+        for t in history:
+            if excess <= 0:
+                break
             if _stopped(t):
                 tx.delete("task", t.id)
                 deleted += 1
+                excess -= 1
     return deleted, later
+
+
+def _history_limit(tx: Tx, service_id: str, limit: int) -> int:
+    """SwarmKit keeps MaxAttempts + 1 tasks of a service whose restart policy sets
+    MaxAttempts, whatever the cluster's limit."""
+    service = tx.get_service(service_id)
+    template = service.spec.task_template if service else None
+    restart = template.restart_policy if template else None
+    if restart is not None and restart.max_attempts:
+        return restart.max_attempts + 1
+    return limit

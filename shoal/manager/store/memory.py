@@ -45,7 +45,14 @@ from shoal.errors import Internal, OutOfSequence
 from shoal.log import get_logger
 from shoal.manager.store.backend import Backend, Commit, Record
 from shoal.types.base import Version, format_time
-from shoal.types.meta import NO_SERVICE_META, NO_TASK_META, ServiceMeta, TaskMeta
+from shoal.types.meta import (
+    NO_CLUSTER_META,
+    NO_SERVICE_META,
+    NO_TASK_META,
+    ClusterMeta,
+    ServiceMeta,
+    TaskMeta,
+)
 from shoal.types.node import Node
 from shoal.types.secret import NO_SECRET_META, Config, Secret, SecretMeta
 from shoal.types.service import Service
@@ -63,13 +70,15 @@ KINDS: dict[str, type[Any]] = {
 _KIND_OF: dict[type[Any], str] = {t: k for k, t in KINDS.items()}
 # The kinds that have shoal's own metadata beside them, and its value when none is given.
 META_DEFAULTS: dict[str, Any] = {
+    "cluster": NO_CLUSTER_META,
     "service": NO_SERVICE_META,
     "task": NO_TASK_META,
     "secret": NO_SECRET_META,
 }
 # What a record's data decodes as: the object, or [object, meta] for kinds with meta.
+# A cluster written before it had metadata decodes as the object alone.
 _RECORD_TYPES: dict[str, Any] = {
-    "cluster": Cluster,
+    "cluster": Cluster | tuple[Cluster, ClusterMeta],
     "node": Node,
     "service": tuple[Service, ServiceMeta],
     "task": tuple[Task, TaskMeta],
@@ -225,6 +234,13 @@ class ReadTx:
 
     def cluster(self) -> Cluster | None:
         return next(iter(self._t.objects["cluster"].values()), None)
+
+    def cluster_meta(self) -> ClusterMeta:
+        """shoal's metadata beside the cluster (its CA's private state)."""
+        cluster = self.cluster()
+        if cluster is None:
+            return NO_CLUSTER_META
+        return self._t.meta["cluster"].get(cluster.id, NO_CLUSTER_META)
 
     def all(self, kind: str) -> Iterable[Any]:
         return list(self._t.objects[kind].values())
@@ -534,7 +550,11 @@ def encode_record(kind: str, obj: Any, meta: Any | None = None) -> Record:
 def _decode(r: Record) -> tuple[Any, Any | None]:
     assert r.data is not None
     value = msgspec.json.decode(r.data, type=_RECORD_TYPES[r.kind])
-    return (value[0], value[1]) if r.kind in META_DEFAULTS else (value, None)
+    if r.kind not in META_DEFAULTS:
+        return value, None
+    if isinstance(value, tuple):
+        return value[0], value[1]
+    return value, META_DEFAULTS[r.kind]
 
 
 def _records(events: list[Event]) -> list[Record]:
