@@ -118,9 +118,13 @@ def resolve_runtime(runtime: str, engine_host: str) -> str:
 def make_executor(config: DaemonConfig) -> Executor:
     runtime = resolve_runtime(config.runtime, config.engine_host)
     if runtime == "process":
-        from shoal.agent.executor.process import ProcessExecutor
+        from shoal.agent.executor import cgroups
+        from shoal.agent.executor.process import ProcessExecutor, protect_daemon
 
-        return ProcessExecutor(config.data_dir / "agent", config.node_name, config.labels)
+        protect_daemon()
+        return ProcessExecutor(
+            config.data_dir / "agent", config.node_name, config.labels, cgroups.current()
+        )
     if runtime == "docker":
         from shoal.agent.executor.docker import DockerExecutor
 

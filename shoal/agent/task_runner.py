@@ -47,8 +47,8 @@ def stop_grace_s(task: Task) -> float:
 
 
 def exit_error(status: ExitStatus) -> str:
-    if status.oom_killed:
-        return "task: non-zero exit (137): OOM killed"
+    # dockerd's wording, OOM kill or not: it gives the cause only when the container's
+    # State.Error has one, and an OOM kill sets State.OOMKilled, never State.Error.
     return f"task: non-zero exit ({status.exit_code})"
 
 

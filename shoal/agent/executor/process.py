@@ -7,9 +7,12 @@ command, timestamps its output into `log.jsonl` and records how it exited in
 `exit.json`. The agent and the shim share nothing but that directory, so tasks keep
 running across agent restarts and a new agent adopts them (`inspect`, `wait`).
 
-What a container would isolate is shared with the host here: the filesystem, the
-network and the process table. The image is ignored; the command is the service's
-`Command + Args`, looked up in the task's PATH.
+Each task is confined as far as a host process can be (docs/process-runtime.md): its
+own cgroups under the daemon's with the service's limits (cgroups.py), its own session,
+no_new_privs, and the service's user and groups. What a container would isolate beyond
+that is shared with the host: the filesystem, the network and the process table. The
+image is ignored; the command is the service's `Command + Args`, looked up in the
+task's PATH.
 """
 
 from __future__ import annotations
@@ -32,8 +35,9 @@ from typing import Any
 
 import shoal
 from shoal.agent import secrets as task_secrets
-from shoal.agent.executor import gelf, logdriver, shim
+from shoal.agent.executor import cgroups, gelf, logdriver, shim
 from shoal.agent.executor.base import ExecutorError, ExitStatus, RuntimeState
+from shoal.log import get_logger
 from shoal.types.agent import Dependency, LogMessage, LogOptions
 from shoal.types.base import format_time, now_ns
 from shoal.types.meta import NO_TASK_META, TaskMeta
@@ -78,6 +82,19 @@ NO_COMMAND_ERROR = (
     "and this service has none"
 )
 SUPERVISOR_EXITED_ERROR = "task process supervisor exited unexpectedly"
+# dockerd's warnings when the kernel lacks a controller: the limit is discarded.
+MSG_LIMIT_DISCARDED = {
+    "memory": "Your kernel does not support memory limit capabilities or the cgroup is "
+    "not mounted. Limitation discarded.",
+    "cpu": "Your kernel does not support CPU CFS quota or the cgroup is not mounted. "
+    "Quota discarded.",
+    "pids": "Your kernel does not support pids limit capabilities or the cgroup is not "
+    "mounted. PIDs limit discarded.",
+}
+
+PR_SET_DUMPABLE = 4
+
+log = get_logger("shoal.agent.process")
 
 
 class ProcessExecutor:
@@ -86,8 +103,17 @@ class ProcessExecutor:
 
     name = EXECUTOR_NAME
 
-    def __init__(self, data_dir: Path, hostname: str, engine_labels: dict[str, str]) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        hostname: str,
+        engine_labels: dict[str, str],
+        cgroup_layout: cgroups.Layout | None = None,
+    ) -> None:
+        """`cgroup_layout`: where the tasks' cgroups go (the daemon's own cgroups,
+        `cgroups.current()`); None runs tasks without cgroups, and without limits."""
         self.data_dir = Path(data_dir).resolve()
+        self.cgroup_layout = cgroup_layout
         self.tasks_dir = self.data_dir / TASKS_DIR
         self.hostname = hostname
         self.engine_labels = dict(engine_labels)
@@ -274,6 +300,11 @@ class ProcessController:
     async def remove(self) -> None:
         await self.shutdown(0.0)
         await asyncio.to_thread(task_secrets.release, self._dir)
+        # The shim removes the task's cgroups when the task ends; this is for a shim
+        # that did not get to it (killed with the daemon). The record is spec.json.
+        record = self._cgroup_record()
+        if record is not None and not await asyncio.to_thread(cgroups.kill_and_remove, record):
+            log.warning("task cgroups not removed", task=self.task_id, dirs=cgroups.dirs_of(record))
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def _template_context(self, launch: dict[str, Any]) -> dict[str, Any]:
@@ -356,7 +387,42 @@ class ProcessController:
             if sep and key:
                 env[key] = value
         check_executable(argv[0], env["PATH"], cwd)
-        return {"argv": argv, "env": env, "cwd": cwd, "uid": uid, "gid": gid, "groups": groups}
+        return {
+            "argv": argv,
+            "env": env,
+            "cwd": cwd,
+            "uid": uid,
+            "gid": gid,
+            "groups": groups,
+            "no_new_privs": True,
+            "cgroups": self._cgroup_plan(),
+        }
+
+    def _cgroup_plan(self) -> dict[str, Any] | None:
+        """The task's cgroups and limits, as spec.json records them (cgroups.plan)."""
+        layout = self._executor.cgroup_layout
+        limits = self.task.spec.resources.limits if self.task.spec.resources else None
+        memory, cpus, pids = (
+            (limits.memory_bytes, limits.nano_cpus, limits.pids) if limits else (None, None, None)
+        )
+        if layout is None:
+            wanted = {"memory": memory, "cpu": cpus, "pids": pids}
+            missing = [c for c, v in wanted.items() if v]
+            record = None
+        else:
+            record = cgroups.plan(layout, self.task_id, memory, cpus, pids)
+            missing = record["missing"]
+        for controller in missing:
+            log.warning(MSG_LIMIT_DISCARDED[controller], task=self.task_id)
+        return record
+
+    def _cgroup_record(self) -> dict[str, Any] | None:
+        try:
+            launch = json.loads((self._dir / shim.SPEC_FILE).read_bytes())
+        except (OSError, ValueError):
+            return None
+        record = launch.get("cgroups") if isinstance(launch, dict) else None
+        return record if isinstance(record, dict) else None
 
     async def _log_config(self, launch: dict[str, Any]) -> dict[str, Any]:
         """spec.json's `log`: the driver, the extra attributes of its lines (which
@@ -431,7 +497,11 @@ class ProcessController:
         record = self._read_exit_record()
         if record is None:
             return None
-        return ExitStatus(exit_code=int(record["exit_code"]), signal=record.get("signal"))
+        return ExitStatus(
+            exit_code=int(record["exit_code"]),
+            signal=record.get("signal"),
+            oom_killed=bool(record.get("oom_killed")),
+        )
 
     def _is_shim(self, pid: int) -> bool:
         """True when process `pid` (alive or a zombie) is this task's shim, not another
@@ -650,6 +720,18 @@ class ProcessController:
             elif until and message.timestamp_ns > until:
                 past_until = True
         return messages, offset + end, end > 0, past_until
+
+
+def protect_daemon() -> None:
+    """Make the daemon non-dumpable: a task running as the daemon's own user can then
+    neither ptrace it nor read its memory, environment or open files through /proc.
+    (Root tasks keep CAP_SYS_PTRACE and CAP_KILL: docs/process-runtime.md.)"""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

@@ -177,6 +177,7 @@ def _load_sibling(name: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(f"_shim_{name}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # as an import would (dataclasses look it up)
     spec.loader.exec_module(module)
     return module
 
@@ -317,6 +318,46 @@ def enter_root(
     os.chdir("/")
 
 
+PR_SET_DUMPABLE = 4
+PR_SET_NO_NEW_PRIVS = 38
+
+
+class ConfinementError(Exception):
+    """The task's cgroups or credentials could not be set up."""
+
+
+def _confiner(spec: dict[str, Any], cgroups: ModuleType | None, err_fd: int) -> Callable[[], None]:
+    """What the task process does between fork and exec, in this order: join its
+    cgroups (as root still), set no_new_privs (no setuid bit or file capability can
+    raise its privileges again), then take the task's groups and user. Runs in the
+    forked child of this single-threaded shim; a failure is written to `err_fd` and
+    fails the start."""
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    record = spec.get("cgroups")
+    uid, gid, groups = spec.get("uid"), spec.get("gid"), spec.get("groups")
+    no_new_privs = spec.get("no_new_privs", False)
+
+    def confine() -> None:
+        try:
+            if cgroups is not None:
+                cgroups.join(record)
+            if no_new_privs and prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+                raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
+            if groups is not None:
+                os.setgroups(groups)
+            if gid is not None:
+                os.setregid(gid, gid)
+            if uid is not None:
+                os.setreuid(uid, uid)
+        except OSError as e:
+            os.write(err_fd, str(e).encode(errors="replace"))
+            raise
+
+    return confine
+
+
 def run(task_dir: str) -> None:
     """Supervise the task described by `task_dir`/spec.json until it exits."""
 
@@ -329,29 +370,47 @@ def run(task_dir: str) -> None:
     with open(path(SPEC_FILE), "rb") as f:
         spec = json.load(f)
     log_fd = os.open(path(LOG_FILE), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    cgroup_record = spec.get("cgroups")
+    cgroups = _load_sibling("cgroups") if cgroup_record else None
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
     try:
+        if cgroups is not None:
+            try:
+                cgroups.create(cgroup_record)
+            except OSError as e:
+                raise ConfinementError(f"cannot create the task's cgroup: {e}") from None
         if spec.get("mounts"):
             enter_mounts(spec["mounts"])
         proc = subprocess.Popen(
             spec["argv"],
             env=spec["env"],
             cwd=spec["cwd"],
-            user=spec.get("uid"),
-            group=spec.get("gid"),
-            extra_groups=spec.get("groups"),
-            process_group=0,
+            preexec_fn=_confiner(spec, cgroups, err_w),
+            start_new_session=True,
             umask=TASK_UMASK,  # the daemon's own (0077) is not the task's
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             close_fds=True,
         )
-    except (OSError, subprocess.SubprocessError, ValueError) as e:
+    except (OSError, subprocess.SubprocessError, ValueError, ConfinementError) as e:
+        os.close(err_w)
+        reason = os.read(err_r, READ_CHUNK_BYTES).decode(errors="replace")
+        os.close(err_r)
         os.close(log_fd)
-        code, message = _exec_error(e, spec)
+        if cgroups is not None:
+            cgroups.kill_and_remove(cgroup_record)
+        if reason:
+            code, message = EXIT_CODE_CANNOT_EXEC, f"cannot confine the task process: {reason}"
+        elif isinstance(e, ConfinementError):
+            code, message = EXIT_CODE_CANNOT_EXEC, str(e)
+        else:
+            code, message = _exec_error(e, spec)
         record = {"exit_code": code, "signal": None, "error": message}
         write_atomic(path(EXIT_FILE), json.dumps(record).encode() + b"\n")
         return
+    os.close(err_w)
+    os.close(err_r)
     write_atomic(path(PID_FILE), b"%d\n" % proc.pid)
 
     assert proc.stdout is not None and proc.stderr is not None
@@ -403,6 +462,12 @@ def run(task_dir: str) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     except OSError:
         pass
+    oom_killed = False
+    if cgroups is not None:
+        # Processes that left the group (a setsid of their own) are still in the cgroup.
+        oom_killed = cgroups.oom_kills(cgroup_record) > 0
+        if not cgroups.kill_and_remove(cgroup_record):
+            print("cgroups: processes still in the task's cgroup, not removed", file=sys.stderr)
     returncode = proc.wait()
 
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
@@ -419,7 +484,10 @@ def run(task_dir: str) -> None:
     os.close(log_fd)
     proc.stdout.close()
     proc.stderr.close()
-    write_atomic(path(EXIT_FILE), json.dumps(_exit_record(returncode)).encode() + b"\n")
+    record = _exit_record(returncode)
+    if oom_killed:
+        record["oom_killed"] = True
+    write_atomic(path(EXIT_FILE), json.dumps(record).encode() + b"\n")
 
 
 def main(argv: list[str]) -> int:
