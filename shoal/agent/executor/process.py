@@ -227,6 +227,10 @@ class ProcessController:
                 return RuntimeState(exists=True, running=True, pid=pid)
             # Read again: the shim may have written it and exited since the first look.
             status = self._read_exit()
+            if status is None and shim_pid is not None:
+                # The shim died without a word: end what it left in the task's cgroups,
+                # as it would have done itself.
+                await self._remove_cgroups()
         return RuntimeState(exists=True, running=False, exit=status)
 
     async def prepare(self) -> None:
@@ -302,9 +306,7 @@ class ProcessController:
         await asyncio.to_thread(task_secrets.release, self._dir)
         # The shim removes the task's cgroups when the task ends; this is for a shim
         # that did not get to it (killed with the daemon). The record is spec.json.
-        record = self._cgroup_record()
-        if record is not None and not await asyncio.to_thread(cgroups.kill_and_remove, record):
-            log.warning("task cgroups not removed", task=self.task_id, dirs=cgroups.dirs_of(record))
+        await self._remove_cgroups()
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def _template_context(self, launch: dict[str, Any]) -> dict[str, Any]:
@@ -415,6 +417,13 @@ class ProcessController:
         for controller in missing:
             log.warning(MSG_LIMIT_DISCARDED[controller], task=self.task_id)
         return record
+
+    async def _remove_cgroups(self) -> None:
+        record = self._cgroup_record()
+        if record is None:
+            return
+        if not await asyncio.to_thread(cgroups.kill_and_remove, record):
+            log.warning("task cgroups not removed", task=self.task_id, dirs=cgroups.dirs_of(record))
 
     def _cgroup_record(self) -> dict[str, Any] | None:
         try:
