@@ -192,9 +192,6 @@ def test_no_new_privs_own_session_and_user(swarm: Daemon) -> None:
         what="the task's report",
     )
     assert logs.split() == ["signal-daemon=no", "environ=no"], logs
-    # The daemon is not dumpable: not even its own user could ptrace it.
-    daemon_status = Path(f"/proc/{daemon_pid}/status").read_text()
-    assert pid_alive(daemon_pid) and daemon_status
     swarm.docker("service", "rm", "nobody")
     wait_until(lambda: gone(record), what="the cgroup gone")
 

@@ -4,6 +4,8 @@ real hierarchies are exercised by tests/integration/test_process_limits.py."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 from shoal.agent.executor import cgroups
@@ -148,3 +150,14 @@ def test_kill_and_remove_removes_the_recorded_directories_and_an_empty_parent(
     assert cgroups.kill_and_remove(record)
     assert not parent.exists() and other.exists()
     assert cgroups.kill_and_remove(record)  # nothing left: nothing to do
+
+
+def test_protect_daemon_makes_the_process_non_dumpable() -> None:
+    code = (
+        "import ctypes\n"
+        "from shoal.agent.executor.process import protect_daemon\n"
+        "protect_daemon()\n"
+        "print(ctypes.CDLL(None).prctl(3, 0, 0, 0, 0))\n"  # PR_GET_DUMPABLE
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "0"
