@@ -25,6 +25,7 @@ from shoal.agent.executor.base import Executor
 from shoal.agent.executor.docker_engine import DEFAULT_ENGINE_HOST, EngineError, engine_answers
 from shoal.agent.join import join, node_tls_info, renew, renewal_delay
 from shoal.agent.session import RemoteSession
+from shoal.api.listen import APITLS
 from shoal.api.server import APIServer
 from shoal.errors import (
     AlreadyInSwarm,
@@ -88,6 +89,9 @@ class DaemonConfig:
     # What the node advertises to the scheduler instead of what the runtime measures.
     resources_cpus: float | None = None
     resources_memory: int | None = None
+    # The TLS of the API's tcp:// hosts (--tls/--tlsverify), and --insecure-tcp.
+    api_tls: APITLS | None = None
+    insecure_tcp: bool = False
 
 
 @dataclass
@@ -178,7 +182,7 @@ class Daemon:
         self._renew_now = asyncio.Event()
         self._pending_trust: TrustUpdate | None = None
         self._ca_watch: asyncio.Task[None] | None = None
-        self._api = APIServer(self, config.hosts)
+        self._api = APIServer(self, config.hosts, config.api_tls, config.insecure_tcp)
         self._lock = asyncio.Lock()
         self.stopped = asyncio.Event()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from aiohttp import web
 
 from shoal.api import filters
@@ -10,6 +12,7 @@ from shoal.api.encode import empty, json_response, wire
 from shoal.api.server import Router, context
 from shoal.api.swarm import require_manager
 from shoal.errors import FailedPrecondition, InvalidArgument
+from shoal.manager.ca.removed import remove_node
 from shoal.manager.controlapi.nodes import resolve_node, update_node
 from shoal.types.node import Node, NodeSpec
 
@@ -76,5 +79,6 @@ async def remove(request: web.Request) -> web.Response:
             f"rpc error: code = FailedPrecondition desc = node {node.id} is not down and can't "
             "be removed"
         )
-    await m.store.update(lambda tx: tx.delete("node", node.id))
+    now_ns = time.time_ns()
+    await m.store.update(lambda tx: remove_node(tx, node.id, now_ns))
     return empty()

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from shoal import __version__
 from shoal.api.context import DaemonContext
+from shoal.api.listen import APITLS, check_hosts
 from shoal.errors import http_error
 from shoal.log import get_logger
 
@@ -130,15 +131,26 @@ def _prepare_socket_path(raw: str) -> Path:
 
 
 class APIServer:
-    """Serves the app on every `--host` (unix:///path, tcp://addr:port)."""
+    """Serves the app on every `--host` (unix:///path, tcp://addr:port); TCP hosts with
+    `tls` when given (listen.py: who may reach which host)."""
 
-    def __init__(self, daemon: DaemonContext, hosts: list[str]) -> None:
+    def __init__(
+        self,
+        daemon: DaemonContext,
+        hosts: list[str],
+        tls: APITLS | None = None,
+        insecure_tcp: bool = False,
+    ) -> None:
         self._app = build_app(daemon)
         self._hosts = hosts
+        self._tls = tls
+        self._insecure_tcp = insecure_tcp
         self._runner: web.AppRunner | None = None
         self._sockets: list[Path] = []
 
     async def start(self) -> None:
+        hosts = check_hosts(self._hosts, self._tls, self._insecure_tcp)
+        ssl_context = self._tls.context() if self._tls is not None else None
         # handler_cancellation: a client that goes away (a `logs -f` left) ends its
         # handler at once instead of holding the daemon's shutdown.
         self._runner = web.AppRunner(
@@ -149,21 +161,28 @@ class APIServer:
             shutdown_timeout=SHUTDOWN_TIMEOUT_S,
         )
         await self._runner.setup()
-        for host in self._hosts:
-            if host.startswith("unix://"):
-                path = _prepare_socket_path(host[len("unix://") :])
+        for host in hosts:
+            if host.path is not None:
+                path = _prepare_socket_path(str(host.path))
                 site: web.BaseSite = web.UnixSite(self._runner, str(path))
                 await site.start()
                 os.chmod(path, 0o660)
                 self._sockets.append(path)
-            elif host.startswith("tcp://"):
-                addr = host[len("tcp://") :]
-                h, _, p = addr.rpartition(":")
-                site = web.TCPSite(self._runner, h.strip("[]") or "0.0.0.0", int(p))
-                await site.start()
+                log.info("API listening", host=host.raw)
+                continue
+            site = web.TCPSite(
+                self._runner, host.addr or "0.0.0.0", host.port, ssl_context=ssl_context
+            )
+            await site.start()
+            if self._tls is None or not self._tls.verify:
+                log.warning(
+                    "API listening on TCP without client certificate verification: "
+                    "whoever reaches it is root on this machine",
+                    host=host.raw,
+                    tls=self._tls is not None,
+                )
             else:
-                raise ValueError(f"unsupported host {host!r}: use unix:///path or tcp://addr:port")
-            log.info("API listening", host=host)
+                log.info("API listening", host=host.raw, tls="verify")
 
     async def stop(self) -> None:
         if self._runner is not None:

@@ -57,18 +57,62 @@ def daemon(
     resources_memory: int = typer.Option(
         None, "--resources-memory", help="Memory bytes this node offers (default: measured)."
     ),
+    tls: bool = typer.Option(False, "--tls", help="Serve tcp:// hosts over TLS."),
+    tlsverify: bool = typer.Option(
+        False,
+        "--tlsverify",
+        help="Serve tcp:// hosts over TLS and admit only clients with a certificate "
+        "from --tlscacert (implies --tls).",
+    ),
+    tlscacert: Path = typer.Option(
+        None, "--tlscacert", help="Trust client certificates signed only by this CA."
+    ),
+    tlscert: Path = typer.Option(None, "--tlscert", help="Path to the TLS certificate file."),
+    tlskey: Path = typer.Option(None, "--tlskey", help="Path to the TLS key file."),
+    insecure_tcp: bool = typer.Option(
+        False,
+        "--insecure-tcp",
+        help="Allow a tcp:// host on a non-loopback address without --tlsverify: anyone "
+        "who reaches it is root on this machine.",
+    ),
     log_level: str = typer.Option("info", "--log-level"),
 ) -> None:
     """Run the shoal daemon (agent, and manager once in a swarm)."""
     from shoal import log
+    from shoal.api.listen import (
+        APITLS,
+        DEFAULT_CA_FILE,
+        DEFAULT_CERT_FILE,
+        DEFAULT_KEY_FILE,
+        HostError,
+        check_hosts,
+        default_cert_dir,
+    )
     from shoal.daemon import RUNTIMES, DaemonConfig, serve
 
     if runtime not in RUNTIMES:
         raise typer.BadParameter(f"unknown runtime {runtime!r}: choose from {', '.join(RUNTIMES)}")
+    hosts = host or ["unix:///run/shoal/shoal.sock"]
+    api_tls = None
+    if tls or tlsverify:
+        certs = default_cert_dir()
+        api_tls = APITLS(
+            cert=tlscert or certs / DEFAULT_CERT_FILE,
+            key=tlskey or certs / DEFAULT_KEY_FILE,
+            cacert=tlscacert or certs / DEFAULT_CA_FILE,
+            verify=tlsverify,
+        )
+    try:  # refused before anything starts, with dockerd's reasons
+        check_hosts(hosts, api_tls, insecure_tcp)
+        if api_tls is not None:
+            api_tls.context()
+    except HostError as e:
+        typer.echo(f"shoal daemon: {e}", err=True)
+        raise typer.Exit(1) from None
     log.setup(log_level)
     config = DaemonConfig(
         data_dir=data_dir,
-        hosts=host or ["unix:///run/shoal/shoal.sock"],
+        hosts=hosts,
         runtime=runtime,
         node_name=node_name or socket.gethostname(),
         labels=_parse_labels(label or []),
@@ -76,6 +120,8 @@ def daemon(
         engine_host=engine_host,
         resources_cpus=resources_cpus,
         resources_memory=resources_memory,
+        api_tls=api_tls,
+        insecure_tcp=insecure_tcp,
     )
     try:
         import uvloop

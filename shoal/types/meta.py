@@ -62,6 +62,9 @@ class ClusterMeta(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True,
     rotation: RootRotation | None = None
     # SwarmKit's LastForcedRotation: the Spec.CAConfig.ForceRotate last acted on.
     last_forced_rotation: int = 0
+    # SwarmKit's BlacklistedCertificates: removed node ID -> when (unix ns) the last
+    # certificate it could hold has expired; refused at the cluster port's handshake.
+    removed_nodes: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 NO_CLUSTER_META = ClusterMeta()

@@ -12,6 +12,10 @@ the node as the store records it now:
     GET  /dispatcher/session yes           worker, manager   the node exists, same role
     GET  /manager/ping       yes           manager           the node exists, same role
 
+Beside that, a removed node's ID stays on the cluster's list of removed nodes until its
+certificates have expired (ca/removed.py): the server refuses such a certificate at the
+TLS handshake (`RefuseRemoved`), and `admit` refuses it too.
+
 `/ca/renew` asks only that the node exists: it is how a promoted or demoted node trades
 its certificate for one with the role the store records (the new certificate carries
 that role, never the old one).
@@ -19,11 +23,17 @@ that role, never the old one).
 
 from __future__ import annotations
 
+import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from shoal.errors import PermissionDenied, Unauthenticated
+from shoal.log import get_logger
+from shoal.manager.ca.removed import is_removed
 from shoal.manager.store import Store
-from shoal.pki import Identity
+from shoal.pki import Identity, peer_identity
+
+log = get_logger("shoal.manager.clusterport")
 
 ANY_NODE = frozenset({"worker", "manager"})
 MANAGERS = frozenset({"manager"})
@@ -63,11 +73,16 @@ class Gate:
             raise PermissionDenied(f"permission denied: {ident.role} nodes may not use {path}")
         self.check_member(ident, same_role=rule.same_role)
 
+    def removed(self, node_id: str) -> bool:
+        """Is `node_id` on the cluster's list of removed nodes?"""
+        return is_removed(self._store.view(), node_id)
+
     def check_member(self, ident: Identity, same_role: bool = True) -> None:
         """PermissionDenied when the node was removed, or (`same_role`) when its role in
         the store is no longer the certificate's."""
-        node = self._store.view().get_node(ident.node_id)
-        if node is None:
+        view = self._store.view()
+        node = view.get_node(ident.node_id)
+        if node is None or is_removed(view, ident.node_id):
             raise PermissionDenied(
                 f"permission denied: node {ident.node_id} is not a member of this cluster"
             )
@@ -76,3 +91,24 @@ class Gate:
                 f"permission denied: node {ident.node_id} is a {node.spec.role} now; "
                 "its certificate must be renewed"
             )
+
+
+class PeerRemoved(ssl.SSLCertVerificationError):
+    """The peer's certificate is a removed node's: it fails the handshake like any
+    certificate that does not verify."""
+
+
+def refusing_removed(removed: Callable[[str], bool]) -> type[ssl.SSLObject]:
+    """An SSLObject for the server's contexts that, once the chain has verified, fails
+    the handshake when the certificate names a removed node (asyncio, so aiohttp, make
+    their TLS objects from the context's `sslobject_class`)."""
+
+    class RefuseRemoved(ssl.SSLObject):
+        def do_handshake(self) -> None:
+            super().do_handshake()
+            ident = peer_identity(self)
+            if ident is not None and removed(ident.node_id):
+                log.warning("refused a removed node's certificate", node=ident.node_id)
+                raise PeerRemoved(f"node {ident.node_id} was removed from the cluster")
+
+    return RefuseRemoved

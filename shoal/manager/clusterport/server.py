@@ -18,7 +18,7 @@ from shoal.errors import InvalidArgument, ResourceExhausted, http_error
 from shoal.log import get_logger
 from shoal.manager.ca.issuer import Issuer
 from shoal.manager.ca.root import RootCA
-from shoal.manager.clusterport.access import ACCESS, Gate
+from shoal.manager.clusterport.access import ACCESS, Gate, refusing_removed
 from shoal.manager.clusterport.ratelimit import JoinLimiter
 from shoal.manager.clusterport.session import node_addr, serve_session
 from shoal.manager.dispatcher.dispatcher import Dispatcher
@@ -27,7 +27,13 @@ from shoal.pki import Identity, NodeCredentials, peer_identity
 from shoal.types.base import encode_json
 from shoal.types.session import JoinRequest, RenewRequest
 
-MSG_TOO_MANY_JOINS = "too many join requests; try again later"
+MSG_TOO_MANY_JOINS = (
+    "rpc error: code = ResourceExhausted desc = too many join requests; try again later"
+)
+MSG_TOO_MANY_FAILED_JOINS = (
+    "rpc error: code = ResourceExhausted desc = too many failed join attempts from this "
+    "address; try again later"
+)
 IDENTITY_KEY = "shoal.identity"
 MAX_BODY = 1024 * 1024
 SHUTDOWN_TIMEOUT_S = 2.0  # sessions in flight when the daemon stops
@@ -100,7 +106,7 @@ class ClusterServer:
             shutdown_timeout=SHUTDOWN_TIMEOUT_S,
         )
         await self._runner.setup()
-        base = self._ssl = self._credentials.server_context()
+        base = self._ssl = self._server_context(self._credentials)
         base.sni_callback = self._pick_context
         site = web.TCPSite(self._runner, host, port, ssl_context=base)
         await site.start()
@@ -119,7 +125,14 @@ class ClusterServer:
         """New connections present this certificate and trust these roots; those open
         keep what they had."""
         self._credentials = credentials
-        self._ssl = credentials.server_context()
+        self._ssl = self._server_context(credentials)
+
+    def _server_context(self, credentials: NodeCredentials) -> ssl.SSLContext:
+        """The node's server context, refusing removed nodes at the handshake (the
+        object's class comes from the context a connection starts on)."""
+        ctx = credentials.server_context()
+        ctx.sslobject_class = refusing_removed(self._gate.removed)
+        return ctx
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -131,10 +144,18 @@ class ClusterServer:
         return web.Response(body=self._issuer.root_pem(), content_type="application/x-pem-file")
 
     async def _ca_join(self, request: web.Request) -> web.Response:
-        if not self._joins.allow(request.remote or ""):
+        peer = request.remote or ""
+        if self._joins.failing(peer):
+            raise ResourceExhausted(MSG_TOO_MANY_FAILED_JOINS)
+        if not self._joins.allow(peer):
             raise ResourceExhausted(MSG_TOO_MANY_JOINS)
-        req = _decode(await request.read(), JoinRequest)
-        resp = await self._issuer.join(req, node_addr(request.remote, req.addr))
+        try:
+            req = _decode(await request.read(), JoinRequest)
+            resp = await self._issuer.join(req, node_addr(request.remote, req.addr))
+        except InvalidArgument:  # a wrong token, a bad CSR or body
+            self._joins.failed(peer)
+            log.warning("join refused", peer=peer)
+            raise
         log.info("node joined", node=resp.node_id, role=resp.role, hostname=req.hostname)
         return web.Response(body=encode_json(resp), content_type="application/json")
 

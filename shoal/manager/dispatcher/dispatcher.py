@@ -19,6 +19,7 @@ import msgspec
 from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.errors import NotFound
 from shoal.log import get_logger
+from shoal.manager.ca.removed import remove_node
 from shoal.manager.loops import LoopStats, next_backoff
 from shoal.manager.store import Event, ReadTx, Store, Tx, WatcherClosed
 from shoal.types.agent import (
@@ -357,7 +358,7 @@ class Dispatcher:
             for node in tx.nodes():
                 if node.status.state == NODE_JOINED and parse_time(node.created_at) < cutoff:
                     log.info("forgetting a node that joined but never registered", node=node.id)
-                    tx.delete("node", node.id)
+                    remove_node(tx, node.id, now)
 
         await self._store.update(write)
 
