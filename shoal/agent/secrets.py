@@ -36,6 +36,7 @@ from shoal.types.task import Task
 
 SECRETS_DIR = "/run/secrets"
 DEPS_DIR = "deps"
+DIR_MODE = 0o755  # directories made for targets the host does not have
 # Size bound of a task's tmpfs: its secrets (< 500 KiB each) and configs (< 1000 KiB).
 DEPS_TMPFS_SIZE = "64m"
 # On the task's tmpfs: its root directory, when a target lies directly under /.
@@ -123,16 +124,37 @@ def prepare(task_dir: Path, files: list[tuple[str, bytes, int, int, int]]) -> li
         if top not in tops:
             tops.add(top)
             upper.mkdir(parents=True, exist_ok=True)
+            # The overlay's top directory takes the upper layer's mode: the host's own
+            # (/run is 0755), not what the daemon's umask (0077) gave it.
+            os.chmod(upper, _mode_of(f"/{top}"))
             (root / top / "work").mkdir(parents=True, exist_ok=True)
             mounts.append(
                 {"overlay": f"/{top}", "upper": str(upper), "work": str(root / top / "work")}
             )
         path = upper.joinpath(*parts[2:])
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+        _make_dirs(upper, parts[2:-1])
         _write(path, data, uid, gid, mode)
     if any(t.startswith(SECRETS_DIR + "/") for t, *_ in files):
         mounts.append({"readonly": SECRETS_DIR})
     return mounts
+
+
+def _mode_of(host_dir: str) -> int:
+    try:
+        return os.stat(host_dir).st_mode & 0o7777
+    except FileNotFoundError:
+        return DIR_MODE
+
+
+def _make_dirs(base: Path, names: tuple[str, ...]) -> None:
+    """The directories between `base` and a target, each as the host has it (or 0755,
+    as Docker makes /run/secrets): readable by a task running as another user."""
+    path, host = base, "/" + base.parent.name
+    for name in names:
+        path, host = path / name, f"{host}/{name}"
+        if not path.is_dir():
+            path.mkdir()
+            os.chmod(path, _mode_of(host))
 
 
 def _mount_tmpfs(root: Path, runtime: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
 from collections.abc import Iterator
 
 import docker
@@ -189,6 +190,29 @@ def test_the_talks_example(secrets_cluster: Daemon) -> None:
     # the task's tmpfs is held by its namespace alone: no mount left on the host
     with open("/proc/self/mounts") as f:
         assert str(d.data_dir) not in f.read()
+
+
+def test_a_task_of_another_user_reads_its_secret(secrets_cluster: Daemon) -> None:
+    """Docker's defaults (mode 0444, /run/secrets 0755): a task running as `nobody`
+    reads its secret; one it was given mode 0400 for uid 0 it cannot."""
+    d = secrets_cluster
+    d.docker("secret", "create", "shared_secret", "-", input="for everyone\n")
+    d.docker(
+        "service", "create", "--detach", "--name", "nobody", "--user", "65534:65534",
+        "--secret", "shared_secret", "--secret", "source=shared_secret,target=root_only,mode=0400",
+        "busybox", "sleep", "1000",
+    )  # fmt: skip
+    (pid,) = d.wait_processes("nobody", 1, argv=["sleep", "1000"]).values()
+    as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    assert _in_task(pid, *as_nobody, "cat", "/run/secrets/shared_secret") == "for everyone\n"
+    out = _in_task(pid, "stat", "-c", "%a", "/run/secrets", "/run")
+    assert out.split() == ["755", "755"], out
+    denied = subprocess.run(
+        ["nsenter", "-t", str(pid), "-m", *as_nobody, "cat", "/run/secrets/root_only"],
+        capture_output=True, text=True, timeout=10,
+    )  # fmt: skip
+    assert denied.returncode != 0 and "Permission denied" in denied.stderr, denied
+    d.docker("service", "rm", "nobody")
 
 
 def test_secret_rotation(secrets_cluster: Daemon) -> None:
