@@ -68,11 +68,7 @@ class _Where:
         return _Where(_GO_STRUCT_NAMES.get(cls.__name__, cls.__name__), self.path)
 
     def refuse(self, what: str, go: str) -> InvalidArgument:
-        into = (
-            f"Go struct field {self.struct}.{'.'.join(self.path)}"
-            if self.path
-            else f"Go value"
-        )
+        into = f"Go struct field {self.struct}.{'.'.join(self.path)}" if self.path else "Go value"
         return InvalidArgument(f"json: cannot unmarshal {what} into {into} of type {go}")
 
 

@@ -77,9 +77,7 @@ def refused(daemon: Daemon, body: str | bytes, status: int = 400) -> str:
     """POST it to /services/create: refused with `status`, Docker's error shape, and
     nothing changed in the store."""
     before = store_index(daemon)
-    resp = daemon.http(
-        "POST", "/v1.41/services/create", body, {"Content-Type": "application/json"}
-    )
+    resp = daemon.http("POST", "/v1.41/services/create", body, {"Content-Type": "application/json"})
     assert resp.status == status, resp
     data = resp.json()
     assert list(data) == ["message"], data
