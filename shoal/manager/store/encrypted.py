@@ -11,7 +11,6 @@ written.
 from __future__ import annotations
 
 import asyncio
-
 import os
 from collections.abc import AsyncIterator
 
