@@ -135,3 +135,33 @@ def test_a_round_takes_whole_transactions_up_to_its_bound() -> None:
         assert len(watcher.get_nowait_all()) == 4 * per_tx
 
     asyncio.run(main())
+
+
+def test_a_huge_replicated_job_is_started_in_bounded_transactions() -> None:
+    from shoal.manager.orchestrator.jobs import JobOrchestrator
+    from shoal.types.service import ReplicatedJob, ServiceMode
+
+    count = 2 * MAX_TASKS_PER_RECONCILE + 1
+    job = msgspec.structs.replace(
+        service("job"),
+        spec=msgspec.structs.replace(
+            service("job").spec,
+            mode=ServiceMode(
+                replicated_job=ReplicatedJob(max_concurrent=count, total_completions=count)
+            ),
+        ),
+    )
+
+    async def main() -> None:
+        store = Store(MemoryBackend())
+        svc = await store.update(lambda tx: tx.create(job))
+        orch = JobOrchestrator(store, RestartSupervisor(store), UpdateSupervisor(store))
+        sizes = []
+        await store.update(lambda tx: orch.reconcile(tx, svc))
+        sizes.append(len(store.view().tasks()))
+        while orch.unfinished():
+            await store.update(lambda tx: orch._handle(tx, []))
+            sizes.append(len(store.view().tasks()))
+        assert sizes == [MAX_TASKS_PER_RECONCILE, 2 * MAX_TASKS_PER_RECONCILE, count]
+
+    asyncio.run(main())
