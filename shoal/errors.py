@@ -15,6 +15,7 @@
     ├── Unauthenticated          no certificate of this cluster was presented    (401)
     ├── PermissionDenied         the certificate may not do this (role, removed) (403)
     ├── ResourceExhausted        too many requests of this kind, try later       (429)
+    ├── BodyTooLarge             a request body beyond the API's limit           (413)
     └── Internal                 anything else the server could not do           (500)
         ├── ConstraintRejected   a placement constraint that does not parse      (500, as dockerd)
         ├── ListenFailed         the cluster port could not be bound             (500)
@@ -155,6 +156,15 @@ class PermissionDenied(ShoalError):
 
 class ResourceExhausted(ShoalError):
     status = 429
+
+
+class BodyTooLarge(ShoalError):
+    status = 413
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(
+            f"request body is too large: {size} bytes or more, the limit is {limit} bytes"
+        )
 
 
 class Internal(ShoalError):

@@ -41,13 +41,18 @@ def service_status(tx: ReadTx, service: Service, down: set[str]) -> ServiceStatu
     not count. For a job (SwarmKit's ListServiceStatuses) only the tasks of its current
     run count: desired is MaxConcurrent for a replicated job, and for a global job the
     tasks still to complete (the CLI shows `running/desired (completed/total)`)."""
+    mode = service.spec.mode
+    if mode is None or mode.kind == "replicated":  # counted from the store's index
+        running = sum(n for node, n in tx.running_by_node(service.id).items() if node not in down)
+        return ServiceStatus(
+            running_tasks=running, desired_tasks=replicas_of(service), completed_tasks=0
+        )
     live = [t for t in tx.tasks_of_service(service.id) if t.node_id not in down]
     if service.job_status is not None:
         run = service.job_status.job_iteration
         live = [t for t in live if t.job_iteration == run]
     running = sum(1 for t in live if t.state == TaskState.RUNNING)
     completed = 0
-    mode = service.spec.mode
     if mode and mode.replicated_job is not None:
         desired = mode.replicated_job.max_concurrent or 0
     elif mode and mode.global_job is not None:

@@ -15,6 +15,11 @@ from shoal.manager.store import Event, Store, Tx, Watcher, WatcherClosed
 RETRY_MIN_S = 0.1
 RETRY_MAX_S = 10.0
 
+# The most events one round of a reconcile loop takes into its transaction: a burst
+# larger than this (a huge service being built) is handled over several rounds, each a
+# bounded transaction with the event loop free between them.
+MAX_EVENTS_PER_ROUND = 2000
+
 log = get_logger("shoal.manager")
 
 
@@ -52,8 +57,8 @@ async def reconcile_loop(
 ) -> None:
     """The shape of a control loop that writes: one `sweep` transaction over everything
     (at start, after a daemon restart, after a failure, after its watcher fell behind),
-    then one `handle` transaction per burst of events (all queued events at once:
-    SwarmKit's batching, bounded by what is ready). `after` runs after each commit: the
+    then one `handle` transaction per burst of events (the queued events at once:
+    SwarmKit's batching, bounded by what is ready and by MAX_EVENTS_PER_ROUND). `after` runs after each commit: the
     effects of what was committed (timers, updaters) start there, never inside a
     transaction.
 
@@ -71,7 +76,7 @@ async def reconcile_loop(
             backoff = 0.0
             while not stopped.is_set():
                 events = await watcher.__anext__()
-                events.extend(watcher.get_nowait_all())
+                events.extend(watcher.get_nowait_all(MAX_EVENTS_PER_ROUND - len(events)))
                 await store.update(functools.partial(_apply, handle, events))
                 if after is not None:
                     await after()

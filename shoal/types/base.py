@@ -5,9 +5,30 @@ from __future__ import annotations
 import functools
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
+
+# Integers as Docker's Go types hold them: dockerd refuses a number outside its field's
+# type while decoding the body (400), so shoal never stores one. `extra["go"]` names the
+# Go type; api/body.py checks the range of GO_INT_RANGES[go] (msgspec cannot bound an int
+# beyond int64) and words a refusal as encoding/json does.
+INT64_MIN = -(1 << 63)
+INT64_MAX = (1 << 63) - 1
+UINT64_MAX = (1 << 64) - 1
+UINT32_MAX = (1 << 32) - 1
+GO_INT_RANGES: dict[str, tuple[int, int]] = {
+    "int64": (INT64_MIN, INT64_MAX),
+    "int": (INT64_MIN, INT64_MAX),
+    "time.Duration": (INT64_MIN, INT64_MAX),
+    "uint64": (0, UINT64_MAX),
+    "uint32": (0, UINT32_MAX),
+}
+Int64 = Annotated[int, msgspec.Meta(ge=INT64_MIN, le=INT64_MAX, extra={"go": "int64"})]
+GoInt = Annotated[int, msgspec.Meta(ge=INT64_MIN, le=INT64_MAX, extra={"go": "int"})]
+Duration = Annotated[int, msgspec.Meta(ge=INT64_MIN, le=INT64_MAX, extra={"go": "time.Duration"})]
+UInt64 = Annotated[int, msgspec.Meta(ge=0, extra={"go": "uint64"})]
+UInt32 = Annotated[int, msgspec.Meta(ge=0, le=UINT32_MAX, extra={"go": "uint32"})]
 
 
 class Model(
@@ -25,7 +46,7 @@ class Model(
 
 
 class Version(Model):
-    index: int = 0
+    index: UInt64 = 0
 
 
 def now_ns() -> int:

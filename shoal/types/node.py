@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-from shoal.types.base import Model, Version
+from shoal.types.base import Int64, Model, Version
 from shoal.types.service import Platform
 
 # A node's state from its join (it holds a certificate) until its agent's first session.
@@ -19,8 +19,8 @@ class NodeSpec(Model, kw_only=True):
 
 
 class NodeResources(Model):
-    nano_cpus: int = msgspec.field(default=0, name="NanoCPUs")
-    memory_bytes: int = 0
+    nano_cpus: Int64 = msgspec.field(default=0, name="NanoCPUs")
+    memory_bytes: Int64 = 0
 
 
 class EnginePlugin(Model):

@@ -6,7 +6,7 @@ from typing import Any
 
 import msgspec
 
-from shoal.types.base import Model, Version
+from shoal.types.base import Duration, GoInt, Int64, Model, UInt32, UInt64, Version
 
 # Opaque sub-objects shoal stores and returns verbatim but does not interpret yet.
 Raw = dict[str, Any]
@@ -14,10 +14,10 @@ Raw = dict[str, Any]
 
 class HealthConfig(Model):
     test: list[str] | None = None
-    interval: int | None = None
-    timeout: int | None = None
-    retries: int | None = None
-    start_period: int | None = None
+    interval: Duration | None = None
+    timeout: Duration | None = None
+    retries: GoInt | None = None
+    start_period: Duration | None = None
 
 
 class SecretReference(Model):
@@ -49,7 +49,7 @@ class ContainerSpec(Model):
     read_only: bool | None = None
     mounts: list[Raw] | None = None
     stop_signal: str | None = None
-    stop_grace_period: int | None = None
+    stop_grace_period: Duration | None = None
     health_check: HealthConfig | None = msgspec.field(default=None, name="Healthcheck")
     hosts: list[str] | None = None
     dns_config: Raw | None = msgspec.field(default=None, name="DNSConfig")
@@ -64,15 +64,15 @@ class ContainerSpec(Model):
 
 
 class ResourceObject(Model):
-    nano_cpus: int | None = msgspec.field(default=None, name="NanoCPUs")
-    memory_bytes: int | None = None
+    nano_cpus: Int64 | None = msgspec.field(default=None, name="NanoCPUs")
+    memory_bytes: Int64 | None = None
     generic_resources: list[Raw] | None = None
 
 
 class Limit(Model):
-    nano_cpus: int | None = msgspec.field(default=None, name="NanoCPUs")
-    memory_bytes: int | None = None
-    pids: int | None = None
+    nano_cpus: Int64 | None = msgspec.field(default=None, name="NanoCPUs")
+    memory_bytes: Int64 | None = None
+    pids: Int64 | None = None
 
 
 class Resources(Model):
@@ -82,9 +82,9 @@ class Resources(Model):
 
 class RestartPolicy(Model):
     condition: str | None = None
-    delay: int | None = None
-    max_attempts: int | None = None
-    window: int | None = None
+    delay: Duration | None = None
+    max_attempts: UInt64 | None = None
+    window: Duration | None = None
 
 
 class Platform(Model):
@@ -103,7 +103,7 @@ class PlacementPreference(Model):
 class Placement(Model):
     constraints: list[str] | None = None
     preferences: list[PlacementPreference] | None = None
-    max_replicas: int | None = None
+    max_replicas: UInt64 | None = None
     platforms: list[Platform] | None = None
 
 
@@ -120,14 +120,14 @@ class TaskSpec(Model):
     resources: Resources | None = None
     restart_policy: RestartPolicy | None = None
     placement: Placement | None = None
-    force_update: int | None = None
+    force_update: UInt64 | None = None
     runtime: str | None = None
     networks: list[NetworkAttachmentConfig] | None = None
     log_driver: Raw | None = None
 
 
 class ReplicatedService(Model):
-    replicas: int | None = None
+    replicas: UInt64 | None = None
 
 
 class GlobalService(Model):
@@ -135,8 +135,8 @@ class GlobalService(Model):
 
 
 class ReplicatedJob(Model):
-    max_concurrent: int | None = None
-    total_completions: int | None = None
+    max_concurrent: UInt64 | None = None
+    total_completions: UInt64 | None = None
 
 
 class GlobalJob(Model):
@@ -162,10 +162,10 @@ class ServiceMode(Model):
 
 
 class UpdateConfig(Model):
-    parallelism: int | None = None
-    delay: int | None = None
+    parallelism: UInt64 | None = None
+    delay: Duration | None = None
     failure_action: str | None = None
-    monitor: int | None = None
+    monitor: Duration | None = None
     max_failure_ratio: float | None = None
     order: str | None = None
 
@@ -173,8 +173,8 @@ class UpdateConfig(Model):
 class EndpointPortConfig(Model):
     name: str | None = None
     protocol: str | None = None
-    target_port: int | None = None
-    published_port: int | None = None
+    target_port: UInt32 | None = None
+    published_port: UInt32 | None = None
     publish_mode: str | None = None
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import msgspec
 
-from shoal.types.base import Model, Version
+from shoal.types.base import Duration, GoInt, Int64, Model, UInt32, UInt64, Version
 from shoal.types.node import TLSInfo
 from shoal.types.service import JoinTokens
 
@@ -18,27 +18,27 @@ DEFAULT_SUBNET_SIZE = 24
 
 
 class OrchestrationConfig(Model):
-    task_history_retention_limit: int | None = None
+    task_history_retention_limit: Int64 | None = None
 
 
 class RaftConfig(Model):
-    snapshot_interval: int | None = None
-    keep_old_snapshots: int | None = None
-    log_entries_for_slow_followers: int | None = None
-    election_tick: int | None = None
-    heartbeat_tick: int | None = None
+    snapshot_interval: UInt64 | None = None
+    keep_old_snapshots: UInt64 | None = None
+    log_entries_for_slow_followers: UInt64 | None = None
+    election_tick: GoInt | None = None
+    heartbeat_tick: GoInt | None = None
 
 
 class DispatcherConfig(Model):
-    heartbeat_period: int | None = None
+    heartbeat_period: Duration | None = None
 
 
 class CAConfig(Model):
-    node_cert_expiry: int | None = None
+    node_cert_expiry: Duration | None = None
     external_c_as: list[dict[str, Any]] | None = msgspec.field(default=None, name="ExternalCAs")
     signing_ca_cert: str | None = msgspec.field(default=None, name="SigningCACert")
     signing_ca_key: str | None = msgspec.field(default=None, name="SigningCAKey")
-    force_rotate: int | None = None
+    force_rotate: UInt64 | None = None
 
 
 class EncryptionConfig(Model):
@@ -97,10 +97,10 @@ class SwarmInitRequest(Model):
     listen_addr: str | None = None
     advertise_addr: str | None = None
     data_path_addr: str | None = None
-    data_path_port: int | None = None
+    data_path_port: UInt32 | None = None
     default_addr_pool: list[str] | None = None
     force_new_cluster: bool | None = None
-    subnet_size: int | None = None
+    subnet_size: UInt32 | None = None
     spec: SwarmSpec | None = None
 
 

@@ -41,11 +41,32 @@ MAX_NAME_LENGTH = 63
 DEFAULT_ISOLATION = "default"
 DEFAULT_RUNTIME = "container"
 DEFAULT_MAX_CONCURRENT = 1
+# The most tasks one service may ask for at a time (Replicas, a job's MaxConcurrent and
+# TotalCompletions): the manager keeps every task in memory and must still start on a
+# data dir that holds the largest service allowed. Not a SwarmKit number (it has none).
+MAX_REPLICAS_PER_SERVICE = 500_000
 
 
 def _validate_duration(name: str, value: int | None) -> None:
     if value is not None and value < 0:
         raise invalid_argument(f"TaskSpec: {name} cannot be negative")
+
+
+def _check_task_count(mode: ServiceMode) -> None:
+    asked = [
+        ("Replicas", mode.replicated.replicas if mode.replicated else None),
+        ("MaxConcurrent", mode.replicated_job.max_concurrent if mode.replicated_job else None),
+        (
+            "TotalCompletions",
+            mode.replicated_job.total_completions if mode.replicated_job else None,
+        ),
+    ]
+    for field, n in asked:
+        if n is not None and n > MAX_REPLICAS_PER_SERVICE:
+            raise invalid_argument(
+                f"{field} {n} is more than a service may ask for: the cluster's limit "
+                f"is {MAX_REPLICAS_PER_SERVICE}"
+            )
 
 
 def validate(spec: ServiceSpec) -> ServiceSpec:
@@ -106,6 +127,7 @@ def validate(spec: ServiceSpec) -> ServiceSpec:
         mode = ServiceMode(replicated=ReplicatedService(replicas=1))
     if mode.replicated is not None and (mode.replicated.replicas or 0) < 0:
         raise invalid_argument("Replicas cannot be negative")
+    _check_task_count(mode)
     if is_job(mode):
         mode = _job_mode(mode)
         if spec.update_config is not None:

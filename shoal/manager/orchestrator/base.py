@@ -83,6 +83,8 @@ class ServiceOrchestrator:
 
     # initial sweep (also after a restart of the daemon) -----------------------------------
     def _check_all(self, tx: Tx) -> None:
+        for sid in self.unfinished():
+            self.forget(sid)
         for t in tx.tasks():
             self._check_task(tx, t)
         for s in tx.services():
@@ -112,6 +114,12 @@ class ServiceOrchestrator:
             s = tx.get_service(sid)
             if self.owns(s):
                 assert s is not None
+                self.reconcile(tx, s)
+        for sid in self.unfinished() - dirty_services:
+            s = tx.get_service(sid)
+            if s is None or not self.owns(s):
+                self.forget(sid)
+            elif not self.continue_build(tx, s):
                 self.reconcile(tx, s)
 
     def _check_task(self, tx: Tx, task: Task) -> bool:
@@ -144,6 +152,17 @@ class ServiceOrchestrator:
     # for subclasses -------------------------------------------------------------------------
     def reconcile(self, tx: Tx, service: Service) -> None:
         raise NotImplementedError
+
+    def unfinished(self) -> set[str]:
+        """Services whose reconcile stopped at its bound: each round continues them."""
+        return set()
+
+    def continue_build(self, tx: Tx, service: Service) -> bool:
+        """Continue an unfinished service; False: reconcile it in full instead."""
+        return False
+
+    def forget(self, service_id: str) -> None:
+        """Drop what is kept about an unfinished service (a resync, a removal)."""
 
     def node_changed(self, tx: Tx, node_id: str) -> set[str]:
         """Services to reconcile after a node changed."""

@@ -30,6 +30,7 @@ import functools
 
 from shoal.manager.orchestrator.base import ServiceOrchestrator
 from shoal.manager.orchestrator.global_ import _constraints
+from shoal.manager.orchestrator.replicated import MAX_TASKS_PER_RECONCILE
 from shoal.manager.orchestrator.task import create_task, invalid_node, set_desired, slots_of
 from shoal.manager.scheduler import constraint
 from shoal.manager.store import Tx
@@ -57,8 +58,19 @@ class JobOrchestrator(ServiceOrchestrator):
     modes = frozenset({"replicated-job", "global-job"})
     moves_on_invalid_node = True
 
+    # Replicated jobs whose reconcile stopped at MAX_TASKS_PER_RECONCILE: reconciled
+    # again each round until all their tasks are made.
+    _more: set[str] = set()
+
+    def unfinished(self) -> set[str]:
+        return set(self._more)
+
+    def forget(self, service_id: str) -> None:
+        self._more = self._more - {service_id}
+
     def reconcile(self, tx: Tx, service: Service) -> None:
         self.reconciles += 1
+        self.forget(service.id)
         current: list[Task] = []
         run = iteration(service)
         for t in tx.tasks_of_service(service.id):
@@ -149,7 +161,11 @@ class JobOrchestrator(ServiceOrchestrator):
             elif self._finished_for_good(tx, service, _fresh(tx, slot)):
                 used.add(n)  # failed for good: it counts against the total
         free = [n for n in range(total) if n not in used]
-        for slot_number in free[: max(0, concurrent - active)]:
+        wanted = max(0, concurrent - active)
+        if wanted > MAX_TASKS_PER_RECONCILE:
+            wanted = MAX_TASKS_PER_RECONCILE
+            self._more = self._more | {service.id}
+        for slot_number in free[:wanted]:
             create_task(
                 tx,
                 service,

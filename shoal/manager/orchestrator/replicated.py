@@ -9,8 +9,12 @@ yet running. Slots whose tasks are out of date go to the update supervisor.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
 
+from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.manager.orchestrator.base import ServiceOrchestrator
+from shoal.manager.orchestrator.restart import RestartSupervisor
 from shoal.manager.orchestrator.task import (
     Slot,
     create_task,
@@ -19,11 +23,26 @@ from shoal.manager.orchestrator.task import (
     set_desired,
     slots_of,
 )
-from shoal.manager.store import Tx
+from shoal.manager.orchestrator.update import UpdateSupervisor
+from shoal.manager.store import Store, Tx
 from shoal.types.service import Service
 from shoal.types.task import TaskState
 
 DEFAULT_REPLICAS = 1
+# The most tasks one reconcile of a service creates: a larger service is built over
+# several transactions, the event loop free between them (each chunk's own events start
+# the next round), so the API keeps answering while it is built.
+MAX_TASKS_PER_RECONCILE = 1000
+
+
+@dataclass(slots=True)
+class _Build:
+    """A service still being built: the rest of its free slots, for the service as of
+    `version` (any other change to it, or to its tasks, means a full reconcile)."""
+
+    version: int
+    free: Iterator[int]
+    left: int
 
 
 def replicas_of(service: Service) -> int:
@@ -36,8 +55,45 @@ def replicas_of(service: Service) -> int:
 class ReplicatedOrchestrator(ServiceOrchestrator):
     modes = frozenset({"replicated"})
 
+    def __init__(
+        self,
+        store: Store,
+        restarts: RestartSupervisor,
+        updates: UpdateSupervisor,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        super().__init__(store, restarts, updates, clock)
+        self._building: dict[str, _Build] = {}
+
+    def unfinished(self) -> set[str]:
+        return set(self._building)
+
+    def forget(self, service_id: str) -> None:
+        self._building.pop(service_id, None)
+
+    def continue_build(self, tx: Tx, service: Service) -> bool:
+        """The next chunk of a service being built, without looking at its tasks again;
+        False when it must be reconciled in full instead."""
+        build = self._building.get(service.id)
+        if build is None or build.version != service.version.index:
+            self._building.pop(service.id, None)
+            return False
+        self.reconciles += 1
+        self._create(tx, service, build)
+        return True
+
+    def _create(self, tx: Tx, service: Service, build: _Build) -> None:
+        for _ in range(min(build.left, MAX_TASKS_PER_RECONCILE)):
+            create_task(tx, service, next(build.free))
+            build.left -= 1
+        if build.left:
+            self._building[service.id] = build
+        else:
+            self._building.pop(service.id, None)
+
     def reconcile(self, tx: Tx, service: Service) -> None:
         self.reconciles += 1
+        self._building.pop(service.id, None)
         slots = slots_of(tx.tasks_of_service(service.id))
         runnable: dict[int, Slot] = {}
         finished: dict[int, Slot] = {}
@@ -53,8 +109,7 @@ class ReplicatedOrchestrator(ServiceOrchestrator):
         if want > have:
             used = set(runnable) | set(finished)
             free = (n for n in range(1, 1 << 30) if n not in used)
-            for _ in range(want - have):
-                create_task(tx, service, next(free))
+            self._create(tx, service, _Build(service.version.index, free, want - have))
         elif want < have:
             removed = self._remove_slots(tx, runnable, finished, have - want)
         dirty = [

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import itertools
 import random
 from collections import defaultdict
 from dataclasses import dataclass
@@ -32,6 +33,9 @@ from shoal.types.task import Owner, Task, TaskState, can_transition
 # MAX_LATENCY_S at most, then placed in one pass (a burst of creations: one pass).
 COMMIT_DEBOUNCE_S = 0.05
 MAX_LATENCY_S = 1.0
+# The most tasks one placement pass decides: a larger backlog is placed over several
+# passes, each committed before the next (the event loop is free between them).
+MAX_TASKS_PER_PASS = 2000
 MSG_ASSIGNED = "scheduler assigned task to node"
 MSG_PREASSIGNED = "scheduler confirmed task can run on preassigned node"
 MSG_PENDING = "pending task scheduling"
@@ -70,6 +74,10 @@ class Scheduler:
         self._clock = clock
         self.nodes: dict[str, NodeInfo] = {}
         self.pending: dict[str, Task] = {}
+        # Pending tasks no node could take: not tried again until the nodes change (one
+        # joins or is updated, a task leaves one), so a huge unplaceable service costs
+        # one pass per task, not one per task per burst of events.
+        self.parked: dict[str, Task] = {}
         self._pipeline = Pipeline()
         self._stopped = asyncio.Event()
         self.scheduled = 0
@@ -83,14 +91,19 @@ class Scheduler:
         self._observe_cluster(view.cluster())
         self.nodes = {n.id: NodeInfo.of(n) for n in view.nodes()}
         self.pending = {}
+        self.parked = {}
         for t in view.tasks():
             self._observe_task(t)
 
     def _observe_task(self, task: Task) -> None:
         if _needs_scheduling(task):
-            self.pending[task.id] = task
+            if task.id in self.parked:
+                self.parked[task.id] = task
+            else:
+                self.pending[task.id] = task
         else:
             self.pending.pop(task.id, None)
+            self.parked.pop(task.id, None)
         info = self.nodes.get(task.node_id) if task.node_id else None
         if info is None:
             return
@@ -100,13 +113,24 @@ class Scheduler:
                 info.tasks[task.id] = task
             else:
                 info.add_task(task)
-        else:
+        elif task.id in info.tasks:
             info.remove_task(task.id)
+            self._unpark()
 
     def _forget_task(self, task: Task) -> None:
         self.pending.pop(task.id, None)
+        self.parked.pop(task.id, None)
         if task.node_id and task.node_id in self.nodes:
-            self.nodes[task.node_id].remove_task(task.id)
+            info = self.nodes[task.node_id]
+            if task.id in info.tasks:
+                info.remove_task(task.id)
+                self._unpark()
+
+    def _unpark(self) -> None:
+        """The nodes changed: the tasks that fit none may fit now."""
+        if self.parked:
+            self.pending.update(self.parked)
+            self.parked.clear()
 
     def _observe_cluster(self, cluster: Cluster | None) -> None:
         labels = (cluster.spec.labels if cluster else None) or {}
@@ -114,6 +138,7 @@ class Scheduler:
         self.strategy = wanted if wanted in STRATEGIES else SPREAD
 
     def _observe_node(self, node: Node) -> None:
+        self._unpark()
         info = self.nodes.get(node.id)
         if info is None:
             self.nodes[node.id] = NodeInfo.of(node)
@@ -166,12 +191,13 @@ class Scheduler:
         self._stopped.set()
 
     async def tick(self) -> None:
-        """Place every pending task and commit the decisions."""
-        if not self.pending:
-            return
-        decisions = self.schedule(list(self.pending.values()))
-        self.passes += 1
-        await self._commit(decisions)
+        """Place every pending task and commit the decisions, MAX_TASKS_PER_PASS at a
+        time; the tasks that fit nowhere are parked."""
+        while self.pending:
+            chunk = list(itertools.islice(self.pending.values(), MAX_TASKS_PER_PASS))
+            decisions = self.schedule(chunk)
+            self.passes += 1
+            await self._commit(decisions)
 
     # placement ------------------------------------------------------------------------------
     def schedule(self, tasks: list[Task]) -> list[Decision]:
@@ -352,11 +378,15 @@ class Scheduler:
         self.scheduled += len(assigned)
         for d in placed:
             self.pending.pop(d.task_id, None)
+        for d in failed:
+            task = self.pending.pop(d.task_id, None)
+            if task is not None:
+                self.parked[d.task_id] = task
 
     def statistics(self) -> dict[str, int]:
         return {
             "nodes": len(self.nodes),
-            "pending": len(self.pending),
+            "pending": len(self.pending) + len(self.parked),
             "scheduled": self.scheduled,
             "passes": self.passes,
             **self._stats.as_dict(),

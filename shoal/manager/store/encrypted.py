@@ -10,6 +10,7 @@ written.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 
@@ -43,7 +44,10 @@ class EncryptedBackend:
         return index, [self._open(r) for r in records]
 
     async def commit(self, index: int, records: list[Record]) -> None:
-        await self._inner.commit(index, [self._seal(r) for r in records])
+        # Sealed off the event loop: a group of MAX_GROUP_RECORDS records takes long
+        # enough to hold the API back (commits are one at a time, so order is kept).
+        sealed = await asyncio.to_thread(lambda: [self._seal(r) for r in records])
+        await self._inner.commit(index, sealed)
 
     def foreign_commits(self, after: int) -> AsyncIterator[Commit] | None:
         feed = self._inner.foreign_commits(after)

@@ -33,7 +33,7 @@ and `tx.task_meta(id)` read it, events carry it, and one record holds both.
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -57,7 +57,7 @@ from shoal.types.node import Node
 from shoal.types.secret import NO_SECRET_META, Config, Secret, SecretMeta
 from shoal.types.service import Service
 from shoal.types.swarm import Cluster
-from shoal.types.task import Task
+from shoal.types.task import Task, TaskState
 
 KINDS: dict[str, type[Any]] = {
     "cluster": Cluster,
@@ -95,6 +95,7 @@ MAX_GROUP_RECORDS = 10_000
 WATCH_QUEUE = 10_000
 
 log = get_logger("shoal.manager.store")
+_RUNNING = TaskState.RUNNING.wire
 
 T = TypeVar("T")
 Obj = TypeVar("Obj", Cluster, Node, Service, Task, Secret, Config)
@@ -149,10 +150,12 @@ class Watcher:
             raise WatcherClosed(self.closed_reason)
         return events
 
-    def get_nowait_all(self) -> list[Event]:
-        """Every event already queued, flattened (for debouncing loops)."""
+    def get_nowait_all(self, limit: int | None = None) -> list[Event]:
+        """The events already queued, flattened (for debouncing loops): all of them, or
+        whole transactions until at least `limit` events are taken (the rest stay
+        queued for the next round)."""
         out: list[Event] = []
-        while not self.queue.empty():
+        while not self.queue.empty() and (limit is None or len(out) < limit):
             out.extend(self.queue.get_nowait())
         return out
 
@@ -163,6 +166,18 @@ class _Tables:
         self.meta: dict[str, dict[str, Any]] = {k: {} for k in META_DEFAULTS}
         self.tasks_by_service: dict[str, set[str]] = defaultdict(set)
         self.tasks_by_node: dict[str, set[str]] = defaultdict(set)
+        # Running tasks by service, then by node: `docker service ls` counts them on
+        # every call, which must not cost a walk over a huge service's tasks.
+        self.running: dict[str, Counter[str]] = defaultdict(Counter)
+
+    def _count_running(self, task: Any, delta: int) -> None:
+        if task.status.state == _RUNNING:
+            counts = self.running[task.service_id]
+            counts[task.node_id or ""] += delta
+            if counts[task.node_id or ""] <= 0:
+                del counts[task.node_id or ""]
+                if not counts:
+                    del self.running[task.service_id]
 
     def put(self, kind: str, obj: Any, meta: Any | None = None) -> None:
         table = self.objects[kind]
@@ -171,6 +186,9 @@ class _Tables:
         if meta is not None:
             self.meta[kind][obj.id] = meta
         if kind == "task":
+            if old is not None:
+                self._count_running(old, -1)
+            self._count_running(obj, 1)
             if old is not None and old.node_id != obj.node_id and old.node_id:
                 self.tasks_by_node[old.node_id].discard(obj.id)
             self.tasks_by_service[obj.service_id].add(obj.id)
@@ -182,6 +200,7 @@ class _Tables:
         if kind in self.meta:
             self.meta[kind].pop(id_, None)
         if kind == "task" and old is not None:
+            self._count_running(old, -1)
             self.tasks_by_service[old.service_id].discard(id_)
             if not self.tasks_by_service[old.service_id]:
                 del self.tasks_by_service[old.service_id]
@@ -257,6 +276,10 @@ class ReadTx:
     def tasks_of_service(self, service_id: str) -> list[Task]:
         table = self._t.objects["task"]
         return [table[i] for i in self._t.tasks_by_service.get(service_id, ())]
+
+    def running_by_node(self, service_id: str) -> dict[str, int]:
+        """{node ID: how many of the service's tasks run there} (an index: no walk)."""
+        return dict(self._t.running.get(service_id, ()))
 
     def tasks_on_node(self, node_id: str) -> list[Task]:
         table = self._t.objects["task"]
@@ -413,7 +436,9 @@ class Store:
     async def batch(self, items: Iterable[T], fn: Callable[[Tx, T], None]) -> None:
         """Apply `fn` to many items, in transactions of at most MAX_CHANGES_PER_BATCH
         writes each: a large loop is not one huge transaction, nor one per item. The
-        transactions are applied one after the other and made durable together."""
+        event loop gets a turn between two transactions (the API answers while a large
+        batch is written), so others' transactions may come in between: `fn` reads
+        what it changes from its Tx. Returns once all of them are durable."""
         it: Iterator[T] = iter(items)
         done = False
         last: int | None = None
@@ -431,6 +456,8 @@ class Store:
         while not done:
             _, index = self._apply(chunk)
             last = index if index is not None else last
+            if not done:
+                await asyncio.sleep(0)
         if last is not None:
             await self._wait_durable(last)
 

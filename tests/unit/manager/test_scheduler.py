@@ -16,13 +16,14 @@ import pytest
 from shoal.manager.scheduler import constraint
 from shoal.manager.scheduler.constraint import ERR_OPERATOR, ConstraintError, parse
 from shoal.manager.scheduler.scheduler import (
+    MAX_TASKS_PER_PASS,
     MSG_ASSIGNED,
     MSG_PENDING,
     MSG_PREASSIGNED,
     Decision,
     Scheduler,
 )
-from shoal.manager.store import MemoryBackend, Store, Tx
+from shoal.manager.store import Event, MemoryBackend, Store, Tx
 from shoal.manager.store.memory import MAX_CHANGES_PER_BATCH
 from shoal.types.node import (
     EngineDescription,
@@ -559,12 +560,26 @@ def test_tick_leaves_unplaceable_tasks_pending_with_the_reason() -> None:
         assert stored.node_id is None
         assert stored.status.message == MSG_PENDING
         assert stored.status.err == "no suitable node (insufficient resources on 3 nodes)"
-    assert set(sched.pending) == {t.id for t in tasks}
+    assert set(sched.parked) == {t.id for t in tasks}
+    assert sched.statistics()["pending"] == 2
 
-    # the same verdict again is not written again
-    index = store.index
+    # parked: not tried again, nor written again, until the nodes change
+    index, passes = store.index, sched.passes
     run(sched.tick())
-    assert store.index == index
+    assert (store.index, sched.passes) == (index, passes)
+    sched.apply([Event("update", "node", nodes[0], nodes[0])])
+    assert set(sched.pending) == {t.id for t in tasks}
+    run(sched.tick())
+    assert store.index == index  # the same verdict again is not written again
+
+
+def test_a_large_backlog_is_placed_in_bounded_passes() -> None:
+    tasks = replicas(2 * MAX_TASKS_PER_PASS + 1)
+    store = new_store(make_node("n1"), *tasks)
+    sched = scheduler_for(store)
+    run(sched.tick())
+    assert sched.passes == 3
+    assert sched.scheduled == len(tasks)
 
 
 def test_a_new_node_lets_pending_tasks_be_placed() -> None:
@@ -573,8 +588,8 @@ def test_a_new_node_lets_pending_tasks_be_placed() -> None:
     sched = scheduler_for(store)
     run(sched.tick())
     sched.apply(watcher.get_nowait_all())
-    assert len(sched.pending) == 2
-    assert all(stored(store, t).node_id is None for t in sched.pending)
+    assert len(sched.parked) == 2
+    assert all(stored(store, t).node_id is None for t in sched.parked)
 
     commit(store, lambda tx: tx.create(make_node("n2")))
     sched.apply(watcher.get_nowait_all())

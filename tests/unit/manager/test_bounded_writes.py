@@ -1,0 +1,167 @@
+"""Every write loop is bounded in the work one transaction or one turn of the event loop
+does (issue 15): a huge service is built in chunks, batches yield between their
+transactions, a reconcile round takes a bounded number of events."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+
+from shoal.manager.loops import MAX_EVENTS_PER_ROUND
+from shoal.manager.orchestrator.replicated import MAX_TASKS_PER_RECONCILE, ReplicatedOrchestrator
+from shoal.manager.orchestrator.restart import RestartSupervisor
+from shoal.manager.orchestrator.update import UpdateSupervisor
+from shoal.manager.store import MemoryBackend, Store, Tx
+from shoal.manager.store.memory import MAX_CHANGES_PER_BATCH
+from shoal.types.node import Node, NodeSpec, NodeStatus
+
+from .test_store_contract import service
+
+WAIT_S = 10.0
+
+
+def node(i: int) -> Node:
+    return Node(
+        id=f"n{i}",
+        spec=NodeSpec(role="worker", availability="active"),
+        status=NodeStatus(state="ready"),
+    )
+
+
+def test_a_huge_service_is_built_in_bounded_transactions_the_loop_free_between() -> None:
+    replicas = 3 * MAX_TASKS_PER_RECONCILE + 7
+
+    async def main() -> None:
+        store = Store(MemoryBackend())
+        await store.update(lambda tx: tx.create(service("big", replicas)))
+        watcher = store.watch("task")
+        orch = ReplicatedOrchestrator(store, RestartSupervisor(store), UpdateSupervisor(store))
+        ticks = 0
+        created: list[int] = []  # tasks created by each transaction, in order
+        ticks_at: list[int] = []  # the probe's ticks when each was published
+
+        async def probe() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        async def count() -> None:
+            while sum(created) < replicas:
+                events = await watcher.__anext__()
+                created.append(sum(1 for e in events if e.action == "create"))
+                ticks_at.append(ticks)
+
+        prober = asyncio.create_task(probe())
+        loop = asyncio.create_task(orch.run())
+        try:
+            await asyncio.wait_for(count(), WAIT_S)
+        finally:
+            orch.stop()
+            loop.cancel()
+            prober.cancel()
+            await asyncio.gather(loop, prober, return_exceptions=True)
+        assert sum(created) == replicas == len(store.view().tasks())
+        assert max(created) <= MAX_TASKS_PER_RECONCILE
+        assert len(created) >= 4
+        # the probe ran between every two chunks
+        assert all(b > a for a, b in zip(ticks_at, ticks_at[1:], strict=False))
+        slots = sorted(t.slot or 0 for t in store.view().tasks())
+        assert slots == list(range(1, replicas + 1))
+
+    asyncio.run(main())
+
+
+def test_a_build_interrupted_by_a_scale_down_is_reconciled_in_full() -> None:
+    async def main() -> None:
+        store = Store(MemoryBackend())
+        svc = await store.update(lambda tx: tx.create(service("big", 3 * MAX_TASKS_PER_RECONCILE)))
+        orch = ReplicatedOrchestrator(store, RestartSupervisor(store), UpdateSupervisor(store))
+        await store.update(lambda tx: orch.reconcile(tx, svc))
+        assert orch.unfinished() == {"big"}
+
+        def scale(tx: Tx) -> None:
+            current = tx.get_service("big")
+            assert current is not None
+            tx.update(msgspec.structs.replace(service("big", 5), version=current.version))
+
+        await store.update(scale)
+        await store.update(lambda tx: orch._handle(tx, []))
+        assert orch.unfinished() == set()
+        live = [t for t in store.view().tasks() if t.desired_state == "running"]
+        assert len(live) == 5
+
+    asyncio.run(main())
+
+
+def test_batch_yields_between_its_transactions() -> None:
+    async def main() -> None:
+        store = Store(MemoryBackend())
+        ticks = 0
+
+        async def probe() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        prober = asyncio.create_task(probe())
+        await asyncio.sleep(0)
+        before = ticks
+
+        def write(tx: Tx, i: int) -> None:
+            tx.create(node(i))
+
+        await store.batch(range(3 * MAX_CHANGES_PER_BATCH), write)
+        prober.cancel()
+        assert ticks - before >= 2
+        assert len(store.view().nodes()) == 3 * MAX_CHANGES_PER_BATCH
+
+    asyncio.run(main())
+
+
+def test_a_round_takes_whole_transactions_up_to_its_bound() -> None:
+    async def main() -> None:
+        store = Store(MemoryBackend())
+        watcher = store.watch("node")
+        per_tx = MAX_EVENTS_PER_ROUND // 4 + 1
+        for k in range(8):
+            await store.update(
+                lambda tx, k=k: [tx.create(node(k * per_tx + i)) for i in range(per_tx)]
+            )
+        first = watcher.get_nowait_all(MAX_EVENTS_PER_ROUND)
+        assert len(first) == 4 * per_tx  # whole transactions, just past the bound
+        assert len(watcher.get_nowait_all()) == 4 * per_tx
+
+    asyncio.run(main())
+
+
+def test_a_huge_replicated_job_is_started_in_bounded_transactions() -> None:
+    from shoal.manager.orchestrator.jobs import JobOrchestrator
+    from shoal.types.service import ReplicatedJob, ServiceMode
+
+    count = 2 * MAX_TASKS_PER_RECONCILE + 1
+    job = msgspec.structs.replace(
+        service("job"),
+        spec=msgspec.structs.replace(
+            service("job").spec,
+            mode=ServiceMode(
+                replicated_job=ReplicatedJob(max_concurrent=count, total_completions=count)
+            ),
+        ),
+    )
+
+    async def main() -> None:
+        store = Store(MemoryBackend())
+        svc = await store.update(lambda tx: tx.create(job))
+        orch = JobOrchestrator(store, RestartSupervisor(store), UpdateSupervisor(store))
+        sizes = []
+        await store.update(lambda tx: orch.reconcile(tx, svc))
+        sizes.append(len(store.view().tasks()))
+        while orch.unfinished():
+            await store.update(lambda tx: orch._handle(tx, []))
+            sizes.append(len(store.view().tasks()))
+        assert sizes == [MAX_TASKS_PER_RECONCILE, 2 * MAX_TASKS_PER_RECONCILE, count]
+
+    asyncio.run(main())
