@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 from typing import Any
 
 from aiohttp import web
@@ -181,7 +182,7 @@ async def info(request: web.Request) -> web.Response:
             "Driver": d.runtime,
             # shown by `docker info` under the storage driver: what this node holds
             "DriverStatus": _driver_status(d.dependency_counts()),
-            "Plugins": {"Volume": [], "Network": [], "Authorization": None, "Log": []},
+            "Plugins": _plugins(request),
             "MemoryLimit": True,
             "SwapLimit": False,
             "CpuCfsPeriod": True,
@@ -203,7 +204,7 @@ async def info(request: web.Request) -> web.Response:
             "OSType": "linux",
             "Architecture": platform.machine(),
             "IndexServerAddress": "https://index.docker.io/v1/",
-            "RegistryConfig": None,
+            "RegistryConfig": REGISTRY_CONFIG,
             "NCPU": os.cpu_count() or 1,
             "MemTotal": _mem_total(),
             "GenericResources": None,
@@ -220,8 +221,68 @@ async def info(request: web.Request) -> web.Response:
             "InitBinary": "",
             "SecurityOptions": [],
             "Warnings": None,
+            **_engine_fields(),
         }
     )
+
+
+def _plugins(request: web.Request) -> dict[str, Any]:
+    """The plugins this node reports to the cluster (its log drivers; under the docker
+    runtime, the engine's volume and network plugins too), as dockerd lists them."""
+    d = context(request)
+    out: dict[str, Any] = {"Volume": [], "Network": [], "Authorization": None, "Log": []}
+    node = d.manager.store.view().get_node(d.node_id) if d.manager and d.node_id else None
+    for p in (node.description.engine.plugins or []) if node else []:
+        if isinstance(out.get(p.type), list):
+            out[p.type].append(p.name)
+    return out
+
+
+# What dockerd 20.10 always sends (`docker info` reads them), at their values for a
+# daemon with no registry options.
+REGISTRY_CONFIG = {
+    "AllowNondistributableArtifactsCIDRs": [],
+    "AllowNondistributableArtifactsHostnames": [],
+    "InsecureRegistryCIDRs": ["127.0.0.0/8"],
+    "IndexConfigs": {
+        "docker.io": {"Name": "docker.io", "Mirrors": [], "Secure": True, "Official": True}
+    },
+    "Mirrors": [],
+}
+NO_COMMIT = {"ID": "", "Expected": ""}
+
+
+def _engine_fields() -> dict[str, Any]:
+    """The rest of what dockerd's /info always holds, as this host has it (shoal runs
+    no containerd, runc or init of its own: their commits are empty)."""
+    return {
+        "KernelMemory": False,
+        "KernelMemoryTCP": False,
+        "OomKillDisable": False,
+        "BridgeNfIptables": _sysctl_on("net/bridge/bridge-nf-call-iptables"),
+        "BridgeNfIp6tables": _sysctl_on("net/bridge/bridge-nf-call-ip6tables"),
+        "CgroupVersion": "2" if os.path.exists("/sys/fs/cgroup/cgroup.controllers") else "1",
+        "HttpProxy": _proxy("HTTP_PROXY"),
+        "HttpsProxy": _proxy("HTTPS_PROXY"),
+        "NoProxy": _proxy("NO_PROXY"),
+        "ContainerdCommit": NO_COMMIT,
+        "RuncCommit": NO_COMMIT,
+        "InitCommit": NO_COMMIT,
+    }
+
+
+def _proxy(name: str) -> str:
+    """The daemon's proxy setting, its credentials masked as dockerd masks them."""
+    value = os.environ.get(name, os.environ.get(name.lower(), ""))
+    return re.sub(r"(?<=://)[^/@]+@", "xxxxx:xxxxx@", value)
+
+
+def _sysctl_on(name: str) -> bool:
+    try:
+        with open(f"/proc/sys/{name}") as f:
+            return f.read().strip() == "1"
+    except OSError:
+        return False
 
 
 async def distribution(request: web.Request) -> web.StreamResponse:

@@ -87,7 +87,7 @@ async def list_tasks(request: web.Request) -> web.Response:
             continue
         if node_ids is not None and t.node_id not in node_ids:
             continue
-        if "label" in f and not filters.match_label(t.labels, f["label"]):
+        if "label" in f and not _service_labels_match(view, t, f["label"]):
             continue
         if desired is not None and t.desired not in desired:
             continue
@@ -107,10 +107,19 @@ async def inspect(request: web.Request) -> web.Response:
     return json_response(task_wire(resolve_task(m.store.view(), request.match_info["id"])))
 
 
+def _service_labels_match(view: ReadTx, t: Task, wanted: list[str]) -> bool:
+    """SwarmKit matches a task's `label` filter against its service's labels (what
+    `docker stack ps` filters on), not the task's own."""
+    s = view.get_service(t.service_id)
+    return filters.match_label(s.spec.labels if s else None, wanted)
+
+
 def task_wire(t: Task) -> Any:
     """A task as dockerd encodes it: its `Slot` is omitted when 0 (`omitempty`), which
-    only the first slot of a replicated job has."""
+    only the first slot of a replicated job has; its spec has no `Runtime` (dockerd
+    sets that on a service's spec only)."""
     out = wire(t)
     if out.get("Slot") == 0:
         del out["Slot"]
+    out["Spec"].pop("Runtime", None)
     return out

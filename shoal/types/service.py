@@ -33,6 +33,20 @@ class ConfigReference(Model):
     config_name: str | None = None
 
 
+class Privileges(Model):
+    """dockerd 20.10 always sends the first two, null when unset. The others are newer
+    APIs' (the docker runtime applies them): sent only when set, so the `false` a newer
+    CLI sends for `NoNewPrivileges` reads back as dockerd 20.10 answers, without it."""
+
+    credential_spec: Raw | None = msgspec.field(default_factory=lambda: None)
+    se_linux_context: Raw | None = msgspec.field(
+        default_factory=lambda: None, name="SELinuxContext"
+    )
+    seccomp: Raw | None = None
+    app_armor: Raw | None = msgspec.field(default=None, name="AppArmor")
+    no_new_privileges: bool = False
+
+
 class ContainerSpec(Model):
     image: str | None = None
     labels: dict[str, str] | None = None
@@ -43,7 +57,7 @@ class ContainerSpec(Model):
     dir: str | None = None
     user: str | None = None
     groups: list[str] | None = None
-    privileges: Raw | None = None
+    privileges: Privileges | None = None
     tty: bool | None = msgspec.field(default=None, name="TTY")
     open_stdin: bool | None = None
     read_only: bool | None = None
@@ -192,6 +206,16 @@ class ServiceSpec(Model):
     rollback_config: UpdateConfig | None = None
     networks: list[NetworkAttachmentConfig] | None = None
     endpoint_spec: EndpointSpec | None = None
+
+    def allocated_endpoint_spec(self) -> EndpointSpec:
+        """The service's `Endpoint.Spec` as dockerd shows it: its EndpointSpec when it
+        needs an endpoint (published ports, or a virtual IP on a network), else empty:
+        SwarmKit's allocator gives no endpoint to any other service."""
+        ep = self.endpoint_spec or EndpointSpec()
+        networks = self.networks or (self.task_template and self.task_template.networks)
+        if ep.ports or (networks and (ep.mode or "vip") == "vip"):
+            return ep
+        return EndpointSpec()
 
 
 class VirtualIP(Model):

@@ -171,7 +171,7 @@ class DockerExecutor:
             ),
             engine=EngineDescription(
                 engine_version=str(info.get("ServerVersion") or ""),
-                labels=labels,
+                labels=labels or None,  # dockerd omits none
                 plugins=_plugins(info.get("Plugins") or {}),
             ),
         )

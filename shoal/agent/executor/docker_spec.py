@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from shoal.agent.executor.base import ExecutorError, ExitStatus
 from shoal.types.service import ContainerSpec, HealthConfig
 from shoal.types.task import Task
@@ -337,7 +339,7 @@ def create_body(
         host["DnsSearch"] = list(dns["Search"])
     if dns.get("Options"):
         host["DnsOptions"] = list(dns["Options"])
-    security = _security_opts(spec.privileges)
+    security = _security_opts(msgspec.to_builtins(spec.privileges) if spec.privileges else None)
     if security:
         host["SecurityOpt"] = security
     resources = task.spec.resources

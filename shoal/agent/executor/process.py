@@ -132,7 +132,7 @@ class ProcessExecutor:
             ),
             engine=EngineDescription(
                 engine_version=shoal.__version__,
-                labels=dict(self.engine_labels),
+                labels=dict(self.engine_labels) or None,  # dockerd omits none
                 plugins=[EnginePlugin(type="Log", name=n) for n in logdriver.PROCESS_DRIVERS],
             ),
         )

@@ -12,7 +12,7 @@ from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.manager.loops import reconcile_loop
 from shoal.manager.orchestrator.task import set_status
 from shoal.manager.store import Event, Store, Tx
-from shoal.types.service import Endpoint, EndpointPortConfig, EndpointSpec, Service
+from shoal.types.service import Endpoint, EndpointPortConfig, Service
 from shoal.types.task import Owner, TaskState, can_transition
 
 PUBLISHED_PORT_RANGE = (30000, 32767)
@@ -69,7 +69,7 @@ class Allocator:
         s = tx.get_service(service if isinstance(service, str) else service.id)
         if s is None:
             return
-        spec = s.spec.endpoint_spec or EndpointSpec()
+        spec = s.spec.allocated_endpoint_spec()
         used = self._used_ports(tx, s.id)
         ports: list[EndpointPortConfig] = []
         previous = {(p.protocol, p.target_port): p for p in (s.endpoint.ports or [])}

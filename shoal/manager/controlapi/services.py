@@ -15,7 +15,7 @@ from shoal.errors import (
     invalid_argument,
 )
 from shoal.ids import new_id
-from shoal.manager.controlapi.defaults import insert_defaults
+from shoal.manager.controlapi.defaults import DEFAULT_ENDPOINT_MODE, insert_defaults
 from shoal.manager.controlapi.names import random_name
 from shoal.manager.controlapi.secrets import check_references
 from shoal.manager.orchestrator.update import rollback_service
@@ -35,6 +35,7 @@ from shoal.types.service import (
     ServiceSpec,
     TaskSpec,
 )
+from shoal.types.task import TaskState
 
 _DNS_NAME = re.compile(r"^[a-zA-Z0-9](?:[-_]*[A-Za-z0-9]+)*$")
 MAX_NAME_LENGTH = 63
@@ -135,6 +136,10 @@ def validate(spec: ServiceSpec) -> ServiceSpec:
     ep = spec.endpoint_spec
     if ep is not None and ep.mode not in (None, "", "vip", "dnsrr"):
         raise invalid_argument(f"EndpointSpec: invalid mode {ep.mode!r}")
+    if ep is not None and not ep.mode:  # as dockerd stores it (the proto's default)
+        spec = msgspec.structs.replace(
+            spec, endpoint_spec=msgspec.structs.replace(ep, mode=DEFAULT_ENDPOINT_MODE)
+        )
     cs = msgspec.structs.replace(cs, isolation=cs.isolation or DEFAULT_ISOLATION)
     tt = msgspec.structs.replace(tt, container_spec=cs, runtime=tt.runtime or DEFAULT_RUNTIME)
     return msgspec.structs.replace(spec, name=name, task_template=tt, mode=mode)
@@ -214,7 +219,37 @@ async def create_service(
 
 
 def _endpoint(spec: ServiceSpec) -> Endpoint:
-    return Endpoint(spec=spec.endpoint_spec or EndpointSpec())
+    return Endpoint(spec=spec.allocated_endpoint_spec())
+
+
+def _placement_constraints(spec: ServiceSpec) -> list[str]:
+    tt = spec.task_template
+    return list(tt.placement.constraints or []) if tt and tt.placement else []
+
+
+def _constraints_only_change_still_met(tx: Tx, current: Service, new_spec: ServiceSpec) -> bool:
+    """SwarmKit's IsTaskDirtyPlacementConstraintsOnly: a change of placement constraints
+    alone replaces no task whose node still meets them (so no update runs, and the
+    service shows no UpdateStatus). shoal decides it for the service's tasks at once."""
+
+    def without_constraints(spec: ServiceSpec) -> object:
+        tt, ep = _task_relevant(spec)
+        if tt is not None and tt.placement is not None:
+            tt = msgspec.structs.replace(
+                tt, placement=msgspec.structs.replace(tt.placement, constraints=None)
+            )
+        return tt, ep
+
+    if without_constraints(new_spec) != without_constraints(current.spec):
+        return False
+    wanted = constraint.parse(_placement_constraints(new_spec))
+    for t in tx.tasks_of_service(current.id):
+        if t.desired > TaskState.RUNNING:
+            continue
+        node = tx.get_node(t.node_id) if t.node_id else None
+        if node is None or not constraint.matches_all(wanted, node):
+            return False
+    return True
 
 
 async def update_service(
@@ -251,7 +286,9 @@ async def update_service(
             raise invalid_argument("service mode change is not allowed")
         check_references(tx, msgspec.structs.replace(current, spec=new_spec))
         meta = tx.service_meta(current.id)
-        if _task_relevant(new_spec) != _task_relevant(current.spec):
+        if _task_relevant(new_spec) != _task_relevant(
+            current.spec
+        ) and not _constraints_only_change_still_met(tx, current, new_spec):
             meta = msgspec.structs.replace(meta, spec_version=tx.index)
         if registry_auth:
             meta = msgspec.structs.replace(meta, registry_auth=registry_auth)

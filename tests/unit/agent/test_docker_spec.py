@@ -31,6 +31,7 @@ from shoal.types.service import (
     ContainerSpec,
     HealthConfig,
     Limit,
+    Privileges,
     ResourceObject,
     Resources,
     TaskSpec,
@@ -165,7 +166,7 @@ def test_every_container_spec_field() -> None:
             },
             {"Type": "tmpfs", "Target": "/run/x", "TmpfsOptions": {"SizeBytes": 1024}},
         ],
-        privileges={"NoNewPrivileges": True, "Seccomp": {"Mode": "unconfined"}},
+        privileges=Privileges(no_new_privileges=True, seccomp={"Mode": "unconfined"}),
         resources=Resources(
             limits=Limit(nano_cpus=500_000_000, memory_bytes=64 << 20, pids=32),
             reservations=ResourceObject(memory_bytes=16 << 20, nano_cpus=100_000_000),
@@ -266,11 +267,11 @@ def test_health_status() -> None:
 def test_custom_seccomp_profile_is_decoded() -> None:
     profile = '{"defaultAction":"SCMP_ACT_ALLOW"}'
     encoded = base64.b64encode(profile.encode()).decode()
-    task = make_task(privileges={"Seccomp": {"Mode": "custom", "Profile": encoded}})
+    task = make_task(privileges=Privileges(seccomp={"Mode": "custom", "Profile": encoded}))
     assert create_body(task, NODE, AGENT, SERVICE)["HostConfig"]["SecurityOpt"] == [
         f"seccomp={profile}"
     ]
-    bad = make_task(privileges={"Seccomp": {"Mode": "custom", "Profile": "not base64!"}})
+    bad = make_task(privileges=Privileges(seccomp={"Mode": "custom", "Profile": "not base64!"}))
     with pytest.raises(ExecutorError, match="seccomp"):
         create_body(bad, NODE, AGENT, SERVICE)
 
