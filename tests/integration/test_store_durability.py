@@ -10,12 +10,12 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
 import os
 import threading
 from pathlib import Path
 from typing import Any
 
-import docker
 import pytest
 
 from shoal.api.server import APIServer
@@ -123,24 +123,25 @@ def test_every_acknowledged_create_survives_a_kill_9(daemon_factory: DaemonFacto
     enough = threading.Event()
 
     def client(n: int) -> None:
-        api = docker.APIClient(base_url=daemon.host, version="1.41", timeout=10)
-        try:
-            for i in range(CREATES // CLIENTS):
-                spec: dict[str, Any] = {"ContainerSpec": {"Image": "busybox"}}
-                try:
-                    resp = api.create_service(
-                        spec, name=f"c{n}-{i}", mode=docker.types.ServiceMode("replicated", 0)
-                    )
-                except Exception as e:  # the daemon is gone: this call was not acknowledged
-                    with lock:
-                        errors.append(e)
-                    return
+        # One connection per request, closed whatever happens (daemon.http): a call cut
+        # by the kill leaves no socket behind.
+        for i in range(CREATES // CLIENTS):
+            spec: dict[str, Any] = {
+                "Name": f"c{n}-{i}",
+                "TaskTemplate": {"ContainerSpec": {"Image": "busybox"}},
+                "Mode": {"Replicated": {"Replicas": 0}},
+            }
+            try:
+                resp = daemon.http("POST", "/v1.41/services/create", spec)
+            except (OSError, http.client.HTTPException) as e:  # gone: not acknowledged
                 with lock:
-                    acked.append(resp["ID"])
-                    if len(acked) >= KILL_AFTER:
-                        enough.set()
-        finally:
-            api.close()
+                    errors.append(e)
+                return
+            assert resp.status == 201, resp
+            with lock:
+                acked.append(resp.json()["ID"])
+                if len(acked) >= KILL_AFTER:
+                    enough.set()
 
     threads = [threading.Thread(target=client, args=(n,)) for n in range(CLIENTS)]
     for t in threads:
