@@ -436,6 +436,7 @@ def worker_rounds(
     # A service no client touches: its tasks on the worker outlive a quick restart.
     status, body = call(manager, "POST", "/v1.41/services/create", ANCHOR_SPEC)
     assert status == 201, body
+    wait_converged(manager, [manager, worker], {ANCHOR: 2})
     for r in range(rounds):
         workload.start(manager, r)
         ran = pause(rng, 0.3, 1.5)
