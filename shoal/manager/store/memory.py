@@ -431,8 +431,16 @@ class Store:
         """Wait until every transaction applied so far is durable: what a client reads
         after this was committed (up to what others apply meanwhile), so a crash cannot
         take back what a client was shown."""
-        if self._pending:
-            await self._wait_durable(self._pending[-1])
+        if not self._pending:
+            return
+        last = self._pending[-1]
+        try:
+            await self._wait_durable(last)
+        except Internal:
+            if last.error is None:
+                raise  # the store failed for good
+            # Taken back (disk full): the tables are what is durable again; the reader
+            # sees none of it, so its read may go on.
 
     # writes ------------------------------------------------------------------------------
     async def update(self, fn: Callable[[Tx], T]) -> T:

@@ -164,6 +164,26 @@ def test_each_write_fails_alone_while_the_disk_stays_full() -> None:
     asyncio.run(main())
 
 
+def test_a_read_waiting_on_a_write_taken_back_goes_on_without_it() -> None:
+    async def main() -> None:
+        backend = FillingBackend()
+        store = await seeded(backend)
+        backend.full = True
+        backend.hold()
+        write = asyncio.create_task(store.update(lambda tx: tx.create(node("doomed"))))
+        await asyncio.sleep(0)
+        read = asyncio.create_task(store.settled())
+        await asyncio.sleep(0)
+        assert not read.done()
+        backend.release()
+        await asyncio.wait_for(read, WAIT_S)  # no error: the read shows what is durable
+        assert store.view().get_node("doomed") is None
+        with pytest.raises(Internal, match="no space left on device"):
+            await write
+
+    asyncio.run(main())
+
+
 def test_a_batch_that_loses_a_chunk_fails() -> None:
     async def main() -> None:
         backend = FillingBackend()
