@@ -33,7 +33,8 @@ the tree; each is mapped where it leaves its component: `ExecutorError` and
 `EngineError` (agent: into the task's status), `ConstraintError` (scheduler: into
 ConstraintRejected or a task that fits no node), `TokenError` and `RootMismatch`
 (pki: into JoinFailed or InvalidArgument), `SessionClosed` (agent session: a retry),
-`WatcherClosed` (store: a resync), `APIError` (the `shoal` command's client).
+`WatcherClosed` (store: a resync), `DiskFull` (store backend: its writes taken back, their
+writers told Internal), `APIError` (the `shoal` command's client).
 """
 
 from __future__ import annotations

@@ -62,6 +62,8 @@ class Agent:
         self._statuses: dict[str, TaskStatus] = {}
         self._status_ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        # Tasks an earlier daemon left that this node no longer runs, being discarded.
+        self._discarding: dict[str, asyncio.Task[None]] = {}
         self._stopping = False
         # Payloads of secrets and configs the dispatcher sent this node, by kind: a
         # node that runs no task needing one never gets it (docker info shows these).
@@ -82,6 +84,7 @@ class Agent:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._discarding.values(), return_exceptions=True)
         runners = list(self._runners.values())
         await asyncio.gather(
             *(r.stop_for_daemon_exit() if stop_tasks else r.detach() for r in runners),
@@ -157,17 +160,29 @@ class Agent:
             for tid in list(self._runners):
                 if tid not in wanted:
                     await self._remove(tid)
+            loop = asyncio.get_running_loop()
             for tid in self.executor.known_task_ids():
-                if tid not in wanted and tid not in self._runners:
-                    # left behind by an earlier daemon: stop and clean it up
-                    with contextlib.suppress(Exception):
-                        await discard_task(self.executor, tid)
+                if tid not in wanted and tid not in self._runners and tid not in self._discarding:
+                    # Left behind by an earlier daemon: stopped and cleaned up aside, so
+                    # the tasks this node runs are adopted at once. (One whose start a
+                    # kill -9 cut off waits out the executor's start timeout: in line,
+                    # a few of them held every task of the node back for a minute.)
+                    self._discarding[tid] = loop.create_task(
+                        self._discard(tid), name=f"discard-{tid}"
+                    )
         for a in assignment.tasks:
             self._upsert(a)
         for tid in assignment.removed:
             await self._remove(tid)
         for key in assignment.removed_dependencies:
             deps.pop(key, None)
+
+    async def _discard(self, task_id: str) -> None:
+        try:
+            with contextlib.suppress(Exception):
+                await discard_task(self.executor, task_id)
+        finally:
+            self._discarding.pop(task_id, None)
 
     def _upsert(self, assigned: AssignedTask) -> None:
         task = assigned.task
@@ -176,7 +191,11 @@ class Agent:
             controller = self.executor.controller(task, assigned.meta)
             runner = TaskRunner(task, controller, self._report, self._clock)
             self._runners[task.id] = runner
-            runner.start()
+            discarding = self._discarding.get(task.id)
+            if discarding is None:
+                runner.start()
+            else:  # ours again before its discard ended: start once it has
+                discarding.add_done_callback(lambda _: runner.start())
         else:
             runner.update(task)
 

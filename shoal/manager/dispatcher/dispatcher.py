@@ -450,7 +450,15 @@ class Dispatcher:
             nonlocal written
             written += _write_status(tx, item)
 
-        await self._store.batch(batch.items(), write)
+        try:
+            await self._store.batch(batch.items(), write)
+        except Exception:
+            # Not all written (a commit the store took back: disk full): the reports go
+            # back in the queue for the next round, behind newer ones about the same task.
+            for key, status in batch.items():
+                self._pending_status.setdefault(key, status)
+            self._status_arrived.set()
+            raise
         self.status_writes += written
 
     async def _mark_down(self, node_id: str) -> None:

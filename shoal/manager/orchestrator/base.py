@@ -86,6 +86,13 @@ class ServiceOrchestrator:
         for sid in self.unfinished():
             self.forget(sid)
         for t in tx.tasks():
+            if t.service_id and tx.get_service(t.service_id) is None:
+                # Its service was removed and the manager stopped before the removal's
+                # event was handled (kill -9): no event will come again (SwarmKit's
+                # taskinit.CheckTasks removes such tasks at start the same way).
+                if t.desired < TaskState.REMOVE:
+                    tx.update(set_desired(t, TaskState.REMOVE))
+                continue
             self._check_task(tx, t)
         for s in tx.services():
             if self.owns(s):

@@ -256,9 +256,15 @@ class Updater:
             return
         old = [t for t in slot if is_runnable(t)]
         if order == "start-first":
-            created = await self._store.update(
-                lambda tx: self._make_task(tx, service, slot, TaskState.RUNNING)
-            )
+
+            def start(tx: Tx) -> Task | None:
+                if old and not self._still_runnable(tx, old):
+                    return None
+                return self._make_task(tx, service, slot, TaskState.RUNNING)
+
+            created = await self._store.update(start)
+            if created is None:
+                return
             self._watch_new(created.id)
             await self._wait_running(created.id)
             cur = self._store.view().get_task(created.id)
@@ -268,15 +274,31 @@ class Updater:
                 await self._store.update(lambda tx: self._shutdown(tx, old))
         else:
 
-            def swap(tx: Tx) -> Task:
+            def swap(tx: Tx) -> Task | None:
+                if old and not self._still_runnable(tx, old):
+                    return None
                 created = self._make_task(tx, service, slot, TaskState.READY)
                 self._shutdown(tx, old)
                 return created
 
             # The restart supervisor starts the held task once the old one stopped.
-            created = await self._store.update(swap)
-            self._watch_new(created.id)
-            await self._wait_running(created.id)
+            swapped = await self._store.update(swap)
+            if swapped is None:
+                return
+            self._watch_new(swapped.id)
+            await self._wait_running(swapped.id)
+
+    @staticmethod
+    def _still_runnable(tx: Tx, tasks: list[Task]) -> bool:
+        """Is any of the slot's tasks, as the updater found them, still to run? If the
+        orchestrator shut them all down meanwhile (their node went down, they failed),
+        it also made the slot's replacement, from the current spec: the updater adds
+        none beside it (SwarmKit: "already shut down when reached by updater")."""
+        for t in tasks:
+            cur = tx.get_task(t.id)
+            if cur is not None and is_runnable(cur):
+                return True
+        return False
 
     @staticmethod
     def _shutdown(tx: Tx, tasks: list[Task]) -> None:

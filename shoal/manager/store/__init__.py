@@ -1,11 +1,12 @@
 """The cluster state: in-memory tables, transactions, watches; durable backends."""
 
-from shoal.manager.store.backend import Backend, Commit, MemoryBackend, Record
+from shoal.manager.store.backend import Backend, Commit, DiskFull, MemoryBackend, Record
 from shoal.manager.store.memory import Event, ReadTx, Store, Tx, Watcher, WatcherClosed
 
 __all__ = [
     "Backend",
     "Commit",
+    "DiskFull",
     "Event",
     "MemoryBackend",
     "ReadTx",

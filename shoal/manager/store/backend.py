@@ -10,6 +10,14 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 
+class DiskFull(Exception):
+    """A commit found no space left on the backend's disk and wrote nothing of its
+    records: the store takes back the transactions it held and later writes may try
+    again once space is freed. Its message names the file and its disk. Any other
+    failed commit leaves the backend in doubt (a failed fsync may have lost pages), and
+    the store then stops acknowledging writes until the manager restarts."""
+
+
 @dataclass(frozen=True, slots=True)
 class Record:
     """One object as the backend stores it; `data` None means deleted."""
@@ -34,7 +42,8 @@ class Backend(Protocol):
 
     async def commit(self, index: int, records: list[Record]) -> None:
         """Make these writes durable, ending at `index`; return only once they are.
-        The store hands over several transactions at once (group commit), in order."""
+        The store hands over several transactions at once (group commit), in order.
+        Raises DiskFull, having written none of them, when the disk has no room."""
         ...
 
     def foreign_commits(self, after: int) -> AsyncIterator[Commit] | None:

@@ -21,6 +21,12 @@ every change after it (SwarmKit's "watch before view"), and possibly some the re
 already showed. A watcher that falls WATCH_QUEUE transactions behind is closed with a
 reason (SwarmKit closes slow watchers too) and its loop resyncs from a fresh view.
 
+A commit that finds the disk full (the backend raises DiskFull, having written nothing)
+takes back every transaction not yet durable, newest first: the tables are again what
+is durable, each writer is told "no space left on device", every watcher is closed (its
+loop resyncs), and later writes try again. Any other failed commit stops the store:
+nothing more is acknowledged until the manager restarts.
+
 A backend shared with other writers (etcd) feeds their commits in: `run()` applies them
 to the tables and publishes them like the store's own.
 
@@ -43,7 +49,7 @@ import msgspec
 from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.errors import Internal, OutOfSequence
 from shoal.log import get_logger
-from shoal.manager.store.backend import Backend, Commit, Record
+from shoal.manager.store.backend import Backend, Commit, DiskFull, Record
 from shoal.types.base import Version, format_time
 from shoal.types.meta import (
     NO_CLUSTER_META,
@@ -93,6 +99,9 @@ MAX_CHANGES_PER_BATCH = 2000
 MAX_GROUP_RECORDS = 10_000
 # Committed transactions a watcher may have queued before it is closed as too slow.
 WATCH_QUEUE = 10_000
+# What a client is told of a write taken back because the manager's disk was full
+# (dockerd answers a failed raft write with gRPC's Unknown and the OS's words).
+MSG_DISK_FULL = "rpc error: code = Unknown desc = no space left on device"
 
 log = get_logger("shoal.manager.store")
 _RUNNING = TaskState.RUNNING.wire
@@ -134,12 +143,18 @@ class Watcher:
         if self.closed_reason is not None:
             return
         if self.queue.qsize() >= WATCH_QUEUE:
-            self.closed_reason = f"fell {WATCH_QUEUE} transactions behind"
-            self.close()
+            self._close(f"fell {WATCH_QUEUE} transactions behind")
             log.warning("closing a slow watcher", reason=self.closed_reason)
-            self.queue.put_nowait([])  # wakes its reader, which then sees the reason
             return
         self.queue.put_nowait(events)
+
+    def _close(self, reason: str) -> None:
+        """Close with a reason: its reader raises WatcherClosed once the queue is read."""
+        if self.closed_reason is not None:
+            return
+        self.closed_reason = reason
+        self.close()
+        self.queue.put_nowait([])  # wakes its reader, which then sees the reason
 
     def __aiter__(self) -> Watcher:
         return self
@@ -345,19 +360,32 @@ class Tx(ReadTx):
         self._events.append(Event("remove", kind, old, old, old_meta))
 
     def _rollback(self) -> None:
-        for kind, id_, old, old_meta in reversed(self._undo):
-            self._t.drop(kind, id_)
-            if old is not None:
-                self._t.put(kind, old, old_meta)
+        _undo(self._t, self._undo)
+
+
+# What a transaction's writes replaced: (kind, id, old value or None, old meta).
+_Undo = list[tuple[str, str, Any | None, Any | None]]
+
+
+def _undo(tables: _Tables, undo: _Undo) -> None:
+    """Put the tables back as they were before these writes, last write first."""
+    for kind, id_, old, old_meta in reversed(undo):
+        tables.drop(kind, id_)
+        if old is not None:
+            tables.put(kind, old, old_meta)
 
 
 @dataclass(slots=True)
 class _Applied:
-    """A transaction applied to the tables, waiting to be durable."""
+    """A transaction applied to the tables, waiting to be durable; `undo` takes it out
+    of them again if its commit fails for want of space, and `error` is then what its
+    waiters are told."""
 
     index: int
     events: list[Event]
     records: list[Record]
+    undo: _Undo
+    error: BaseException | None = None
 
 
 class Store:
@@ -379,6 +407,7 @@ class Store:
         self.commits = 0  # transactions made durable
         self.group_commits = 0  # backend commits (each one or more transactions)
         self.foreign_commits = 0
+        self.rolled_back = 0  # transactions taken back after a commit found the disk full
         self._load()
 
     def _load(self) -> None:
@@ -402,18 +431,27 @@ class Store:
         """Wait until every transaction applied so far is durable: what a client reads
         after this was committed (up to what others apply meanwhile), so a crash cannot
         take back what a client was shown."""
-        await self._wait_durable(self.index)
+        if not self._pending:
+            return
+        last = self._pending[-1]
+        try:
+            await self._wait_durable(last)
+        except Internal:
+            if last.error is None:
+                raise  # the store failed for good
+            # Taken back (disk full): the tables are what is durable again; the reader
+            # sees none of it, so its read may go on.
 
     # writes ------------------------------------------------------------------------------
     async def update(self, fn: Callable[[Tx], T]) -> T:
         """Run `fn` as one transaction: all its writes commit together or none do.
         Returns `fn`'s value once the transaction is durable (and published)."""
-        result, index = self._apply(fn)
-        if index is not None:
-            await self._wait_durable(index)
+        result, applied = self._apply(fn)
+        if applied is not None:
+            await self._wait_durable(applied)
         return result
 
-    def _apply(self, fn: Callable[[Tx], T]) -> tuple[T, int | None]:
+    def _apply(self, fn: Callable[[Tx], T]) -> tuple[T, _Applied | None]:
         if self._failed is not None:
             raise Internal(f"the store cannot commit: {self._failed!r}")
         if self._in_tx:
@@ -430,8 +468,9 @@ class Store:
         if not tx._events:
             return result, None
         self.index = tx.index
-        self._pending.append(_Applied(tx.index, tx._events, _records(tx._events)))
-        return result, tx.index
+        applied = _Applied(tx.index, tx._events, _records(tx._events), tx._undo)
+        self._pending.append(applied)
+        return result, applied
 
     async def batch(self, items: Iterable[T], fn: Callable[[Tx, T], None]) -> None:
         """Apply `fn` to many items, in transactions of at most MAX_CHANGES_PER_BATCH
@@ -441,7 +480,7 @@ class Store:
         what it changes from its Tx. Returns once all of them are durable."""
         it: Iterator[T] = iter(items)
         done = False
-        last: int | None = None
+        mine: list[_Applied] = []
 
         def chunk(tx: Tx) -> None:
             nonlocal done
@@ -454,28 +493,41 @@ class Store:
                 fn(tx, item)
 
         while not done:
-            _, index = self._apply(chunk)
-            last = index if index is not None else last
+            _, applied = self._apply(chunk)
+            if applied is not None:
+                mine.append(applied)
+            # A chunk taken back (disk full) fails the batch: the rest is not written.
+            lost = next((a.error for a in mine if a.error is not None), None)
+            if lost is not None:
+                raise lost
             if not done:
                 await asyncio.sleep(0)
-        if last is not None:
-            await self._wait_durable(last)
+        for applied in mine:
+            await self._wait_durable(applied)
 
-    async def _wait_durable(self, index: int) -> None:
+    async def _wait_durable(self, applied: _Applied) -> None:
         """Group commit: when no commit is in flight, one starts with everything applied
         so far (up to MAX_GROUP_RECORDS records); a transaction that missed it waits for
         the next. The commit runs as its own task: a waiter that is cancelled (a client
-        gone) does not cancel it."""
-        while self.durable_index < index:
+        gone) does not cancel it. A transaction taken back because the disk was full
+        raises its error (indexes are not reused: a later one may be durable)."""
+        while applied.error is None and self.durable_index < applied.index:
             if self._failed is not None:
                 raise Internal(f"the store cannot commit: {self._failed!r}")
             if self._flushing is None:
                 self._flushing = asyncio.ensure_future(self._flush_once())
             await asyncio.shield(self._flushing)
+        if applied.error is not None:
+            raise applied.error
 
     async def _flush_once(self) -> None:
         try:
             await self._flush()
+        except DiskFull as e:
+            # Nothing of the group reached the disk: take back every transaction not
+            # durable (later ones were applied on top of the group's), so the tables
+            # are what is durable again, and let later writes try again.
+            self._take_back(e)
         except Exception as e:
             # The tables are ahead of what is durable: nothing more may be acknowledged.
             self._failed = e
@@ -483,25 +535,46 @@ class Store:
         finally:
             self._flushing = None
 
+    def _take_back(self, cause: DiskFull) -> None:
+        """Undo every applied transaction that is not durable, newest first, and fail
+        their waiters with a client's error naming the disk. Watchers saw none of them
+        (events are published after commit), but loops may have read them in views: each
+        watcher is closed, so its loop resyncs from the tables as they are now."""
+        error = Internal(f"{MSG_DISK_FULL}: {cause}")
+        taken = self._pending
+        self._pending = []
+        for applied in reversed(taken):
+            _undo(self._tables, applied.undo)
+            applied.error = error
+            applied.undo = []
+        self.rolled_back += len(taken)
+        log.error(
+            "store commit failed: disk full; uncommitted transactions taken back",
+            transactions=len(taken),
+            first_index=taken[0].index if taken else None,
+            error=str(cause),
+        )
+        for w in list(self._watchers):
+            w._close(f"the store took back {len(taken)} uncommitted transaction(s): disk full")
+
     async def _flush(self) -> None:
-        group: list[_Applied] = []
-        size = 0
-        while self._pending and (
-            not group or size + len(self._pending[0].records) <= MAX_GROUP_RECORDS
+        # The group stays at the head of _pending until it is durable: a commit that
+        # fails leaves every applied transaction where _take_back (or a retry) finds it.
+        count = size = 0
+        while count < len(self._pending) and (
+            not count or size + len(self._pending[count].records) <= MAX_GROUP_RECORDS
         ):
-            applied = self._pending.pop(0)
-            group.append(applied)
-            size += len(applied.records)
+            size += len(self._pending[count].records)
+            count += 1
+        group = self._pending[:count]
         records = [r for applied in group for r in applied.records]
-        try:
-            await self._backend.commit(group[-1].index, records)
-        except BaseException:
-            self._pending[:0] = group
-            raise
+        await self._backend.commit(group[-1].index, records)
+        del self._pending[:count]
         self.durable_index = group[-1].index
         self.group_commits += 1
         for applied in group:
             self.commits += 1
+            applied.undo = []
             self._publish(applied.events)
 
     def _publish(self, events: list[Event]) -> None:
@@ -558,6 +631,7 @@ class Store:
             "commits": self.commits,
             "group_commits": self.group_commits,
             "foreign_commits": self.foreign_commits,
+            "rolled_back": self.rolled_back,
             "pending": len(self._pending),
             "watchers": len(self._watchers),
             **{f"{k}s": len(v) for k, v in self._tables.objects.items()},

@@ -7,12 +7,14 @@ while the disk syncs, and the store groups what arrives meanwhile into the next 
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import sqlite3
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from shoal.manager.store.backend import Commit, Record
+from shoal.manager.store.backend import Commit, DiskFull, Record
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
@@ -31,6 +33,7 @@ CREATE TABLE IF NOT EXISTS meta (
 class SQLiteBackend:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._path = path
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         # FULL: a commit is on disk when commit() returns; kill -9 loses nothing acknowledged.
@@ -49,7 +52,12 @@ class SQLiteBackend:
 
     async def commit(self, index: int, records: list[Record]) -> None:
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._thread, self._commit, index, records)
+        try:
+            await loop.run_in_executor(self._thread, self._commit, index, records)
+        except (sqlite3.Error, OSError) as e:
+            if not _disk_full(e):
+                raise
+            raise DiskFull(f"cannot write {self._path} on {_disk_of(self._path)}") from e
 
     def foreign_commits(self, after: int) -> AsyncIterator[Commit] | None:
         return None  # one manager writes
@@ -75,9 +83,32 @@ class SQLiteBackend:
             )
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            # SQLite may already have rolled back (SQLITE_FULL at COMMIT can): a second
+            # ROLLBACK would raise and hide why the commit failed.
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
 
     def close(self) -> None:
         self._thread.shutdown(wait=True)
         self._db.close()
+
+
+def _disk_full(e: BaseException) -> bool:
+    """Did the write fail for want of space (SQLite's SQLITE_FULL, or ENOSPC)? SQLite
+    then wrote nothing of the transaction; any other error may have left it in doubt."""
+    if isinstance(e, sqlite3.Error):
+        return (getattr(e, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_FULL
+    return isinstance(e, OSError) and e.errno == errno.ENOSPC
+
+
+def _disk_of(path: Path) -> str:
+    """The disk a file is on, as a message names it: its mount point and free bytes."""
+    mount = path.resolve().parent
+    while not os.path.ismount(mount) and mount != mount.parent:
+        mount = mount.parent
+    try:
+        st = os.statvfs(mount)
+    except OSError:
+        return f"the disk mounted on {mount}"
+    return f"the disk mounted on {mount} ({st.f_bavail * st.f_frsize} bytes free)"

@@ -257,3 +257,35 @@ def test_a_view_cannot_write() -> None:
     view = store.view()
     for write in ("create", "update", "delete"):
         assert not hasattr(view, write), write
+
+
+# --------------------------------------------------------------------------- restarts
+
+
+def test_the_sweep_removes_the_tasks_of_a_service_removed_before_a_crash() -> None:
+    """The service's removal was committed but the manager was killed before the
+    orchestrator handled its event: at start, the sweep finds its tasks and sets them to
+    be removed, as the remove event would have."""
+
+    async def main() -> None:
+        backend = MemoryBackend()
+        store = Store(backend)
+        svc = service("gone", replicas=1)
+        kept = service("kept", replicas=1)
+
+        def seed(tx: Tx) -> None:
+            tx.create(node("n1"))
+            tx.create(kept, ServiceMeta(spec_version=1))
+            tx.create(task("orphan", svc, 1, TaskState.RUNNING), TaskMeta(spec_version=1))
+            tx.create(task("mine", kept, 1, TaskState.RUNNING), TaskMeta(spec_version=1))
+
+        await store.update(seed)  # the state a crash left: a task, no service
+        restarts, updates = RestartSupervisor(store), UpdateSupervisor(store)
+        orch = ReplicatedOrchestrator(store, restarts, updates)
+        await store.update(orch._fresh(orch._check_all))
+        orphan, mine = store.view().get_task("orphan"), store.view().get_task("mine")
+        assert orphan is not None and orphan.desired == TaskState.REMOVE
+        assert mine is not None and mine.desired == TaskState.RUNNING
+        updates.stop()
+
+    asyncio.run(main())

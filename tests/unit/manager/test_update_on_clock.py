@@ -201,3 +201,37 @@ def test_start_first_never_runs_fewer_tasks_than_replicas() -> None:
         assert versions_running(sim, sid) == [new_versions[0]] * 3
 
     on_sim(test)
+
+
+def test_a_slot_replaced_while_the_update_waited_is_not_updated_twice() -> None:
+    """The updater took its slots when the update began; while it waits out its delay,
+    the node running a slot it has not reached goes down and the orchestrator replaces
+    that task. When the updater reaches the slot, its old task is already shut down: it
+    must not add a task of its own beside the replacement (SwarmKit's removeOldTasks:
+    "already shut down when reached by updater"). Found by the crash suite."""
+
+    async def test(sim: Sim) -> None:
+        cfg = UpdateConfig(parallelism=1, delay=60 * S, monitor=1 * S)
+        sid = await sim.create(replicas=2, update=cfg)
+        await sim.advance(SETTLE_S)
+        old = sim.spec_version(sid)
+        await sim.update(sid, env=["V=2"])
+        new = sim.spec_version(sid)
+        await sim.advance(SETTLE_S)
+        assert versions_running(sim, sid) == [old, new]  # one slot done, the delay runs
+        (waiting,) = sim.running(sid, old)
+        await sim.kill_agent(waiting.node_id or "")
+        await sim.advance(30)  # the node is down, its task replaced elsewhere
+        await sim.advance(60 + SETTLE_S)  # the updater reaches that slot
+        desired: dict[int, int] = {}
+        for t in sim.tasks(sid):
+            if t.desired <= TaskState.RUNNING:
+                desired[t.slot or 0] = desired.get(t.slot or 0, 0) + 1
+        assert sorted(desired.values()) == [1, 1], [
+            (t.slot, t.state, t.desired, t.node_id) for t in sim.tasks(sid)
+        ]
+        # (the task on the dead node is still last reported running: desired shut down)
+        wanted = [t for t in sim.running(sid) if t.desired == TaskState.RUNNING]
+        assert sorted(sim.version_of(t) for t in wanted) == [new, new]
+
+    on_sim(test)
