@@ -171,6 +171,19 @@ def bound_cluster_port(manager: ClusterNode) -> int:
 NodeFactory = Callable[..., ClusterNode]
 
 
+def make_netns_trio(lab: NetnsLab, node_factory: NodeFactory) -> Cluster:
+    """Three nodes, each in a namespace of `lab`'s, node-1 the manager. Make `lab`
+    before the daemons, so it is torn down after them."""
+    nodes = []
+    for i in (1, 2, 3):
+        ns, addr = lab.add_host()
+        nodes.append(node_factory(f"node-{i}", netns=ns, addr=addr))
+    cluster = Cluster.init(nodes[0])
+    for worker in nodes[1:]:
+        cluster.join(worker)
+    return cluster
+
+
 # --------------------------------------------------------------------------- cluster
 
 

@@ -30,6 +30,7 @@ from ..cluster_harness import (
     CommandFailed,
     NetnsLab,
     NodeFactory,
+    make_netns_trio,
     ns_exec,
 )
 from ..crash import duplicate_slots
@@ -109,14 +110,7 @@ def lab() -> Iterator[NetnsLab]:
 @pytest.fixture(scope="module")
 def netns_trio(lab: NetnsLab, node_factory: NodeFactory) -> Cluster:
     # `lab` first: set up before the daemons, so torn down after them.
-    nodes = []
-    for i in (1, 2, 3):
-        ns, addr = lab.add_host()
-        nodes.append(node_factory(f"node-{i}", netns=ns, addr=addr))
-    cluster = Cluster.init(nodes[0])
-    for worker in nodes[1:]:
-        cluster.join(worker)
-    return cluster
+    return make_netns_trio(lab, node_factory)
 
 
 @pytest.fixture
