@@ -13,6 +13,7 @@ import msgspec
 
 from shoal.types.base import Model
 from shoal.types.meta import NO_TASK_META, TaskMeta
+from shoal.types.network import NetworkUpdate
 from shoal.types.node import NodeDescription
 from shoal.types.task import Task, TaskStatus
 
@@ -46,6 +47,9 @@ class Assignment(Model):
     removed: list[str] = []
     dependencies: list[Dependency] = []
     removed_dependencies: list[str] = []
+    # The networks the node's tasks attach to, their peers and names (types/network.py);
+    # None when nothing changed.
+    network: NetworkUpdate | None = None
 
 
 class TaskStatusUpdate(Model):

@@ -12,6 +12,7 @@ from typing import Literal, cast, get_args
 import msgspec
 
 from shoal.types.base import Model, Version
+from shoal.types.network import NetworkAttachment
 from shoal.types.service import TaskSpec
 
 
@@ -143,6 +144,8 @@ class Task(Model, kw_only=True):
     desired_state: str
     # The JobStatus.JobIteration of the job this task runs for; None for services.
     job_iteration: Version | None = None
+    # Set by the allocator: the networks the task attaches to and its address on each.
+    networks_attachments: list[NetworkAttachment] | None = None
 
     @property
     def state(self) -> TaskState:

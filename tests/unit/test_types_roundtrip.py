@@ -37,7 +37,7 @@ TRANSCRIPTS = Path(__file__).resolve().parents[1] / "fixtures" / "docker-cli-tra
 # Task fields dockerd sends that shoal does not model yet (dropped on decode):
 # the networks a task is attached to with its addresses, the job iteration of job
 # tasks, and generic resources (GPUs...) assigned to it.
-UNMODELED_TASK_FIELDS = ("NetworksAttachments", "AssignedGenericResources")
+UNMODELED_TASK_FIELDS = ("AssignedGenericResources",)
 
 _SERVICE_UPDATE = re.compile(r"/v1\.41/services/[^/]+/update")
 _SERVICE_GET = re.compile(r"/v1\.41/services/[^/]+")

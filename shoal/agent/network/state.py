@@ -1,0 +1,70 @@
+"""The node's view of the swarm networks its tasks attach to, kept from the
+`NetworkUpdate`s the dispatcher sends (types/network.py): the networks, every task address
+on them with the node that hosts it, and every service's names on them.
+
+Consumers (the kernel plumbing, the DNS resolver) subscribe; each gets the update as
+applied, after the table has changed, so it may read the table whole or act on the delta.
+A listener that fails is logged and the others still run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from shoal.log import get_logger
+from shoal.types.network import Network, NetworkPeer, NetworkUpdate, ServiceEndpoint
+
+log = get_logger("agent.network")
+
+Listener = Callable[["NetworkState", NetworkUpdate], None]
+
+
+class NetworkState:
+    def __init__(self) -> None:
+        self.networks: dict[str, Network] = {}
+        self.peers: dict[str, NetworkPeer] = {}  # by NetworkPeer.key
+        self.endpoints: dict[str, ServiceEndpoint] = {}  # by ServiceEndpoint.key
+        self._listeners: list[Listener] = []
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def apply(self, update: NetworkUpdate) -> None:
+        if update.full:
+            self.networks.clear()
+            self.peers.clear()
+            self.endpoints.clear()
+        for key in update.removed_peers:
+            self.peers.pop(key, None)
+        for key in update.removed_endpoints:
+            self.endpoints.pop(key, None)
+        for nid in update.removed_networks:
+            self.networks.pop(nid, None)
+        for n in update.networks:
+            self.networks[n.id] = n
+        for p in update.peers:
+            self.peers[p.key] = p
+        for e in update.endpoints:
+            self.endpoints[e.key] = e
+        for listener in self._listeners:
+            try:
+                listener(self, update)
+            except Exception:
+                log.exception("network listener failed", listener=repr(listener))
+
+    def peers_of(self, network_id: str) -> list[NetworkPeer]:
+        return [p for p in self.peers.values() if p.network_id == network_id]
+
+    def endpoints_of(self, network_id: str) -> list[ServiceEndpoint]:
+        return [e for e in self.endpoints.values() if e.network_id == network_id]
+
+
+class TaskNetworkListener(Protocol):
+    """Told by the plumbing when a task's network namespace is ready (`netns`: a path
+    that names it, e.g. /run/shoal/netns/<task id> or /proc/<pid>/ns/net) and when it is
+    gone. The DNS resolver is one: it serves each task inside that task's namespace."""
+
+    async def task_attached(self, task_id: str, netns: str, network_ids: list[str]) -> None: ...
+
+    async def task_detached(self, task_id: str) -> None: ...
