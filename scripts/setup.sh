@@ -22,6 +22,9 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 missing=()
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v ps >/dev/null 2>&1 || missing+=(procps)
+# Networking: nft (the nftables rules of the data path), iperf3 (bench/net.py).
+command -v nft >/dev/null 2>&1 || missing+=(nftables)
+command -v iperf3 >/dev/null 2>&1 || missing+=(iperf3)
 # The image usually ships the docker CLI 28 as /usr/local/bin/docker, but no engine:
 # Debian's docker.io brings dockerd (the docker runtime's engine; its /usr/bin/docker
 # CLI stays behind /usr/local/bin on PATH), busybox-static the root filesystem of the
