@@ -24,6 +24,8 @@ from shoal.agent.agent import Agent, discard_task
 from shoal.agent.executor.base import Executor
 from shoal.agent.executor.docker_engine import DEFAULT_ENGINE_HOST, EngineError, engine_answers
 from shoal.agent.join import join, node_tls_info, renew, renewal_delay
+from shoal.agent.network.plumbing import plumbing_for
+from shoal.agent.network.state import NetworkState
 from shoal.agent.session import RemoteSession
 from shoal.api.listen import APITLS
 from shoal.api.server import APIServer
@@ -165,6 +167,8 @@ class Daemon:
         self.node_name = config.node_name
         self.engine_labels = config.labels
         self.executor = make_executor(config)
+        self.network = NetworkState()
+        self.plumbing = plumbing_for(self.executor, config.data_dir / "agent", self.network)
         self.runtime = self.executor.name
         # The engine the API passes the local engine's endpoints through to.
         self.engine_host: str | None = config.engine_host if self.runtime == "docker" else None
@@ -323,6 +327,8 @@ class Daemon:
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir.chmod(DATA_DIR_MODE)
+        if self.plumbing is not None:  # before any task: what an earlier run left
+            await self.plumbing.start(set(self.executor.known_task_ids()))
         state = self._load_state()
         if state is not None:
             self._state = state
@@ -399,6 +405,7 @@ class Daemon:
             self.executor,
             manager.dispatcher,
             self._resources(),
+            network=self._network(),
         )
         self._agent.start()
         self._renewer = asyncio.create_task(self._renew_loop(), name="cert-renewer")
@@ -435,10 +442,21 @@ class Daemon:
             tls_info=lambda: node_tls_info(self._credentials()),
         )
         self._agent = Agent(
-            state.node_id, self.node_addr, self.executor, self._remote, self._resources()
+            state.node_id,
+            self.node_addr,
+            self.executor,
+            self._remote,
+            self._resources(),
+            network=self._network(),
         )
         self._agent.start()
         self._renewer = asyncio.create_task(self._renew_loop(), name="cert-renewer")
+
+    def _network(self) -> NetworkState:
+        """The agent's network table; the plumbing's underlay is this node's address."""
+        if self.plumbing is not None:
+            self.plumbing.underlay_addr = self.node_addr
+        return self.network
 
     def _credentials(self) -> NodeCredentials:
         assert self._creds is not None
@@ -518,6 +536,9 @@ class Daemon:
         if self._agent is not None:
             await self._agent.stop(stop_tasks=stop_tasks)
             self._agent = None
+        if self.plumbing is not None:
+            # Without live-restore the tasks are stopped: nothing of theirs is kept.
+            await self.plumbing.close(remove_all=stop_tasks)
         if self._remote is not None:
             await self._remote.close()
             self._remote = None

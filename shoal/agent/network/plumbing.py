@@ -51,6 +51,18 @@ NTF_SELF = 0x02
 log = get_logger("shoal.agent.network")
 
 
+def plumbing_for(executor: object, run_dir: Path, state: NetworkState) -> Plumbing | None:
+    """The plumbing of a process runtime run by root, following `state`; None otherwise
+    (the docker runtime attaches containers on top of this later; a daemon that is not
+    root cannot make namespaces: its process tasks share the node's network)."""
+    if getattr(executor, "name", None) != "process" or os.geteuid() != 0:
+        return None
+    plumbing = Plumbing(run_dir, run_dir)
+    plumbing.watch(state)
+    executor.plumbing = plumbing  # type: ignore[attr-defined]
+    return plumbing
+
+
 def mac_of(addr: str) -> str:
     """The MAC of the interface holding IPv4 `addr`: 02:42 and the address's bytes."""
     return "02:42:" + ":".join(f"{b:02x}" for b in ipaddress.IPv4Address(addr).packed)
