@@ -107,3 +107,35 @@ def exists(path: Path) -> bool:
         return os.stat(path).st_dev != os.stat(path.parent).st_dev or is_mountpoint(path)
     except OSError:
         return False
+
+
+def _setns(fd: int) -> None:
+    _check(_libc.setns(fd, CLONE_NEWNET), "setns(CLONE_NEWNET)")
+
+
+class Entered:
+    """Run the calling thread in the namespace named by `path` for the `with` block,
+    then back in its own: what a netlink socket is opened in is where it works, so
+    sockets opened inside keep working after. (pyroute2's IPRoute(netns=...) forks a
+    process for that: ~7 ms against ~0.4 ms.)"""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._own = -1
+
+    def __enter__(self) -> None:
+        self._own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        target = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            _setns(target)
+        except BaseException:
+            os.close(self._own)
+            raise
+        finally:
+            os.close(target)
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            _setns(self._own)
+        finally:
+            os.close(self._own)

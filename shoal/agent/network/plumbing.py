@@ -83,7 +83,11 @@ def veth_name(task_id: str) -> str:
 
 @contextmanager
 def _ipr(ns: str | None) -> Iterator[IPRoute]:
-    ipr = IPRoute(netns=ns, flags=0) if ns else IPRoute()
+    if ns:
+        with netns.Entered(ns):
+            ipr = IPRoute()
+    else:
+        ipr = IPRoute()
     try:
         yield ipr
     finally:
