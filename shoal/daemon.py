@@ -43,7 +43,13 @@ from shoal.manager.ca.issuer import Issuer, issue_own_certificate
 from shoal.manager.ca.root import RootCA
 from shoal.manager.ca.rotation import adopt_root, directive, record_node_tls
 from shoal.manager.clusterport.server import ClusterServer
-from shoal.manager.controlapi.swarm import init_spec, new_cluster, validate_spec
+from shoal.manager.controlapi import networks
+from shoal.manager.controlapi.swarm import (
+    init_spec,
+    new_cluster,
+    validate_init_network,
+    validate_spec,
+)
 from shoal.manager.keys import ManagerKeys
 from shoal.manager.manager import Manager
 from shoal.manager.store import Store, Tx
@@ -570,6 +576,7 @@ class Daemon:
             ca = RootCA.create()
             spec = init_spec(request.spec)
             validate_spec(spec)
+            validate_init_network(request)
             expiry = spec.ca_config.node_cert_expiry if spec.ca_config else None
             key = new_key()
             cert = issue_own_certificate(ca, make_csr(key), node_id, cluster_id, expiry)
@@ -592,6 +599,7 @@ class Daemon:
 
             def bootstrap(tx: Tx) -> None:
                 tx.create(new_cluster(cluster_id, spec, ca, request))
+                networks.create_in(tx, networks.ingress_spec())
                 tx.create(
                     Node(
                         id=node_id,
