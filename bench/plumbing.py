@@ -94,9 +94,9 @@ def iperf(client_ns: str, server_ns: str, addr: str, seconds: int) -> float:
                 ["nsenter", f"--net={client_ns}", "iperf3", "-c", addr, "-t", str(seconds), "-J"],
                 capture_output=True, text=True,
             )  # fmt: skip
-            if out.returncode == 0:
-                bps = json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"]
-                return float(bps) / 1e9
+            result = json.loads(out.stdout) if out.stdout.strip() else {}
+            if out.returncode == 0 and "sum_received" in result.get("end", {}):
+                return float(result["end"]["sum_received"]["bits_per_second"]) / 1e9
             time.sleep(0.05)
         raise RuntimeError(f"iperf3 failed: {out.stdout[-500:]} {out.stderr[-500:]}")
     finally:
