@@ -366,7 +366,8 @@ class ProcessController:
         launch["netns"] = path
         launch["hold"] = plumbing.sandboxes_of(self.task_id)
         launch["hostname"] = hostname
-        launch["mounts"] = [*launch["mounts"], {"detach": str(plumbing.netns_dir)}, *binds]
+        # First, before any copy of the tree (a root of its own) is made of it.
+        launch["mounts"] = [{"detach": str(plumbing.netns_dir)}, *launch["mounts"], *binds]
 
     async def _release_network(self) -> None:
         plumbing = self._executor.plumbing
