@@ -188,7 +188,7 @@ def test_service_vips_and_task_attachments(net_cluster: Daemon) -> None:
     addrs = set()
     for t in tasks:
         (att,) = t["NetworksAttachments"]
-        assert att["Network"]["ID"] == net_id and att["Aliases"] == ["www"]
+        assert att["Network"]["ID"] == net_id and "Aliases" not in att  # as dockerd
         assert att["Network"]["Spec"]["Name"] == "app-net"
         (addr,) = att["Addresses"]
         assert ipaddress.ip_interface(addr).network == subnet

@@ -6,7 +6,7 @@
 - a service: a virtual IP on each network it is attached to (and on `ingress` when it
   publishes ports in ingress mode), unless its endpoint mode is dnsrr;
 - a task: an address on each of those networks, in its NetworksAttachments (with a
-  copy of the network and the service's aliases), before it leaves NEW.
+  copy of the network), before it leaves NEW.
 
 Every address is taken from the `AddressBook` into the transaction's `Draft`, applied
 to the book once the transaction committed (see ipam.py).
@@ -147,9 +147,9 @@ def task_attachments(
 ) -> list[NetworkAttachment] | str:
     """A new task's attachments, its addresses taken; or why it must wait (a message)."""
     service = tx.get_service(t.service_id)
-    configs = {c.target: c for c in t.spec.networks or () if c.target}
+    targets = [c.target for c in t.spec.networks or () if c.target]
     spec = service.spec if service is not None else ServiceSpec()
-    nets = wanted_networks(tx, spec, list(configs))
+    nets = wanted_networks(tx, spec, targets)
     out: list[NetworkAttachment] = []
     taken = 0
     for net in nets:
@@ -166,12 +166,9 @@ def task_attachments(
                 "task waits for one to be freed"
             )
         taken += 1
-        c = configs.get(net)
-        out.append(
-            NetworkAttachment(
-                network=n, addresses=[addr], aliases=(c.aliases or None) if c else None
-            )
-        )
+        # no Aliases: dockerd shows none on a task's attachment (the service's aliases
+        # reach the nodes as its ServiceEndpoint's)
+        out.append(NetworkAttachment(network=n, addresses=[addr]))
     return out
 
 

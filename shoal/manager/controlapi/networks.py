@@ -90,7 +90,7 @@ def _spec(req: NetworkCreateRequest) -> NetworkSpec:
             f"label {INTERNAL_LABEL} is for predefined internal networks and cannot be "
             "applied by users"
         )
-    ipam_req = req.ipam or IPAMRequest()
+    ipam_req = req.ipam or IPAMRequest()  # none: the spec has no IPAMOptions (dockerd)
     if ipam_req.driver not in (None, "", DEFAULT_IPAM):
         raise invalid_argument("invalid IPAM specified")
     configs: list[IPAMConfig] = []
@@ -119,7 +119,9 @@ def _spec(req: NetworkCreateRequest) -> NetworkSpec:
         ipam_options=IPAMOptions(
             driver=Driver(name=DEFAULT_IPAM, options=ipam_req.options or None),
             configs=configs or None,
-        ),
+        )
+        if req.ipam is not None
+        else None,
         scope=SCOPE_SWARM,
     )
 
