@@ -357,3 +357,11 @@ def test_addresses_kept_across_restart(daemon_factory: Any) -> None:
     addrs = [t["NetworksAttachments"][0]["Addresses"][0] for t in tasks]
     assert len(set(addrs)) == 5 and vip not in addrs
     assert set(before.values()) <= set(addrs)
+
+
+def test_outside_a_swarm_there_are_no_networks(daemon_factory: Any) -> None:
+    d = daemon_factory(node_name="loner")
+    assert _ls(d) == []
+    assert "network nothing not found" in _fails(d, "network", "inspect", "nothing")
+    err = _fails(d, "network", "create", "-d", "overlay", "x")
+    assert "This node is not a swarm manager" in err
