@@ -58,14 +58,23 @@ async def list_(request: web.Request) -> web.Response:
     for value in f.get("type", []):
         if value not in ("custom", "builtin"):
             raise InvalidArgument(f"invalid filter: 'type'='{value}'")
+    dangling: bool | None = None
+    for value in f.get("dangling", []):
+        if value.lower() not in ("true", "1", "false", "0"):
+            raise InvalidArgument(f"Invalid filter: 'dangling'='{value}'")
+        dangling = value.lower() in ("true", "1")
     m = _manager(request)
     out = []
     if m is not None:
         view = m.store.view()
+        used: set[str] = set()
+        if dangling is not None:  # in use: named by a service (ingress always is)
+            used = {c.target or "" for s in view.services() for c in ctl.service_networks(s.spec)}
         out = [
             ctl.network_resource(n)
             for n in sorted(view.networks(), key=lambda n: (n.created_at, n.id))
             if _matches(n, f)
+            and (dangling is None or dangling != (n.id in used or bool(n.spec.ingress)))
         ]
     proxy = proxy_of(request)
     if proxy is not None:

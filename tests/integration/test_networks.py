@@ -109,6 +109,7 @@ def test_create_ls_inspect_rm(net_cluster: Daemon) -> None:
     assert _ls(d, "scope=local") == []
     assert _ls(d, "type=custom") == ["ingress", "ref-net", "ref-net-att"]
     assert _ls(d, "type=builtin") == []
+    assert _ls(d, "dangling=true") == ["ref-net", "ref-net-att"]  # no service uses them
 
     # events: a create, then the allocator's update, then a remove
     d.docker("network", "rm", "ref-net", "ref-net-att")
@@ -195,6 +196,9 @@ def test_service_vips_and_task_attachments(net_cluster: Daemon) -> None:
         addrs.add(addr)
     assert len(addrs) == 3 and vips[0]["Addr"] not in addrs
     assert str(subnet[1]) not in {a.split("/")[0] for a in addrs}  # the gateway
+
+    assert _ls(d, "dangling=true") == []
+    assert _ls(d, "dangling=false") == ["app-net", "ingress"]
 
     # the network is in use: dockerd's refusal; after service rm it goes
     r = d.http("DELETE", "/networks/app-net")
