@@ -78,7 +78,8 @@ def test_create_ls_inspect_rm(net_cluster: Daemon) -> None:
     id1 = d.docker("network", "create", "-d", "overlay", "ref-net").stdout.strip()
     id2 = d.docker(
         "network", "create", "-d", "overlay", "--attachable", "--label", "purpose=ref",
-        "--subnet", "10.20.0.0/16", "--gateway", "10.20.0.254", "ref-net-att",
+        "--subnet", "10.20.0.0/16", "--gateway", "10.20.0.254", "--ip-range", "10.20.1.0/24",
+        "ref-net-att",
     ).stdout.strip()  # fmt: skip
     assert len(id1) == 25 and len(id2) == 25
 
@@ -90,7 +91,9 @@ def test_create_ls_inspect_rm(net_cluster: Daemon) -> None:
     assert n1["IPAM"]["Config"][0]["Gateway"] == str(ipaddress.ip_network(subnet1)[1])
     n2 = _inspect(d, id2[:8])  # a prefix
     assert n2["Attachable"] is True and n2["Labels"] == {"purpose": "ref"}
-    assert n2["IPAM"]["Config"] == [{"Subnet": "10.20.0.0/16", "Gateway": "10.20.0.254"}]
+    assert n2["IPAM"]["Config"] == [
+        {"Subnet": "10.20.0.0/16", "IPRange": "10.20.1.0/24", "Gateway": "10.20.0.254"}
+    ]
     vxlans = {n1["Options"][VXLAN], n2["Options"][VXLAN], "4096"}
     assert len(vxlans) == 3
     assert d.http("GET", f"/networks/{id1}?scope=swarm").json()["Id"] == id1

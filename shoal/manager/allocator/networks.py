@@ -52,8 +52,7 @@ def allocate_network(tx: Tx, book: ipam.AddressBook, network_id: str) -> bool:
         return False
     if is_allocated(n):
         if not book.has(n.id):
-            assert n.subnet is not None
-            book.add_network(n.id, n.subnet, n.gateway)
+            _add(book, n)
         return True
     others = [o for o in tx.networks() if o.id != n.id]
     asked = next(iter((n.spec.ipam_options or IPAMOptions()).configs or ()), None)
@@ -79,12 +78,24 @@ def allocate_network(tx: Tx, book: ipam.AddressBook, network_id: str) -> bool:
         driver_state=Driver(name=OVERLAY, options={VXLAN_ID_OPTION: str(vxlan)}),
         ipam_options=IPAMOptions(
             driver=Driver(name=DEFAULT_IPAM),
-            configs=[IPAMConfig(subnet=str(subnet), gateway=gateway)],
+            configs=[
+                IPAMConfig(
+                    subnet=str(subnet),
+                    range=asked.range if asked is not None else None,
+                    gateway=gateway,
+                )
+            ],
         ),
     )
     tx.update(allocated)
-    book.add_network(n.id, str(subnet), gateway)
+    _add(book, allocated)
     return True
+
+
+def _add(book: ipam.AddressBook, n: Network) -> None:
+    configs = (n.ipam_options or IPAMOptions()).configs or [IPAMConfig()]
+    assert n.subnet is not None
+    book.add_network(n.id, n.subnet, n.gateway, configs[0].range)
 
 
 def _publishes_ingress(spec: ServiceSpec) -> bool:
@@ -188,8 +199,7 @@ def rebuild(tx: ReadTx) -> ipam.AddressBook:
     book = ipam.AddressBook()
     for n in tx.networks():
         if is_allocated(n):
-            assert n.subnet is not None
-            book.add_network(n.id, n.subnet, n.gateway)
+            _add(book, n)
     for s in tx.services():
         for v in s.endpoint.virtual_ips or ():
             if v.network_id and v.addr:

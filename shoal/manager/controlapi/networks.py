@@ -98,15 +98,17 @@ def _spec(req: NetworkCreateRequest) -> NetworkSpec:
         if not c.subnet:
             raise invalid_argument("ipam configuration: a subnet must be given")
         net = ipam.parse_subnet(c.subnet)
-        if c.ip_range:
-            rng = ipam.parse_subnet(c.ip_range)
+        rng = ipam.parse_subnet(c.ip_range) if c.ip_range else None
+        if rng is not None:
             if not rng.subnet_of(net):
                 raise invalid_argument(
                     f"ipam configuration: subnet {c.subnet} does not contain range {c.ip_range}"
                 )
         if c.gateway:
             ipam.check_gateway(net, c.subnet, c.gateway)
-        configs.append(IPAMConfig(subnet=str(net), range=c.ip_range or None, gateway=c.gateway))
+        configs.append(
+            IPAMConfig(subnet=str(net), range=str(rng) if rng else None, gateway=c.gateway)
+        )
     if len(configs) > 1:
         raise invalid_argument("only one subnet per swarm network is supported")
     return NetworkSpec(
