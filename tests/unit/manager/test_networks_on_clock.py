@@ -323,3 +323,26 @@ def test_book_rebuilt_from_the_store_after_a_restart() -> None:
         await manager.stop()
 
     asyncio.run(main())
+
+
+def test_a_node_view_crosses_the_cluster_port_encoding() -> None:
+    """What a remote agent gets: the full view through the session protocol's frames."""
+    from shoal.types import session as msg
+
+    async def main() -> None:
+        async with NetSim(2) as sim:
+            net = await make_network(sim.store, "app")
+            await create_service(sim.store, spec("web", 2, [net]))
+            await sim.advance(SETTLE_S)
+            view = NetworkView.build(sim.store.view())
+            for node_id in sim.node_ids:
+                full = view.full(node_id)
+                frame = msg.encode(
+                    msg.AssignmentMsg(assignment=Assignment(full=True, network=full))
+                )
+                got = msg.decode(frame)
+                assert isinstance(got, msg.AssignmentMsg)
+                assert got.assignment.network == full
+                assert full.networks and full.peers and full.endpoints
+
+    asyncio.run(main())
