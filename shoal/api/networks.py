@@ -8,25 +8,37 @@ does not know is passed through."""
 
 from __future__ import annotations
 
+import json
+import re
+
 from aiohttp import web
 
 from shoal.api import filters
 from shoal.api.body import parse, read_limited
 from shoal.api.encode import empty, json_response
 from shoal.api.engine import proxy_of
+from shoal.api.events import parse_timestamp
 from shoal.api.server import Router, context
 from shoal.api.swarm import require_manager
-from shoal.errors import InvalidArgument, NotFound
+from shoal.errors import FailedPrecondition, InvalidArgument, NotFound
 from shoal.manager.controlapi import networks as ctl
 from shoal.manager.manager import Manager
+from shoal.types.base import now_ns, parse_time
 from shoal.types.network import Network
 
 FILTERS = ("driver", "id", "label", "name", "scope", "type", "dangling")
 
 
+PRUNE_FILTERS = ("label", "label!", "until")
+_GO_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h))+$")
+_GO_UNIT_NS = {"ns": 1, "us": 10**3, "µs": 10**3, "ms": 10**6, "s": 10**9, "m": 60 * 10**9}
+_GO_UNIT_NS["h"] = 3600 * 10**9
+
+
 def register(r: Router) -> None:
     r.add("GET", "/networks", list_)
     r.add("POST", "/networks/create", create)
+    r.add("POST", "/networks/prune", prune)
     r.add("GET", "/networks/{id}", inspect)
     r.add("DELETE", "/networks/{id}", remove)
 
@@ -126,3 +138,50 @@ async def remove(request: web.Request) -> web.StreamResponse:
         if proxy is None:
             raise
         return await proxy.forward(request)
+
+
+def _until_ns(raw: str) -> int:
+    """dockerd's `until`: a Go duration before now, an RFC 3339 time, or Unix seconds."""
+    if _GO_DURATION.match(raw):
+        total = sum(
+            float(n) * _GO_UNIT_NS[u]
+            for n, u in re.findall(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)", raw)
+        )
+        return now_ns() - int(total)
+    try:
+        return parse_time(raw)
+    except ValueError:
+        stamp = parse_timestamp(raw, "until")
+        assert stamp is not None
+        return stamp
+
+
+async def prune(request: web.Request) -> web.StreamResponse:
+    """`docker network prune`: the swarm networks no service uses (never ingress, as
+    dockerd's clusterNetworksPrune), then the engine's own under the docker runtime."""
+    f = filters.parse(request.query.get("filters"), PRUNE_FILTERS)
+    until = min((_until_ns(v) for v in f.get("until", [])), default=None)
+    deleted: list[str] = []
+    m = _manager(request)
+    if m is not None:
+        for n in m.store.view().networks():
+            if n.spec.ingress:
+                continue
+            if until is not None and n.created_at and parse_time(n.created_at) > until:
+                continue
+            labels = n.spec.labels or {}
+            if "label" in f and not filters.match_label(labels, f["label"]):
+                continue
+            if any(filters.match_label(labels, [w]) for w in f.get("label!", [])):
+                continue
+            try:
+                await ctl.remove(m.store, n.id)
+            except (FailedPrecondition, NotFound):
+                continue  # in use (or gone meanwhile): kept, as dockerd
+            deleted.append(n.spec.name or n.id)
+    proxy = proxy_of(request)
+    if proxy is not None:
+        status, _, body = await proxy.send("POST", request.raw_path, b"")
+        if status == 200:
+            deleted += json.loads(body).get("NetworksDeleted") or []
+    return json_response({"NetworksDeleted": deleted or None})

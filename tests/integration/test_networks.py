@@ -372,3 +372,20 @@ def test_outside_a_swarm_there_are_no_networks(daemon_factory: Any) -> None:
     assert "network nothing not found" in _fails(d, "network", "inspect", "nothing")
     err = _fails(d, "network", "create", "-d", "overlay", "x")
     assert "This node is not a swarm manager" in err
+
+
+def test_prune_removes_unused_swarm_networks_only(net_cluster: Daemon) -> None:
+    d = net_cluster
+    for name, labels in (("spare", []), ("kept", ["--label", "keep=1"]), ("busy", [])):
+        d.docker("network", "create", "-d", "overlay", *labels, name)
+    d.docker(
+        "service", "create", "--detach", "--name", "user", "--network", "busy",
+        "busybox", "sleep", "3600",
+    )  # fmt: skip
+    out = d.docker("network", "prune", "-f", "--filter", "label!=keep").stdout
+    assert "spare" in out and "kept" not in out and "busy" not in out
+    assert _ls(d) == ["busy", "ingress", "kept"]
+    out = d.docker("network", "prune", "-f", "--filter", "until=1h").stdout
+    assert "kept" not in out  # made less than an hour ago
+    d.docker("network", "prune", "-f")
+    assert _ls(d) == ["busy", "ingress"]
