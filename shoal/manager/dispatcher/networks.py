@@ -259,6 +259,13 @@ class NetworkView:
                 ch.left[node].discard(net)  # left and came back in one batch: send it whole
             ch.joined[node].add(net)
 
+    def statistics(self) -> dict[str, int]:
+        return {
+            "networks": len(self.networks),
+            "peers": sum(len(p) for p in self.peers.values()),
+            "endpoints": sum(len(e) for e in self.endpoints.values()),
+        }
+
     # ---- what nodes are told ----------------------------------------------------------
     def full(self, node_id: str) -> NetworkUpdate:
         nets = sorted(self.node_nets.get(node_id, ()))
