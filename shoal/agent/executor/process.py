@@ -359,7 +359,7 @@ class ProcessController:
         hostname = self._hostname(launch["env"])
         try:
             path = await plumbing.attach(self.task_id, attachments)
-        except (OSError, ValueError) as e:
+        except Exception as e:  # noqa: BLE001 - netlink errors too: the task cannot start
             await plumbing.detach(self.task_id)
             raise ExecutorError(f"cannot attach the task to its networks: {e}") from e
         binds = await asyncio.to_thread(taskfiles.write, self._dir, hostname, attachments)

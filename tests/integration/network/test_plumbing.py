@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from shoal.agent.network import netns
-from shoal.agent.network.plumbing import BRIDGE, VXLAN, Plumbing, mac_of, veth_name
+from shoal.agent.network.devices import BRIDGE, VXLAN, mac_of
+from shoal.agent.network.plumbing import Plumbing, veth_name
 from shoal.agent.network.state import NetworkState
 from shoal.types.network import (
     VXLAN_ID_OPTION,

@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from shoal.agent.network import taskfiles
-from shoal.agent.network.plumbing import mac_of, sandbox_name, task_ns_name, veth_name
+from shoal.agent.network.devices import mac_of
+from shoal.agent.network.plumbing import sandbox_name, task_ns_name, veth_name
 from shoal.agent.network.record import Record
 from shoal.types.network import Network, NetworkAttachment
 
