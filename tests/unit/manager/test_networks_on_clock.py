@@ -346,3 +346,32 @@ def test_a_node_view_crosses_the_cluster_port_encoding() -> None:
                 assert full.networks and full.peers and full.endpoints
 
     asyncio.run(main())
+
+
+def test_deprecated_top_level_networks_and_global_task_names() -> None:
+    from shoal.types.service import GlobalService
+
+    async def main() -> None:
+        async with NetSim(2) as sim:
+            net = await make_network(sim.store, "old-style")
+            old = ServiceSpec(
+                name="legacy",
+                mode=ServiceMode(global_=GlobalService()),
+                task_template=TaskSpec(
+                    container_spec=ContainerSpec(image="busybox", command=["run"])
+                ),
+                networks=[NetworkAttachmentConfig(target="old-style")],  # by name
+            )
+            svc = await create_service(sim.store, old)
+            await sim.advance(SETTLE_S)
+            s = sim.service(svc.id)
+            assert s.spec.networks is None and s.spec.task_template is not None
+            assert [c.target for c in s.spec.task_template.networks or []] == [net]
+            running = sim.running(svc.id)
+            assert len(running) == 2
+            for t in running:
+                names = {q.task_name for q in sim.state(t.node_id or "").peers_of(net)}
+                assert f"legacy.{t.node_id}.{t.id}" in names
+            sim.check_views()
+
+    asyncio.run(main())
