@@ -29,6 +29,7 @@ from shoal.manager.store import Event, ReadTx
 from shoal.types.network import Network, NetworkPeer, NetworkUpdate, ServiceEndpoint
 from shoal.types.node import Node
 from shoal.types.service import Service
+from shoal.types.swarm import DEFAULT_DATA_PATH_PORT
 from shoal.types.task import Task, TaskState
 
 
@@ -125,11 +126,15 @@ class NetworkView:
         self._service_names: dict[str, str] = {}
         self._task_service_name: dict[str, str] = {}
         self._service_eps: dict[str, dict[str, ServiceEndpoint]] = {}
+        self.data_path_port = DEFAULT_DATA_PATH_PORT
 
     # ---- building ---------------------------------------------------------------------
     @classmethod
     def build(cls, view: ReadTx) -> NetworkView:
         v = cls()
+        cluster = view.cluster()
+        if cluster is not None and cluster.data_path_port:
+            v.data_path_port = cluster.data_path_port
         ch = _Changes()
         for n in view.networks():
             v._network(n, ch)
@@ -269,7 +274,7 @@ class NetworkView:
     # ---- what nodes are told ----------------------------------------------------------
     def full(self, node_id: str) -> NetworkUpdate:
         nets = sorted(self.node_nets.get(node_id, ()))
-        return NetworkUpdate(full=True, **self._whole(nets))
+        return NetworkUpdate(full=True, data_path_port=self.data_path_port, **self._whole(nets))
 
     def _whole(self, nets: list[str]) -> dict[str, Any]:
         return {

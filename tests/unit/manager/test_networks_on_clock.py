@@ -344,6 +344,7 @@ def test_a_node_view_crosses_the_cluster_port_encoding() -> None:
                 assert isinstance(got, msg.AssignmentMsg)
                 assert got.assignment.network == full
                 assert full.networks and full.peers and full.endpoints
+                assert full.data_path_port == 4789
 
     asyncio.run(main())
 
