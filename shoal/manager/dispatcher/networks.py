@@ -110,8 +110,8 @@ class _Changes:
         default_factory=lambda: defaultdict(dict)
     )
     networks: set[str] = field(default_factory=set)  # a network object that changed
-    joined: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))  # node -> nets
-    left: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    # (node, network) -> whether the node needed the network before this batch
+    before: dict[tuple[str, str], bool] = field(default_factory=dict)
 
 
 class NetworkView:
@@ -250,19 +250,13 @@ class NetworkView:
 
     def _count(self, node: str, net: str, delta: int, ch: _Changes) -> None:
         counts = self.node_nets[node]
+        ch.before.setdefault((node, net), counts.get(net, 0) > 0)
         counts[net] += delta
         if counts[net] <= 0:
             del counts[net]
             self.nodes_on[net].discard(node)
-            if net in ch.joined[node]:
-                ch.joined[node].discard(net)
-            else:
-                ch.left[node].add(net)
-        elif delta > 0 and counts[net] == 1:
+        else:
             self.nodes_on[net].add(node)
-            if net in ch.left[node]:
-                ch.left[node].discard(net)  # left and came back in one batch: send it whole
-            ch.joined[node].add(net)
 
     def statistics(self) -> dict[str, int]:
         return {
@@ -285,14 +279,21 @@ class NetworkView:
 
     def _updates(self, ch: _Changes) -> dict[str, NetworkUpdate]:
         touched = set(ch.peers) | set(ch.endpoints) | ch.networks
-        nodes: set[str] = {n for n, s in ch.joined.items() if s} | {
-            n for n, s in ch.left.items() if s
-        }
+        # which nodes came to need, or no longer need, which networks over the batch
+        joined_by: dict[str, set[str]] = defaultdict(set)
+        left_by: dict[str, set[str]] = defaultdict(set)
+        for (node, net), had in ch.before.items():
+            has = net in self.node_nets.get(node, ())
+            if has and not had:
+                joined_by[node].add(net)
+            elif had and not has:
+                left_by[node].add(net)
+        nodes: set[str] = set(joined_by) | set(left_by)
         for net in touched:
             nodes |= self.nodes_on.get(net, set())
         out: dict[str, NetworkUpdate] = {}
         for node in nodes:
-            joined = sorted(ch.joined.get(node, ()))
+            joined = sorted(joined_by.get(node, ()))
             whole = self._whole(joined)
             kept = [n for n in touched if n in self.node_nets.get(node, ()) and n not in joined]
             networks = whole["networks"] + [
@@ -302,18 +303,21 @@ class NetworkView:
             removed_peers: list[str] = []
             endpoints = list(whole["endpoints"])
             removed_endpoints: list[str] = []
-            for net in kept:
+            for net in [*kept, *joined]:
+                # a network it just came to need is sent whole (above), but may have
+                # been held before this batch too: what left it meanwhile is removed
+                whole_sent = net not in kept
                 for task_id, p in ch.peers.get(net, {}).items():
                     if p is None:
                         removed_peers.append(f"{net}/{task_id}")
-                    else:
+                    elif not whole_sent:
                         peers.append(p)
                 for service_id, e in ch.endpoints.get(net, {}).items():
                     if e is None:
                         removed_endpoints.append(f"{net}/{service_id}")
-                    else:
+                    elif not whole_sent:
                         endpoints.append(e)
-            left = sorted(ch.left.get(node, ()))
+            left = sorted(left_by.get(node, ()))
             for net in left:  # the node's table drops what it held of the network
                 removed_peers += [f"{net}/{t}" for t in self.peers.get(net, {})]
                 removed_peers += [
