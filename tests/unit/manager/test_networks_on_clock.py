@@ -376,3 +376,24 @@ def test_deprecated_top_level_networks_and_global_task_names() -> None:
             sim.check_views()
 
     asyncio.run(main())
+
+
+def test_a_vip_waits_for_a_freed_address() -> None:
+    async def main() -> None:
+        async with NetSim(1) as sim:
+            net = await make_network(sim.store, "tiny", subnet="10.9.0.0/29")  # 5 hosts
+            filler = await create_service(sim.store, spec("filler", 5, [net], mode="dnsrr"))
+            await sim.advance(SETTLE_S)
+            assert len(sim.running(filler.id)) == 5
+            late = await create_service(sim.store, spec("late", 0, [net]))
+            await sim.advance(SETTLE_S)
+            assert not sim.service(late.id).endpoint.virtual_ips  # no address left
+            assert sim.manager.allocator.statistics()["waiting_services"] == 1
+            await scale(sim.store, filler.id, 4)
+            await sim.advance(SETTLE_S)
+            (vip,) = sim.service(late.id).endpoint.virtual_ips or []
+            assert vip.network_id == net and vip.addr is not None
+            assert vip.addr not in addresses(live(sim, filler.id), net)
+            assert sim.manager.allocator.statistics()["waiting_services"] == 0
+
+    asyncio.run(main())
