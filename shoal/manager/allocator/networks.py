@@ -188,7 +188,8 @@ def task_attachments(
 
 
 def is_dead(t: Task) -> bool:
-    return t.state > TaskState.RUNNING
+    """Done with its addresses: stopped, and not to run again (SwarmKit's taskDead)."""
+    return t.state > TaskState.RUNNING and t.desired > TaskState.RUNNING
 
 
 def release_task(book: ipam.AddressBook, draft: ipam.Draft, t: Task) -> None:
