@@ -123,7 +123,6 @@ class NetworkView:
         self.nodes_on: dict[str, set[str]] = defaultdict(set)  # net -> nodes needing it
         self.node_addr: dict[str, str] = {}
         self._task_nets: dict[str, tuple[str, tuple[str, ...]]] = {}  # task -> (node, nets)
-        self._service_names: dict[str, str] = {}
         self._task_service_name: dict[str, str] = {}
         self._service_eps: dict[str, dict[str, ServiceEndpoint]] = {}
         self.data_path_port = DEFAULT_DATA_PATH_PORT
