@@ -18,7 +18,12 @@ import msgspec
 
 from shoal.log import get_logger
 from shoal.manager.allocator import ipam
-from shoal.manager.controlapi.networks import DEFAULT_IPAM, OVERLAY, ingress_network
+from shoal.manager.controlapi.networks import (
+    DEFAULT_IPAM,
+    OVERLAY,
+    ingress_network,
+    publishes_ingress,
+)
 from shoal.manager.store import ReadTx, Tx
 from shoal.types.network import (
     VXLAN_ID_OPTION,
@@ -98,16 +103,11 @@ def _add(book: ipam.AddressBook, n: Network) -> None:
     book.add_network(n.id, n.subnet, n.gateway, configs[0].range)
 
 
-def _publishes_ingress(spec: ServiceSpec) -> bool:
-    ep = spec.endpoint_spec
-    return any((p.publish_mode or "ingress") == "ingress" for p in (ep.ports if ep else None) or ())
-
-
 def wanted_networks(tx: ReadTx, spec: ServiceSpec, networks: list[str]) -> list[str]:
     """The networks a service's (or one task's) attachments are on: ingress first when
     it publishes ports in ingress mode, then its own."""
     out = []
-    if _publishes_ingress(spec):
+    if publishes_ingress(spec):
         ingress = ingress_network(tx)
         if ingress is not None:
             out.append(ingress.id)
