@@ -58,10 +58,12 @@ from shoal.agent.executor.docker_spec import (
     engine_stop_timeout,
     exit_status,
     health_status,
+    on_swarm_networks,
     pull_reference,
     stop_grace_s,
     task_name,
 )
+from shoal.agent.network.plumbing import Plumbing
 from shoal.log import get_logger
 from shoal.types.agent import Dependency, LogMessage, LogOptions
 from shoal.types.base import now_ns, parse_time
@@ -142,6 +144,8 @@ class DockerExecutor:
         self.client = EngineClient(host)
         self.events = EngineEvents(self.client, [f"{LABEL_AGENT}={self.agent_id}"])
         self.starts = asyncio.Semaphore(MAX_CONCURRENT_STARTS)
+        # The node's overlay plumbing (set by the daemon when it runs as root).
+        self.plumbing: Plumbing | None = None
         self._pulls: dict[str, asyncio.Future[None]] = {}
         # Image references the engine had lately (monotonic time seen): one image
         # inspect per image, not one per task.
@@ -333,6 +337,8 @@ class DockerController:
             self.meta.service_name,
             self.meta.default_log_driver,
         )
+        if self._overlay():
+            body = on_swarm_networks(body, self.task)
         image = str(body["Image"])
         await self._ensure_image(image)
         files = task_secrets.files_of(self.task, self._x.dependencies, self._template_context(body))
@@ -381,6 +387,7 @@ class DockerController:
                         await self._engine.start_container(cid)
                 except EngineError as e:
                     raise ExecutorError(e.message) from None
+                await self._attach(cid)
                 return await self._wait_healthy(cid, events)
         info = await self._find()
         if info is None:
@@ -400,7 +407,31 @@ class DockerController:
                         await self._engine.start_container(cid)
                 except EngineError as e:
                     raise ExecutorError(e.message) from None
+            await self._attach(cid)
             return await self._wait_healthy(cid, events)
+
+    def _overlay(self) -> bool:
+        """True when the node's plumbing attaches this task to its swarm networks."""
+        return bool(self.task.networks_attachments) and self._x.plumbing is not None
+
+    async def _attach(self, cid: str) -> None:
+        """Once the container runs: an interface per swarm network in its namespace
+        (agent/network/plumbing.py), unless it has them already (an adopted task)."""
+        plumbing = self._x.plumbing
+        if plumbing is None or not self._overlay() or plumbing.task_netns(self.task_id):
+            return
+        info = await self._inspect(cid)
+        pid = self._state(info or {}).get("Pid")
+        if not pid:
+            return  # exited already: wait() reports how
+        try:
+            await plumbing.attach(
+                self.task_id, self.task.networks_attachments or [], f"/proc/{pid}/ns/net"
+            )
+        except Exception as e:  # noqa: BLE001 - netlink errors too: the task cannot run
+            await plumbing.detach(self.task_id)
+            await self._stop(cid, 0)
+            raise ExecutorError(f"cannot attach the task to its networks: {e}") from e
 
     async def _wait_healthy(self, cid: str, events: asyncio.Queue[str]) -> RuntimeState:
         """Once it runs: at once without a healthcheck, else once healthy (as Swarm's
@@ -467,6 +498,8 @@ class DockerController:
             except EngineError as e:
                 raise ExecutorError(e.message) from None
             self._cid = None
+        if self._x.plumbing is not None:
+            await self._x.plumbing.detach(self.task_id)
         await asyncio.to_thread(task_secrets.release_binds, self._deps)
 
     async def logs(self, options: LogOptions) -> AsyncIterator[LogMessage]:

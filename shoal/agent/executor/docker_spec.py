@@ -416,3 +416,26 @@ def has_healthcheck(info: dict[str, Any]) -> bool:
     hc = (info.get("Config") or {}).get("Healthcheck") or {}
     test = hc.get("Test") or []
     return bool(test) and test[0] != "NONE"
+
+
+# The embedded resolver every task on a swarm network asks (agent/network/dns.py serves
+# it inside the task's namespace), as dockerd's is.
+EMBEDDED_DNS = "127.0.0.11"
+
+
+def on_swarm_networks(body: dict[str, Any], task: Task) -> dict[str, Any]:
+    """`body` for a task attached to swarm networks by the node's plumbing: the engine
+    gives the container no network of its own (`none`: only `lo`); once it runs, the
+    agent moves an interface per attached network into its namespace, as a CNI plugin
+    would. Its resolver is the embedded one, and its hostname resolves to its first
+    address, as on a dockerd overlay network."""
+    host = body["HostConfig"]
+    host["NetworkMode"] = "none"
+    host["Dns"] = [EMBEDDED_DNS]
+    hostname = body.get("Hostname") or task.id[:12]
+    body["Hostname"] = hostname
+    first = (task.networks_attachments or [])[0]
+    addr = (first.addresses or [""])[0].split("/")[0]
+    if addr:
+        host["ExtraHosts"] = [*host.get("ExtraHosts", []), f"{hostname}:{addr}"]
+    return body

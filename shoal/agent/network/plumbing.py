@@ -35,10 +35,11 @@ log = get_logger("shoal.agent.network")
 
 
 def plumbing_for(executor: object, run_dir: Path, state: NetworkState) -> Plumbing | None:
-    """The plumbing of a process runtime run by root, following `state`; None otherwise
-    (the docker runtime attaches containers on top of this later; a daemon that is not
-    root cannot make namespaces: its process tasks share the node's network)."""
-    if getattr(executor, "name", None) != "process" or os.geteuid() != 0:
+    """The plumbing of a process or docker runtime run by root, following `state`; None
+    otherwise (a daemon that is not root cannot make namespaces: its process tasks share
+    the node's network). Process tasks get namespaces of their own; containers, started
+    by the engine with no network, get their interfaces in theirs."""
+    if getattr(executor, "name", None) not in ("process", "docker") or os.geteuid() != 0:
         return None
     plumbing = Plumbing(run_dir, run_dir)
     plumbing.watch(state)
@@ -205,18 +206,19 @@ class Plumbing:
             if task_id in self.record.tasks:
                 self._detach_locked(task_id)
             sandboxes = [self.ensure_network(a.network) for a in attachments]
-            own = netns_path is None
-            if own:
-                self._ensure_netns_dir()
-                path = str(self.netns_dir / task_ns_name(task_id))
-            else:
-                path = str(netns_path)
+            # Always named by a file of ours: a namespace the caller has (a container's
+            # /proc/<pid>/ns/net) is bound to it, so the name outlives the pid and is
+            # found again after a restart; removing the file lets the namespace go.
+            self._ensure_netns_dir()
+            path = str(self.netns_dir / task_ns_name(task_id))
             veth = veth_name(task_id)
             links = {a.network.id: veth for a in attachments}
-            self.record.tasks[task_id] = {"netns": path, "own_netns": own, "links": links}
+            self.record.tasks[task_id] = {"netns": path, "own_netns": True, "links": links}
             self._save()
-            if own:
+            if netns_path is None:
                 netns.create(Path(path))
+            else:
+                netns.bind(netns_path, Path(path))
             self.record.tasks[task_id]["ino"] = netns.inode(path)
             self._save()
             addresses = [(a.addresses or [""])[0] for a in attachments]

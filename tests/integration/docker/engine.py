@@ -64,6 +64,8 @@ APPLETS = (
     "kill",
     "grep",
     "head",
+    "nslookup",
+    "ip",
 )
 PASSWD = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
 GROUP = "root:x:0:\nnogroup:x:65534:\n"

@@ -1,0 +1,101 @@
+"""Issue 8 under the docker runtime, one node: containers on a swarm network get an
+interface on it in their own namespace (the engine starts them with no network; the
+node's plumbing moves a veth in), resolve `tasks.<service>` and `<service>` through the
+embedded resolver at 127.0.0.11, and reach each other by address — as process tasks do.
+
+Checked from inside a container with `docker exec` (passed through to the engine) and
+busybox's nslookup and wget.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+
+from ..harness import wait_until
+from .engine import DockerDaemon, DockerDaemonFactory, Engine, unique
+from .test_docker_runtime import container_of, init_swarm, remove_service, wait_converged
+
+pytestmark = pytest.mark.integration
+
+SUBNET_PREFIX = "10.201.0."
+HTTPD = "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www"
+
+
+@pytest.fixture(scope="module")
+def daemon(docker_daemon_factory: DockerDaemonFactory) -> DockerDaemon:
+    d = docker_daemon_factory(node_name="shoal-docker-net")
+    init_swarm(d)
+    return d
+
+
+def exec_in(daemon: DockerDaemon, cid: str, *argv: str) -> str:
+    return daemon.docker("exec", cid, *argv).stdout
+
+
+def addresses(text: str) -> set[str]:
+    """The answers busybox's nslookup printed on the test's subnet."""
+    return set(re.findall(rf"Address:\s*({re.escape(SUBNET_PREFIX)}\d+)", text))
+
+
+def address_on(task: dict[str, Any], network_id: str) -> str:
+    (att,) = [a for a in task["NetworksAttachments"] if a["Network"]["ID"] == network_id]
+    return str(att["Addresses"][0]).split("/")[0]
+
+
+def test_containers_on_a_swarm_network_resolve_and_reach_each_other(
+    daemon: DockerDaemon, engine: Engine, busybox_image: str
+) -> None:
+    net, web, client = unique("appnet"), unique("web"), unique("client")
+    daemon.docker("network", "create", "-d", "overlay", "--subnet", f"{SUBNET_PREFIX}0/24", net)
+    try:
+        network_id = daemon.docker("network", "inspect", "-f", "{{.Id}}", net).stdout.strip()
+        daemon.docker(
+            "service", "create", "--detach", "--name", web, "--replicas", "2",
+            "--network", net, busybox_image, "sh", "-c", HTTPD,
+        )  # fmt: skip
+        daemon.docker(
+            "service", "create", "--detach", "--name", client, "--network", net,
+            busybox_image, "sleep", "1000",
+        )  # fmt: skip
+        webs = wait_converged(daemon, engine, web, 2)
+        (client_task,) = wait_converged(daemon, engine, client, 1).values()
+        cid = container_of(client_task)
+        web_addrs = {address_on(t, network_id) for t in webs.values()}
+        assert len(web_addrs) == 2
+
+        # The container has an interface on the network, with its task's address.
+        assert address_on(client_task, network_id) in exec_in(daemon, cid, "ip", "-4", "addr")
+        assert exec_in(daemon, cid, "cat", "/etc/resolv.conf").split()[:2] == [
+            "nameserver",
+            "127.0.0.11",
+        ]
+
+        def tasks_listed() -> set[str] | None:
+            found = addresses(exec_in(daemon, cid, "nslookup", f"tasks.{web}"))
+            return found if found == web_addrs else None
+
+        wait_until(tasks_listed)
+
+        (vip,) = [
+            v["Addr"].split("/")[0]
+            for v in daemon.service(web)["Endpoint"]["VirtualIPs"]
+            if v["NetworkID"] == network_id
+        ]
+        assert addresses(exec_in(daemon, cid, "nslookup", web)) == {vip}
+
+        # By address, each web container answers with its own hostname.
+        hostnames = {
+            exec_in(daemon, cid, "wget", "-qO-", "-T", "5", f"http://{a}/").strip()
+            for a in web_addrs
+        }
+        assert len(hostnames) == 2 and "" not in hostnames
+    finally:
+        remove_service(daemon, engine, client)
+        remove_service(daemon, engine, web)
+    # Once no task uses it, the network goes, and with it the node's namespaces for it.
+    daemon.docker("network", "rm", net)
+    netns_dir = daemon.data_dir / "agent" / "netns"
+    wait_until(lambda: not netns_dir.exists() or not any(netns_dir.iterdir()))
