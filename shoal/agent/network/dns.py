@@ -1,0 +1,282 @@
+"""The node's DNS resolver: every task's 127.0.0.11:53, served inside the task's own
+network namespace by the daemon's event loop (docs/networking.md "DNS").
+
+The plumbing tells the resolver when a task's namespace is ready and gone (it is a
+`TaskNetworkListener`); the resolver then binds a UDP and a TCP socket at
+127.0.0.11:53 in that namespace (nsbind.py) and remembers which task, so which networks,
+each socket serves. A query is answered from the name table (names.py) on those networks
+only; a name none of them knows is forwarded to the node's upstreams (upstream.py), as
+Docker does, even when it is a swarm name on some other network.
+
+Answers carry AA, RA (the resolver does recurse, through its upstreams: dig would
+otherwise warn) and never AD (nothing was validated); their TTL is NAME_TTL_S.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass, field
+from typing import cast
+
+from dnslib import AAAA, QTYPE, RR, A, DNSError, DNSRecord
+
+from shoal.agent.network.names import NameTable, key
+from shoal.agent.network.nsbind import NetnsGone, bind_in_netns
+from shoal.agent.network.state import NetworkState
+from shoal.agent.network.upstream import (
+    DNS_PORT,
+    RESOLV_CONF,
+    TASK_RESOLVER_ADDR,
+    Reply,
+    Upstream,
+    read_nameservers,
+)
+from shoal.clock import SYSTEM_CLOCK, Clock
+from shoal.log import get_logger
+
+log = get_logger("agent.network.dns")
+
+# Docker's embedded resolver answers with TTL 600 and relies on clients not caching (libc
+# does not). Answers here must follow a scale or a failed task within a second even for
+# a client that does cache (nscd, a local dnsmasq, a JVM): TTL 0, "do not cache", as
+# Consul answers by default.
+NAME_TTL_S = 0
+# Largest UDP answer without EDNS0 (RFC 1035); larger ones are cut, with TC set, and the
+# client asks again over TCP.
+UDP_MAX = 512
+TCP_MAX = 65535
+# A TCP client that sends nothing for this long is closed.
+TCP_IDLE_S = 10.0
+
+
+@dataclass
+class _Served:
+    """One task's resolver: its sockets and the networks it answers from."""
+
+    task_id: str
+    network_ids: tuple[str, ...]
+    udp: asyncio.DatagramTransport | None = None
+    tcp: asyncio.AbstractServer | None = None
+    conns: set[asyncio.StreamWriter] = field(default_factory=set)
+
+
+class _UDPProtocol(asyncio.DatagramProtocol):
+    def __init__(self, resolver: Resolver, served: _Served) -> None:
+        self._resolver = resolver
+        self._served = served
+        self._transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        transport = self._transport
+        assert transport is not None
+
+        def send(out: bytes) -> None:
+            if not transport.is_closing():
+                transport.sendto(out, addr)
+
+        self._resolver.handle(data, self._served.network_ids, send, tcp=False)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("dns socket error", task=self._served.task_id, error=str(exc))
+
+
+class Resolver:
+    """Answers the tasks of this node (see the module docstring). Build it with
+    `start_resolver`; hand it to the plumbing as a TaskNetworkListener."""
+
+    def __init__(
+        self,
+        names: NameTable,
+        upstream: Upstream,
+        *,
+        listen_addr: str = TASK_RESOLVER_ADDR,
+        port: int = DNS_PORT,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.names = names
+        self.upstream = upstream
+        self._addr = listen_addr
+        self._port = port
+        self._clock = clock
+        self._served: dict[str, _Served] = {}
+        self._stats = {"queries": 0, "local": 0, "forwarded": 0, "malformed": 0}
+        self._stats |= {"truncated": 0, "attached": 0, "netns_missing": 0, "bind_failed": 0}
+
+    def statistics(self) -> dict[str, int]:
+        return {
+            **self._stats,
+            "tasks": len(self._served),
+            **{f"upstream_{k}": v for k, v in self.upstream.statistics().items()},
+            **self.names.statistics(),
+        }
+
+    # ---- TaskNetworkListener ----
+
+    async def task_attached(self, task_id: str, netns: str, network_ids: list[str]) -> None:
+        await self.task_detached(task_id)
+        served = _Served(task_id, tuple(network_ids))
+        self._served[task_id] = served
+        try:
+            udp, tcp = await bind_in_netns(netns, self._addr, self._port)
+        except NetnsGone:
+            self._stats["netns_missing"] += 1
+            log.warning(
+                "task namespace gone before its resolver started", task=task_id, netns=netns
+            )
+            self._served.pop(task_id, None)
+            return
+        except OSError as e:
+            self._stats["bind_failed"] += 1
+            log.error("task resolver could not bind", task=task_id, netns=netns, error=str(e))
+            self._served.pop(task_id, None)
+            return
+        if self._served.get(task_id) is not served:  # detached while binding
+            udp.close()
+            tcp.close()
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: _UDPProtocol(self, served), sock=udp
+            )
+            served.udp = transport
+            served.tcp = await asyncio.start_server(
+                lambda r, w: self._serve_tcp(served, r, w), sock=tcp
+            )
+        except BaseException:
+            self._close(served)
+            self._served.pop(task_id, None)
+            raise
+        if self._served.get(task_id) is not served:
+            self._close(served)
+            return
+        self._stats["attached"] += 1
+        log.debug("task resolver serving", task=task_id, networks=list(network_ids))
+
+    async def task_detached(self, task_id: str) -> None:
+        served = self._served.pop(task_id, None)
+        if served is not None:
+            self._close(served)
+
+    def serving(self) -> list[str]:
+        return list(self._served)
+
+    async def close(self) -> None:
+        for task_id in list(self._served):
+            await self.task_detached(task_id)
+        self.upstream.close()
+
+    @staticmethod
+    def _close(served: _Served) -> None:
+        if served.udp is not None:
+            served.udp.close()
+        if served.tcp is not None:
+            served.tcp.close()
+        for w in served.conns:
+            w.close()
+
+    # ---- answering ----
+
+    def handle(self, data: bytes, network_ids: tuple[str, ...], send: Reply, *, tcp: bool) -> None:
+        """Answer one query from a task on `network_ids`: `send(answer)`, now or (when
+        forwarded) later; nothing for what is not a query."""
+        self._stats["queries"] += 1
+        try:
+            record = DNSRecord.parse(data)
+        except (DNSError, ValueError, IndexError):
+            self._stats["malformed"] += 1
+            return
+        if record.header.qr or not record.questions:
+            self._stats["malformed"] += 1
+            return
+        q = record.q
+        found = self.names.lookup(key(str(q.qname)), network_ids)
+        if found is None:
+            self._stats["forwarded"] += 1
+            self.upstream.forward(data, record, send)
+            return
+        self._stats["local"] += 1
+        send(self._answer(record, found, TCP_MAX if tcp else _udp_limit(record)))
+
+    def _answer(self, record: DNSRecord, addrs: tuple[str, ...], limit: int) -> bytes:
+        reply = record.reply()
+        reply.header.aa = 1
+        reply.header.ad = 0
+        reply.header.ra = 1
+        q = record.q
+        if q.qtype in (QTYPE.A, QTYPE.AAAA):
+            v6 = q.qtype == QTYPE.AAAA
+            rdata = AAAA if v6 else A
+            picked = [a for a in addrs if (":" in a) == v6]
+            if len(picked) > 1:
+                random.shuffle(picked)  # spread clients over the tasks, as Docker does
+            for a in picked:
+                reply.add_answer(RR(q.qname, q.qtype, rdata=rdata(a), ttl=NAME_TTL_S))
+        # Any other type of a known name: NOERROR with no records (the name exists).
+        out = bytes(reply.pack())
+        if len(out) > limit:
+            self._stats["truncated"] += 1
+            reply.header.tc = 1
+            while reply.rr and len(out) > limit:
+                reply.rr.pop()
+                out = bytes(reply.pack())
+        return out
+
+    async def _serve_tcp(
+        self, served: _Served, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        served.conns.add(writer)
+        try:
+            while True:
+                try:
+                    head = await self._clock.wait_for(reader.readexactly(2), TCP_IDLE_S)
+                    data = await self._clock.wait_for(
+                        reader.readexactly(int.from_bytes(head, "big")), TCP_IDLE_S
+                    )
+                except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+                    return
+
+                def send(out: bytes) -> None:
+                    if not writer.is_closing():
+                        writer.write(len(out).to_bytes(2, "big") + out)
+
+                self.handle(data, served.network_ids, send, tcp=True)
+        finally:
+            served.conns.discard(writer)
+            writer.close()
+
+
+def _udp_limit(record: DNSRecord) -> int:
+    # An EDNS0 OPT record's class is the largest UDP payload the client takes.
+    for rr in record.ar:
+        if rr.rtype == QTYPE.OPT:
+            return max(UDP_MAX, min(int(rr.rclass), TCP_MAX))
+    return UDP_MAX
+
+
+def start_resolver(
+    state: NetworkState,
+    *,
+    resolv_conf: str = RESOLV_CONF,
+    upstreams: list[str] | None = None,
+    upstream_port: int = DNS_PORT,
+    listen_addr: str = TASK_RESOLVER_ADDR,
+    port: int = DNS_PORT,
+    clock: Clock = SYSTEM_CLOCK,
+) -> Resolver:
+    """The node's resolver, following `state`; call on the daemon's event loop, in the
+    node's own namespace (the forwarding sockets are made there). Register the result
+    with the plumbing as a TaskNetworkListener; `await resolver.close()` at shutdown."""
+    servers = read_nameservers(resolv_conf) if upstreams is None else upstreams
+    log.info("dns resolver started", upstreams=servers)
+    return Resolver(
+        NameTable(state),
+        Upstream(servers, port=upstream_port, clock=clock),
+        listen_addr=listen_addr,
+        port=port,
+        clock=clock,
+    )
