@@ -28,6 +28,7 @@ from shoal.agent.network.upstream import (
     DNS_PORT,
     RESOLV_CONF,
     TASK_RESOLVER_ADDR,
+    UPSTREAM_TIMEOUT_S,
     Reply,
     Upstream,
     read_nameservers,
@@ -57,6 +58,7 @@ class _Served:
     task_id: str
     network_ids: tuple[str, ...]
     udp: asyncio.DatagramTransport | None = None
+    udp_protocol: _UDPProtocol | None = None
     tcp: asyncio.AbstractServer | None = None
     conns: set[asyncio.StreamWriter] = field(default_factory=set)
 
@@ -66,6 +68,11 @@ class _UDPProtocol(asyncio.DatagramProtocol):
         self._resolver = resolver
         self._served = served
         self._transport: asyncio.DatagramTransport | None = None
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.DatagramTransport, transport)
@@ -140,19 +147,19 @@ class Resolver:
             return
         loop = asyncio.get_running_loop()
         try:
-            transport, _ = await loop.create_datagram_endpoint(
+            transport, protocol = await loop.create_datagram_endpoint(
                 lambda: _UDPProtocol(self, served), sock=udp
             )
-            served.udp = transport
+            served.udp, served.udp_protocol = transport, protocol
             served.tcp = await asyncio.start_server(
                 lambda r, w: self._serve_tcp(served, r, w), sock=tcp
             )
         except BaseException:
-            self._close(served)
             self._served.pop(task_id, None)
+            await self._close(served)
             raise
         if self._served.get(task_id) is not served:
-            self._close(served)
+            await self._close(served)
             return
         self._stats["attached"] += 1
         log.debug("task resolver serving", task=task_id, networks=list(network_ids))
@@ -160,7 +167,7 @@ class Resolver:
     async def task_detached(self, task_id: str) -> None:
         served = self._served.pop(task_id, None)
         if served is not None:
-            self._close(served)
+            await self._close(served)
 
     def serving(self) -> list[str]:
         return list(self._served)
@@ -171,13 +178,16 @@ class Resolver:
         self.upstream.close()
 
     @staticmethod
-    def _close(served: _Served) -> None:
-        if served.udp is not None:
-            served.udp.close()
+    async def _close(served: _Served) -> None:
+        """Close the task's sockets; on return 127.0.0.11:53 is free in its namespace."""
         if served.tcp is not None:
-            served.tcp.close()
+            served.tcp.close()  # the listening socket is closed at once
         for w in served.conns:
             w.close()
+        if served.udp is not None:
+            served.udp.close()  # closed on the loop's next turn
+            if served.udp_protocol is not None:
+                await served.udp_protocol.closed
 
     # ---- answering ----
 
@@ -264,6 +274,7 @@ def start_resolver(
     resolv_conf: str = RESOLV_CONF,
     upstreams: list[str] | None = None,
     upstream_port: int = DNS_PORT,
+    upstream_timeout_s: float = UPSTREAM_TIMEOUT_S,
     listen_addr: str = TASK_RESOLVER_ADDR,
     port: int = DNS_PORT,
     clock: Clock = SYSTEM_CLOCK,
@@ -275,7 +286,7 @@ def start_resolver(
     log.info("dns resolver started", upstreams=servers)
     return Resolver(
         NameTable(state),
-        Upstream(servers, port=upstream_port, clock=clock),
+        Upstream(servers, port=upstream_port, clock=clock, timeout_s=upstream_timeout_s),
         listen_addr=listen_addr,
         port=port,
         clock=clock,
