@@ -49,6 +49,12 @@ UDP_MAX = 512
 TCP_MAX = 65535
 # A TCP client that sends nothing for this long is closed.
 TCP_IDLE_S = 10.0
+# Answers from the table are kept, packed, keyed by the query as sent (all but its ID)
+# and the asker's networks, until the table changes: a repeated query is then a dict
+# hit with the asker's ID put in front. At most this many; all dropped when full.
+ANSWER_CACHE_MAX = 4096
+# A multi-address answer is kept in this many shuffled orders, one picked at random.
+ANSWER_VARIANTS = 8
 
 
 @dataclass
@@ -61,6 +67,12 @@ class _Served:
     udp_protocol: _UDPProtocol | None = None
     tcp: asyncio.AbstractServer | None = None
     conns: set[asyncio.StreamWriter] = field(default_factory=set)
+
+
+@dataclass
+class _Cached:
+    answers: list[bytes]
+    complete: bool
 
 
 class _UDPProtocol(asyncio.DatagramProtocol):
@@ -85,7 +97,7 @@ class _UDPProtocol(asyncio.DatagramProtocol):
             if not transport.is_closing():
                 transport.sendto(out, addr)
 
-        self._resolver.handle(data, self._served.network_ids, send, tcp=False)
+        self._resolver.handle_safely(data, self._served, send, tcp=False)
 
     def error_received(self, exc: Exception) -> None:
         log.debug("dns socket error", task=self._served.task_id, error=str(exc))
@@ -103,14 +115,27 @@ class Resolver:
         listen_addr: str = TASK_RESOLVER_ADDR,
         port: int = DNS_PORT,
         clock: Clock = SYSTEM_CLOCK,
+        answer_cache: int = ANSWER_CACHE_MAX,
     ) -> None:
         self.names = names
+        self._cache_max = answer_cache
         self.upstream = upstream
         self._addr = listen_addr
         self._port = port
         self._clock = clock
         self._served: dict[str, _Served] = {}
-        self._stats = {"queries": 0, "local": 0, "forwarded": 0, "malformed": 0}
+        # (query but its ID, networks, tcp) -> packed answers: one, or once complete
+        # ANSWER_VARIANTS shuffled orders (a list still filling is not served from)
+        self._cache: dict[tuple[bytes, tuple[str, ...], bool], _Cached] = {}
+        self._cache_version = names.version
+        self._stats = {
+            "queries": 0,
+            "local": 0,
+            "cached": 0,
+            "forwarded": 0,
+            "malformed": 0,
+            "errors": 0,
+        }
         self._stats |= {"truncated": 0, "attached": 0, "netns_missing": 0, "bind_failed": 0}
 
     def statistics(self) -> dict[str, int]:
@@ -191,10 +216,28 @@ class Resolver:
 
     # ---- answering ----
 
+    def handle_safely(self, data: bytes, served: _Served, send: Reply, *, tcp: bool) -> None:
+        try:
+            self.handle(data, served.network_ids, send, tcp=tcp)
+        except Exception:  # one bad query must not stop the task's resolver
+            self._stats["errors"] += 1
+            log.exception("dns query failed", task=served.task_id)
+
     def handle(self, data: bytes, network_ids: tuple[str, ...], send: Reply, *, tcp: bool) -> None:
         """Answer one query from a task on `network_ids`: `send(answer)`, now or (when
         forwarded) later; nothing for what is not a query."""
         self._stats["queries"] += 1
+        if self.names.version != self._cache_version:
+            self._cache.clear()
+            self._cache_version = self.names.version
+        ck = (data[2:], network_ids, tcp)
+        cached = self._cache.get(ck)
+        if cached is not None and cached.complete:
+            self._stats["local"] += 1
+            self._stats["cached"] += 1
+            answers = cached.answers
+            send(data[:2] + (answers[0] if len(answers) == 1 else random.choice(answers))[2:])
+            return
         try:
             record = DNSRecord.parse(data)
         except (DNSError, ValueError, IndexError):
@@ -210,20 +253,31 @@ class Resolver:
             self.upstream.forward(data, record, send)
             return
         self._stats["local"] += 1
-        send(self._answer(record, found, TCP_MAX if tcp else _udp_limit(record)))
+        out, shuffled = self._answer(record, found, TCP_MAX if tcp else _udp_limit(record))
+        if cached is None and self._cache_max > 0:
+            if len(self._cache) >= self._cache_max:
+                self._cache.clear()
+            self._cache[ck] = _Cached([out], complete=not shuffled)
+        elif cached is not None:
+            cached.answers.append(out)
+            cached.complete = len(cached.answers) >= ANSWER_VARIANTS
+        send(out)
 
-    def _answer(self, record: DNSRecord, addrs: tuple[str, ...], limit: int) -> bytes:
+    def _answer(self, record: DNSRecord, addrs: tuple[str, ...], limit: int) -> tuple[bytes, bool]:
+        """The packed answer, and whether its order was shuffled."""
         reply = record.reply()
         reply.header.aa = 1
         reply.header.ad = 0
         reply.header.ra = 1
         q = record.q
+        shuffled = False
         if q.qtype in (QTYPE.A, QTYPE.AAAA):
             v6 = q.qtype == QTYPE.AAAA
             rdata = AAAA if v6 else A
             picked = [a for a in addrs if (":" in a) == v6]
             if len(picked) > 1:
                 random.shuffle(picked)  # spread clients over the tasks, as Docker does
+                shuffled = True
             for a in picked:
                 reply.add_answer(RR(q.qname, q.qtype, rdata=rdata(a), ttl=NAME_TTL_S))
         # Any other type of a known name: NOERROR with no records (the name exists).
@@ -234,7 +288,7 @@ class Resolver:
             while reply.rr and len(out) > limit:
                 reply.rr.pop()
                 out = bytes(reply.pack())
-        return out
+        return out, shuffled
 
     async def _serve_tcp(
         self, served: _Served, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -254,7 +308,7 @@ class Resolver:
                     if not writer.is_closing():
                         writer.write(len(out).to_bytes(2, "big") + out)
 
-                self.handle(data, served.network_ids, send, tcp=True)
+                self.handle_safely(data, served, send, tcp=True)
         finally:
             served.conns.discard(writer)
             writer.close()
@@ -278,6 +332,7 @@ def start_resolver(
     listen_addr: str = TASK_RESOLVER_ADDR,
     port: int = DNS_PORT,
     clock: Clock = SYSTEM_CLOCK,
+    answer_cache: int = ANSWER_CACHE_MAX,
 ) -> Resolver:
     """The node's resolver, following `state`; call on the daemon's event loop, in the
     node's own namespace (the forwarding sockets are made there). Register the result
@@ -290,4 +345,5 @@ def start_resolver(
         listen_addr=listen_addr,
         port=port,
         clock=clock,
+        answer_cache=answer_cache,
     )

@@ -59,6 +59,9 @@ class NameTable:
 
     def __init__(self, state: NetworkState | None = None) -> None:
         self._nets: dict[str, _Net] = {}
+        # Bumped by every change: what was derived from the table (the resolver's
+        # cached answers) is good while it has not moved.
+        self.version = 0
         # Our own copies: a listener runs after the state dropped what an update removed.
         self._peers: dict[str, NetworkPeer] = {}
         self._endpoints: dict[str, ServiceEndpoint] = {}
@@ -92,6 +95,7 @@ class NameTable:
     # ---- following the state ----
 
     def load(self, state: NetworkState) -> None:
+        self.version += 1
         self._nets.clear()
         self._peers.clear()
         self._endpoints.clear()
@@ -105,6 +109,7 @@ class NameTable:
         self._recompute(touched)
 
     def on_update(self, state: NetworkState, update: NetworkUpdate) -> None:
+        self.version += 1
         if update.full:
             self.load(state)
             return

@@ -1,0 +1,326 @@
+"""Networking benchmark: the node's DNS resolver, and TCP over the overlay.
+
+    .venv/bin/python bench/net.py [--seconds S] [--outstanding N] [--skip-dns] [--skip-overlay]
+
+DNS: a real Resolver (shoal.agent.network.dns.start_resolver, on uvloop as the daemon
+runs it) in a process of its own, serving 127.0.0.11:53 inside a network namespace this
+script creates, with a name table of one service (`web`, a VIP, three tasks). A load
+generator in a third process, run inside that namespace as a task would be, keeps N
+queries outstanding (`web` and `tasks.web` in turn, A) for S seconds, and reports the
+answered queries per second, the latency percentiles and the queries lost. Two runs: the
+resolver with its answer cache off (every answer parsed and built with dnslib: the
+figure comparable with the anchor) and on (as the daemon runs it: a repeated query is a
+dict hit). Printed with the ratio to the anchor: dnslib + asyncio answering locally,
+8,577 q/s under dnsperf with 50 outstanding (deps-evaluation.md §6).
+
+Overlay TCP (see `overlay_throughput`): iperf3 between two tasks on different nodes over
+the overlay, against the same between the two node namespaces directly; the ratio is
+aimed at >= 0.9.
+
+Everything is removed afterwards by its own handle: the namespace by its name (random
+suffix), the processes by their pid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # run as a script: the repository's shoal
+    sys.path.insert(0, str(REPO_ROOT))
+
+# deps-evaluation.md §6: dnsperf, 8 s, 50 outstanding, dnslib + asyncio, local answers.
+ANCHOR_DNS_QPS = 8577
+DEFAULT_SECONDS = 8.0
+DEFAULT_OUTSTANDING = 50
+# The first part of a run is not counted (caches, the first allocations).
+WARMUP_S = 0.5
+# A query not answered within this long is counted lost and replaced.
+LOST_AFTER_S = 1.0
+# How long the resolver process may take to say it is serving.
+READY_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 10.0
+QUERY_NAMES = ("web", "tasks.web")
+OVERLAY_RATIO_AIM = 0.9
+
+
+class BenchError(Exception):
+    """The benchmark could not produce its figure; the message says why."""
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# --- a namespace of our own ------------------------------------------------------------
+
+
+class Netns:
+    def __init__(self, prefix: str = "shoal-bench") -> None:
+        self.name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+        subprocess.run(["ip", "netns", "add", self.name], check=True)
+        subprocess.run(["ip", "-n", self.name, "link", "set", "lo", "up"], check=True)
+
+    @property
+    def path(self) -> str:
+        return f"/run/netns/{self.name}"
+
+    def remove(self) -> None:
+        subprocess.run(["ip", "netns", "del", self.name], check=False)
+
+
+# --- the resolver's process ------------------------------------------------------------
+
+
+async def serve_dns(netns: str, answer_cache: bool) -> None:
+    """Run a Resolver serving in `netns` until SIGTERM; print "ready" once it serves."""
+    from shoal.agent.network.dns import start_resolver
+    from shoal.agent.network.state import NetworkState
+    from shoal.types.network import Network, NetworkPeer, NetworkUpdate, ServiceEndpoint
+
+    state = NetworkState()
+    state.apply(
+        NetworkUpdate(
+            full=True,
+            networks=[Network(id="bench-net")],
+            peers=[
+                NetworkPeer(
+                    network_id="bench-net",
+                    task_id=f"task{i}",
+                    node_id="node",
+                    node_addr="10.124.7.1",
+                    addr=f"10.0.1.{10 + i}",
+                    service_id="sid-web",
+                    service_name="web",
+                    task_name=f"web.{i + 1}.task{i}",
+                    running=True,
+                )
+                for i in range(3)
+            ],
+            endpoints=[
+                ServiceEndpoint(
+                    network_id="bench-net", service_id="sid-web", service_name="web", vip="10.0.1.2"
+                )
+            ],
+        )
+    )
+    resolver = start_resolver(state, upstreams=[], **({} if answer_cache else {"answer_cache": 0}))
+    await resolver.task_attached("bench-client", netns, ["bench-net"])
+    if resolver.serving() != ["bench-client"]:
+        raise BenchError(f"the resolver could not serve in {netns}")
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    print("ready", flush=True)
+    await stop.wait()
+    print(json.dumps(resolver.statistics()), flush=True)
+    await resolver.close()
+
+
+# --- the load generator's process ------------------------------------------------------
+
+
+class _Load(asyncio.DatagramProtocol):
+    """Keeps `outstanding` queries in flight; reads only the ID and RCODE of answers."""
+
+    def __init__(self, queries: list[bytes], outstanding: int) -> None:
+        self.queries = queries
+        self.outstanding = outstanding
+        self.sent: dict[int, float] = {}
+        self.next_id = 0
+        self.latencies: list[float] = []
+        self.errors = 0
+        self.lost = 0
+        self.counting = False
+        self.stopped = False
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        for _ in range(self.outstanding):
+            self.send()
+
+    def send(self) -> None:
+        assert self.transport is not None
+        qid = self.next_id
+        self.next_id = (qid + 1) % 65536
+        q = self.queries[qid % len(self.queries)]
+        self.sent[qid] = time.perf_counter()
+        self.transport.sendto(qid.to_bytes(2, "big") + q[2:])
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        t0 = self.sent.pop(int.from_bytes(data[:2], "big"), None)
+        if t0 is None:
+            return
+        if self.counting:
+            self.latencies.append(time.perf_counter() - t0)
+            if data[3] & 0x0F:
+                self.errors += 1
+        if not self.stopped:
+            self.send()
+
+    def sweep(self) -> None:
+        now = time.perf_counter()
+        for qid in [q for q, t in self.sent.items() if now - t > LOST_AFTER_S]:
+            del self.sent[qid]
+            if self.counting:
+                self.lost += 1
+            if not self.stopped:
+                self.send()
+
+
+async def load_dns(seconds: float, outstanding: int) -> dict[str, Any]:
+    from dnslib import DNSRecord
+
+    queries = [bytes(DNSRecord.question(n, "A").pack()) for n in QUERY_NAMES]
+    loop = asyncio.get_running_loop()
+    transport, load = await loop.create_datagram_endpoint(
+        lambda: _Load(queries, outstanding), remote_addr=("127.0.0.11", 53)
+    )
+    try:
+        await asyncio.sleep(WARMUP_S)
+        load.counting = True
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            await asyncio.sleep(0.25)
+            load.sweep()
+        load.counting = False
+        elapsed = time.perf_counter() - start
+        load.stopped = True
+    finally:
+        transport.close()
+    lat = sorted(load.latencies)
+
+    def pct(p: float) -> float:
+        return lat[min(len(lat) - 1, int(p * len(lat)))] * 1000 if lat else float("nan")
+
+    return {
+        "answered": len(lat),
+        "seconds": elapsed,
+        "qps": len(lat) / elapsed,
+        "p50_ms": pct(0.50),
+        "p99_ms": pct(0.99),
+        "max_ms": lat[-1] * 1000 if lat else float("nan"),
+        "errors": load.errors,
+        "lost": load.lost,
+    }
+
+
+# --- the DNS figure --------------------------------------------------------------------
+
+
+def dns_bench(seconds: float, outstanding: int, answer_cache: bool) -> dict[str, Any]:
+    ns = Netns()
+    server: subprocess.Popen[str] | None = None
+    try:
+        server = subprocess.Popen(
+            [sys.executable, __file__, "_serve-dns", ns.path, "cache" if answer_cache else "-"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert server.stdout is not None
+        line = _readline(server, READY_TIMEOUT_S)
+        if line.strip() != "ready":
+            raise BenchError(f"resolver process did not start (said {line!r})")
+        log(f"dns: resolver pid {server.pid} serving in {ns.name}; load for {seconds:g} s")
+        out = subprocess.run(
+            ["ip", "netns", "exec", ns.name, sys.executable, __file__, "_load-dns"]
+            + [str(seconds), str(outstanding)],
+            capture_output=True,
+            text=True,
+            timeout=seconds + 60,
+        )
+        if out.returncode != 0:
+            raise BenchError(f"load generator failed: {out.stderr.strip()[-2000:]}")
+        result: dict[str, Any] = json.loads(out.stdout)
+        server.send_signal(signal.SIGTERM)
+        stats, _ = server.communicate(timeout=STOP_TIMEOUT_S)
+        result["resolver"] = json.loads(stats.strip().splitlines()[-1]) if stats.strip() else {}
+        return result
+    finally:
+        if server is not None and server.poll() is None:
+            server.kill()
+            server.wait()
+        ns.remove()
+
+
+def _readline(proc: subprocess.Popen[str], timeout_s: float) -> str:
+    import selectors
+
+    assert proc.stdout is not None
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        if not sel.select(timeout_s):
+            raise BenchError(f"no answer from pid {proc.pid} within {timeout_s:g} s")
+    return proc.stdout.readline()
+
+
+# --- overlay TCP throughput ------------------------------------------------------------
+
+
+def overlay_throughput() -> dict[str, Any] | None:
+    """OVERLAY TCP THROUGHPUT (to be filled once the plumbing lands): iperf3 between two
+    tasks on different nodes over the overlay, against iperf3 between the two node
+    namespaces directly; returns the two Gbit/s figures and their ratio (aim >= 0.9), or
+    None while not built."""
+    return None
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=float, default=DEFAULT_SECONDS)
+    ap.add_argument("--outstanding", type=int, default=DEFAULT_OUTSTANDING)
+    ap.add_argument("--skip-dns", action="store_true")
+    ap.add_argument("--skip-overlay", action="store_true")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("bench/net.py needs root (network namespaces)", file=sys.stderr)
+        return 1
+    try:
+        if not args.skip_dns:
+            for answer_cache, what in ((False, "every answer built"), (True, "answer cache")):
+                r = dns_bench(args.seconds, args.outstanding, answer_cache)
+                print(
+                    f"dns ({what}): {r['qps']:,.0f} q/s answered locally ({r['answered']:,} "
+                    f"in {r['seconds']:.1f} s, {args.outstanding} outstanding), latency p50 "
+                    f"{r['p50_ms']:.2f} ms p99 {r['p99_ms']:.2f} ms max {r['max_ms']:.1f} ms, "
+                    f"{r['lost']} lost, {r['errors']} errors; anchor dnslib+asyncio "
+                    f"{ANCHOR_DNS_QPS:,} q/s: ratio {r['qps'] / ANCHOR_DNS_QPS:.2f}",
+                    flush=True,
+                )
+        if not args.skip_overlay:
+            o = overlay_throughput()
+            if o is None:
+                print("overlay: not measured yet (overlay_throughput is a stub)")
+            else:
+                print(
+                    f"overlay: {o['overlay_gbps']:.2f} Gbit/s task to task over VXLAN, "
+                    f"{o['direct_gbps']:.2f} Gbit/s node to node: ratio {o['ratio']:.2f} "
+                    f"(aim >= {OVERLAY_RATIO_AIM})"
+                )
+    except (BenchError, subprocess.SubprocessError, OSError) as e:
+        print(f"bench/net.py: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "_serve-dns":
+        import uvloop
+
+        uvloop.run(serve_dns(sys.argv[2], sys.argv[3] == "cache"))
+    elif len(sys.argv) > 1 and sys.argv[1] == "_load-dns":
+        import uvloop
+
+        print(json.dumps(uvloop.run(load_dns(float(sys.argv[2]), int(sys.argv[3])))))
+    else:
+        sys.exit(main())
