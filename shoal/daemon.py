@@ -24,6 +24,8 @@ from shoal.agent.agent import Agent, discard_task
 from shoal.agent.executor.base import Executor
 from shoal.agent.executor.docker_engine import DEFAULT_ENGINE_HOST, EngineError, engine_answers
 from shoal.agent.join import join, node_tls_info, renew, renewal_delay
+from shoal.agent.network.plumbing import plumbing_for
+from shoal.agent.network.state import NetworkState
 from shoal.agent.session import RemoteSession
 from shoal.api.listen import APITLS
 from shoal.api.server import APIServer
@@ -41,7 +43,13 @@ from shoal.manager.ca.issuer import Issuer, issue_own_certificate
 from shoal.manager.ca.root import RootCA
 from shoal.manager.ca.rotation import adopt_root, directive, record_node_tls
 from shoal.manager.clusterport.server import ClusterServer
-from shoal.manager.controlapi.swarm import init_spec, new_cluster, validate_spec
+from shoal.manager.controlapi import networks
+from shoal.manager.controlapi.swarm import (
+    init_spec,
+    new_cluster,
+    validate_init_network,
+    validate_spec,
+)
 from shoal.manager.keys import ManagerKeys
 from shoal.manager.manager import Manager
 from shoal.manager.store import Store, Tx
@@ -165,6 +173,8 @@ class Daemon:
         self.node_name = config.node_name
         self.engine_labels = config.labels
         self.executor = make_executor(config)
+        self.network = NetworkState()
+        self.plumbing = plumbing_for(self.executor, config.data_dir / "agent", self.network)
         self.runtime = self.executor.name
         # The engine the API passes the local engine's endpoints through to.
         self.engine_host: str | None = config.engine_host if self.runtime == "docker" else None
@@ -323,6 +333,8 @@ class Daemon:
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir.chmod(DATA_DIR_MODE)
+        if self.plumbing is not None:  # before any task: what an earlier run left
+            await self.plumbing.start(set(self.executor.known_task_ids()))
         state = self._load_state()
         if state is not None:
             self._state = state
@@ -399,6 +411,7 @@ class Daemon:
             self.executor,
             manager.dispatcher,
             self._resources(),
+            network=self._network(),
         )
         self._agent.start()
         self._renewer = asyncio.create_task(self._renew_loop(), name="cert-renewer")
@@ -435,10 +448,21 @@ class Daemon:
             tls_info=lambda: node_tls_info(self._credentials()),
         )
         self._agent = Agent(
-            state.node_id, self.node_addr, self.executor, self._remote, self._resources()
+            state.node_id,
+            self.node_addr,
+            self.executor,
+            self._remote,
+            self._resources(),
+            network=self._network(),
         )
         self._agent.start()
         self._renewer = asyncio.create_task(self._renew_loop(), name="cert-renewer")
+
+    def _network(self) -> NetworkState:
+        """The agent's network table; the plumbing's underlay is this node's address."""
+        if self.plumbing is not None:
+            self.plumbing.underlay_addr = self.node_addr
+        return self.network
 
     def _credentials(self) -> NodeCredentials:
         assert self._creds is not None
@@ -518,6 +542,9 @@ class Daemon:
         if self._agent is not None:
             await self._agent.stop(stop_tasks=stop_tasks)
             self._agent = None
+        if self.plumbing is not None:
+            # Without live-restore the tasks are stopped: nothing of theirs is kept.
+            await self.plumbing.close(remove_all=stop_tasks)
         if self._remote is not None:
             await self._remote.close()
             self._remote = None
@@ -549,6 +576,7 @@ class Daemon:
             ca = RootCA.create()
             spec = init_spec(request.spec)
             validate_spec(spec)
+            validate_init_network(request)
             expiry = spec.ca_config.node_cert_expiry if spec.ca_config else None
             key = new_key()
             cert = issue_own_certificate(ca, make_csr(key), node_id, cluster_id, expiry)
@@ -571,6 +599,7 @@ class Daemon:
 
             def bootstrap(tx: Tx) -> None:
                 tx.create(new_cluster(cluster_id, spec, ca, request))
+                networks.create_in(tx, networks.ingress_spec())
                 tx.create(
                     Node(
                         id=node_id,

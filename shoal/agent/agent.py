@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 import msgspec
 
 from shoal.agent.executor.base import Executor
+from shoal.agent.network.state import NetworkState
 from shoal.agent.task_runner import TaskRunner
 from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.log import get_logger
@@ -51,8 +52,12 @@ class Agent:
         session: DispatcherSession,
         resources: NodeResources | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        network: NetworkState | None = None,
     ) -> None:
         self.node_id = node_id
+        # The networks this node's tasks attach to, as the dispatcher sends them: the
+        # plumbing and the DNS resolver follow it.
+        self.network = network if network is not None else NetworkState()
         self._clock = clock
         self.resources = resources
         self.addr = addr
@@ -141,6 +146,8 @@ class Agent:
             period = await self._session.heartbeat(self.node_id)
 
     async def _apply(self, assignment: Assignment) -> None:
+        if assignment.network is not None:
+            self.network.apply(assignment.network)
         deps = self.executor.dependencies
         if assignment.full:
             deps.clear()

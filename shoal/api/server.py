@@ -103,12 +103,12 @@ class Router:
 
 
 def build_app(daemon: DaemonContext) -> web.Application:
-    from shoal.api import events, logs, nodes, secrets, services, swarm, system, tasks
+    from shoal.api import events, logs, networks, nodes, secrets, services, swarm, system, tasks
 
     app = web.Application(middlewares=[docker_middleware], client_max_size=64 * 1024**2)
     app[CONTEXT_KEY] = daemon
     router = Router(app)
-    for module in (system, swarm, services, tasks, nodes, logs, secrets, events):
+    for module in (system, swarm, services, tasks, nodes, logs, secrets, networks, events):
         module.register(router)
     if daemon.engine_host:
         from shoal.api import engine

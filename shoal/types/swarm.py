@@ -87,7 +87,9 @@ class Cluster(Model, kw_only=True):
     tls_info: TLSInfo = msgspec.field(default=TLSInfo(), name="TLSInfo")
     # dockerd always shows it (a default_factory is never omitted)
     root_rotation_in_progress: bool = msgspec.field(default_factory=bool)
-    default_addr_pool: list[str] | None = None
+    # null unless `swarm init --default-addr-pool` named pools (as dockerd shows it; the
+    # allocator then uses 10.0.0.0/8); always present
+    default_addr_pool: list[str] | None = msgspec.field(default_factory=type(None))
     subnet_size: int
     data_path_port: int
     join_tokens: JoinTokens = JoinTokens()

@@ -37,6 +37,9 @@ import shoal
 from shoal.agent import secrets as task_secrets
 from shoal.agent.executor import cgroups, gelf, logdriver, shim
 from shoal.agent.executor.base import ExecutorError, ExitStatus, RuntimeState
+from shoal.agent.network import taskfiles
+from shoal.agent.network.plumbing import Plumbing
+from shoal.agent.templates import TemplateError, render
 from shoal.log import get_logger
 from shoal.types.agent import Dependency, LogMessage, LogOptions
 from shoal.types.base import format_time, now_ns
@@ -121,6 +124,9 @@ class ProcessExecutor:
         self._children: set[int] = set()
         self.boot_id = shim.boot_id()
         self.dependencies: dict[str, Dependency] = {}
+        # The node's overlay plumbing (set by the daemon when it runs as root): a task
+        # with network attachments gets its own namespaces through it.
+        self.plumbing: Plumbing | None = None
 
     def describe(self) -> NodeDescription:
         return NodeDescription(
@@ -231,6 +237,7 @@ class ProcessController:
                 # The shim died without a word: end what it left in the task's cgroups,
                 # as it would have done itself.
                 await self._remove_cgroups()
+        await self._release_network()
         return RuntimeState(exists=True, running=False, exit=status)
 
     async def prepare(self) -> None:
@@ -243,6 +250,7 @@ class ProcessController:
             self.task, self._executor.dependencies, self._template_context(launch)
         )
         launch["mounts"] = await asyncio.to_thread(task_secrets.prepare, self._dir, files)
+        await self._prepare_network(launch)
         shim.write_atomic(str(self._dir / shim.SPEC_FILE), json.dumps(launch).encode())
 
     async def start(self) -> RuntimeState:
@@ -272,6 +280,7 @@ class ProcessController:
         if shim_pid is not None:
             await self._wait_shim_exit(shim_pid, timeout_s=None)
             self._executor.reap(shim_pid)
+        await self._release_network()
         status = self._read_exit()
         if status is None:
             raise ExecutorError(self._supervisor_error())
@@ -307,7 +316,59 @@ class ProcessController:
         # The shim removes the task's cgroups when the task ends; this is for a shim
         # that did not get to it (killed with the daemon). The record is spec.json.
         await self._remove_cgroups()
+        await self._release_network()
         shutil.rmtree(self._dir, ignore_errors=True)
+
+    async def _prepare_network(self, launch: dict[str, Any]) -> None:
+        """A task on swarm networks: its own network namespace with an interface on
+        each (plumbing.py), its own hostname, /etc/hosts and /etc/resolv.conf. Without
+        the plumbing (the daemon is not root) the attachments are not honoured, and
+        the task's log and the daemon's say so; the task runs on the node's network."""
+        attachments = self.task.networks_attachments or []
+        if not attachments:
+            return
+        plumbing = self._executor.plumbing
+        if plumbing is None:
+            names = ", ".join(a.network.spec.name or a.network.id for a in attachments)
+            message = (
+                f"network attachments not honoured ({names}): the process runtime gives "
+                "a task its own network namespace only when the daemon runs as root; "
+                "the task shares the node's network"
+            )
+            log.warning(message, task=self.task_id)
+            with (self._dir / shim.LOG_FILE).open("ab") as f:
+                f.write(
+                    shim.encode_record(time.time_ns(), shim.STDERR, f"shoal: {message}\n".encode())
+                )
+            return
+        hostname = self._hostname(launch["env"])
+        try:
+            path = await plumbing.attach(self.task_id, attachments)
+        except (OSError, ValueError) as e:
+            await plumbing.detach(self.task_id)
+            raise ExecutorError(f"cannot attach the task to its networks: {e}") from e
+        binds = await asyncio.to_thread(taskfiles.write, self._dir, hostname, attachments)
+        launch["netns"] = path
+        launch["hostname"] = hostname
+        launch["mounts"] = [*launch["mounts"], {"detach": str(plumbing.netns_dir)}, *binds]
+
+    async def _release_network(self) -> None:
+        plumbing = self._executor.plumbing
+        if plumbing is not None:
+            await plumbing.detach(self.task_id)
+
+    def _hostname(self, env: dict[str, str]) -> str:
+        """The task's hostname: the spec's, its templates rendered; else the node's for a
+        task sharing the node's network, or (own namespace) the task ID's first 12."""
+        if self.spec.hostname:
+            try:
+                rendered = render(self.spec.hostname.encode(), self._template_context({"env": env}))
+            except TemplateError as e:
+                raise ExecutorError(f"hostname: {e}") from e
+            return rendered.decode()
+        if self.task.networks_attachments and self._executor.plumbing is not None:
+            return taskfiles.default_hostname(self.task_id)
+        return self._executor.hostname
 
     def _template_context(self, launch: dict[str, Any]) -> dict[str, Any]:
         """What config templates may name about this task (shoal/agent/templates.py)."""
@@ -379,15 +440,13 @@ class ProcessController:
         if not os.path.isdir(cwd):
             raise ExecutorError(f"working directory {cwd} does not exist on this node")
         uid, gid, groups, home = resolve_user(spec.user, spec.groups)
-        env = {
-            "PATH": DEFAULT_PATH,
-            "HOSTNAME": spec.hostname or self._executor.hostname,
-            "HOME": home,
-        }
+        user_env: dict[str, str] = {}
         for entry in spec.env or []:
             key, sep, value = entry.partition("=")
             if sep and key:
-                env[key] = value
+                user_env[key] = value
+        hostname = self._hostname(user_env)
+        env = {"PATH": DEFAULT_PATH, "HOSTNAME": hostname, "HOME": home, **user_env}
         check_executable(argv[0], env["PATH"], cwd)
         return {
             "argv": argv,

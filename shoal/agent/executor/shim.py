@@ -9,7 +9,10 @@ The shim talks to the agent only through files in that directory, never through 
                 the mounts of its private mount namespace (secrets and configs,
                 see shoal/agent/secrets.py), which the shim enters before the task
                 starts, and `log`: the log driver ({"driver": "json-file" | "none"},
-                or "gelf" with where and how to send, see gelf.py)
+                or "gelf" with where and how to send, see gelf.py); for a task on
+                swarm networks, `netns` (the file naming its network namespace, which
+                the task process joins) and `hostname` (set in a UTS namespace of its
+                own), its /etc/hosts and /etc/resolv.conf being `bind` mounts
     shim.pid    the shim's identity, written first: "<pid> <start time> <boot id>" (the
                 start time in clock ticks, as in /proc/<pid>/stat, so that a pid reused
                 by another process, even after a reboot, is not taken for the shim)
@@ -241,6 +244,9 @@ MS_BIND = 4096
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
 MS_MOVE = 8192
+MNT_DETACH = 2
+CLONE_NEWNET = 0x40000000
+CLONE_NEWUTS = 0x04000000
 
 
 def enter_mounts(mounts: list[dict[str, str]]) -> None:
@@ -276,6 +282,12 @@ def enter_mounts(mounts: list[dict[str, str]]) -> None:
             d = m["overlay"]
             opts = f"lowerdir={d},upperdir={m['upper']},workdir={m['work']}"
             mount("overlay", d, "overlay", MS_NODEV | MS_NOSUID, opts)
+        elif "bind" in m:  # a file of the task's over the host's (/etc/hosts)
+            mount(m["bind"], m["target"], None, MS_BIND, None)
+        elif "detach" in m:
+            # The node's namespace files (network/netns.py): this copy of the mount
+            # table must not keep other tasks' namespaces alive.
+            libc.umount2(m["detach"].encode(), MNT_DETACH)
         elif "readonly" in m:
             d = m["readonly"]
             mount(d, d, None, MS_BIND, None)
@@ -324,21 +336,35 @@ class ConfinementError(Exception):
     """The task's cgroups or credentials could not be set up."""
 
 
-def _confiner(spec: dict[str, Any], cgroups: ModuleType | None, err_fd: int) -> Callable[[], None]:
+def _confiner(
+    spec: dict[str, Any], cgroups: ModuleType | None, err_fd: int, netns_fd: int | None = None
+) -> Callable[[], None]:
     """What the task process does between fork and exec, in this order: join its
     cgroups (as root still), set no_new_privs (no setuid bit or file capability can
     raise its privileges again), then take the task's groups and user. Runs in the
     forked child of this single-threaded shim; a failure is written to `err_fd` and
-    fails the start."""
+    fails the start. A networked task first joins its network namespace (`netns_fd`:
+    only the child joins it, so the shim, which may send GELF, stays in the node's) and
+    gets a UTS namespace of its own with its hostname."""
     import ctypes
 
     prctl = ctypes.CDLL(None, use_errno=True).prctl
     record = spec.get("cgroups")
     uid, gid, groups = spec.get("uid"), spec.get("gid"), spec.get("groups")
     no_new_privs = spec.get("no_new_privs", False)
+    libc = ctypes.CDLL(None, use_errno=True)
+    hostname = spec.get("hostname")
 
     def confine() -> None:
         try:
+            if netns_fd is not None and libc.setns(netns_fd, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns(network namespace)")
+            if hostname is not None:
+                if libc.unshare(CLONE_NEWUTS) != 0:
+                    raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWUTS)")
+                name = hostname.encode()
+                if libc.sethostname(name, len(name)) != 0:
+                    raise OSError(ctypes.get_errno(), "sethostname")
             if cgroups is not None:
                 cgroups.join(record)
             if no_new_privs and prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
@@ -371,19 +397,23 @@ def run(task_dir: str) -> None:
     cgroup_record = spec.get("cgroups")
     cgroups = _load_sibling("cgroups") if cgroup_record else None
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    netns_fd = None
     try:
         if cgroups is not None:
             try:
                 cgroups.create(cgroup_record)
             except OSError as e:
                 raise ConfinementError(f"cannot create the task's cgroup: {e}") from None
+        # Opened before the mounts: the task's mount namespace drops the namespace files.
+        if spec.get("netns"):
+            netns_fd = os.open(spec["netns"], os.O_RDONLY | os.O_CLOEXEC)
         if spec.get("mounts"):
             enter_mounts(spec["mounts"])
         proc = subprocess.Popen(
             spec["argv"],
             env=spec["env"],
             cwd=spec["cwd"],
-            preexec_fn=_confiner(spec, cgroups, err_w),
+            preexec_fn=_confiner(spec, cgroups, err_w, netns_fd),
             start_new_session=True,
             umask=TASK_UMASK,  # the daemon's own (0077) is not the task's
             stdin=subprocess.DEVNULL,

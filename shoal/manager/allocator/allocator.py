@@ -1,6 +1,15 @@
-"""The allocator: gives new tasks what they need before scheduling (network
-attachments, later) and moves them NEW → PENDING; fills each service's Endpoint
-from its EndpointSpec, picking published ports for ingress ports given none."""
+"""The allocator: gives networks their subnet and VXLAN ID, services their published
+ports and virtual IPs, new tasks their network attachments, and moves tasks NEW →
+PENDING once they have what they need (networks.py says what each gets; ipam.py how
+addresses are kept).
+
+One sweep transaction at start (and after any failure or resync) rebuilds the address
+book from the store and allocates whatever is missing; then one transaction per burst
+of events (bounded by the reconcile loop). Addresses are given back when a task dies or
+is removed and when a service is removed or leaves a network. A task for which no
+address is left stays NEW with a message saying so, and is tried again when addresses
+are freed.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +18,9 @@ import asyncio
 import msgspec
 
 from shoal.clock import SYSTEM_CLOCK, Clock
-from shoal.manager.loops import reconcile_loop
+from shoal.manager.allocator import ipam
+from shoal.manager.allocator import networks as nets
+from shoal.manager.loops import MAX_EVENTS_PER_ROUND, reconcile_loop
 from shoal.manager.orchestrator.task import set_status
 from shoal.manager.store import Event, Store, Tx
 from shoal.types.service import Endpoint, EndpointPortConfig, Service
@@ -17,6 +28,8 @@ from shoal.types.task import Owner, TaskState, can_transition
 
 PUBLISHED_PORT_RANGE = (30000, 32767)
 MSG_PENDING = "pending task scheduling"
+# Tasks waiting for an address tried again in one round, at most.
+MAX_RETRIES_PER_ROUND = MAX_EVENTS_PER_ROUND
 
 
 class Allocator:
@@ -24,23 +37,40 @@ class Allocator:
         self._store = store
         self._clock = clock
         self._stopped = asyncio.Event()
+        self._book = ipam.AddressBook()
+        self._draft = ipam.Draft()
+        # tasks left NEW for want of an address or of an allocated network
+        self._waiting: set[str] = set()
         self.allocated = 0
+        self.released = 0
 
     async def run(self) -> None:
         await reconcile_loop(
             self._store,
-            ("task", "service"),
+            ("task", "service", "network"),
             self._allocate_all,
             self._handle,
             self._stopped,
             name="allocator",
+            after=self._committed,
             clock=self._clock,
         )
 
     def stop(self) -> None:
         self._stopped.set()
 
+    async def _committed(self) -> None:
+        """The last transaction committed: what it took and gave back is the book's."""
+        self.released += len(self._draft.released)
+        self._book.apply(self._draft)
+        self._draft = ipam.Draft()
+
     def _allocate_all(self, tx: Tx) -> None:
+        self._book = nets.rebuild(tx)
+        self._draft = ipam.Draft()
+        self._waiting = set()
+        for n in tx.networks():
+            nets.allocate_network(tx, self._book, n.id)
         for s in tx.services():
             self._allocate_service(tx, s)
         for t in tx.tasks():
@@ -48,20 +78,56 @@ class Allocator:
                 self._allocate_task(tx, t.id)
 
     def _handle(self, tx: Tx, events: list[Event]) -> None:
+        self._draft = ipam.Draft()
+        retry = False
         for ev in events:
-            if ev.action == "remove":
-                continue
-            if ev.kind == "service":
-                self._allocate_service(tx, ev.obj.id)
-            elif ev.kind == "task" and ev.obj.state == TaskState.NEW:
-                self._allocate_task(tx, ev.obj.id)
+            if ev.kind == "network":
+                if ev.action == "remove":
+                    self._book.drop_network(ev.obj.id)
+                elif nets.allocate_network(tx, self._book, ev.obj.id):
+                    retry = True
+                    for s in tx.services():  # a service may have waited for it
+                        if ev.obj.id in nets.spec_networks(s.spec):
+                            self._allocate_service(tx, s)
+            elif ev.kind == "service":
+                if ev.action == "remove":
+                    nets.release_service(self._book, self._draft, ev.obj)
+                else:
+                    self._allocate_service(tx, ev.obj.id)
+            elif ev.kind == "task":
+                t = ev.obj
+                if ev.action == "remove" or nets.is_dead(t):
+                    self._waiting.discard(t.id)
+                    old = ev.old
+                    if ev.action == "remove" or old is None or not nets.is_dead(old):
+                        nets.release_task(self._book, self._draft, t)
+                        retry = retry or bool(t.networks_attachments)
+                elif t.state == TaskState.NEW:
+                    self._allocate_task(tx, t.id)
+        if retry and self._waiting:
+            for task_id in list(self._waiting)[:MAX_RETRIES_PER_ROUND]:
+                self._allocate_task(tx, task_id)
 
     def _allocate_task(self, tx: Tx, task_id: str) -> None:
         t = tx.get_task(task_id)
         if t is None or not can_transition(t.state, TaskState.PENDING, Owner.ALLOCATOR):
+            self._waiting.discard(task_id)
             return
         if t.desired > TaskState.COMPLETE:  # a job's tasks are desired COMPLETE
+            self._waiting.discard(task_id)
             return  # removed before it was ever allocated; the reaper deletes it
+        attachments = nets.task_attachments(tx, self._book, self._draft, t)
+        if isinstance(attachments, str):  # it waits, saying why
+            self._waiting.add(task_id)
+            if t.status.message != attachments:
+                tx.update(
+                    msgspec.structs.replace(
+                        t, status=msgspec.structs.replace(t.status, message=attachments)
+                    )
+                )
+            return
+        self._waiting.discard(task_id)
+        t = msgspec.structs.replace(t, networks_attachments=attachments or None)
         tx.update(set_status(t, TaskState.PENDING, MSG_PENDING))
         self.allocated += 1
 
@@ -92,7 +158,8 @@ class Allocator:
                     p, protocol=proto, publish_mode=mode, published_port=published
                 )
             )
-        endpoint = Endpoint(spec=spec, ports=ports or None, virtual_ips=s.endpoint.virtual_ips)
+        vips = nets.service_vips(tx, self._book, self._draft, s)
+        endpoint = Endpoint(spec=spec, ports=ports or None, virtual_ips=vips)
         if endpoint != s.endpoint:
             tx.update(msgspec.structs.replace(s, endpoint=endpoint))
 
@@ -106,4 +173,8 @@ class Allocator:
         }
 
     def statistics(self) -> dict[str, int]:
-        return {"allocated": self.allocated}
+        return {
+            "allocated": self.allocated,
+            "released": self.released,
+            "waiting": len(self._waiting),
+        }

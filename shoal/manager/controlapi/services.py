@@ -17,6 +17,7 @@ from shoal.errors import (
 from shoal.ids import new_id
 from shoal.manager.controlapi.defaults import DEFAULT_ENDPOINT_MODE, insert_defaults
 from shoal.manager.controlapi.names import random_name
+from shoal.manager.controlapi.networks import resolve_attachments
 from shoal.manager.controlapi.secrets import check_references
 from shoal.manager.orchestrator.update import rollback_service
 from shoal.manager.scheduler import constraint
@@ -136,6 +137,12 @@ def validate(spec: ServiceSpec) -> ServiceSpec:
     ep = spec.endpoint_spec
     if ep is not None and ep.mode not in (None, "", "vip", "dnsrr"):
         raise invalid_argument(f"EndpointSpec: invalid mode {ep.mode!r}")
+    if ep is not None and ep.mode == "dnsrr":
+        for p in ep.ports or ():
+            if (p.publish_mode or "ingress") == "ingress":
+                raise invalid_argument(
+                    "EndpointSpec: port published with ingress mode can't be used with dnsrr mode"
+                )
     if ep is not None and not ep.mode:  # as dockerd stores it (the proto's default)
         spec = msgspec.structs.replace(
             spec, endpoint_spec=msgspec.structs.replace(ep, mode=DEFAULT_ENDPOINT_MODE)
@@ -203,10 +210,11 @@ async def create_service(
         assert spec.name is not None
         if _name_taken(tx, spec.name):
             raise _name_conflict(spec.name)
+        stored = resolve_attachments(tx, spec)
         service = Service(
             id=new_id(),
-            spec=spec,
-            endpoint=_endpoint(spec),
+            spec=stored,
+            endpoint=_endpoint(stored),
             job_status=_job_status(0) if is_job(spec.mode) else None,
         )
         check_references(tx, service)
@@ -277,6 +285,7 @@ async def update_service(
             assert out is not None
             return out
         new_spec = validate(msgspec.structs.replace(spec, name=spec.name or current.spec.name))
+        new_spec = resolve_attachments(tx, new_spec)
         if new_spec.name != current.spec.name:
             if _name_taken(tx, new_spec.name or "", except_id=current.id):
                 raise _name_conflict(new_spec.name or "")

@@ -10,6 +10,7 @@ import msgspec
 from cryptography.hazmat.primitives import hashes
 
 from shoal.errors import NotManager, OutOfSequence, invalid_argument
+from shoal.manager.allocator import ipam
 from shoal.manager.ca import rotation
 from shoal.manager.ca.root import RootCA
 from shoal.manager.ca.signer import MIN_NODE_CERT_EXPIRY
@@ -33,7 +34,6 @@ MSG_EXTERNAL_CA = (
     "external CAs are not supported: the cluster's own root CA signs every node "
     "certificate (remove --external-ca)"
 )
-DEFAULT_ADDR_POOL = "10.0.0.0/8"
 MSG_NEGATIVE_HEARTBEAT = "heartbeat time period cannot be a negative duration"
 
 
@@ -107,11 +107,20 @@ def new_cluster(cluster_id: str, spec: SwarmSpec, ca: RootCA, req: SwarmInitRequ
         id=cluster_id,
         spec=spec,
         tls_info=ca.tls_info(),
-        default_addr_pool=req.default_addr_pool or [DEFAULT_ADDR_POOL],
+        default_addr_pool=[p.strip() for p in req.default_addr_pool]
+        if req.default_addr_pool
+        else None,
         subnet_size=req.subnet_size or DEFAULT_SUBNET_SIZE,
         data_path_port=req.data_path_port or DEFAULT_DATA_PATH_PORT,
         join_tokens=JoinTokens(worker=ca.new_join_token(), manager=ca.new_join_token()),
     )
+
+
+def validate_init_network(req: SwarmInitRequest) -> None:
+    """`--default-addr-pool`, `--default-addr-pool-mask-length` and `--data-path-port`,
+    as dockerd checks them at init."""
+    ipam.validate_pool(req.default_addr_pool or None, req.subnet_size)
+    ipam.validate_data_path_port(req.data_path_port)
 
 
 def validate_spec(spec: SwarmSpec) -> None:

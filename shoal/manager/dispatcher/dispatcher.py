@@ -20,6 +20,7 @@ from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.errors import NotFound
 from shoal.log import get_logger
 from shoal.manager.ca.removed import remove_node
+from shoal.manager.dispatcher.networks import NetworkView
 from shoal.manager.loops import LoopStats, next_backoff
 from shoal.manager.store import Event, ReadTx, Store, Tx, WatcherClosed
 from shoal.types.agent import (
@@ -35,6 +36,9 @@ from shoal.types.node import NODE_JOINED, Node, NodeDescription, NodeStatus
 from shoal.types.swarm import DEFAULT_HEARTBEAT_PERIOD_NS
 from shoal.types.task import Owner, Task, TaskState, TaskStatus, can_transition
 
+# What the route loop watches: tasks and nodes for assignments; services and networks
+# too for the nodes' network views (dispatcher/networks.py).
+ROUTED_KINDS = ("task", "node", "service", "network")
 HEARTBEAT_GRACE = 3  # periods without a heartbeat before a node is down
 HEARTBEAT_EPSILON_S = 0.5  # jitter on the period given to agents
 # Agents' status reports are written in one batch per STATUS_BATCH_INTERVAL_S after the
@@ -83,6 +87,7 @@ class Dispatcher:
         self._store = store
         self._clock = clock
         self._sessions: dict[str, _Session] = {}
+        self._networks = NetworkView()
         # per node, the monotonic time after which it is down: set at each beat from the
         # period that node was given (a period changed meanwhile applies from its next
         # beat), and kept after a session drops so the node still expires
@@ -152,7 +157,8 @@ class Dispatcher:
         (what the round should have sent is in it), after a backoff that doubles while
         rounds keep failing; a watcher that fell behind is replaced the same way."""
         stats = self._stats["route"]
-        watcher = self._store.watch("task", "node")
+        watcher = self._store.watch(*ROUTED_KINDS)
+        self._resend_full()  # builds the network view; sessions opened before get it
         backoff = 0.0
         try:
             while True:
@@ -166,7 +172,7 @@ class Dispatcher:
                     stats.resyncs += 1
                     log.warning("dispatcher resyncs its sessions", reason=str(e))
                     watcher.close()
-                    watcher = self._store.watch("task", "node")
+                    watcher = self._store.watch(*ROUTED_KINDS)
                     self._resend_full()
                 except Exception:
                     stats.failures += 1
@@ -179,6 +185,7 @@ class Dispatcher:
 
     def _resend_full(self) -> None:
         view = self._store.view()
+        self._networks = NetworkView.build(view)
         for node_id, s in self._sessions.items():
             s.queue.put_nowait(self._full_set(view, node_id, s))
 
@@ -191,7 +198,7 @@ class Dispatcher:
             if _assignable(t)
         ]
         s.sent = {a.task.id for a in tasks}
-        full = Assignment(full=True, tasks=tasks)
+        full = Assignment(full=True, tasks=tasks, network=self._networks.full(node_id))
         s.task_deps, s.held = {}, {}
         for assigned in tasks:
             if not assigned.task.state.terminal:
@@ -203,8 +210,12 @@ class Dispatcher:
         for ev in events:
             if ev.kind == "node":
                 self._node_changed(ev)
-            else:
+            elif ev.kind == "task":
                 self._route_event(ev, changes)
+        for node_id, update in self._networks.apply(events).items():
+            if node_id in self._sessions:
+                a = changes.setdefault(node_id, Assignment())
+                changes[node_id] = msgspec.structs.replace(a, network=update)
         for node_id, a in changes.items():
             s = self._sessions.get(node_id)
             if s is not None:

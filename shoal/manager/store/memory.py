@@ -59,6 +59,7 @@ from shoal.types.meta import (
     ServiceMeta,
     TaskMeta,
 )
+from shoal.types.network import Network
 from shoal.types.node import Node
 from shoal.types.secret import NO_SECRET_META, Config, Secret, SecretMeta
 from shoal.types.service import Service
@@ -72,6 +73,7 @@ KINDS: dict[str, type[Any]] = {
     "task": Task,
     "secret": Secret,
     "config": Config,
+    "network": Network,
 }
 _KIND_OF: dict[type[Any], str] = {t: k for k, t in KINDS.items()}
 # The kinds that have shoal's own metadata beside them, and its value when none is given.
@@ -90,6 +92,7 @@ _RECORD_TYPES: dict[str, Any] = {
     "task": tuple[Task, TaskMeta],
     "secret": tuple[Secret, SecretMeta],
     "config": Config,
+    "network": Network,
 }
 
 # Largest number of objects one batch() transaction writes (size bound of a batch).
@@ -107,7 +110,7 @@ log = get_logger("shoal.manager.store")
 _RUNNING = TaskState.RUNNING.wire
 
 T = TypeVar("T")
-Obj = TypeVar("Obj", Cluster, Node, Service, Task, Secret, Config)
+Obj = TypeVar("Obj", Cluster, Node, Service, Task, Secret, Config, Network)
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,6 +268,12 @@ class ReadTx:
 
     def configs(self) -> list[Config]:
         return list(self._t.objects["config"].values())
+
+    def networks(self) -> list[Network]:
+        return list(self._t.objects["network"].values())
+
+    def get_network(self, id_: str) -> Network | None:
+        return self._t.objects["network"].get(id_)
 
     def cluster(self) -> Cluster | None:
         return next(iter(self._t.objects["cluster"].values()), None)

@@ -24,13 +24,7 @@ TRANSCRIPTS = Path(__file__).resolve().parents[2] / "fixtures" / "docker-cli-tra
 
 # Known differences, each with its reason; the test fails if one disappears (so the
 # list stays true) or a new one appears.
-KNOWN_SWARM_DIFFERENCES: set[str] = {
-    # dockerd 20.10 answers null when `swarm init` was given no --default-addr-pool;
-    # shoal records the pool it uses (docker info shows 10.0.0.0/8 either way)
-    "only dockerd: .DefaultAddrPool: null",
-    "only shoal: .DefaultAddrPool: array",
-    "only shoal: .DefaultAddrPool[]: string",
-}
+KNOWN_SWARM_DIFFERENCES: set[str] = set()
 
 
 def shape(value: Any, path: str = "") -> set[str]:

@@ -1,0 +1,474 @@
+"""The node's kernel data path for swarm overlay networks (docs/networking.md).
+
+Per network, a sandbox: a network namespace of its own holding a bridge (`br0`) and the
+network's VXLAN device (`vxlan0`), created in the node's namespace (its UDP socket is
+bound there, on the node's underlay address) and moved into the sandbox in the same
+request, as Docker's overlay driver does. Per task, a network namespace (or one the
+caller already has, e.g. a container's) with one veth per attached network: `eth<i>`
+inside the task, the other end on the network's bridge.
+
+Remote task addresses are programmed from NetworkState, never learned: for each peer on
+another node, a forwarding entry (its MAC → that node's address) on the VXLAN device and
+a permanent neighbour entry (its address → its MAC) answered by the device's ARP proxy.
+MACs are derived from the addresses (02:42 + the IPv4 bytes), so both ends agree
+without asking. Nothing is multicast, learned or gossiped.
+
+Every object is written in the record (record.py) before it is created and dropped from
+it after it is removed. The kernel work is synchronous (pyroute2) and runs in threads,
+one operation at a time (`_lock`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from shoal.agent.network import netns
+from shoal.agent.network.record import Record
+from shoal.agent.network.state import NetworkState, TaskNetworkListener
+from shoal.log import get_logger
+from shoal.types.network import Network, NetworkAttachment, NetworkUpdate
+
+VXLAN_PORT = 4789
+BRIDGE = "br0"
+VXLAN = "vxlan0"
+NETNS_DIR = "netns"
+# VXLAN's 50 bytes of headers inside a 1500-byte underlay.
+OVERLAY_MTU = 1450
+NUD_PERMANENT = 0x80
+NTF_SELF = 0x02
+
+log = get_logger("shoal.agent.network")
+
+
+def plumbing_for(executor: object, run_dir: Path, state: NetworkState) -> Plumbing | None:
+    """The plumbing of a process runtime run by root, following `state`; None otherwise
+    (the docker runtime attaches containers on top of this later; a daemon that is not
+    root cannot make namespaces: its process tasks share the node's network)."""
+    if getattr(executor, "name", None) != "process" or os.geteuid() != 0:
+        return None
+    plumbing = Plumbing(run_dir, run_dir)
+    plumbing.watch(state)
+    executor.plumbing = plumbing  # type: ignore[attr-defined]
+    return plumbing
+
+
+def mac_of(addr: str) -> str:
+    """The MAC of the interface holding IPv4 `addr`: 02:42 and the address's bytes."""
+    return "02:42:" + ":".join(f"{b:02x}" for b in ipaddress.IPv4Address(addr).packed)
+
+
+def sandbox_name(network_id: str) -> str:
+    return f"net-{network_id[:12]}"
+
+
+def task_ns_name(task_id: str) -> str:
+    return f"task-{task_id}"
+
+
+def veth_name(task_id: str) -> str:
+    """The task's veth end on a network's bridge (one per task per network sandbox)."""
+    return f"vt{task_id[:12]}"
+
+
+@contextmanager
+def _ipr(ns: str | None) -> Iterator[IPRoute]:
+    if ns:
+        with netns.Entered(ns):
+            ipr = IPRoute()
+    else:
+        ipr = IPRoute()
+    try:
+        yield ipr
+    finally:
+        ipr.close()
+
+
+def _index(ipr: IPRoute, name: str) -> int | None:
+    found = ipr.link_lookup(ifname=name)
+    return found[0] if found else None
+
+
+def _ignore_gone(e: NetlinkError) -> None:
+    if e.code not in (errno.ENODEV, errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL):
+        raise e
+
+
+class Plumbing:
+    """`run_dir` holds the namespace files; `node_netns` names the namespace whose
+    address is the underlay (None: the daemon's own, as in production; tests drive two
+    "nodes" from one process)."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        run_dir: Path,
+        underlay_addr: str | None = None,
+        node_netns: str | None = None,
+        vxlan_port: int = VXLAN_PORT,
+    ) -> None:
+        self.record = Record(Path(data_dir))
+        self.netns_dir = Path(run_dir).resolve() / NETNS_DIR
+        self.underlay_addr = underlay_addr
+        self.node_netns = node_netns
+        self.vxlan_port = vxlan_port
+        self.state: NetworkState | None = None
+        self._listeners: list[TaskNetworkListener] = []
+        self._lock = threading.RLock()
+        self._dirty = asyncio.Event()
+        self._sync_task: asyncio.Task[None] | None = None
+
+    # --- wiring ---------------------------------------------------------------------------
+
+    def add_listener(self, listener: TaskNetworkListener) -> None:
+        self._listeners.append(listener)
+
+    def watch(self, state: NetworkState) -> None:
+        """Follow `state`: peers and networks are programmed as updates are applied."""
+        self.state = state
+        state.subscribe(self._on_update)
+
+    def _on_update(self, _state: NetworkState, _update: NetworkUpdate) -> None:
+        self._dirty.set()
+        if self._sync_task is None or self._sync_task.done():
+            self._sync_task = asyncio.get_running_loop().create_task(
+                self._sync_loop(), name="network-plumbing-sync"
+            )
+
+    async def _sync_loop(self) -> None:
+        while self._dirty.is_set():
+            self._dirty.clear()
+            try:
+                await asyncio.to_thread(self.sync)
+            except Exception:
+                log.exception("network plumbing sync failed")
+
+    async def start(self, known_tasks: set[str] | None = None) -> None:
+        """Adopt what an earlier daemon left (see `adopt`) and tell the listeners about
+        the task namespaces kept."""
+        kept = await asyncio.to_thread(self.adopt, known_tasks)
+        for task_id, (path, networks) in kept.items():
+            await self._notify_attached(task_id, path, networks)
+
+    async def close(self, remove_all: bool = True) -> None:
+        """Stop following; with `remove_all`, remove every object in the record."""
+        if self._sync_task is not None:
+            self._dirty.clear()
+            await self._sync_task
+        if remove_all:
+            for task_id in list(self.record.tasks):
+                await self.detach(task_id)
+            await asyncio.to_thread(self.remove_all)
+
+    # --- tasks (async face) ---------------------------------------------------------------
+
+    async def attach(
+        self, task_id: str, attachments: list[NetworkAttachment], netns_path: str | None = None
+    ) -> str:
+        """Give the task its interfaces; returns the path naming its namespace (a new one,
+        unless `netns_path` names one the caller has, e.g. /proc/<pid>/ns/net)."""
+        path = await asyncio.to_thread(self.attach_sync, task_id, attachments, netns_path)
+        networks = [a.network.id for a in attachments]
+        await self._notify_attached(task_id, path, networks)
+        return path
+
+    async def detach(self, task_id: str) -> None:
+        if task_id not in self.record.tasks:
+            return
+        for listener in self._listeners:
+            try:
+                await listener.task_detached(task_id)
+            except Exception:
+                log.exception("network listener failed", task=task_id)
+        await asyncio.to_thread(self.detach_sync, task_id)
+
+    async def _notify_attached(self, task_id: str, path: str, networks: list[str]) -> None:
+        for listener in self._listeners:
+            try:
+                await listener.task_attached(task_id, path, networks)
+            except Exception:
+                log.exception("network listener failed", task=task_id)
+
+    def task_netns(self, task_id: str) -> str | None:
+        entry = self.record.tasks.get(task_id)
+        return entry["netns"] if entry else None
+
+    # --- kernel work (in threads) ---------------------------------------------------------
+
+    def _save(self) -> None:
+        self.record.save()
+
+    def _ensure_netns_dir(self) -> None:
+        if self.record.netns_dir is None:
+            self.record.netns_dir = str(self.netns_dir)
+            self._save()
+        self.netns_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not netns.is_mountpoint(self.netns_dir):
+            netns.share_dir(self.netns_dir)
+
+    def ensure_network(self, network: Network) -> str:
+        """The network's sandbox, created if missing; returns its namespace file."""
+        with self._lock:
+            entry = self.record.networks.get(network.id)
+            if entry is not None and netns.exists(Path(entry["netns"])):
+                return str(entry["netns"])
+            vni = network.vxlan_id
+            if vni is None:
+                raise ValueError(f"network {network.id} has no VXLAN ID")
+            if not self.underlay_addr:
+                raise ValueError("this node's underlay address is not known yet")
+            self._ensure_netns_dir()
+            path = self.netns_dir / sandbox_name(network.id)
+            if entry is not None:  # left half-made: start again
+                self._remove_network_locked(network.id)
+            self.record.networks[network.id] = {"netns": str(path), "vni": vni}
+            self._save()
+            netns.create(path)
+            with _ipr(str(path)) as sb:
+                sb.link("set", index=_index(sb, "lo"), state="up")
+                sb.link("add", ifname=BRIDGE, kind="bridge", br_stp_state=0)
+                br = _index(sb, BRIDGE)
+                sb.link("set", index=br, mtu=OVERLAY_MTU, state="up")
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    with _ipr(self.node_netns) as node:
+                        node.link(
+                            "add",
+                            ifname=VXLAN,
+                            kind="vxlan",
+                            vxlan_id=vni,
+                            vxlan_local=self.underlay_addr,
+                            vxlan_port=self.vxlan_port,
+                            vxlan_learning=0,
+                            vxlan_proxy=1,
+                            net_ns_fd=fd,
+                        )
+                finally:
+                    os.close(fd)
+                vx = _index(sb, VXLAN)
+                sb.link("set", index=vx, master=br, mtu=OVERLAY_MTU, state="up")
+            log.info("network sandbox created", network=network.id, vni=vni, netns=str(path))
+            self._sync_network_locked(network.id)
+            return str(path)
+
+    def attach_sync(
+        self, task_id: str, attachments: list[NetworkAttachment], netns_path: str | None = None
+    ) -> str:
+        with self._lock:
+            if task_id in self.record.tasks:
+                self._detach_locked(task_id)
+            sandboxes = [self.ensure_network(a.network) for a in attachments]
+            own = netns_path is None
+            if own:
+                self._ensure_netns_dir()
+                path = str(self.netns_dir / task_ns_name(task_id))
+            else:
+                path = str(netns_path)
+            veth = veth_name(task_id)
+            links = {a.network.id: veth for a in attachments}
+            self.record.tasks[task_id] = {"netns": path, "own_netns": own, "links": links}
+            self._save()
+            if own:
+                netns.create(Path(path))
+            task_fd = os.open(path, os.O_RDONLY)
+            try:
+                with _ipr(path) as t:
+                    t.link("set", index=_index(t, "lo"), state="up")
+                    for i, (att, sandbox) in enumerate(zip(attachments, sandboxes, strict=True)):
+                        self._add_interface(t, task_fd, f"eth{i}", veth, att, sandbox)
+            finally:
+                os.close(task_fd)
+            return path
+
+    def _add_interface(
+        self, t: IPRoute, task_fd: int, ifname: str, veth: str, att: NetworkAttachment,
+        sandbox: str,
+    ) -> None:  # fmt: skip
+        iface = ipaddress.IPv4Interface((att.addresses or [""])[0])
+        sb_fd = os.open(sandbox, os.O_RDONLY)
+        try:
+            with _ipr(self.node_netns) as node:
+                node.link(
+                    "add",
+                    ifname=veth,
+                    kind="veth",
+                    net_ns_fd=sb_fd,
+                    peer={
+                        "ifname": ifname,
+                        "net_ns_fd": task_fd,
+                        "address": mac_of(str(iface.ip)),
+                        "mtu": OVERLAY_MTU,
+                    },
+                )
+        finally:
+            os.close(sb_fd)
+        with _ipr(sandbox) as sb:
+            sb.link(
+                "set", index=_index(sb, veth), master=_index(sb, BRIDGE), mtu=OVERLAY_MTU,
+                state="up",
+            )  # fmt: skip
+        idx = _index(t, ifname)
+        t.addr("add", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+        t.link("set", index=idx, state="up")
+
+    def detach_sync(self, task_id: str) -> None:
+        with self._lock:
+            self._detach_locked(task_id)
+            self._gc_networks_locked()
+
+    def _detach_locked(self, task_id: str) -> None:
+        entry = self.record.tasks.get(task_id)
+        if entry is None:
+            return
+        for network_id, veth in (entry.get("links") or {}).items():
+            net = self.record.networks.get(network_id)
+            if net is None or not netns.exists(Path(net["netns"])):
+                continue
+            with _ipr(net["netns"]) as sb:
+                idx = _index(sb, veth)
+                if idx is not None:
+                    try:
+                        sb.link("del", index=idx)  # its peer in the task goes with it
+                    except NetlinkError as e:
+                        _ignore_gone(e)
+        if entry.get("own_netns"):
+            netns.remove(Path(entry["netns"]))
+        del self.record.tasks[task_id]
+        self._save()
+
+    def _gc_networks_locked(self) -> None:
+        """Remove sandboxes no task uses and the node's state no longer lists."""
+        used = {nid for t in self.record.tasks.values() for nid in t.get("links") or {}}
+        wanted = set(self.state.networks) if self.state is not None else set()
+        for network_id in list(self.record.networks):
+            if network_id not in used and network_id not in wanted:
+                self._remove_network_locked(network_id)
+
+    def _remove_network_locked(self, network_id: str) -> None:
+        entry = self.record.networks.get(network_id)
+        if entry is None:
+            return
+        path = Path(entry["netns"])
+        if netns.exists(path):
+            with _ipr(str(path)) as sb:
+                for name in (VXLAN, BRIDGE):
+                    idx = _index(sb, name)
+                    if idx is not None:
+                        try:
+                            sb.link("del", index=idx)
+                        except NetlinkError as e:
+                            _ignore_gone(e)
+        netns.remove(path)
+        del self.record.networks[network_id]
+        self._save()
+        log.info("network sandbox removed", network=network_id)
+
+    def sync(self) -> None:
+        """Program every sandbox's forwarding and neighbour entries from the state."""
+        with self._lock:
+            for network_id in list(self.record.networks):
+                self._sync_network_locked(network_id)
+            self._gc_networks_locked()
+
+    def _sync_network_locked(self, network_id: str) -> None:
+        if self.state is None:
+            return
+        entry = self.record.networks[network_id]
+        want = {
+            p.addr: p.node_addr
+            for p in self.state.peers_of(network_id)
+            if p.node_addr and p.node_addr != self.underlay_addr
+        }
+        with _ipr(entry["netns"]) as sb:
+            vx = _index(sb, VXLAN)
+            if vx is None:
+                return
+            have_fdb: dict[str, str] = {}
+            for msg in sb.fdb("dump", ifindex=vx):
+                mac, dst = msg.get("NDA_LLADDR"), msg.get("NDA_DST")
+                if mac and dst and msg.get("ifindex") == vx and mac != "00:00:00:00:00:00":
+                    have_fdb[mac] = dst
+            have_neigh: dict[str, str] = {}
+            for msg in sb.neigh("dump", ifindex=vx):
+                if msg.get("ifindex") == vx and msg.get("NDA_DST"):
+                    have_neigh[msg.get("NDA_DST")] = msg.get("NDA_LLADDR") or ""
+            want_fdb = {mac_of(a): n for a, n in want.items()}
+            for mac, dst in have_fdb.items():
+                if want_fdb.get(mac) != dst:
+                    self._quiet(sb.fdb, "del", ifindex=vx, lladdr=mac, dst=dst, flags=NTF_SELF)
+            for mac, dst in want_fdb.items():
+                if have_fdb.get(mac) != dst:
+                    sb.fdb(
+                        "replace", ifindex=vx, lladdr=mac, dst=dst, state=NUD_PERMANENT,
+                        flags=NTF_SELF,
+                    )  # fmt: skip
+            for addr in have_neigh:
+                if addr not in want:
+                    self._quiet(sb.neigh, "del", ifindex=vx, dst=addr)
+            for addr in want:
+                if have_neigh.get(addr) != mac_of(addr):
+                    sb.neigh(
+                        "replace", ifindex=vx, dst=addr, lladdr=mac_of(addr), state=NUD_PERMANENT
+                    )
+
+    @staticmethod
+    def _quiet(fn: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            fn(*args, **kwargs)
+        except NetlinkError as e:
+            _ignore_gone(e)
+
+    # --- adoption and removal -------------------------------------------------------------
+
+    def adopt(self, known_tasks: set[str] | None) -> dict[str, tuple[str, list[str]]]:
+        """After a restart: keep the task namespaces of tasks still known (`known_tasks`,
+        the executor's; None keeps every one still alive) and remove the rest, then the
+        sandboxes no kept task uses. Returns the kept tasks (namespace, networks)."""
+        kept: dict[str, tuple[str, list[str]]] = {}
+        with self._lock:
+            for task_id, entry in list(self.record.tasks.items()):
+                alive = netns.exists(Path(entry["netns"]))
+                wanted = known_tasks is None or task_id in known_tasks
+                if alive and wanted:
+                    kept[task_id] = (entry["netns"], list(entry.get("links") or {}))
+                else:
+                    self._detach_locked(task_id)
+            for network_id, entry in list(self.record.networks.items()):
+                if not netns.exists(Path(entry["netns"])):
+                    self._remove_network_locked(network_id)
+            self._gc_networks_locked()
+            if not self.record.tasks and not self.record.networks:
+                self._release_dir_locked()
+        if kept:
+            log.info("network namespaces adopted", tasks=sorted(kept))
+        return kept
+
+    def remove_all(self) -> None:
+        with self._lock:
+            for task_id in list(self.record.tasks):
+                self._detach_locked(task_id)
+            for network_id in list(self.record.networks):
+                self._remove_network_locked(network_id)
+            self._release_dir_locked()
+
+    def _release_dir_locked(self) -> None:
+        if self.record.netns_dir is not None:
+            d = Path(self.record.netns_dir)
+            netns.unshare_dir(d)
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+            self.record.netns_dir = None
+            self._save()
+        self.record.discard_file()

@@ -1,0 +1,200 @@
+"""The overlay data path with real kernel objects, without the manager: two "nodes"
+(lab namespaces on one bridge), each with its own Plumbing driven by NetworkUpdates
+built by hand, tasks in namespaces of their own talking over VXLAN."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shoal.agent.network import netns
+from shoal.agent.network.plumbing import BRIDGE, VXLAN, Plumbing, mac_of, veth_name
+from shoal.agent.network.state import NetworkState
+from shoal.types.network import (
+    VXLAN_ID_OPTION,
+    Driver,
+    IPAMConfig,
+    IPAMOptions,
+    Network,
+    NetworkAttachment,
+    NetworkPeer,
+    NetworkUpdate,
+)
+from tests.integration.cluster_harness import NetnsLab
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+
+
+def network(subnet: str) -> Network:
+    vni = 4200 + secrets.randbelow(100_000)
+    return Network(
+        id=secrets.token_hex(12),
+        driver_state=Driver(name="overlay", options={VXLAN_ID_OPTION: str(vni)}),
+        ipam_options=IPAMOptions(configs=[IPAMConfig(subnet=subnet)]),
+    )
+
+
+def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(argv), capture_output=True, text=True, timeout=20, check=check)
+
+
+def in_ns(path: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["nsenter", f"--net={path}", *argv], capture_output=True, text=True, timeout=20
+    )
+
+
+def reaches(src_ns: str, addr: str) -> bool:
+    return in_ns(src_ns, "busybox", "ping", "-c", "1", "-W", "2", addr).returncode == 0
+
+
+def listing(ns: str | None) -> dict[str, Any]:
+    """What the namespace `ns` (None: the host's) holds that the plumbing could leave."""
+    pre = ["ip", "netns", "exec", ns] if ns else []
+    return {
+        "links": sorted(sh(*pre, "ip", "-o", "link", "show").stdout.split("\n")),
+        "fdb": sh(*pre, "bridge", "fdb", "show").stdout,
+        "nft": sh(*pre, "nft", "-s", "list", "ruleset").stdout,
+    }
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, tuple[str, ...]]] = []
+
+    async def task_attached(self, task_id: str, netns: str, network_ids: list[str]) -> None:
+        self.events.append(("attached", task_id, (netns, *network_ids)))
+
+    async def task_detached(self, task_id: str) -> None:
+        self.events.append(("detached", task_id, ()))
+
+
+@pytest.fixture
+def lab() -> Iterator[tuple[NetnsLab, list[tuple[str, str]]]]:
+    lab = NetnsLab()
+    try:
+        hosts = [lab.add_host(), lab.add_host()]
+        yield lab, hosts
+    finally:
+        assert lab.teardown() == []
+
+
+def mounts_under(path: Path) -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        return [line for line in f if f" {path}" in line]
+
+
+def test_tasks_on_two_nodes_reach_each_other_over_vxlan_and_only_on_their_network(
+    lab: tuple[NetnsLab, list[tuple[str, str]]], tmp_path: Path
+) -> None:
+    _lab, [(ns_a, addr_a), (ns_b, addr_b)] = lab
+    before = {ns: listing(ns) for ns in (ns_a, ns_b)}
+    net = f"10.210.{secrets.randbelow(250)}"
+    n1 = network(f"{net}.0/24")
+    n2 = network(f"10.211.{secrets.randbelow(250)}.0/24")
+    att = lambda n, a: NetworkAttachment(network=n, addresses=[a])  # noqa: E731
+    peers = [
+        NetworkPeer(network_id=n1.id, task_id="ta1", node_id="A", node_addr=addr_a, addr=f"{net}.2"),
+        NetworkPeer(network_id=n1.id, task_id="tb1", node_id="B", node_addr=addr_b, addr=f"{net}.3"),
+        NetworkPeer(network_id=n1.id, task_id="ta2", node_id="A", node_addr=addr_a, addr=f"{net}.4"),
+        # On network 2 but with an address in network 1's subnet: only L2 isolation
+        # (a different bridge, a different VNI) keeps it from network 1's tasks.
+        NetworkPeer(network_id=n2.id, task_id="tb2", node_id="B", node_addr=addr_b, addr=f"{net}.9"),
+    ]  # fmt: skip
+    update = NetworkUpdate(full=True, networks=[n1, n2], peers=peers)
+
+    async def run() -> None:
+        plumbings, recorders = [], []
+        for name, (ns, addr) in (("a", (ns_a, addr_a)), ("b", (ns_b, addr_b))):
+            p = Plumbing(
+                tmp_path / name / "data", tmp_path / name / "run", addr, f"/run/netns/{ns}"
+            )
+            rec = Recorder()
+            p.add_listener(rec)
+            state = NetworkState()
+            p.watch(state)
+            state.apply(update)
+            plumbings.append(p)
+            recorders.append(rec)
+        pa, pb = plumbings
+        try:
+            ta1 = await pa.attach("ta1", [att(n1, f"{net}.2/24")])
+            ta2 = await pa.attach("ta2", [att(n1, f"{net}.4/24")])
+            tb1 = await pb.attach("tb1", [att(n1, f"{net}.3/24")])
+            tb2 = await pb.attach("tb2", [att(n2, f"{net}.9/24")])
+            await asyncio.sleep(0)  # the state's sync task
+            await pa._sync_task if pa._sync_task else None
+            await pb._sync_task if pb._sync_task else None
+            assert recorders[0].events == [
+                ("attached", "ta1", (ta1, n1.id)),
+                ("attached", "ta2", (ta2, n1.id)),
+            ]
+            link = in_ns(ta1, "ip", "-o", "link", "show", "eth0").stdout
+            assert mac_of(f"{net}.2") in link
+            # across nodes over VXLAN, and on one node through the bridge
+            sb = pa.record.networks[n1.id]["netns"]
+            fdb = in_ns(sb, "bridge", "fdb", "show", "dev", "vxlan0").stdout
+            assert f"{mac_of(f'{net}.3')} dst {addr_b} " in fdb
+            neigh = in_ns(sb, "ip", "neigh", "show", "dev", "vxlan0").stdout
+            assert f"{net}.3 lladdr {mac_of(f'{net}.3')} PERMANENT" in neigh
+            assert reaches(ta1, f"{net}.3")
+            assert reaches(tb1, f"{net}.2")
+            assert reaches(ta2, f"{net}.2")
+            assert reaches(tb1, f"{net}.4")
+            # network 2's task reaches nobody on network 1, on its node or another
+            assert not reaches(tb2, f"{net}.3")
+            assert not reaches(tb2, f"{net}.2")
+            assert not reaches(ta1, f"{net}.9")
+            # a TCP connection across nodes
+            server = subprocess.Popen(  # noqa: ASYNC220 - a test driving real tools
+                ["nsenter", f"--net={tb1}", "busybox", "nc", "-l", "-p", "8080"],
+                stdout=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            try:
+                for _ in range(50):
+                    sent = subprocess.run(  # noqa: ASYNC221
+                        ["nsenter", f"--net={ta1}", "busybox", "nc", "-w", "2", f"{net}.3", "8080"],
+                        input="hello over vxlan\n", capture_output=True, text=True, timeout=10,
+                    )  # fmt: skip
+                    if sent.returncode == 0:
+                        break
+                    await asyncio.sleep(0.1)
+                assert server.communicate(timeout=10)[0] == "hello over vxlan\n"
+            finally:
+                server.kill()
+                server.wait()
+            # a peer leaves: its entries go on the other node, and it is unreachable
+            gone = NetworkUpdate(removed_peers=[peers[1].key])
+            for p in plumbings:
+                assert p.state is not None
+                p.state.apply(gone)
+                await asyncio.sleep(0)
+                await p._sync_task if p._sync_task else None
+            fdb = in_ns(sb, "bridge", "fdb", "show", "dev", "vxlan0").stdout
+            assert f"dst {addr_b}" not in fdb
+            assert f"{net}.3" not in in_ns(sb, "ip", "neigh", "show", "dev", "vxlan0").stdout
+            assert not reaches(ta1, f"{net}.3")
+            await pb.detach("tb1")
+            assert recorders[1].events[-1] == ("detached", "tb1", ())
+            assert not netns.exists(Path(tb1))
+        finally:
+            for p in plumbings:
+                await p.close()
+        for p in plumbings:
+            assert not p.record.path.exists()
+            assert not p.netns_dir.exists()
+            assert mounts_under(p.netns_dir) == []
+
+    asyncio.run(run())
+    assert {ns: listing(ns) for ns in (ns_a, ns_b)} == before
+    # The host is shared with other test runs: only look for what ours would be named.
+    host_links = sh("ip", "-o", "link", "show").stdout
+    for name in [veth_name(t) for t in ("ta1", "ta2", "tb1", "tb2")] + [VXLAN, BRIDGE]:
+        assert f" {name}:" not in host_links and f" {name}@" not in host_links
