@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import socket
 import subprocess
 import sys
@@ -24,8 +25,21 @@ import uvloop
 from dnslib import QTYPE, RCODE, RR, A, DNSRecord
 
 from shoal.agent.network.dns import Resolver, start_resolver
+from shoal.agent.network.plumbing import Plumbing
 from shoal.agent.network.state import NetworkState
-from shoal.types.network import Network, NetworkPeer, NetworkUpdate, ServiceEndpoint
+from shoal.types.network import (
+    VXLAN_ID_OPTION,
+    Driver,
+    IPAMConfig,
+    IPAMOptions,
+    Network,
+    NetworkAttachment,
+    NetworkPeer,
+    NetworkUpdate,
+    ServiceEndpoint,
+)
+
+from .cluster_harness import NetnsLab
 
 pytestmark = pytest.mark.integration
 
@@ -163,8 +177,16 @@ def closed_udp_port() -> int:
 
 
 async def run_in(ns: str, *argv: str) -> tuple[int, str]:
+    return await _run("ip", "netns", "exec", ns, *argv)
+
+
+async def run_in_path(netns: str, *argv: str) -> tuple[int, str]:
+    return await _run("nsenter", f"--net={netns}", *argv)
+
+
+async def _run(*argv: str) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(
-        "ip", "netns", "exec", ns, *argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        *argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), CLIENT_TIMEOUT_S)
@@ -390,3 +412,60 @@ def test_detach_closes_and_a_vanished_namespace_is_counted(namespaces: Namespace
         assert "127.0.0.11:53" not in await listening()
 
     run(test)
+
+
+def test_served_in_the_namespaces_the_plumbing_makes(tmp_path: Path) -> None:
+    """The resolver as the daemon wires it: registered with the node's Plumbing, which
+    makes the task's namespace and tells it; detached with the task."""
+    lab = NetnsLab()
+    try:
+        node_ns, node_addr = lab.add_host()
+        net = Network(
+            id=secrets.token_hex(12),
+            driver_state=Driver(
+                name="overlay", options={VXLAN_ID_OPTION: str(4200 + secrets.randbelow(100_000))}
+            ),
+            ipam_options=IPAMOptions(configs=[IPAMConfig(subnet="10.214.7.0/24")]),
+        )
+        update = NetworkUpdate(
+            full=True,
+            networks=[net],
+            peers=[
+                NetworkPeer(
+                    network_id=net.id, task_id=f"t{i}", node_id="A", node_addr=node_addr,
+                    addr=f"10.214.7.{10 + i}", service_id="sid-web", service_name="web",
+                    task_name=f"web.{i + 1}.t{i}", running=True,
+                )
+                for i in range(3)
+            ],
+            endpoints=[
+                ServiceEndpoint(network_id=net.id, service_id="sid-web", service_name="web", vip="10.214.7.2")
+            ],
+        )  # fmt: skip
+
+        async def test() -> None:
+            plumbing = Plumbing(tmp_path / "data", tmp_path / "run", node_addr, netns_path(node_ns))
+            state = NetworkState()
+            plumbing.watch(state)
+            resolver = start_resolver(state, plumbing, upstreams=[])
+            state.apply(update)
+            try:
+                path = await plumbing.attach(
+                    "t0", [NetworkAttachment(network=net, addresses=["10.214.7.10/24"])]
+                )
+                assert resolver.serving() == ["t0"]
+                code, out = await run_in_path(
+                    path, "busybox", "nslookup", "tasks.web", "127.0.0.11"
+                )
+                assert code == 0, out
+                for i in range(3):
+                    assert f"10.214.7.{10 + i}" in out
+                await plumbing.detach("t0")
+                assert resolver.serving() == []
+            finally:
+                await resolver.close()
+                await plumbing.close()
+
+        run(test)
+    finally:
+        assert lab.teardown() == []

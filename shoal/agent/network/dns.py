@@ -17,13 +17,13 @@ from __future__ import annotations
 import asyncio
 import random
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Protocol, cast
 
 from dnslib import AAAA, QTYPE, RR, A, DNSError, DNSRecord
 
 from shoal.agent.network.names import NameTable, key
 from shoal.agent.network.nsbind import NetnsGone, bind_in_netns
-from shoal.agent.network.state import NetworkState
+from shoal.agent.network.state import NetworkState, TaskNetworkListener
 from shoal.agent.network.upstream import (
     DNS_PORT,
     RESOLV_CONF,
@@ -322,8 +322,15 @@ def _udp_limit(record: DNSRecord) -> int:
     return UDP_MAX
 
 
+class _Announcer(Protocol):
+    """What tells listeners of task namespaces (the Plumbing)."""
+
+    def add_listener(self, listener: TaskNetworkListener) -> None: ...
+
+
 def start_resolver(
     state: NetworkState,
+    plumbing: _Announcer | None = None,
     *,
     resolv_conf: str = RESOLV_CONF,
     upstreams: list[str] | None = None,
@@ -334,12 +341,14 @@ def start_resolver(
     clock: Clock = SYSTEM_CLOCK,
     answer_cache: int = ANSWER_CACHE_MAX,
 ) -> Resolver:
-    """The node's resolver, following `state`; call on the daemon's event loop, in the
-    node's own namespace (the forwarding sockets are made there). Register the result
-    with the plumbing as a TaskNetworkListener; `await resolver.close()` at shutdown."""
+    """The node's resolver, following `state` (the agent's NetworkState) and told of task
+    namespaces by `plumbing` (registered as its listener here: do it before
+    `plumbing.start()`, whose adoption announces the namespaces kept). Call on the
+    daemon's event loop, in the node's own namespace (the forwarding sockets are made
+    there); `await resolver.close()` at shutdown."""
     servers = read_nameservers(resolv_conf) if upstreams is None else upstreams
     log.info("dns resolver started", upstreams=servers)
-    return Resolver(
+    resolver = Resolver(
         NameTable(state),
         Upstream(servers, port=upstream_port, clock=clock, timeout_s=upstream_timeout_s),
         listen_addr=listen_addr,
@@ -347,3 +356,6 @@ def start_resolver(
         clock=clock,
         answer_cache=answer_cache,
     )
+    if plumbing is not None:
+        plumbing.add_listener(resolver)
+    return resolver
