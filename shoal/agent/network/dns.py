@@ -19,7 +19,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Protocol, cast
 
-from dnslib import AAAA, QTYPE, RR, A, DNSError, DNSRecord
+from dnslib import AAAA, PTR, QTYPE, RR, A, DNSError, DNSRecord
 
 from shoal.agent.network.names import NameTable, key
 from shoal.agent.network.nsbind import NetnsGone, bind_in_netns
@@ -247,7 +247,14 @@ class Resolver:
             self._stats["malformed"] += 1
             return
         q = record.q
-        found = self.names.lookup(key(str(q.qname)), network_ids)
+        name = key(str(q.qname))
+        if q.qtype == QTYPE.PTR:
+            target = self.names.lookup_ptr(name, network_ids)
+            if target is not None:
+                self._stats["local"] += 1
+                send(self._answer_ptr(record, target))
+                return
+        found = self.names.lookup(name, network_ids)
         if found is None:
             self._stats["forwarded"] += 1
             self.upstream.forward(data, record, send)
@@ -262,6 +269,13 @@ class Resolver:
             cached.answers.append(out)
             cached.complete = len(cached.answers) >= ANSWER_VARIANTS
         send(out)
+
+    @staticmethod
+    def _answer_ptr(record: DNSRecord, target: str) -> bytes:
+        reply = record.reply()
+        reply.header.aa, reply.header.ad, reply.header.ra = 1, 0, 1
+        reply.add_answer(RR(record.q.qname, QTYPE.PTR, rdata=PTR(target + "."), ttl=NAME_TTL_S))
+        return bytes(reply.pack())
 
     def _answer(self, record: DNSRecord, addrs: tuple[str, ...], limit: int) -> tuple[bytes, bool]:
         """The packed answer, and whether its order was shuffled."""

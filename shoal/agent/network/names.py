@@ -5,7 +5,8 @@ On each network the table holds, as Docker's embedded resolver does:
 - `<service>` and each of its aliases → the service's VIP on that network, or, with no
   VIP (`--endpoint-mode dnsrr`), the address of every running task of the service;
 - `tasks.<service>` (and `tasks.<alias>`) → the address of every running task;
-- `<task name>` (`web.1.<task id>`) → that task's address while it runs.
+- `<task name>` (`web.1.<task id>`) → that task's address while it runs, and the
+  reverse (PTR) of that address → `<task name>.<network name>`.
 
 Names are lower case without the trailing dot (`key()` makes one from a query). A lookup
 is a dict hit per network the asker attaches to: the table is kept materialised and
@@ -22,13 +23,26 @@ name): the last one to claim it answers; when it lets go, the other answers agai
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from shoal.agent.network.state import NetworkState
-from shoal.types.network import NetworkPeer, NetworkUpdate, ServiceEndpoint
+from shoal.types.network import Network, NetworkPeer, NetworkUpdate, ServiceEndpoint
 
 TASKS_PREFIX = "tasks."
+
+
+def reverse_name(addr: str) -> str:
+    """`10.0.1.10` -> `10.1.0.10.in-addr.arpa` (the PTR query's name, `key()` form)."""
+    try:
+        return ipaddress.ip_address(addr).reverse_pointer
+    except ValueError:
+        return ""
+
+
+def _ptr_target(net: _Net, p: NetworkPeer) -> str:
+    return f"{p.task_name}.{net.name}" if net.name else p.task_name
 
 
 def key(name: str) -> str:
@@ -48,7 +62,9 @@ class _Service:
 
 @dataclass
 class _Net:
+    name: str = ""  # the network's name, for the names PTR answers
     names: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    ptr: dict[str, str] = field(default_factory=dict)  # reverse name -> task name
     # name -> {claimant (service id or "task:<id>") -> its answer}; the last one answers
     claims: dict[str, dict[str, tuple[str, ...]]] = field(default_factory=dict)
     services: dict[str, _Service] = field(default_factory=dict)
@@ -82,6 +98,17 @@ class NameTable:
                     return found
         return None
 
+    def lookup_ptr(self, name: str, network_ids: Iterable[str]) -> str | None:
+        """The task name (`<task name>.<network name>`, as Docker answers) of the reverse
+        name `name` (`10.1.0.10.in-addr.arpa`, `key()` form) on the asker's networks."""
+        for nid in network_ids:
+            net = self._nets.get(nid)
+            if net is not None:
+                found = net.ptr.get(name)
+                if found is not None:
+                    return found
+        return None
+
     def names_on(self, network_id: str) -> dict[str, tuple[str, ...]]:
         net = self._nets.get(network_id)
         return dict(net.names) if net else {}
@@ -99,8 +126,8 @@ class NameTable:
         self._nets.clear()
         self._peers.clear()
         self._endpoints.clear()
-        for nid in state.networks:
-            self._nets[nid] = _Net()
+        for nid, n in state.networks.items():
+            self._nets[nid] = _Net(name=n.spec.name or "")
         touched: set[tuple[str, str]] = set()
         for e in state.endpoints.values():
             touched |= self._add_endpoint(e)
@@ -124,7 +151,7 @@ class NameTable:
             self._endpoints = {k: e for k, e in self._endpoints.items() if e.network_id != nid}
         for n in update.networks:
             if n.id not in self._nets:
-                touched |= self._add_network(n.id)
+                touched |= self._add_network(n)
         for e in update.endpoints:
             touched |= self._remove_endpoint(e.key) | self._add_endpoint(e)
         for p in update.peers:
@@ -133,9 +160,10 @@ class NameTable:
 
     # ---- the incremental steps: each returns the (network, service) pairs it touched ----
 
-    def _add_network(self, nid: str) -> set[tuple[str, str]]:
+    def _add_network(self, n: Network) -> set[tuple[str, str]]:
         # Names sent before their network (kept aside in our copies) count from now.
-        self._nets[nid] = _Net()
+        nid = n.id
+        self._nets[nid] = _Net(name=n.spec.name or "")
         touched: set[tuple[str, str]] = set()
         for e in [e for e in self._endpoints.values() if e.network_id == nid]:
             touched |= self._add_endpoint(e)
@@ -174,6 +202,7 @@ class NameTable:
             return set()
         if p.running and p.task_name:
             self._write(net, key(p.task_name), (p.addr,), f"task:{p.task_id}")
+            net.ptr[reverse_name(p.addr)] = _ptr_target(net, p)
         if not p.service_id:
             return set()
         svc = net.services.setdefault(p.service_id, _Service())
@@ -192,6 +221,9 @@ class NameTable:
             return set()
         if p.task_name:
             self._erase(net, key(p.task_name), f"task:{p.task_id}")
+            rev = reverse_name(p.addr)
+            if net.ptr.get(rev) == _ptr_target(net, p):
+                del net.ptr[rev]
         svc = net.services.get(p.service_id)
         if svc is None:
             return set()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from dnslib import EDNS0, RCODE, DNSRecord
+from dnslib import EDNS0, QTYPE, RCODE, DNSRecord
 
 from shoal.agent.network.dns import NAME_TTL_S, Resolver, start_resolver
 from shoal.agent.network.state import NetworkState
@@ -160,5 +160,18 @@ def test_what_is_not_a_query_is_dropped() -> None:
         answer = DNSRecord.question("web").reply()
         resolver.handle(bytes(answer.pack()), (APP,), got.append, tcp=False)
         assert got == [] and resolver.statistics()["malformed"] == 2
+
+    with_resolver(test)
+
+
+def test_reverse_lookup_of_a_task_address() -> None:
+    def test(state: NetworkState, resolver: Resolver) -> None:
+        state.apply(web(2))
+        reply = ask(resolver, DNSRecord.question("11.1.0.10.in-addr.arpa", "PTR"))
+        assert [str(rr.rdata) for rr in reply.rr] == ["web.1.t1."]
+        assert reply.rr[0].rtype == QTYPE.PTR and reply.header.aa
+        # An address that is no task's: forwarded (no upstream here: SERVFAIL).
+        other = ask(resolver, DNSRecord.question("99.1.0.10.in-addr.arpa", "PTR"))
+        assert other.header.rcode == RCODE.SERVFAIL
 
     with_resolver(test)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from shoal.agent.network.names import NameTable, key
 from shoal.agent.network.state import NetworkState
-from shoal.types.network import Network, NetworkPeer, NetworkUpdate, ServiceEndpoint
+from shoal.types.network import Network, NetworkPeer, NetworkSpec, NetworkUpdate, ServiceEndpoint
 
 APP = "net-app"
 OTHER = "net-other"
@@ -190,3 +190,19 @@ def test_name_claimed_by_two_services() -> None:
     assert addrs(table, "web") == {"10.0.1.2"}
     state.apply(NetworkUpdate(removed_endpoints=[f"{APP}/sid-web"]))
     assert addrs(table, "web") is None
+
+
+def test_reverse_names_of_running_tasks() -> None:
+    state, table = setup(
+        NetworkUpdate(
+            full=True,
+            networks=[Network(id=APP, spec=NetworkSpec(name="appnet"))],
+            peers=[peer("t0", "10.0.1.10"), peer("t1", "10.0.1.11", running=False)],
+            endpoints=[endpoint()],
+        )
+    )
+    assert table.lookup_ptr("10.1.0.10.in-addr.arpa", (APP,)) == "web.0.t0.appnet"
+    assert table.lookup_ptr("11.1.0.10.in-addr.arpa", (APP,)) is None
+    assert table.lookup_ptr("10.1.0.10.in-addr.arpa", (OTHER,)) is None
+    state.apply(NetworkUpdate(removed_peers=[f"{APP}/t0"]))
+    assert table.lookup_ptr("10.1.0.10.in-addr.arpa", (APP,)) is None
