@@ -237,7 +237,10 @@ class ProcessController:
                 # The shim died without a word: end what it left in the task's cgroups,
                 # as it would have done itself.
                 await self._remove_cgroups()
-        await self._release_network()
+            if status is not None or shim_pid is not None:
+                await self._release_network()  # the task has ended
+        else:
+            await self._release_network()
         return RuntimeState(exists=True, running=False, exit=status)
 
     async def prepare(self) -> None:
