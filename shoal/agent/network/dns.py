@@ -36,7 +36,7 @@ from shoal.agent.network.upstream import (
 from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.log import get_logger
 
-log = get_logger("agent.network.dns")
+log = get_logger("shoal.agent.network.dns")
 
 # Docker's embedded resolver answers with TTL 600 and relies on clients not caching (libc
 # does not). Answers here must follow a scale or a failed task within a second even for

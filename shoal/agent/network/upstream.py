@@ -29,7 +29,7 @@ from dnslib import RCODE, DNSRecord
 from shoal.clock import SYSTEM_CLOCK, Clock, TimerHandle
 from shoal.log import get_logger
 
-log = get_logger("agent.network.dns")
+log = get_logger("shoal.agent.network.dns")
 
 RESOLV_CONF = "/etc/resolv.conf"
 DNS_PORT = 53
