@@ -128,15 +128,9 @@ class Resolver:
         # ANSWER_VARIANTS shuffled orders (a list still filling is not served from)
         self._cache: dict[tuple[bytes, tuple[str, ...], bool], _Cached] = {}
         self._cache_version = names.version
-        self._stats = {
-            "queries": 0,
-            "local": 0,
-            "cached": 0,
-            "forwarded": 0,
-            "malformed": 0,
-            "errors": 0,
-        }
-        self._stats |= {"truncated": 0, "attached": 0, "netns_missing": 0, "bind_failed": 0}
+        self._stats = dict.fromkeys(
+            ("queries", "local", "cached", "forwarded", "malformed", "errors", "truncated"), 0
+        ) | dict.fromkeys(("attached", "netns_missing", "bind_failed"), 0)
 
     def statistics(self) -> dict[str, int]:
         return {
@@ -181,6 +175,10 @@ class Resolver:
             )
         except BaseException:
             self._served.pop(task_id, None)
+            if served.udp is None:
+                udp.close()
+            if served.tcp is None:
+                tcp.close()
             await self._close(served)
             raise
         if self._served.get(task_id) is not served:
@@ -195,6 +193,7 @@ class Resolver:
             await self._close(served)
 
     def serving(self) -> list[str]:
+        """The tasks served (or being set up)."""
         return list(self._served)
 
     async def close(self) -> None:
