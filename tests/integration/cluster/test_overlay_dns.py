@@ -1,7 +1,8 @@
 """Issue 8's DNS acceptance on the three-node namespace lab: from inside a task, its
 node's resolver (127.0.0.11 in the task's namespace, named by the task's resolv.conf)
 answers `tasks.web` with every running task's address across the three nodes, `web`
-with the VIP `docker service inspect` shows, follows a scale, answers a dnsrr service
+with the VIP `docker service inspect` shows, follows a scale up, a failed task and a
+scale down, answers a dnsrr service
 with its tasks' addresses, and answers nothing of web to a task on another network.
 
 The lab (namespaces, veths, bridge) is named here with a random suffix and removed by
@@ -10,7 +11,9 @@ those names at the end, even after a failure."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 from collections.abc import Iterator
 
@@ -75,7 +78,7 @@ def test_service_discovery_by_dns_across_three_nodes(trio: Cluster) -> None:
     manager.docker("network", "create", "-d", "overlay", "--subnet", "10.201.0.0/24", "othernet")
     manager.docker(
         "service", "create", "--detach", "--name", "web", "--network", "appnet",
-        "--replicas", "3", "busybox", *SLEEP,
+        "--replicas", "3", "--restart-condition", "none", "busybox", *SLEEP,
     )  # fmt: skip
     manager.docker("service", "create", "--detach", "--name", "client", "--network", "appnet",
                    "busybox", *SLEEP)  # fmt: skip
@@ -96,10 +99,28 @@ def test_service_discovery_by_dns_across_three_nodes(trio: Cluster) -> None:
 
     # Scaled to five: five addresses.
     manager.docker("service", "scale", "--detach", "web=5")
-    trio.wait_converged("web", 5)
-    web5 = set(task_addrs(trio, "web", "appnet").values())
+    placement = trio.wait_converged("web", 5)
+    by_task = task_addrs(trio, "web", "appnet")
+    web5 = set(by_task.values())
     assert len(web5) == 5, web5
     wait_until(lambda: addresses(client, "tasks.web") == web5, what="tasks.web = the 5 tasks")
+
+    # A task fails (killed; not restarted): its address leaves the answers.
+    victim, pid = next(iter(next(iter(placement.values())).items()))
+    os.kill(pid, signal.SIGKILL)
+    wait_until(
+        lambda: addresses(client, "tasks.web") == web5 - {by_task[victim]},
+        what="tasks.web without the failed task",
+    )
+    # Scaled down: only the tasks kept answer.
+    manager.docker("service", "scale", "--detach", "web=2")
+    wait_until(
+        lambda: (
+            len(addresses(client, "tasks.web")) == 2
+            and addresses(client, "tasks.web") <= web5 - {by_task[victim]}
+        ),
+        what="tasks.web = 2 of the running tasks",
+    )
 
     # A task on another network cannot resolve web (the name is forwarded; the lab's
     # upstream is unreachable, so the answer is a prompt failure, not a hang).
