@@ -129,13 +129,17 @@ def web(n: int, vip: str | None = VIP, aliases: list[str] | None = None) -> Netw
 
 
 class FakeUpstream(asyncio.DatagramProtocol):
-    """Answers foo.example. with 10.9.9.9, every other name NXDOMAIN; `silent` answers
-    nothing. Records the names asked."""
+    """Answers foo.example. with 10.9.9.9, big.example. with 60 addresses (over UDP: cut
+    to the header with TC, as a real server does past 512 bytes), every other name
+    NXDOMAIN; over UDP and TCP on one port. `silent` answers nothing. Records the names
+    asked, and over which protocol."""
 
     def __init__(self, silent: bool = False) -> None:
         self.silent = silent
         self.asked: list[str] = []
+        self.asked_tcp: list[str] = []
         self.transport: asyncio.DatagramTransport | None = None
+        self.tcp: asyncio.AbstractServer | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -143,20 +147,43 @@ class FakeUpstream(asyncio.DatagramProtocol):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+        if self.tcp is not None:
+            self.tcp.close()
+
+    def answer(self, q: DNSRecord) -> DNSRecord:
+        reply = q.reply()
+        reply.header.aa = 0  # a recursive resolver's answer
+        name = str(q.q.qname)
+        if name == "foo.example." and q.q.qtype == QTYPE.A:
+            reply.add_answer(RR(name, QTYPE.A, rdata=A("10.9.9.9"), ttl=60))
+        elif name == "big.example." and q.q.qtype == QTYPE.A:
+            for i in range(60):
+                reply.add_answer(RR(name, QTYPE.A, rdata=A(f"10.9.8.{i + 1}"), ttl=60))
+        else:
+            reply.header.rcode = RCODE.NXDOMAIN
+        return reply
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         q = DNSRecord.parse(data)
         self.asked.append(str(q.q.qname))
         if self.silent:
             return
-        reply = q.reply()
-        reply.header.aa = 0  # a recursive resolver's answer
-        if str(q.q.qname) == "foo.example." and q.q.qtype == QTYPE.A:
-            reply.add_answer(RR("foo.example.", QTYPE.A, rdata=A("10.9.9.9"), ttl=60))
-        else:
-            reply.header.rcode = RCODE.NXDOMAIN
+        out = bytes(self.answer(q).pack())
+        if len(out) > 512:
+            out = bytes(self.answer(q).truncate().pack())
         assert self.transport is not None
-        self.transport.sendto(reply.pack(), addr)
+        self.transport.sendto(out, addr)
+
+    async def serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            size = int.from_bytes(await reader.readexactly(2), "big")
+            q = DNSRecord.parse(await reader.readexactly(size))
+            self.asked_tcp.append(str(q.q.qname))
+            out = bytes(self.answer(q).pack())
+            writer.write(len(out).to_bytes(2, "big") + out)
+            await writer.drain()
+        finally:
+            writer.close()
 
 
 async def fake_upstream(silent: bool = False) -> tuple[FakeUpstream, int]:
@@ -164,7 +191,9 @@ async def fake_upstream(silent: bool = False) -> tuple[FakeUpstream, int]:
     transport, proto = await loop.create_datagram_endpoint(
         lambda: FakeUpstream(silent), local_addr=("127.0.0.1", 0)
     )
-    return proto, transport.get_extra_info("sockname")[1]
+    port = transport.get_extra_info("sockname")[1]
+    proto.tcp = await asyncio.start_server(proto.serve_tcp, "127.0.0.1", port)
+    return proto, port
 
 
 def closed_udp_port() -> int:
@@ -309,12 +338,17 @@ def test_other_names_are_forwarded_upstream(namespaces: Namespaces) -> None:
             assert not forwarded["aa"]  # the upstream's answer, relayed
             assert (await ask(ns, "nothere.example"))["rcode"] == "NXDOMAIN"
             assert upstream.asked == ["foo.example.", "nothere.example."]
+            # Too big for UDP upstream: truncated; the client's TCP retry goes over TCP.
+            assert (await ask(ns, "big.example"))["tc"]
+            big = await ask(ns, "big.example", tcp=True)
+            assert len(big["answers"]) == 60 and big["id_matches"] and not big["tc"]
+            assert upstream.asked_tcp == ["big.example."]
             # The swarm's own answers: authoritative; AAAA of a known name is NODATA.
             local = await ask(ns, "WEB.")
             assert local["aa"] and not local["ad"] and local["answers"] == [VIP]
             v6 = await ask(ns, "web", "AAAA")
             assert v6["rcode"] == "NOERROR" and v6["answers"] == [] and v6["aa"]
-            assert resolver.statistics()["upstream_answered"] == 2
+            assert resolver.statistics()["upstream_answered"] == 4
         finally:
             await resolver.close()
             upstream.close()

@@ -199,7 +199,7 @@ class Resolver:
     async def close(self) -> None:
         for task_id in list(self._served):
             await self.task_detached(task_id)
-        self.upstream.close()
+        await self.upstream.close()
 
     @staticmethod
     async def _close(served: _Served) -> None:
@@ -256,7 +256,7 @@ class Resolver:
         found = self.names.lookup(name, network_ids)
         if found is None:
             self._stats["forwarded"] += 1
-            self.upstream.forward(data, record, send)
+            self.upstream.forward(data, record, send, tcp=tcp)
             return
         self._stats["local"] += 1
         out, shuffled = self._answer(record, found, TCP_MAX if tcp else _udp_limit(record))

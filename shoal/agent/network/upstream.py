@@ -6,7 +6,8 @@ tasks' own resolver address, is skipped). The forwarding sockets live in the nod
 namespace (the daemon's): one connected UDP socket per upstream, so only that server's
 answers are read and an ICMP error from it is seen at once.
 
-Each query gets a fresh random ID on the way out (the asker's is put back on the way
+A query that came over TCP (after a truncated UDP answer) goes over TCP, one connection
+per query. Each UDP query gets a fresh random ID on the way out (the asker's is put back on the way
 in); it waits at most UPSTREAM_TIMEOUT_S for each upstream in turn, and when none
 answers, or one cannot be reached (no route, refused), the asker gets SERVFAIL. At most
 MAX_OUTSTANDING queries wait at once (Docker's bound); beyond that the asker gets
@@ -108,25 +109,66 @@ class Upstream:
         self._timeout_s = timeout_s
         self._max = max_outstanding
         self._pending: dict[tuple[int, int], _Pending] = {}
-        self._stats = {"forwarded": 0, "answered": 0, "timeouts": 0, "unreachable": 0}
-        self._stats |= {"overflow": 0, "servfail": 0}
+        self._stats = dict.fromkeys(
+            ("forwarded", "answered", "timeouts", "unreachable", "overflow", "servfail"), 0
+        ) | {"tcp_failed": 0}
+        self._tcp: set[asyncio.Task[None]] = set()  # queries forwarded over TCP
 
     @property
     def servers(self) -> list[str]:
         return [s.addr for s in self._servers]
 
     def statistics(self) -> dict[str, int]:
-        return {**self._stats, "outstanding": len(self._pending)}
+        return {**self._stats, "outstanding": len(self._pending) + len(self._tcp)}
 
-    def forward(self, query: bytes, record: DNSRecord, reply: Reply) -> None:
-        if len(self._pending) >= self._max:
+    def forward(self, query: bytes, record: DNSRecord, reply: Reply, *, tcp: bool = False) -> None:
+        """Over UDP; or, for a query that came over TCP (a client whose UDP answer was
+        truncated), over TCP, one connection per query, as Docker does."""
+        if len(self._pending) + len(self._tcp) >= self._max:
             self._stats["overflow"] += 1
             self._fail(record, reply)
             return
         self._stats["forwarded"] += 1
-        self._send(_Pending(query, record, reply, server=0))
+        if tcp:
+            task = self._loop.create_task(self._forward_tcp(query, record, reply))
+            self._tcp.add(task)
+            task.add_done_callback(self._tcp.discard)
+        else:
+            self._send(_Pending(query, record, reply, server=0))
 
-    def close(self) -> None:
+    async def _forward_tcp(self, query: bytes, record: DNSRecord, reply: Reply) -> None:
+        for server in self._servers:
+            if self._clock.monotonic() < server.down_until:
+                continue
+            try:
+                answer = await self._clock.wait_for(
+                    self._exchange_tcp(server, query), self._timeout_s
+                )
+            except (OSError, TimeoutError, asyncio.IncompleteReadError) as e:
+                self._stats["tcp_failed"] += 1
+                log.debug("upstream TCP query failed", upstream=server.addr, error=repr(e))
+                continue
+            self._stats["answered"] += 1
+            reply(answer)
+            return
+        self._fail(record, reply)
+
+    @staticmethod
+    async def _exchange_tcp(server: _Server, query: bytes) -> bytes:
+        reader, writer = await asyncio.open_connection(server.addr, server.port)
+        try:
+            writer.write(len(query).to_bytes(2, "big") + query)
+            await writer.drain()
+            size = int.from_bytes(await reader.readexactly(2), "big")
+            return await reader.readexactly(size)
+        finally:
+            writer.close()
+
+    async def close(self) -> None:
+        tasks = list(self._tcp)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         for p in self._pending.values():
             if p.timer is not None:
                 p.timer.cancel()

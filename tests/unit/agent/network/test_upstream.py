@@ -65,7 +65,7 @@ def test_no_answer_fails_over_then_servfail_on_the_clock() -> None:
             assert answers.got[0].header.id == q.header.id
             assert up.statistics()["timeouts"] == 2 and up.statistics()["outstanding"] == 0
         finally:
-            up.close()
+            await up.close()
             a.close()
             b.close()
 
@@ -97,7 +97,7 @@ def test_answer_gets_the_askers_id_back() -> None:
             assert answers.got[0].header.rcode == RCODE.NXDOMAIN
             assert clock.pending_timers() == 0  # the timeout was cancelled
         finally:
-            up.close()
+            await up.close()
             server.close()
 
     run(test)
@@ -118,7 +118,7 @@ def test_outstanding_queries_are_bounded() -> None:
             assert answers.got[0].header.rcode == RCODE.SERVFAIL
             assert up.statistics()["outstanding"] == 2 and up.statistics()["overflow"] == 1
         finally:
-            up.close()
+            await up.close()
             server.close()
 
     run(test)
@@ -131,7 +131,7 @@ def test_no_upstream_answers_servfail_at_once() -> None:
         q = DNSRecord.question("foo.example")
         up.forward(bytes(q.pack()), q, answers)
         assert answers.got[0].header.rcode == RCODE.SERVFAIL
-        up.close()
+        await up.close()
 
     run(test)
 
@@ -144,3 +144,67 @@ def test_read_nameservers(tmp_path: Path) -> None:
     )
     assert read_nameservers(str(conf)) == ["10.0.0.53", "fe80::1", "10.0.0.54"]
     assert read_nameservers(str(tmp_path / "missing")) == []
+
+
+def test_tcp_queries_go_over_tcp_and_fail_over() -> None:
+    async def test() -> None:
+        clock = FakeClock()
+        asked: list[str] = []
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            size = int.from_bytes(await reader.readexactly(2), "big")
+            q = DNSRecord.parse(await reader.readexactly(size))
+            asked.append(str(q.q.qname))
+            out = bytes(q.reply().pack())
+            writer.write(len(out).to_bytes(2, "big") + out)
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(serve, "127.0.0.2", 0)
+        port = server.sockets[0].getsockname()[1]
+        # The first upstream refuses TCP (nothing listens there): the second answers.
+        up = Upstream(["127.0.0.1", "127.0.0.2"], port=port, clock=clock)
+        try:
+            answers = Answers()
+            q = DNSRecord.question("big.example")
+            up.forward(bytes(q.pack()), q, answers, tcp=True)
+            await asyncio.wait_for(answers.event.wait(), 10)
+            assert answers.got[0].header.id == q.header.id
+            assert answers.got[0].header.rcode == RCODE.NOERROR
+            assert asked == ["big.example."]
+            assert up.statistics()["tcp_failed"] == 1
+        finally:
+            await up.close()
+            server.close()
+            await server.wait_closed()
+
+    run(test)
+
+
+def test_tcp_query_to_a_silent_upstream_times_out_on_the_clock() -> None:
+    async def test() -> None:
+        clock = FakeClock()
+        accepted = asyncio.Event()
+
+        async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            accepted.set()
+            await reader.read()  # never answers; ends when the client closes
+            writer.close()
+
+        server = await asyncio.start_server(hold, "127.0.0.1", 0)
+        up = Upstream(["127.0.0.1"], port=server.sockets[0].getsockname()[1], clock=clock)
+        try:
+            answers = Answers()
+            q = DNSRecord.question("big.example")
+            up.forward(bytes(q.pack()), q, answers, tcp=True)
+            await asyncio.wait_for(accepted.wait(), 10)
+            assert answers.got == []
+            await clock.advance(2.1)
+            await asyncio.wait_for(answers.event.wait(), 10)
+            assert answers.got[0].header.rcode == RCODE.SERVFAIL
+        finally:
+            await up.close()
+            server.close()
+            await server.wait_closed()
+
+    run(test)
