@@ -1,6 +1,6 @@
 """Convergence benchmark: the time from `service create` to N/N tasks running.
 
-    .venv/bin/python bench/converge.py [--replicas N] [--timeout SECONDS]
+    .venv/bin/python bench/converge.py [--replicas N] [--timeout SECONDS] [--network]
 
 Starts its own `shoal daemon --runtime process` in a temporary directory, initialises a
 single-node swarm, creates a replicated service of N `sleep 1000` tasks through the
@@ -9,6 +9,11 @@ of them are running. Prints on stdout the tasks per second and the ratio to the 
 Swarm mode reached on the same machine with real containers (issue 2: 50 busybox
 containers in 16 s, 200 in 66 s; the anchor is 200 / 66 = 3.03 tasks/s). Progress goes
 to stderr.
+
+With `--network` the tasks attach to an overlay network (created through the API):
+run as root, each task then gets its own network, UTS and mount namespaces and a veth
+into the network's bridge (docs/networking.md), and the line printed is prefixed "with a
+network attachment". The VXLAN device goes in the host's namespace on 127.0.0.1:4789.
 
 Afterwards it removes what it created, by its own handles only: the service (then waits
 for its task processes to exit), the daemon (SIGTERM, SIGKILL after a grace period),
@@ -86,6 +91,8 @@ SERVICE_IMAGE = "busybox"
 SERVICE_ARGS = ["sleep", "1000"]
 # an ephemeral loopback cluster port: never collides with another daemon on 2377
 SWARM_INIT = {"ListenAddr": "127.0.0.1:0", "AdvertiseAddr": "127.0.0.1"}
+# --network: an overlay network the tasks attach to.
+NETWORK_SPEC = {"Name": "bench-converge-net", "Driver": "overlay", "CheckDuplicate": True}
 
 
 class BenchError(Exception):
@@ -311,16 +318,24 @@ class ConvergeBench:
         self.processes = TaskProcesses(self.data_dir / AGENT_DIR / TASKS_DIR)
         self.daemon: subprocess.Popen[bytes] | None = None
         self.service_id: str | None = None
+        self.network_id: str | None = None
         self._log_file: IO[bytes] | None = None
 
     # --- measuring
 
-    def run(self, replicas: int, timeout_s: float) -> Result:
+    def run(self, replicas: int, timeout_s: float, network: bool = False) -> Result:
         self.start_daemon()
         self.api.call("POST", "/swarm/init", SWARM_INIT)
+        template: dict[str, Any] = {"ContainerSpec": {"Image": SERVICE_IMAGE, "Args": SERVICE_ARGS}}
+        if network:
+            # Each task then gets its own network namespace and an interface on it
+            # (as root; docs/networking.md).
+            net = self.api.call("POST", "/networks/create", NETWORK_SPEC)
+            self.network_id = str(net["Id"])
+            template["Networks"] = [{"Target": self.network_id}]
         spec = {
             "Name": SERVICE_NAME,
-            "TaskTemplate": {"ContainerSpec": {"Image": SERVICE_IMAGE, "Args": SERVICE_ARGS}},
+            "TaskTemplate": template,
             "Mode": {"Replicated": {"Replicas": replicas}},
         }
         t0 = time.perf_counter()
@@ -431,6 +446,7 @@ class ConvergeBench:
             if self.service_id is not None and self.daemon is not None:
                 if self.daemon.poll() is None:
                     self.remove_service()
+                    self.remove_network()
                 else:
                     self.warn("the daemon is gone: the service's processes are killed instead")
             self.stop_daemon()
@@ -446,6 +462,20 @@ class ConvergeBench:
             if self._log_file is not None:
                 self._log_file.close()
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def remove_network(self) -> None:
+        if self.network_id is None:
+            return
+        deadline = time.monotonic() + SERVICE_REMOVE_TIMEOUT_S
+        while True:  # refused while the removed service's tasks still hold it
+            try:
+                self.api.call("DELETE", f"/networks/{self.network_id}", ok=(200, 204, 404))
+                return
+            except BenchError as e:
+                if time.monotonic() > deadline:
+                    self.warn(f"cannot remove the network: {e}")
+                    return
+            time.sleep(PROCESS_POLL_S)
 
     def remove_service(self) -> None:
         assert self.service_id is not None
@@ -529,6 +559,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="SECONDS",
         help=f"give up when not converged after this long (default {DEFAULT_TIMEOUT_S:g})",
     )
+    parser.add_argument(
+        "--network",
+        action="store_true",
+        help="attach the tasks to an overlay network: each gets its own network "
+        "namespace (the daemon must run as root)",
+    )
     args = parser.parse_args(argv)
     if args.replicas < 1:
         parser.error("--replicas must be at least 1")
@@ -550,8 +586,8 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="shoal-bench-", dir="/tmp"))
     bench = ConvergeBench(workdir, console)
     try:
-        result = bench.run(args.replicas, args.timeout)
-        print(result.line(), flush=True)
+        result = bench.run(args.replicas, args.timeout, network=args.network)
+        print(("with a network attachment: " if args.network else "") + result.line(), flush=True)
         return 0
     except BenchError as e:
         console.print(f"[red]converge: {e}[/red]", highlight=False)

@@ -337,7 +337,8 @@ class Daemon:
         self.data_dir.chmod(DATA_DIR_MODE)
         if self.plumbing is not None:  # before any task: what an earlier run left
             self.resolver = start_resolver(self.network, self.plumbing)
-            await self.plumbing.start(set(self.executor.known_task_ids()))
+            known = self.executor.known_task_ids()
+            await self.plumbing.start(set(known), getattr(self.executor, "holder_pids", list)())
         state = self._load_state()
         if state is not None:
             self._state = state

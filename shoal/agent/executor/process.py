@@ -155,6 +155,18 @@ class ProcessExecutor:
         except FileNotFoundError:
             return []
 
+    def holder_pids(self) -> list[int]:
+        """The shims and task processes of the tasks in the tasks directory: what holds
+        their network namespaces (network/plumbing.py `adopt`)."""
+        pids = []
+        for task_id in self.known_task_ids():
+            for name in (shim.SHIM_PID_FILE, shim.PID_FILE):
+                try:
+                    pids.append(int((self.tasks_dir / task_id / name).read_text().split()[0]))
+                except (OSError, ValueError, IndexError):
+                    pass
+        return pids
+
     async def close(self) -> None:
         """Reap the shims that have exited; running ones are left to run (adoption)."""
         self.reap()
@@ -352,6 +364,7 @@ class ProcessController:
             raise ExecutorError(f"cannot attach the task to its networks: {e}") from e
         binds = await asyncio.to_thread(taskfiles.write, self._dir, hostname, attachments)
         launch["netns"] = path
+        launch["hold"] = plumbing.sandboxes_of(self.task_id)
         launch["hostname"] = hostname
         launch["mounts"] = [*launch["mounts"], {"detach": str(plumbing.netns_dir)}, *binds]
 

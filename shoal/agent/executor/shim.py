@@ -398,6 +398,7 @@ def run(task_dir: str) -> None:
     cgroups = _load_sibling("cgroups") if cgroup_record else None
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     netns_fd = None
+    held: list[int] = []
     try:
         if cgroups is not None:
             try:
@@ -407,6 +408,9 @@ def run(task_dir: str) -> None:
         # Opened before the mounts: the task's mount namespace drops the namespace files.
         if spec.get("netns"):
             netns_fd = os.open(spec["netns"], os.O_RDONLY | os.O_CLOEXEC)
+        # The sandboxes of its networks, held open for as long as the task runs: they
+        # outlive the daemon even if its mount namespace (and their files) goes.
+        held = [os.open(p, os.O_RDONLY | os.O_CLOEXEC) for p in spec.get("hold") or ()]
         if spec.get("mounts"):
             enter_mounts(spec["mounts"])
         proc = subprocess.Popen(
@@ -510,6 +514,8 @@ def run(task_dir: str) -> None:
     sink.write(records)
     sink.close()
     os.close(log_fd)
+    for fd in held:
+        os.close(fd)
     proc.stdout.close()
     proc.stderr.close()
     record = _exit_record(returncode)

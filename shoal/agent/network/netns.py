@@ -139,3 +139,46 @@ class Entered:
             _setns(self._own)
         finally:
             os.close(self._own)
+
+
+def inode(path: Path | str) -> int:
+    return os.stat(path).st_ino
+
+
+def bind(src: str, path: Path) -> None:
+    """Name the namespace `src` refers to (/proc/<pid>/ns/net, /proc/<pid>/fd/<n>) by
+    `path` again: what a restarted daemon does when its namespace files are not mounted
+    in its mount namespace (a previous one's, gone with it)."""
+    if not path.exists():
+        os.close(os.open(path, os.O_RDONLY | os.O_CREAT, 0o400))
+    _mount(src, str(path), None, MS_BIND)
+
+
+def find_holder(ino: int, pids: list[int]) -> str | None:
+    """A path to the network namespace whose inode is `ino`, found among the namespaces
+    and open files of processes `pids` (a task's process is in its namespace; its shim
+    holds its networks' sandboxes open); None when none of them holds it. Compared by
+    stat (device of nsfs and inode), not by the link's text: a file opened through a
+    bind mount reads as the mount's path."""
+    nsfs = os.stat("/proc/self/ns/net").st_dev
+
+    def holds(path: str) -> bool:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return False
+        return st.st_ino == ino and st.st_dev == nsfs
+
+    for pid in pids:
+        if holds(f"/proc/{pid}/ns/net"):
+            return f"/proc/{pid}/ns/net"
+    for pid in pids:
+        fd_dir = f"/proc/{pid}/fd"
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue
+        for fd in fds:
+            if holds(f"{fd_dir}/{fd}"):
+                return f"{fd_dir}/{fd}"
+    return None

@@ -153,10 +153,12 @@ class Plumbing:
             except Exception:
                 log.exception("network plumbing sync failed")
 
-    async def start(self, known_tasks: set[str] | None = None) -> None:
+    async def start(
+        self, known_tasks: set[str] | None = None, holder_pids: list[int] | None = None
+    ) -> None:
         """Adopt what an earlier daemon left (see `adopt`) and tell the listeners about
         the task namespaces kept."""
-        kept = await asyncio.to_thread(self.adopt, known_tasks)
+        kept = await asyncio.to_thread(self.adopt, known_tasks, holder_pids)
         for task_id, (path, networks) in kept.items():
             await self._notify_attached(task_id, path, networks)
 
@@ -234,6 +236,8 @@ class Plumbing:
             self.record.networks[network.id] = {"netns": str(path), "vni": vni}
             self._save()
             netns.create(path)
+            self.record.networks[network.id]["ino"] = netns.inode(path)
+            self._save()
             with _ipr(str(path)) as sb:
                 sb.link("set", index=_index(sb, "lo"), state="up")
                 sb.link("add", ifname=BRIDGE, kind="bridge", br_stp_state=0)
@@ -280,6 +284,8 @@ class Plumbing:
             self._save()
             if own:
                 netns.create(Path(path))
+            self.record.tasks[task_id]["ino"] = netns.inode(path)
+            self._save()
             task_fd = os.open(path, os.O_RDONLY)
             try:
                 with _ipr(path) as t:
@@ -430,12 +436,22 @@ class Plumbing:
 
     # --- adoption and removal -------------------------------------------------------------
 
-    def adopt(self, known_tasks: set[str] | None) -> dict[str, tuple[str, list[str]]]:
+    def adopt(
+        self, known_tasks: set[str] | None, holder_pids: list[int] | None = None
+    ) -> dict[str, tuple[str, list[str]]]:
         """After a restart: keep the task namespaces of tasks still known (`known_tasks`,
         the executor's; None keeps every one still alive) and remove the rest, then the
-        sandboxes no kept task uses. Returns the kept tasks (namespace, networks)."""
+        sandboxes no kept task uses. Returns the kept tasks (namespace, networks).
+
+        A namespace file not mounted here (the previous daemon ran in a mount namespace
+        of its own, gone with it) is mounted again from a process that still holds that
+        namespace, found by the inode recorded (`holder_pids`: the tasks' processes and
+        their shims)."""
         kept: dict[str, tuple[str, list[str]]] = {}
         with self._lock:
+            entries = [*self.record.networks.values(), *self.record.tasks.values()]
+            for entry in entries:
+                self._recover_locked(entry, holder_pids or [])
             for task_id, entry in list(self.record.tasks.items()):
                 alive = netns.exists(Path(entry["netns"]))
                 wanted = known_tasks is None or task_id in known_tasks
@@ -452,6 +468,32 @@ class Plumbing:
         if kept:
             log.info("network namespaces adopted", tasks=sorted(kept))
         return kept
+
+    def _recover_locked(self, entry: dict[str, Any], pids: list[int]) -> None:
+        path = Path(entry["netns"])
+        if (
+            netns.exists(path)
+            or "ino" not in entry
+            or not str(path).startswith(str(self.netns_dir))
+        ):
+            return
+        holder = netns.find_holder(int(entry["ino"]), pids)
+        if holder is None:
+            return
+        self._ensure_netns_dir()
+        try:
+            netns.bind(holder, path)
+        except OSError as e:
+            log.warning("namespace not recovered", netns=str(path), error=str(e))
+            return
+        log.info("namespace file mounted again", netns=str(path), holder=holder)
+
+    def sandboxes_of(self, task_id: str) -> list[str]:
+        """The sandbox namespace files of the networks the task is attached to (its shim
+        holds them open, so they outlive a daemon whose mount namespace goes)."""
+        entry = self.record.tasks.get(task_id) or {}
+        nets = [self.record.networks.get(n) for n in entry.get("links") or {}]
+        return [str(n["netns"]) for n in nets if n is not None]
 
     def remove_all(self) -> None:
         with self._lock:

@@ -8,6 +8,7 @@ those names at the end, even after a failure."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 
 from ..cluster_harness import Cluster, NetnsLab, NodeFactory, make_netns_trio
-from ..harness import wait_until
+from ..harness import pid_alive, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -92,6 +93,55 @@ def task_addrs(trio: Cluster, service: str, network: str) -> dict[str, str]:
 
 def pid_of(placement: dict[str, dict[str, int]]) -> int:
     return next(pid for tasks in placement.values() for pid in tasks.values())
+
+
+def recorded_tasks(node: Any) -> set[str]:
+    """The task namespaces the node's plumbing record lists."""
+    path = node.data_dir / "agent" / "network-record.json"
+    try:
+        return set(json.loads(path.read_text())["tasks"])
+    except FileNotFoundError:
+        return set()
+
+
+def test_a_node_killed_and_restarted_adopts_its_tasks_namespaces(trio: Cluster) -> None:
+    manager = trio.manager
+    manager.docker("network", "create", "-d", "overlay", "--subnet", "10.202.0.0/24", "adoptnet")
+    manager.docker(
+        "service", "create", "--detach", "--name", "pinned", "--network", "adoptnet",
+        "--replicas", "2", "--constraint", "node.hostname==node-3",
+        "busybox", sys.executable, "-c", SERVER,
+    )  # fmt: skip
+    pids = trio.wait_converged("pinned", 2, per_node={"node-3": 2})["node-3"]
+    node3 = trio.nodes["node-3"]
+    assert recorded_tasks(node3) == set(pids)
+
+    node3.kill9()
+    assert all(pid_alive(p) for p in pids.values()), pids
+    manager.docker("service", "scale", "--detach", "pinned=1")
+    node3.start()
+    after = trio.wait_converged("pinned", 1, per_node={"node-3": 1})["node-3"]
+    ((kept, pid),) = after.items()
+    assert pids.get(kept) == pid, (pids, after)  # the same process: adopted, not restarted
+    # The task removed while the node was down lost its namespace; the kept one has its
+    # interface and address still.
+    wait_until(lambda: recorded_tasks(node3) == {kept}, what="the record to list the kept task")
+    addr = task_addrs(trio, "pinned", "adoptnet")[kept]
+    shown = run("nsenter", "-t", str(pid), "-n", "ip", "-o", "addr", "show", "eth0").stdout
+    assert f"{addr}/24" in shown, shown
+    # Its network's sandbox was taken over too: a task started since on another node
+    # reaches it over VXLAN (node-3 programs the newcomer's entries there).
+    manager.docker("service", "create", "--detach", "--name", "probe", "--network", "adoptnet",
+                   "--constraint", "node.hostname==node-1", "busybox", *SLEEP)  # fmt: skip
+    probe_pid = pid_of(trio.wait_converged("probe", 1, per_node={"node-1": 1}))
+    assert wait_until(lambda: http_get(probe_pid, addr), what="the kept task") == kept[:12]
+
+    manager.docker("service", "rm", "pinned", "probe")
+    wait_until(lambda: recorded_tasks(node3) == set(), what="the record to be empty")
+    wait_until(
+        lambda: manager.docker("network", "rm", "adoptnet", check=False).returncode == 0,
+        what="adoptnet removed after its service",
+    )
 
 
 def test_overlay_networks_across_three_nodes(trio: Cluster) -> None:
