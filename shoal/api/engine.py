@@ -154,6 +154,18 @@ class EngineProxy:
             await resp.write_eof()
         return resp
 
+    async def send(self, method: str, raw_path: str, body: bytes) -> tuple[int, str, bytes]:
+        """A request with a JSON body read beforehand; the engine's status, content type
+        and body."""
+        self.requests += 1
+        url = URL(self._base + raw_path, encoded=True)
+        headers = {"Content-Type": "application/json"}
+        try:
+            async with self.session.request(method, url, data=body, headers=headers) as r:
+                return r.status, r.headers.get("Content-Type", ""), await r.read()
+        except (aiohttp.ClientConnectionError, OSError) as e:
+            raise Internal(ENGINE_UNREACHABLE.format(host=self.host)) from e
+
     async def get(self, raw_path: str) -> aiohttp.ClientResponse:
         """GET `raw_path` (path and query) from the engine, for a caller that reads the
         answer itself (and closes it)."""

@@ -78,7 +78,8 @@ def test_create_ls_inspect_rm(net_cluster: Daemon) -> None:
     id1 = d.docker("network", "create", "-d", "overlay", "ref-net").stdout.strip()
     id2 = d.docker(
         "network", "create", "-d", "overlay", "--attachable", "--label", "purpose=ref",
-        "--subnet", "10.20.0.0/16", "--gateway", "10.20.0.254", "ref-net-att",
+        "--subnet", "10.20.0.0/16", "--gateway", "10.20.0.254", "--ip-range", "10.20.1.0/24",
+        "ref-net-att",
     ).stdout.strip()  # fmt: skip
     assert len(id1) == 25 and len(id2) == 25
 
@@ -90,7 +91,9 @@ def test_create_ls_inspect_rm(net_cluster: Daemon) -> None:
     assert n1["IPAM"]["Config"][0]["Gateway"] == str(ipaddress.ip_network(subnet1)[1])
     n2 = _inspect(d, id2[:8])  # a prefix
     assert n2["Attachable"] is True and n2["Labels"] == {"purpose": "ref"}
-    assert n2["IPAM"]["Config"] == [{"Subnet": "10.20.0.0/16", "Gateway": "10.20.0.254"}]
+    assert n2["IPAM"]["Config"] == [
+        {"Subnet": "10.20.0.0/16", "IPRange": "10.20.1.0/24", "Gateway": "10.20.0.254"}
+    ]
     vxlans = {n1["Options"][VXLAN], n2["Options"][VXLAN], "4096"}
     assert len(vxlans) == 3
     assert d.http("GET", f"/networks/{id1}?scope=swarm").json()["Id"] == id1
@@ -109,6 +112,7 @@ def test_create_ls_inspect_rm(net_cluster: Daemon) -> None:
     assert _ls(d, "scope=local") == []
     assert _ls(d, "type=custom") == ["ingress", "ref-net", "ref-net-att"]
     assert _ls(d, "type=builtin") == []
+    assert _ls(d, "dangling=true") == ["ref-net", "ref-net-att"]  # no service uses them
 
     # events: a create, then the allocator's update, then a remove
     d.docker("network", "rm", "ref-net", "ref-net-att")
@@ -188,13 +192,16 @@ def test_service_vips_and_task_attachments(net_cluster: Daemon) -> None:
     addrs = set()
     for t in tasks:
         (att,) = t["NetworksAttachments"]
-        assert att["Network"]["ID"] == net_id and att["Aliases"] == ["www"]
+        assert att["Network"]["ID"] == net_id and "Aliases" not in att  # as dockerd
         assert att["Network"]["Spec"]["Name"] == "app-net"
         (addr,) = att["Addresses"]
         assert ipaddress.ip_interface(addr).network == subnet
         addrs.add(addr)
     assert len(addrs) == 3 and vips[0]["Addr"] not in addrs
     assert str(subnet[1]) not in {a.split("/")[0] for a in addrs}  # the gateway
+
+    assert _ls(d, "dangling=true") == []
+    assert _ls(d, "dangling=false") == ["app-net", "ingress"]
 
     # the network is in use: dockerd's refusal; after service rm it goes
     r = d.http("DELETE", "/networks/app-net")
@@ -357,3 +364,28 @@ def test_addresses_kept_across_restart(daemon_factory: Any) -> None:
     addrs = [t["NetworksAttachments"][0]["Addresses"][0] for t in tasks]
     assert len(set(addrs)) == 5 and vip not in addrs
     assert set(before.values()) <= set(addrs)
+
+
+def test_outside_a_swarm_there_are_no_networks(daemon_factory: Any) -> None:
+    d = daemon_factory(node_name="loner")
+    assert _ls(d) == []
+    assert "network nothing not found" in _fails(d, "network", "inspect", "nothing")
+    err = _fails(d, "network", "create", "-d", "overlay", "x")
+    assert "This node is not a swarm manager" in err
+
+
+def test_prune_removes_unused_swarm_networks_only(net_cluster: Daemon) -> None:
+    d = net_cluster
+    for name, labels in (("spare", []), ("kept", ["--label", "keep=1"]), ("busy", [])):
+        d.docker("network", "create", "-d", "overlay", *labels, name)
+    d.docker(
+        "service", "create", "--detach", "--name", "user", "--network", "busy",
+        "busybox", "sleep", "3600",
+    )  # fmt: skip
+    out = d.docker("network", "prune", "-f", "--filter", "label!=keep").stdout
+    assert "spare" in out and "kept" not in out and "busy" not in out
+    assert _ls(d) == ["busy", "ingress", "kept"]
+    out = d.docker("network", "prune", "-f", "--filter", "until=1h").stdout
+    assert "kept" not in out  # made less than an hour ago
+    d.docker("network", "prune", "-f")
+    assert _ls(d) == ["busy", "ingress"]

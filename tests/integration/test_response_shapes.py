@@ -48,6 +48,11 @@ REPLAYED = (
     "018-node-update-availability-pause.json",
     "019-node-update-availability-active.json",
     "020-node-inspect-missing.json",
+    "021-network-create-overlay.json",
+    "022-network-create-overlay-attachable.json",
+    "023-network-ls.json",
+    "024-network-ls-filter-driver.json",
+    "025-network-inspect.json",
     "026-secret-create-stdin.json",
     "027-secret-create-stdin-2.json",
     "028-secret-ls.json",
@@ -71,8 +76,10 @@ REPLAYED = (
     "049-service-ls-filter-mode-replicated.json",
     "050-service-ps.json",
     "051-service-ps-filter-desired-running.json",
+    "052-service-ps-no-trunc.json",
     "053-service-ps-multi.json",
     "054-service-inspect.json",
+    "055-service-inspect-pretty.json",
     "056-service-inspect-missing.json",
     "057-node-ps-self.json",
     "058-node-ps-filter-running.json",
@@ -92,6 +99,7 @@ REPLAYED = (
     "075-service-logs-task-id.json",
     "077-secret-rm-in-use.json",
     "078-config-rm-in-use.json",
+    "079-network-rm-in-use.json",
     "080-service-rm-missing.json",
     "081-secret-inspect-missing.json",
     "082-stack-deploy.json",
@@ -101,13 +109,14 @@ REPLAYED = (
     "090-service-rm.json",
     "091-secret-rm.json",
     "092-config-rm.json",
+    "093-network-rm.json",
     "094-node-update-label-rm-final.json",
 )
 # The events the scenario recorded (`docker events --since ... --until ...`).
 EVENT_FILES = ("033-events-since-until.json", "076-events-since-until-filter-service.json")
 
 # Paths not replayed: what shoal does not serve as a swarm object.
-NOT_REPLAYED = re.compile(r"^/v1\.41/(networks|distribution|events|version)|/logs$")
+NOT_REPLAYED = re.compile(r"^/v1\.41/(distribution|events|version)|/logs$")
 ID_RE = re.compile(r"^[0-9a-z]{25}$")
 TERMINAL = ("complete", "shutdown", "failed", "rejected", "orphaned")
 SECRET_PAYLOAD = base64.b64encode(b"ref-payload\n").decode()
@@ -123,12 +132,30 @@ KNOWN_DIFFERENCES: list[tuple[str, str, str]] = [
     *(
         (
             req,
-            f"only {side}: {path}DefaultAddrPool",
-            "dockerd answers null when `swarm init`"
-            " had no --default-addr-pool; shoal records the pool it uses (10.0.0.0/8 either way)",
+            f"only {side}: {path}",
+            "dockerd answers a network that has containers on its own node from libnetwork's"
+            " local view (its containers by container ID, the node's load-balancer endpoint,"
+            " the peer nodes, Labels {}); shoal answers the swarm view (Containers null), as"
+            " dockerd does for a network without local containers: a process-runtime task has"
+            " no container ID to key it by",
         )
-        for req, path in (("GET /swarm", "."), ("GET /info", ".Swarm.Cluster."))
-        for side in ("dockerd", "shoal")
+        for req in ("GET /networks/{id}", "GET /networks/{id}?scope")
+        for side, path in (
+            ("dockerd", ".Containers"),
+            ("dockerd", ".Peers"),
+            ("dockerd", ".Labels: object"),
+            ("shoal", ".Containers: null"),
+            ("shoal", ".Labels: null"),
+        )
+    ),
+    *(
+        (
+            "GET /networks",
+            f"only dockerd: {path}",
+            "dockerd also lists its engine's local networks (bridge, host, none,"
+            " docker_gwbridge); shoal has swarm networks only",
+        )
+        for path in ("[].Containers: object", "[].Options.com.docker.network.")
     ),
     *(
         (
@@ -145,15 +172,6 @@ KNOWN_DIFFERENCES: list[tuple[str, str, str]] = [
             ("dockerd", ".Plugins.Volume[]"),
             ("shoal", ".Runtimes.process"),
         )
-    ),
-    *(
-        (
-            ANY,
-            f"only dockerd: {path}",
-            "no overlay networks yet (README: networking is coming"
-            " next): no virtual IPs, no network attachments",
-        )
-        for path in (".Endpoint.VirtualIPs", "[].Endpoint.VirtualIPs", "[].NetworksAttachments")
     ),
     *(
         (ANY, f"only dockerd: {path}", "the process runtime runs no container")
@@ -256,8 +274,9 @@ class Replay:
     def learn(self, theirs: Any, ours: Any) -> None:
         """Map the IDs of dockerd's answer onto those of shoal's (same objects)."""
         if isinstance(theirs, dict) and isinstance(ours, dict):
-            if isinstance(theirs.get("ID"), str) and isinstance(ours.get("ID"), str):
-                self.ids.setdefault(theirs["ID"], ours["ID"])
+            for key in ("ID", "Id"):  # networks answer "Id"
+                if isinstance(theirs.get(key), str) and isinstance(ours.get(key), str):
+                    self.ids.setdefault(theirs[key], ours[key])
         if isinstance(theirs, list) and isinstance(ours, list):
             # lists answered for the same filters: match by name where there is one
             def name(o: Any) -> str:
@@ -426,5 +445,4 @@ def test_events_have_dockerds_shape(replayed: tuple[Replay, float]) -> None:
             continue
         found |= {f"{kind}: only dockerd: {p}" for p in paths - ours[kind]}
         found |= {f"{kind}: only shoal: {p}" for p in ours[kind] - paths}
-    # shoal has no networks yet (README: networking is coming next)
-    assert found == {"network create: only dockerd", "network update: only dockerd"}
+    assert found == set()

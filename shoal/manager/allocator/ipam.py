@@ -123,6 +123,8 @@ def host_part(cidr: str) -> str:
 @dataclass(slots=True)
 class _Pool:
     net: Net
+    # the addresses handed out: the subnet's, or its `--ip-range`
+    span: Net
     # address (as int) -> who holds it: a task ID, a service ID, or "" (the gateway)
     held: dict[int, str] = field(default_factory=dict)
     # where the next search starts, so a freed address is not handed out again at once
@@ -130,11 +132,11 @@ class _Pool:
 
     @property
     def first(self) -> int:
-        return int(self.net.network_address) + 1
+        return max(int(self.span.network_address), int(self.net.network_address) + 1)
 
     @property
     def last(self) -> int:
-        return int(self.net.broadcast_address) - 1
+        return min(int(self.span.broadcast_address), int(self.net.broadcast_address) - 1)
 
 
 @dataclass(slots=True)
@@ -173,12 +175,15 @@ class AddressBook:
     def __init__(self) -> None:
         self._pools: dict[str, _Pool] = {}
 
-    def add_network(self, network_id: str, subnet: str, gateway: str | None) -> None:
+    def add_network(
+        self, network_id: str, subnet: str, gateway: str | None, ip_range: str | None = None
+    ) -> None:
         net = ipaddress.ip_network(subnet, strict=False)
-        assert isinstance(net, Net)
+        span = ipaddress.ip_network(ip_range, strict=False) if ip_range else net
+        assert isinstance(net, Net) and isinstance(span, Net)
         pool = self._pools.get(network_id)
-        if pool is None or pool.net != net:
-            pool = self._pools[network_id] = _Pool(net)
+        if pool is None or pool.net != net or pool.span != span:
+            pool = self._pools[network_id] = _Pool(net, span)
         if gateway:
             pool.held[int(ipaddress.IPv4Address(gateway))] = ""
 
@@ -210,7 +215,7 @@ class AddressBook:
     def take(self, draft: Draft, network_id: str, owner: str) -> str:
         """A free address on the network for `owner`, CIDR form; recorded in `draft`."""
         pool = self._pools[network_id]
-        size = pool.last - pool.first + 1
+        size = max(0, pool.last - pool.first + 1)
         start = pool.cursor if pool.first <= pool.cursor <= pool.last else pool.first
         for i in range(size):
             addr = pool.first + (start - pool.first + i) % size

@@ -6,7 +6,7 @@
 - a service: a virtual IP on each network it is attached to (and on `ingress` when it
   publishes ports in ingress mode), unless its endpoint mode is dnsrr;
 - a task: an address on each of those networks, in its NetworksAttachments (with a
-  copy of the network and the service's aliases), before it leaves NEW.
+  copy of the network), before it leaves NEW.
 
 Every address is taken from the `AddressBook` into the transaction's `Draft`, applied
 to the book once the transaction committed (see ipam.py).
@@ -52,8 +52,7 @@ def allocate_network(tx: Tx, book: ipam.AddressBook, network_id: str) -> bool:
         return False
     if is_allocated(n):
         if not book.has(n.id):
-            assert n.subnet is not None
-            book.add_network(n.id, n.subnet, n.gateway)
+            _add(book, n)
         return True
     others = [o for o in tx.networks() if o.id != n.id]
     asked = next(iter((n.spec.ipam_options or IPAMOptions()).configs or ()), None)
@@ -79,12 +78,24 @@ def allocate_network(tx: Tx, book: ipam.AddressBook, network_id: str) -> bool:
         driver_state=Driver(name=OVERLAY, options={VXLAN_ID_OPTION: str(vxlan)}),
         ipam_options=IPAMOptions(
             driver=Driver(name=DEFAULT_IPAM),
-            configs=[IPAMConfig(subnet=str(subnet), gateway=gateway)],
+            configs=[
+                IPAMConfig(
+                    subnet=str(subnet),
+                    range=asked.range if asked is not None else None,
+                    gateway=gateway,
+                )
+            ],
         ),
     )
     tx.update(allocated)
-    book.add_network(n.id, str(subnet), gateway)
+    _add(book, allocated)
     return True
+
+
+def _add(book: ipam.AddressBook, n: Network) -> None:
+    configs = (n.ipam_options or IPAMOptions()).configs or [IPAMConfig()]
+    assert n.subnet is not None
+    book.add_network(n.id, n.subnet, n.gateway, configs[0].range)
 
 
 def _publishes_ingress(spec: ServiceSpec) -> bool:
@@ -147,9 +158,9 @@ def task_attachments(
 ) -> list[NetworkAttachment] | str:
     """A new task's attachments, its addresses taken; or why it must wait (a message)."""
     service = tx.get_service(t.service_id)
-    configs = {c.target: c for c in t.spec.networks or () if c.target}
+    targets = [c.target for c in t.spec.networks or () if c.target]
     spec = service.spec if service is not None else ServiceSpec()
-    nets = wanted_networks(tx, spec, list(configs))
+    nets = wanted_networks(tx, spec, targets)
     out: list[NetworkAttachment] = []
     taken = 0
     for net in nets:
@@ -166,12 +177,9 @@ def task_attachments(
                 "task waits for one to be freed"
             )
         taken += 1
-        c = configs.get(net)
-        out.append(
-            NetworkAttachment(
-                network=n, addresses=[addr], aliases=(c.aliases or None) if c else None
-            )
-        )
+        # no Aliases: dockerd shows none on a task's attachment (the service's aliases
+        # reach the nodes as its ServiceEndpoint's)
+        out.append(NetworkAttachment(network=n, addresses=[addr]))
     return out
 
 
@@ -191,8 +199,7 @@ def rebuild(tx: ReadTx) -> ipam.AddressBook:
     book = ipam.AddressBook()
     for n in tx.networks():
         if is_allocated(n):
-            assert n.subnet is not None
-            book.add_network(n.id, n.subnet, n.gateway)
+            _add(book, n)
     for s in tx.services():
         for v in s.endpoint.virtual_ips or ():
             if v.network_id and v.addr:

@@ -90,7 +90,7 @@ def _spec(req: NetworkCreateRequest) -> NetworkSpec:
             f"label {INTERNAL_LABEL} is for predefined internal networks and cannot be "
             "applied by users"
         )
-    ipam_req = req.ipam or IPAMRequest()
+    ipam_req = req.ipam or IPAMRequest()  # none: the spec has no IPAMOptions (dockerd)
     if ipam_req.driver not in (None, "", DEFAULT_IPAM):
         raise invalid_argument("invalid IPAM specified")
     configs: list[IPAMConfig] = []
@@ -98,15 +98,17 @@ def _spec(req: NetworkCreateRequest) -> NetworkSpec:
         if not c.subnet:
             raise invalid_argument("ipam configuration: a subnet must be given")
         net = ipam.parse_subnet(c.subnet)
-        if c.ip_range:
-            rng = ipam.parse_subnet(c.ip_range)
+        rng = ipam.parse_subnet(c.ip_range) if c.ip_range else None
+        if rng is not None:
             if not rng.subnet_of(net):
                 raise invalid_argument(
                     f"ipam configuration: subnet {c.subnet} does not contain range {c.ip_range}"
                 )
         if c.gateway:
             ipam.check_gateway(net, c.subnet, c.gateway)
-        configs.append(IPAMConfig(subnet=str(net), range=c.ip_range or None, gateway=c.gateway))
+        configs.append(
+            IPAMConfig(subnet=str(net), range=str(rng) if rng else None, gateway=c.gateway)
+        )
     if len(configs) > 1:
         raise invalid_argument("only one subnet per swarm network is supported")
     return NetworkSpec(
@@ -119,7 +121,9 @@ def _spec(req: NetworkCreateRequest) -> NetworkSpec:
         ipam_options=IPAMOptions(
             driver=Driver(name=DEFAULT_IPAM, options=ipam_req.options or None),
             configs=configs or None,
-        ),
+        )
+        if req.ipam is not None
+        else None,
         scope=SCOPE_SWARM,
     )
 

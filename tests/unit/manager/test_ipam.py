@@ -111,3 +111,13 @@ def test_subnet_and_gateway_checks() -> None:
         ipam.check_gateway(n, "10.0.0.0/24", "10.0.1.1")
     with pytest.raises(InvalidArgument, match="invalid gateway x"):
         ipam.check_gateway(n, "10.0.0.0/24", "x")
+
+
+def test_ip_range_bounds_the_addresses() -> None:
+    book = ipam.AddressBook()
+    book.add_network("n", "10.0.1.0/24", "10.0.1.1", "10.0.1.128/30")
+    draft = ipam.Draft()
+    got = [book.take(draft, "n", f"t{i}") for i in range(4)]
+    assert got == [f"10.0.1.{i}/24" for i in range(128, 132)]
+    with pytest.raises(ipam.PoolExhausted):
+        book.take(draft, "n", "t4")

@@ -158,7 +158,7 @@ def test_allocation_and_what_nodes_are_told() -> None:
             )
             for t in running:
                 (att,) = t.networks_attachments or []
-                assert att.aliases == ["web-alias"] and att.network.subnet == "10.0.0.0/24"
+                assert att.aliases is None and att.network.subnet == "10.0.0.0/24"
 
             # every node with a task holds the network, every peer, the endpoint
             on = {t.node_id for t in running}
@@ -321,5 +321,28 @@ def test_book_rebuilt_from_the_store_after_a_restart() -> None:
         assert len(after) == 8 and len(set(after) | set(vips)) == 9
         assert set(before) <= set(after)
         await manager.stop()
+
+    asyncio.run(main())
+
+
+def test_a_node_view_crosses_the_cluster_port_encoding() -> None:
+    """What a remote agent gets: the full view through the session protocol's frames."""
+    from shoal.types import session as msg
+
+    async def main() -> None:
+        async with NetSim(2) as sim:
+            net = await make_network(sim.store, "app")
+            await create_service(sim.store, spec("web", 2, [net]))
+            await sim.advance(SETTLE_S)
+            view = NetworkView.build(sim.store.view())
+            for node_id in sim.node_ids:
+                full = view.full(node_id)
+                frame = msg.encode(
+                    msg.AssignmentMsg(assignment=Assignment(full=True, network=full))
+                )
+                got = msg.decode(frame)
+                assert isinstance(got, msg.AssignmentMsg)
+                assert got.assignment.network == full
+                assert full.networks and full.peers and full.endpoints
 
     asyncio.run(main())
