@@ -3,7 +3,8 @@ node's resolver (127.0.0.11 in the task's namespace, named by the task's resolv.
 answers `tasks.web` with every running task's address across the three nodes, `web`
 with the VIP `docker service inspect` shows, follows a scale up, a failed task and a
 scale down, answers a dnsrr service
-with its tasks' addresses, and answers nothing of web to a task on another network.
+with its tasks' addresses, answers nothing of web to a task on another network, and
+serves the task again after its node's daemon is killed and started.
 
 The lab (namespaces, veths, bridge) is named here with a random suffix and removed by
 those names at the end, even after a failure."""
@@ -81,11 +82,12 @@ def test_service_discovery_by_dns_across_three_nodes(trio: Cluster) -> None:
         "--replicas", "3", "--restart-condition", "none", "busybox", *SLEEP,
     )  # fmt: skip
     manager.docker("service", "create", "--detach", "--name", "client", "--network", "appnet",
-                   "busybox", *SLEEP)  # fmt: skip
+                   "--constraint", "node.role==worker", "busybox", *SLEEP)  # fmt: skip
     manager.docker("service", "create", "--detach", "--name", "outsider", "--network",
                    "othernet", "busybox", *SLEEP)  # fmt: skip
     trio.wait_converged("web", 3, check=lambda c: len(c) == 3)
-    client = pid_of(trio.wait_converged("client", 1))
+    client_placement = trio.wait_converged("client", 1)
+    client = pid_of(client_placement)
     outsider = pid_of(trio.wait_converged("outsider", 1))
 
     # tasks.web: the three tasks' addresses, on three nodes.
@@ -137,6 +139,16 @@ def test_service_discovery_by_dns_across_three_nodes(trio: Cluster) -> None:
     rr = set(task_addrs(trio, "rr", "appnet").values())
     assert len(rr) == 2, rr
     wait_until(lambda: addresses(client, "rr") == rr, what="rr = its 2 tasks")
+
+    # The client's node daemon killed (-9) and started again: it adopts the task's
+    # namespace and its resolver serves there again, from the view the manager resends.
+    (client_node,) = [trio.nodes[h] for h, tasks in client_placement.items() if tasks]
+    expected = addresses(client, "tasks.web")
+    client_node.kill9()
+    client_node.start()
+    assert pid_of(trio.wait_converged("client", 1)) == client  # the same task, adopted
+    wait_until(lambda: addresses(client, "rr") == rr, what="rr after the daemon restarted")
+    assert addresses(client, "tasks.web") == expected
 
     manager.docker("service", "rm", "web", "client", "outsider", "rr")
     for net in ("appnet", "othernet"):
