@@ -6,7 +6,8 @@ On each network the table holds, as Docker's embedded resolver does:
   VIP (`--endpoint-mode dnsrr`), the address of every running task of the service;
 - `tasks.<service>` (and `tasks.<alias>`) → the address of every running task;
 - `<task name>` (`web.1.<task id>`) → that task's address while it runs, and the
-  reverse (PTR) of that address → `<task name>.<network name>`.
+  reverse (PTR) of that address → `<task name>.<network name>`;
+- any of those names followed by `.<network name>` → its answer on that network.
 
 Names are lower case without the trailing dot (`key()` makes one from a query). A lookup
 is a dict hit per network the asker attaches to: the table is kept materialised and
@@ -96,6 +97,21 @@ class NameTable:
                 found = net.names.get(name)
                 if found is not None:
                     return found
+        # `<name>.<network name>` (`web.appnet`, `tasks.web.appnet`): on that network
+        # only, if the asker is on it. Network names may hold dots too: `a.b.c` is tried
+        # as `a.b` on network `c`, then `a` on network `b.c`, as Docker's sandbox does.
+        if "." in name:
+            by_name: dict[str, _Net] = {}
+            for nid in network_ids:
+                net = self._nets.get(nid)
+                if net is not None and net.name:
+                    by_name.setdefault(net.name.lower(), net)
+            dot = name.rfind(".")
+            while dot > 0:
+                net = by_name.get(name[dot + 1 :])
+                if net is not None and name[:dot] in net.names:
+                    return net.names[name[:dot]]
+                dot = name.rfind(".", 0, dot)
         return None
 
     def lookup_ptr(self, name: str, network_ids: Iterable[str]) -> str | None:

@@ -98,6 +98,7 @@ def test_service_discovery_by_dns_across_three_nodes(trio: Cluster) -> None:
     web_vip = vip(trio, "web", "appnet")
     assert addresses(client, "web") == {web_vip}
     assert addresses(client, "WEB.") == {web_vip}
+    assert addresses(client, "web.appnet") == {web_vip}
 
     # Scaled to five: five addresses.
     manager.docker("service", "scale", "--detach", "web=5")

@@ -206,3 +206,24 @@ def test_reverse_names_of_running_tasks() -> None:
     assert table.lookup_ptr("10.1.0.10.in-addr.arpa", (OTHER,)) is None
     state.apply(NetworkUpdate(removed_peers=[f"{APP}/t0"]))
     assert table.lookup_ptr("10.1.0.10.in-addr.arpa", (APP,)) is None
+
+
+def test_names_qualified_by_their_network() -> None:
+    state, table = setup(
+        NetworkUpdate(
+            full=True,
+            networks=[
+                Network(id=APP, spec=NetworkSpec(name="AppNet")),
+                Network(id=OTHER, spec=NetworkSpec(name="other.net")),
+            ],
+            peers=[peer("t0", "10.0.1.10"), peer("o1", "10.0.2.5", net=OTHER)],
+            endpoints=[endpoint(), endpoint(vip="10.0.2.2", net=OTHER)],
+        )
+    )
+    assert addrs(table, "web.appnet", (OTHER, APP)) == {"10.0.1.2"}
+    assert addrs(table, "web.other.net", (OTHER, APP)) == {"10.0.2.2"}
+    assert addrs(table, "tasks.web.appnet", (APP,)) == {"10.0.1.10"}
+    assert addrs(table, "web.0.t0.appnet", (APP,)) == {"10.0.1.10"}
+    # Not on the asker's networks, or not a network: not ours.
+    assert addrs(table, "web.other.net", (APP,)) is None
+    assert addrs(table, "web.example", (APP,)) is None
