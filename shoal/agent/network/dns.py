@@ -9,7 +9,9 @@ only; a name none of them knows is forwarded to the node's upstreams (upstream.p
 Docker does, even when it is a swarm name on some other network.
 
 Answers carry AA, RA (the resolver does recurse, through its upstreams: dig would
-otherwise warn) and never AD (nothing was validated); their TTL is NAME_TTL_S.
+otherwise warn) and never AD (nothing was validated); their TTL is NAME_TTL_S. Local
+answers are kept packed until the table changes (ANSWER_CACHE_MAX), so a repeated query
+is a dict hit; PTR queries for running tasks' addresses answer their names.
 """
 
 from __future__ import annotations

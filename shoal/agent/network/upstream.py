@@ -6,10 +6,10 @@ tasks' own resolver address, is skipped). The forwarding sockets live in the nod
 namespace (the daemon's): one connected UDP socket per upstream, so only that server's
 answers are read and an ICMP error from it is seen at once.
 
-A query that came over TCP (after a truncated UDP answer) goes over TCP, one connection
-per query. Each UDP query gets a fresh random ID on the way out (the asker's is put back on the way
-in); it waits at most UPSTREAM_TIMEOUT_S for each upstream in turn, and when none
-answers, or one cannot be reached (no route, refused), the asker gets SERVFAIL. At most
+Each UDP query gets a fresh random ID on the way out (the asker's is put back on the
+way in); a query that came over TCP (after a truncated UDP answer) goes over TCP, one
+connection per query. Either waits at most UPSTREAM_TIMEOUT_S for each upstream in
+turn, and when none answers, or one cannot be reached (no route, refused), the asker gets SERVFAIL. At most
 MAX_OUTSTANDING queries wait at once (Docker's bound); beyond that the asker gets
 SERVFAIL at once rather than queueing without bound.
 """
