@@ -7,11 +7,13 @@ runs it) in a process of its own, serving 127.0.0.11:53 inside a network namespa
 script creates, with a name table of one service (`web`, a VIP, three tasks). A load
 generator in a third process, run inside that namespace as a task would be, keeps N
 queries outstanding (`web` and `tasks.web` in turn, A) for S seconds, and reports the
-answered queries per second, the latency percentiles and the queries lost. Two runs: the
-resolver with its answer cache off (every answer parsed and built with dnslib: the
-figure comparable with the anchor) and on (as the daemon runs it: a repeated query is a
-dict hit). Printed with the ratio to the anchor: dnslib + asyncio answering locally,
-8,577 q/s under dnsperf with 50 outstanding (deps-evaluation.md §6).
+answered queries per second, the latency percentiles and the queries lost. Three runs:
+the resolver with its answer cache off (every answer parsed and built with dnslib: the
+figure comparable with the anchor), on (as the daemon runs it: a repeated query is a
+dict hit), and names forwarded to a fake dnslib upstream in a fourth process on
+loopback in the node's namespace. Printed with the ratio to the anchors: dnslib +
+asyncio under dnsperf with 50 outstanding, 8,577 q/s answering locally and 12,320 q/s
+forwarding (deps-evaluation.md §6).
 
 Overlay TCP (`overlay_throughput`): two lab nodes (namespaces on one bridge, as the
 cluster tests make them); iperf3 between the two node namespaces directly, then between
@@ -43,6 +45,8 @@ if str(REPO_ROOT) not in sys.path:  # run as a script: the repository's shoal
 
 # deps-evaluation.md §6: dnsperf, 8 s, 50 outstanding, dnslib + asyncio, local answers.
 ANCHOR_DNS_QPS = 8577
+# The same run, names forwarded to a dnslib upstream in another process.
+ANCHOR_FORWARD_QPS = 12320
 DEFAULT_SECONDS = 8.0
 DEFAULT_OUTSTANDING = 50
 # The first part of a run is not counted (caches, the first allocations).
@@ -53,6 +57,13 @@ LOST_AFTER_S = 1.0
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 QUERY_NAMES = ("web", "tasks.web")
+FORWARDED_NAMES = ("foo.example", "bar.example")
+# The three runs: answers built each time, answers cached, names forwarded upstream.
+DNS_MODES = {
+    "built": ("every answer built", QUERY_NAMES, ANCHOR_DNS_QPS),
+    "cached": ("answer cache", QUERY_NAMES, ANCHOR_DNS_QPS),
+    "forwarded": ("forwarded upstream", FORWARDED_NAMES, ANCHOR_FORWARD_QPS),
+}
 OVERLAY_RATIO_AIM = 0.9
 DEFAULT_IPERF_SECONDS = 5.0
 # Direct and overlay measured in turn this many times; the best of each is printed.
@@ -87,9 +98,9 @@ class Netns:
 # --- the resolver's process ------------------------------------------------------------
 
 
-async def serve_dns(netns: str, answer_cache: bool) -> None:
+async def serve_dns(netns: str, mode: str, upstream_port: int) -> None:
     """Run a Resolver serving in `netns` until SIGTERM; print "ready" once it serves."""
-    from shoal.agent.network.dns import start_resolver
+    from shoal.agent.network.dns import ANSWER_CACHE_MAX, start_resolver
     from shoal.agent.network.state import NetworkState
     from shoal.types.network import Network, NetworkPeer, NetworkUpdate, ServiceEndpoint
 
@@ -119,7 +130,12 @@ async def serve_dns(netns: str, answer_cache: bool) -> None:
             ],
         )
     )
-    resolver = start_resolver(state, upstreams=[], **({} if answer_cache else {"answer_cache": 0}))
+    resolver = start_resolver(
+        state,
+        upstreams=["127.0.0.1"] if mode == "forwarded" else [],
+        upstream_port=upstream_port,
+        answer_cache=ANSWER_CACHE_MAX if mode == "cached" else 0,
+    )
     await resolver.task_attached("bench-client", netns, ["bench-net"])
     if resolver.serving() != ["bench-client"]:
         raise BenchError(f"the resolver could not serve in {netns}")
@@ -183,10 +199,34 @@ class _Load(asyncio.DatagramProtocol):
                 self.send()
 
 
-async def load_dns(seconds: float, outstanding: int) -> dict[str, Any]:
+async def serve_upstream() -> None:
+    """A fake upstream resolver on loopback (the node's namespace): every A query gets
+    10.9.9.9. Prints its port, serves until SIGTERM."""
+    from dnslib import QTYPE, RR, A, DNSRecord
+
+    class Upstream(asyncio.DatagramProtocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport: asyncio.DatagramTransport = transport  # type: ignore[assignment]
+
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            q = DNSRecord.parse(data)
+            reply = q.reply()
+            reply.add_answer(RR(q.q.qname, QTYPE.A, rdata=A("10.9.9.9"), ttl=60))
+            self.transport.sendto(reply.pack(), addr)
+
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(Upstream, local_addr=("127.0.0.1", 0))
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    print(transport.get_extra_info("sockname")[1], flush=True)
+    await stop.wait()
+    transport.close()
+
+
+async def load_dns(seconds: float, outstanding: int, names: list[str]) -> dict[str, Any]:
     from dnslib import DNSRecord
 
-    queries = [bytes(DNSRecord.question(n, "A").pack()) for n in QUERY_NAMES]
+    queries = [bytes(DNSRecord.question(n, "A").pack()) for n in names]
     loop = asyncio.get_running_loop()
     transport, load = await loop.create_datagram_endpoint(
         lambda: _Load(queries, outstanding), remote_addr=("127.0.0.11", 53)
@@ -223,12 +263,19 @@ async def load_dns(seconds: float, outstanding: int) -> dict[str, Any]:
 # --- the DNS figure --------------------------------------------------------------------
 
 
-def dns_bench(seconds: float, outstanding: int, answer_cache: bool) -> dict[str, Any]:
+def dns_bench(seconds: float, outstanding: int, mode: str) -> dict[str, Any]:
     ns = Netns()
     server: subprocess.Popen[str] | None = None
+    upstream: subprocess.Popen[str] | None = None
     try:
+        port = "0"
+        if mode == "forwarded":
+            upstream = subprocess.Popen(
+                [sys.executable, __file__, "_fake-upstream"], stdout=subprocess.PIPE, text=True
+            )
+            port = _readline(upstream, READY_TIMEOUT_S).strip()
         server = subprocess.Popen(
-            [sys.executable, __file__, "_serve-dns", ns.path, "cache" if answer_cache else "-"],
+            [sys.executable, __file__, "_serve-dns", ns.path, mode, port],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -239,7 +286,7 @@ def dns_bench(seconds: float, outstanding: int, answer_cache: bool) -> dict[str,
         log(f"dns: resolver pid {server.pid} serving in {ns.name}; load for {seconds:g} s")
         out = subprocess.run(
             ["ip", "netns", "exec", ns.name, sys.executable, __file__, "_load-dns"]
-            + [str(seconds), str(outstanding)],
+            + [str(seconds), str(outstanding), *DNS_MODES[mode][1]],
             capture_output=True,
             text=True,
             timeout=seconds + 60,
@@ -252,9 +299,10 @@ def dns_bench(seconds: float, outstanding: int, answer_cache: bool) -> dict[str,
         result["resolver"] = json.loads(stats.strip().splitlines()[-1]) if stats.strip() else {}
         return result
     finally:
-        if server is not None and server.poll() is None:
-            server.kill()
-            server.wait()
+        for proc in (server, upstream):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
         ns.remove()
 
 
@@ -431,14 +479,14 @@ def main() -> int:
         return 1
     try:
         if not args.skip_dns:
-            for answer_cache, what in ((False, "every answer built"), (True, "answer cache")):
-                r = dns_bench(args.seconds, args.outstanding, answer_cache)
+            for mode, (what, _, anchor) in DNS_MODES.items():
+                r = dns_bench(args.seconds, args.outstanding, mode)
                 print(
-                    f"dns ({what}): {r['qps']:,.0f} q/s answered locally ({r['answered']:,} "
-                    f"in {r['seconds']:.1f} s, {args.outstanding} outstanding), latency p50 "
+                    f"dns ({what}): {r['qps']:,.0f} q/s ({r['answered']:,} in "
+                    f"{r['seconds']:.1f} s, {args.outstanding} outstanding), latency p50 "
                     f"{r['p50_ms']:.2f} ms p99 {r['p99_ms']:.2f} ms max {r['max_ms']:.1f} ms, "
                     f"{r['lost']} lost, {r['errors']} errors; anchor dnslib+asyncio "
-                    f"{ANCHOR_DNS_QPS:,} q/s: ratio {r['qps'] / ANCHOR_DNS_QPS:.2f}",
+                    f"{anchor:,} q/s: ratio {r['qps'] / anchor:.2f}",
                     flush=True,
                 )
         if not args.skip_overlay:
@@ -458,10 +506,15 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_serve-dns":
         import uvloop
 
-        uvloop.run(serve_dns(sys.argv[2], sys.argv[3] == "cache"))
+        uvloop.run(serve_dns(sys.argv[2], sys.argv[3], int(sys.argv[4])))
+    elif len(sys.argv) > 1 and sys.argv[1] == "_fake-upstream":
+        import uvloop
+
+        uvloop.run(serve_upstream())
     elif len(sys.argv) > 1 and sys.argv[1] == "_load-dns":
         import uvloop
 
-        print(json.dumps(uvloop.run(load_dns(float(sys.argv[2]), int(sys.argv[3])))))
+        load = load_dns(float(sys.argv[2]), int(sys.argv[3]), sys.argv[4:])
+        print(json.dumps(uvloop.run(load)))
     else:
         sys.exit(main())
