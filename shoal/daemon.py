@@ -24,6 +24,7 @@ from shoal.agent.agent import Agent, discard_task
 from shoal.agent.executor.base import Executor
 from shoal.agent.executor.docker_engine import DEFAULT_ENGINE_HOST, EngineError, engine_answers
 from shoal.agent.join import join, node_tls_info, renew, renewal_delay
+from shoal.agent.network.dns import Resolver, start_resolver
 from shoal.agent.network.plumbing import plumbing_for
 from shoal.agent.network.state import NetworkState
 from shoal.agent.session import RemoteSession
@@ -175,6 +176,7 @@ class Daemon:
         self.executor = make_executor(config)
         self.network = NetworkState()
         self.plumbing = plumbing_for(self.executor, config.data_dir / "agent", self.network)
+        self.resolver: Resolver | None = None  # the tasks' DNS, beside the plumbing
         self.runtime = self.executor.name
         # The engine the API passes the local engine's endpoints through to.
         self.engine_host: str | None = config.engine_host if self.runtime == "docker" else None
@@ -334,6 +336,7 @@ class Daemon:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir.chmod(DATA_DIR_MODE)
         if self.plumbing is not None:  # before any task: what an earlier run left
+            self.resolver = start_resolver(self.network, self.plumbing)
             known = self.executor.known_task_ids()
             await self.plumbing.start(set(known), getattr(self.executor, "holder_pids", list)())
         state = self._load_state()
@@ -546,6 +549,9 @@ class Daemon:
         if self.plumbing is not None:
             # Without live-restore the tasks are stopped: nothing of theirs is kept.
             await self.plumbing.close(remove_all=stop_tasks)
+        if self.resolver is not None:
+            await self.resolver.close()
+            self.resolver = None
         if self._remote is not None:
             await self._remote.close()
             self._remote = None
