@@ -65,6 +65,7 @@ APPLETS = (
     "grep",
     "head",
     "nslookup",
+    "nc",
     "ip",
 )
 PASSWD = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
