@@ -136,6 +136,9 @@ class NetworkUpdate(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tru
     removed_peers: list[str] = []
     endpoints: list[ServiceEndpoint] = []
     removed_endpoints: list[str] = []
+    # The cluster's VXLAN UDP port (`swarm init --data-path-port`, 4789 by default): set
+    # in full updates, 0 in the others (it cannot change once the swarm exists).
+    data_path_port: int = 0
 
     def empty(self) -> bool:
         return not (

@@ -239,6 +239,13 @@ def test_dnsrr_has_no_vip_and_ingress_ports_get_ingress(net_cluster: Daemon) -> 
     )  # fmt: skip
     vips = d.service("pub")["Endpoint"]["VirtualIPs"]
     assert [v["NetworkID"] for v in vips] == [ingress_id, net_id]
+    # the ingress network cannot go while a service publishes through it (SwarmKit)
+    r = d.http("DELETE", f"/networks/{ingress_id}")
+    assert r.status == 400
+    assert r.json()["message"] == (
+        "rpc error: code = FailedPrecondition desc = ingress network cannot be removed "
+        f"because service {d.service('pub')['ID']} depends on it"
+    )
     (t,) = _tasks_running(d, "pub", 1)
     assert [a["Network"]["ID"] for a in t["NetworksAttachments"]] == [ingress_id, net_id]
     # an unknown network: dockerd's 404

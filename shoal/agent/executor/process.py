@@ -359,14 +359,15 @@ class ProcessController:
         hostname = self._hostname(launch["env"])
         try:
             path = await plumbing.attach(self.task_id, attachments)
-        except (OSError, ValueError) as e:
+        except Exception as e:  # noqa: BLE001 - netlink errors too: the task cannot start
             await plumbing.detach(self.task_id)
             raise ExecutorError(f"cannot attach the task to its networks: {e}") from e
         binds = await asyncio.to_thread(taskfiles.write, self._dir, hostname, attachments)
         launch["netns"] = path
         launch["hold"] = plumbing.sandboxes_of(self.task_id)
         launch["hostname"] = hostname
-        launch["mounts"] = [*launch["mounts"], {"detach": str(plumbing.netns_dir)}, *binds]
+        # First, before any copy of the tree (a root of its own) is made of it.
+        launch["mounts"] = [{"detach": str(plumbing.netns_dir)}, *launch["mounts"], *binds]
 
     async def _release_network(self) -> None:
         plumbing = self._executor.plumbing

@@ -11,8 +11,10 @@ The shim talks to the agent only through files in that directory, never through 
                 starts, and `log`: the log driver ({"driver": "json-file" | "none"},
                 or "gelf" with where and how to send, see gelf.py); for a task on
                 swarm networks, `netns` (the file naming its network namespace, which
-                the task process joins) and `hostname` (set in a UTS namespace of its
-                own), its /etc/hosts and /etc/resolv.conf being `bind` mounts
+                the task process joins), `hold` (its networks' sandbox namespaces, which
+                the shim keeps open while the task runs) and `hostname` (set in a UTS
+                namespace of its own), its /etc/hosts and /etc/resolv.conf being `bind`
+                mounts
     shim.pid    the shim's identity, written first: "<pid> <start time> <boot id>" (the
                 start time in clock ticks, as in /proc/<pid>/stat, so that a pid reused
                 by another process, even after a reboot, is not taken for the shim)

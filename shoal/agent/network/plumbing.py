@@ -7,11 +7,8 @@ request, as Docker's overlay driver does. Per task, a network namespace (or one 
 caller already has, e.g. a container's) with one veth per attached network: `eth<i>`
 inside the task, the other end on the network's bridge.
 
-Remote task addresses are programmed from NetworkState, never learned: for each peer on
-another node, a forwarding entry (its MAC → that node's address) on the VXLAN device and
-a permanent neighbour entry (its address → its MAC) answered by the device's ARP proxy.
-MACs are derived from the addresses (02:42 + the IPv4 bytes), so both ends agree
-without asking. Nothing is multicast, learned or gossiped.
+Remote task addresses are programmed from NetworkState, never learned (devices.py:
+the netlink work). Nothing is multicast, learned or gossiped.
 
 Every object is written in the record (record.py) before it is created and dropped from
 it after it is removed. The kernel work is synchronous (pyroute2) and runs in threads,
@@ -21,32 +18,18 @@ one operation at a time (`_lock`).
 from __future__ import annotations
 
 import asyncio
-import errno
-import ipaddress
 import os
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
-from shoal.agent.network import netns
+from shoal.agent.network import devices, netns
 from shoal.agent.network.record import Record
 from shoal.agent.network.state import NetworkState, TaskNetworkListener
 from shoal.log import get_logger
 from shoal.types.network import Network, NetworkAttachment, NetworkUpdate
 
-VXLAN_PORT = 4789
-BRIDGE = "br0"
-VXLAN = "vxlan0"
 NETNS_DIR = "netns"
-# VXLAN's 50 bytes of headers inside a 1500-byte underlay.
-OVERLAY_MTU = 1450
-NUD_PERMANENT = 0x80
-NTF_SELF = 0x02
 
 log = get_logger("shoal.agent.network")
 
@@ -63,11 +46,6 @@ def plumbing_for(executor: object, run_dir: Path, state: NetworkState) -> Plumbi
     return plumbing
 
 
-def mac_of(addr: str) -> str:
-    """The MAC of the interface holding IPv4 `addr`: 02:42 and the address's bytes."""
-    return "02:42:" + ":".join(f"{b:02x}" for b in ipaddress.IPv4Address(addr).packed)
-
-
 def sandbox_name(network_id: str) -> str:
     return f"net-{network_id[:12]}"
 
@@ -81,29 +59,6 @@ def veth_name(task_id: str) -> str:
     return f"vt{task_id[:12]}"
 
 
-@contextmanager
-def _ipr(ns: str | None) -> Iterator[IPRoute]:
-    if ns:
-        with netns.Entered(ns):
-            ipr = IPRoute()
-    else:
-        ipr = IPRoute()
-    try:
-        yield ipr
-    finally:
-        ipr.close()
-
-
-def _index(ipr: IPRoute, name: str) -> int | None:
-    found = ipr.link_lookup(ifname=name)
-    return found[0] if found else None
-
-
-def _ignore_gone(e: NetlinkError) -> None:
-    if e.code not in (errno.ENODEV, errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL):
-        raise e
-
-
 class Plumbing:
     """`run_dir` holds the namespace files; `node_netns` names the namespace whose
     address is the underlay (None: the daemon's own, as in production; tests drive two
@@ -115,7 +70,7 @@ class Plumbing:
         run_dir: Path,
         underlay_addr: str | None = None,
         node_netns: str | None = None,
-        vxlan_port: int = VXLAN_PORT,
+        vxlan_port: int = devices.VXLAN_PORT,
     ) -> None:
         self.record = Record(Path(data_dir))
         self.netns_dir = Path(run_dir).resolve() / NETNS_DIR
@@ -238,29 +193,7 @@ class Plumbing:
             netns.create(path)
             self.record.networks[network.id]["ino"] = netns.inode(path)
             self._save()
-            with _ipr(str(path)) as sb:
-                sb.link("set", index=_index(sb, "lo"), state="up")
-                sb.link("add", ifname=BRIDGE, kind="bridge", br_stp_state=0)
-                br = _index(sb, BRIDGE)
-                sb.link("set", index=br, mtu=OVERLAY_MTU, state="up")
-                fd = os.open(path, os.O_RDONLY)
-                try:
-                    with _ipr(self.node_netns) as node:
-                        node.link(
-                            "add",
-                            ifname=VXLAN,
-                            kind="vxlan",
-                            vxlan_id=vni,
-                            vxlan_local=self.underlay_addr,
-                            vxlan_port=self.vxlan_port,
-                            vxlan_learning=0,
-                            vxlan_proxy=1,
-                            net_ns_fd=fd,
-                        )
-                finally:
-                    os.close(fd)
-                vx = _index(sb, VXLAN)
-                sb.link("set", index=vx, master=br, mtu=OVERLAY_MTU, state="up")
+            devices.make_sandbox(path, self.node_netns, vni, self.underlay_addr, self.vxlan_port)
             log.info("network sandbox created", network=network.id, vni=vni, netns=str(path))
             self._sync_network_locked(network.id)
             return str(path)
@@ -286,46 +219,10 @@ class Plumbing:
                 netns.create(Path(path))
             self.record.tasks[task_id]["ino"] = netns.inode(path)
             self._save()
-            task_fd = os.open(path, os.O_RDONLY)
-            try:
-                with _ipr(path) as t:
-                    t.link("set", index=_index(t, "lo"), state="up")
-                    for i, (att, sandbox) in enumerate(zip(attachments, sandboxes, strict=True)):
-                        self._add_interface(t, task_fd, f"eth{i}", veth, att, sandbox)
-            finally:
-                os.close(task_fd)
+            addresses = [(a.addresses or [""])[0] for a in attachments]
+            pairs = list(zip(sandboxes, addresses, strict=True))
+            devices.add_interfaces(path, self.node_netns, veth, pairs)
             return path
-
-    def _add_interface(
-        self, t: IPRoute, task_fd: int, ifname: str, veth: str, att: NetworkAttachment,
-        sandbox: str,
-    ) -> None:  # fmt: skip
-        iface = ipaddress.IPv4Interface((att.addresses or [""])[0])
-        sb_fd = os.open(sandbox, os.O_RDONLY)
-        try:
-            with _ipr(self.node_netns) as node:
-                node.link(
-                    "add",
-                    ifname=veth,
-                    kind="veth",
-                    net_ns_fd=sb_fd,
-                    peer={
-                        "ifname": ifname,
-                        "net_ns_fd": task_fd,
-                        "address": mac_of(str(iface.ip)),
-                        "mtu": OVERLAY_MTU,
-                    },
-                )
-        finally:
-            os.close(sb_fd)
-        with _ipr(sandbox) as sb:
-            sb.link(
-                "set", index=_index(sb, veth), master=_index(sb, BRIDGE), mtu=OVERLAY_MTU,
-                state="up",
-            )  # fmt: skip
-        idx = _index(t, ifname)
-        t.addr("add", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
-        t.link("set", index=idx, state="up")
 
     def detach_sync(self, task_id: str) -> None:
         with self._lock:
@@ -340,13 +237,7 @@ class Plumbing:
             net = self.record.networks.get(network_id)
             if net is None or not netns.exists(Path(net["netns"])):
                 continue
-            with _ipr(net["netns"]) as sb:
-                idx = _index(sb, veth)
-                if idx is not None:
-                    try:
-                        sb.link("del", index=idx)  # its peer in the task goes with it
-                    except NetlinkError as e:
-                        _ignore_gone(e)
+            devices.delete_links(net["netns"], [veth])  # its peer in the task goes too
         if entry.get("own_netns"):
             netns.remove(Path(entry["netns"]))
         del self.record.tasks[task_id]
@@ -366,14 +257,7 @@ class Plumbing:
             return
         path = Path(entry["netns"])
         if netns.exists(path):
-            with _ipr(str(path)) as sb:
-                for name in (VXLAN, BRIDGE):
-                    idx = _index(sb, name)
-                    if idx is not None:
-                        try:
-                            sb.link("del", index=idx)
-                        except NetlinkError as e:
-                            _ignore_gone(e)
+            devices.delete_links(str(path), [devices.VXLAN, devices.BRIDGE])
         netns.remove(path)
         del self.record.networks[network_id]
         self._save()
@@ -395,44 +279,7 @@ class Plumbing:
             for p in self.state.peers_of(network_id)
             if p.node_addr and p.node_addr != self.underlay_addr
         }
-        with _ipr(entry["netns"]) as sb:
-            vx = _index(sb, VXLAN)
-            if vx is None:
-                return
-            have_fdb: dict[str, str] = {}
-            for msg in sb.fdb("dump", ifindex=vx):
-                mac, dst = msg.get("NDA_LLADDR"), msg.get("NDA_DST")
-                if mac and dst and msg.get("ifindex") == vx and mac != "00:00:00:00:00:00":
-                    have_fdb[mac] = dst
-            have_neigh: dict[str, str] = {}
-            for msg in sb.neigh("dump", ifindex=vx):
-                if msg.get("ifindex") == vx and msg.get("NDA_DST"):
-                    have_neigh[msg.get("NDA_DST")] = msg.get("NDA_LLADDR") or ""
-            want_fdb = {mac_of(a): n for a, n in want.items()}
-            for mac, dst in have_fdb.items():
-                if want_fdb.get(mac) != dst:
-                    self._quiet(sb.fdb, "del", ifindex=vx, lladdr=mac, dst=dst, flags=NTF_SELF)
-            for mac, dst in want_fdb.items():
-                if have_fdb.get(mac) != dst:
-                    sb.fdb(
-                        "replace", ifindex=vx, lladdr=mac, dst=dst, state=NUD_PERMANENT,
-                        flags=NTF_SELF,
-                    )  # fmt: skip
-            for addr in have_neigh:
-                if addr not in want:
-                    self._quiet(sb.neigh, "del", ifindex=vx, dst=addr)
-            for addr in want:
-                if have_neigh.get(addr) != mac_of(addr):
-                    sb.neigh(
-                        "replace", ifindex=vx, dst=addr, lladdr=mac_of(addr), state=NUD_PERMANENT
-                    )
-
-    @staticmethod
-    def _quiet(fn: Any, *args: Any, **kwargs: Any) -> None:
-        try:
-            fn(*args, **kwargs)
-        except NetlinkError as e:
-            _ignore_gone(e)
+        devices.program_peers(entry["netns"], want)
 
     # --- adoption and removal -------------------------------------------------------------
 

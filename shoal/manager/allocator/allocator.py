@@ -39,8 +39,10 @@ class Allocator:
         self._stopped = asyncio.Event()
         self._book = ipam.AddressBook()
         self._draft = ipam.Draft()
-        # tasks left NEW for want of an address or of an allocated network
+        # tasks left NEW for want of an address or of an allocated network, and
+        # services still without a VIP on some network for want of an address
         self._waiting: set[str] = set()
+        self._waiting_services: set[str] = set()
         self.allocated = 0
         self.released = 0
 
@@ -69,6 +71,7 @@ class Allocator:
         self._book = nets.rebuild(tx)
         self._draft = ipam.Draft()
         self._waiting = set()
+        self._waiting_services = set()
         for n in tx.networks():
             nets.allocate_network(tx, self._book, n.id)
         for s in tx.services():
@@ -91,7 +94,9 @@ class Allocator:
                             self._allocate_service(tx, s)
             elif ev.kind == "service":
                 if ev.action == "remove":
+                    self._waiting_services.discard(ev.obj.id)
                     nets.release_service(self._book, self._draft, ev.obj)
+                    retry = retry or bool(ev.obj.endpoint.virtual_ips)
                 else:
                     self._allocate_service(tx, ev.obj.id)
             elif ev.kind == "task":
@@ -104,7 +109,9 @@ class Allocator:
                         retry = retry or bool(t.networks_attachments)
                 elif t.state == TaskState.NEW:
                     self._allocate_task(tx, t.id)
-        if retry and self._waiting:
+        if retry:  # addresses were freed: services first, as they were first in line
+            for service_id in list(self._waiting_services)[:MAX_RETRIES_PER_ROUND]:
+                self._allocate_service(tx, service_id)
             for task_id in list(self._waiting)[:MAX_RETRIES_PER_ROUND]:
                 self._allocate_task(tx, task_id)
 
@@ -134,6 +141,7 @@ class Allocator:
     def _allocate_service(self, tx: Tx, service: Service | str) -> None:
         s = tx.get_service(service if isinstance(service, str) else service.id)
         if s is None:
+            self._waiting_services.discard(service if isinstance(service, str) else service.id)
             return
         spec = s.spec.allocated_endpoint_spec()
         used = self._used_ports(tx, s.id)
@@ -158,7 +166,11 @@ class Allocator:
                     p, protocol=proto, publish_mode=mode, published_port=published
                 )
             )
-        vips = nets.service_vips(tx, self._book, self._draft, s)
+        vips, missing = nets.service_vips(tx, self._book, self._draft, s)
+        if missing:
+            self._waiting_services.add(s.id)
+        else:
+            self._waiting_services.discard(s.id)
         endpoint = Endpoint(spec=spec, ports=ports or None, virtual_ips=vips)
         if endpoint != s.endpoint:
             tx.update(msgspec.structs.replace(s, endpoint=endpoint))
@@ -177,4 +189,5 @@ class Allocator:
             "allocated": self.allocated,
             "released": self.released,
             "waiting": len(self._waiting),
+            "waiting_services": len(self._waiting_services),
         }

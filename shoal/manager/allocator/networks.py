@@ -18,7 +18,12 @@ import msgspec
 
 from shoal.log import get_logger
 from shoal.manager.allocator import ipam
-from shoal.manager.controlapi.networks import DEFAULT_IPAM, OVERLAY, ingress_network
+from shoal.manager.controlapi.networks import (
+    DEFAULT_IPAM,
+    OVERLAY,
+    ingress_network,
+    publishes_ingress,
+)
 from shoal.manager.store import ReadTx, Tx
 from shoal.types.network import (
     VXLAN_ID_OPTION,
@@ -98,16 +103,11 @@ def _add(book: ipam.AddressBook, n: Network) -> None:
     book.add_network(n.id, n.subnet, n.gateway, configs[0].range)
 
 
-def _publishes_ingress(spec: ServiceSpec) -> bool:
-    ep = spec.endpoint_spec
-    return any((p.publish_mode or "ingress") == "ingress" for p in (ep.ports if ep else None) or ())
-
-
 def wanted_networks(tx: ReadTx, spec: ServiceSpec, networks: list[str]) -> list[str]:
     """The networks a service's (or one task's) attachments are on: ingress first when
     it publishes ports in ingress mode, then its own."""
     out = []
-    if _publishes_ingress(spec):
+    if publishes_ingress(spec):
         ingress = ingress_network(tx)
         if ingress is not None:
             out.append(ingress.id)
@@ -122,14 +122,17 @@ def spec_networks(spec: ServiceSpec) -> list[str]:
 
 def service_vips(
     tx: ReadTx, book: ipam.AddressBook, draft: ipam.Draft, s: Service
-) -> list[VirtualIP] | None:
+) -> tuple[list[VirtualIP] | None, bool]:
     """The service's virtual IPs after this change: kept on networks it stays on, new
-    on networks it joined, given back on networks it left (or all, for dnsrr)."""
+    on networks it joined, given back on networks it left (or all, for dnsrr); and
+    whether one is missing for want of an address (the service is tried again when
+    addresses are freed)."""
     ep = s.spec.endpoint_spec
     vip_mode = (ep.mode if ep and ep.mode else "vip") == "vip"
     wanted = wanted_networks(tx, s.spec, spec_networks(s.spec)) if vip_mode else []
     current = {v.network_id: v for v in s.endpoint.virtual_ips or () if v.network_id and v.addr}
     out: list[VirtualIP] = []
+    missing = False
     for net in wanted:
         have = current.pop(net, None)
         if have is not None and have.addr and book.owned(draft, net, have.addr, s.id):
@@ -140,11 +143,12 @@ def service_vips(
         try:
             out.append(VirtualIP(network_id=net, addr=book.take(draft, net, s.id)))
         except ipam.PoolExhausted as e:
-            log.error("no virtual IP for a service", service=s.spec.name, error=str(e))
+            missing = True
+            log.warning("no virtual IP for a service yet", service=s.spec.name, error=str(e))
     for v in current.values():
         assert v.network_id is not None and v.addr is not None
         book.release(draft, v.network_id, v.addr, s.id)
-    return out or None
+    return out or None, missing
 
 
 def release_service(book: ipam.AddressBook, draft: ipam.Draft, s: Service) -> None:
@@ -184,7 +188,8 @@ def task_attachments(
 
 
 def is_dead(t: Task) -> bool:
-    return t.state > TaskState.RUNNING
+    """Done with its addresses: stopped, and not to run again (SwarmKit's taskDead)."""
+    return t.state > TaskState.RUNNING and t.desired > TaskState.RUNNING
 
 
 def release_task(book: ipam.AddressBook, draft: ipam.Draft, t: Task) -> None:

@@ -214,6 +214,12 @@ def service_networks(spec: ServiceSpec) -> list[NetworkAttachmentConfig]:
     return list((tt.networks if tt and tt.networks else spec.networks) or [])
 
 
+def publishes_ingress(spec: ServiceSpec) -> bool:
+    """A port published in ingress mode: the service needs the ingress network."""
+    ep = spec.endpoint_spec
+    return any((p.publish_mode or "ingress") == "ingress" for p in (ep.ports if ep else None) or ())
+
+
 def users(tx: ReadTx, network_id: str) -> list[Service]:
     return [
         s for s in tx.services() if any(a.target == network_id for a in service_networks(s.spec))
@@ -223,6 +229,13 @@ def users(tx: ReadTx, network_id: str) -> list[Service]:
 async def remove(store: Store, ref: str) -> None:
     def write(tx: Tx) -> None:
         n = resolve(tx, ref)
+        if n.spec.ingress:  # SwarmKit's removeIngressNetwork
+            for s in tx.services():
+                if publishes_ingress(s.spec):
+                    raise FailedPrecondition(
+                        "rpc error: code = FailedPrecondition desc = ingress network cannot "
+                        f"be removed because service {s.id} depends on it"
+                    )
         using = users(tx, n.id)
         if using:
             raise FailedPrecondition(

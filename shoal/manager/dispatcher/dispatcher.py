@@ -493,6 +493,7 @@ class Dispatcher:
             "status_writes": self.status_writes,
             "rejected_reports": self.rejected_reports,
             "loop_failures": sum(st.failures for st in self._stats.values()),
+            **{f"network_{k}": v for k, v in self._networks.statistics().items()},
             **{
                 f"{loop}_{k}": v
                 for loop, st in self._stats.items()

@@ -29,6 +29,7 @@ from shoal.manager.store import Event, ReadTx
 from shoal.types.network import Network, NetworkPeer, NetworkUpdate, ServiceEndpoint
 from shoal.types.node import Node
 from shoal.types.service import Service
+from shoal.types.swarm import DEFAULT_DATA_PATH_PORT
 from shoal.types.task import Task, TaskState
 
 
@@ -109,8 +110,8 @@ class _Changes:
         default_factory=lambda: defaultdict(dict)
     )
     networks: set[str] = field(default_factory=set)  # a network object that changed
-    joined: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))  # node -> nets
-    left: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    # (node, network) -> whether the node needed the network before this batch
+    before: dict[tuple[str, str], bool] = field(default_factory=dict)
 
 
 class NetworkView:
@@ -122,14 +123,17 @@ class NetworkView:
         self.nodes_on: dict[str, set[str]] = defaultdict(set)  # net -> nodes needing it
         self.node_addr: dict[str, str] = {}
         self._task_nets: dict[str, tuple[str, tuple[str, ...]]] = {}  # task -> (node, nets)
-        self._service_names: dict[str, str] = {}
         self._task_service_name: dict[str, str] = {}
         self._service_eps: dict[str, dict[str, ServiceEndpoint]] = {}
+        self.data_path_port = DEFAULT_DATA_PATH_PORT
 
     # ---- building ---------------------------------------------------------------------
     @classmethod
     def build(cls, view: ReadTx) -> NetworkView:
         v = cls()
+        cluster = view.cluster()
+        if cluster is not None and cluster.data_path_port:
+            v.data_path_port = cluster.data_path_port
         ch = _Changes()
         for n in view.networks():
             v._network(n, ch)
@@ -245,24 +249,25 @@ class NetworkView:
 
     def _count(self, node: str, net: str, delta: int, ch: _Changes) -> None:
         counts = self.node_nets[node]
+        ch.before.setdefault((node, net), counts.get(net, 0) > 0)
         counts[net] += delta
         if counts[net] <= 0:
             del counts[net]
             self.nodes_on[net].discard(node)
-            if net in ch.joined[node]:
-                ch.joined[node].discard(net)
-            else:
-                ch.left[node].add(net)
-        elif delta > 0 and counts[net] == 1:
+        else:
             self.nodes_on[net].add(node)
-            if net in ch.left[node]:
-                ch.left[node].discard(net)  # left and came back in one batch: send it whole
-            ch.joined[node].add(net)
+
+    def statistics(self) -> dict[str, int]:
+        return {
+            "networks": len(self.networks),
+            "peers": sum(len(p) for p in self.peers.values()),
+            "endpoints": sum(len(e) for e in self.endpoints.values()),
+        }
 
     # ---- what nodes are told ----------------------------------------------------------
     def full(self, node_id: str) -> NetworkUpdate:
         nets = sorted(self.node_nets.get(node_id, ()))
-        return NetworkUpdate(full=True, **self._whole(nets))
+        return NetworkUpdate(full=True, data_path_port=self.data_path_port, **self._whole(nets))
 
     def _whole(self, nets: list[str]) -> dict[str, Any]:
         return {
@@ -273,14 +278,21 @@ class NetworkView:
 
     def _updates(self, ch: _Changes) -> dict[str, NetworkUpdate]:
         touched = set(ch.peers) | set(ch.endpoints) | ch.networks
-        nodes: set[str] = {n for n, s in ch.joined.items() if s} | {
-            n for n, s in ch.left.items() if s
-        }
+        # which nodes came to need, or no longer need, which networks over the batch
+        joined_by: dict[str, set[str]] = defaultdict(set)
+        left_by: dict[str, set[str]] = defaultdict(set)
+        for (node, net), had in ch.before.items():
+            has = net in self.node_nets.get(node, ())
+            if has and not had:
+                joined_by[node].add(net)
+            elif had and not has:
+                left_by[node].add(net)
+        nodes: set[str] = set(joined_by) | set(left_by)
         for net in touched:
             nodes |= self.nodes_on.get(net, set())
         out: dict[str, NetworkUpdate] = {}
         for node in nodes:
-            joined = sorted(ch.joined.get(node, ()))
+            joined = sorted(joined_by.get(node, ()))
             whole = self._whole(joined)
             kept = [n for n in touched if n in self.node_nets.get(node, ()) and n not in joined]
             networks = whole["networks"] + [
@@ -290,18 +302,21 @@ class NetworkView:
             removed_peers: list[str] = []
             endpoints = list(whole["endpoints"])
             removed_endpoints: list[str] = []
-            for net in kept:
+            for net in [*kept, *joined]:
+                # a network it just came to need is sent whole (above), but may have
+                # been held before this batch too: what left it meanwhile is removed
+                whole_sent = net not in kept
                 for task_id, p in ch.peers.get(net, {}).items():
                     if p is None:
                         removed_peers.append(f"{net}/{task_id}")
-                    else:
+                    elif not whole_sent:
                         peers.append(p)
                 for service_id, e in ch.endpoints.get(net, {}).items():
                     if e is None:
                         removed_endpoints.append(f"{net}/{service_id}")
-                    else:
+                    elif not whole_sent:
                         endpoints.append(e)
-            left = sorted(ch.left.get(node, ()))
+            left = sorted(left_by.get(node, ()))
             for net in left:  # the node's table drops what it held of the network
                 removed_peers += [f"{net}/{t}" for t in self.peers.get(net, {})]
                 removed_peers += [

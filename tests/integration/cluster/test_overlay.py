@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -198,6 +199,7 @@ def test_overlay_networks_across_three_nodes(trio: Cluster) -> None:
     # A network in use cannot be removed; once its services are gone, it can.
     refused = manager.docker("network", "rm", "appnet", check=False)
     assert refused.returncode != 0 and "in use" in refused.stderr, refused.stderr
+    task_ids = [t["ID"] for t in manager.api.tasks()]
     manager.docker("service", "rm", "web", "client", "local", "outsider")
     wait_until(
         lambda: manager.docker("network", "rm", "appnet", check=False).returncode == 0,
@@ -210,6 +212,14 @@ def test_overlay_networks_across_three_nodes(trio: Cluster) -> None:
     for node in [*trio.workers, manager]:
         node.stop()
     assert {ns: listing(ns) for ns in namespaces} == before
+    # The host is shared with other runs: look there for what ours would be named, and
+    # for any mount left under the nodes' data dirs.
+    host_links = run("ip", "-o", "link", "show").stdout
+    for task_id in task_ids:
+        assert f" vt{task_id[:12]}" not in host_links, task_id
+    mounts = Path("/proc/self/mountinfo").read_text()
+    for node in trio.nodes.values():
+        assert str(node.data_dir) not in mounts, node.node_name
     for node in trio.nodes.values():
         agent_dir = node.data_dir / "agent"
         assert not (agent_dir / "netns").exists(), node.node_name

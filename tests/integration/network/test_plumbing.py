@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from shoal.agent.network import netns
-from shoal.agent.network.plumbing import BRIDGE, VXLAN, Plumbing, mac_of, veth_name
+from shoal.agent.network.devices import BRIDGE, VXLAN, mac_of
+from shoal.agent.network.plumbing import Plumbing, veth_name
 from shoal.agent.network.state import NetworkState
 from shoal.types.network import (
     VXLAN_ID_OPTION,
@@ -108,7 +109,15 @@ def test_tasks_on_two_nodes_reach_each_other_over_vxlan_and_only_on_their_networ
         # (a different bridge, a different VNI) keeps it from network 1's tasks.
         NetworkPeer(network_id=n2.id, task_id="tb2", node_id="B", node_addr=addr_b, addr=f"{net}.9"),
     ]  # fmt: skip
-    update = NetworkUpdate(full=True, networks=[n1, n2], peers=peers)
+    # A task on two networks (an interface on each) reaches both.
+    third = f"10.217.{secrets.randbelow(250)}"
+    n3 = network(f"{third}.0/24")
+    peers += [
+        NetworkPeer(network_id=n1.id, task_id="ta3", node_id="A", node_addr=addr_a, addr=f"{net}.5"),
+        NetworkPeer(network_id=n3.id, task_id="ta3", node_id="A", node_addr=addr_a, addr=f"{third}.2"),
+        NetworkPeer(network_id=n3.id, task_id="tb3", node_id="B", node_addr=addr_b, addr=f"{third}.3"),
+    ]  # fmt: skip
+    update = NetworkUpdate(full=True, networks=[n1, n2, n3], peers=peers)
 
     async def run() -> None:
         plumbings, recorders = [], []
@@ -129,12 +138,15 @@ def test_tasks_on_two_nodes_reach_each_other_over_vxlan_and_only_on_their_networ
             ta2 = await pa.attach("ta2", [att(n1, f"{net}.4/24")])
             tb1 = await pb.attach("tb1", [att(n1, f"{net}.3/24")])
             tb2 = await pb.attach("tb2", [att(n2, f"{net}.9/24")])
+            ta3 = await pa.attach("ta3", [att(n1, f"{net}.5/24"), att(n3, f"{third}.2/24")])
+            await pb.attach("tb3", [att(n3, f"{third}.3/24")])
             await asyncio.sleep(0)  # the state's sync task
             await pa._sync_task if pa._sync_task else None
             await pb._sync_task if pb._sync_task else None
             assert recorders[0].events == [
                 ("attached", "ta1", (ta1, n1.id)),
                 ("attached", "ta2", (ta2, n1.id)),
+                ("attached", "ta3", (ta3, n1.id, n3.id)),
             ]
             link = in_ns(ta1, "ip", "-o", "link", "show", "eth0").stdout
             assert mac_of(f"{net}.2") in link
@@ -152,6 +164,9 @@ def test_tasks_on_two_nodes_reach_each_other_over_vxlan_and_only_on_their_networ
             assert not reaches(tb2, f"{net}.3")
             assert not reaches(tb2, f"{net}.2")
             assert not reaches(ta1, f"{net}.9")
+            shown = in_ns(ta3, "ip", "-o", "addr", "show").stdout
+            assert f"eth0    inet {net}.5/24" in shown and f"eth1    inet {third}.2/24" in shown
+            assert reaches(ta3, f"{net}.3") and reaches(ta3, f"{third}.3")
             # a TCP connection across nodes
             server = subprocess.Popen(  # noqa: ASYNC220 - a test driving real tools
                 ["nsenter", f"--net={tb1}", "busybox", "nc", "-l", "-p", "8080"],
@@ -196,5 +211,8 @@ def test_tasks_on_two_nodes_reach_each_other_over_vxlan_and_only_on_their_networ
     assert {ns: listing(ns) for ns in (ns_a, ns_b)} == before
     # The host is shared with other test runs: only look for what ours would be named.
     host_links = sh("ip", "-o", "link", "show").stdout
-    for name in [veth_name(t) for t in ("ta1", "ta2", "tb1", "tb2")] + [VXLAN, BRIDGE]:
+    for name in [veth_name(t) for t in ("ta1", "ta2", "ta3", "tb1", "tb2", "tb3")] + [
+        VXLAN,
+        BRIDGE,
+    ]:
         assert f" {name}:" not in host_links and f" {name}@" not in host_links

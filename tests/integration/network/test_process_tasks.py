@@ -7,19 +7,22 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from shoal.agent.executor.process import ProcessExecutor
 from shoal.agent.network import netns
 from shoal.agent.network.plumbing import Plumbing
+from shoal.types.agent import LogOptions
 from shoal.types.meta import TaskMeta
-from shoal.types.network import NetworkAttachment
+from shoal.types.network import NetworkAttachment, NetworkSpec
 from shoal.types.service import ContainerSpec, TaskSpec
 from shoal.types.task import Task, TaskState, TaskStatus
 from tests.integration.cluster_harness import NetnsLab
@@ -185,3 +188,31 @@ def test_a_restarted_agent_adopts_what_is_still_wanted_and_removes_the_rest(
 
     asyncio.run(run())
     assert listing(ns) == before
+
+
+def test_without_the_plumbing_attachments_are_not_honoured_and_the_task_log_says_so(
+    tmp_path: Path,
+) -> None:
+    """What a daemon that is not root does (no plumbing): the task runs in the node's
+    namespaces, and its log says its attachments were not honoured."""
+    n1 = network("10.214.0.0/24")
+    n1 = msgspec.structs.replace(n1, spec=NetworkSpec(name="appnet"))
+    executor = ProcessExecutor(tmp_path / "agent", "node-1", {})
+    t = task(NetworkAttachment(network=n1, addresses=["10.214.0.2/24"]), 1)
+    t = msgspec.structs.replace(
+        t, spec=TaskSpec(container_spec=ContainerSpec(image="busybox", command=["hostname"]))
+    )
+
+    async def run() -> list[bytes]:
+        c = executor.controller(t, TaskMeta(service_name="web"))
+        try:
+            await c.start()
+            status = await c.wait()
+            assert status.exit_code == 0
+            return [m.data async for m in c.logs(LogOptions(stdout=True, stderr=True))]
+        finally:
+            await c.remove()
+
+    lines = asyncio.run(run())
+    assert lines[0].startswith(b"shoal: network attachments not honoured (appnet): "), lines
+    assert lines[1] == (socket.gethostname() + "\n").encode(), lines

@@ -344,5 +344,56 @@ def test_a_node_view_crosses_the_cluster_port_encoding() -> None:
                 assert isinstance(got, msg.AssignmentMsg)
                 assert got.assignment.network == full
                 assert full.networks and full.peers and full.endpoints
+                assert full.data_path_port == 4789
+
+    asyncio.run(main())
+
+
+def test_deprecated_top_level_networks_and_global_task_names() -> None:
+    from shoal.types.service import GlobalService
+
+    async def main() -> None:
+        async with NetSim(2) as sim:
+            net = await make_network(sim.store, "old-style")
+            old = ServiceSpec(
+                name="legacy",
+                mode=ServiceMode(global_=GlobalService()),
+                task_template=TaskSpec(
+                    container_spec=ContainerSpec(image="busybox", command=["run"])
+                ),
+                networks=[NetworkAttachmentConfig(target="old-style")],  # by name
+            )
+            svc = await create_service(sim.store, old)
+            await sim.advance(SETTLE_S)
+            s = sim.service(svc.id)
+            assert s.spec.networks is None and s.spec.task_template is not None
+            assert [c.target for c in s.spec.task_template.networks or []] == [net]
+            running = sim.running(svc.id)
+            assert len(running) == 2
+            for t in running:
+                names = {q.task_name for q in sim.state(t.node_id or "").peers_of(net)}
+                assert f"legacy.{t.node_id}.{t.id}" in names
+            sim.check_views()
+
+    asyncio.run(main())
+
+
+def test_a_vip_waits_for_a_freed_address() -> None:
+    async def main() -> None:
+        async with NetSim(1) as sim:
+            net = await make_network(sim.store, "tiny", subnet="10.9.0.0/29")  # 5 hosts
+            filler = await create_service(sim.store, spec("filler", 5, [net], mode="dnsrr"))
+            await sim.advance(SETTLE_S)
+            assert len(sim.running(filler.id)) == 5
+            late = await create_service(sim.store, spec("late", 0, [net]))
+            await sim.advance(SETTLE_S)
+            assert not sim.service(late.id).endpoint.virtual_ips  # no address left
+            assert sim.manager.allocator.statistics()["waiting_services"] == 1
+            await scale(sim.store, filler.id, 4)
+            await sim.advance(SETTLE_S)
+            (vip,) = sim.service(late.id).endpoint.virtual_ips or []
+            assert vip.network_id == net and vip.addr is not None
+            assert vip.addr not in addresses(live(sim, filler.id), net)
+            assert sim.manager.allocator.statistics()["waiting_services"] == 0
 
     asyncio.run(main())
