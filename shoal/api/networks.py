@@ -58,9 +58,10 @@ def _matches(n: Network, f: filters.Filters) -> bool:
 
 
 def _manager(request: web.Request) -> Manager | None:
-    """The manager, or None on a node outside a swarm (it has no swarm networks)."""
+    """The manager, or None on a node that is not one (outside a swarm, or a worker):
+    as on dockerd, listing there answers the node's own networks, not an error."""
     d = context(request)
-    if d.manager is None and not d.node_id and not d.locked:
+    if d.manager is None and not d.locked:
         return None
     return require_manager(request)
 

@@ -135,6 +135,7 @@ def test_create_ls_inspect_rm(net_cluster: Daemon) -> None:
         (["-d", "overlay", "--subnet", "10.5.0.0/33"], "invalid subnet"),
         (["-d", "overlay", "--subnet", "10.0.0.0/16"], "overlaps with network ingress"),
         (["-d", "overlay", "--ipv6"], "IPv6 is not supported"),
+        (["-d", "overlay", "--opt", "encrypted"], "encrypted option is not supported"),
     ],
 )  # fmt: skip
 def test_bad_create_refused_and_changes_nothing(

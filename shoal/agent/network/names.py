@@ -9,6 +9,8 @@ On each network the table holds, as Docker's embedded resolver does:
   reverse (PTR) of that address → `<task name>.<network name>`;
 - any of those names followed by `.<network name>` → its answer on that network.
 
+The ingress network (published ports' routing network) answers no names, as in Docker.
+
 Names are lower case without the trailing dot (`key()` makes one from a query). A lookup
 is a dict hit per network the asker attaches to: the table is kept materialised and
 changed incrementally by each NetworkUpdate (only the services an update touches are
@@ -42,6 +44,10 @@ def reverse_name(addr: str) -> str:
         return ""
 
 
+def _new_net(n: Network) -> _Net:
+    return _Net(name=n.spec.name or "", ingress=bool(n.spec.ingress))
+
+
 def _ptr_target(net: _Net, p: NetworkPeer) -> str:
     return f"{p.task_name}.{net.name}" if net.name else p.task_name
 
@@ -64,6 +70,9 @@ class _Service:
 @dataclass
 class _Net:
     name: str = ""  # the network's name, for the names PTR answers
+    # The ingress network routes published ports only: no names on it (Docker's
+    # addSvcRecords skips it the same way).
+    ingress: bool = False
     names: dict[str, tuple[str, ...]] = field(default_factory=dict)
     ptr: dict[str, str] = field(default_factory=dict)  # reverse name -> task name
     # name -> {claimant (service id or "task:<id>") -> its answer}; the last one answers
@@ -143,7 +152,7 @@ class NameTable:
         self._peers.clear()
         self._endpoints.clear()
         for nid, n in state.networks.items():
-            self._nets[nid] = _Net(name=n.spec.name or "")
+            self._nets[nid] = _new_net(n)
         touched: set[tuple[str, str]] = set()
         for e in state.endpoints.values():
             touched |= self._add_endpoint(e)
@@ -179,7 +188,7 @@ class NameTable:
     def _add_network(self, n: Network) -> set[tuple[str, str]]:
         # Names sent before their network (kept aside in our copies) count from now.
         nid = n.id
-        self._nets[nid] = _Net(name=n.spec.name or "")
+        self._nets[nid] = _new_net(n)
         touched: set[tuple[str, str]] = set()
         for e in [e for e in self._endpoints.values() if e.network_id == nid]:
             touched |= self._add_endpoint(e)
@@ -187,17 +196,12 @@ class NameTable:
             touched |= self._add_peer(p)
         return touched
 
-    def _service(self, nid: str, sid: str) -> _Service | None:
-        net = self._nets.get(nid)
-        if net is None:
-            return None
-        return net.services.setdefault(sid, _Service())
-
     def _add_endpoint(self, e: ServiceEndpoint) -> set[tuple[str, str]]:
         self._endpoints[e.key] = e
-        svc = self._service(e.network_id, e.service_id)
-        if svc is None:
+        net = self._nets.get(e.network_id)
+        if net is None or net.ingress:
             return set()
+        svc = net.services.setdefault(e.service_id, _Service())
         svc.endpoint = e
         svc.name = e.service_name
         return {(e.network_id, e.service_id)}
@@ -206,7 +210,8 @@ class NameTable:
         e = self._endpoints.pop(k, None)
         if e is None:
             return set()
-        svc = self._service(e.network_id, e.service_id)
+        net = self._nets.get(e.network_id)
+        svc = net.services.get(e.service_id) if net is not None else None
         if svc is not None:
             svc.endpoint = None
         return {(e.network_id, e.service_id)}
@@ -214,7 +219,7 @@ class NameTable:
     def _add_peer(self, p: NetworkPeer) -> set[tuple[str, str]]:
         self._peers[p.key] = p
         net = self._nets.get(p.network_id)
-        if net is None:
+        if net is None or net.ingress:
             return set()
         if p.running and p.task_name:
             self._write(net, key(p.task_name), (p.addr,), f"task:{p.task_id}")

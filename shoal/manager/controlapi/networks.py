@@ -28,6 +28,8 @@ INGRESS_NAME = "ingress"
 # The names dockerd keeps for its local networks (runconfig.IsPreDefinedNetwork).
 PREDEFINED = ("bridge", "host", "none", "default")
 INTERNAL_LABEL = "com.docker.swarm.internal"
+# The overlay driver's option for an IPsec-encrypted data path (`--opt encrypted`).
+ENCRYPTED_OPTION = "encrypted"
 
 
 class IPAMConfigRequest(Model, frozen=True):
@@ -84,6 +86,11 @@ def _spec(req: NetworkCreateRequest) -> NetworkSpec:
         raise invalid_argument("config-only networks are not supported")
     if req.enable_i_pv6:
         raise invalid_argument("IPv6 is not supported on swarm networks")
+    if ENCRYPTED_OPTION in (req.options or {}):
+        raise invalid_argument(
+            "the overlay driver's encrypted option is not supported: shoal does not encrypt "
+            "the data path (IPsec)"
+        )
     labels = dict(req.labels or {})
     if INTERNAL_LABEL in labels:
         raise PermissionDenied(

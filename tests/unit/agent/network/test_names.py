@@ -227,3 +227,19 @@ def test_names_qualified_by_their_network() -> None:
     # Not on the asker's networks, or not a network: not ours.
     assert addrs(table, "web.other.net", (APP,)) is None
     assert addrs(table, "web.example", (APP,)) is None
+
+
+def test_the_ingress_network_answers_no_names() -> None:
+    ingress = Network(id="ingress-id", spec=NetworkSpec(name="ingress", ingress=True))
+    _, table = setup(
+        NetworkUpdate(
+            full=True,
+            networks=[ingress],
+            peers=[peer("t0", "10.0.0.10", net="ingress-id")],
+            endpoints=[endpoint(vip="10.0.0.2", net="ingress-id")],
+        )
+    )
+    assert addrs(table, "web", ("ingress-id",)) is None
+    assert addrs(table, "tasks.web", ("ingress-id",)) is None
+    assert table.lookup_ptr("10.0.0.10.in-addr.arpa", ("ingress-id",)) is None
+    assert table.statistics()["names"] == 0
