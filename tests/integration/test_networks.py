@@ -249,6 +249,12 @@ def test_dnsrr_has_no_vip_and_ingress_ports_get_ingress(net_cluster: Daemon) -> 
     )
     (t,) = _tasks_running(d, "pub", 1)
     assert [a["Network"]["ID"] for a in t["NetworksAttachments"]] == [ingress_id, net_id]
+    # vip -> dnsrr gives the VIP back; dnsrr -> vip takes one
+    d.docker("service", "update", "--detach", "--publish-rm", "80", "--endpoint-mode",
+             "dnsrr", "pub")  # fmt: skip
+    assert not d.service("pub")["Endpoint"].get("VirtualIPs")
+    d.docker("service", "update", "--detach", "--endpoint-mode", "vip", "rr")
+    assert [v["NetworkID"] for v in d.service("rr")["Endpoint"]["VirtualIPs"]] == [net_id]
     # an unknown network: dockerd's 404
     r = d.http(
         "POST",
