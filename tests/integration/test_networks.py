@@ -199,6 +199,13 @@ def test_service_vips_and_task_attachments(net_cluster: Daemon) -> None:
         assert ipaddress.ip_interface(addr).network == subnet
         addrs.add(addr)
     assert len(addrs) == 3 and vips[0]["Addr"] not in addrs
+    # `docker inspect <task id>` (the CLI tries containers, images, networks, ...) finds
+    # the task, with its attachments
+    (shown,) = json.loads(d.docker("inspect", tasks[0]["ID"]).stdout)
+    assert (
+        shown["NetworksAttachments"][0]["Addresses"]
+        == tasks[0]["NetworksAttachments"][0]["Addresses"]
+    )
     assert str(subnet[1]) not in {a.split("/")[0] for a in addrs}  # the gateway
 
     assert _ls(d, "dangling=true") == []
