@@ -199,6 +199,13 @@ def test_service_vips_and_task_attachments(net_cluster: Daemon) -> None:
         assert ipaddress.ip_interface(addr).network == subnet
         addrs.add(addr)
     assert len(addrs) == 3 and vips[0]["Addr"] not in addrs
+    # `docker inspect <task id>` (the CLI tries containers, images, networks, ...) finds
+    # the task, with its attachments
+    (shown,) = json.loads(d.docker("inspect", tasks[0]["ID"]).stdout)
+    assert (
+        shown["NetworksAttachments"][0]["Addresses"]
+        == tasks[0]["NetworksAttachments"][0]["Addresses"]
+    )
     assert str(subnet[1]) not in {a.split("/")[0] for a in addrs}  # the gateway
 
     assert _ls(d, "dangling=true") == []
@@ -249,6 +256,12 @@ def test_dnsrr_has_no_vip_and_ingress_ports_get_ingress(net_cluster: Daemon) -> 
     )
     (t,) = _tasks_running(d, "pub", 1)
     assert [a["Network"]["ID"] for a in t["NetworksAttachments"]] == [ingress_id, net_id]
+    # vip -> dnsrr gives the VIP back; dnsrr -> vip takes one
+    d.docker("service", "update", "--detach", "--publish-rm", "80", "--endpoint-mode",
+             "dnsrr", "pub")  # fmt: skip
+    assert not d.service("pub")["Endpoint"].get("VirtualIPs")
+    d.docker("service", "update", "--detach", "--endpoint-mode", "vip", "rr")
+    assert [v["NetworkID"] for v in d.service("rr")["Endpoint"]["VirtualIPs"]] == [net_id]
     # an unknown network: dockerd's 404
     r = d.http(
         "POST",
