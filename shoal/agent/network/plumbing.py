@@ -94,7 +94,10 @@ class Plumbing:
         self.state = state
         state.subscribe(self._on_update)
 
-    def _on_update(self, _state: NetworkState, _update: NetworkUpdate) -> None:
+    def _on_update(self, _state: NetworkState, update: NetworkUpdate) -> None:
+        if update.full and update.data_path_port:
+            # The swarm's `--data-path-port`, fixed at init: sandboxes made from now on.
+            self.vxlan_port = update.data_path_port
         self._dirty.set()
         if self._sync_task is None or self._sync_task.done():
             self._sync_task = asyncio.get_running_loop().create_task(
