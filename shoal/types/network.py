@@ -109,15 +109,26 @@ class NetworkPeer(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True,
         return f"{self.network_id}/{self.task_id}"
 
 
+class PortMapping(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
+    """One of a service's published ports (its `Endpoint.Ports` entry, allocated)."""
+
+    protocol: str = "tcp"  # "tcp" | "udp"
+    target: int
+    published: int
+    mode: str = "ingress"  # "ingress" | "host"
+
+
 class ServiceEndpoint(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     """A service's names on one network: its name and aliases resolve to `vip`, or (no
-    VIP: `--endpoint-mode dnsrr`) to its running tasks' addresses."""
+    VIP: `--endpoint-mode dnsrr`) to its running tasks' addresses. On the ingress
+    network, `ports` are the service's published ports the routing mesh serves."""
 
     network_id: str
     service_id: str
     service_name: str
     vip: str | None = None  # without prefix length
     aliases: list[str] = []
+    ports: list[PortMapping] = []
 
     @property
     def key(self) -> str:
