@@ -23,7 +23,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from shoal.agent.network import devices, netns
+from shoal.agent.network import devices, netns, vip
+from shoal.agent.network.vip import VipTables
 from shoal.agent.network.record import Record
 from shoal.agent.network.state import NetworkState, TaskNetworkListener
 from shoal.log import get_logger
@@ -83,6 +84,7 @@ class Plumbing:
         self._lock = threading.RLock()
         self._dirty = asyncio.Event()
         self._sync_task: asyncio.Task[None] | None = None
+        self.vips = VipTables()
 
     # --- wiring ---------------------------------------------------------------------------
 
@@ -227,6 +229,7 @@ class Plumbing:
             addresses = [(a.addresses or [""])[0] for a in attachments]
             pairs = list(zip(sandboxes, addresses, strict=True))
             devices.add_interfaces(path, self.node_netns, veth, pairs)
+            self._sync_vip_locked(task_id)
             return path
 
     def detach_sync(self, task_id: str) -> None:
@@ -238,6 +241,9 @@ class Plumbing:
         entry = self.record.tasks.get(task_id)
         if entry is None:
             return
+        if entry.get("nft"):
+            alive = netns.exists(Path(entry["netns"]))
+            self.vips.remove_task(task_id, entry["netns"] if alive else None)
         for network_id, veth in (entry.get("links") or {}).items():
             net = self.record.networks.get(network_id)
             if net is None or not netns.exists(Path(net["netns"])):
@@ -273,7 +279,19 @@ class Plumbing:
         with self._lock:
             for network_id in list(self.record.networks):
                 self._sync_network_locked(network_id)
+            for task_id in list(self.record.tasks):
+                self._sync_vip_locked(task_id)
             self._gc_networks_locked()
+
+    def _sync_vip_locked(self, task_id: str) -> None:
+        """The task's VIP table (vip.py), recorded before it is first made."""
+        entry = self.record.tasks.get(task_id)
+        if self.state is None or entry is None:
+            return
+        if not entry.get("nft"):
+            entry["nft"] = [f"{vip.FAMILY} {vip.TABLE}"]
+            self._save()
+        self.vips.sync_task(task_id, entry["netns"], self.state, list(entry.get("links") or {}))
 
     def _sync_network_locked(self, network_id: str) -> None:
         if self.state is None:
