@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from shoal.agent.network import devices, netns, vip
-from shoal.agent.network.vip import VipTables
 from shoal.agent.network.record import Record
 from shoal.agent.network.state import NetworkState, TaskNetworkListener
+from shoal.agent.network.vip import VipTables
 from shoal.log import get_logger
 from shoal.types.network import Network, NetworkAttachment, NetworkUpdate
 
