@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from shoal.agent.network import devices, netns, vip
+from shoal.agent.network.mesh import Mesh
 from shoal.agent.network.record import Record
 from shoal.agent.network.state import NetworkState, TaskNetworkListener
 from shoal.agent.network.vip import VipTables
@@ -85,6 +86,7 @@ class Plumbing:
         self._dirty = asyncio.Event()
         self._sync_task: asyncio.Task[None] | None = None
         self.vips = VipTables()
+        self.mesh = Mesh(self)
 
     # --- wiring ---------------------------------------------------------------------------
 
@@ -257,6 +259,8 @@ class Plumbing:
     def _gc_networks_locked(self) -> None:
         """Remove sandboxes no task uses and the node's state no longer lists."""
         used = {nid for t in self.record.tasks.values() for nid in t.get("links") or {}}
+        if self.record.mesh is not None:
+            used.add(self.record.mesh["network"])
         wanted = set(self.state.networks) if self.state is not None else set()
         for network_id in list(self.record.networks):
             if network_id not in used and network_id not in wanted:
@@ -281,6 +285,10 @@ class Plumbing:
                 self._sync_network_locked(network_id)
             for task_id in list(self.record.tasks):
                 self._sync_vip_locked(task_id)
+            try:
+                self.mesh.sync_locked()
+            except Exception:
+                log.exception("routing mesh not synced")
             self._gc_networks_locked()
 
     def _sync_vip_locked(self, task_id: str) -> None:
@@ -329,11 +337,20 @@ class Plumbing:
                     kept[task_id] = (entry["netns"], list(entry.get("links") or {}))
                 else:
                     self._detach_locked(task_id)
+            mesh = self.record.mesh
+            if mesh is not None:
+                sandbox = self.record.networks.get(mesh["network"])
+                if (
+                    not netns.exists(Path(mesh["netns"]))
+                    or sandbox is None
+                    or not netns.exists(Path(sandbox["netns"]))
+                ):
+                    self.mesh.remove_locked()  # rebuilt by the next sync if still wanted
             for network_id, entry in list(self.record.networks.items()):
                 if not netns.exists(Path(entry["netns"])):
                     self._remove_network_locked(network_id)
             self._gc_networks_locked()
-            if not self.record.tasks and not self.record.networks:
+            if not self.record.tasks and not self.record.networks and not self.record.mesh:
                 self._release_dir_locked()
         if kept:
             log.info("network namespaces adopted", tasks=sorted(kept))
@@ -367,6 +384,7 @@ class Plumbing:
 
     def remove_all(self) -> None:
         with self._lock:
+            self.mesh.remove_locked()
             for task_id in list(self.record.tasks):
                 self._detach_locked(task_id)
             for network_id in list(self.record.networks):

@@ -10,6 +10,7 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from shoal.agent.network import vip
@@ -19,6 +20,7 @@ from shoal.types.network import (
     NetworkAttachment,
     NetworkPeer,
     NetworkUpdate,
+    PortMapping,
     ServiceEndpoint,
 )
 from tests.integration.cluster_harness import NetnsLab
@@ -132,4 +134,113 @@ def test_vip_spreads_over_backends_on_both_nodes_follows_changes_and_refuses_whe
 
     asyncio.run(run())
     assert {ns: listing(ns) for ns in (ns_a, ns_b)} == before
+    assert listing(None)["nft"] == host_before
+
+
+@pytest.fixture
+def lab3() -> Iterator[tuple[NetnsLab, list[tuple[str, str]]]]:
+    lab = NetnsLab()
+    try:
+        yield lab, [lab.add_host(), lab.add_host(), lab.add_host()]
+    finally:
+        assert lab.teardown() == []
+
+
+def sysctl_in(ns: str, key: str) -> str:
+    return in_ns(f"/run/netns/{ns}", "cat", "/proc/sys/" + key.replace(".", "/")).stdout.strip()
+
+
+def test_mesh_port_answers_on_every_node_and_loopback_and_reaches_backends_on_both(
+    lab3: tuple[NetnsLab, list[tuple[str, str]]], tmp_path: Path
+) -> None:
+    _lab, [(ns_a, addr_a), (ns_b, addr_b), (ns_c, _addr_c)] = lab3
+    nodes = (ns_a, ns_b)
+    before = {ns: listing(ns) for ns in nodes}
+    forwarding = {ns: sysctl_in(ns, "net.ipv4.ip_forward") for ns in nodes}
+    host_before = listing(None)["nft"]
+    net = f"10.0.{secrets.randbelow(250)}"
+    ingress = network(f"{net}.0/24")
+    ingress = msgspec.structs.replace(
+        ingress, spec=msgspec.structs.replace(ingress.spec, name="ingress", ingress=True)
+    )
+    svc = "svc-web"
+    node = {"A": addr_a, "B": addr_b}
+    backends = {"web1": ("A", f"{net}.11"), "web2": ("B", f"{net}.12"), "web3": ("A", f"{net}.13")}
+    published = 18080
+
+    def peer(task: str, running: bool = True) -> NetworkPeer:
+        where, addr = backends[task]
+        return NetworkPeer(
+            network_id=ingress.id, task_id=task, node_id=where, node_addr=node[where],
+            addr=addr, service_id=svc, service_name="web", running=running,
+        )  # fmt: skip
+
+    endpoint = ServiceEndpoint(
+        network_id=ingress.id, service_id=svc, service_name="web", vip=f"{net}.2",
+        ports=[PortMapping(target=80, published=published)],
+    )  # fmt: skip
+    full = NetworkUpdate(
+        full=True, networks=[ingress], peers=[peer(t) for t in backends], endpoints=[endpoint]
+    )
+
+    async def run() -> None:
+        plumbings = []
+        for name, (ns, addr) in (("a", (ns_a, addr_a)), ("b", (ns_b, addr_b))):
+            p = Plumbing(
+                tmp_path / name / "data", tmp_path / name / "run", addr, f"/run/netns/{ns}"
+            )
+            state = NetworkState()
+            p.watch(state)
+            state.apply(full)
+            plumbings.append(p)
+        pa, pb = plumbings
+        by_node = {"A": pa, "B": pb}
+        servers: list[Server] = []
+        try:
+            for task, (where, addr) in backends.items():
+                att = NetworkAttachment(network=ingress, addresses=[f"{addr}/24"])
+                servers.append(Server(await by_node[where].attach(task, [att]), task))
+            await settle(plumbings)
+            assert pa.record.mesh is not None and pb.record.mesh is not None
+            everyone = set(backends)
+            outside = f"/run/netns/{ns_c}"
+            # from outside the cluster, to each node's address: every backend answers
+            for addr in (addr_a, addr_b):
+                assert set(ask(outside, addr, published, 12)) == everyone
+            # on each node's loopback and own address, from the node itself
+            for ns, addr in ((ns_a, addr_a), (ns_b, addr_b)):
+                assert set(ask(f"/run/netns/{ns}", "127.0.0.1", published, 12)) == everyone
+                assert set(ask(f"/run/netns/{ns}", addr, published, 12)) == everyone
+            # a backend stops running: nothing new reaches it, on either node
+            apply(plumbings, NetworkUpdate(peers=[peer("web2", running=False)]))
+            await settle(plumbings)
+            for addr in (addr_a, addr_b):
+                assert set(ask(outside, addr, published, 12)) == {"web1", "web3"}
+            # only a backend on the other node: node B hands every connection to A
+            apply(plumbings, NetworkUpdate(peers=[peer("web1", False), peer("web2")]))
+            await settle(plumbings)
+            assert set(ask(outside, addr_a, published, 6)) == {"web2", "web3"}
+            apply(plumbings, NetworkUpdate(peers=[peer("web3", False)]))
+            await settle(plumbings)
+            assert set(ask(outside, addr_a, published, 6)) == {"web2"}
+            # no backend at all: refused at once on both nodes
+            apply(plumbings, NetworkUpdate(peers=[peer("web2", False)]))
+            await settle(plumbings)
+            for addr in (addr_a, addr_b):
+                assert ask(outside, addr, published, 2) == ["refused", "refused"]
+            # the service stops publishing: the gateway and the node's table go
+            apply(plumbings, NetworkUpdate(endpoints=[msgspec.structs.replace(endpoint, ports=[])]))
+            await settle(plumbings)
+            assert pa.record.mesh is None and pb.record.mesh is None
+            assert ask(outside, addr_a, published, 1) == ["refused"]
+            assert pa.mesh.transactions and pb.mesh.transactions
+        finally:
+            for s in servers:
+                s.stop()
+            for p in plumbings:
+                await p.close()
+
+    asyncio.run(run())
+    assert {ns: listing(ns) for ns in nodes} == before
+    assert {ns: sysctl_in(ns, "net.ipv4.ip_forward") for ns in nodes} == forwarding
     assert listing(None)["nft"] == host_before
