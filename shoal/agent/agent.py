@@ -196,7 +196,9 @@ class Agent:
         runner = self._runners.get(task.id)
         if runner is None:
             controller = self.executor.controller(task, assigned.meta)
-            runner = TaskRunner(task, controller, self._report, self._clock)
+            runner = TaskRunner(
+                task, controller, self._report, self._clock, assigned.meta.host_ports
+            )
             self._runners[task.id] = runner
             discarding = self._discarding.get(task.id)
             if discarding is None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import msgspec
 
@@ -20,6 +20,7 @@ from shoal.agent.executor.base import Controller, ExecutorError, ExitStatus, Run
 from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.log import get_logger
 from shoal.types.base import format_time
+from shoal.types.network import PortMapping
 from shoal.types.task import ContainerStatus, PortStatus, Task, TaskState, TaskStatus
 
 DEFAULT_STOP_GRACE_S = 10.0
@@ -52,11 +53,35 @@ def exit_error(status: ExitStatus) -> str:
     return f"task: non-zero exit ({status.exit_code})"
 
 
+def port_status(host_ports: Sequence[PortMapping]) -> PortStatus:
+    """A running task's PortStatus as dockerd shows it: each host-mode port bound on its
+    node (SwarmKit's agent reads them from the container; a process task's are its
+    spec's). A port with no number asked is left out: the node has not picked one."""
+    ports: list[dict[str, object]] = [
+        {
+            "Protocol": p.protocol,
+            "TargetPort": p.target,
+            "PublishedPort": p.published,
+            "PublishMode": "host",
+        }
+        for p in host_ports
+        if p.published
+    ]
+    return PortStatus(ports=ports or None)
+
+
 class TaskRunner:
     def __init__(
-        self, task: Task, controller: Controller, report: Report, clock: Clock = SYSTEM_CLOCK
+        self,
+        task: Task,
+        controller: Controller,
+        report: Report,
+        clock: Clock = SYSTEM_CLOCK,
+        host_ports: Sequence[PortMapping] = (),
     ) -> None:
         self.task = task
+        # the task's host-mode published ports, reported in PortStatus while it runs
+        self._port_status = port_status(host_ports)
         self._clock = clock
         self.controller = controller
         self._report = report
@@ -109,7 +134,7 @@ class TaskRunner:
             message=message if message is not None else MSG.get(state, state.wire),
             err=err,
             container_status=self._container,
-            port_status=PortStatus(),
+            port_status=self._port_status if state == TaskState.RUNNING else PortStatus(),
         )
         self._report(self.task.id, status)
 
