@@ -429,7 +429,10 @@ class DockerController:
             return  # exited already: wait() reports how
         try:
             await plumbing.attach(
-                self.task_id, self.task.networks_attachments or [], f"/proc/{pid}/ns/net"
+                self.task_id,
+                self.task.networks_attachments or [],
+                f"/proc/{pid}/ns/net",
+                host_ports=list(self.meta.host_ports),
             )
         except Exception as e:  # noqa: BLE001 - netlink errors too: the task cannot run
             await plumbing.detach(self.task_id)

@@ -238,7 +238,6 @@ class Mesh:
             "netns": str(self.p.netns_dir / GW_NETNS),
             "node_veth": f"shm{suffix}",
             "table": f"shoal-mesh-{suffix}",
-            "forwarding": None,
         }
         self.p.record.mesh = entry
         self.p._save()
@@ -249,10 +248,7 @@ class Mesh:
         entry["ino"] = netns.inode(path)
         self.p._save()
         node_ns = self.p.node_netns
-        old = sysctl(node_ns, "net.ipv4.ip_forward", "1")
-        if old != "1":
-            entry["forwarding"] = old
-            self.p._save()
+        self.p.forwarding_on_locked()
         self._links(str(path), sandbox, entry["node_veth"], gateway, subnet.prefixlen)
         sysctl(node_ns, f"net.ipv4.conf.{entry['node_veth']}.route_localnet", "1")
         sysctl(str(path), "net.ipv4.ip_forward", "1")
@@ -301,7 +297,7 @@ class Mesh:
     def remove_locked(self) -> None:
         """Remove what the record names: the node's table, the node's veth (its peer in
         the gateway goes with it), the gateway's end on the ingress bridge, the gateway
-        namespace; ip_forward put back."""
+        namespace; ip_forward put back if nothing else needs it."""
         entry = self.entry
         if entry is None:
             return
@@ -315,9 +311,8 @@ class Mesh:
         if sb is not None and netns.exists(Path(sb["netns"])):
             devices.delete_links(sb["netns"], [SANDBOX_END])
         netns.remove(Path(entry["netns"]))
-        if entry.get("forwarding") is not None:
-            sysctl(node_ns, "net.ipv4.ip_forward", entry["forwarding"])
         self.p.record.mesh = None
         self.p._save()
+        self.p.forwarding_restore_locked()
         self.applied.clear()
         log.info("routing mesh gateway removed", table=entry["table"])

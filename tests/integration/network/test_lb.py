@@ -244,3 +244,61 @@ def test_mesh_port_answers_on_every_node_and_loopback_and_reaches_backends_on_bo
     assert {ns: listing(ns) for ns in nodes} == before
     assert {ns: sysctl_in(ns, "net.ipv4.ip_forward") for ns in nodes} == forwarding
     assert listing(None)["nft"] == host_before
+
+
+def test_host_mode_port_answers_only_on_the_tasks_node(
+    lab3: tuple[NetnsLab, list[tuple[str, str]]], tmp_path: Path
+) -> None:
+    _lab, [(ns_a, addr_a), (ns_b, addr_b), (ns_c, _addr_c)] = lab3
+    nodes = (ns_a, ns_b)
+    before = {ns: listing(ns) for ns in nodes}
+    forwarding = {ns: sysctl_in(ns, "net.ipv4.ip_forward") for ns in nodes}
+    net = f"10.213.{secrets.randbelow(250)}"
+    n1 = network(f"{net}.0/24")
+    ports = [PortMapping(target=80, published=18081, mode="host")]
+    outside = f"/run/netns/{ns_c}"
+
+    async def run() -> None:
+        plumbings = []
+        for name, (ns, addr) in (("a", (ns_a, addr_a)), ("b", (ns_b, addr_b))):
+            p = Plumbing(
+                tmp_path / name / "data", tmp_path / name / "run", addr, f"/run/netns/{ns}"
+            )
+            state = NetworkState()
+            p.watch(state)
+            state.apply(NetworkUpdate(full=True, networks=[n1]))
+            plumbings.append(p)
+        pa, _pb = plumbings
+        server = None
+        try:
+            att = NetworkAttachment(network=n1, addresses=[f"{net}.5/24"])
+            path = await pa.attach("hp1", [att], host_ports=ports)
+            server = Server(path, "hp1")
+            assert ask(outside, addr_a, 18081, 2) == ["hp1", "hp1"]
+            assert ask(f"/run/netns/{ns_a}", "127.0.0.1", 18081, 1) == ["hp1"]
+            assert ask(f"/run/netns/{ns_a}", addr_a, 18081, 1) == ["hp1"]
+            assert ask(outside, addr_b, 18081, 1) == ["refused"]
+            assert ask(f"/run/netns/{ns_b}", "127.0.0.1", 18081, 1) == ["refused"]
+            # a second task with a host port of its own: both answer, each on its port
+            att2 = NetworkAttachment(network=n1, addresses=[f"{net}.6/24"])
+            more = [PortMapping(target=80, published=18082, mode="host")]
+            server2 = Server(await pa.attach("hp2", [att2], host_ports=more), "hp2")
+            try:
+                assert ask(outside, addr_a, 18082, 1) == ["hp2"]
+                assert ask(outside, addr_a, 18081, 1) == ["hp1"]
+                await pa.detach("hp1")
+                assert ask(outside, addr_a, 18081, 1) == ["refused"]
+                assert ask(outside, addr_a, 18082, 1) == ["hp2"]
+            finally:
+                server2.stop()
+            await pa.detach("hp2")
+            assert pa.record.hostports is None and pa.record.forwarding is None
+        finally:
+            if server is not None:
+                server.stop()
+            for p in plumbings:
+                await p.close()
+
+    asyncio.run(run())
+    assert {ns: listing(ns) for ns in nodes} == before
+    assert {ns: sysctl_in(ns, "net.ipv4.ip_forward") for ns in nodes} == forwarding
