@@ -1,7 +1,8 @@
 """Issue 9's node data path on the three-node namespace lab, through the docker CLI: a
 port published in ingress mode answers on every node's address (from a namespace outside
 the cluster) and loopback and reaches every replica, follows a scale and a drain; a
-service's VIP from another service's task reaches every replica; and nothing is left in
+service's VIP from another service's task reaches every replica; a host-mode port
+answers on its task's node only; and nothing is left in
 the nodes' namespaces after the daemons stop. (Zero failed requests during changes:
 the `drain` tests.)"""
 
@@ -104,7 +105,22 @@ def test_routing_mesh_and_vip_across_three_nodes(trio: Cluster, lab: NetnsLab) -
     assert wait_until(lambda: hostnames(client, "http://web/", 60) == rest, what="the VIP")
     manager.docker("node", "update", "--availability", "active", drained)
 
-    manager.docker("service", "rm", "web", "client")
+    # mode=host: the port answers on the task's node only, and leads to that task.
+    manager.docker(
+        "service", "create", "--detach", "--name", "hostport", "--network", "meshnet",
+        "--publish", "mode=host,published=8081,target=80",
+        "--constraint", "node.hostname==node-2", "busybox", sys.executable, "-c", SERVER,
+    )  # fmt: skip
+    trio.wait_converged("hostport", 1, per_node={"node-2": 1})
+    (hp,) = running(trio, "hostport")
+    url = f"http://{nodes['node-2'].addr}:8081/"
+    assert wait_until(lambda: hostnames(outside, url, 3) == {hp}, what=url)
+    node2 = ["ip", "netns", "exec", str(nodes["node-2"].netns)]
+    assert hostnames(node2, "http://127.0.0.1:8081/", 3) == {hp}
+    for name in ("node-1", "node-3"):
+        assert hostnames(outside, f"http://{nodes[name].addr}:8081/", 3) == set(), name
+
+    manager.docker("service", "rm", "web", "client", "hostport")
     wait_until(
         lambda: manager.docker("network", "rm", "meshnet", check=False).returncode == 0,
         what="meshnet removed after its services",
