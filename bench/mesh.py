@@ -32,7 +32,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -162,7 +161,7 @@ async def run(
                 NetworkAttachment(network=ingress, addresses=[f"{ing_addrs[i]}/24"]),
                 NetworkAttachment(network=app, addresses=[f"{app_addrs[i]}/24"]),
             ])  # fmt: skip
-            p = subprocess.Popen(
+            p = subprocess.Popen(  # noqa: ASYNC220 - a bench driving real tools
                 ["nsenter", f"--net={path}", sys.executable, "-c", SERVER, f"web{i}"],
                 stdout=subprocess.PIPE, text=True,
             )  # fmt: skip
@@ -177,12 +176,12 @@ async def run(
         cfg = work / "haproxy.cfg"
         servers = "\n".join(f"    server s{i} {a}:80" for i, a in enumerate(app_addrs))
         cfg.write_text(HAPROXY_CFG.format(servers=servers))
-        hap = subprocess.Popen(
+        hap = subprocess.Popen(  # noqa: ASYNC220
             ["nsenter", f"--net={client}", "haproxy", "-db", "-f", str(cfg)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         procs.append(hap)
-        time.sleep(0.5)
+        await asyncio.sleep(0.5)
         paths = {
             "direct": (client, f"http://{app_addrs[0]}/"),
             "vip": (client, f"http://{vip}/"),
