@@ -302,3 +302,64 @@ def test_host_mode_port_answers_only_on_the_tasks_node(
     asyncio.run(run())
     assert {ns: listing(ns) for ns in nodes} == before
     assert {ns: sysctl_in(ns, "net.ipv4.ip_forward") for ns in nodes} == forwarding
+
+
+def test_a_restarted_plumbing_adopts_the_mesh_and_host_ports_from_the_record(
+    lab3: tuple[NetnsLab, list[tuple[str, str]]], tmp_path: Path
+) -> None:
+    """A daemon killed with -9 leaves its gateway, tables and links; the next one finds
+    them in the record, keeps what its tasks still need, and removes all on stop."""
+    _lab, [(ns_a, addr_a), (_ns_b, _addr_b), (ns_c, _addr_c)] = lab3
+    before = listing(ns_a)
+    forwarding = sysctl_in(ns_a, "net.ipv4.ip_forward")
+    net = f"10.0.{secrets.randbelow(250)}"
+    ingress = network(f"{net}.0/24")
+    ingress = msgspec.structs.replace(
+        ingress, spec=msgspec.structs.replace(ingress.spec, name="ingress", ingress=True)
+    )
+    backend = NetworkPeer(
+        network_id=ingress.id, task_id="web1", node_id="A", node_addr=addr_a,
+        addr=f"{net}.11", service_id="svc", service_name="web", running=True,
+    )  # fmt: skip
+    endpoint = ServiceEndpoint(
+        network_id=ingress.id, service_id="svc", service_name="web", vip=f"{net}.2",
+        ports=[PortMapping(target=80, published=18080)],
+    )  # fmt: skip
+    full = NetworkUpdate(full=True, networks=[ingress], peers=[backend], endpoints=[endpoint])
+    host_ports = [PortMapping(target=80, published=18081, mode="host")]
+    outside = f"/run/netns/{ns_c}"
+    dirs = (tmp_path / "data", tmp_path / "run")
+
+    async def run() -> None:
+        first = Plumbing(*dirs, addr_a, f"/run/netns/{ns_a}")
+        state = NetworkState()
+        first.watch(state)
+        state.apply(full)
+        att = NetworkAttachment(network=ingress, addresses=[f"{net}.11/24"])
+        server = Server(await first.attach("web1", [att], host_ports=host_ports), "web1")
+        try:
+            await settle([first])
+            assert ask(outside, addr_a, 18080, 1) == ["web1"]
+            # "kill -9": the first plumbing is dropped without closing anything
+            second = Plumbing(*dirs, addr_a, f"/run/netns/{ns_a}")
+            assert second.record.mesh == first.record.mesh
+            await second.start(known_tasks={"web1"})
+            assert second.record.mesh is not None and "hostport" in second.record.tasks["web1"]
+            state2 = NetworkState()
+            second.watch(state2)
+            state2.apply(full)
+            await settle([second])
+            assert ask(outside, addr_a, 18080, 2) == ["web1", "web1"]
+            assert ask(outside, addr_a, 18081, 1) == ["web1"]
+            # The task is gone by the next restart: its link and the host table go too.
+            third = Plumbing(*dirs, addr_a, f"/run/netns/{ns_a}")
+            await third.start(known_tasks=set())
+            assert third.record.hostports is None and not third.record.tasks
+            assert ask(outside, addr_a, 18081, 1) == ["refused"]
+            await third.close()
+        finally:
+            server.stop()
+
+    asyncio.run(run())
+    assert listing(ns_a) == before
+    assert sysctl_in(ns_a, "net.ipv4.ip_forward") == forwarding
