@@ -20,7 +20,7 @@ import os
 import secrets
 from typing import TYPE_CHECKING, Any
 
-from shoal.agent.network import devices, nft
+from shoal.agent.network import devices, dockerfw, nft
 from shoal.log import get_logger
 from shoal.types.network import PortMapping
 
@@ -118,6 +118,10 @@ class HostPorts:
         from shoal.agent.network.mesh import sysctl  # one helper for both
 
         sysctl(self.p.node_netns, f"net.ipv4.conf.{veth}.route_localnet", "1")
+        entry["hostport"]["iptables"] = dockerfw.rules_for(self.p.node_netns, veth)
+        self.p._save()
+        for rule in entry["hostport"]["iptables"]:
+            dockerfw.insert(self.p.node_netns, rule)
         self.sync_locked()
 
     def remove_task_locked(self, task_id: str) -> None:
@@ -126,6 +130,8 @@ class HostPorts:
         link = entry.get("hostport")
         if not link:
             return
+        for rule in link.get("iptables") or []:
+            dockerfw.delete(self.p.node_netns, rule)
         devices.delete_links(self.p.node_netns, [link["veth"]])
         del entry["hostport"]
         self.p._save()

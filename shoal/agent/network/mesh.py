@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shoal.agent.network import devices, netns, nft
+from shoal.agent.network import devices, dockerfw, netns, nft
 from shoal.agent.network.state import NetworkState
 from shoal.agent.network.vip import dnat_map
 from shoal.log import get_logger
@@ -251,6 +251,10 @@ class Mesh:
         self.p.forwarding_on_locked()
         self._links(str(path), sandbox, entry["node_veth"], gateway, subnet.prefixlen)
         sysctl(node_ns, f"net.ipv4.conf.{entry['node_veth']}.route_localnet", "1")
+        entry["iptables"] = dockerfw.rules_for(node_ns, entry["node_veth"])
+        self.p._save()
+        for rule in entry["iptables"]:
+            dockerfw.insert(node_ns, rule)
         sysctl(str(path), "net.ipv4.ip_forward", "1")
         self.applied.clear()
         log.info("routing mesh gateway made", netns=str(path), table=entry["table"])
@@ -306,6 +310,8 @@ class Mesh:
             nft.run(node_ns, nft.delete_table(FAMILY, entry["table"]))
         except nft.NftError:
             log.exception("routing mesh table not removed", table=entry["table"])
+        for rule in entry.get("iptables") or []:
+            dockerfw.delete(node_ns, rule)
         devices.delete_links(node_ns, [entry["node_veth"]])
         sb = self.p.record.networks.get(entry["network"])
         if sb is not None and netns.exists(Path(sb["netns"])):

@@ -146,15 +146,32 @@ def lab3() -> Iterator[tuple[NetnsLab, list[tuple[str, str]]]]:
         assert lab.teardown() == []
 
 
+def docker_like_filter(ns: str) -> None:
+    """What dockerd does to a host's filter table (deps-evaluation §7a): FORWARD drops
+    unless DOCKER-USER accepts. In the lab node's own namespace, gone with it."""
+    for rule in (
+        ["-N", "DOCKER-USER"],
+        ["-A", "DOCKER-USER", "-j", "RETURN"],
+        ["-I", "FORWARD", "-j", "DOCKER-USER"],
+        ["-P", "FORWARD", "DROP"],
+    ):
+        done = in_ns(f"/run/netns/{ns}", "iptables", "-w", *rule)
+        assert done.returncode == 0, done.stderr
+
+
 def sysctl_in(ns: str, key: str) -> str:
     return in_ns(f"/run/netns/{ns}", "cat", "/proc/sys/" + key.replace(".", "/")).stdout.strip()
 
 
+@pytest.mark.parametrize("docker_rules", [False, True], ids=["plain", "docker-forward-drop"])
 def test_mesh_port_answers_on_every_node_and_loopback_and_reaches_backends_on_both(
-    lab3: tuple[NetnsLab, list[tuple[str, str]]], tmp_path: Path
+    lab3: tuple[NetnsLab, list[tuple[str, str]]], tmp_path: Path, docker_rules: bool
 ) -> None:
     _lab, [(ns_a, addr_a), (ns_b, addr_b), (ns_c, _addr_c)] = lab3
     nodes = (ns_a, ns_b)
+    if docker_rules:
+        for ns in nodes:
+            docker_like_filter(ns)
     before = {ns: listing(ns) for ns in nodes}
     forwarding = {ns: sysctl_in(ns, "net.ipv4.ip_forward") for ns in nodes}
     host_before = listing(None)["nft"]
@@ -246,11 +263,15 @@ def test_mesh_port_answers_on_every_node_and_loopback_and_reaches_backends_on_bo
     assert listing(None)["nft"] == host_before
 
 
+@pytest.mark.parametrize("docker_rules", [False, True], ids=["plain", "docker-forward-drop"])
 def test_host_mode_port_answers_only_on_the_tasks_node(
-    lab3: tuple[NetnsLab, list[tuple[str, str]]], tmp_path: Path
+    lab3: tuple[NetnsLab, list[tuple[str, str]]], tmp_path: Path, docker_rules: bool
 ) -> None:
     _lab, [(ns_a, addr_a), (ns_b, addr_b), (ns_c, _addr_c)] = lab3
     nodes = (ns_a, ns_b)
+    if docker_rules:
+        for ns in nodes:
+            docker_like_filter(ns)
     before = {ns: listing(ns) for ns in nodes}
     forwarding = {ns: sysctl_in(ns, "net.ipv4.ip_forward") for ns in nodes}
     net = f"10.213.{secrets.randbelow(250)}"
