@@ -20,7 +20,8 @@ with the ingress network and an app network; N backend tasks on both, publishing
 - haproxy: from the client task to HAProxy (mode tcp, nbthread 1, round robin) in that
   task's namespace on 127.0.0.1:8090, to the backends' addresses.
 
-Each with keep-alive and with a new connection per request (`Connection: close`).
+Each with keep-alive and with a new connection per request (`Connection: close`), the
+paths in turn for --rounds rounds; medians printed (with the range of req/s).
 Last line: `mesh: <x> of direct, <y> of HAProxy, ...`.
 """
 
@@ -32,6 +33,7 @@ import os
 import re
 import secrets
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -204,11 +206,17 @@ async def run(
             print(f"(direct goes to one of the {n} backends; the others spread over all)")
         results: dict[tuple[str, str], tuple[float, float]] = {}
         for mode, close in (("keep-alive", False), ("new connection", True)):
-            for name, (ns, url) in paths.items():
-                wrk(ns, url, 1, args.connections, close)  # warm up
-                rps, p99 = wrk(ns, url, args.seconds, args.connections, close)
+            runs: dict[str, list[tuple[float, float]]] = {name: [] for name in paths}
+            for _ in range(args.rounds):  # the paths in turn, so drift hits them alike
+                for name, (ns, url) in paths.items():
+                    wrk(ns, url, 1, args.connections, close)  # warm up
+                    runs[name].append(wrk(ns, url, args.seconds, args.connections, close))
+            for name, got in runs.items():
+                rps = statistics.median(r for r, _ in got)
+                p99 = statistics.median(p for _, p in got)
                 results[(name, mode)] = (rps, p99)
-                print(f"{mode:15} {name:8} {rps:10.0f} req/s   p99 {p99:7.2f} ms")
+                spread = f"{min(r for r, _ in got):.0f}-{max(r for r, _ in got):.0f}"
+                print(f"{mode:15} {name:8} {rps:10.0f} req/s ({spread})   p99 {p99:7.2f} ms")
         summary = []
         for mode in ("keep-alive", "new connection"):
             d, v, m, h, hp = (
@@ -261,6 +269,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--backends", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=3, help="medians over rounds")
     parser.add_argument("--sync-tasks", type=int, default=50, help="0: skip the sync cost")
     args = parser.parse_args()
     if os.geteuid() != 0:
