@@ -8,16 +8,16 @@ Root only; needs wrk and haproxy (scripts/setup.sh). Made here, by names of its 
 (random suffix) and removed at the end: a node namespace and an outside client's
 namespace joined by a veth pair; the node's Plumbing (files in a temporary directory)
 with the ingress network and an app network; N backend tasks on both, publishing
-8080:80 in ingress mode, and a client task on the app network. Paths:
+8080:80 in ingress mode, and a client task per path on the app network. Paths:
 
-- direct: from the client task to a backend's address (the overlay, no NAT);
-- vip: from the client task to the service's VIP (vip.py: DNAT in the task's namespace);
+- direct: from a client task to a backend's address (the overlay, no NAT);
+- vip: from a client task to the service's VIP (vip.py: DNAT in the task's namespace);
 - mesh: from the outside namespace to the node's address:8080 (mesh.py: DNAT in the node,
   the gateway namespace, DNAT + masquerade there);
 - hostport: from the outside namespace to the node's address:8081, published in host
   mode by the first backend (hostports.py: DNAT in the node to the task's own link), the
   shortest published path, to compare the mesh's gateway hop with;
-- haproxy: from the client task to HAProxy (mode tcp, nbthread 1, round robin) in that
+- haproxy: from a client task to HAProxy (mode tcp, nbthread 1, round robin) in that
   task's namespace on 127.0.0.1:8090, to the backends' addresses.
 
 Each with keep-alive and with a new connection per request (`Connection: close`), the
@@ -84,6 +84,8 @@ async def main():
 asyncio.run(main())
 """
 
+CLIENTS = ("client-direct", "client-vip", "client-haproxy")
+
 HAPROXY_CFG = """global
     maxconn 8000
     nbthread 1
@@ -149,10 +151,12 @@ async def run(
                 network_id=net.id, task_id=f"web{i}", node_id="N", node_addr=node_addr,
                 addr=addr, service_id=svc, service_name="web", running=True,
             ))  # fmt: skip
-    peers.append(NetworkPeer(
-        network_id=app.id, task_id="client", node_id="N", node_addr=node_addr,
-        addr="10.217.0.50", service_id="svc-client", service_name="client", running=True,
-    ))  # fmt: skip
+    for j, who in enumerate(CLIENTS):
+        peers.append(NetworkPeer(
+            network_id=app.id, task_id=who, node_id="N", node_addr=node_addr,
+            addr=f"10.217.0.{50 + j}", service_id="svc-client", service_name="client",
+            running=True,
+        ))  # fmt: skip
     endpoints = [
         ServiceEndpoint(network_id=ingress.id, service_id=svc, service_name="web",
                         vip="10.216.0.2", ports=[PortMapping(target=80, published=8080)]),
@@ -175,32 +179,36 @@ async def run(
             )  # fmt: skip
             procs.append(p)
             assert p.stdout is not None and p.stdout.readline().strip() == "ready"
-        client = await plumbing.attach(
-            "client", [NetworkAttachment(network=app, addresses=["10.217.0.50/16"])]
-        )
+        # A client task per path: connections to the backend from one namespace by
+        # different paths (plain, DNATed, proxied) would collide in its conntrack table
+        # and TIME_WAIT sockets, and NAT would have to hunt for free ports.
+        clients = {}
+        for j, who in enumerate(CLIENTS):
+            att = NetworkAttachment(network=app, addresses=[f"10.217.0.{50 + j}/16"])
+            clients[who] = await plumbing.attach(who, [att])
         await asyncio.sleep(0)
         if plumbing._sync_task is not None:
             await plumbing._sync_task
         # Connection-per-request runs leave thousands of TIME_WAIT sockets in the
         # clients' namespaces (ours, gone after): let new connections reuse them.
-        for ns in (client, f"/run/netns/{out_ns}"):
+        for ns in (*clients.values(), f"/run/netns/{out_ns}"):
             sh("nsenter", f"--net={ns}", "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1",
                "net.ipv4.ip_local_port_range=10000 65000")  # fmt: skip
         cfg = work / "haproxy.cfg"
         servers = "\n".join(f"    server s{i} {a}:80" for i, a in enumerate(app_addrs))
         cfg.write_text(HAPROXY_CFG.format(servers=servers))
         hap = subprocess.Popen(  # noqa: ASYNC220
-            ["nsenter", f"--net={client}", "haproxy", "-db", "-f", str(cfg)],
+            ["nsenter", f"--net={clients['client-haproxy']}", "haproxy", "-db", "-f", str(cfg)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         procs.append(hap)
         await asyncio.sleep(0.5)
         paths = {
-            "direct": (client, f"http://{app_addrs[0]}/"),
-            "vip": (client, f"http://{vip}/"),
+            "direct": (clients["client-direct"], f"http://{app_addrs[0]}/"),
+            "vip": (clients["client-vip"], f"http://{vip}/"),
             "mesh": (f"/run/netns/{out_ns}", f"http://{node_addr}:8080/"),
             "hostport": (f"/run/netns/{out_ns}", f"http://{node_addr}:8081/"),
-            "haproxy": (client, "http://127.0.0.1:8090/"),
+            "haproxy": (clients["client-haproxy"], "http://127.0.0.1:8090/"),
         }
         if n > 1:
             print(f"(direct goes to one of the {n} backends; the others spread over all)")
