@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -153,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replicas", type=int, default=DEFAULT_REPLICAS)
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S)
     parser.add_argument("--asyncio-debug", action="store_true")
+    parser.add_argument("--keep-log", type=Path, metavar="FILE", help="copy the daemon's log here")
     args = parser.parse_args(argv)
     if args.asyncio_debug:
         os.environ["PYTHONASYNCIODEBUG"] = "1"
@@ -175,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         console.print("api_latency: interrupted; cleaning up")
         return 130
     finally:
+        if args.keep_log is not None and bench.log_path.exists():
+            shutil.copyfile(bench.log_path, args.keep_log)
         bench.cleanup()
 
 
