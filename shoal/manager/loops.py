@@ -39,6 +39,10 @@ class LoopStats:
     rounds: int = 0
     failures: int = 0
     resyncs: int = 0
+    # Transactions still queued behind the round being handled (reconcile_loop sets it
+    # before each round): a loop that makes work for itself (a build in chunks) makes
+    # the next chunk only once it has caught up, so no watcher's queue keeps growing.
+    backlog: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {"rounds": self.rounds, "failures": self.failures, "resyncs": self.resyncs}
@@ -77,6 +81,7 @@ async def reconcile_loop(
             while not stopped.is_set():
                 events = await watcher.__anext__()
                 events.extend(watcher.get_nowait_all(MAX_EVENTS_PER_ROUND - len(events)))
+                stats.backlog = watcher.queue.qsize()
                 await store.update(functools.partial(_apply, handle, events))
                 if after is not None:
                     await after()

@@ -122,6 +122,11 @@ class ServiceOrchestrator:
             if self.owns(s):
                 assert s is not None
                 self.reconcile(tx, s)
+        if self._stats.backlog:
+            # Behind on events (a build's own tasks being allocated and scheduled): the
+            # next chunk waits until this loop has caught up, which also keeps every
+            # watcher's queue, and the memory and GC work it holds, bounded.
+            return
         for sid in self.unfinished() - dirty_services:
             s = tx.get_service(sid)
             if s is None or not self.owns(s):

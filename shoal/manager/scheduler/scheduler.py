@@ -90,8 +90,10 @@ class Scheduler:
     def load(self, view: ReadTx) -> None:
         self._observe_cluster(view.cluster())
         self.nodes = {n.id: NodeInfo.of(n) for n in view.nodes()}
-        self.pending = {}
-        self.parked = {}
+        # emptied in place: the dicts made in the constructor are the ones the manager
+        # moved out of the garbage collector's way (Manager.start)
+        self.pending.clear()
+        self.parked.clear()
         for t in view.tasks():
             self._observe_task(t)
 

@@ -165,3 +165,25 @@ def test_a_huge_replicated_job_is_started_in_bounded_transactions() -> None:
         assert sizes == [MAX_TASKS_PER_RECONCILE, 2 * MAX_TASKS_PER_RECONCILE, count]
 
     asyncio.run(main())
+
+
+def test_a_build_goes_on_only_once_its_loop_has_caught_up() -> None:
+    """The orchestrator makes the next chunk of a huge service only in a round with no
+    events queued behind it (its own tasks being allocated and scheduled): the build
+    goes at the pace the loop digests them, so no watcher's queue keeps growing."""
+
+    async def main() -> None:
+        store = Store(MemoryBackend())
+        svc = await store.update(lambda tx: tx.create(service("big", 3 * MAX_TASKS_PER_RECONCILE)))
+        orch = ReplicatedOrchestrator(store, RestartSupervisor(store), UpdateSupervisor(store))
+        await store.update(lambda tx: orch.reconcile(tx, svc))
+        assert len(store.view().tasks()) == MAX_TASKS_PER_RECONCILE
+        orch._stats.backlog = 1  # (reconcile_loop sets it before each round)
+        await store.update(lambda tx: orch._handle(tx, []))
+        assert len(store.view().tasks()) == MAX_TASKS_PER_RECONCILE
+        assert orch.unfinished() == {"big"}
+        orch._stats.backlog = 0
+        await store.update(lambda tx: orch._handle(tx, []))
+        assert len(store.view().tasks()) == 2 * MAX_TASKS_PER_RECONCILE
+
+    asyncio.run(main())
