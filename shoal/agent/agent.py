@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 import msgspec
 
 from shoal.agent.executor.base import Executor
+from shoal.agent.starts import StartSlots, default_limit
 from shoal.agent.task_runner import TaskRunner
 from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.log import get_logger
@@ -51,7 +52,10 @@ class Agent:
         session: DispatcherSession,
         resources: NodeResources | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        max_starts: int | None = None,
     ) -> None:
+        """`max_starts`: task starts in flight at once (shoal.agent.starts; None: its
+        default from the CPUs, 0: unbounded)."""
         self.node_id = node_id
         self._clock = clock
         self.resources = resources
@@ -59,6 +63,7 @@ class Agent:
         self.executor = executor
         self._session = session
         self._runners: dict[str, TaskRunner] = {}
+        self.starts = StartSlots(default_limit() if max_starts is None else max_starts)
         self._statuses: dict[str, TaskStatus] = {}
         self._status_ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -189,7 +194,7 @@ class Agent:
         runner = self._runners.get(task.id)
         if runner is None:
             controller = self.executor.controller(task, assigned.meta)
-            runner = TaskRunner(task, controller, self._report, self._clock)
+            runner = TaskRunner(task, controller, self._report, self._clock, self.starts)
             self._runners[task.id] = runner
             discarding = self._discarding.get(task.id)
             if discarding is None:
@@ -255,6 +260,7 @@ class Agent:
         return {
             "tasks": len(self._runners),
             "pending_reports": len(self._statuses),
+            **{f"starts_{k}": v for k, v in self.starts.statistics().items()},
             **self.dependency_counts(),
         }
 
