@@ -81,6 +81,7 @@ class Agent:
             loop.create_task(self._session_loop(), name="agent-session"),
             loop.create_task(self._report_loop(), name="agent-reporter"),
         ]
+        log.info("agent started", node=self.node_id, max_concurrent_starts=self.starts.limit)
 
     async def stop(self, stop_tasks: bool = True) -> None:
         """Stop the agent; with `stop_tasks` also stop every task's process (as dockerd
