@@ -80,7 +80,9 @@ class LatencyBench(ConvergeBench):
         self.start_daemon()
         assert self.daemon is not None
         pid = self.daemon.pid
-        self.api.call("POST", "/swarm/init", {"ListenAddr": "127.0.0.1:0", "AdvertiseAddr": "127.0.0.1"})
+        self.api.call(
+            "POST", "/swarm/init", {"ListenAddr": "127.0.0.1:0", "AdvertiseAddr": "127.0.0.1"}
+        )
         env = {**os.environ, "DOCKER_HOST": f"unix://{self.socket_path}"}
         cli: list[float] = []
         raw: list[float] = []
