@@ -187,3 +187,31 @@ def test_a_build_goes_on_only_once_its_loop_has_caught_up() -> None:
         assert len(store.view().tasks()) == 2 * MAX_TASKS_PER_RECONCILE
 
     asyncio.run(main())
+
+
+def test_a_huge_service_removed_is_taken_down_in_bounded_transactions() -> None:
+    from shoal.manager.orchestrator.base import MAX_REMOVALS_PER_ROUND
+    from shoal.manager.store import Event
+    from shoal.types.task import TaskState
+
+    replicas = 2 * MAX_REMOVALS_PER_ROUND + 5
+
+    async def main() -> None:
+        store = Store(MemoryBackend())
+        svc = await store.update(lambda tx: tx.create(service("big", replicas)))
+        orch = ReplicatedOrchestrator(store, RestartSupervisor(store), UpdateSupervisor(store))
+        await store.update(lambda tx: orch.reconcile(tx, svc))
+        while orch.unfinished():
+            await store.update(lambda tx: orch._handle(tx, []))
+        watcher = store.watch("task")
+        await store.update(lambda tx: tx.delete("service", "big"))
+        removed = [Event("remove", "service", svc, svc)]
+        await store.update(lambda tx: orch._handle(tx, removed))
+        marked = [len(watcher.get_nowait_all())]  # tasks marked by each transaction
+        while orch._removing:
+            await store.update(lambda tx: orch._handle(tx, []))
+            marked.append(len(watcher.get_nowait_all()))
+        assert sum(marked) == replicas and max(marked) <= MAX_REMOVALS_PER_ROUND, marked
+        assert all(t.desired == TaskState.REMOVE for t in store.view().tasks())
+
+    asyncio.run(main())
