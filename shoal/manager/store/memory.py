@@ -96,7 +96,7 @@ _RECORD_TYPES: dict[str, Any] = {
 }
 
 # Largest number of objects one batch() transaction writes (size bound of a batch).
-MAX_CHANGES_PER_BATCH = 2000
+MAX_CHANGES_PER_BATCH = 500
 # Largest number of records one group commit hands the backend (its size bound; its
 # time bound is the commit in flight: nothing waits longer than that).
 MAX_GROUP_RECORDS = 10_000
