@@ -123,16 +123,6 @@ def daemon(
         api_tls=api_tls,
         insecure_tcp=insecure_tcp,
     )
-    import os as _os
-    if _os.environ.get("SHOAL_PROF"):
-        import sys as _s; _s.path.insert(0, "/tmp/latprof")
-        import watchdog as _w
-        _dump = _w.install()
-        try:
-            asyncio.run(serve(config))
-        finally:
-            _dump()
-        return
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency

@@ -144,10 +144,13 @@ async def take_burst(
     quiet_s: float,
     max_s: float,
     full: Callable[[], bool] | None = None,
+    limit: int | None = None,
 ) -> None:
     """After a first event was applied: keep applying what arrives until `quiet_s`
     passes with nothing new, `max_s` has passed since the first, or `full()` says the
-    batch is big enough (a size and a time bound; STYLE.md point 8)."""
+    batch is big enough (a size and a time bound; STYLE.md point 8). `limit`: the most
+    events one turn of the event loop applies (whole transactions; the rest stay queued
+    for the next turn)."""
     first = clock.monotonic()
     while full is None or not full():
         left = max_s - (clock.monotonic() - first)
@@ -157,5 +160,5 @@ async def take_burst(
             more = await clock.wait_for(watcher.__anext__(), min(quiet_s, left))
         except TimeoutError:
             return
-        more.extend(watcher.get_nowait_all())
+        more.extend(watcher.get_nowait_all(limit))
         apply(more)

@@ -169,7 +169,7 @@ class ServiceOrchestrator:
         self._effects.append(functools.partial(self._updates.cancel, service.id))
         self._effects.append(functools.partial(self._restarts.clear_service, service.id))
         self.forget(service.id)
-        left = [t.id for t in tx.tasks_of_service(service.id) if t.desired < TaskState.REMOVE]
+        left = tx.task_ids_of_service(service.id)  # (filtered as they are marked)
         if left:
             self._removing[service.id] = left
         # (marked desired REMOVE by _remove_some, MAX_REMOVALS_PER_ROUND a round)

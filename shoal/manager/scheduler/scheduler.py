@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import msgspec
 
 from shoal.clock import SYSTEM_CLOCK, Clock
-from shoal.manager.loops import LoopStats, supervise, take_burst
+from shoal.manager.loops import MAX_EVENTS_PER_ROUND, LoopStats, supervise, take_burst
 from shoal.manager.scheduler.constraint import node_value
 from shoal.manager.scheduler.filters import Pipeline
 from shoal.manager.scheduler.nodeinfo import NodeInfo
@@ -181,9 +181,16 @@ class Scheduler:
             await self.tick()
             while not self._stopped.is_set():
                 events = await watcher.__anext__()
-                events.extend(watcher.get_nowait_all())
+                events.extend(watcher.get_nowait_all(MAX_EVENTS_PER_ROUND))
                 self.apply(events)
-                await take_burst(watcher, self.apply, self._clock, COMMIT_DEBOUNCE_S, MAX_LATENCY_S)
+                await take_burst(
+                    watcher,
+                    self.apply,
+                    self._clock,
+                    COMMIT_DEBOUNCE_S,
+                    MAX_LATENCY_S,
+                    limit=MAX_EVENTS_PER_ROUND,
+                )
                 await self.tick()
                 self._stats.rounds += 1
         finally:

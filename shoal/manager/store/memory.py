@@ -299,6 +299,10 @@ class ReadTx:
         table = self._t.objects["task"]
         return [table[i] for i in self._t.tasks_by_service.get(service_id, ())]
 
+    def task_ids_of_service(self, service_id: str) -> list[str]:
+        """The IDs of the service's tasks (an index: no walk over the tasks)."""
+        return list(self._t.tasks_by_service.get(service_id, ()))
+
     def running_by_node(self, service_id: str) -> dict[str, int]:
         """{node ID: how many of the service's tasks run there} (an index: no walk)."""
         return dict(self._t.running.get(service_id, ()))
