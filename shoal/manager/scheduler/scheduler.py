@@ -207,6 +207,9 @@ class Scheduler:
             decisions = self.schedule(chunk)
             self.passes += 1
             await self._commit(decisions)
+            # a turn of the event loop between passes, even when a pass wrote nothing
+            # (200k unparked tasks that still fit nowhere: 200 passes, not one turn)
+            await asyncio.sleep(0)
 
     # placement ------------------------------------------------------------------------------
     def schedule(self, tasks: list[Task]) -> list[Decision]:

@@ -95,7 +95,8 @@ _RECORD_TYPES: dict[str, Any] = {
     "config": Config,
 }
 
-# Largest number of objects one batch() transaction writes (size bound of a batch).
+# Largest number of objects one batch() transaction writes, and of items it goes
+# through (size bound of a batch).
 MAX_CHANGES_PER_BATCH = 500
 # Largest number of records one group commit hands the backend (its size bound; its
 # time bound is the commit in flight: nothing waits longer than that).
@@ -519,7 +520,11 @@ class Store:
 
         def chunk(tx: Tx) -> None:
             nonlocal done
-            while len(tx._events) < MAX_CHANGES_PER_BATCH:
+            # bounded in writes and in items (most may write nothing: a pass of the
+            # scheduler over tasks that still fit nowhere)
+            for _ in range(MAX_CHANGES_PER_BATCH):
+                if len(tx._events) >= MAX_CHANGES_PER_BATCH:
+                    return
                 try:
                     item = next(it)
                 except StopIteration:

@@ -215,3 +215,72 @@ def test_a_huge_service_removed_is_taken_down_in_bounded_transactions() -> None:
         assert all(t.desired == TaskState.REMOVE for t in store.view().tasks())
 
     asyncio.run(main())
+
+
+def test_a_batch_that_writes_nothing_still_yields_between_bounded_chunks() -> None:
+    async def main() -> None:
+        store = Store(MemoryBackend())
+        seen: list[int] = []
+        ticks = 0
+
+        async def probe() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        prober = asyncio.create_task(probe())
+        await asyncio.sleep(0)
+        before = ticks
+        await store.batch(range(3 * MAX_CHANGES_PER_BATCH), lambda tx, i: seen.append(i))
+        prober.cancel()
+        assert len(seen) == 3 * MAX_CHANGES_PER_BATCH
+        assert ticks - before >= 2
+
+    asyncio.run(main())
+
+
+def test_a_scheduler_pass_over_tasks_that_fit_nowhere_yields_between_passes() -> None:
+    from shoal.manager.orchestrator.task import set_status
+    from shoal.manager.scheduler.scheduler import MAX_TASKS_PER_PASS, Scheduler
+    from shoal.types.task import TaskState
+
+    count = 3 * MAX_TASKS_PER_PASS
+
+    async def main() -> None:
+        store = Store(MemoryBackend())
+        svc = await store.update(lambda tx: tx.create(service("big", count)))
+        orch = ReplicatedOrchestrator(store, RestartSupervisor(store), UpdateSupervisor(store))
+        await store.update(lambda tx: orch.reconcile(tx, svc))
+        while orch.unfinished():
+            await store.update(lambda tx: orch._handle(tx, []))
+
+        def pend(tx: Tx, task_id: str) -> None:
+            t = tx.get_task(task_id)
+            assert t is not None
+            tx.update(set_status(t, TaskState.PENDING, "pending task scheduling"))
+
+        await store.batch([t.id for t in store.view().tasks()], pend)
+        sched = Scheduler(store)  # no node: every task fits nowhere
+        sched.load(store.view())
+        await sched.tick()  # writes each task's "no suitable node"
+        assert len(sched.parked) == count
+        sched._unpark()  # (a node changed) every task is tried again: no write this time
+        ticks = 0
+
+        async def probe() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        prober = asyncio.create_task(probe())
+        await asyncio.sleep(0)
+        before = ticks
+        index = store.index
+        await sched.tick()
+        prober.cancel()
+        assert store.index == index and len(sched.parked) == count
+        assert ticks - before >= 2
+
+    asyncio.run(main())
