@@ -144,13 +144,13 @@ async def take_burst(
     quiet_s: float,
     max_s: float,
     full: Callable[[], bool] | None = None,
-    limit: int | None = None,
+    limit: int | None = MAX_EVENTS_PER_ROUND,
 ) -> None:
     """After a first event was applied: keep applying what arrives until `quiet_s`
     passes with nothing new, `max_s` has passed since the first, or `full()` says the
     batch is big enough (a size and a time bound; STYLE.md point 8). `limit`: the most
-    events one turn of the event loop applies (whole transactions; the rest stay queued
-    for the next turn)."""
+    events one apply takes (whole transactions; the rest stay queued for the next,
+    which comes a turn of the event loop later: Watcher.__anext__)."""
     first = clock.monotonic()
     while full is None or not full():
         left = max_s - (clock.monotonic() - first)

@@ -183,14 +183,7 @@ class Scheduler:
                 events = await watcher.__anext__()
                 events.extend(watcher.get_nowait_all(MAX_EVENTS_PER_ROUND))
                 self.apply(events)
-                await take_burst(
-                    watcher,
-                    self.apply,
-                    self._clock,
-                    COMMIT_DEBOUNCE_S,
-                    MAX_LATENCY_S,
-                    limit=MAX_EVENTS_PER_ROUND,
-                )
+                await take_burst(watcher, self.apply, self._clock, COMMIT_DEBOUNCE_S, MAX_LATENCY_S)
                 await self.tick()
                 self._stats.rounds += 1
         finally:

@@ -168,6 +168,11 @@ class Watcher:
         return self
 
     async def __anext__(self) -> list[Event]:
+        if not self.queue.empty():
+            # A loop with a backlog would otherwise take round after round without the
+            # event loop turning once (a queue's get() returns at once when it holds
+            # something): one turn between two rounds, whatever each round does.
+            await asyncio.sleep(0)
         events = await self.queue.get()
         if self.closed_reason is not None and self.queue.empty():
             raise WatcherClosed(self.closed_reason)

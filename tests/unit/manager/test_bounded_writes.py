@@ -284,3 +284,33 @@ def test_a_scheduler_pass_over_tasks_that_fit_nowhere_yields_between_passes() ->
         assert ticks - before >= 2
 
     asyncio.run(main())
+
+
+def test_a_loop_with_a_backlog_lets_the_event_loop_turn_between_its_rounds() -> None:
+    """A queue's get() returns at once when it holds something: without a turn in
+    Watcher.__anext__, a loop behind by many transactions would take them all in one
+    turn of the event loop."""
+
+    async def main() -> None:
+        store = Store(MemoryBackend())
+        watcher = store.watch("node")
+        for i in range(5):
+            await store.update(lambda tx, i=i: tx.create(node(i)))
+        ticks = 0
+
+        async def probe() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        prober = asyncio.create_task(probe())
+        await asyncio.sleep(0)
+        seen = []
+        for _ in range(5):
+            await watcher.__anext__()
+            seen.append(ticks)
+        prober.cancel()
+        assert all(b > a for a, b in zip(seen, seen[1:], strict=False)), seen
+
+    asyncio.run(main())
