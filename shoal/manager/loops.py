@@ -18,7 +18,7 @@ RETRY_MAX_S = 10.0
 # The most events one round of a reconcile loop takes into its transaction: a burst
 # larger than this (a huge service being built) is handled over several rounds, each a
 # bounded transaction with the event loop free between them.
-MAX_EVENTS_PER_ROUND = 2000
+MAX_EVENTS_PER_ROUND = 1000
 
 log = get_logger("shoal.manager")
 

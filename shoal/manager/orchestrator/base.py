@@ -20,7 +20,7 @@ from shoal.types.task import Task, TaskState
 # The most tasks of removed services one round marks desired REMOVE: a huge service
 # removed is taken down over several rounds (each chunk's own events start the next),
 # the event loop free between them.
-MAX_REMOVALS_PER_ROUND = 1000
+MAX_REMOVALS_PER_ROUND = 500
 
 
 class ServiceOrchestrator:
