@@ -140,6 +140,7 @@ def present(service: Service, defaults: bool) -> Any:
     return wire(service)
 
 
+@reads("service")
 async def inspect(request: web.Request) -> web.Response:
     m = require_manager(request)
     service = ctl.resolve_service(m.store.view(), request.match_info["id"])
