@@ -8,7 +8,6 @@ The loops never call each other: they meet in the store and its watches.
 from __future__ import annotations
 
 import asyncio
-import gc
 from collections.abc import Coroutine
 from typing import Any, Protocol
 
@@ -79,14 +78,7 @@ class Manager:
             t = asyncio.get_running_loop().create_task(loop.run(), name=f"manager-{name}")
             t.add_done_callback(log_failure)
             self._tasks.append(t)
-        # The store's tables and the loops' indexes are long-lived dicts and sets of up
-        # to 100ks of entries (gc=False structs, strings): a full collection still visits
-        # every entry (50-150 ms at 200k tasks, the event loop stopped; issue 15). They
-        # exist from here on (their containers are created empty in the constructors and
-        # filled in place), so they are moved out of the collector's generations once;
-        # what is created later is collected as usual.
-        gc.freeze()
-        log.info("manager started", index=self.store.index, gc_frozen=gc.get_freeze_count())
+        log.info("manager started", index=self.store.index)
 
     async def stop(self) -> None:
         for loop in self._loops.values():
