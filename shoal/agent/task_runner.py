@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 import msgspec
 
 from shoal.agent.executor.base import Controller, ExecutorError, ExitStatus, RuntimeState
+from shoal.agent.starts import StartSlots
 from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.log import get_logger
 from shoal.types.base import format_time
@@ -77,9 +78,14 @@ class TaskRunner:
         controller: Controller,
         report: Report,
         clock: Clock = SYSTEM_CLOCK,
+        starts: StartSlots | None = None,
         host_ports: Sequence[PortMapping] = (),
     ) -> None:
         self.task = task
+        # The node's bound on starts in flight: a slot is held from PREPARING until the
+        # start returned (none: unbounded).
+        self._starts = starts if starts is not None else StartSlots(0)
+        self._holding = False
         # the task's host-mode published ports, reported in PortStatus while it runs
         self._port_status = port_status(host_ports)
         self._clock = clock
@@ -139,6 +145,8 @@ class TaskRunner:
         self._report(self.task.id, status)
 
     def _note_runtime(self, rs: RuntimeState) -> None:
+        if rs.host_ports is not None:
+            self._port_status = port_status(rs.host_ports)
         self._container = ContainerStatus(container_id=rs.container_id, pid=rs.pid, exit_code=0)
 
     def _note_exit(self, status: ExitStatus) -> None:
@@ -153,11 +161,23 @@ class TaskRunner:
     def _desired(self) -> TaskState:
         return self.task.desired
 
+    async def _take_slot(self) -> None:
+        if not self._holding:
+            await self._starts.acquire()
+            self._holding = True
+
+    def _free_slot(self) -> None:
+        if self._holding:
+            self._holding = False
+            self._starts.release()
+
     async def _run(self) -> None:
         try:
             await self._adopt()
             while not self._removed:
                 desired = self._desired()
+                if self.state not in (TaskState.PREPARING, TaskState.READY, TaskState.STARTING):
+                    self._free_slot()  # started, failed, or shut down
                 if desired >= TaskState.SHUTDOWN and self.state <= TaskState.RUNNING:
                     await self.controller.shutdown(stop_grace_s(self.task))
                     self._set(TaskState.SHUTDOWN)
@@ -170,14 +190,18 @@ class TaskRunner:
                 elif self.state == TaskState.ACCEPTED:
                     self._set(TaskState.PREPARING)
                 elif self.state == TaskState.PREPARING:
+                    await self._take_slot()
                     await self._prepare()
                 elif self.state == TaskState.READY:
                     if desired > TaskState.READY:
                         self._set(TaskState.STARTING)
                     else:
+                        self._free_slot()  # prepared only: not starting yet
                         await self._wait_change()
                 elif self.state == TaskState.STARTING:
+                    await self._take_slot()
                     await self._start()
+                    self._free_slot()
                 elif self.state == TaskState.RUNNING:
                     await self._wait_exit()
                 else:
@@ -191,6 +215,8 @@ class TaskRunner:
                     TaskState.FAILED if self.state >= TaskState.STARTING else TaskState.REJECTED,
                     err=f"agent error: {e}",
                 )
+        finally:
+            self._free_slot()
 
     async def _adopt(self) -> None:
         """Pick up a task an earlier daemon already worked on."""
