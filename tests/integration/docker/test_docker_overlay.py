@@ -95,6 +95,9 @@ def test_containers_on_a_swarm_network_resolve_and_reach_each_other(
         # static wget crashes in its NSS lookups: a request by hand over nc).
         hostnames = {http_body(exec_in(daemon, cid, "sh", "-c", GET.format(a))) for a in web_addrs}
         assert len(hostnames) == 2 and "" not in hostnames
+        # By the VIP: round robin in the container's namespace (vip.py), both answer.
+        by_vip = [http_body(exec_in(daemon, cid, "sh", "-c", GET.format(vip))) for _ in range(4)]
+        assert set(by_vip) == hostnames, by_vip
     finally:
         remove_service(daemon, engine, client)
         remove_service(daemon, engine, web)
