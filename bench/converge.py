@@ -238,8 +238,8 @@ class TaskProcesses:
         except FileNotFoundError:
             return
         for task_dir in task_dirs:
-            shim_pid = _read_pid(task_dir / shim.SHIM_PID_FILE)
-            if shim_pid is not None and str(task_dir) in _cmdline(shim_pid):
+            shim_pid = self._shim_pid(task_dir)
+            if shim_pid is not None:
                 self._remember(shim_pid)
             pid = _read_pid(task_dir / shim.PID_FILE)
             if pid is not None and self._is_task_process(task_dir, pid):
@@ -273,6 +273,18 @@ class TaskProcesses:
         started = _start_time(pid)
         if started is not None and pid not in self.seen:
             self.seen[pid] = started
+
+    @staticmethod
+    def _shim_pid(task_dir: Path) -> int | None:
+        """The shim's pid if it still runs: its record "<pid> <start time> <boot id>"
+        (shim.py) matches the process (forked by the launcher, a shim's command line
+        is the launcher's: it cannot tell which task the shim is for)."""
+        try:
+            words = (task_dir / shim.SHIM_PID_FILE).read_text().split()
+            pid, started = int(words[0]), int(words[1])
+        except (OSError, ValueError, IndexError):
+            return None
+        return pid if _start_time(pid) == started else None
 
     @staticmethod
     def _is_task_process(task_dir: Path, pid: int) -> bool:
