@@ -17,6 +17,7 @@ from shoal.agent.executor.base import Executor
 from shoal.agent.network.state import NetworkState
 from shoal.agent.starts import StartSlots, default_limit
 from shoal.agent.task_runner import TaskRunner
+from shoal.batching import LeadingEdge
 from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.log import get_logger
 from shoal.types.agent import (
@@ -30,8 +31,10 @@ from shoal.types.agent import (
 from shoal.types.node import NodeDescription, NodeResources
 from shoal.types.task import TaskState, TaskStatus, stub_task
 
-# Status changes are sent in one report REPORT_INTERVAL_S after the first of them (a
-# task's quick ACCEPTED..RUNNING steps travel together), at most REPORT_MAX_BATCH a message.
+# Status changes are reported with a leading edge (shoal/batching.py): the first after
+# REPORT_INTERVAL_S of quiet at once, later ones together REPORT_INTERVAL_S after the
+# report before (a burst of starts travels in few reports); at most REPORT_MAX_BATCH a
+# message.
 REPORT_INTERVAL_S = 0.05
 REPORT_MAX_BATCH = 10_000
 # A failed session is retried after a backoff doubling between these bounds.
@@ -71,6 +74,7 @@ class Agent:
         self.starts = StartSlots(default_limit() if max_starts is None else max_starts)
         self._statuses: dict[str, TaskStatus] = {}
         self._status_ready = asyncio.Event()
+        self._report_edge = LeadingEdge(clock, REPORT_INTERVAL_S)
         self._tasks: list[asyncio.Task[None]] = []
         # Tasks an earlier daemon left that this node no longer runs, being discarded.
         self._discarding: dict[str, asyncio.Task[None]] = {}
@@ -226,8 +230,9 @@ class Agent:
     async def _report_loop(self) -> None:
         while True:
             await self._status_ready.wait()
-            await self._clock.sleep(REPORT_INTERVAL_S)
+            await self._report_edge.wait()
             self._status_ready.clear()
+            self._report_edge.sent()
             batch, self._statuses = self._statuses, {}
             updates = [TaskStatusUpdate(task_id=k, status=v) for k, v in batch.items()]
             for i in range(0, len(updates), REPORT_MAX_BATCH):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
+from shoal.batching import LeadingEdge
 from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.errors import NotFound
 from shoal.log import get_logger
@@ -41,8 +42,10 @@ from shoal.types.task import Owner, Task, TaskState, TaskStatus, can_transition
 ROUTED_KINDS = ("task", "node", "service", "network")
 HEARTBEAT_GRACE = 3  # periods without a heartbeat before a node is down
 HEARTBEAT_EPSILON_S = 0.5  # jitter on the period given to agents
-# Agents' status reports are written in one batch per STATUS_BATCH_INTERVAL_S after the
-# first one arrives, or at once when STATUS_BATCH_MAX_ITEMS are waiting.
+# Agents' status reports are written with a leading edge (shoal/batching.py): the first
+# after STATUS_BATCH_INTERVAL_S of quiet at once, later ones in one batch
+# STATUS_BATCH_INTERVAL_S after the write before, or at once when STATUS_BATCH_MAX_ITEMS
+# are waiting.
 STATUS_BATCH_MAX_ITEMS = 10_000
 STATUS_BATCH_INTERVAL_S = 0.1
 MSG_HEARTBEAT_FAILURE = "heartbeat failure"
@@ -100,6 +103,7 @@ class Dispatcher:
         self._pending_status: dict[tuple[str, str], TaskStatus] = {}
         self._status_arrived = asyncio.Event()
         self._flush_now = asyncio.Event()
+        self._flush_edge = LeadingEdge(clock, STATUS_BATCH_INTERVAL_S)
         self._stopped = asyncio.Event()
         self.status_writes = 0
         self.rejected_reports = 0  # malformed frames, bad items
@@ -310,12 +314,15 @@ class Dispatcher:
 
         async def round_() -> None:
             await self._status_arrived.wait()
-            try:
-                await self._clock.wait_for(self._flush_now.wait(), STATUS_BATCH_INTERVAL_S)
-            except TimeoutError:
-                pass
+            delay = self._flush_edge.delay()
+            if delay > 0:
+                try:
+                    await self._clock.wait_for(self._flush_now.wait(), delay)
+                except TimeoutError:
+                    pass
             self._status_arrived.clear()
             self._flush_now.clear()
+            self._flush_edge.sent()
             await self._flush()
 
         await self._forever("status", round_)
