@@ -12,6 +12,8 @@ interval, after the first), and an idle system answers at once. Time is the one 
 
 from __future__ import annotations
 
+import asyncio
+
 from shoal.clock import Clock
 
 
@@ -44,3 +46,54 @@ class LeadingEdge:
     def sent(self) -> None:
         """A batch went now: the next waits until `interval_s` from now."""
         self._last = self.clock.monotonic()
+
+
+class Batcher:
+    """The waits of one loop that sends what accumulated (a status report, a write),
+    leading-edge on two counts: the first batch after `interval_s` of quiet goes at
+    once, and so does the first batch holding an urgent item (a task that came to run,
+    or ended) after `interval_s` without one, even right behind another batch. What
+    arrives closely behind either waits and goes together: at most two batches per
+    `interval_s`. The loop calls `await next()` before taking its batch; producers call
+    `add()` (or `now()`, when the batch is full and must go)."""
+
+    def __init__(self, clock: Clock, interval_s: float) -> None:
+        self.clock = clock
+        self.edge = LeadingEdge(clock, interval_s)
+        self.urgent_edge = LeadingEdge(clock, interval_s)
+        self._ready = asyncio.Event()
+        self._now = asyncio.Event()
+        self._urgent = False
+
+    def add(self, urgent: bool = False) -> None:
+        """Something waits to go; `urgent` lets it go ahead of the interval (once)."""
+        self._ready.set()
+        if urgent:
+            self._urgent = True
+            if self.urgent_edge.delay() == 0:
+                self._now.set()
+
+    def now(self) -> None:
+        """Let the next batch go at once (a full batch)."""
+        self._ready.set()
+        self._now.set()
+
+    async def next(self) -> None:
+        """Wait until something was added and the batch may go; the batch then counts
+        as sent (the caller takes everything added so far)."""
+        await self._ready.wait()
+        delay = self.edge.delay()
+        if delay > 0 and not self._now.is_set():
+            self.edge.delayed += 1
+            try:
+                await self.clock.wait_for(self._now.wait(), delay)
+            except TimeoutError:
+                pass
+        else:
+            self.edge.immediate += 1
+        self._ready.clear()
+        self._now.clear()
+        self.edge.sent()
+        if self._urgent:
+            self.urgent_edge.sent()
+            self._urgent = False

@@ -189,10 +189,16 @@ class Scheduler:
                 events = await watcher.__anext__()
                 events.extend(watcher.get_nowait_all(MAX_EVENTS_PER_ROUND))
                 self.apply(events)
-                if not (self.pending and self._edge.delay() == 0):
-                    await take_burst(
-                        watcher, self.apply, self._clock, COMMIT_DEBOUNCE_S, MAX_LATENCY_S
-                    )
+                # Placed at once (leading edge) when tasks are pending, now or as soon
+                # as the burst brings some, and no pass went for COMMIT_DEBOUNCE_S.
+                await take_burst(
+                    watcher,
+                    self.apply,
+                    self._clock,
+                    COMMIT_DEBOUNCE_S,
+                    MAX_LATENCY_S,
+                    full=lambda: bool(self.pending) and self._edge.delay() == 0,
+                )
                 if self.pending:
                     self._edge.sent()
                 await self.tick()
