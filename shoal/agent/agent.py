@@ -90,6 +90,9 @@ class Agent:
             loop.create_task(self._session_loop(), name="agent-session"),
             loop.create_task(self._report_loop(), name="agent-reporter"),
         ]
+        warm = getattr(self.executor, "warm", None)
+        if warm is not None:  # what the first task's start would wait for (a launcher)
+            self._tasks.append(loop.create_task(warm(), name="executor-warm"))
         log.info("agent started", node=self.node_id, max_concurrent_starts=self.starts.limit)
 
     async def stop(self, stop_tasks: bool = True) -> None:

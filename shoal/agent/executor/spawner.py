@@ -71,6 +71,12 @@ class Launcher:
                 await self._discard(proc)
             raise LauncherUnavailable("the shim launcher exited without an answer")
 
+    async def ensure(self) -> None:
+        """Start the launcher now if it is not running (the first spawn is then as
+        quick as the others)."""
+        async with self._lock:
+            await self._running()
+
     async def close(self) -> None:
         """End the launcher (shims it started go on running)."""
         async with self._lock:
