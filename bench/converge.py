@@ -65,8 +65,10 @@ API_PREFIX = "/v1.41"
 
 DEFAULT_REPLICAS = 100
 DEFAULT_TIMEOUT_S = 120.0
-# How often the task list is polled while waiting for convergence.
+# How often the task list is polled while waiting for convergence; until the first
+# task runs, more often (the figure aimed at is 0.1 s: 50 ms would be half of it).
 POLL_INTERVAL_S = 0.05
+FIRST_POLL_INTERVAL_S = 0.01
 # Waiting for the daemon to answer HEAD /_ping after it was started.
 DAEMON_START_TIMEOUT_S = 30.0
 DAEMON_PING_INTERVAL_S = 0.05
@@ -410,7 +412,7 @@ class ConvergeBench:
                         f"{timeout_s:g} s; {_describe_tasks(tasks)}"
                     )
                 self.check_daemon()
-                time.sleep(POLL_INTERVAL_S)
+                time.sleep(POLL_INTERVAL_S if first is not None else FIRST_POLL_INTERVAL_S)
 
     # --- the daemon
 
