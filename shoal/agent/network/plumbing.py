@@ -81,6 +81,10 @@ class Plumbing:
         self.state: NetworkState | None = None
         self._listeners: list[TaskNetworkListener] = []
         self._lock = threading.RLock()
+        # What each sandbox's VXLAN entries were last programmed to ({task address: node
+        # address}): an update that leaves them as they are (a local task came or went)
+        # costs no netlink dump. Dropped with the sandbox.
+        self._programmed: dict[str, dict[str, str]] = {}
         self._dirty = asyncio.Event()
         self._sync_task: asyncio.Task[None] | None = None
 
@@ -192,6 +196,7 @@ class Plumbing:
             path = self.netns_dir / sandbox_name(network.id)
             if entry is not None:  # left half-made: start again
                 self._remove_network_locked(network.id)
+            self._programmed.pop(network.id, None)
             self.record.networks[network.id] = {"netns": str(path), "vni": vni}
             self._save()
             netns.create(path)
@@ -264,6 +269,7 @@ class Plumbing:
         if netns.exists(path):
             devices.delete_links(str(path), [devices.VXLAN, devices.BRIDGE])
         netns.remove(path)
+        self._programmed.pop(network_id, None)
         del self.record.networks[network_id]
         self._save()
         log.info("network sandbox removed", network=network_id)
@@ -284,7 +290,10 @@ class Plumbing:
             for p in self.state.peers_of(network_id)
             if p.node_addr and p.node_addr != self.underlay_addr
         }
+        if self._programmed.get(network_id) == want:
+            return
         devices.program_peers(entry["netns"], want)
+        self._programmed[network_id] = want
 
     # --- adoption and removal -------------------------------------------------------------
 
