@@ -13,7 +13,9 @@ to stderr.
 With `--network` the tasks attach to an overlay network (created through the API):
 run as root, each task then gets its own network, UTS and mount namespaces and a veth
 into the network's bridge (docs/networking.md), and the line printed is prefixed "with a
-network attachment". The VXLAN device goes in the host's namespace on 127.0.0.1:4789.
+network attachment". The VXLAN device's socket is in the host's namespace on 127.0.0.1,
+on a data path port found free (not 4789: a daemon of another run or test on this host
+holding the same VXLAN ID there would make the kernel refuse the device, EEXIST).
 
 Afterwards it removes what it created, by its own handles only: the service (then waits
 for its task processes to exit), the daemon (SIGTERM, SIGKILL after a grace period),
@@ -30,8 +32,10 @@ import contextlib
 import http.client
 import json
 import os
+import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -80,6 +84,9 @@ SERVICE_REMOVE_TIMEOUT_S = 60.0
 KILL_TIMEOUT_S = 10.0
 PROCESS_POLL_S = 0.05
 HTTP_TIMEOUT_S = 30.0
+# Where the swarm's data path port is picked (Docker accepts 1024-49151).
+DATA_PATH_PORTS = (20000, 29999)
+DATA_PATH_PORT_TRIES = 50
 LOG_EXCERPT_LINES = 40
 TASK_ERRORS_SHOWN = 5
 
@@ -212,6 +219,20 @@ def _cmdline(pid: int) -> list[str]:
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return []
     return [a.decode("utf-8", "surrogateescape") for a in raw.split(b"\0")[:-1]]
+
+
+def _free_udp_port() -> int:
+    """A UDP port no socket on this host is bound to now, within Docker's range for a
+    data path port."""
+    for _ in range(DATA_PATH_PORT_TRIES):
+        port = random.randint(*DATA_PATH_PORTS)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+        return port
+    raise BenchError("no free UDP port for the data path")
 
 
 def _read_pid(path: Path) -> int | None:
@@ -361,7 +382,7 @@ class ConvergeBench:
 
     def run(self, replicas: int, timeout_s: float, network: bool = False) -> Result:
         self.start_daemon()
-        self.api.call("POST", "/swarm/init", SWARM_INIT)
+        self.api.call("POST", "/swarm/init", {**SWARM_INIT, "DataPathPort": _free_udp_port()})
         template: dict[str, Any] = {"ContainerSpec": {"Image": SERVICE_IMAGE, "Args": SERVICE_ARGS}}
         if network:
             # Each task then gets its own network namespace and an interface on it
