@@ -123,6 +123,12 @@ class Launcher:
         if self._proc is proc:
             self._proc = None
 
+    @property
+    def pid(self) -> int | None:
+        """The running launcher's pid, if one runs."""
+        proc = self._proc
+        return proc.pid if proc is not None and proc.returncode is None else None
+
     def statistics(self) -> dict[str, int]:
         return {"started": self.started, "spawned": self.spawned}
 

@@ -687,3 +687,73 @@ def test_the_none_driver_keeps_no_log(tmp_path: Path) -> None:
         assert await collect(controller) == []
 
     run(tmp_path, body)
+
+
+# --- the shim launcher (launcher.py, spawner.py) ------------------------------------------
+
+
+def shim_pid_of(executor: ProcessExecutor, task_id: str) -> int:
+    return int((executor.tasks_dir / task_id / shim.SHIM_PID_FILE).read_text().split()[0])
+
+
+def test_shims_are_forked_by_one_launcher_and_outlive_it(tmp_path: Path) -> None:
+    async def body(tasks: Tasks) -> None:
+        executor = tasks.executor
+        assert executor.launcher is not None
+        await executor.warm()
+        launcher_pid = executor.launcher.pid
+        assert launcher_pid is not None
+        a = await tasks.start("task-a", args=["sleep", "1000"])
+        b = await tasks.start("task-b", args=["sh", "-c", "echo hello; exit 4"])
+        shims = [shim_pid_of(executor, t) for t in ("task-a", "task-b")]
+        assert executor.launcher.statistics() == {"started": 1, "spawned": 2}
+        pid_a = (await a.inspect()).pid
+        assert pid_a is not None
+        assert int(proc_status(shims[0])["PPid"]) == launcher_pid
+        assert os.getsid(shims[0]) == shims[0]  # a session of its own, as before
+        assert proc_argv(pid_a) == [b"sleep", b"1000"]
+        # A shim of the launcher is the shim: exit status and log as ever.
+        assert await wait(b) == ExitStatus(exit_code=4)
+        assert [m.data for m in await collect(b, stdout=True)] == [b"hello\n"]
+        # The launcher goes (the agent stops): its shims and their tasks go on.
+        await executor.launcher.close()
+        assert not alive(launcher_pid)
+        assert alive(shims[0]) and alive(pid_a)
+        assert (await a.inspect()).running
+        await a.shutdown(5)
+        assert await wait(a) == ExitStatus(143, signal.SIGTERM)
+
+    run(tmp_path, body)
+
+
+def test_a_launcher_that_died_is_started_again(tmp_path: Path) -> None:
+    async def body(tasks: Tasks) -> None:
+        executor = tasks.executor
+        assert executor.launcher is not None
+        await executor.warm()
+        first = executor.launcher.pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)  # our own child, by its pid
+        controller = await tasks.start("task-c", args=["true"])
+        assert await wait(controller) == ExitStatus(exit_code=0)
+        assert executor.launcher.statistics() == {"started": 2, "spawned": 1}
+        assert executor.launcher.pid not in (None, first)
+
+    run(tmp_path, body)
+
+
+def test_without_the_launcher_each_shim_is_an_interpreter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SHOAL_SHIM_LAUNCHER", "0")
+
+    async def body(tasks: Tasks) -> None:
+        assert tasks.executor.launcher is None
+        controller = await tasks.start("task-d", args=["sleep", "1000"])
+        shim_pid = shim_pid_of(tasks.executor, "task-d")
+        assert int(proc_status(shim_pid)["PPid"]) == os.getpid()
+        assert b"shim.py" in b" ".join(proc_argv(shim_pid))
+        await controller.shutdown(5)
+        assert await wait(controller) == ExitStatus(143, signal.SIGTERM)
+
+    run(tmp_path, body)
