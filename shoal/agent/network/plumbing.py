@@ -85,6 +85,8 @@ class Plumbing:
         # address}): an update that leaves them as they are (a local task came or went)
         # costs no netlink dump. Dropped with the sandbox.
         self._programmed: dict[str, dict[str, str]] = {}
+        # Each sandbox's bridge index (a task's veth is enslaved to it as it is made).
+        self._bridges: dict[str, int] = {}
         self._dirty = asyncio.Event()
         self._sync_task: asyncio.Task[None] | None = None
 
@@ -197,6 +199,7 @@ class Plumbing:
             if entry is not None:  # left half-made: start again
                 self._remove_network_locked(network.id)
             self._programmed.pop(network.id, None)
+            self._bridges.pop(network.id, None)
             self.record.networks[network.id] = {"netns": str(path), "vni": vni}
             self._save()
             netns.create(path)
@@ -230,9 +233,18 @@ class Plumbing:
             self.record.tasks[task_id]["ino"] = netns.inode(path)
             self._save()
             addresses = [(a.addresses or [""])[0] for a in attachments]
-            pairs = list(zip(sandboxes, addresses, strict=True))
-            devices.add_interfaces(path, self.node_netns, veth, pairs)
+            bridges = [
+                self._bridge_locked(a.network.id, s)
+                for a, s in zip(attachments, sandboxes, strict=True)
+            ]
+            ends = list(zip(sandboxes, addresses, bridges, strict=True))
+            devices.add_interfaces(path, self.node_netns, veth, ends)
             return path
+
+    def _bridge_locked(self, network_id: str, sandbox: str) -> int:
+        if network_id not in self._bridges:
+            self._bridges[network_id] = devices.bridge_index(sandbox)
+        return self._bridges[network_id]
 
     def detach_sync(self, task_id: str) -> None:
         with self._lock:
@@ -270,6 +282,7 @@ class Plumbing:
             devices.delete_links(str(path), [devices.VXLAN, devices.BRIDGE])
         netns.remove(path)
         self._programmed.pop(network_id, None)
+        self._bridges.pop(network_id, None)
         del self.record.networks[network_id]
         self._save()
         log.info("network sandbox removed", network=network_id)
