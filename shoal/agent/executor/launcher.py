@@ -26,7 +26,7 @@ Standard library only, like the shim.
 
 from __future__ import annotations
 
-import ctypes  # noqa: F401 - imported once for every shim (confinement, mounts)
+import ctypes  # also imported once for every shim (confinement, mounts)
 import importlib
 import os
 import signal
@@ -44,6 +44,11 @@ for _name in ("cgroups", "gelf"):
 
 READ_CHUNK_BYTES = 65536
 SHIM_LOG_MODE = 0o600
+PR_SET_DUMPABLE = 4
+
+
+def _set_dumpable(value: int) -> None:
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, value, 0, 0, 0)
 
 
 def launch(task_dir: str) -> int:
@@ -63,6 +68,7 @@ def launch(task_dir: str) -> int:
         try:
             os.setsid()
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            _set_dumpable(1)  # as a shim started as an interpreter of its own is
             null_fd = os.open(os.devnull, os.O_RDONLY)
             os.dup2(null_fd, 0)
             os.dup2(log_fd, 1)
@@ -104,6 +110,9 @@ def serve(requests_fd: int, answers_fd: int) -> None:
 def main() -> int:
     # Shims are reaped by the kernel: the launcher never waits for them.
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    # Like the daemon (process.py protect_daemon): a task running as the daemon's user
+    # can neither ptrace the launcher nor read its memory (its shims are as before).
+    _set_dumpable(0)
     serve(0, 1)
     return 0
 
