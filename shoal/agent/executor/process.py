@@ -191,14 +191,18 @@ class ProcessExecutor:
             except spawner.LauncherUnavailable as e:
                 log.warning("launcher_unavailable", error=str(e))
 
-    async def start_shim(self, task_dir: Path) -> int:
+    async def start_shim(self, task_dir: Path) -> int | None:
         """Start the shim for `task_dir`: forked by the launcher, or (without one, or
-        when it fails) as an interpreter of its own. Returns its pid."""
+        when it forked nothing) as an interpreter of its own. Returns its pid; None when
+        the launcher died with the request unanswered (a shim may run: not another)."""
         if self.launcher is not None:
             try:
                 return await self.launcher.spawn(task_dir)
             except spawner.LauncherUnavailable as e:
                 log.warning("launcher_unavailable", error=str(e))
+            except spawner.LauncherLost as e:
+                log.warning("launcher_lost", error=str(e), task_dir=str(task_dir))
+                return None
         # posix_spawn of a Python process takes milliseconds: keep it off the event loop
         return await asyncio.to_thread(self.spawn_shim, task_dir)
 

@@ -2,10 +2,14 @@
 daemon's child, that forks each task's shim.
 
 `Launcher.spawn(task_dir)` asks it for a shim and returns the shim's pid. The launcher is
-started on first use and started again if it has died (the next spawn finds its pipe
-closed); when it cannot be started or answered, spawn raises LauncherUnavailable and
-the executor starts that shim as its own interpreter, as it did before the launcher.
-Requests go one at a time (a fork takes a millisecond or two).
+started with the agent (`ensure`) and started again when a spawn finds it dead (gone,
+or a zombie). When it cannot be started, or says it could not fork, spawn raises
+LauncherUnavailable: no shim was forked, and the executor starts that shim as its own
+interpreter, as it did before the launcher. When the launcher dies with a request sent
+and unanswered, spawn raises LauncherLost: a shim may have been forked, so none is
+started again (never two shims for one task); the start then waits for the task's
+files as for a start an earlier agent made. Requests go one at a time (a fork takes a
+millisecond or two).
 """
 
 from __future__ import annotations
@@ -30,7 +34,11 @@ log = get_logger("shoal.agent.launcher")
 
 
 class LauncherUnavailable(Exception):
-    """The launcher could not be started, or died before it answered."""
+    """The launcher could not be started or could not fork: no shim was forked."""
+
+
+class LauncherLost(Exception):
+    """The launcher died with a request unanswered: a shim may have been forked."""
 
 
 def enabled() -> bool:
@@ -52,24 +60,22 @@ class Launcher:
     async def spawn(self, task_dir: Path) -> int:
         """The pid of a new shim for `task_dir`, forked by the launcher."""
         async with self._lock:
-            # A launcher found dead is replaced once per request.
-            for attempt in range(2):
-                proc = await self._running()
-                try:
-                    assert proc.stdin is not None and proc.stdout is not None
-                    proc.stdin.write(os.fsencode(task_dir) + b"\n")
-                    await proc.stdin.drain()
-                    answer = await proc.stdout.readline()
-                except (ConnectionError, OSError) as e:
-                    log.warning("launcher_pipe_failed", error=str(e), attempt=attempt)
-                    answer = b""
-                if answer.startswith(b"!"):
-                    raise LauncherUnavailable(answer[1:].decode(errors="replace").strip())
-                if answer.strip().isdigit():
-                    self.spawned += 1
-                    return int(answer)
-                await self._discard(proc)
-            raise LauncherUnavailable("the shim launcher exited without an answer")
+            proc = await self._running()
+            try:
+                assert proc.stdin is not None and proc.stdout is not None
+                proc.stdin.write(os.fsencode(task_dir) + b"\n")
+                await proc.stdin.drain()
+                answer = await proc.stdout.readline()
+            except (ConnectionError, OSError) as e:
+                log.warning("launcher_pipe_failed", error=str(e))
+                answer = b""
+            if answer.startswith(b"!"):
+                raise LauncherUnavailable(answer[1:].decode(errors="replace").strip())
+            if answer.strip().isdigit():
+                self.spawned += 1
+                return int(answer)
+            await self._discard(proc)
+            raise LauncherLost("the shim launcher exited without an answer")
 
     async def ensure(self) -> None:
         """Start the launcher now if it is not running (the first spawn is then as
@@ -84,7 +90,7 @@ class Launcher:
                 await self._discard(self._proc)
 
     async def _running(self) -> asyncio.subprocess.Process:
-        if self._proc is not None and self._proc.returncode is None:
+        if self._proc is not None and self._proc.returncode is None and _alive(self._proc.pid):
             return self._proc
         if self._proc is not None:
             await self._discard(self._proc)
@@ -131,6 +137,17 @@ class Launcher:
 
     def statistics(self) -> dict[str, int]:
         return {"started": self.started, "spawned": self.spawned}
+
+
+def _alive(pid: int) -> bool:
+    """True while `pid` (our child: not reaped, so not reused) runs; a zombie has died
+    even if asyncio has not reaped it yet."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in (b"Z", b"X")
 
 
 def _open_log(path: Path) -> int:

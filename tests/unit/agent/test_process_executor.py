@@ -28,7 +28,7 @@ import msgspec
 import pytest
 
 import shoal
-from shoal.agent.executor import shim
+from shoal.agent.executor import shim, spawner
 from shoal.agent.executor.base import ExecutorError, ExitStatus
 from shoal.agent.executor.process import (
     DEFAULT_PATH,
@@ -734,6 +734,7 @@ def test_a_launcher_that_died_is_started_again(tmp_path: Path) -> None:
         first = executor.launcher.pid
         assert first is not None
         os.kill(first, signal.SIGKILL)  # our own child, by its pid
+        await exited(first)  # found dead (a zombie) by the next spawn: no request lost
         controller = await tasks.start("task-c", args=["true"])
         assert await wait(controller) == ExitStatus(exit_code=0)
         assert executor.launcher.statistics() == {"started": 2, "spawned": 1}
@@ -755,5 +756,33 @@ def test_without_the_launcher_each_shim_is_an_interpreter(
         assert b"shim.py" in b" ".join(proc_argv(shim_pid))
         await controller.shutdown(5)
         assert await wait(controller) == ExitStatus(143, signal.SIGTERM)
+
+    run(tmp_path, body)
+
+
+def test_a_request_the_launcher_died_with_is_not_sent_again(tmp_path: Path) -> None:
+    """Sent, then the launcher died unanswering: a shim may have been forked, so the
+    request is lost (LauncherLost), never retried nor spawned another way; the next
+    request starts a new launcher."""
+
+    async def body(tasks: Tasks) -> None:
+        launcher = tasks.executor.launcher
+        assert launcher is not None
+        await launcher.ensure()
+        first = launcher.pid
+        assert first is not None
+        task_dir = tasks.executor.tasks_dir / "task-e"
+        task_dir.mkdir(parents=True)
+        os.kill(first, signal.SIGSTOP)  # it cannot read the request
+        request = asyncio.ensure_future(launcher.spawn(task_dir))
+        await until(lambda: suspended_in(request, asyncio.StreamReader.readline))
+        os.kill(first, signal.SIGKILL)
+        with pytest.raises(spawner.LauncherLost):
+            await asyncio.wait_for(request, WAIT_S)
+        assert list(task_dir.iterdir()) == []  # no shim ran for it
+        assert launcher.statistics() == {"started": 1, "spawned": 0}
+        controller = await tasks.start("task-f", args=["true"])
+        assert await wait(controller) == ExitStatus(exit_code=0)
+        assert launcher.statistics() == {"started": 2, "spawned": 1}
 
     run(tmp_path, body)
