@@ -308,8 +308,10 @@ class Dispatcher:
             a.removed_dependencies.append(key)
 
     async def _flush_loop(self) -> None:
-        """Idle until a report arrives; then write everything that arrived within
-        STATUS_BATCH_INTERVAL_S of it (or sooner, once the batch is full) at once."""
+        """Idle until a report arrives; then write it at once if no write went for
+        STATUS_BATCH_INTERVAL_S (or it holds the first task to run or end for as long),
+        else everything that arrived by STATUS_BATCH_INTERVAL_S after the last write
+        (or sooner, once the batch is full) in one write."""
 
         async def round_() -> None:
             await self._status_batches.next()
