@@ -6,14 +6,20 @@ when it exists), deletes it and declares it again with its chains and rules, and
 and a failure leaves the old one. Removal is declare-then-delete, so a table already gone
 is not an error. Names are never matched: callers name the table they recorded.
 
-`nft` runs in the namespace named by a path: the calling thread enters it (setns is per
-thread, netns.Entered) and the child it forks starts there. Synchronous: callers run it
-in threads.
+A script runs in the namespace named by a path: the calling thread enters it (setns is
+per thread, netns.Entered) and hands the script to libnftables, the library the `nft`
+command is built on, there: its netlink socket is opened in that namespace. That costs
+~0.6 ms a script against ~15 ms for an `nft -f -` process (measured on this VM), which
+matters because every task namespace holds a VIP table that follows its networks'
+backends. Where the library cannot be loaded, the `nft` command is run instead.
+Synchronous: callers run it in threads.
 """
 
 from __future__ import annotations
 
+import ctypes
 import subprocess
+import threading
 
 from shoal.agent.network import netns
 
@@ -35,14 +41,65 @@ def delete_table(family: str, name: str) -> str:
 
 
 def run(ns: str | None, script: str) -> None:
-    """Apply `script` with `nft -f -` in the namespace named by `ns` (None: the caller's)."""
+    """Apply `script` in the namespace named by `ns` (None: the caller's)."""
     if ns:
         with netns.Entered(ns):
-            done = _nft(script)
+            rc, err = _apply(script)
     else:
-        done = _nft(script)
-    if done.returncode != 0:
-        raise NftError(f"nft -f failed ({done.returncode}): {done.stderr.strip()}\n{script}")
+        rc, err = _apply(script)
+    if rc != 0:
+        raise NftError(f"nft -f failed ({rc}): {err.strip()}\n{script}")
+
+
+class _Lib:
+    """libnftables through ctypes: a context per script (its netlink socket is opened
+    where the context is made, so in the namespace the calling thread is in)."""
+
+    def __init__(self) -> None:
+        lib = ctypes.CDLL("libnftables.so.1")
+        lib.nft_ctx_new.restype = ctypes.c_void_p
+        lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
+        lib.nft_ctx_free.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_buffer_output.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_buffer_error.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_get_error_buffer.restype = ctypes.c_char_p
+        lib.nft_ctx_get_error_buffer.argtypes = [ctypes.c_void_p]
+        lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        self.lib = lib
+
+    def apply(self, script: str) -> tuple[int, str]:
+        lib = self.lib
+        ctx = lib.nft_ctx_new(0)
+        if not ctx:
+            raise NftError("nft_ctx_new failed")
+        try:
+            lib.nft_ctx_buffer_output(ctx)
+            lib.nft_ctx_buffer_error(ctx)
+            rc = int(lib.nft_run_cmd_from_buffer(ctx, script.encode()))
+            err = (lib.nft_ctx_get_error_buffer(ctx) or b"").decode(errors="replace")
+        finally:
+            lib.nft_ctx_free(ctx)
+        return rc, err
+
+
+_lib: _Lib | None = None
+_lib_missing = False
+_lib_lock = threading.Lock()
+
+
+def _apply(script: str) -> tuple[int, str]:
+    global _lib, _lib_missing
+    if _lib is None and not _lib_missing:
+        with _lib_lock:
+            if _lib is None and not _lib_missing:
+                try:
+                    _lib = _Lib()
+                except (OSError, AttributeError):
+                    _lib_missing = True
+    if _lib is not None:
+        return _lib.apply(script)
+    done = _nft(script)
+    return done.returncode, done.stderr
 
 
 def _nft(script: str) -> subprocess.CompletedProcess[str]:

@@ -84,6 +84,10 @@ class Plumbing:
         self.state: NetworkState | None = None
         self._listeners: list[TaskNetworkListener] = []
         self._lock = threading.RLock()
+        # The VIP tables' own lock (taken after `_lock`, never before it): re-rendering
+        # every task's table on a backend change must not hold up attaches.
+        self._vip_lock = threading.Lock()
+        self._detaching: set[str] = set()
         # What each sandbox's VXLAN entries were last programmed to ({task address: node
         # address}): an update that leaves them as they are (a local task came or went)
         # costs no netlink dump. Dropped with the sandbox.
@@ -241,7 +245,12 @@ class Plumbing:
             path = str(self.netns_dir / task_ns_name(task_id))
             veth = veth_name(task_id)
             links = {a.network.id: veth for a in attachments}
-            self.record.tasks[task_id] = {"netns": path, "own_netns": True, "links": links}
+            self.record.tasks[task_id] = {
+                "netns": path,
+                "own_netns": True,
+                "links": links,
+                "nft": [f"{vip.FAMILY} {vip.TABLE}"],
+            }
             self._save()
             if netns_path is None:
                 netns.create(Path(path))
@@ -256,10 +265,11 @@ class Plumbing:
             ]
             ends = list(zip(sandboxes, addresses, bridges, strict=True))
             devices.add_interfaces(path, self.node_netns, veth, ends)
-            self._sync_vip_locked(task_id)
             if host_ports:
                 self.hostports.add_task_locked(task_id, host_ports)
-            return path
+        # Its VIP table before its process starts.
+        self._sync_vip(task_id)
+        return path
 
     def _bridge_locked(self, network_id: str, sandbox: str) -> int:
         if network_id not in self._bridges:
@@ -300,9 +310,11 @@ class Plumbing:
         entry = self.record.tasks.get(task_id)
         if entry is None:
             return
-        if entry.get("nft"):
-            alive = netns.exists(Path(entry["netns"]))
-            self.vips.remove_task(task_id, entry["netns"] if alive else None)
+        with self._vip_lock:  # no VIP sync touches the task from here on
+            self._detaching.add(task_id)
+            if entry.get("nft"):
+                alive = netns.exists(Path(entry["netns"]))
+                self.vips.remove_task(task_id, entry["netns"] if alive else None)
         self.hostports.remove_task_locked(task_id)
         for network_id, veth in (entry.get("links") or {}).items():
             net = self.record.networks.get(network_id)
@@ -311,7 +323,9 @@ class Plumbing:
             devices.delete_links(net["netns"], [veth])  # its peer in the task goes too
         if entry.get("own_netns"):
             netns.remove(Path(entry["netns"]))
-        del self.record.tasks[task_id]
+        with self._vip_lock:
+            del self.record.tasks[task_id]
+            self._detaching.discard(task_id)
         self._save()
 
     def _gc_networks_locked(self) -> None:
@@ -339,27 +353,32 @@ class Plumbing:
         log.info("network sandbox removed", network=network_id)
 
     def sync(self) -> None:
-        """Program every sandbox's forwarding and neighbour entries from the state."""
+        """Program every sandbox's forwarding and neighbour entries from the state, the
+        routing mesh, then every task's VIP table (one task at a time under the VIP
+        lock, so an attach waits for one table at most, not for all of them)."""
         with self._lock:
             for network_id in list(self.record.networks):
                 self._sync_network_locked(network_id)
-            for task_id in list(self.record.tasks):
-                self._sync_vip_locked(task_id)
             try:
                 self.mesh.sync_locked()
             except Exception:
                 log.exception("routing mesh not synced")
             self._gc_networks_locked()
+            tasks = list(self.record.tasks)
+        rendered: dict[tuple[str, ...], str | None] = {}
+        for task_id in tasks:
+            self._sync_vip(task_id, rendered)
 
-    def _sync_vip_locked(self, task_id: str) -> None:
-        """The task's VIP table (vip.py), recorded before it is first made."""
-        entry = self.record.tasks.get(task_id)
-        if self.state is None or entry is None:
-            return
-        if not entry.get("nft"):
-            entry["nft"] = [f"{vip.FAMILY} {vip.TABLE}"]
-            self._save()
-        self.vips.sync_task(task_id, entry["netns"], self.state, list(entry.get("links") or {}))
+    def _sync_vip(
+        self, task_id: str, rendered: dict[tuple[str, ...], str | None] | None = None
+    ) -> None:
+        """The task's VIP table (vip.py; named in its record entry when it was made)."""
+        with self._vip_lock:
+            entry = self.record.tasks.get(task_id)
+            if self.state is None or entry is None or task_id in self._detaching:
+                return
+            links = list(entry.get("links") or {})
+            self.vips.sync_task(task_id, entry["netns"], self.state, links, rendered)
 
     def _sync_network_locked(self, network_id: str) -> None:
         if self.state is None:

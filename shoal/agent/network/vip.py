@@ -91,9 +91,24 @@ class VipTables:
         self.transactions = 0
         self.failures = 0
 
-    def sync_task(self, task_id: str, ns: str, state: NetworkState, networks: list[str]) -> bool:
-        """Make the task's table match the state; True when a transaction was run."""
-        body = render(vips_of(state, networks))
+    def sync_task(
+        self,
+        task_id: str,
+        ns: str,
+        state: NetworkState,
+        networks: list[str],
+        rendered: dict[tuple[str, ...], str | None] | None = None,
+    ) -> bool:
+        """Make the task's table match the state; True when a transaction was run.
+        `rendered`: bodies already rendered in this pass, by the networks they are for
+        (tasks on the same networks share one)."""
+        key = tuple(networks)
+        if rendered is not None and key in rendered:
+            body = rendered[key]
+        else:
+            body = render(vips_of(state, networks))
+            if rendered is not None:
+                rendered[key] = body
         if task_id in self.applied and self.applied[task_id] == body:
             return False
         if body is None:
