@@ -62,11 +62,15 @@ def test_restart_delay_survives_kill9_of_the_daemon(daemon_factory: DaemonFactor
     time.sleep(DOWN_S)
     daemon.start()
     restarted_at = time.monotonic()
-    (row,) = [
-        r
-        for r in parse_table(daemon.docker("service", "ps", "rd").stdout)
-        if r["ID"] == replacement["ID"][:12]
-    ]
+    # The restarted daemon lists it once its manager has loaded the store and answers.
+    (row,) = wait_until(
+        lambda: [
+            r
+            for r in parse_table(daemon.docker("service", "ps", "rd").stdout)
+            if r["ID"] == replacement["ID"][:12]
+        ],
+        what="the held replacement listed after the restart",
+    )
     assert row["DESIRED STATE"] == "Ready", row
 
     wait_until(
