@@ -17,6 +17,7 @@ import msgspec
 
 from shoal.agent.agent import Agent
 from shoal.agent.network.state import NetworkState
+from shoal.clock import FakeClock
 from shoal.manager.controlapi import networks as netctl
 from shoal.manager.controlapi.services import create_service, remove_service, update_service
 from shoal.manager.dispatcher.networks import NetworkView
@@ -313,23 +314,22 @@ def test_full_subnet_waits_then_proceeds() -> None:
 def test_book_rebuilt_from_the_store_after_a_restart() -> None:
     async def main() -> None:
         backend = MemoryBackend()
-        store = Store(backend)
-        manager = Manager(store)
+        clock = FakeClock()
+        store = Store(backend, clock)
+        manager = Manager(store, clock)
         manager.start()
         net = await make_network(store, "keep")
         svc = await create_service(store, spec("keep", 3, [net]))
-        for _ in range(50):
-            await asyncio.sleep(0.01)
+        await clock.advance(SETTLE_S)
         before = addresses([t for t in store.view().tasks() if t.state <= TaskState.RUNNING], net)
         assert len(set(before)) == 3
         await manager.stop()
 
-        store = Store(backend)
-        manager = Manager(store)
+        store = Store(backend, clock)
+        manager = Manager(store, clock)
         manager.start()
         await scale(store, svc.id, 8)
-        for _ in range(50):
-            await asyncio.sleep(0.01)
+        await clock.advance(SETTLE_S)
         tasks = [t for t in store.view().tasks() if t.state <= TaskState.RUNNING]
         after = addresses(tasks, net)
         s = store.view().get_service(svc.id)
