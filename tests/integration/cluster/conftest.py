@@ -16,13 +16,14 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
-from ..cluster_harness import Cluster, ClusterNode, NodeFactory
+from ..cluster_harness import Cluster, ClusterNode, NetnsLab, NodeFactory, make_netns_trio
 from ..harness import cleanup_daemons, docker_cli, wait_until
 
 ENGINE_LABELS = {
@@ -146,3 +147,23 @@ def cluster(trio: Cluster) -> Iterator[Cluster]:
     roles = {name: trio.node_by_name(name)["Spec"]["Role"] for name in members}
     yield trio
     restore(trio, members, roles)
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[NetnsLab]:
+    """Network namespaces as hosts on a private bridge (cluster_harness.NetnsLab), torn
+    down at the module's end by their own names and checked gone."""
+    if shutil.which("ip") is None:
+        pytest.fail("iproute2 (`ip`) is needed: scripts/setup.sh installs it", pytrace=False)
+    lab = NetnsLab()
+    try:
+        yield lab
+    finally:
+        errors = lab.teardown()
+        assert not errors, errors
+
+
+@pytest.fixture(scope="module")
+def netns_trio(lab: NetnsLab, node_factory: NodeFactory) -> Cluster:
+    """Three nodes, each in a namespace of `lab`'s (made first, so torn down after them)."""
+    return make_netns_trio(lab, node_factory)

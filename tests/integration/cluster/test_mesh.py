@@ -11,12 +11,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from ..cluster_harness import Cluster, NetnsLab, NodeFactory, make_netns_trio
+from ..cluster_harness import Cluster, NetnsLab
 from ..harness import wait_until
 from .test_overlay import SERVER, SLEEP, listing, pid_of
 
@@ -26,18 +25,8 @@ ROUNDS = 40
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[NetnsLab]:
-    lab = NetnsLab()
-    try:
-        yield lab
-    finally:
-        errors = lab.teardown()
-        assert not errors, errors
-
-
-@pytest.fixture(scope="module")
-def trio(lab: NetnsLab, node_factory: NodeFactory) -> Cluster:
-    return make_netns_trio(lab, node_factory)
+def trio(netns_trio: Cluster) -> Cluster:
+    return netns_trio
 
 
 def hostnames(prefix: list[str], url: str, n: int = ROUNDS) -> set[str]:

@@ -8,9 +8,7 @@ those names at the end, even after a failure."""
 
 from __future__ import annotations
 
-import shutil
 import sys
-from collections.abc import Iterator
 
 import pytest
 
@@ -19,8 +17,6 @@ from ..cluster_harness import (
     RESCHEDULE_TIMEOUT_S,
     Cluster,
     NetnsLab,
-    NodeFactory,
-    make_netns_trio,
     ns_exec,
 )
 from ..harness import pid_alive, wait_until
@@ -31,21 +27,8 @@ SLEEP = ("busybox", "sleep", "1000")
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[NetnsLab]:
-    if shutil.which("ip") is None:
-        pytest.fail("iproute2 (`ip`) is needed: scripts/setup.sh installs it", pytrace=False)
-    lab = NetnsLab()
-    try:
-        yield lab
-    finally:
-        errors = lab.teardown()
-        assert not errors, errors
-
-
-@pytest.fixture(scope="module")
-def spread_cluster(lab: NetnsLab, node_factory: NodeFactory) -> Cluster:
-    # `lab` first: set up before the daemons, so torn down after them.
-    return make_netns_trio(lab, node_factory)
+def spread_cluster(netns_trio: Cluster) -> Cluster:
+    return netns_trio
 
 
 def connects(ns: str, addr: str, port: int) -> bool:

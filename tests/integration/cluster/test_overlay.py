@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import shutil
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from ..cluster_harness import Cluster, NetnsLab, NodeFactory, make_netns_trio
+from ..cluster_harness import Cluster
 from ..harness import pid_alive, wait_until
 
 pytestmark = pytest.mark.integration
@@ -43,20 +41,8 @@ SLEEP = ("busybox", "sleep", "1000")
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[NetnsLab]:
-    if shutil.which("ip") is None:
-        pytest.fail("iproute2 (`ip`) is needed: scripts/setup.sh installs it", pytrace=False)
-    lab = NetnsLab()
-    try:
-        yield lab
-    finally:
-        errors = lab.teardown()
-        assert not errors, errors
-
-
-@pytest.fixture(scope="module")
-def trio(lab: NetnsLab, node_factory: NodeFactory) -> Cluster:
-    return make_netns_trio(lab, node_factory)
+def trio(netns_trio: Cluster) -> Cluster:
+    return netns_trio
 
 
 def run(*argv: str) -> subprocess.CompletedProcess[str]:

@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
-from collections.abc import Iterator
 
 import pytest
 
-from ..cluster_harness import Cluster, NetnsLab, NodeFactory, make_netns_trio
+from ..cluster_harness import Cluster
 from ..harness import wait_until
 from .test_overlay import SLEEP, pid_of, task_addrs
 
@@ -28,20 +26,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[NetnsLab]:
-    if shutil.which("ip") is None:
-        pytest.fail("iproute2 (`ip`) is needed: scripts/setup.sh installs it", pytrace=False)
-    lab = NetnsLab()
-    try:
-        yield lab
-    finally:
-        errors = lab.teardown()
-        assert not errors, errors
-
-
-@pytest.fixture(scope="module")
-def trio(lab: NetnsLab, node_factory: NodeFactory) -> Cluster:
-    return make_netns_trio(lab, node_factory)
+def trio(netns_trio: Cluster) -> Cluster:
+    return netns_trio
 
 
 def nslookup(pid: int, name: str) -> tuple[int, str]:
