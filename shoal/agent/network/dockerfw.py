@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import threading
 
 from shoal.agent.network import netns
 from shoal.log import get_logger
@@ -22,6 +23,10 @@ CHAIN = "DOCKER-USER"
 COMMENT = "shoal routing mesh"
 
 log = get_logger("shoal.agent.network.dockerfw")
+
+# One iptables process at a time from this daemon: the mesh and the host ports change the
+# same chain from different threads, and two iptables-nft commits racing can lose one.
+_lock = threading.Lock()
 
 
 def _iptables(ns: str | None, *args: str) -> subprocess.CompletedProcess[str]:
@@ -34,10 +39,11 @@ def _iptables(ns: str | None, *args: str) -> subprocess.CompletedProcess[str]:
         except FileNotFoundError:
             return subprocess.CompletedProcess(argv, 127, "", "no iptables")
 
-    if ns:
-        with netns.Entered(ns):
-            return run()
-    return run()
+    with _lock:
+        if ns:
+            with netns.Entered(ns):
+                return run()
+        return run()
 
 
 def rules_for(ns: str | None, veth: str) -> list[list[str]]:
@@ -55,6 +61,12 @@ def insert(ns: str | None, rule: list[str]) -> None:
 
 
 def delete(ns: str | None, rule: list[str]) -> None:
-    """Delete exactly `rule` (nothing when it is not there)."""
-    if _iptables(ns, "-C", *rule).returncode == 0:
-        _iptables(ns, "-D", *rule)
+    """Delete exactly `rule`, every copy of it (nothing when it is not there); checked
+    after each delete, tried again a few times when iptables failed."""
+    for _ in range(5):
+        if _iptables(ns, "-C", *rule).returncode != 0:
+            return
+        done = _iptables(ns, "-D", *rule)
+        if done.returncode != 0:
+            log.warning("DOCKER-USER rule not deleted", rule=rule, error=done.stderr.strip())
+    log.warning("DOCKER-USER rule still there", rule=rule)

@@ -144,8 +144,15 @@ def test_host_mode_port_of_a_container_on_a_swarm_network(
     finally:
         remove_service(daemon, engine, "hpnet")
     wait_until(lambda: answers(port) is None, timeout=30, what="the port to be released")
-    assert f"{veth} " not in docker_user()
-    assert veth not in subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    # the port closes with the container's process; the rules and the link go after it,
+    # when the task's network is taken down
+    wait_until(
+        lambda: f"{veth} " not in docker_user(), timeout=30, what="the DOCKER-USER rules to go"
+    )
+    wait_until(
+        lambda: veth not in subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout,
+        timeout=30, what="the link to go",
+    )  # fmt: skip
     wait_until(
         lambda: daemon.docker("network", "rm", net, check=False).returncode == 0,
         what="the network removed",

@@ -45,7 +45,8 @@ def addresses(text: str) -> set[str]:
 
 
 def http_body(response: str) -> str:
-    return response.split("\r\n\r\n", 1)[-1].strip()
+    """The body of an HTTP response, whether exec kept its CRLFs or not."""
+    return re.split(r"\r?\n\r?\n", response, maxsplit=1)[-1].strip()
 
 
 def address_on(task: dict[str, Any], network_id: str) -> str:
