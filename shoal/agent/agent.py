@@ -73,6 +73,10 @@ class Agent:
         # Payloads of secrets and configs the dispatcher sent this node, by kind: a
         # node that runs no task needing one never gets it (docker info shows these).
         self._deps_received = {DEP_SECRET: 0, DEP_CONFIG: 0}
+        # A runtime that runs health checks itself tells the agent the moment a task
+        # turns unhealthy: it leaves this node's backends at once (network/state.py).
+        if hasattr(executor, "on_unhealthy"):
+            executor.on_unhealthy = self.network.set_down
 
     # lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:

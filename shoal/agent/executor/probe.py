@@ -1,0 +1,55 @@
+"""Running a process task's health-check command where the task runs.
+
+The probe enters the task process's namespaces (network, UTS, mount: it sees the
+task's addresses, hostname, /etc/hosts and secrets) with `nsenter --target <pid>`, runs
+as the task's user and group, with the task's environment and working directory, in a
+session of its own so that a probe past its timeout is killed whole. It stays in the
+agent's cgroup (not the task's). Without root the agent cannot enter namespaces: the
+probe then runs on the host, as the agent (a task there shares the node's network).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from typing import Any
+
+NSENTER = "nsenter"
+
+
+def probe_argv(launch: dict[str, Any], task_pid: int, argv: list[str]) -> list[str]:
+    """The command line that runs `argv` in the task's namespaces as its user."""
+    if os.geteuid() != 0:
+        return list(argv)
+    out = [NSENTER, f"--target={task_pid}", "--net", "--uts", "--mount"]
+    if launch.get("gid") is not None:
+        out.append(f"--setgid={launch['gid']}")
+    if launch.get("uid") is not None:
+        out.append(f"--setuid={launch['uid']}")
+    out.append(f"--wdns={launch.get('cwd') or '/'}")
+    return [*out, "--", *argv]
+
+
+async def run_probe(launch: dict[str, Any], task_pid: int, argv: list[str]) -> int:
+    """Run one probe; its exit code. Cancelled (the health check's timeout), it kills
+    the probe's whole session."""
+    env = {str(k): str(v) for k, v in (launch.get("env") or {}).items()}
+    proc = await asyncio.create_subprocess_exec(
+        *probe_argv(launch, task_pid, argv),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+        env=env,
+        cwd=None if os.geteuid() == 0 else launch.get("cwd") or "/",
+        start_new_session=True,
+    )
+    try:
+        return await proc.wait()
+    except asyncio.CancelledError:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(BaseException):
+            await proc.wait()
+        raise
