@@ -218,6 +218,8 @@ class Agent:
 
     # status reports ---------------------------------------------------------------------------
     def _report(self, task_id: str, status: TaskStatus) -> None:
+        if TaskState.from_wire(status.state) > TaskState.RUNNING:
+            self.network.set_down(task_id)  # its process is gone: no backend any more
         self._statuses[task_id] = status
         self._status_ready.set()
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+import msgspec
+
 from shoal.log import get_logger
 from shoal.types.network import Network, NetworkPeer, NetworkUpdate, ServiceEndpoint
 
@@ -26,6 +28,10 @@ class NetworkState:
         self.peers: dict[str, NetworkPeer] = {}  # by NetworkPeer.key
         self.endpoints: dict[str, ServiceEndpoint] = {}  # by ServiceEndpoint.key
         self._listeners: list[Listener] = []
+        # Tasks of this node the agent saw stop being backends (unhealthy, exited)
+        # before the manager said so: their peers stay `running` false here whatever
+        # an update still in flight says, until they are removed.
+        self._down: set[str] = set()
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -43,8 +49,12 @@ class NetworkState:
             self.networks.pop(nid, None)
         for n in update.networks:
             self.networks[n.id] = n
+        if self._down and any(p.running and p.task_id in self._down for p in update.peers):
+            update = msgspec.structs.replace(update, peers=[self._held_down(p) for p in update.peers])
         for p in update.peers:
             self.peers[p.key] = p
+        if self._down:
+            self._down &= {p.task_id for p in self.peers.values()}
         for e in update.endpoints:
             self.endpoints[e.key] = e
         for listener in self._listeners:
@@ -52,6 +62,26 @@ class NetworkState:
                 listener(self, update)
             except Exception:
                 log.exception("network listener failed", listener=repr(listener))
+
+    def _held_down(self, p: NetworkPeer) -> NetworkPeer:
+        if p.running and p.task_id in self._down:
+            return msgspec.structs.replace(p, running=False)
+        return p
+
+    def set_down(self, task_id: str) -> None:
+        """A task of this node is no longer a backend (it turned unhealthy, or its
+        process died): out of the table's running peers at once, before the manager's
+        round trip; listeners get the changed peers as an update."""
+        self._down.add(task_id)
+        changed = [
+            msgspec.structs.replace(p, running=False)
+            for p in self.peers.values()
+            if p.task_id == task_id and p.running
+        ]
+        if not changed:
+            return
+        log.info("task out of the node's backends", task=task_id)
+        self.apply(NetworkUpdate(peers=changed))
 
     def peers_of(self, network_id: str) -> list[NetworkPeer]:
         return [p for p in self.peers.values() if p.network_id == network_id]
