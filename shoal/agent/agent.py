@@ -152,6 +152,19 @@ class Agent:
     async def _apply(self, assignment: Assignment) -> None:
         if assignment.network is not None:
             self.network.apply(assignment.network)
+            await self.network.applied()
+        if assignment.network_seq:
+            # draining: the manager holds leaving tasks' stops until nodes have applied
+            try:
+                await self._session.update_task_status(
+                    self.node_id, [], applied=assignment.network_seq
+                )
+            except Exception as e:  # the session is failing: it starts again whole
+                log.warning("network update acknowledgement failed", error=repr(e))
+        for tid in assignment.drained:
+            drained = self._runners.get(tid)
+            if drained is not None:
+                drained.drained()
         deps = self.executor.dependencies
         if assignment.full:
             deps.clear()

@@ -23,6 +23,10 @@ from shoal.types.base import format_time
 from shoal.types.task import ContainerStatus, PortStatus, Task, TaskState, TaskStatus
 
 DEFAULT_STOP_GRACE_S = 10.0
+# How long a leaving task on networks waits, at most, for the manager's word that every
+# node has taken it out of its backends before it gets its stop signal (never longer
+# than its stop grace period): a node that does not answer must not hold a stop.
+DRAIN_TIMEOUT_S = 2.0
 MSG = {
     TaskState.ACCEPTED: "accepted",
     TaskState.PREPARING: "preparing",
@@ -65,6 +69,7 @@ class TaskRunner:
         self._changed = asyncio.Event()
         self._removed = False
         self._runner: asyncio.Task[None] | None = None
+        self._drained = asyncio.Event()
 
     def start(self) -> None:
         self._runner = asyncio.get_running_loop().create_task(
@@ -74,6 +79,25 @@ class TaskRunner:
     def update(self, task: Task) -> None:
         self.task = task
         self._changed.set()
+
+    def drained(self) -> None:
+        """Every node has taken this leaving task out of its backends: stop it now."""
+        self._drained.set()
+
+    async def _hold_for_drain(self) -> None:
+        """A running task on networks that is to stop waits until every node has taken
+        it out of its backends (`drained`), or min(DRAIN_TIMEOUT_S, its grace period)."""
+        if self.state != TaskState.RUNNING or not self.task.networks_attachments:
+            return
+        hold_s = min(DRAIN_TIMEOUT_S, stop_grace_s(self.task))
+        if self._drained.is_set() or hold_s <= 0:
+            return
+        started = self._clock.monotonic()
+        try:
+            await self._clock.wait_for(self._drained.wait(), hold_s)
+            log.info("task drained", task=self.task.id, after_s=self._clock.monotonic() - started)
+        except TimeoutError:
+            log.warning("task not confirmed drained in time: stopping it", task=self.task.id)
 
     async def remove(self) -> None:
         """The task is gone from the manager: stop it and release what it holds."""
@@ -134,6 +158,7 @@ class TaskRunner:
             while not self._removed:
                 desired = self._desired()
                 if desired >= TaskState.SHUTDOWN and self.state <= TaskState.RUNNING:
+                    await self._hold_for_drain()
                     await self.controller.shutdown(stop_grace_s(self.task))
                     self._set(TaskState.SHUTDOWN)
                     continue

@@ -363,11 +363,16 @@ class ProcessController:
         if shim_pid is not None:
             child = self._read_pid(shim.PID_FILE)
             monitor = self._start_health(child) if child and self._is_our_shim(shim_pid) else None
-            exited = asyncio.ensure_future(self._wait_shim_exit(shim_pid, timeout_s=None))
-            if monitor is not None:
+            if monitor is None:
+                await self._wait_shim_exit(shim_pid, timeout_s=None)
+            else:
+                exited = asyncio.ensure_future(self._wait_shim_exit(shim_pid, timeout_s=None))
                 unhealthy = asyncio.ensure_future(monitor.wait_unhealthy())
                 try:
                     await asyncio.wait({exited, unhealthy}, return_when=asyncio.FIRST_COMPLETED)
+                except asyncio.CancelledError:
+                    exited.cancel()
+                    raise
                 finally:
                     unhealthy.cancel()
                 if not exited.done() and monitor.status == UNHEALTHY:
@@ -375,7 +380,7 @@ class ProcessController:
                     error = await self._stop_unhealthy()
                     await self._release_network()
                     raise ExecutorError(error)
-            await exited
+                await exited
             self._executor.reap(shim_pid)
         await self._stop_health()
         await self._release_network()

@@ -9,7 +9,7 @@ A listener that fails is logged and the others still run.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import msgspec
@@ -32,9 +32,24 @@ class NetworkState:
         # before the manager said so: their peers stay `running` false here whatever
         # an update still in flight says, until they are removed.
         self._down: set[str] = set()
+        self._barriers: list[Callable[[], Awaitable[None]]] = []
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
+
+    def add_barrier(self, barrier: Callable[[], Awaitable[None]]) -> None:
+        """A consumer that applies updates asynchronously (the kernel's backends)
+        gives a coroutine that returns once what it was told so far is in place: the
+        agent awaits every barrier before it acknowledges an update (draining)."""
+        self._barriers.append(barrier)
+
+    async def applied(self) -> None:
+        """Once every consumer has put in place what the updates so far say."""
+        for barrier in self._barriers:
+            try:
+                await barrier()
+            except Exception:
+                log.exception("network barrier failed", barrier=repr(barrier))
 
     def apply(self, update: NetworkUpdate) -> None:
         if update.full:
@@ -50,7 +65,9 @@ class NetworkState:
         for n in update.networks:
             self.networks[n.id] = n
         if self._down and any(p.running and p.task_id in self._down for p in update.peers):
-            update = msgspec.structs.replace(update, peers=[self._held_down(p) for p in update.peers])
+            update = msgspec.structs.replace(
+                update, peers=[self._held_down(p) for p in update.peers]
+            )
         for p in update.peers:
             self.peers[p.key] = p
         if self._down:
