@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import shutil
@@ -409,6 +410,13 @@ class Daemon:
         self._cluster_server = server
         self._manager = manager
         manager.start()
+        # The store's tables and the loops' indexes are long-lived dicts and sets of up
+        # to 100ks of entries (gc=False structs, strings): a full collection still visits
+        # every entry (50-150 ms at 200k tasks, the event loop stopped; issue 15). They
+        # exist from here on (created empty in the constructors, filled in place), so
+        # they are moved out of the collector's generations once; what is created later
+        # is collected as usual.
+        gc.freeze()
         self._agent = Agent(
             self._state.node_id,
             self.node_addr,

@@ -15,6 +15,7 @@ import msgspec
 
 from shoal.agent.executor.base import Executor
 from shoal.agent.network.state import NetworkState
+from shoal.agent.starts import StartSlots, default_limit
 from shoal.agent.task_runner import TaskRunner
 from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.log import get_logger
@@ -53,7 +54,10 @@ class Agent:
         resources: NodeResources | None = None,
         clock: Clock = SYSTEM_CLOCK,
         network: NetworkState | None = None,
+        max_starts: int | None = None,
     ) -> None:
+        """`max_starts`: task starts in flight at once (shoal.agent.starts; None: its
+        default from the CPUs, 0: unbounded)."""
         self.node_id = node_id
         # The networks this node's tasks attach to, as the dispatcher sends them: the
         # plumbing and the DNS resolver follow it.
@@ -64,6 +68,7 @@ class Agent:
         self.executor = executor
         self._session = session
         self._runners: dict[str, TaskRunner] = {}
+        self.starts = StartSlots(default_limit() if max_starts is None else max_starts)
         self._statuses: dict[str, TaskStatus] = {}
         self._status_ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -85,6 +90,7 @@ class Agent:
             loop.create_task(self._session_loop(), name="agent-session"),
             loop.create_task(self._report_loop(), name="agent-reporter"),
         ]
+        log.info("agent started", node=self.node_id, max_concurrent_starts=self.starts.limit)
 
     async def stop(self, stop_tasks: bool = True) -> None:
         """Stop the agent; with `stop_tasks` also stop every task's process (as dockerd
@@ -213,7 +219,7 @@ class Agent:
         runner = self._runners.get(task.id)
         if runner is None:
             controller = self.executor.controller(task, assigned.meta)
-            runner = TaskRunner(task, controller, self._report, self._clock)
+            runner = TaskRunner(task, controller, self._report, self._clock, self.starts)
             self._runners[task.id] = runner
             discarding = self._discarding.get(task.id)
             if discarding is None:
@@ -281,6 +287,7 @@ class Agent:
         return {
             "tasks": len(self._runners),
             "pending_reports": len(self._statuses),
+            **{f"starts_{k}": v for k, v in self.starts.statistics().items()},
             **self.dependency_counts(),
         }
 

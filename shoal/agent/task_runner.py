@@ -17,6 +17,7 @@ from collections.abc import Callable
 import msgspec
 
 from shoal.agent.executor.base import Controller, ExecutorError, ExitStatus, RuntimeState
+from shoal.agent.starts import StartSlots
 from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.log import get_logger
 from shoal.types.base import format_time
@@ -58,9 +59,18 @@ def exit_error(status: ExitStatus) -> str:
 
 class TaskRunner:
     def __init__(
-        self, task: Task, controller: Controller, report: Report, clock: Clock = SYSTEM_CLOCK
+        self,
+        task: Task,
+        controller: Controller,
+        report: Report,
+        clock: Clock = SYSTEM_CLOCK,
+        starts: StartSlots | None = None,
     ) -> None:
         self.task = task
+        # The node's bound on starts in flight: a slot is held from PREPARING until the
+        # start returned (none: unbounded).
+        self._starts = starts if starts is not None else StartSlots(0)
+        self._holding = False
         self._clock = clock
         self.controller = controller
         self._report = report
@@ -152,11 +162,23 @@ class TaskRunner:
     def _desired(self) -> TaskState:
         return self.task.desired
 
+    async def _take_slot(self) -> None:
+        if not self._holding:
+            await self._starts.acquire()
+            self._holding = True
+
+    def _free_slot(self) -> None:
+        if self._holding:
+            self._holding = False
+            self._starts.release()
+
     async def _run(self) -> None:
         try:
             await self._adopt()
             while not self._removed:
                 desired = self._desired()
+                if self.state not in (TaskState.PREPARING, TaskState.READY, TaskState.STARTING):
+                    self._free_slot()  # started, failed, or shut down
                 if desired >= TaskState.SHUTDOWN and self.state <= TaskState.RUNNING:
                     await self._hold_for_drain()
                     await self.controller.shutdown(stop_grace_s(self.task))
@@ -170,14 +192,18 @@ class TaskRunner:
                 elif self.state == TaskState.ACCEPTED:
                     self._set(TaskState.PREPARING)
                 elif self.state == TaskState.PREPARING:
+                    await self._take_slot()
                     await self._prepare()
                 elif self.state == TaskState.READY:
                     if desired > TaskState.READY:
                         self._set(TaskState.STARTING)
                     else:
+                        self._free_slot()  # prepared only: not starting yet
                         await self._wait_change()
                 elif self.state == TaskState.STARTING:
+                    await self._take_slot()
                     await self._start()
+                    self._free_slot()
                 elif self.state == TaskState.RUNNING:
                     await self._wait_exit()
                 else:
@@ -191,6 +217,8 @@ class TaskRunner:
                     TaskState.FAILED if self.state >= TaskState.STARTING else TaskState.REJECTED,
                     err=f"agent error: {e}",
                 )
+        finally:
+            self._free_slot()
 
     async def _adopt(self) -> None:
         """Pick up a task an earlier daemon already worked on."""

@@ -12,6 +12,7 @@ import os
 import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 from aiohttp import web
 
@@ -32,6 +33,24 @@ _VERSION_RE = re.compile(r"^/v(\d+\.\d+)(/.*)$")
 log = get_logger("shoal.api")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+H = TypeVar("H", bound=Handler)
+# The attribute `reads` sets on a handler; SETTLES_ITSELF: the handler waits itself.
+_READS_ATTR = "_shoal_reads"
+SETTLES_ITSELF = "settles-itself"
+
+
+def reads(*topics: str) -> Callable[[H], H]:
+    """Name what store state a read route shows (kinds, RUNNING_TOPIC): the middleware
+    then waits only for the not yet durable writes to those (Store.settled), not behind
+    unrelated ones. `reads()`: it shows none (`/_ping`). `reads(SETTLES_ITSELF)`: the
+    handler calls settled() itself, with topics it finds out. A read route not marked
+    waits for every applied write."""
+
+    def mark(handler: H) -> H:
+        setattr(handler, _READS_ATTR, topics)
+        return handler
+
+    return mark
 
 
 def _version_tuple(v: str) -> tuple[int, ...]:
@@ -76,11 +95,13 @@ async def docker_middleware(request: web.Request, handler: Handler) -> web.Strea
             )
     try:
         if request.method in ("GET", "HEAD"):
-            # reads show only what is durable, as of the request (Store.settled)
+            # reads show only what is durable, as of the request (Store.settled), of
+            # what the route names (`reads`)
             daemon = request.app.get(CONTEXT_KEY)
             manager = daemon.manager if daemon is not None else None
-            if manager is not None:
-                await manager.store.settled()
+            topics = getattr(request.match_info.handler, _READS_ATTR, None)
+            if manager is not None and topics != (SETTLES_ITSELF,):
+                await manager.store.settled(topics)
         resp = await handler(request)
     except ConnectionError:  # the client went away: nobody to answer
         raise

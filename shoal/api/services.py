@@ -10,13 +10,13 @@ from aiohttp import web
 from shoal.api import filters
 from shoal.api.body import bool_query, decode, int_query
 from shoal.api.encode import empty, json_response, wire
-from shoal.api.server import Router
+from shoal.api.server import SETTLES_ITSELF, Router, reads
 from shoal.api.swarm import require_manager
 from shoal.errors import InvalidArgument
 from shoal.manager.controlapi import services as ctl
 from shoal.manager.controlapi.defaults import insert_defaults
 from shoal.manager.orchestrator.replicated import replicas_of
-from shoal.manager.store import ReadTx
+from shoal.manager.store import RUNNING_TOPIC, ReadTx
 from shoal.types.service import Service, ServiceSpec, ServiceStatus
 from shoal.types.task import TaskState
 
@@ -92,11 +92,30 @@ def _registry_auth(request: web.Request) -> str | None:
     return request.headers.get("X-Registry-Auth") or None
 
 
+def _shown(view: ReadTx, with_status: bool) -> set[str]:
+    """What a service list shows, as Store.settled topics: the services; with their
+    status, the nodes (down ones do not count) and the running counts of replicated
+    services, or every task when another mode counts from them."""
+    if not with_status:
+        return {"service"}
+    replicated = all(
+        s.spec.mode is None or s.spec.mode.kind == "replicated" for s in view.services()
+    )
+    return {"service", "node", RUNNING_TOPIC if replicated else "task"}
+
+
+@reads(SETTLES_ITSELF)
 async def list_services(request: web.Request) -> web.Response:
     m = require_manager(request)
     f = filters.parse(request.query.get("filters"), SERVICE_FILTERS)
     with_status = bool_query(request, "status")
-    view = m.store.view()
+    shown = _shown(m.store.view(), with_status)
+    while True:  # (a service of another mode created meanwhile: wait for its tasks too)
+        await m.store.settled(shown)
+        view = m.store.view()
+        if _shown(view, with_status) <= shown:
+            break
+        shown |= _shown(view, with_status)
     down = down_nodes(view) if with_status else set()
     out: list[Any] = []
     for s in sorted(view.services(), key=lambda s: (s.created_at, s.id)):
@@ -121,6 +140,7 @@ def present(service: Service, defaults: bool) -> Any:
     return wire(service)
 
 
+@reads("service")
 async def inspect(request: web.Request) -> web.Response:
     m = require_manager(request)
     service = ctl.resolve_service(m.store.view(), request.match_info["id"])

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from shoal import __version__
 from shoal.api.encode import json_response, wire
-from shoal.api.server import API_VERSION, MIN_API_VERSION, Router, context
+from shoal.api.server import API_VERSION, MIN_API_VERSION, Router, context, reads
 from shoal.errors import Internal
 from shoal.types.base import format_time, now_ns
 from shoal.types.swarm import DEFAULT_DATA_PATH_PORT, DEFAULT_SUBNET_SIZE
@@ -28,6 +28,7 @@ def register(r: Router) -> None:
     r.add("GET", "/distribution/{name:.+}/json", distribution)
 
 
+@reads()
 async def ping(request: web.Request) -> web.Response:
     resp = web.Response(
         text="OK" if request.method == "GET" else None, content_type="text/plain", charset="utf-8"

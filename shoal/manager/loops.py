@@ -18,7 +18,7 @@ RETRY_MAX_S = 10.0
 # The most events one round of a reconcile loop takes into its transaction: a burst
 # larger than this (a huge service being built) is handled over several rounds, each a
 # bounded transaction with the event loop free between them.
-MAX_EVENTS_PER_ROUND = 2000
+MAX_EVENTS_PER_ROUND = 1000
 
 log = get_logger("shoal.manager")
 
@@ -39,6 +39,10 @@ class LoopStats:
     rounds: int = 0
     failures: int = 0
     resyncs: int = 0
+    # Transactions still queued behind the round being handled (reconcile_loop sets it
+    # before each round): a loop that makes work for itself (a build in chunks) makes
+    # the next chunk only once it has caught up, so no watcher's queue keeps growing.
+    backlog: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {"rounds": self.rounds, "failures": self.failures, "resyncs": self.resyncs}
@@ -77,6 +81,7 @@ async def reconcile_loop(
             while not stopped.is_set():
                 events = await watcher.__anext__()
                 events.extend(watcher.get_nowait_all(MAX_EVENTS_PER_ROUND - len(events)))
+                stats.backlog = watcher.queue.qsize()
                 await store.update(functools.partial(_apply, handle, events))
                 if after is not None:
                     await after()
@@ -139,10 +144,13 @@ async def take_burst(
     quiet_s: float,
     max_s: float,
     full: Callable[[], bool] | None = None,
+    limit: int | None = MAX_EVENTS_PER_ROUND,
 ) -> None:
     """After a first event was applied: keep applying what arrives until `quiet_s`
     passes with nothing new, `max_s` has passed since the first, or `full()` says the
-    batch is big enough (a size and a time bound; STYLE.md point 8)."""
+    batch is big enough (a size and a time bound; STYLE.md point 8). `limit`: the most
+    events one apply takes (whole transactions; the rest stay queued for the next,
+    which comes a turn of the event loop later: Watcher.__anext__)."""
     first = clock.monotonic()
     while full is None or not full():
         left = max_s - (clock.monotonic() - first)
@@ -152,5 +160,5 @@ async def take_burst(
             more = await clock.wait_for(watcher.__anext__(), min(quiet_s, left))
         except TimeoutError:
             return
-        more.extend(watcher.get_nowait_all())
+        more.extend(watcher.get_nowait_all(limit))
         apply(more)

@@ -22,7 +22,7 @@ from shoal.log import get_logger
 from shoal.manager.ca.removed import remove_node
 from shoal.manager.dispatcher.drain import DrainTracker
 from shoal.manager.dispatcher.networks import NetworkView
-from shoal.manager.loops import LoopStats, next_backoff
+from shoal.manager.loops import MAX_EVENTS_PER_ROUND, LoopStats, next_backoff
 from shoal.manager.store import Event, ReadTx, Store, Tx, WatcherClosed
 from shoal.types.agent import (
     AssignedTask,
@@ -174,7 +174,7 @@ class Dispatcher:
             while True:
                 try:
                     events = await watcher.__anext__()
-                    events.extend(watcher.get_nowait_all())
+                    events.extend(watcher.get_nowait_all(MAX_EVENTS_PER_ROUND))
                     self._route_events(events)
                     stats.rounds += 1
                     backoff = 0.0

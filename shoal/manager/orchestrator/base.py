@@ -17,6 +17,11 @@ from shoal.types.node import Node
 from shoal.types.service import Service
 from shoal.types.task import Task, TaskState
 
+# The most tasks of removed services one round marks desired REMOVE: a huge service
+# removed is taken down over several rounds (each chunk's own events start the next),
+# the event loop free between them.
+MAX_REMOVALS_PER_ROUND = 500
+
 
 class ServiceOrchestrator:
     """Base: subclasses say which services they own and how to reconcile one.
@@ -42,6 +47,8 @@ class ServiceOrchestrator:
         self.reconciles = 0
         self._effects: list[Callable[[], None]] = []
         self._stats = LoopStats()
+        # Removed services: the IDs of their tasks still to mark desired REMOVE.
+        self._removing: dict[str, list[str]] = {}
 
     def owns(self, service: Service | None) -> bool:
         if service is None:
@@ -85,15 +92,18 @@ class ServiceOrchestrator:
     def _check_all(self, tx: Tx) -> None:
         for sid in self.unfinished():
             self.forget(sid)
+        self._removing = {}
         for t in tx.tasks():
             if t.service_id and tx.get_service(t.service_id) is None:
                 # Its service was removed and the manager stopped before the removal's
-                # event was handled (kill -9): no event will come again (SwarmKit's
-                # taskinit.CheckTasks removes such tasks at start the same way).
+                # event was handled (kill -9), or its removal was under way: no event
+                # will come again (SwarmKit's taskinit.CheckTasks removes such tasks at
+                # start the same way).
                 if t.desired < TaskState.REMOVE:
-                    tx.update(set_desired(t, TaskState.REMOVE))
+                    self._removing.setdefault(t.service_id, []).append(t.id)
                 continue
             self._check_task(tx, t)
+        self._remove_some(tx)
         for s in tx.services():
             if self.owns(s):
                 self.reconcile(tx, s)
@@ -122,6 +132,12 @@ class ServiceOrchestrator:
             if self.owns(s):
                 assert s is not None
                 self.reconcile(tx, s)
+        if self._stats.backlog:
+            # Behind on events (a build's own tasks being allocated and scheduled): the
+            # next chunk waits until this loop has caught up, which also keeps every
+            # watcher's queue, and the memory and GC work it holds, bounded.
+            return
+        self._remove_some(tx)
         for sid in self.unfinished() - dirty_services:
             s = tx.get_service(sid)
             if s is None or not self.owns(s):
@@ -152,9 +168,28 @@ class ServiceOrchestrator:
     def _service_removed(self, tx: Tx, service: Service) -> None:
         self._effects.append(functools.partial(self._updates.cancel, service.id))
         self._effects.append(functools.partial(self._restarts.clear_service, service.id))
-        for t in tx.tasks_of_service(service.id):
-            if t.desired < TaskState.REMOVE:
-                tx.update(set_desired(t, TaskState.REMOVE))
+        self.forget(service.id)
+        left = tx.task_ids_of_service(service.id)  # (filtered as they are marked)
+        if left:
+            self._removing[service.id] = left
+        # (marked desired REMOVE by _remove_some, MAX_REMOVALS_PER_ROUND a round)
+
+    def _remove_some(self, tx: Tx) -> None:
+        """Mark the next MAX_REMOVALS_PER_ROUND tasks of removed services desired
+        REMOVE. (A round that fails loses what it took off the lists; the resync's sweep
+        finds those tasks again.)"""
+        budget = MAX_REMOVALS_PER_ROUND
+        for sid in list(self._removing):
+            left = self._removing[sid]
+            while left and budget:
+                budget -= 1
+                t = tx.get_task(left.pop())
+                if t is not None and t.desired < TaskState.REMOVE:
+                    tx.update(set_desired(t, TaskState.REMOVE))
+            if not left:
+                del self._removing[sid]
+            if not budget:
+                return
 
     # for subclasses -------------------------------------------------------------------------
     def reconcile(self, tx: Tx, service: Service) -> None:

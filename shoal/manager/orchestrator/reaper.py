@@ -20,7 +20,7 @@ import asyncio
 from collections import defaultdict
 
 from shoal.clock import SYSTEM_CLOCK, Clock
-from shoal.manager.loops import LoopStats, supervise, take_burst
+from shoal.manager.loops import MAX_EVENTS_PER_ROUND, LoopStats, supervise, take_burst
 from shoal.manager.orchestrator.task import is_runnable
 from shoal.manager.store import Event, Store, Tx
 from shoal.types.swarm import DEFAULT_TASK_HISTORY
@@ -60,7 +60,7 @@ class TaskReaper:
             await self._reap()
             while not self._stopped.is_set():
                 events = await watcher.__anext__()
-                events.extend(watcher.get_nowait_all())
+                events.extend(watcher.get_nowait_all(MAX_EVENTS_PER_ROUND))
                 self._note_events(events)
                 if not self._has_work():
                     continue

@@ -32,7 +32,7 @@ DEFAULT_REPLICAS = 1
 # The most tasks one reconcile of a service creates: a larger service is built over
 # several transactions, the event loop free between them (each chunk's own events start
 # the next round), so the API keeps answering while it is built.
-MAX_TASKS_PER_RECONCILE = 1000
+MAX_TASKS_PER_RECONCILE = 500
 
 
 @dataclass(slots=True)

@@ -18,7 +18,7 @@ from collections import defaultdict, deque
 from dataclasses import dataclass
 
 from shoal.clock import SYSTEM_CLOCK, Clock
-from shoal.manager.loops import LoopStats, log_failure, supervise
+from shoal.manager.loops import MAX_EVENTS_PER_ROUND, LoopStats, log_failure, supervise
 from shoal.manager.orchestrator.task import create_task, set_desired
 from shoal.manager.store import Event, ReadTx, Store, Tx
 from shoal.types.base import format_time, now_ns, parse_time
@@ -218,7 +218,7 @@ class RestartSupervisor:
             self._wake_all()  # a predecessor may have stopped while no watcher ran
             while not self._stopped.is_set():
                 events = await watcher.__anext__()
-                events.extend(watcher.get_nowait_all())
+                events.extend(watcher.get_nowait_all(MAX_EVENTS_PER_ROUND))
                 self._handle(events)
                 self._stats.rounds += 1
         finally:

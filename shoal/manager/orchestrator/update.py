@@ -23,7 +23,7 @@ import msgspec
 
 from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.log import get_logger
-from shoal.manager.loops import LoopStats, log_failure, next_backoff
+from shoal.manager.loops import MAX_EVENTS_PER_ROUND, LoopStats, log_failure, next_backoff
 from shoal.manager.orchestrator.task import Slot, create_task, is_runnable, set_desired
 from shoal.manager.store import Event, Store, Tx, Watcher, WatcherClosed
 from shoal.types.base import format_time, now_ns
@@ -208,7 +208,7 @@ class Updater:
                 for tid in list(self._new_tasks):
                     self._observe(tid, view.get_task(tid))
                 continue
-            events.extend(watcher.get_nowait_all())
+            events.extend(watcher.get_nowait_all(MAX_EVENTS_PER_ROUND))
             self._on_events(events)
 
     def _on_events(self, events: list[Event]) -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import msgspec
 
 from shoal.clock import SYSTEM_CLOCK, Clock
-from shoal.manager.loops import LoopStats, supervise, take_burst
+from shoal.manager.loops import MAX_EVENTS_PER_ROUND, LoopStats, supervise, take_burst
 from shoal.manager.scheduler.constraint import node_value
 from shoal.manager.scheduler.filters import Pipeline
 from shoal.manager.scheduler.nodeinfo import NodeInfo
@@ -35,7 +35,7 @@ COMMIT_DEBOUNCE_S = 0.05
 MAX_LATENCY_S = 1.0
 # The most tasks one placement pass decides: a larger backlog is placed over several
 # passes, each committed before the next (the event loop is free between them).
-MAX_TASKS_PER_PASS = 2000
+MAX_TASKS_PER_PASS = 1000
 MSG_ASSIGNED = "scheduler assigned task to node"
 MSG_PREASSIGNED = "scheduler confirmed task can run on preassigned node"
 MSG_PENDING = "pending task scheduling"
@@ -90,8 +90,10 @@ class Scheduler:
     def load(self, view: ReadTx) -> None:
         self._observe_cluster(view.cluster())
         self.nodes = {n.id: NodeInfo.of(n) for n in view.nodes()}
-        self.pending = {}
-        self.parked = {}
+        # emptied in place: the dicts made in the constructor are the ones the manager
+        # moved out of the garbage collector's way (Manager.start)
+        self.pending.clear()
+        self.parked.clear()
         for t in view.tasks():
             self._observe_task(t)
 
@@ -179,7 +181,7 @@ class Scheduler:
             await self.tick()
             while not self._stopped.is_set():
                 events = await watcher.__anext__()
-                events.extend(watcher.get_nowait_all())
+                events.extend(watcher.get_nowait_all(MAX_EVENTS_PER_ROUND))
                 self.apply(events)
                 await take_burst(watcher, self.apply, self._clock, COMMIT_DEBOUNCE_S, MAX_LATENCY_S)
                 await self.tick()
@@ -198,6 +200,9 @@ class Scheduler:
             decisions = self.schedule(chunk)
             self.passes += 1
             await self._commit(decisions)
+            # a turn of the event loop between passes, even when a pass wrote nothing
+            # (200k unparked tasks that still fit nowhere: 200 passes, not one turn)
+            await asyncio.sleep(0)
 
     # placement ------------------------------------------------------------------------------
     def schedule(self, tasks: list[Task]) -> list[Decision]:

@@ -16,7 +16,10 @@ that index, so `?version=N` checks are global optimistic concurrency, as Docker'
 
 Reads (`view()`) see every applied transaction; the API first waits for what was
 applied before a client's read to be durable (`settled()`), so a client is not shown a
-write a crash could take back. Watchers see committed transactions in order; a watcher created before a read sees
+write a crash could take back. A read names what it shows (`settled(topics)`: kinds,
+and RUNNING_TOPIC for the running-task counts `docker service ls` shows) and waits only
+for the writes to those: a read of services does not wait behind the commits of a huge
+service's task writes. Watchers see committed transactions in order; a watcher created before a read sees
 every change after it (SwarmKit's "watch before view"), and possibly some the read
 already showed. A watcher that falls WATCH_QUEUE transactions behind is closed with a
 reason (SwarmKit closes slow watchers too) and its loop resyncs from a fresh view.
@@ -95,11 +98,16 @@ _RECORD_TYPES: dict[str, Any] = {
     "network": Network,
 }
 
-# Largest number of objects one batch() transaction writes (size bound of a batch).
-MAX_CHANGES_PER_BATCH = 2000
+# Largest number of objects one batch() transaction writes, and of items it goes
+# through (size bound of a batch).
+MAX_CHANGES_PER_BATCH = 500
 # Largest number of records one group commit hands the backend (its size bound; its
 # time bound is the commit in flight: nothing waits longer than that).
 MAX_GROUP_RECORDS = 10_000
+# What a read may name in settled() besides the kinds: a change of which tasks run
+# (a task into or out of RUNNING, or a running one moved or removed), i.e. of what
+# ReadTx.running_by_node counts.
+RUNNING_TOPIC = "task.running"
 # Committed transactions a watcher may have queued before it is closed as too slow.
 WATCH_QUEUE = 10_000
 # What a client is told of a write taken back because the manager's disk was full
@@ -163,6 +171,11 @@ class Watcher:
         return self
 
     async def __anext__(self) -> list[Event]:
+        if not self.queue.empty():
+            # A loop with a backlog would otherwise take round after round without the
+            # event loop turning once (a queue's get() returns at once when it holds
+            # something): one turn between two rounds, whatever each round does.
+            await asyncio.sleep(0)
         events = await self.queue.get()
         if self.closed_reason is not None and self.queue.empty():
             raise WatcherClosed(self.closed_reason)
@@ -301,6 +314,10 @@ class ReadTx:
         table = self._t.objects["task"]
         return [table[i] for i in self._t.tasks_by_service.get(service_id, ())]
 
+    def task_ids_of_service(self, service_id: str) -> list[str]:
+        """The IDs of the service's tasks (an index: no walk over the tasks)."""
+        return list(self._t.tasks_by_service.get(service_id, ()))
+
     def running_by_node(self, service_id: str) -> dict[str, int]:
         """{node ID: how many of the service's tasks run there} (an index: no walk)."""
         return dict(self._t.running.get(service_id, ()))
@@ -319,6 +336,7 @@ class Tx(ReadTx):
         self.time = format_time(store.clock.time_ns())
         self._events: list[Event] = []
         self._undo: list[tuple[str, str, Any | None, Any | None]] = []
+        self._topics: set[str] = set()  # what it wrote (settled() topics)
 
     # writes ------------------------------------------------------------------------
     def _stamp(self, obj: Obj, created: bool) -> Obj:
@@ -336,6 +354,7 @@ class Tx(ReadTx):
         if kind in META_DEFAULTS and meta is None:
             meta = META_DEFAULTS[kind]
         stamped = self._stamp(obj, created=True)
+        self._wrote(kind, None, stamped)
         self._undo.append((kind, obj.id, None, None))
         self._t.put(kind, stamped, meta)
         self._events.append(Event("create", kind, stamped, meta=meta))
@@ -354,6 +373,7 @@ class Tx(ReadTx):
         metas = self._t.meta.get(kind)  # (inlined: the scheduler updates 100k tasks a pass)
         old_meta = None if metas is None else metas.get(obj.id, META_DEFAULTS[kind])
         stamped = self._stamp(obj, created=False)
+        self._wrote(kind, old, stamped)
         self._undo.append((kind, obj.id, old, old_meta))
         self._t.put(kind, stamped, meta)
         self._events.append(Event("update", kind, stamped, old, old_meta if meta is None else meta))
@@ -364,9 +384,18 @@ class Tx(ReadTx):
         if old is None:
             return
         old_meta = self.meta(kind, id_)
+        self._wrote(kind, old, None)
         self._undo.append((kind, id_, old, old_meta))
         self._t.drop(kind, id_)
         self._events.append(Event("remove", kind, old, old, old_meta))
+
+    def _wrote(self, kind: str, old: Any | None, new: Any | None) -> None:
+        self._topics.add(kind)
+        if kind == "task" and (
+            (old is not None and old.status.state == _RUNNING)
+            or (new is not None and new.status.state == _RUNNING)
+        ):
+            self._topics.add(RUNNING_TOPIC)
 
     def _rollback(self) -> None:
         _undo(self._t, self._undo)
@@ -411,6 +440,8 @@ class Store:
         self.durable_index = 0  # the last one the backend made durable
         self._in_tx = False
         self._pending: list[_Applied] = []
+        # The last applied, not yet durable transaction that wrote each topic.
+        self._last_write: dict[str, _Applied] = {}
         self._flushing: asyncio.Future[None] | None = None  # the commit in flight
         self._failed: BaseException | None = None
         self.commits = 0  # transactions made durable
@@ -436,13 +467,21 @@ class Store:
         await."""
         return ReadTx(self, self.index)
 
-    async def settled(self) -> None:
+    async def settled(self, topics: Iterable[str] | None = None) -> None:
         """Wait until every transaction applied so far is durable: what a client reads
         after this was committed (up to what others apply meanwhile), so a crash cannot
-        take back what a client was shown."""
+        take back what a client was shown. With `topics` (kinds, RUNNING_TOPIC), only
+        the transactions that wrote one of them: a read that shows those alone need not
+        wait behind unrelated writes (an empty `topics`: nothing to wait for)."""
         if not self._pending:
             return
-        last = self._pending[-1]
+        if topics is None:
+            last = self._pending[-1]
+        else:
+            waits = [a for t in topics if (a := self._last_write.get(t)) is not None]
+            if not waits:
+                return
+            last = max(waits, key=lambda a: a.index)
         try:
             await self._wait_durable(last)
         except Internal:
@@ -479,6 +518,8 @@ class Store:
         self.index = tx.index
         applied = _Applied(tx.index, tx._events, _records(tx._events), tx._undo)
         self._pending.append(applied)
+        for topic in tx._topics:
+            self._last_write[topic] = applied
         return result, applied
 
     async def batch(self, items: Iterable[T], fn: Callable[[Tx, T], None]) -> None:
@@ -493,7 +534,11 @@ class Store:
 
         def chunk(tx: Tx) -> None:
             nonlocal done
-            while len(tx._events) < MAX_CHANGES_PER_BATCH:
+            # bounded in writes and in items (most may write nothing: a pass of the
+            # scheduler over tasks that still fit nowhere)
+            for _ in range(MAX_CHANGES_PER_BATCH):
+                if len(tx._events) >= MAX_CHANGES_PER_BATCH:
+                    return
                 try:
                     item = next(it)
                 except StopIteration:
@@ -552,6 +597,7 @@ class Store:
         error = Internal(f"{MSG_DISK_FULL}: {cause}")
         taken = self._pending
         self._pending = []
+        self._last_write = {}
         for applied in reversed(taken):
             _undo(self._tables, applied.undo)
             applied.error = error
@@ -580,6 +626,10 @@ class Store:
         await self._backend.commit(group[-1].index, records)
         del self._pending[:count]
         self.durable_index = group[-1].index
+        if self._last_write:
+            self._last_write = {
+                t: a for t, a in self._last_write.items() if a.index > self.durable_index
+            }
         self.group_commits += 1
         for applied in group:
             self.commits += 1

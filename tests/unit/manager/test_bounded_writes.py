@@ -165,3 +165,152 @@ def test_a_huge_replicated_job_is_started_in_bounded_transactions() -> None:
         assert sizes == [MAX_TASKS_PER_RECONCILE, 2 * MAX_TASKS_PER_RECONCILE, count]
 
     asyncio.run(main())
+
+
+def test_a_build_goes_on_only_once_its_loop_has_caught_up() -> None:
+    """The orchestrator makes the next chunk of a huge service only in a round with no
+    events queued behind it (its own tasks being allocated and scheduled): the build
+    goes at the pace the loop digests them, so no watcher's queue keeps growing."""
+
+    async def main() -> None:
+        store = Store(MemoryBackend())
+        svc = await store.update(lambda tx: tx.create(service("big", 3 * MAX_TASKS_PER_RECONCILE)))
+        orch = ReplicatedOrchestrator(store, RestartSupervisor(store), UpdateSupervisor(store))
+        await store.update(lambda tx: orch.reconcile(tx, svc))
+        assert len(store.view().tasks()) == MAX_TASKS_PER_RECONCILE
+        orch._stats.backlog = 1  # (reconcile_loop sets it before each round)
+        await store.update(lambda tx: orch._handle(tx, []))
+        assert len(store.view().tasks()) == MAX_TASKS_PER_RECONCILE
+        assert orch.unfinished() == {"big"}
+        orch._stats.backlog = 0
+        await store.update(lambda tx: orch._handle(tx, []))
+        assert len(store.view().tasks()) == 2 * MAX_TASKS_PER_RECONCILE
+
+    asyncio.run(main())
+
+
+def test_a_huge_service_removed_is_taken_down_in_bounded_transactions() -> None:
+    from shoal.manager.orchestrator.base import MAX_REMOVALS_PER_ROUND
+    from shoal.manager.store import Event
+    from shoal.types.task import TaskState
+
+    replicas = 2 * MAX_REMOVALS_PER_ROUND + 5
+
+    async def main() -> None:
+        store = Store(MemoryBackend())
+        svc = await store.update(lambda tx: tx.create(service("big", replicas)))
+        orch = ReplicatedOrchestrator(store, RestartSupervisor(store), UpdateSupervisor(store))
+        await store.update(lambda tx: orch.reconcile(tx, svc))
+        while orch.unfinished():
+            await store.update(lambda tx: orch._handle(tx, []))
+        watcher = store.watch("task")
+        await store.update(lambda tx: tx.delete("service", "big"))
+        removed = [Event("remove", "service", svc, svc)]
+        await store.update(lambda tx: orch._handle(tx, removed))
+        marked = [len(watcher.get_nowait_all())]  # tasks marked by each transaction
+        while orch._removing:
+            await store.update(lambda tx: orch._handle(tx, []))
+            marked.append(len(watcher.get_nowait_all()))
+        assert sum(marked) == replicas and max(marked) <= MAX_REMOVALS_PER_ROUND, marked
+        assert all(t.desired == TaskState.REMOVE for t in store.view().tasks())
+
+    asyncio.run(main())
+
+
+def test_a_batch_that_writes_nothing_still_yields_between_bounded_chunks() -> None:
+    async def main() -> None:
+        store = Store(MemoryBackend())
+        seen: list[int] = []
+        ticks = 0
+
+        async def probe() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        prober = asyncio.create_task(probe())
+        await asyncio.sleep(0)
+        before = ticks
+        await store.batch(range(3 * MAX_CHANGES_PER_BATCH), lambda tx, i: seen.append(i))
+        prober.cancel()
+        assert len(seen) == 3 * MAX_CHANGES_PER_BATCH
+        assert ticks - before >= 2
+
+    asyncio.run(main())
+
+
+def test_a_scheduler_pass_over_tasks_that_fit_nowhere_yields_between_passes() -> None:
+    from shoal.manager.orchestrator.task import set_status
+    from shoal.manager.scheduler.scheduler import MAX_TASKS_PER_PASS, Scheduler
+    from shoal.types.task import TaskState
+
+    count = 3 * MAX_TASKS_PER_PASS
+
+    async def main() -> None:
+        store = Store(MemoryBackend())
+        svc = await store.update(lambda tx: tx.create(service("big", count)))
+        orch = ReplicatedOrchestrator(store, RestartSupervisor(store), UpdateSupervisor(store))
+        await store.update(lambda tx: orch.reconcile(tx, svc))
+        while orch.unfinished():
+            await store.update(lambda tx: orch._handle(tx, []))
+
+        def pend(tx: Tx, task_id: str) -> None:
+            t = tx.get_task(task_id)
+            assert t is not None
+            tx.update(set_status(t, TaskState.PENDING, "pending task scheduling"))
+
+        await store.batch([t.id for t in store.view().tasks()], pend)
+        sched = Scheduler(store)  # no node: every task fits nowhere
+        sched.load(store.view())
+        await sched.tick()  # writes each task's "no suitable node"
+        assert len(sched.parked) == count
+        sched._unpark()  # (a node changed) every task is tried again: no write this time
+        ticks = 0
+
+        async def probe() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        prober = asyncio.create_task(probe())
+        await asyncio.sleep(0)
+        before = ticks
+        index = store.index
+        await sched.tick()
+        prober.cancel()
+        assert store.index == index and len(sched.parked) == count
+        assert ticks - before >= 2
+
+    asyncio.run(main())
+
+
+def test_a_loop_with_a_backlog_lets_the_event_loop_turn_between_its_rounds() -> None:
+    """A queue's get() returns at once when it holds something: without a turn in
+    Watcher.__anext__, a loop behind by many transactions would take them all in one
+    turn of the event loop."""
+
+    async def main() -> None:
+        store = Store(MemoryBackend())
+        watcher = store.watch("node")
+        for i in range(5):
+            await store.update(lambda tx, i=i: tx.create(node(i)))
+        ticks = 0
+
+        async def probe() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        prober = asyncio.create_task(probe())
+        await asyncio.sleep(0)
+        seen = []
+        for _ in range(5):
+            await watcher.__anext__()
+            seen.append(ticks)
+        prober.cancel()
+        assert all(b > a for a, b in zip(seen, seen[1:], strict=False)), seen
+
+    asyncio.run(main())

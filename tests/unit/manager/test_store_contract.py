@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
+import msgspec
 import pytest
 
 from shoal.manager.loops import LoopStats, reconcile_loop
@@ -14,7 +15,7 @@ from shoal.manager.manager import Manager
 from shoal.manager.orchestrator.replicated import ReplicatedOrchestrator
 from shoal.manager.orchestrator.restart import RestartSupervisor
 from shoal.manager.orchestrator.update import UpdateSupervisor
-from shoal.manager.store import MemoryBackend, Record, Store, Tx, WatcherClosed
+from shoal.manager.store import RUNNING_TOPIC, MemoryBackend, Record, Store, Tx, WatcherClosed
 from shoal.manager.store.memory import WATCH_QUEUE, encode_record
 from shoal.types.meta import ServiceMeta, TaskMeta
 from shoal.types.node import Node, NodeSpec, NodeStatus
@@ -110,6 +111,56 @@ def test_a_failed_commit_acknowledges_nothing_more() -> None:
             await store.update(lambda tx: tx.create(node("n1")))
         with pytest.raises(Exception, match="cannot commit"):
             await store.update(lambda tx: tx.create(node("n2")))
+
+    asyncio.run(main())
+
+
+def test_a_read_waits_for_the_writes_to_what_it_shows_only() -> None:
+    """settled(topics): a read of services does not wait behind a commit of task writes
+    in flight; a read of tasks does, and so does one naming nothing in particular."""
+
+    async def main() -> None:
+        backend = MemoryBackend()
+        store = Store(backend)
+        svc = service("s1")
+        await store.update(lambda tx: tx.create(svc))
+        backend.hold()
+        write = asyncio.create_task(
+            store.update(lambda tx: tx.create(task("t1", svc, 1, TaskState.PENDING)))
+        )
+        await asyncio.sleep(0)
+        await asyncio.wait_for(store.settled(["service", "node", RUNNING_TOPIC]), WAIT_S)
+        await asyncio.wait_for(store.settled([]), WAIT_S)
+        reads = [asyncio.create_task(store.settled(t)) for t in (["task"], None)]
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert not any(r.done() for r in reads) and not write.done()
+        backend.release()
+        await asyncio.wait_for(asyncio.gather(write, *reads), WAIT_S)
+
+    asyncio.run(main())
+
+
+def test_a_task_that_starts_or_stops_running_is_waited_for_by_running_counts() -> None:
+    async def main() -> None:
+        backend = MemoryBackend()
+        store = Store(backend)
+        svc = service("s1")
+        await store.update(lambda tx: tx.create(svc))
+        created = await store.update(lambda tx: tx.create(task("t1", svc, 1, TaskState.PENDING)))
+        backend.hold()
+        running = msgspec.structs.replace(
+            created, status=msgspec.structs.replace(created.status, state="running")
+        )
+        write = asyncio.create_task(store.update(lambda tx: tx.update(running)))
+        await asyncio.sleep(0)
+        read = asyncio.create_task(store.settled([RUNNING_TOPIC]))
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert not read.done()
+        backend.release()
+        await asyncio.wait_for(asyncio.gather(write, read), WAIT_S)
+        assert store._last_write == {}  # nothing kept once durable
 
     asyncio.run(main())
 
