@@ -219,7 +219,14 @@ class Agent:
         runner = self._runners.get(task.id)
         if runner is None:
             controller = self.executor.controller(task, assigned.meta)
-            runner = TaskRunner(task, controller, self._report, self._clock, self.starts)
+            runner = TaskRunner(
+                task,
+                controller,
+                self._report,
+                self._clock,
+                self.starts,
+                host_ports=assigned.meta.host_ports,
+            )
             self._runners[task.id] = runner
             discarding = self._discarding.get(task.id)
             if discarding is None:

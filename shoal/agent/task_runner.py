@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import msgspec
 
@@ -21,6 +21,7 @@ from shoal.agent.starts import StartSlots
 from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.log import get_logger
 from shoal.types.base import format_time
+from shoal.types.network import PortMapping
 from shoal.types.task import ContainerStatus, PortStatus, Task, TaskState, TaskStatus
 
 DEFAULT_STOP_GRACE_S = 10.0
@@ -57,6 +58,23 @@ def exit_error(status: ExitStatus) -> str:
     return f"task: non-zero exit ({status.exit_code})"
 
 
+def port_status(host_ports: Sequence[PortMapping]) -> PortStatus:
+    """A running task's PortStatus as dockerd shows it: each host-mode port bound on its
+    node (SwarmKit's agent reads them from the container; a process task's are its
+    spec's). A port with no number asked is left out: the node has not picked one."""
+    ports: list[dict[str, object]] = [
+        {
+            "Protocol": p.protocol,
+            "TargetPort": p.target,
+            "PublishedPort": p.published,
+            "PublishMode": "host",
+        }
+        for p in host_ports
+        if p.published
+    ]
+    return PortStatus(ports=ports or None)
+
+
 class TaskRunner:
     def __init__(
         self,
@@ -65,12 +83,15 @@ class TaskRunner:
         report: Report,
         clock: Clock = SYSTEM_CLOCK,
         starts: StartSlots | None = None,
+        host_ports: Sequence[PortMapping] = (),
     ) -> None:
         self.task = task
         # The node's bound on starts in flight: a slot is held from PREPARING until the
         # start returned (none: unbounded).
         self._starts = starts if starts is not None else StartSlots(0)
         self._holding = False
+        # the task's host-mode published ports, reported in PortStatus while it runs
+        self._port_status = port_status(host_ports)
         self._clock = clock
         self.controller = controller
         self._report = report
@@ -143,7 +164,7 @@ class TaskRunner:
             message=message if message is not None else MSG.get(state, state.wire),
             err=err,
             container_status=self._container,
-            port_status=PortStatus(),
+            port_status=self._port_status if state == TaskState.RUNNING else PortStatus(),
         )
         self._report(self.task.id, status)
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import msgspec
 
+from shoal.types.network import PortMapping
+
 
 class ServiceMeta(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     # The version of Spec the tasks are built from, bumped on every change that needs
@@ -36,6 +38,11 @@ class TaskMeta(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc
     # The cluster's TaskDefaults.LogDriver when the task was made, for a service with no
     # LogDriver of its own (SwarmKit's Task.LogDriver, which Docker's API does not show).
     default_log_driver: dict[str, Any] | None = None
+    # The service's ports published in host mode when the task was made (SwarmKit keeps
+    # them in Task.Endpoint, which Docker's API does not show; a change of them makes new
+    # tasks): the scheduler's host-port filter and the task's node, which binds them.
+    # `published` 0: none asked, the node picks one.
+    host_ports: list[PortMapping] = []
 
 
 NO_SERVICE_META = ServiceMeta()

@@ -62,6 +62,7 @@ from shoal.agent.executor.docker_spec import (
     pull_reference,
     stop_grace_s,
     task_name,
+    with_host_ports,
 )
 from shoal.agent.network.plumbing import Plumbing
 from shoal.log import get_logger
@@ -339,6 +340,8 @@ class DockerController:
         )
         if self._overlay():
             body = on_swarm_networks(body, self.task)
+        elif self.meta.host_ports:
+            body = with_host_ports(body, self.meta.host_ports)
         image = str(body["Image"])
         await self._ensure_image(image)
         files = task_secrets.files_of(self.task, self._x.dependencies, self._template_context(body))

@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 
 from shoal.agent.executor.base import ExecutorError, ExitStatus
+from shoal.types.network import PortMapping
 from shoal.types.service import ContainerSpec, HealthConfig
 from shoal.types.task import Task
 
@@ -438,4 +439,23 @@ def on_swarm_networks(body: dict[str, Any], task: Task) -> dict[str, Any]:
     addr = (first.addresses or [""])[0].split("/")[0]
     if addr:
         host["ExtraHosts"] = [*host.get("ExtraHosts", []), f"{hostname}:{addr}"]
+    return body
+
+
+def with_host_ports(body: dict[str, Any], host_ports: list[PortMapping]) -> dict[str, Any]:
+    """`body` for a task that publishes ports in host mode and runs on the engine's own
+    network (no swarm network): each port exposed and bound on the node, as dockerd's
+    executor does (`ExposedPorts`, `HostConfig.PortBindings`; a port with no number is
+    bound to one the engine picks)."""
+    exposed: dict[str, dict[str, Any]] = {}
+    bindings: dict[str, list[dict[str, str]]] = {}
+    for p in host_ports:
+        key = f"{p.target}/{p.protocol}"
+        exposed[key] = {}
+        bindings.setdefault(key, []).append(
+            {"HostIp": "", "HostPort": str(p.published) if p.published else ""}
+        )
+    if exposed:
+        body["ExposedPorts"] = {**body.get("ExposedPorts", {}), **exposed}
+        body["HostConfig"]["PortBindings"] = bindings
     return body

@@ -135,8 +135,8 @@ def add_interfaces(
         os.close(task_fd)
 
 
-def delete_links(ns: str, names: list[str]) -> None:
-    """Delete the devices named in namespace `ns` that are there."""
+def delete_links(ns: str | None, names: list[str]) -> None:
+    """Delete the devices named in namespace `ns` (None: the caller's) that are there."""
     with ipr(ns) as sock:
         for name in names:
             idx = index(sock, name)

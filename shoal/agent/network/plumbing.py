@@ -23,9 +23,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from shoal.agent.network import devices, netns
+from shoal.agent.network import devices, netns, vip
+from shoal.agent.network.mesh import Mesh
 from shoal.agent.network.record import Record
 from shoal.agent.network.state import NetworkState, TaskNetworkListener
+from shoal.agent.network.vip import VipTables
 from shoal.log import get_logger
 from shoal.types.network import Network, NetworkAttachment, NetworkUpdate
 
@@ -83,6 +85,8 @@ class Plumbing:
         self._lock = threading.RLock()
         self._dirty = asyncio.Event()
         self._sync_task: asyncio.Task[None] | None = None
+        self.vips = VipTables()
+        self.mesh = Mesh(self)
 
     # --- wiring ---------------------------------------------------------------------------
 
@@ -227,6 +231,7 @@ class Plumbing:
             addresses = [(a.addresses or [""])[0] for a in attachments]
             pairs = list(zip(sandboxes, addresses, strict=True))
             devices.add_interfaces(path, self.node_netns, veth, pairs)
+            self._sync_vip_locked(task_id)
             return path
 
     def detach_sync(self, task_id: str) -> None:
@@ -238,6 +243,9 @@ class Plumbing:
         entry = self.record.tasks.get(task_id)
         if entry is None:
             return
+        if entry.get("nft"):
+            alive = netns.exists(Path(entry["netns"]))
+            self.vips.remove_task(task_id, entry["netns"] if alive else None)
         for network_id, veth in (entry.get("links") or {}).items():
             net = self.record.networks.get(network_id)
             if net is None or not netns.exists(Path(net["netns"])):
@@ -251,6 +259,8 @@ class Plumbing:
     def _gc_networks_locked(self) -> None:
         """Remove sandboxes no task uses and the node's state no longer lists."""
         used = {nid for t in self.record.tasks.values() for nid in t.get("links") or {}}
+        if self.record.mesh is not None:
+            used.add(self.record.mesh["network"])
         wanted = set(self.state.networks) if self.state is not None else set()
         for network_id in list(self.record.networks):
             if network_id not in used and network_id not in wanted:
@@ -273,7 +283,23 @@ class Plumbing:
         with self._lock:
             for network_id in list(self.record.networks):
                 self._sync_network_locked(network_id)
+            for task_id in list(self.record.tasks):
+                self._sync_vip_locked(task_id)
+            try:
+                self.mesh.sync_locked()
+            except Exception:
+                log.exception("routing mesh not synced")
             self._gc_networks_locked()
+
+    def _sync_vip_locked(self, task_id: str) -> None:
+        """The task's VIP table (vip.py), recorded before it is first made."""
+        entry = self.record.tasks.get(task_id)
+        if self.state is None or entry is None:
+            return
+        if not entry.get("nft"):
+            entry["nft"] = [f"{vip.FAMILY} {vip.TABLE}"]
+            self._save()
+        self.vips.sync_task(task_id, entry["netns"], self.state, list(entry.get("links") or {}))
 
     def _sync_network_locked(self, network_id: str) -> None:
         if self.state is None:
@@ -311,11 +337,20 @@ class Plumbing:
                     kept[task_id] = (entry["netns"], list(entry.get("links") or {}))
                 else:
                     self._detach_locked(task_id)
+            mesh = self.record.mesh
+            if mesh is not None:
+                sandbox = self.record.networks.get(mesh["network"])
+                if (
+                    not netns.exists(Path(mesh["netns"]))
+                    or sandbox is None
+                    or not netns.exists(Path(sandbox["netns"]))
+                ):
+                    self.mesh.remove_locked()  # rebuilt by the next sync if still wanted
             for network_id, entry in list(self.record.networks.items()):
                 if not netns.exists(Path(entry["netns"])):
                     self._remove_network_locked(network_id)
             self._gc_networks_locked()
-            if not self.record.tasks and not self.record.networks:
+            if not self.record.tasks and not self.record.networks and not self.record.mesh:
                 self._release_dir_locked()
         if kept:
             log.info("network namespaces adopted", tasks=sorted(kept))
@@ -349,6 +384,7 @@ class Plumbing:
 
     def remove_all(self) -> None:
         with self._lock:
+            self.mesh.remove_locked()
             for task_id in list(self.record.tasks):
                 self._detach_locked(task_id)
             for network_id in list(self.record.networks):

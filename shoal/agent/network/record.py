@@ -7,7 +7,12 @@ names. One JSON file in the daemon's data directory:
      "networks": {<network id>: {"netns": <sandbox namespace file>, "vxlan": <name in the
                   node namespace while being created>, "vni": N, "node_netns": path|null}},
      "tasks":    {<task id>: {"netns": <namespace file> , "own_netns": true|false,
-                  "links": {<network id>: <veth name in the network's sandbox>}}}}
+                  "links": {<network id>: <veth name in the network's sandbox>},
+                  "nft": ["ip shoal-vip"]}},
+     "mesh":     null | {"network": <ingress network id>, "netns": <gateway namespace>,
+                  "node_veth": <its veth in the node namespace>, "table": <the node
+                  namespace's nftables table, "ip shoal-mesh-<random>">,
+                  "forwarding": <ip_forward before it was turned on, or null>}}
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ class Record:
         self.netns_dir: str | None = None
         self.networks: dict[str, dict[str, Any]] = {}
         self.tasks: dict[str, dict[str, Any]] = {}
+        self.mesh: dict[str, Any] | None = None
         self._load()
 
     def _load(self) -> None:
@@ -40,10 +46,16 @@ class Record:
         self.netns_dir = data.get("netns_dir")
         self.networks = dict(data.get("networks") or {})
         self.tasks = dict(data.get("tasks") or {})
+        self.mesh = data.get("mesh")
 
     def save(self) -> None:
         """Write the record as it is now (callers mutate under `locked`)."""
-        data = {"netns_dir": self.netns_dir, "networks": self.networks, "tasks": self.tasks}
+        data = {
+            "netns_dir": self.netns_dir,
+            "networks": self.networks,
+            "tasks": self.tasks,
+            "mesh": self.mesh,
+        }
         tmp = self.path.with_suffix(".tmp")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -61,7 +73,7 @@ class Record:
         return self._lock
 
     def empty(self) -> bool:
-        return not (self.netns_dir or self.networks or self.tasks)
+        return not (self.netns_dir or self.networks or self.tasks or self.mesh)
 
     def discard_file(self) -> None:
         """Remove the record once nothing is left in it."""

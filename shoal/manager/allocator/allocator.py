@@ -18,15 +18,17 @@ import asyncio
 import msgspec
 
 from shoal.clock import SYSTEM_CLOCK, Clock
+from shoal.log import get_logger
 from shoal.manager.allocator import ipam
 from shoal.manager.allocator import networks as nets
 from shoal.manager.loops import MAX_EVENTS_PER_ROUND, reconcile_loop
 from shoal.manager.orchestrator.task import set_status
 from shoal.manager.store import Event, Store, Tx
-from shoal.types.service import Endpoint, EndpointPortConfig, Service
+from shoal.types.service import Endpoint, EndpointPortConfig, EndpointSpec, Service
 from shoal.types.task import Owner, TaskState, can_transition
 
 PUBLISHED_PORT_RANGE = (30000, 32767)
+log = get_logger("shoal.manager.allocator")
 MSG_PENDING = "pending task scheduling"
 # Tasks waiting for an address tried again in one round, at most.
 MAX_RETRIES_PER_ROUND = MAX_EVENTS_PER_ROUND
@@ -144,9 +146,10 @@ class Allocator:
             self._waiting_services.discard(service if isinstance(service, str) else service.id)
             return
         spec = s.spec.allocated_endpoint_spec()
-        used = self._used_ports(tx, s.id)
+        used: set[tuple[str | None, int | None]] | None = None  # read only when needed
         ports: list[EndpointPortConfig] = []
         previous = {(p.protocol, p.target_port): p for p in (s.endpoint.ports or [])}
+        wanted = {(p.protocol or "tcp", p.target_port) for p in spec.ports or ()}
         for p in spec.ports or []:
             proto = p.protocol or "tcp"
             mode = p.publish_mode or "ingress"
@@ -155,12 +158,26 @@ class Allocator:
                 prev = previous.get((proto, p.target_port))
                 published = prev.published_port if prev and prev.published_port else None
                 if not published:
+                    if used is None:
+                        used = self._used_ports(tx, s.id, spec)
+                        # and those it keeps from before, wherever they are in its list
+                        used |= {
+                            (q.protocol or "tcp", q.published_port)
+                            for q in (s.endpoint.ports or ())
+                            if q.published_port and (q.protocol, q.target_port) in wanted
+                        }
                     published = next(
-                        n
-                        for n in range(PUBLISHED_PORT_RANGE[0], PUBLISHED_PORT_RANGE[1] + 1)
-                        if (proto, n) not in used
+                        (
+                            n
+                            for n in range(PUBLISHED_PORT_RANGE[0], PUBLISHED_PORT_RANGE[1] + 1)
+                            if (proto, n) not in used
+                        ),
+                        None,
                     )
-                used.add((proto, published))
+                    if published is None:
+                        log.error("no published port left", service=s.spec.name)
+                    else:
+                        used.add((proto, published))
             ports.append(
                 msgspec.structs.replace(
                     p, protocol=proto, publish_mode=mode, published_port=published
@@ -176,13 +193,23 @@ class Allocator:
             tx.update(msgspec.structs.replace(s, endpoint=endpoint))
 
     @staticmethod
-    def _used_ports(tx: Tx, except_service: str) -> set[tuple[str | None, int | None]]:
-        return {
-            (p.protocol, p.published_port)
-            for s in tx.services()
-            if s.id != except_service
-            for p in (s.endpoint.ports or [])
+    def _used_ports(
+        tx: Tx, except_service: str, own: EndpointSpec
+    ) -> set[tuple[str | None, int | None]]:
+        """Every port held: by another service (given to it, or asked for in its spec: a
+        service not allocated yet keeps the number it asked for), or asked for by this
+        one (SwarmKit allocates those before the dynamic ones)."""
+        used: set[tuple[str | None, int | None]] = {
+            (p.protocol or "tcp", p.published_port) for p in own.ports or () if p.published_port
         }
+        for s in tx.services():
+            if s.id == except_service:
+                continue
+            ep = s.spec.endpoint_spec
+            for p in (*(s.endpoint.ports or ()), *((ep.ports if ep else None) or ())):
+                if p.published_port:
+                    used.add((p.protocol or "tcp", p.published_port))
+        return used
 
     def statistics(self) -> dict[str, int]:
         return {

@@ -18,6 +18,7 @@ from shoal.ids import new_id
 from shoal.manager.controlapi.defaults import DEFAULT_ENDPOINT_MODE, insert_defaults
 from shoal.manager.controlapi.names import random_name
 from shoal.manager.controlapi.networks import resolve_attachments
+from shoal.manager.controlapi.ports import check_port_conflicts
 from shoal.manager.controlapi.secrets import check_references
 from shoal.manager.orchestrator.update import rollback_service
 from shoal.manager.scheduler import constraint
@@ -210,6 +211,7 @@ async def create_service(
         assert spec.name is not None
         if _name_taken(tx, spec.name):
             raise _name_conflict(spec.name)
+        check_port_conflicts(tx, spec)
         stored = resolve_attachments(tx, spec)
         service = Service(
             id=new_id(),
@@ -294,6 +296,8 @@ async def update_service(
         if old_kind != new_kind:
             raise invalid_argument("service mode change is not allowed")
         check_references(tx, msgspec.structs.replace(current, spec=new_spec))
+        if new_spec.endpoint_spec != current.spec.endpoint_spec:
+            check_port_conflicts(tx, new_spec, current.id)
         meta = tx.service_meta(current.id)
         if _task_relevant(new_spec) != _task_relevant(
             current.spec

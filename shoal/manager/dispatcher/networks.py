@@ -8,7 +8,10 @@
   desired state RUNNING: DNS answers only those);
 - the service endpoints on each: a service's VIP on it, or no VIP (dnsrr) for a service
   attached to it, with the service's aliases there;
-- which nodes need each network: how many of a node's live tasks attach to it.
+- which nodes need each network: how many of a node's live tasks attach to it, plus
+  one for every ready node on the `ingress` network: the routing mesh answers on every
+  node, so every ready node is told ingress's peers and its endpoints, which carry the
+  services' published ports (`ServiceEndpoint.ports`, from `Endpoint.Ports`, both modes).
 
 `apply(events)` updates the indexes and answers, per node, the NetworkUpdate that node
 must get: a network it just came to need with all its peers and endpoints, one it no
@@ -26,7 +29,13 @@ from typing import Any
 import msgspec
 
 from shoal.manager.store import Event, ReadTx
-from shoal.types.network import Network, NetworkPeer, NetworkUpdate, ServiceEndpoint
+from shoal.types.network import (
+    Network,
+    NetworkPeer,
+    NetworkUpdate,
+    PortMapping,
+    ServiceEndpoint,
+)
 from shoal.types.node import Node
 from shoal.types.service import Service
 from shoal.types.swarm import DEFAULT_DATA_PATH_PORT
@@ -69,7 +78,23 @@ def task_peers(t: Task, service_name: str, node_addr: str) -> dict[str, NetworkP
     return out
 
 
-def service_endpoints(s: Service) -> dict[str, ServiceEndpoint]:
+def port_mappings(s: Service) -> list[PortMapping]:
+    """The service's published ports as allocated (`Endpoint.Ports`), both modes; a
+    host-mode port without a number has published 0 (its node picks one)."""
+    return [
+        PortMapping(
+            protocol=p.protocol or "tcp",
+            target=p.target_port or 0,
+            published=p.published_port or 0,
+            mode=p.publish_mode or "ingress",
+        )
+        for p in s.endpoint.ports or ()
+    ]
+
+
+def service_endpoints(s: Service, ingress: str | None = None) -> dict[str, ServiceEndpoint]:
+    """The service's endpoints by network; on `ingress` (its ID), one with the service's
+    published ports whenever it publishes any (its ingress VIP, or none: host mode)."""
     name = s.spec.name or ""
     tt = s.spec.task_template
     configs = {
@@ -95,6 +120,15 @@ def service_endpoints(s: Service) -> dict[str, ServiceEndpoint]:
                 service_name=name,
                 vip=None,
                 aliases=list(c.aliases or []),
+            )
+    ports = port_mappings(s)
+    if ingress is not None and ports:
+        have = out.get(ingress)
+        if have is not None:
+            out[ingress] = msgspec.structs.replace(have, ports=ports)
+        else:
+            out[ingress] = ServiceEndpoint(
+                network_id=ingress, service_id=s.id, service_name=name, ports=ports
             )
     return out
 
@@ -126,6 +160,12 @@ class NetworkView:
         self._task_service_name: dict[str, str] = {}
         self._service_eps: dict[str, dict[str, ServiceEndpoint]] = {}
         self.data_path_port = DEFAULT_DATA_PATH_PORT
+        # the allocated ingress network, the ready nodes, and which of them hold it
+        # (node -> ingress network ID) for being ready, beside their tasks' count
+        self.ingress: str | None = None
+        self.ready: set[str] = set()
+        self._holds_ingress: dict[str, str] = {}
+        self._publishing: dict[str, Service] = {}  # services with published ports
 
     # ---- building ---------------------------------------------------------------------
     @classmethod
@@ -138,7 +178,7 @@ class NetworkView:
         for n in view.networks():
             v._network(n, ch)
         for node in view.nodes():
-            v.node_addr[node.id] = node.status.addr or ""
+            v._node(node, False, ch)
         for s in view.services():
             v._service(s, None, ch)
         for t in view.tasks():
@@ -153,6 +193,8 @@ class NetworkView:
             if ev.kind == "network":
                 if ev.action == "remove":
                     self.networks.pop(ev.obj.id, None)
+                    if ev.obj.id == self.ingress:
+                        self._set_ingress(None, ch)
                 else:
                     self._network(ev.obj, ch)
             elif ev.kind == "node":
@@ -174,8 +216,36 @@ class NetworkView:
         if self.networks.get(n.id) != n:
             self.networks[n.id] = n
             ch.networks.add(n.id)
+        if n.spec.ingress and self.ingress != n.id:
+            self._set_ingress(n.id, ch)
+
+    def _set_ingress(self, network_id: str | None, ch: _Changes) -> None:
+        """The ingress network is (now) `network_id`: every ready node holds it, and
+        publishing services' endpoints move to it."""
+        self.ingress = network_id
+        for node in list(self.ready | self._holds_ingress.keys()):
+            self._sync_ingress(node, ch)
+        for s in list(self._publishing.values()):
+            self._service(s, None, ch)
+
+    def _sync_ingress(self, node: str, ch: _Changes) -> None:
+        want = self.ingress if node in self.ready else None
+        held = self._holds_ingress.get(node)
+        if held == want:
+            return
+        if held is not None:
+            del self._holds_ingress[node]
+            self._count(node, held, -1, ch)
+        if want is not None:
+            self._holds_ingress[node] = want
+            self._count(node, want, +1, ch)
 
     def _node(self, node: Node, removed: bool, ch: _Changes) -> None:
+        if not removed and node.status.state == "ready":
+            self.ready.add(node.id)
+        else:
+            self.ready.discard(node.id)
+        self._sync_ingress(node.id, ch)
         addr = "" if removed else node.status.addr or ""
         if removed:
             self.node_addr.pop(node.id, None)
@@ -190,7 +260,11 @@ class NetworkView:
                     ch.peers[net][task_id] = peers[task_id]
 
     def _service(self, s: Service, action: str | None, ch: _Changes) -> None:
-        new = {} if action == "remove" else service_endpoints(s)
+        if action != "remove" and s.endpoint.ports:
+            self._publishing[s.id] = s
+        else:
+            self._publishing.pop(s.id, None)
+        new = {} if action == "remove" else service_endpoints(s, self.ingress)
         old = self._service_eps.get(s.id, {})
         if new == old:
             return

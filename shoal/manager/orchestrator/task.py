@@ -11,8 +11,9 @@ from shoal.ids import new_id
 from shoal.manager.store import ReadTx, Tx
 from shoal.types.base import Version, format_time, now_ns
 from shoal.types.meta import ServiceMeta, TaskMeta
+from shoal.types.network import PortMapping
 from shoal.types.node import Node
-from shoal.types.service import Service
+from shoal.types.service import Service, ServiceSpec
 from shoal.types.task import PortStatus, Task, TaskState, TaskStatus
 
 Slot = list[Task]
@@ -54,8 +55,24 @@ def new_task(
         service_name=service.spec.name or "",
         registry_auth=meta.registry_auth,
         default_log_driver=None if spec.log_driver else default_log_driver,
+        host_ports=host_ports(service.spec),
     )
     return task, task_meta
+
+
+def host_ports(spec: ServiceSpec) -> list[PortMapping]:
+    """The ports `spec` publishes in host mode, as a task of it keeps them."""
+    ep = spec.endpoint_spec
+    return [
+        PortMapping(
+            protocol=p.protocol or "tcp",
+            target=p.target_port or 0,
+            published=p.published_port or 0,
+            mode="host",
+        )
+        for p in (ep.ports if ep else None) or ()
+        if p.publish_mode == "host"
+    ]
 
 
 def create_task(

@@ -3,8 +3,10 @@ a task and, for the pending message, explains how many nodes it turned away."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from shoal.manager.scheduler import constraint
-from shoal.manager.scheduler.nodeinfo import NodeInfo, host_ports, task_reservations
+from shoal.manager.scheduler.nodeinfo import NO_PORTS, HostPorts, NodeInfo, task_reservations
 from shoal.types.task import Task
 
 
@@ -124,14 +126,22 @@ def _same_arch(a: str, b: str) -> bool:
 
 
 class HostPortFilter(Filter):
+    """SwarmKit's: a task that binds a host-mode port goes to no node where an active
+    task already holds that port and protocol. `ports_of` gives a task's ports."""
+
     dynamic = True
 
+    def __init__(self, ports_of: Callable[[str], HostPorts]) -> None:
+        self.ports_of = ports_of
+        self.ports: HostPorts = NO_PORTS
+
     def set_task(self, task: Task) -> bool:
-        self.ports = host_ports(task)
+        self.ports = self.ports_of(task.id)
         return bool(self.ports)
 
     def check(self, info: NodeInfo) -> bool:
-        return not (self.ports & info.used_host_ports)
+        used = info.used_host_ports
+        return not any(p in used for p in self.ports)
 
     def explain(self, nodes: int) -> str:
         if nodes == 1:
@@ -155,14 +165,18 @@ class MaxReplicasFilter(Filter):
         return "max replicas per node limit exceed"
 
 
-def pipeline() -> list[Filter]:
+def _no_ports(task_id: str) -> HostPorts:
+    return NO_PORTS
+
+
+def pipeline(ports_of: Callable[[str], HostPorts] = _no_ports) -> list[Filter]:
     return [
         ReadyFilter(),
         ResourceFilter(),
         PluginFilter(),
         ConstraintFilter(),
         PlatformFilter(),
-        HostPortFilter(),
+        HostPortFilter(ports_of),
         MaxReplicasFilter(),
     ]
 
@@ -170,8 +184,8 @@ def pipeline() -> list[Filter]:
 class Pipeline:
     """Runs the filters for one task over many nodes and keeps failure counts."""
 
-    def __init__(self) -> None:
-        self.filters = pipeline()
+    def __init__(self, ports_of: Callable[[str], HostPorts] = _no_ports) -> None:
+        self.filters = pipeline(ports_of)
         self.active: list[Filter] = []
         self.failures: dict[int, int] = {}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from shoal.types.meta import TaskMeta
 from shoal.types.node import Node
 from shoal.types.task import Task
 
@@ -16,10 +17,17 @@ def task_reservations(task: Task) -> tuple[int, int]:
     return res.nano_cpus or 0, res.memory_bytes or 0
 
 
-def host_ports(task: Task) -> set[tuple[str, int]]:
-    """Host-mode published ports a task needs (its service's EndpointSpec is copied into
-    the task template's runtime data by the allocator; here: none known yet)."""
-    return set()
+HostPorts = frozenset[tuple[str, int]]
+NO_PORTS: HostPorts = frozenset()
+
+
+def host_ports(meta: TaskMeta) -> HostPorts:
+    """The (protocol, port) pairs a task binds on its node: its service's ports published
+    in host mode with a number (kept beside the task when it was made; a host-mode port
+    without one is picked by the node and needs no filter, as in SwarmKit)."""
+    if not meta.host_ports:
+        return NO_PORTS
+    return frozenset((p.protocol, p.published) for p in meta.host_ports if p.published)
 
 
 @dataclass(slots=True)
@@ -30,7 +38,9 @@ class NodeInfo:
     tasks: dict[str, Task] = field(default_factory=dict)
     # active (desired ≤ RUNNING, not finished) tasks per service on this node
     service_counts: Counter[str] = field(default_factory=Counter)
-    used_host_ports: set[tuple[str, int]] = field(default_factory=set)
+    # host-mode ports held by this node's active tasks, and which task holds which
+    used_host_ports: Counter[tuple[str, int]] = field(default_factory=Counter)
+    task_ports: dict[str, HostPorts] = field(default_factory=dict)
 
     @classmethod
     def of(cls, node: Node) -> NodeInfo:
@@ -45,7 +55,7 @@ class NodeInfo:
     def active_count(self) -> int:
         return len(self.tasks)
 
-    def add_task(self, task: Task) -> bool:
+    def add_task(self, task: Task, ports: HostPorts = NO_PORTS) -> bool:
         if task.id in self.tasks:
             return False
         self.tasks[task.id] = task
@@ -53,7 +63,9 @@ class NodeInfo:
         cpus, mem = task_reservations(task)
         self.available_cpus -= cpus
         self.available_memory -= mem
-        self.used_host_ports |= host_ports(task)
+        if ports:
+            self.task_ports[task.id] = ports
+            self.used_host_ports.update(ports)
         return True
 
     def remove_task(self, task_id: str) -> bool:
@@ -66,5 +78,10 @@ class NodeInfo:
         cpus, mem = task_reservations(task)
         self.available_cpus += cpus
         self.available_memory += mem
-        self.used_host_ports -= host_ports(task)
+        ports = self.task_ports.pop(task_id, NO_PORTS)
+        if ports:
+            self.used_host_ports.subtract(ports)
+            for p in ports:
+                if self.used_host_ports[p] <= 0:
+                    del self.used_host_ports[p]
         return True

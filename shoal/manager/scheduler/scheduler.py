@@ -22,9 +22,10 @@ from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.manager.loops import MAX_EVENTS_PER_ROUND, LoopStats, supervise, take_burst
 from shoal.manager.scheduler.constraint import node_value
 from shoal.manager.scheduler.filters import Pipeline
-from shoal.manager.scheduler.nodeinfo import NodeInfo
+from shoal.manager.scheduler.nodeinfo import NO_PORTS, HostPorts, NodeInfo, host_ports
 from shoal.manager.store import Event, ReadTx, Store, Tx
 from shoal.types.base import format_time
+from shoal.types.meta import TaskMeta
 from shoal.types.node import Node
 from shoal.types.swarm import Cluster
 from shoal.types.task import Owner, Task, TaskState, can_transition
@@ -78,7 +79,9 @@ class Scheduler:
         # joins or is updated, a task leaves one), so a huge unplaceable service costs
         # one pass per task, not one per task per burst of events.
         self.parked: dict[str, Task] = {}
-        self._pipeline = Pipeline()
+        # host-mode ports of the tasks that bind some (HostPortFilter), from their meta
+        self.host_ports: dict[str, HostPorts] = {}
+        self._pipeline = Pipeline(self._ports_of)
         self._stopped = asyncio.Event()
         self.scheduled = 0
         self.passes = 0
@@ -94,8 +97,19 @@ class Scheduler:
         # moved out of the garbage collector's way (Manager.start)
         self.pending.clear()
         self.parked.clear()
+        self.host_ports.clear()
         for t in view.tasks():
+            self._note_ports(t.id, view.task_meta(t.id))
             self._observe_task(t)
+
+    def _note_ports(self, task_id: str, meta: TaskMeta | None) -> None:
+        if meta is not None and meta.host_ports and task_id not in self.host_ports:
+            ports = host_ports(meta)
+            if ports:
+                self.host_ports[task_id] = ports
+
+    def _ports_of(self, task_id: str) -> HostPorts:
+        return self.host_ports.get(task_id, NO_PORTS)
 
     def _observe_task(self, task: Task) -> None:
         if _needs_scheduling(task):
@@ -114,12 +128,14 @@ class Scheduler:
             if task.id in info.tasks:
                 info.tasks[task.id] = task
             else:
-                info.add_task(task)
+                info.add_task(task, self._ports_of(task.id))
         elif task.id in info.tasks:
             info.remove_task(task.id)
             self._unpark()
 
-    def _forget_task(self, task: Task) -> None:
+    def _forget_task(self, task: Task, removed: bool = False) -> None:
+        if removed:
+            self.host_ports.pop(task.id, None)
         self.pending.pop(task.id, None)
         self.parked.pop(task.id, None)
         if task.node_id and task.node_id in self.nodes:
@@ -155,8 +171,9 @@ class Scheduler:
         for ev in events:
             if ev.kind == "task":
                 if ev.action == "remove":
-                    self._forget_task(ev.obj)
+                    self._forget_task(ev.obj, removed=True)
                 else:
+                    self._note_ports(ev.obj.id, ev.meta)
                     if ev.old is not None and ev.old.node_id != ev.obj.node_id:
                         self._forget_task(ev.old)
                     self._observe_task(ev.obj)
@@ -224,7 +241,7 @@ class Scheduler:
         info = self.nodes.get(task.node_id or "")
         self._pipeline.set_task(task)
         if info is not None and self._pipeline.process(info):
-            info.add_task(_assigned(task, info.id))
+            info.add_task(_assigned(task, info.id), self._ports_of(task.id))
             return Decision(task.id, info.id, message=MSG_PREASSIGNED)
         return Decision(task.id, None, err=self._no_suitable_node())
 
@@ -315,7 +332,7 @@ class Scheduler:
                     continue
                 if not pipeline.process_dynamic(info):
                     continue  # full for this group: resources and replicas only shrink here
-                info.add_task(_assigned(task, info.id))
+                info.add_task(_assigned(task, info.id), self._ports_of(task.id))
                 decisions.append(Decision(task.id, info.id))
                 heapq.heappush(heap, (key(info), nid, info))
                 placed = True
@@ -339,7 +356,7 @@ class Scheduler:
                     pool[i] = pool[-1]
                     pool.pop()  # full for this group
                     continue
-                info.add_task(_assigned(task, info.id))
+                info.add_task(_assigned(task, info.id), self._ports_of(task.id))
                 decisions.append(Decision(task.id, info.id))
                 break
             else:

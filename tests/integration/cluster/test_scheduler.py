@@ -253,3 +253,25 @@ def test_global_with_a_constraint_and_a_node_that_joins_later(
         what="no ssd-only task on node-6",
     )
     cluster.wait_converged("ssd-only", 3, per_node={"node-5": 1, "node-6": 0, **spread(1, 1, 0)})
+
+
+# --------------------------------------------------------------------------- host ports
+
+
+def test_host_mode_port_one_task_per_node(cluster: Cluster) -> None:
+    """SwarmKit's host-port filter: four tasks binding one host port on three nodes,
+    one per node, the fourth waits with Swarm's message; another service on that port
+    waits too, until the first one's tasks are gone."""
+    publish = ("--publish", "mode=host,published=18200,target=80")
+    create(cluster, "hostport", "--replicas", "4", *publish)
+    cluster.wait_converged("hostport", 3, per_node=spread(1, 1, 1))
+    cluster.wait_pending_reason("hostport", "host-mode port already in use on 3 nodes")
+    assert len(cluster.pending_tasks("hostport")) == 1
+    # the same port over UDP is another port: one per node too, beside the TCP ones
+    create(cluster, "udpport", "--mode", "global",
+           "--publish", "mode=host,published=18200,target=80,protocol=udp")  # fmt: skip
+    cluster.wait_converged("udpport", 3, per_node=spread(1, 1, 1))
+    create(cluster, "sameport", *publish)
+    cluster.wait_pending_reason("sameport", "host-mode port already in use on 3 nodes")
+    cluster.manager.docker("service", "rm", "hostport")
+    cluster.wait_converged("sameport", 1)

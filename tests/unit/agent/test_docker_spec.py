@@ -26,7 +26,9 @@ from shoal.agent.executor.docker_spec import (
     pull_reference,
     split_reference,
     task_name,
+    with_host_ports,
 )
+from shoal.types.network import PortMapping
 from shoal.types.service import (
     ContainerSpec,
     HealthConfig,
@@ -286,3 +288,18 @@ def test_the_cluster_default_log_driver_applies_when_the_service_names_none() ->
     own = make_task(log_driver={"Name": "json-file"})
     body = create_body(own, NODE, AGENT, SERVICE, default)
     assert body["HostConfig"]["LogConfig"] == {"Type": "json-file", "Config": {}}
+
+
+def test_host_mode_ports_are_exposed_and_bound_as_dockerd_binds_them() -> None:
+    ports = [
+        PortMapping(protocol="tcp", target=80, published=8081, mode="host"),
+        PortMapping(protocol="udp", target=53, published=0, mode="host"),
+    ]
+    body = with_host_ports(create_body(make_task(), NODE, AGENT, SERVICE), ports)
+    assert body["ExposedPorts"] == {"80/tcp": {}, "53/udp": {}}
+    assert body["HostConfig"]["PortBindings"] == {
+        "80/tcp": [{"HostIp": "", "HostPort": "8081"}],
+        "53/udp": [{"HostIp": "", "HostPort": ""}],  # the engine picks one
+    }
+    # no host-mode ports: nothing is exposed
+    assert "ExposedPorts" not in with_host_ports(create_body(make_task(), NODE, AGENT, SERVICE), [])

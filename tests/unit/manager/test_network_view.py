@@ -23,10 +23,12 @@ from shoal.types.network import (
     Network,
     NetworkAttachment,
     NetworkSpec,
+    PortMapping,
 )
 from shoal.types.node import Node, NodeSpec, NodeStatus
 from shoal.types.service import (
     Endpoint,
+    EndpointPortConfig,
     EndpointSpec,
     NetworkAttachmentConfig,
     Service,
@@ -37,7 +39,8 @@ from shoal.types.service import (
 from shoal.types.task import Task, TaskState, TaskStatus
 
 NODES = ["n1", "n2", "n3", "n4"]
-NETS = ["netA", "netB", "netC"]
+NETS = ["netA", "netB", "netC", "ingress"]
+INGRESS = "ingress"
 SERVICES = ["s1", "s2", "s3"]
 STEPS = 300
 STATES = [TaskState.ASSIGNED, TaskState.STARTING, TaskState.RUNNING, TaskState.COMPLETE]
@@ -46,7 +49,7 @@ STATES = [TaskState.ASSIGNED, TaskState.STARTING, TaskState.RUNNING, TaskState.C
 def network(i: int, name: str) -> Network:
     return Network(
         id=name,
-        spec=NetworkSpec(name=name),
+        spec=NetworkSpec(name=name, ingress=True if name == INGRESS else None),
         driver_state=Driver(
             name="overlay",
             options={"com.docker.network.driver.overlay.vxlanid_list": str(4096 + i)},
@@ -57,9 +60,31 @@ def network(i: int, name: str) -> Network:
     )
 
 
+def ports(rng: random.Random, sid: str, dnsrr: bool) -> list[EndpointPortConfig]:
+    """Published ports as the allocator leaves them: ingress ones numbered, host ones
+    numbered or not (dnsrr: host mode only)."""
+    base = 8000 + 10 * SERVICES.index(sid)
+    out = []
+    for i in range(rng.choice([0, 0, 1, 2])):
+        mode = "host" if dnsrr or rng.random() < 0.4 else "ingress"
+        published = base + i if mode == "ingress" or rng.random() < 0.7 else None
+        out.append(
+            EndpointPortConfig(
+                protocol=rng.choice(["tcp", "udp"]),
+                target_port=80 + i,
+                published_port=published,
+                publish_mode=mode,
+            )
+        )
+    return out
+
+
 def service(rng: random.Random, sid: str) -> Service:
-    nets = rng.sample(NETS, rng.randint(0, 2))
+    nets = rng.sample([n for n in NETS if n != INGRESS], rng.randint(0, 2))
     dnsrr = rng.random() < 0.3
+    published = ports(rng, sid, dnsrr)
+    if any(p.publish_mode == "ingress" for p in published):
+        nets = [INGRESS, *nets]
     spec = ServiceSpec(
         name=sid,
         task_template=TaskSpec(
@@ -68,7 +93,7 @@ def service(rng: random.Random, sid: str) -> Service:
                 for n in nets
             ]
         ),
-        endpoint_spec=EndpointSpec(mode="dnsrr" if dnsrr else "vip"),
+        endpoint_spec=EndpointSpec(mode="dnsrr" if dnsrr else "vip", ports=published or None),
     )
     vips = (
         None
@@ -78,7 +103,9 @@ def service(rng: random.Random, sid: str) -> Service:
             for n in nets
         ]
     )
-    return Service(id=sid, spec=spec, endpoint=Endpoint(virtual_ips=vips or None))
+    return Service(
+        id=sid, spec=spec, endpoint=Endpoint(ports=published or None, virtual_ips=vips or None)
+    )
 
 
 def task(rng: random.Random, tid: str, host: int) -> Task:
@@ -98,6 +125,44 @@ def task(rng: random.Random, tid: str, host: int) -> Task:
             for n in nets
         ],
     )
+
+
+def check_ingress(store: Store, tables: dict[str, NetworkState]) -> None:
+    """Independently of the view: every ready node is told the ingress network, every
+    live task's address on it, and every publishing service's ports there."""
+    view = store.view()
+    live = {
+        f"{INGRESS}/{t.id}"
+        for t in view.tasks()
+        if TaskState.ASSIGNED <= t.state <= TaskState.RUNNING
+        and any(a.network.id == INGRESS for a in t.networks_attachments or ())
+    }
+    published = {
+        f"{INGRESS}/{s.id}": [
+            PortMapping(
+                protocol=p.protocol or "tcp",
+                target=p.target_port or 0,
+                published=p.published_port or 0,
+                mode=p.publish_mode or "ingress",
+            )
+            for p in s.endpoint.ports
+        ]
+        for s in view.services()
+        if s.endpoint.ports
+    }
+    for node in view.nodes():
+        table = tables[node.id]
+        if node.status.state != "ready":
+            continue
+        assert INGRESS in table.networks, node.id
+        assert {k for k, p in table.peers.items() if p.network_id == INGRESS} == live
+        ingress_eps = {k: e for k, e in table.endpoints.items() if e.network_id == INGRESS}
+        assert {k: e.ports for k, e in ingress_eps.items()} == published, node.id
+        for e in ingress_eps.values():  # the ingress VIP when the service has one
+            s = view.get_service(e.service_id)
+            assert s is not None
+            vip = next((v for v in s.endpoint.virtual_ips or () if v.network_id == INGRESS), None)
+            assert e.vip == (vip.addr.split("/")[0] if vip and vip.addr else None)
 
 
 @pytest.mark.parametrize("seed", range(1, 11))
@@ -165,11 +230,13 @@ def test_incremental_view_equals_a_fresh_one(seed: int) -> None:
                         node = tx.get_node(rng.choice(NODES))
                         assert node is not None
                         addr = f"192.168.1.{rng.randint(0, 250)}"
-                        tx.update(
-                            msgspec.structs.replace(
-                                node, status=msgspec.structs.replace(node.status, addr=addr)
-                            )
-                        )
+                        state = node.status.state
+                        if rng.random() < 0.5:
+                            state = "down" if state == "ready" else "ready"
+                        else:
+                            addr = node.status.addr or ""
+                        status = msgspec.structs.replace(node.status, addr=addr, state=state)
+                        tx.update(msgspec.structs.replace(node, status=status))
 
                 await store.update(write)
             events = watcher.get_nowait_all()
@@ -182,6 +249,7 @@ def test_incremental_view_equals_a_fresh_one(seed: int) -> None:
                 assert tables[n].networks.keys() == want.networks.keys(), n
                 assert tables[n].peers == want.peers, n
                 assert tables[n].endpoints == want.endpoints, n
+            check_ingress(store, tables)
         watcher.close()
         store.close()
 

@@ -25,6 +25,8 @@ from shoal.manager.scheduler.scheduler import (
 )
 from shoal.manager.store import Event, MemoryBackend, Store, Tx
 from shoal.manager.store.memory import MAX_CHANGES_PER_BATCH
+from shoal.types.meta import TaskMeta
+from shoal.types.network import PortMapping
 from shoal.types.node import (
     EngineDescription,
     EnginePlugin,
@@ -684,3 +686,109 @@ def test_log_drivers_place_on_the_nodes_that_have_them() -> None:
     assert set(placed(decisions)) == {"n2", "n3"}
     none = schedule(nodes[:1], [with_log_driver(t, "none") for t in replicas(1)])
     assert placed(none) == Counter({"n1": 1})
+
+
+# ---------------------------------------------------------------------- host-mode ports
+
+
+def _host_meta(*ports: tuple[str, int]) -> TaskMeta:
+    return TaskMeta(
+        host_ports=[PortMapping(protocol=p, target=80, published=n, mode="host") for p, n in ports]
+    )
+
+
+def _store_with_meta(nodes: list[Node], tasks: list[tuple[Task, TaskMeta]]) -> Store:
+    store = Store(MemoryBackend())
+
+    def create(tx: Tx) -> None:
+        for n in nodes:
+            tx.create(n)
+        for t, meta in tasks:
+            tx.create(t, meta)
+
+    commit(store, create)
+    return store
+
+
+def test_host_port_tasks_never_share_a_node_and_the_rest_wait_as_swarm_says() -> None:
+    nodes = [make_node("n1"), make_node("n2")]
+    web = _host_meta(("tcp", 8081))
+    store = _store_with_meta(nodes, [(t, web) for t in replicas(3, "web")])
+    sched = scheduler_for(store)
+    run(sched.tick())
+    tasks = [stored(store, f"web.{i}") for i in (1, 2, 3)]
+    assert Counter(t.node_id for t in tasks if t.node_id) == {"n1": 1, "n2": 1}
+    waiting = [t for t in tasks if t.node_id is None]
+    assert len(waiting) == 1 and waiting[0].state is TaskState.PENDING
+    assert waiting[0].status.err == "no suitable node (host-mode port already in use on 2 nodes)"
+
+
+def test_host_port_held_by_a_running_task_of_another_service() -> None:
+    nodes = [make_node("n1"), make_node("n2")]
+    other = make_task("other.1", "other", node_id="n1", state=TaskState.RUNNING)
+    meta = _host_meta(("tcp", 8081))
+    store = _store_with_meta(nodes, [(other, meta), *((t, meta) for t in replicas(1, "web"))])
+    run(scheduler_for(store).tick())
+    assert stored(store, "web.1").node_id == "n2"
+
+
+def test_host_ports_differ_by_protocol_and_number() -> None:
+    nodes = [make_node("n1")]
+    running = make_task("udp.1", "udp", node_id="n1", state=TaskState.RUNNING)
+    store = _store_with_meta(
+        nodes,
+        [
+            (running, _host_meta(("udp", 8081))),
+            (make_task("tcp.1", "tcp", slot=1), _host_meta(("tcp", 8081))),
+            (make_task("other.1", "other", slot=1), _host_meta(("udp", 8082))),
+        ],
+    )
+    run(scheduler_for(store).tick())
+    assert stored(store, "tcp.1").node_id == "n1"
+    assert stored(store, "other.1").node_id == "n1"
+
+
+def test_host_port_without_a_number_and_ingress_ports_do_not_filter() -> None:
+    meta = TaskMeta(host_ports=[PortMapping(target=80, published=0, mode="host")])
+    store = _store_with_meta([make_node("n1")], [(t, meta) for t in replicas(3)])
+    run(scheduler_for(store).tick())
+    assert {stored(store, f"svc.{i}").node_id for i in (1, 2, 3)} == {"n1"}
+
+
+def test_a_host_port_is_free_again_once_its_task_stopped() -> None:
+    nodes = [make_node("n1")]
+    meta = _host_meta(("tcp", 8081))
+    old = make_task("old.1", "web", node_id="n1", state=TaskState.RUNNING)
+    new = make_task("web.1", "web", slot=1)
+    store = _store_with_meta(nodes, [(old, meta), (new, meta)])
+    watcher = store.watch("task")
+    sched = scheduler_for(store)
+    run(sched.tick())
+    assert stored(store, "web.1").node_id is None
+    assert stored(store, "web.1").status.err == (
+        "no suitable node (host-mode port already in use on 1 node)"
+    )
+    sched.apply(watcher.get_nowait_all())
+
+    def stop(tx: Tx) -> None:
+        t = tx.get_task("old.1")
+        assert t is not None
+        status = msgspec.structs.replace(t.status, state=TaskState.SHUTDOWN.wire)
+        tx.update(msgspec.structs.replace(t, status=status))
+
+    commit(store, stop)
+    sched.apply(watcher.get_nowait_all())
+    run(sched.tick())
+    assert stored(store, "web.1").node_id == "n1"
+
+
+def test_a_global_task_on_a_node_whose_host_port_is_taken_waits() -> None:
+    meta = _host_meta(("tcp", 8081))
+    running = make_task("a.n1", "a", node_id="n1", state=TaskState.RUNNING)
+    store = _store_with_meta(
+        [make_node("n1")], [(running, meta), (make_task("g.n1", "g", node_id="n1"), meta)]
+    )
+    run(scheduler_for(store).tick())
+    t = stored(store, "g.n1")
+    assert t.state is TaskState.PENDING
+    assert t.status.err == "no suitable node (host-mode port already in use on 1 node)"
