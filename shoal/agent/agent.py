@@ -226,6 +226,7 @@ class Agent:
                 self._clock,
                 self.starts,
                 host_ports=assigned.meta.host_ports,
+                before_stop=self._take_out,
             )
             self._runners[task.id] = runner
             discarding = self._discarding.get(task.id)
@@ -236,6 +237,12 @@ class Agent:
         else:
             runner.update(task)
 
+    async def _take_out(self, task_id: str) -> None:
+        """Before a running task's stop signal (it has drained from the other nodes):
+        out of this node's backends too, in the kernel."""
+        self.network.set_down(task_id)
+        await self.network.applied()
+
     async def _remove(self, task_id: str) -> None:
         runner = self._runners.pop(task_id, None)
         if runner is not None:
@@ -244,7 +251,10 @@ class Agent:
 
     # status reports ---------------------------------------------------------------------------
     def _report(self, task_id: str, status: TaskStatus) -> None:
-        if TaskState.from_wire(status.state) > TaskState.RUNNING:
+        state = TaskState.from_wire(status.state)
+        if state == TaskState.RUNNING:
+            self.network.set_up(task_id)  # a backend here first, then on other nodes
+        elif state > TaskState.RUNNING:
             self.network.set_down(task_id)  # its process is gone: no backend any more
         self._statuses[task_id] = status
         self._status_ready.set()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import msgspec
 
@@ -84,6 +84,7 @@ class TaskRunner:
         clock: Clock = SYSTEM_CLOCK,
         starts: StartSlots | None = None,
         host_ports: Sequence[PortMapping] = (),
+        before_stop: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.task = task
         # The node's bound on starts in flight: a slot is held from PREPARING until the
@@ -101,6 +102,9 @@ class TaskRunner:
         self._removed = False
         self._runner: asyncio.Task[None] | None = None
         self._drained = asyncio.Event()
+        # called with the task's ID before the stop signal of a running task, once it
+        # has drained (the agent takes it out of the node's own backends)
+        self._before_stop = before_stop
 
     def start(self) -> None:
         self._runner = asyncio.get_running_loop().create_task(
@@ -202,6 +206,8 @@ class TaskRunner:
                     self._free_slot()  # started, failed, or shut down
                 if desired >= TaskState.SHUTDOWN and self.state <= TaskState.RUNNING:
                     await self._hold_for_drain()
+                    if self.state == TaskState.RUNNING and self._before_stop is not None:
+                        await self._before_stop(self.task.id)
                     await self.controller.shutdown(stop_grace_s(self.task))
                     self._set(TaskState.SHUTDOWN)
                     continue

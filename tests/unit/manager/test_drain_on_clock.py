@@ -74,6 +74,9 @@ class DrainSim(Sim):
         super().__init__(nodes)
         self.stops: dict[str, Stop] = {}
         self.desired_changed: dict[str, float] = {}
+        # (time, node, task): a node's table showed a task running that its own
+        # node's table did not (a connection handed to that node would be refused)
+        self.ahead_of_own_node: list[tuple[float, str, str]] = []
 
     def start_agent(self, node_id: str) -> Agent:
         sim = self
@@ -116,6 +119,20 @@ class DrainSim(Sim):
             for t in self.store.view().tasks():
                 if t.desired > TaskState.RUNNING and t.id not in self.desired_changed:
                     self.desired_changed[t.id] = self.clock.monotonic()
+            self.check_own_node_first()
+
+    def check_own_node_first(self) -> None:
+        """A task is a backend on its own node whenever it is one on any other: its
+        own node takes it in first and out last."""
+        running = {
+            n: {p.task_id for p in a.network.peers.values() if p.running}
+            for n, a in self.agents.items()
+        }
+        for n, agent in self.agents.items():
+            for p in agent.network.peers.values():
+                own = running.get(p.node_id)
+                if p.running and own is not None and p.task_id not in own:
+                    self.ahead_of_own_node.append((self.clock.monotonic(), n, p.task_id))
 
 
 async def setup(sim: DrainSim, replicas: int, grace_s: float | None = None) -> str:
@@ -147,6 +164,7 @@ def test_scale_down_stops_only_after_every_node_took_it_out() -> None:
                 assert stop.still_running_on == [], (task_id, stop.still_running_on)
                 # confirmed, not timed out: the stop came well before the hold's end
                 assert stop.at - sim.desired_changed[task_id] < DRAIN_TIMEOUT_S / 2
+            assert sim.ahead_of_own_node == []
 
     asyncio.run(main())
 
@@ -177,6 +195,7 @@ def test_rolling_update_stop_first_and_start_first() -> None:
                     stop = sim.stops[task_id]
                     assert stop.still_running_on == [], (order, stop.still_running_on)
                     assert stop.at - sim.desired_changed[task_id] < DRAIN_TIMEOUT_S / 2
+            assert sim.ahead_of_own_node == []
 
     asyncio.run(main())
 

@@ -1,6 +1,8 @@
-"""A task its own node sees turn unhealthy (or die) leaves the node's backends at once:
+"""A node has the last word on its own tasks. One it sees turn unhealthy (or die) leaves the node's backends at once:
 NetworkState.set_down marks its peers not running, tells the listeners, and holds them
-so while updates still in flight from the manager say running, until they are removed."""
+so while updates still in flight from the manager say running, until they are removed;
+one it sees start is a backend there before the manager knows (set_up), and stays one
+while it drains."""
 
 from __future__ import annotations
 
@@ -50,3 +52,17 @@ def test_set_down_takes_the_task_out_and_holds_it_out() -> None:
     assert running(state) == ["b"]
     state.set_down("zzz")  # unknown: nothing to tell
     assert len(seen) == 5
+
+
+def test_set_up_makes_its_own_task_a_backend_first_and_keeps_it_while_draining() -> None:
+    state = NetworkState()
+    state.apply(NetworkUpdate(full=True, peers=[peer("a", running=False), peer("b")]))
+    assert running(state) == ["b"]
+    state.set_up("a")  # the agent saw it start: a backend here before the manager knows
+    assert running(state) == ["a", "b"]
+    state.apply(NetworkUpdate(peers=[peer("a", running=False)]))  # stale, or leaving
+    assert running(state) == ["a", "b"]
+    state.set_down("a")  # drained: out here last
+    assert running(state) == ["b"]
+    state.apply(NetworkUpdate(peers=[peer("a", running=True)]))
+    assert running(state) == ["b"]
