@@ -10,8 +10,8 @@ set before the signal: docs/networking.md, "Draining").
 CLIENT runs for a bounded time at a fixed rate against a list of addresses, half its
 workers opening a new connection per request, half keeping theirs alive (reopening
 only when the server said `Connection: close`), and prints one JSON object: requests,
-failures, failures by kind, answers by hostname, and the time of each failure
-(seconds since the client started).
+failures, failures by kind, answers by hostname, and when each failed request was
+sent (seconds since the client started, whose wall time is `t0_wall`).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ targets = sys.argv[1].split(",")
 duration, rate, workers = float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
 TIMEOUT = 3.0
 t0 = time.monotonic()
-stats = {"requests": 0, "failures": 0, "kinds": collections.Counter(),
+stats = {"t0_wall": time.time(), "requests": 0, "failures": 0, "kinds": collections.Counter(),
          "answers": collections.Counter(), "failure_times": [], "new_conn": 0, "keepalive": 0}
 
 async def read_response(reader):
@@ -63,10 +63,10 @@ async def read_response(reader):
     body = await reader.readexactly(int(headers.get("content-length", "0")))
     return status, headers, body
 
-def fail(kind):
+def fail(kind, sent):
     stats["failures"] += 1
     stats["kinds"][kind] += 1
-    stats["failure_times"].append(round(time.monotonic() - t0, 3))
+    stats["failure_times"].append(round(sent - t0, 3))
 
 async def worker(i, keepalive):
     period = workers / rate
@@ -85,6 +85,7 @@ async def worker(i, keepalive):
         host, port = target.rsplit(":", 1)
         stats["requests"] += 1
         stats["keepalive" if keepalive else "new_conn"] += 1
+        sent = time.monotonic()
         try:
             async with asyncio.timeout(TIMEOUT):
                 if conn is None:
@@ -95,14 +96,14 @@ async def worker(i, keepalive):
                 await writer.drain()
                 status, headers, body = await read_response(reader)
             if status != 200:
-                fail(f"status {status}")
+                fail(f"status {status}", sent)
             else:
                 stats["answers"][body.decode()] += 1
             if not keepalive or headers.get("connection", "").lower() == "close":
                 writer.close()
                 conn = None
         except Exception as e:
-            fail(type(e).__name__)
+            fail(type(e).__name__, sent)
             if conn is not None:
                 conn[1].close()
             conn = None

@@ -36,6 +36,9 @@ RATE = 200.0  # requests per second, all workers together
 WORKERS = 20  # half new connection per request, half keep-alive
 LOAD_S = 16.0
 CHANGE_AFTER_S = 2.0  # load runs alone this long before the change
+# A bound, not a measurement (printed): requests sent later than this after a kill -9
+# must not fail.
+KILL_DETECTED_WITHIN_S = 5.0
 HEALTH = ("--health-cmd", f"{sys.executable} -I -S -c \"import socket; socket.create_connection(('127.0.0.1', 80), 1)\"",
           "--health-interval", "500ms", "--health-timeout", "2s", "--health-retries", "2")  # fmt: skip
 
@@ -141,7 +144,7 @@ class Load:
             f"\n[{what}] requests={stats['requests']} failures={stats['failures']} "
             f"(new connection {stats['new_conn']}, keep-alive {stats['keepalive']}) "
             f"kinds={dict(stats['kinds'])} answered by {len(stats['answers'])} tasks "
-            f"in {stats['elapsed']}s"
+            f"in {stats['elapsed']}s; failures at {stats['failure_times']}"
         )
         return stats
 
@@ -205,13 +208,14 @@ def test_kill_9_of_a_task(web: Cluster, outside: str, client_file: str) -> None:
     task_id, pid = next(iter(tasks.items()))
     load = Load(web, outside, client_file)
     time.sleep(CHANGE_AFTER_S)
-    killed_at = load.at()
+    killed_at = time.time()
     os.kill(pid, signal.SIGKILL)
     stats = load.result("kill -9")
-    times = [t - killed_at for t in stats["failure_times"]]
-    window = f"{times[0]:.3f}s to {times[-1]:.3f}s after the kill" if times else "none"
+    times = sorted(stats["t0_wall"] + t - killed_at for t in stats["failure_times"])
+    window = f"sent {times[0]:.3f}s to {times[-1]:.3f}s after the kill" if times else "none"
     print(
         f"[kill -9] {stats['failures']} failed requests, {window} (task {task_id[:12]} on {host})"
     )
-    # failures stop once it is detected: none in the last part of the run
-    assert all(t < LOAD_S - CHANGE_AFTER_S - 4 for t in times), times
+    # failures stop once it is detected: no request sent later than a few seconds after
+    # the kill fails (the agent sees the exit at once; the manager's view follows)
+    assert all(t < KILL_DETECTED_WITHIN_S for t in times), times
