@@ -71,6 +71,9 @@ class Agent:
         self.starts = StartSlots(default_limit() if max_starts is None else max_starts)
         self._statuses: dict[str, TaskStatus] = {}
         self._status_ready = asyncio.Event()
+        # the last Assignment.network_seq applied, to acknowledge (_acknowledge)
+        self._ack_seq = 0
+        self._ack_wanted = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         # Tasks an earlier daemon left that this node no longer runs, being discarded.
         self._discarding: dict[str, asyncio.Task[None]] = {}
@@ -125,9 +128,11 @@ class Agent:
                 backoff = SESSION_BACKOFF_MIN_S
                 # The session lasts until either side fails: a missed heartbeat ack or
                 # the end of the assignment stream.
+                self._ack_seq = 0  # a session numbers its network updates from 1
                 parts = [
                     asyncio.create_task(self._heartbeats(period), name="agent-heartbeats"),
                     asyncio.create_task(self._consume(), name="agent-assignments"),
+                    asyncio.create_task(self._acknowledge(), name="agent-network-acks"),
                 ]
                 try:
                     done, _ = await asyncio.wait(parts, return_when=asyncio.FIRST_COMPLETED)
@@ -150,6 +155,21 @@ class Agent:
         async for assignment in self._session.assignments(self.node_id):
             await self._apply(assignment)
 
+    async def _acknowledge(self) -> None:
+        """Draining: tell the manager the highest network update this node has put in
+        place (the table, and the kernel through the barriers), without holding up
+        the assignments that follow; acknowledgements coalesce while one is awaited."""
+        sent = 0
+        while True:
+            await self._ack_wanted.wait()
+            self._ack_wanted.clear()
+            seq = self._ack_seq
+            if seq <= sent:
+                continue
+            await self.network.applied()
+            await self._session.update_task_status(self.node_id, [], applied=seq)
+            sent = seq
+
     async def _heartbeats(self, period: float) -> None:
         while True:
             await self._clock.sleep(period)
@@ -158,15 +178,9 @@ class Agent:
     async def _apply(self, assignment: Assignment) -> None:
         if assignment.network is not None:
             self.network.apply(assignment.network)
-            await self.network.applied()
-        if assignment.network_seq:
-            # draining: the manager holds leaving tasks' stops until nodes have applied
-            try:
-                await self._session.update_task_status(
-                    self.node_id, [], applied=assignment.network_seq
-                )
-            except Exception as e:  # the session is failing: it starts again whole
-                log.warning("network update acknowledgement failed", error=repr(e))
+        if assignment.network_seq > self._ack_seq:
+            self._ack_seq = assignment.network_seq
+            self._ack_wanted.set()
         for tid in assignment.drained:
             drained = self._runners.get(tid)
             if drained is not None:
