@@ -2,10 +2,12 @@
 Python in namespaces).
 
 SERVER answers every GET with its hostname over HTTP/1.1 keep-alive. On SIGTERM it
-drains like a well-behaved server: it keeps serving, answers each request from then on
-with `Connection: close`, and exits DRAIN_S later (within the stop grace period) — the
-connections it had stay served; new ones no longer come (the task left every backend
-set before the signal: docs/networking.md, "Draining").
+does what servers do on a graceful stop: it closes its listening socket at once (a
+connection that still comes is refused), keeps serving the connections it has, answering
+each request from then on with `Connection: close`, and exits DRAIN_S later (within
+the stop grace period). So a new connection reaching it after the signal fails: none
+may (the task leaves every node's backends before it: docs/networking.md,
+"Draining").
 
 CLIENT runs for a bounded time at a fixed rate against a list of addresses, half its
 workers opening a new connection per request, half keeping theirs alive (reopening
@@ -35,11 +37,14 @@ class H(http.server.BaseHTTPRequestHandler):
         pass
 def term(*_):
     draining.set()
-    threading.Timer(DRAIN_S, lambda: os._exit(0)).start()
+    threading.Thread(target=s.shutdown).start()  # stop accepting
 signal.signal(signal.SIGTERM, term)
 s = http.server.ThreadingHTTPServer(("0.0.0.0", 80), H)
 s.daemon_threads = True
-s.serve_forever()
+s.serve_forever(poll_interval=0.05)
+s.server_close()  # new connections are refused from now on
+time.sleep(DRAIN_S)  # the open ones are served (each told to close) meanwhile
+os._exit(0)
 """
 
 CLIENT = r"""
