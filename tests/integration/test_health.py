@@ -131,3 +131,17 @@ def test_the_check_runs_in_the_tasks_namespaces(cluster: Daemon) -> None:
         cluster.docker("service", "rm", "hcns", check=False)
         wait_until(lambda: not cluster.tasks("hcns"), timeout=30, what="tasks gone")
         cluster.docker("network", "rm", net, check=False)
+
+
+def test_the_check_runs_in_the_tasks_cgroup(cluster: Daemon, flag: Path) -> None:
+    # the check records its own cgroup; the task process's is in /proc
+    cluster.create_service(
+        "hccg", "--health-cmd", f"cat /proc/self/cgroup > {flag}", *FAST,
+        "busybox", "sleep", "1000",
+    )  # fmt: skip
+    wait_until(lambda: states(cluster, "hccg") == ["running"], what="healthy")
+    (task,) = cluster.tasks("hccg")
+    pid = task["Status"]["ContainerStatus"]["PID"]
+    own = Path(f"/proc/{pid}/cgroup").read_text()
+    assert "shoal" in own, own  # the task has cgroups of its own (cgroups.py)
+    wait_until(lambda: flag.exists() and flag.read_text() == own, what="the probe's cgroup")

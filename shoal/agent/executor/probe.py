@@ -2,10 +2,12 @@
 
 The probe enters the task process's namespaces (network, UTS, mount: it sees the
 task's addresses, hostname, /etc/hosts and secrets) with `nsenter --target <pid>`, runs
-as the task's user and group, with the task's environment and working directory, in a
-session of its own so that a probe past its timeout is killed whole. It stays in the
-agent's cgroup (not the task's). Without root the agent cannot enter namespaces: the
-probe then runs on the host, as the agent (a task there shares the node's network).
+as the task's user and group, with the task's environment and working directory, in
+the task's cgroups (a shell moves itself there before it execs nsenter, so everything
+the probe starts is counted with the task, as a container's exec is), in a session of
+its own so that a probe past its timeout is killed whole. Without root the agent cannot
+enter namespaces: the probe then runs on the host, as the agent, in the agent's
+cgroup (a task there shares the node's network).
 """
 
 from __future__ import annotations
@@ -16,7 +18,14 @@ import os
 import signal
 from typing import Any
 
+from shoal.agent.executor import cgroups
+
 NSENTER = "nsenter"
+# Moves the shell into each cgroup directory given before "--", then execs the rest.
+JOIN_CGROUPS = (
+    'p=$$; while [ "$1" != "--" ]; do echo "$p" > "$1/cgroup.procs" || exit 125; shift; '
+    'done; shift; exec "$@"'
+)
 
 
 def probe_argv(launch: dict[str, Any], task_pid: int, argv: list[str]) -> list[str]:
@@ -29,7 +38,11 @@ def probe_argv(launch: dict[str, Any], task_pid: int, argv: list[str]) -> list[s
     if launch.get("uid") is not None:
         out.append(f"--setuid={launch['uid']}")
     out.append(f"--wdns={launch.get('cwd') or '/'}")
-    return [*out, "--", *argv]
+    out = [*out, "--", *argv]
+    dirs = cgroups.dirs_of(launch.get("cgroups"))
+    if dirs:
+        out = ["/bin/sh", "-c", JOIN_CGROUPS, "probe", *dirs, "--", *out]
+    return out
 
 
 async def run_probe(launch: dict[str, Any], task_pid: int, argv: list[str]) -> int:
