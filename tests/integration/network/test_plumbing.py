@@ -28,7 +28,8 @@ from shoal.types.network import (
     NetworkPeer,
     NetworkUpdate,
 )
-from tests.integration.cluster_harness import NetnsLab
+
+from ..cluster_harness import NetnsLab
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 

@@ -25,8 +25,9 @@ from shoal.types.meta import TaskMeta
 from shoal.types.network import NetworkAttachment, NetworkSpec
 from shoal.types.service import ContainerSpec, TaskSpec
 from shoal.types.task import Task, TaskState, TaskStatus
-from tests.integration.cluster_harness import NetnsLab
-from tests.integration.network.test_plumbing import Recorder, listing, network
+
+from ..cluster_harness import NetnsLab
+from .test_plumbing import Recorder, listing, network
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
