@@ -25,6 +25,9 @@ command -v ps >/dev/null 2>&1 || missing+=(procps)
 # Networking: nft (the nftables rules of the data path), iperf3 (bench/net.py).
 command -v nft >/dev/null 2>&1 || missing+=(nftables)
 command -v iperf3 >/dev/null 2>&1 || missing+=(iperf3)
+# wrk (the load generator) and haproxy (the comparison) of bench/mesh.py.
+command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 # The image usually ships the docker CLI 28 as /usr/local/bin/docker, but no engine:
 # Debian's docker.io brings dockerd (the docker runtime's engine; its /usr/bin/docker
 # CLI stays behind /usr/local/bin on PATH), busybox-static the root filesystem of the

@@ -173,6 +173,8 @@ class TaskRunner:
         self._report(self.task.id, status)
 
     def _note_runtime(self, rs: RuntimeState) -> None:
+        if rs.host_ports is not None:
+            self._port_status = port_status(rs.host_ports)
         self._container = ContainerStatus(container_id=rs.container_id, pid=rs.pid, exit_code=0)
 
     def _note_exit(self, status: ExitStatus) -> None:

@@ -14,6 +14,7 @@ from typing import Protocol
 
 from shoal.types.agent import Dependency, LogMessage, LogOptions
 from shoal.types.meta import NO_TASK_META, TaskMeta
+from shoal.types.network import PortMapping
 from shoal.types.node import NodeDescription
 from shoal.types.task import Task
 
@@ -40,6 +41,9 @@ class RuntimeState:
     pid: int | None = None
     container_id: str | None = None
     exit: ExitStatus | None = None
+    # The host-mode ports the runtime bound for the running task, when it knows them
+    # (the engine's, with the numbers it picked); None: the task's own spec says.
+    host_ports: tuple[PortMapping, ...] | None = None
 
 
 class Controller(Protocol):

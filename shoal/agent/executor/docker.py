@@ -54,6 +54,7 @@ from shoal.agent.executor.docker_spec import (
     LABEL_AGENT,
     LABEL_TASK_ID,
     NodeInfo,
+    bound_host_ports,
     create_body,
     engine_stop_timeout,
     exit_status,
@@ -317,7 +318,15 @@ class DockerController:
         state = self._state(info)
         cid = str(info["Id"])
         if state.get("Running"):
-            return RuntimeState(exists=True, running=True, pid=state.get("Pid"), container_id=cid)
+            return RuntimeState(
+                exists=True,
+                running=True,
+                pid=state.get("Pid"),
+                container_id=cid,
+                host_ports=bound_host_ports(info, self.meta.host_ports)
+                if not self._overlay()
+                else None,
+            )
         if state.get("Status") == "created":
             return RuntimeState(exists=True, running=False, container_id=cid)
         return RuntimeState(exists=True, running=False, container_id=cid, exit=exit_status(state))
@@ -432,7 +441,10 @@ class DockerController:
             return  # exited already: wait() reports how
         try:
             await plumbing.attach(
-                self.task_id, self.task.networks_attachments or [], f"/proc/{pid}/ns/net"
+                self.task_id,
+                self.task.networks_attachments or [],
+                f"/proc/{pid}/ns/net",
+                host_ports=list(self.meta.host_ports),
             )
         except Exception as e:  # noqa: BLE001 - netlink errors too: the task cannot run
             await plumbing.detach(self.task_id)

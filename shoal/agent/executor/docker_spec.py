@@ -459,3 +459,23 @@ def with_host_ports(body: dict[str, Any], host_ports: list[PortMapping]) -> dict
         body["ExposedPorts"] = {**body.get("ExposedPorts", {}), **exposed}
         body["HostConfig"]["PortBindings"] = bindings
     return body
+
+
+def bound_host_ports(
+    info: dict[str, Any], host_ports: list[PortMapping]
+) -> tuple[PortMapping, ...] | None:
+    """The task's host-mode ports as the engine bound them (`NetworkSettings.Ports` of a
+    running container: the number it picked for a port that asked none), as SwarmKit's
+    executor reads them for PortStatus; None when the task publishes none."""
+    if not host_ports:
+        return None
+    bound = (info.get("NetworkSettings") or {}).get("Ports") or {}
+    out = []
+    for p in host_ports:
+        published = p.published
+        for b in bound.get(f"{p.target}/{p.protocol}") or ():
+            if b.get("HostPort", "").isdigit():
+                published = int(b["HostPort"])
+                break
+        out.append(msgspec.structs.replace(p, published=published))
+    return tuple(out)

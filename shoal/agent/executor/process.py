@@ -451,7 +451,9 @@ class ProcessController:
             return
         hostname = self._hostname(launch["env"])
         try:
-            path = await plumbing.attach(self.task_id, attachments)
+            path = await plumbing.attach(
+                self.task_id, attachments, host_ports=list(self.meta.host_ports)
+            )
         except Exception as e:  # noqa: BLE001 - netlink errors too: the task cannot start
             await plumbing.detach(self.task_id)
             raise ExecutorError(f"cannot attach the task to its networks: {e}") from e

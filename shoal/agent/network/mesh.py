@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shoal.agent.network import devices, netns, nft
+from shoal.agent.network import devices, dockerfw, netns, nft
 from shoal.agent.network.state import NetworkState
 from shoal.agent.network.vip import dnat_map
 from shoal.log import get_logger
@@ -238,7 +238,6 @@ class Mesh:
             "netns": str(self.p.netns_dir / GW_NETNS),
             "node_veth": f"shm{suffix}",
             "table": f"shoal-mesh-{suffix}",
-            "forwarding": None,
         }
         self.p.record.mesh = entry
         self.p._save()
@@ -249,12 +248,13 @@ class Mesh:
         entry["ino"] = netns.inode(path)
         self.p._save()
         node_ns = self.p.node_netns
-        old = sysctl(node_ns, "net.ipv4.ip_forward", "1")
-        if old != "1":
-            entry["forwarding"] = old
-            self.p._save()
+        self.p.forwarding_on_locked()
         self._links(str(path), sandbox, entry["node_veth"], gateway, subnet.prefixlen)
         sysctl(node_ns, f"net.ipv4.conf.{entry['node_veth']}.route_localnet", "1")
+        entry["iptables"] = dockerfw.rules_for(node_ns, entry["node_veth"])
+        self.p._save()
+        for rule in entry["iptables"]:
+            dockerfw.insert(node_ns, rule)
         sysctl(str(path), "net.ipv4.ip_forward", "1")
         self.applied.clear()
         log.info("routing mesh gateway made", netns=str(path), table=entry["table"])
@@ -301,7 +301,7 @@ class Mesh:
     def remove_locked(self) -> None:
         """Remove what the record names: the node's table, the node's veth (its peer in
         the gateway goes with it), the gateway's end on the ingress bridge, the gateway
-        namespace; ip_forward put back."""
+        namespace; ip_forward put back if nothing else needs it."""
         entry = self.entry
         if entry is None:
             return
@@ -310,14 +310,15 @@ class Mesh:
             nft.run(node_ns, nft.delete_table(FAMILY, entry["table"]))
         except nft.NftError:
             log.exception("routing mesh table not removed", table=entry["table"])
+        for rule in entry.get("iptables") or []:
+            dockerfw.delete(node_ns, rule)
         devices.delete_links(node_ns, [entry["node_veth"]])
         sb = self.p.record.networks.get(entry["network"])
         if sb is not None and netns.exists(Path(sb["netns"])):
             devices.delete_links(sb["netns"], [SANDBOX_END])
         netns.remove(Path(entry["netns"]))
-        if entry.get("forwarding") is not None:
-            sysctl(node_ns, "net.ipv4.ip_forward", entry["forwarding"])
         self.p.record.mesh = None
         self.p._save()
+        self.p.forwarding_restore_locked()
         self.applied.clear()
         log.info("routing mesh gateway removed", table=entry["table"])

@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from shoal.agent.network import devices, netns, vip
-from shoal.agent.network.mesh import Mesh
+from shoal.agent.network.hostports import HostPorts
+from shoal.agent.network.mesh import Mesh, sysctl
 from shoal.agent.network.record import Record
 from shoal.agent.network.state import NetworkState, TaskNetworkListener
 from shoal.agent.network.vip import VipTables
 from shoal.log import get_logger
-from shoal.types.network import Network, NetworkAttachment, NetworkUpdate
+from shoal.types.network import Network, NetworkAttachment, NetworkUpdate, PortMapping
 
 NETNS_DIR = "netns"
 
@@ -92,6 +93,7 @@ class Plumbing:
         self._synced_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self.vips = VipTables()
         self.mesh = Mesh(self)
+        self.hostports = HostPorts(self)
 
     # --- wiring ---------------------------------------------------------------------------
 
@@ -169,11 +171,18 @@ class Plumbing:
     # --- tasks (async face) ---------------------------------------------------------------
 
     async def attach(
-        self, task_id: str, attachments: list[NetworkAttachment], netns_path: str | None = None
+        self,
+        task_id: str,
+        attachments: list[NetworkAttachment],
+        netns_path: str | None = None,
+        host_ports: list[PortMapping] | None = None,
     ) -> str:
         """Give the task its interfaces; returns the path naming its namespace (a new one,
-        unless `netns_path` names one the caller has, e.g. /proc/<pid>/ns/net)."""
-        path = await asyncio.to_thread(self.attach_sync, task_id, attachments, netns_path)
+        unless `netns_path` names one the caller has, e.g. /proc/<pid>/ns/net). Its
+        host-mode `host_ports` answer on this node (hostports.py)."""
+        path = await asyncio.to_thread(
+            self.attach_sync, task_id, attachments, netns_path, host_ports
+        )
         networks = [a.network.id for a in attachments]
         await self._notify_attached(task_id, path, networks)
         return path
@@ -238,7 +247,11 @@ class Plumbing:
             return str(path)
 
     def attach_sync(
-        self, task_id: str, attachments: list[NetworkAttachment], netns_path: str | None = None
+        self,
+        task_id: str,
+        attachments: list[NetworkAttachment],
+        netns_path: str | None = None,
+        host_ports: list[PortMapping] | None = None,
     ) -> str:
         with self._lock:
             if task_id in self.record.tasks:
@@ -263,12 +276,39 @@ class Plumbing:
             pairs = list(zip(sandboxes, addresses, strict=True))
             devices.add_interfaces(path, self.node_netns, veth, pairs)
             self._sync_vip_locked(task_id)
+            if host_ports:
+                self.hostports.add_task_locked(task_id, host_ports)
             return path
 
     def detach_sync(self, task_id: str) -> None:
         with self._lock:
             self._detach_locked(task_id)
+            self._node_rules_locked()
             self._gc_networks_locked()
+
+    def _node_rules_locked(self) -> None:
+        """The host-port table equal to the tasks' links; ip_forward put back when
+        nothing of ours forwards in the node's namespace any more."""
+        self.hostports.sync_locked()
+        self.forwarding_restore_locked()
+
+    def forwarding_on_locked(self) -> None:
+        """ip_forward on in the node's namespace (the mesh and host ports forward), its
+        value before recorded first."""
+        if self.record.forwarding is None:
+            old = sysctl(self.node_netns, "net.ipv4.ip_forward")
+            if old == "1":
+                return
+            self.record.forwarding = old
+            self._save()
+        sysctl(self.node_netns, "net.ipv4.ip_forward", "1")
+
+    def forwarding_restore_locked(self) -> None:
+        if self.record.forwarding is None or self.record.mesh or self.record.hostports:
+            return
+        sysctl(self.node_netns, "net.ipv4.ip_forward", self.record.forwarding)
+        self.record.forwarding = None
+        self._save()
 
     def _detach_locked(self, task_id: str) -> None:
         entry = self.record.tasks.get(task_id)
@@ -277,6 +317,7 @@ class Plumbing:
         if entry.get("nft"):
             alive = netns.exists(Path(entry["netns"]))
             self.vips.remove_task(task_id, entry["netns"] if alive else None)
+        self.hostports.remove_task_locked(task_id)
         for network_id, veth in (entry.get("links") or {}).items():
             net = self.record.networks.get(network_id)
             if net is None or not netns.exists(Path(net["netns"])):
@@ -380,6 +421,8 @@ class Plumbing:
             for network_id, entry in list(self.record.networks.items()):
                 if not netns.exists(Path(entry["netns"])):
                     self._remove_network_locked(network_id)
+            self.hostports.applied = None  # re-applied whole from the record
+            self._node_rules_locked()
             self._gc_networks_locked()
             if not self.record.tasks and not self.record.networks and not self.record.mesh:
                 self._release_dir_locked()
@@ -418,6 +461,7 @@ class Plumbing:
             self.mesh.remove_locked()
             for task_id in list(self.record.tasks):
                 self._detach_locked(task_id)
+            self._node_rules_locked()
             for network_id in list(self.record.networks):
                 self._remove_network_locked(network_id)
             self._release_dir_locked()

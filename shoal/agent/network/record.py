@@ -12,7 +12,10 @@ names. One JSON file in the daemon's data directory:
      "mesh":     null | {"network": <ingress network id>, "netns": <gateway namespace>,
                   "node_veth": <its veth in the node namespace>, "table": <the node
                   namespace's nftables table, "ip shoal-mesh-<random>">,
-                  "forwarding": <ip_forward before it was turned on, or null>}}
+                  },
+     "hostports": null | {"table": <the node namespace's table for host-mode ports>},
+     "forwarding": null | <the node namespace's ip_forward before shoal turned it on>}
+    (a task's entry has "hostport": {"veth", "index", "ports"} for its host-mode link)
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ class Record:
         self.networks: dict[str, dict[str, Any]] = {}
         self.tasks: dict[str, dict[str, Any]] = {}
         self.mesh: dict[str, Any] | None = None
+        self.hostports: dict[str, Any] | None = None
+        self.forwarding: str | None = None
         self._load()
 
     def _load(self) -> None:
@@ -47,6 +52,8 @@ class Record:
         self.networks = dict(data.get("networks") or {})
         self.tasks = dict(data.get("tasks") or {})
         self.mesh = data.get("mesh")
+        self.hostports = data.get("hostports")
+        self.forwarding = data.get("forwarding")
 
     def save(self) -> None:
         """Write the record as it is now (callers mutate under `locked`)."""
@@ -55,6 +62,8 @@ class Record:
             "networks": self.networks,
             "tasks": self.tasks,
             "mesh": self.mesh,
+            "hostports": self.hostports,
+            "forwarding": self.forwarding,
         }
         tmp = self.path.with_suffix(".tmp")
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -73,7 +82,14 @@ class Record:
         return self._lock
 
     def empty(self) -> bool:
-        return not (self.netns_dir or self.networks or self.tasks or self.mesh)
+        return not (
+            self.netns_dir
+            or self.networks
+            or self.tasks
+            or self.mesh
+            or self.hostports
+            or self.forwarding is not None
+        )
 
     def discard_file(self) -> None:
         """Remove the record once nothing is left in it."""

@@ -47,6 +47,9 @@ class Allocator:
         self._waiting_services: set[str] = set()
         self.allocated = 0
         self.released = 0
+        # the last published port given per protocol (derived: restarts at the range's
+        # start after a restart, as SwarmKit's does on a new leader)
+        self._port_cursor: dict[str, int] = {}
 
     async def run(self) -> None:
         await reconcile_loop(
@@ -166,14 +169,7 @@ class Allocator:
                             for q in (s.endpoint.ports or ())
                             if q.published_port and (q.protocol, q.target_port) in wanted
                         }
-                    published = next(
-                        (
-                            n
-                            for n in range(PUBLISHED_PORT_RANGE[0], PUBLISHED_PORT_RANGE[1] + 1)
-                            if (proto, n) not in used
-                        ),
-                        None,
-                    )
+                    published = self._pick_port(proto, used)
                     if published is None:
                         log.error("no published port left", service=s.spec.name)
                     else:
@@ -191,6 +187,20 @@ class Allocator:
         endpoint = Endpoint(spec=spec, ports=ports or None, virtual_ips=vips)
         if endpoint != s.endpoint:
             tx.update(msgspec.structs.replace(s, endpoint=endpoint))
+
+    def _pick_port(self, proto: str, used: set[tuple[str | None, int | None]]) -> int | None:
+        """The next free port of the range after the last one given for `proto`, wrapping
+        around (SwarmKit's serial dynamic port space: a port just given back is not
+        given again at once); None when every one is held."""
+        lo, hi = PUBLISHED_PORT_RANGE
+        start = self._port_cursor.get(proto, hi)
+        size = hi - lo + 1
+        for i in range(1, size + 1):
+            n = lo + (start - lo + i) % size
+            if (proto, n) not in used:
+                self._port_cursor[proto] = n
+                return n
+        return None
 
     @staticmethod
     def _used_ports(

@@ -88,3 +88,29 @@ def test_host_mode_port_binds_on_the_node(
     finally:
         remove_service(daemon, engine, "hostport")
     wait_until(lambda: answers(port) is None, timeout=30, what="the port to be released")
+
+
+def test_host_mode_port_without_a_number_is_the_engines_pick(
+    daemon: DockerDaemon, engine: Engine, busybox_image: str
+) -> None:
+    daemon.create_service(
+        "anyport", "--publish", "mode=host,target=80", busybox_image, "sh", "-c", HTTPD
+    )
+    try:
+        (task,) = wait_converged(daemon, engine, "anyport", 1).values()
+        (info,) = engine.inspect(container_of(task))
+        (bound,) = info["NetworkSettings"]["Ports"]["80/tcp"][:1]
+        port = int(bound["HostPort"])
+        assert task["Status"]["PortStatus"] == {
+            "Ports": [
+                {"Protocol": "tcp", "TargetPort": 80, "PublishedPort": port, "PublishMode": "host"}
+            ]
+        }
+        # the service shows the port without a number, as dockerd does
+        assert daemon.service("anyport")["Endpoint"]["Ports"] == [
+            {"Protocol": "tcp", "TargetPort": 80, "PublishMode": "host"}
+        ]
+        body = wait_until(lambda: answers(port), timeout=30, what="the picked port to answer")
+        assert body == info["Config"]["Hostname"]
+    finally:
+        remove_service(daemon, engine, "anyport")

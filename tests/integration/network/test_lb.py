@@ -146,15 +146,32 @@ def lab3() -> Iterator[tuple[NetnsLab, list[tuple[str, str]]]]:
         assert lab.teardown() == []
 
 
+def docker_like_filter(ns: str) -> None:
+    """What dockerd does to a host's filter table (deps-evaluation §7a): FORWARD drops
+    unless DOCKER-USER accepts. In the lab node's own namespace, gone with it."""
+    for rule in (
+        ["-N", "DOCKER-USER"],
+        ["-A", "DOCKER-USER", "-j", "RETURN"],
+        ["-I", "FORWARD", "-j", "DOCKER-USER"],
+        ["-P", "FORWARD", "DROP"],
+    ):
+        done = in_ns(f"/run/netns/{ns}", "iptables", "-w", *rule)
+        assert done.returncode == 0, done.stderr
+
+
 def sysctl_in(ns: str, key: str) -> str:
     return in_ns(f"/run/netns/{ns}", "cat", "/proc/sys/" + key.replace(".", "/")).stdout.strip()
 
 
+@pytest.mark.parametrize("docker_rules", [False, True], ids=["plain", "docker-forward-drop"])
 def test_mesh_port_answers_on_every_node_and_loopback_and_reaches_backends_on_both(
-    lab3: tuple[NetnsLab, list[tuple[str, str]]], tmp_path: Path
+    lab3: tuple[NetnsLab, list[tuple[str, str]]], tmp_path: Path, docker_rules: bool
 ) -> None:
     _lab, [(ns_a, addr_a), (ns_b, addr_b), (ns_c, _addr_c)] = lab3
     nodes = (ns_a, ns_b)
+    if docker_rules:
+        for ns in nodes:
+            docker_like_filter(ns)
     before = {ns: listing(ns) for ns in nodes}
     forwarding = {ns: sysctl_in(ns, "net.ipv4.ip_forward") for ns in nodes}
     host_before = listing(None)["nft"]
@@ -244,3 +261,126 @@ def test_mesh_port_answers_on_every_node_and_loopback_and_reaches_backends_on_bo
     assert {ns: listing(ns) for ns in nodes} == before
     assert {ns: sysctl_in(ns, "net.ipv4.ip_forward") for ns in nodes} == forwarding
     assert listing(None)["nft"] == host_before
+
+
+@pytest.mark.parametrize("docker_rules", [False, True], ids=["plain", "docker-forward-drop"])
+def test_host_mode_port_answers_only_on_the_tasks_node(
+    lab3: tuple[NetnsLab, list[tuple[str, str]]], tmp_path: Path, docker_rules: bool
+) -> None:
+    _lab, [(ns_a, addr_a), (ns_b, addr_b), (ns_c, _addr_c)] = lab3
+    nodes = (ns_a, ns_b)
+    if docker_rules:
+        for ns in nodes:
+            docker_like_filter(ns)
+    before = {ns: listing(ns) for ns in nodes}
+    forwarding = {ns: sysctl_in(ns, "net.ipv4.ip_forward") for ns in nodes}
+    net = f"10.213.{secrets.randbelow(250)}"
+    n1 = network(f"{net}.0/24")
+    ports = [PortMapping(target=80, published=18081, mode="host")]
+    outside = f"/run/netns/{ns_c}"
+
+    async def run() -> None:
+        plumbings = []
+        for name, (ns, addr) in (("a", (ns_a, addr_a)), ("b", (ns_b, addr_b))):
+            p = Plumbing(
+                tmp_path / name / "data", tmp_path / name / "run", addr, f"/run/netns/{ns}"
+            )
+            state = NetworkState()
+            p.watch(state)
+            state.apply(NetworkUpdate(full=True, networks=[n1]))
+            plumbings.append(p)
+        pa, _pb = plumbings
+        server = None
+        try:
+            att = NetworkAttachment(network=n1, addresses=[f"{net}.5/24"])
+            path = await pa.attach("hp1", [att], host_ports=ports)
+            server = Server(path, "hp1")
+            assert ask(outside, addr_a, 18081, 2) == ["hp1", "hp1"]
+            assert ask(f"/run/netns/{ns_a}", "127.0.0.1", 18081, 1) == ["hp1"]
+            assert ask(f"/run/netns/{ns_a}", addr_a, 18081, 1) == ["hp1"]
+            assert ask(outside, addr_b, 18081, 1) == ["refused"]
+            assert ask(f"/run/netns/{ns_b}", "127.0.0.1", 18081, 1) == ["refused"]
+            # a second task with a host port of its own: both answer, each on its port
+            att2 = NetworkAttachment(network=n1, addresses=[f"{net}.6/24"])
+            more = [PortMapping(target=80, published=18082, mode="host")]
+            server2 = Server(await pa.attach("hp2", [att2], host_ports=more), "hp2")
+            try:
+                assert ask(outside, addr_a, 18082, 1) == ["hp2"]
+                assert ask(outside, addr_a, 18081, 1) == ["hp1"]
+                await pa.detach("hp1")
+                assert ask(outside, addr_a, 18081, 1) == ["refused"]
+                assert ask(outside, addr_a, 18082, 1) == ["hp2"]
+            finally:
+                server2.stop()
+            await pa.detach("hp2")
+            assert pa.record.hostports is None and pa.record.forwarding is None
+        finally:
+            if server is not None:
+                server.stop()
+            for p in plumbings:
+                await p.close()
+
+    asyncio.run(run())
+    assert {ns: listing(ns) for ns in nodes} == before
+    assert {ns: sysctl_in(ns, "net.ipv4.ip_forward") for ns in nodes} == forwarding
+
+
+def test_a_restarted_plumbing_adopts_the_mesh_and_host_ports_from_the_record(
+    lab3: tuple[NetnsLab, list[tuple[str, str]]], tmp_path: Path
+) -> None:
+    """A daemon killed with -9 leaves its gateway, tables and links; the next one finds
+    them in the record, keeps what its tasks still need, and removes all on stop."""
+    _lab, [(ns_a, addr_a), (_ns_b, _addr_b), (ns_c, _addr_c)] = lab3
+    before = listing(ns_a)
+    forwarding = sysctl_in(ns_a, "net.ipv4.ip_forward")
+    net = f"10.0.{secrets.randbelow(250)}"
+    ingress = network(f"{net}.0/24")
+    ingress = msgspec.structs.replace(
+        ingress, spec=msgspec.structs.replace(ingress.spec, name="ingress", ingress=True)
+    )
+    backend = NetworkPeer(
+        network_id=ingress.id, task_id="web1", node_id="A", node_addr=addr_a,
+        addr=f"{net}.11", service_id="svc", service_name="web", running=True,
+    )  # fmt: skip
+    endpoint = ServiceEndpoint(
+        network_id=ingress.id, service_id="svc", service_name="web", vip=f"{net}.2",
+        ports=[PortMapping(target=80, published=18080)],
+    )  # fmt: skip
+    full = NetworkUpdate(full=True, networks=[ingress], peers=[backend], endpoints=[endpoint])
+    host_ports = [PortMapping(target=80, published=18081, mode="host")]
+    outside = f"/run/netns/{ns_c}"
+    dirs = (tmp_path / "data", tmp_path / "run")
+
+    async def run() -> None:
+        first = Plumbing(*dirs, addr_a, f"/run/netns/{ns_a}")
+        state = NetworkState()
+        first.watch(state)
+        state.apply(full)
+        att = NetworkAttachment(network=ingress, addresses=[f"{net}.11/24"])
+        server = Server(await first.attach("web1", [att], host_ports=host_ports), "web1")
+        try:
+            await settle([first])
+            assert ask(outside, addr_a, 18080, 1) == ["web1"]
+            # "kill -9": the first plumbing is dropped without closing anything
+            second = Plumbing(*dirs, addr_a, f"/run/netns/{ns_a}")
+            assert second.record.mesh == first.record.mesh
+            await second.start(known_tasks={"web1"})
+            assert second.record.mesh is not None and "hostport" in second.record.tasks["web1"]
+            state2 = NetworkState()
+            second.watch(state2)
+            state2.apply(full)
+            await settle([second])
+            assert ask(outside, addr_a, 18080, 2) == ["web1", "web1"]
+            assert ask(outside, addr_a, 18081, 1) == ["web1"]
+            # The task is gone by the next restart: its link and the host table go too.
+            third = Plumbing(*dirs, addr_a, f"/run/netns/{ns_a}")
+            await third.start(known_tasks=set())
+            assert third.record.hostports is None and not third.record.tasks
+            assert ask(outside, addr_a, 18081, 1) == ["refused"]
+            await third.close()
+        finally:
+            server.stop()
+
+    asyncio.run(run())
+    assert listing(ns_a) == before
+    assert sysctl_in(ns_a, "net.ipv4.ip_forward") == forwarding

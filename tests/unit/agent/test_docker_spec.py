@@ -19,6 +19,7 @@ from shoal.agent.executor.docker_spec import (
     LABEL_TASK_NAME,
     NodeInfo,
     TemplateContext,
+    bound_host_ports,
     create_body,
     exit_status,
     expand_env,
@@ -303,3 +304,25 @@ def test_host_mode_ports_are_exposed_and_bound_as_dockerd_binds_them() -> None:
     }
     # no host-mode ports: nothing is exposed
     assert "ExposedPorts" not in with_host_ports(create_body(make_task(), NODE, AGENT, SERVICE), [])
+
+
+def test_bound_host_ports_are_read_back_from_the_engine() -> None:
+    ports = [
+        PortMapping(protocol="tcp", target=80, published=8081, mode="host"),
+        PortMapping(protocol="udp", target=53, published=0, mode="host"),
+    ]
+    info = {
+        "NetworkSettings": {
+            "Ports": {
+                "80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8081"}],
+                "53/udp": [{"HostIp": "0.0.0.0", "HostPort": "49153"}],
+            }
+        }
+    }
+    assert bound_host_ports(info, ports) == (
+        ports[0],
+        PortMapping(protocol="udp", target=53, published=49153, mode="host"),
+    )
+    # not bound (yet): the spec's numbers; no host ports: nothing to say
+    assert bound_host_ports({"NetworkSettings": {"Ports": {}}}, ports) == tuple(ports)
+    assert bound_host_ports(info, []) is None

@@ -23,8 +23,10 @@ from shoal.manager.dispatcher.networks import NetworkView
 from shoal.manager.manager import Manager
 from shoal.manager.store import MemoryBackend, Store
 from shoal.types.agent import Assignment
+from shoal.types.network import PortMapping
 from shoal.types.service import (
     ContainerSpec,
+    EndpointPortConfig,
     EndpointSpec,
     NetworkAttachmentConfig,
     ReplicatedService,
@@ -410,5 +412,72 @@ def test_a_vip_waits_for_a_freed_address() -> None:
             assert vip.network_id == net and vip.addr is not None
             assert vip.addr not in addresses(live(sim, filler.id), net)
             assert sim.manager.allocator.statistics()["waiting_services"] == 0
+
+    asyncio.run(main())
+
+
+def test_every_ready_node_is_told_ingress_and_the_published_ports() -> None:
+    """The routing mesh answers on every node: each ready node holds the ingress
+    network (tasks there or not), its peers, and each publishing service's endpoint
+    with its ports; a node that goes down has it removed, and gets it back when ready."""
+
+    async def main() -> None:
+        async with NetSim(3) as sim:
+            req = netctl.NetworkCreateRequest(name="ingress", driver="overlay", ingress=True)
+            ingress = (await netctl.create(sim.store, req)).id
+            await sim.advance(SETTLE_S)
+            for n in sim.node_ids:
+                assert ingress in sim.state(n).networks, n
+            ports = [
+                EndpointPortConfig(target_port=80, published_port=8080),
+                EndpointPortConfig(target_port=81, published_port=8081, publish_mode="host"),
+            ]
+            web = spec("web", 1, [])
+            web = msgspec.structs.replace(web, endpoint_spec=EndpointSpec(ports=ports))
+            web_id = (await create_service(sim.store, web)).id
+            hosted = spec("hosted", 1, [])
+            hosted = msgspec.structs.replace(hosted, endpoint_spec=EndpointSpec(ports=[ports[1]]))
+            hosted_id = (await create_service(sim.store, hosted)).id
+            await sim.advance(SETTLE_S)
+            sim.check_views()
+            (task,) = sim.running(web_id)
+            vip = next(
+                v.addr
+                for v in sim.service(web_id).endpoint.virtual_ips or ()
+                if v.network_id == ingress
+            )
+            assert vip is not None
+            for n in sim.node_ids:  # two nodes run nothing of web, yet know all of it
+                state = sim.state(n)
+                assert [p.task_id for p in state.peers_of(ingress)] == [task.id]
+                eps = {e.service_id: e for e in state.endpoints_of(ingress)}
+                assert eps[web_id].vip == vip.split("/")[0]
+                assert eps[web_id].ports == [
+                    PortMapping(protocol="tcp", target=80, published=8080, mode="ingress"),
+                    PortMapping(protocol="tcp", target=81, published=8081, mode="host"),
+                ]
+                assert eps[hosted_id].vip is None
+                assert [p.mode for p in eps[hosted_id].ports] == ["host"]
+            # the node of a host-mode task finds its ports beside the task
+            (h,) = sim.running(hosted_id)
+            assert sim.store.view().task_meta(h.id).host_ports == [
+                PortMapping(protocol="tcp", target=81, published=8081, mode="host")
+            ]
+            # a node that goes down is told to drop ingress; back, it gets it whole
+            idle = next(n for n in sim.node_ids if n not in (task.node_id, h.node_id))
+            await sim.kill_agent(idle)
+            await sim.advance(30)
+            node = sim.store.view().get_node(idle)
+            assert node is not None and node.status.state == "down"
+            sim.start_agent(idle)
+            await sim.advance(SETTLE_S)
+            sim.check_views()
+            assert ingress in sim.state(idle).networks
+            # the ports go: the endpoints lose them
+            await remove_service(sim.store, hosted_id)
+            await sim.advance(SETTLE_S)
+            sim.check_views()
+            for n in sim.node_ids:
+                assert hosted_id not in {e.service_id for e in sim.state(n).endpoints_of(ingress)}
 
     asyncio.run(main())
