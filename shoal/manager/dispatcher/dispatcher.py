@@ -197,7 +197,7 @@ class Dispatcher:
         view = self._store.view()
         self._networks = NetworkView.build(view)
         for node_id, s in self._sessions.items():
-            s.send(self._full_set(view, node_id, s))
+            s.queue.put_nowait(self._full_set(view, node_id, s))  # numbered there
 
     def _full_set(self, view: ReadTx, node_id: str, s: _Session) -> Assignment:
         """Every task the node must run, with the secrets and configs they need, as the
