@@ -280,11 +280,25 @@ class TaskRunner:
             self.state = TaskState.READY
 
     async def _start(self) -> None:
+        # A start may wait long (for a health check to pass): a desired state past
+        # RUNNING meanwhile cuts it short, and the loop stops what it started.
+        starting = asyncio.ensure_future(self.controller.start())
         try:
-            rs = await self.controller.start()
+            while not starting.done():
+                changed = asyncio.ensure_future(self._wait_change())
+                await asyncio.wait({starting, changed}, return_when=asyncio.FIRST_COMPLETED)
+                changed.cancel()
+                if not starting.done() and (self._removed or self._desired() >= TaskState.SHUTDOWN):
+                    starting.cancel()
+                    await asyncio.gather(starting, return_exceptions=True)
+                    return
+            rs = starting.result()
         except ExecutorError as e:
             self._set(TaskState.FAILED, message=MSG[TaskState.STARTING], err=str(e))
             return
+        finally:
+            if not starting.done():
+                starting.cancel()
         self._note_runtime(rs)
         self._set(TaskState.RUNNING)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from .harness import Daemon, holds_for, parse_table, wait_until
+from .harness import Daemon, holds_for, parse_table, pid_alive, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -145,3 +145,19 @@ def test_the_check_runs_in_the_tasks_cgroup(cluster: Daemon, flag: Path) -> None
     own = Path(f"/proc/{pid}/cgroup").read_text()
     assert "shoal" in own, own  # the task has cgroups of its own (cgroups.py)
     wait_until(lambda: flag.exists() and flag.read_text() == own, what="the probe's cgroup")
+
+
+def test_a_task_waiting_to_be_healthy_is_stopped_at_once_when_removed(cluster: Daemon) -> None:
+    cluster.create_service(
+        "hcwait", "--health-cmd", "false", *FAST, "--health-start-period", "300s",
+        "busybox", "sleep", "1000",
+    )  # fmt: skip
+    wait_until(lambda: states(cluster, "hcwait") == ["starting"], what="a starting task")
+    (task,) = cluster.tasks("hcwait")
+    pid_file = cluster.data_dir / "agent" / "tasks" / task["ID"] / "pid"
+    pid = int(wait_until(lambda: pid_file.exists() and pid_file.read_text(), what="its pid"))
+    assert pid_alive(pid)
+    cluster.docker("service", "rm", "hcwait")
+    # not after its start period: the start is cut short and the process stopped
+    wait_until(lambda: not pid_alive(pid), timeout=20, what="the task's process gone")
+    wait_until(lambda: not cluster.tasks("hcwait"), timeout=20, what="the task gone")
