@@ -87,6 +87,8 @@ NO_COMMAND_ERROR = (
     "and this service has none"
 )
 SUPERVISOR_EXITED_ERROR = "task process supervisor exited unexpectedly"
+# The stop grace period of a task without one (Docker's 10 s).
+DEFAULT_STOP_GRACE_S = 10.0
 # Swarm's container adapter's error for a task stopped because it turned unhealthy.
 ERR_UNHEALTHY = "unhealthy container"
 # dockerd's warnings when the kernel lacks a controller: the limit is discarded.
@@ -348,7 +350,8 @@ class ProcessController:
     async def _stop_unhealthy(self) -> str:
         """Stop an unhealthy task (its stop signal, then SIGKILL after its grace
         period); the error it fails with, in Swarm's words."""
-        grace = self.spec.stop_grace_period / 1e9 if self.spec.stop_grace_period else 10.0
+        ns = self.spec.stop_grace_period
+        grace = ns / 1e9 if ns is not None else DEFAULT_STOP_GRACE_S
         log.info("task unhealthy: stopping it", task=self.task_id)
         await self.shutdown(grace)
         status = self._read_exit()
