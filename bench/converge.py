@@ -13,7 +13,9 @@ to stderr.
 With `--network` the tasks attach to an overlay network (created through the API):
 run as root, each task then gets its own network, UTS and mount namespaces and a veth
 into the network's bridge (docs/networking.md), and the line printed is prefixed "with a
-network attachment". The VXLAN device goes in the host's namespace on 127.0.0.1:4789.
+network attachment". The VXLAN device's socket is in the host's namespace on 127.0.0.1,
+on a data path port found free (not 4789: a daemon of another run or test on this host
+holding the same VXLAN ID there would make the kernel refuse the device, EEXIST).
 
 Afterwards it removes what it created, by its own handles only: the service (then waits
 for its task processes to exit), the daemon (SIGTERM, SIGKILL after a grace period),
@@ -30,8 +32,10 @@ import contextlib
 import http.client
 import json
 import os
+import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -65,8 +69,10 @@ API_PREFIX = "/v1.41"
 
 DEFAULT_REPLICAS = 100
 DEFAULT_TIMEOUT_S = 120.0
-# How often the task list is polled while waiting for convergence.
+# How often the task list is polled while waiting for convergence; until the first
+# task runs, more often (the figure aimed at is 0.1 s: 50 ms would be half of it).
 POLL_INTERVAL_S = 0.05
+FIRST_POLL_INTERVAL_S = 0.01
 # Waiting for the daemon to answer HEAD /_ping after it was started.
 DAEMON_START_TIMEOUT_S = 30.0
 DAEMON_PING_INTERVAL_S = 0.05
@@ -78,6 +84,9 @@ SERVICE_REMOVE_TIMEOUT_S = 60.0
 KILL_TIMEOUT_S = 10.0
 PROCESS_POLL_S = 0.05
 HTTP_TIMEOUT_S = 30.0
+# Where the swarm's data path port is picked (Docker accepts 1024-49151).
+DATA_PATH_PORTS = (20000, 29999)
+DATA_PATH_PORT_TRIES = 50
 LOG_EXCERPT_LINES = 40
 TASK_ERRORS_SHOWN = 5
 
@@ -212,6 +221,20 @@ def _cmdline(pid: int) -> list[str]:
     return [a.decode("utf-8", "surrogateescape") for a in raw.split(b"\0")[:-1]]
 
 
+def _free_udp_port() -> int:
+    """A UDP port no socket on this host is bound to now, within Docker's range for a
+    data path port."""
+    for _ in range(DATA_PATH_PORT_TRIES):
+        port = random.randint(*DATA_PATH_PORTS)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+        return port
+    raise BenchError("no free UDP port for the data path")
+
+
 def _read_pid(path: Path) -> int | None:
     try:
         return int(path.read_text().strip())
@@ -238,8 +261,8 @@ class TaskProcesses:
         except FileNotFoundError:
             return
         for task_dir in task_dirs:
-            shim_pid = _read_pid(task_dir / shim.SHIM_PID_FILE)
-            if shim_pid is not None and str(task_dir) in _cmdline(shim_pid):
+            shim_pid = self._shim_pid(task_dir)
+            if shim_pid is not None:
                 self._remember(shim_pid)
             pid = _read_pid(task_dir / shim.PID_FILE)
             if pid is not None and self._is_task_process(task_dir, pid):
@@ -273,6 +296,18 @@ class TaskProcesses:
         started = _start_time(pid)
         if started is not None and pid not in self.seen:
             self.seen[pid] = started
+
+    @staticmethod
+    def _shim_pid(task_dir: Path) -> int | None:
+        """The shim's pid if it still runs: its record "<pid> <start time> <boot id>"
+        (shim.py) matches the process (forked by the launcher, a shim's command line
+        is the launcher's: it cannot tell which task the shim is for)."""
+        try:
+            words = (task_dir / shim.SHIM_PID_FILE).read_text().split()
+            pid, started = int(words[0]), int(words[1])
+        except (OSError, ValueError, IndexError):
+            return None
+        return pid if _start_time(pid) == started else None
 
     @staticmethod
     def _is_task_process(task_dir: Path, pid: int) -> bool:
@@ -347,7 +382,7 @@ class ConvergeBench:
 
     def run(self, replicas: int, timeout_s: float, network: bool = False) -> Result:
         self.start_daemon()
-        self.api.call("POST", "/swarm/init", SWARM_INIT)
+        self.api.call("POST", "/swarm/init", {**SWARM_INIT, "DataPathPort": _free_udp_port()})
         template: dict[str, Any] = {"ContainerSpec": {"Image": SERVICE_IMAGE, "Args": SERVICE_ARGS}}
         if network:
             # Each task then gets its own network namespace and an interface on it
@@ -398,7 +433,7 @@ class ConvergeBench:
                         f"{timeout_s:g} s; {_describe_tasks(tasks)}"
                     )
                 self.check_daemon()
-                time.sleep(POLL_INTERVAL_S)
+                time.sleep(POLL_INTERVAL_S if first is not None else FIRST_POLL_INTERVAL_S)
 
     # --- the daemon
 

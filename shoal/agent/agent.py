@@ -17,6 +17,7 @@ from shoal.agent.executor.base import Executor
 from shoal.agent.network.state import NetworkState
 from shoal.agent.starts import StartSlots, default_limit
 from shoal.agent.task_runner import TaskRunner
+from shoal.batching import Batcher
 from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.log import get_logger
 from shoal.types.agent import (
@@ -30,8 +31,11 @@ from shoal.types.agent import (
 from shoal.types.node import NodeDescription, NodeResources
 from shoal.types.task import TaskState, TaskStatus, stub_task
 
-# Status changes are sent in one report REPORT_INTERVAL_S after the first of them (a
-# task's quick ACCEPTED..RUNNING steps travel together), at most REPORT_MAX_BATCH a message.
+# Status changes are reported with a leading edge (shoal/batching.py Batcher): the first
+# after REPORT_INTERVAL_S of quiet at once, and the first task that comes to run (or
+# ends) after REPORT_INTERVAL_S without one; later ones together REPORT_INTERVAL_S after
+# the report before (a burst of starts travels in few reports). At most REPORT_MAX_BATCH
+# a message.
 REPORT_INTERVAL_S = 0.05
 REPORT_MAX_BATCH = 10_000
 # A failed session is retried after a backoff doubling between these bounds.
@@ -70,7 +74,7 @@ class Agent:
         self._runners: dict[str, TaskRunner] = {}
         self.starts = StartSlots(default_limit() if max_starts is None else max_starts)
         self._statuses: dict[str, TaskStatus] = {}
-        self._status_ready = asyncio.Event()
+        self._reports = Batcher(clock, REPORT_INTERVAL_S)
         # the last Assignment.network_seq applied, to acknowledge (_acknowledge)
         self._ack_seq = 0
         self._ack_wanted = asyncio.Event()
@@ -93,6 +97,9 @@ class Agent:
             loop.create_task(self._session_loop(), name="agent-session"),
             loop.create_task(self._report_loop(), name="agent-reporter"),
         ]
+        warm = getattr(self.executor, "warm", None)
+        if warm is not None:  # what the first task's start would wait for (a launcher)
+            self._tasks.append(loop.create_task(warm(), name="executor-warm"))
         log.info("agent started", node=self.node_id, max_concurrent_starts=self.starts.limit)
 
     async def stop(self, stop_tasks: bool = True) -> None:
@@ -271,14 +278,14 @@ class Agent:
         elif state > TaskState.RUNNING:
             self.network.set_down(task_id)  # its process is gone: no backend any more
         self._statuses[task_id] = status
-        self._status_ready.set()
+        self._reports.add(urgent=status.task_state >= TaskState.RUNNING)
 
     async def _report_loop(self) -> None:
         while True:
-            await self._status_ready.wait()
-            await self._clock.sleep(REPORT_INTERVAL_S)
-            self._status_ready.clear()
+            await self._reports.next()
             batch, self._statuses = self._statuses, {}
+            if not batch:
+                continue  # their tasks were removed meanwhile
             updates = [TaskStatusUpdate(task_id=k, status=v) for k, v in batch.items()]
             for i in range(0, len(updates), REPORT_MAX_BATCH):
                 try:
@@ -289,7 +296,7 @@ class Agent:
                     log.warning("status report failed; will resend", error=repr(e))
                     for u in updates[i:]:
                         self._statuses.setdefault(u.task_id, u.status)
-                    self._status_ready.set()
+                    self._reports.add()
                     break
 
     # LogSource --------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from typing import Any
 
 import shoal
 from shoal.agent import secrets as task_secrets
-from shoal.agent.executor import cgroups, gelf, logdriver, probe, shim
+from shoal.agent.executor import cgroups, gelf, logdriver, probe, shim, spawner
 from shoal.agent.executor.base import ExecutorError, ExitStatus, RuntimeState
 from shoal.agent.health import UNHEALTHY, HealthMonitor, health_spec
 from shoal.agent.network import taskfiles
@@ -52,6 +52,8 @@ from shoal.types.task import Task
 
 EXECUTOR_NAME = "process"
 TASKS_DIR = "tasks"
+# The shim launcher's own stderr (spawner.py), in the data dir.
+LAUNCHER_LOG = "launcher.log"
 SHIM_PATH = Path(shim.__file__).resolve()
 MEMINFO_PATH = Path("/proc/meminfo")
 
@@ -138,6 +140,12 @@ class ProcessExecutor:
         # of the node's backends).
         self.clock: Clock = SYSTEM_CLOCK
         self.on_unhealthy: Callable[[str], None] | None = None
+        # Forks shims from one warm interpreter (launcher.py); None: an interpreter each.
+        self.launcher = (
+            spawner.Launcher({"PATH": DEFAULT_PATH}, self.data_dir / LAUNCHER_LOG)
+            if spawner.enabled()
+            else None
+        )
 
     def describe(self) -> NodeDescription:
         return NodeDescription(
@@ -179,8 +187,44 @@ class ProcessExecutor:
         return pids
 
     async def close(self) -> None:
-        """Reap the shims that have exited; running ones are left to run (adoption)."""
+        """Reap the shims that have exited; running ones are left to run (adoption).
+        The launcher ends (it is started again on the next spawn)."""
         self.reap()
+        if self.launcher is not None:
+            await self.launcher.close()
+
+    async def warm(self) -> None:
+        """Start the shim launcher before the first task needs it (its interpreter's
+        start-up, some 50 ms, then delays no task)."""
+        if self.launcher is not None:
+            try:
+                await self.launcher.ensure()
+            except spawner.LauncherUnavailable as e:
+                log.warning("launcher_unavailable", error=str(e))
+
+    async def start_shim(self, task_dir: Path) -> int | None:
+        """Start the shim for `task_dir`: forked by the launcher, or (without one, or
+        when it forked nothing) as an interpreter of its own. Returns its pid; None when
+        the launcher died with the request unanswered (a shim may run: not another)."""
+        if self.launcher is not None:
+            try:
+                return await self.launcher.spawn(task_dir)
+            except spawner.LauncherUnavailable as e:
+                log.warning("launcher_unavailable", error=str(e))
+            except spawner.LauncherLost as e:
+                log.warning("launcher_lost", error=str(e), task_dir=str(task_dir))
+                return None
+        # posix_spawn of a Python process takes milliseconds: keep it off the event loop
+        return await asyncio.to_thread(self.spawn_shim, task_dir)
+
+    def shim_exited(self, pid: int) -> bool:
+        """True once shim `pid`, which this executor started, has exited: reaped if it
+        is our child, gone (the launcher's children are reaped by the kernel) or a
+        zombie otherwise."""
+        if pid in self._children:
+            return self.reap(pid)
+        stat = shim.proc_stat(pid)
+        return stat is None or stat[0] in ZOMBIE_STATES
 
     def spawn_shim(self, task_dir: Path) -> int:
         """Start the shim for `task_dir` in a new session; returns its pid."""
@@ -292,8 +336,7 @@ class ProcessController:
             os.close(os.open(self._dir / shim.STARTED_FILE, os.O_CREAT | os.O_EXCL, 0o600))
         except FileExistsError:
             return await self._wait_running(spawned=None)
-        # posix_spawn of a Python process takes milliseconds: keep it off the event loop
-        spawned = await asyncio.to_thread(self._executor.spawn_shim, self._dir)
+        spawned = await self._executor.start_shim(self._dir)
         state = await self._wait_running(spawned=spawned)
         # The task's namespace holds its own mounts of the tmpfs now: detached from the
         # host's tree, it lives exactly as long as the task (nothing left to clean up).
@@ -746,7 +789,7 @@ class ProcessController:
             if gone:  # files read once more after the shim was seen gone: nothing came
                 raise ExecutorError(self._supervisor_error())
             if spawned is not None:
-                gone = self._executor.reap(spawned)
+                gone = self._executor.shim_exited(spawned)
             else:
                 shim_pid = self._read_pid(shim.SHIM_PID_FILE)
                 gone = shim_pid is not None and not self._is_our_shim(shim_pid)

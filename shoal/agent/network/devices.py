@@ -94,45 +94,53 @@ def make_sandbox(path: Path, node_netns: str | None, vni: int, local: str, port:
 
 
 def add_interfaces(
-    task_ns: str, node_netns: str | None, veth: str, links: list[tuple[str, str]]
+    task_ns: str, node_netns: str | None, veth: str, links: list[tuple[str, str, int]]
 ) -> None:
-    """In the task's namespace: `lo` up and, for each (sandbox, "addr/prefix"), a veth
-    `eth<i>` with that address and its derived MAC, whose other end (`veth`) is on the
-    sandbox's bridge."""
+    """In the task's namespace: `lo` up and, for each (sandbox, "addr/prefix", bridge
+    index), a veth `eth<i>` with that address and its derived MAC, whose other end
+    (`veth`) is on the sandbox's bridge: enslaved, sized and up in the request that
+    creates it (the kernel resolves the master in the sandbox the end is created in),
+    so no socket in the sandbox is needed. `bridge_index` gives the bridge's index."""
     task_fd = os.open(task_ns, os.O_RDONLY)
     try:
-        with ipr(task_ns) as t:
+        with ipr(task_ns) as t, ipr(node_netns) as node:
             t.link("set", index=index(t, "lo"), state="up")
-            for i, (sandbox, address) in enumerate(links):
+            for i, (sandbox, address, bridge) in enumerate(links):
                 ifname = f"eth{i}"
                 iface = ipaddress.IPv4Interface(address)
                 sb_fd = os.open(sandbox, os.O_RDONLY)
                 try:
-                    with ipr(node_netns) as node:
-                        node.link(
-                            "add",
-                            ifname=veth,
-                            kind="veth",
-                            net_ns_fd=sb_fd,
-                            peer={
-                                "ifname": ifname,
-                                "net_ns_fd": task_fd,
-                                "address": mac_of(str(iface.ip)),
-                                "mtu": OVERLAY_MTU,
-                            },
-                        )
+                    node.link(
+                        "add",
+                        ifname=veth,
+                        kind="veth",
+                        net_ns_fd=sb_fd,
+                        master=bridge,
+                        mtu=OVERLAY_MTU,
+                        state="up",
+                        peer={
+                            "ifname": ifname,
+                            "net_ns_fd": task_fd,
+                            "address": mac_of(str(iface.ip)),
+                            "mtu": OVERLAY_MTU,
+                        },
+                    )
                 finally:
                     os.close(sb_fd)
-                with ipr(sandbox) as sb:
-                    sb.link(
-                        "set", index=index(sb, veth), master=index(sb, BRIDGE),
-                        mtu=OVERLAY_MTU, state="up",
-                    )  # fmt: skip
                 idx = index(t, ifname)
                 t.addr("add", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
                 t.link("set", index=idx, state="up")
     finally:
         os.close(task_fd)
+
+
+def bridge_index(sandbox: str) -> int:
+    """The index of the sandbox's bridge (stable for the sandbox's life)."""
+    with ipr(sandbox) as sb:
+        br = index(sb, BRIDGE)
+    if br is None:
+        raise OSError(errno.ENODEV, f"no {BRIDGE} in {sandbox}")
+    return br
 
 
 def delete_links(ns: str | None, names: list[str]) -> None:

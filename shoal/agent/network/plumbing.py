@@ -84,6 +84,12 @@ class Plumbing:
         self.state: NetworkState | None = None
         self._listeners: list[TaskNetworkListener] = []
         self._lock = threading.RLock()
+        # What each sandbox's VXLAN entries were last programmed to ({task address: node
+        # address}): an update that leaves them as they are (a local task came or went)
+        # costs no netlink dump. Dropped with the sandbox.
+        self._programmed: dict[str, dict[str, str]] = {}
+        # Each sandbox's bridge index (a task's veth is enslaved to it as it is made).
+        self._bridges: dict[str, int] = {}
         self._dirty = asyncio.Event()
         self._sync_task: asyncio.Task[None] | None = None
         # updates seen, and how many of them the last finished sync pass covered: the
@@ -236,6 +242,8 @@ class Plumbing:
             path = self.netns_dir / sandbox_name(network.id)
             if entry is not None:  # left half-made: start again
                 self._remove_network_locked(network.id)
+            self._programmed.pop(network.id, None)
+            self._bridges.pop(network.id, None)
             self.record.networks[network.id] = {"netns": str(path), "vni": vni}
             self._save()
             netns.create(path)
@@ -273,12 +281,21 @@ class Plumbing:
             self.record.tasks[task_id]["ino"] = netns.inode(path)
             self._save()
             addresses = [(a.addresses or [""])[0] for a in attachments]
-            pairs = list(zip(sandboxes, addresses, strict=True))
-            devices.add_interfaces(path, self.node_netns, veth, pairs)
+            bridges = [
+                self._bridge_locked(a.network.id, s)
+                for a, s in zip(attachments, sandboxes, strict=True)
+            ]
+            ends = list(zip(sandboxes, addresses, bridges, strict=True))
+            devices.add_interfaces(path, self.node_netns, veth, ends)
             self._sync_vip_locked(task_id)
             if host_ports:
                 self.hostports.add_task_locked(task_id, host_ports)
             return path
+
+    def _bridge_locked(self, network_id: str, sandbox: str) -> int:
+        if network_id not in self._bridges:
+            self._bridges[network_id] = devices.bridge_index(sandbox)
+        return self._bridges[network_id]
 
     def detach_sync(self, task_id: str) -> None:
         with self._lock:
@@ -346,6 +363,8 @@ class Plumbing:
         if netns.exists(path):
             devices.delete_links(str(path), [devices.VXLAN, devices.BRIDGE])
         netns.remove(path)
+        self._programmed.pop(network_id, None)
+        self._bridges.pop(network_id, None)
         del self.record.networks[network_id]
         self._save()
         log.info("network sandbox removed", network=network_id)
@@ -382,7 +401,10 @@ class Plumbing:
             for p in self.state.peers_of(network_id)
             if p.node_addr and p.node_addr != self.underlay_addr
         }
+        if self._programmed.get(network_id) == want:
+            return
         devices.program_peers(entry["netns"], want)
+        self._programmed[network_id] = want
 
     # --- adoption and removal -------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
+from shoal.batching import Batcher
 from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.errors import NotFound
 from shoal.log import get_logger
@@ -42,8 +43,11 @@ from shoal.types.task import Owner, Task, TaskState, TaskStatus, can_transition
 ROUTED_KINDS = ("task", "node", "service", "network")
 HEARTBEAT_GRACE = 3  # periods without a heartbeat before a node is down
 HEARTBEAT_EPSILON_S = 0.5  # jitter on the period given to agents
-# Agents' status reports are written in one batch per STATUS_BATCH_INTERVAL_S after the
-# first one arrives, or at once when STATUS_BATCH_MAX_ITEMS are waiting.
+# Agents' status reports are written with a leading edge (shoal/batching.py Batcher):
+# the first after STATUS_BATCH_INTERVAL_S of quiet at once, and the first of a task that
+# came to run (or ended) after STATUS_BATCH_INTERVAL_S without one; later ones in one
+# batch STATUS_BATCH_INTERVAL_S after the write before, or at once when
+# STATUS_BATCH_MAX_ITEMS are waiting.
 STATUS_BATCH_MAX_ITEMS = 10_000
 STATUS_BATCH_INTERVAL_S = 0.1
 MSG_HEARTBEAT_FAILURE = "heartbeat failure"
@@ -108,8 +112,7 @@ class Dispatcher:
         self._earlier_deadline = asyncio.Event()
         # keyed by (node, task): a node's report never replaces another node's
         self._pending_status: dict[tuple[str, str], TaskStatus] = {}
-        self._status_arrived = asyncio.Event()
-        self._flush_now = asyncio.Event()
+        self._status_batches = Batcher(clock, STATUS_BATCH_INTERVAL_S)
         self._stopped = asyncio.Event()
         self.status_writes = 0
         self.rejected_reports = 0  # malformed frames, bad items
@@ -354,17 +357,13 @@ class Dispatcher:
             a.removed_dependencies.append(key)
 
     async def _flush_loop(self) -> None:
-        """Idle until a report arrives; then write everything that arrived within
-        STATUS_BATCH_INTERVAL_S of it (or sooner, once the batch is full) at once."""
+        """Idle until a report arrives; then write it at once if no write went for
+        STATUS_BATCH_INTERVAL_S (or it holds the first task to run or end for as long),
+        else everything that arrived by STATUS_BATCH_INTERVAL_S after the last write
+        (or sooner, once the batch is full) in one write."""
 
         async def round_() -> None:
-            await self._status_arrived.wait()
-            try:
-                await self._clock.wait_for(self._flush_now.wait(), STATUS_BATCH_INTERVAL_S)
-            except TimeoutError:
-                pass
-            self._status_arrived.clear()
-            self._flush_now.clear()
+            await self._status_batches.next()
             await self._flush()
 
         await self._forever("status", round_)
@@ -484,12 +483,14 @@ class Dispatcher:
     ) -> None:
         if applied and node_id in self._sessions:
             self._tell_drained(self._drain.acked(node_id, applied))
+        urgent = False
         for u in updates:
             self._pending_status[(node_id, u.task_id)] = u.status
+            urgent = urgent or u.status.task_state >= TaskState.RUNNING
         if self._pending_status:
-            self._status_arrived.set()
+            self._status_batches.add(urgent)
         if len(self._pending_status) >= STATUS_BATCH_MAX_ITEMS:
-            self._flush_now.set()
+            self._status_batches.now()
 
     def reject_report(self, node_id: str, error: str) -> None:
         """A report that broke the protocol (it did not decode): dropped, alone."""
@@ -526,7 +527,7 @@ class Dispatcher:
             # back in the queue for the next round, behind newer ones about the same task.
             for key, status in batch.items():
                 self._pending_status.setdefault(key, status)
-            self._status_arrived.set()
+            self._status_batches.add()
             raise
         self.status_writes += written
 

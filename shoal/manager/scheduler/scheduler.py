@@ -2,7 +2,8 @@
 
 It keeps its own view of nodes and their tasks, fed by store events, and never queries
 the store on the hot path. Pending tasks are collected with a debounce (50 ms after the
-last event, 1 s at most) and placed in one pass; decisions are written in batched
+last event, 1 s at most; leading-edge: the first after a quiet spell go at once) and
+placed in one pass; decisions are written in batched
 transactions. Tasks of one service and spec version share one filter pass; nodes are
 then taken from a heap ordered by (tasks of this service, all tasks): SwarmKit's spread.
 """
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 
 import msgspec
 
+from shoal.batching import LeadingEdge
 from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.manager.loops import MAX_EVENTS_PER_ROUND, LoopStats, supervise, take_burst
 from shoal.manager.scheduler.constraint import node_value
@@ -31,7 +33,8 @@ from shoal.types.swarm import Cluster
 from shoal.types.task import Owner, Task, TaskState, can_transition
 
 # Pending tasks are collected until no event came for COMMIT_DEBOUNCE_S, or for
-# MAX_LATENCY_S at most, then placed in one pass (a burst of creations: one pass).
+# MAX_LATENCY_S at most, then placed in one pass (a burst of creations: one pass); but
+# the first pending after COMMIT_DEBOUNCE_S without a pass are placed at once.
 COMMIT_DEBOUNCE_S = 0.05
 MAX_LATENCY_S = 1.0
 # The most tasks one placement pass decides: a larger backlog is placed over several
@@ -85,6 +88,9 @@ class Scheduler:
         self._stopped = asyncio.Event()
         self.scheduled = 0
         self.passes = 0
+        # Leading edge (shoal/batching.py): tasks that become pending after
+        # COMMIT_DEBOUNCE_S without any are placed at once, without the debounce.
+        self._edge = LeadingEdge(clock, COMMIT_DEBOUNCE_S)
         self.strategy = SPREAD
         self._random = random.Random()
         self._stats = LoopStats()
@@ -200,7 +206,18 @@ class Scheduler:
                 events = await watcher.__anext__()
                 events.extend(watcher.get_nowait_all(MAX_EVENTS_PER_ROUND))
                 self.apply(events)
-                await take_burst(watcher, self.apply, self._clock, COMMIT_DEBOUNCE_S, MAX_LATENCY_S)
+                # Placed at once (leading edge) when tasks are pending, now or as soon
+                # as the burst brings some, and no pass went for COMMIT_DEBOUNCE_S.
+                await take_burst(
+                    watcher,
+                    self.apply,
+                    self._clock,
+                    COMMIT_DEBOUNCE_S,
+                    MAX_LATENCY_S,
+                    full=lambda: bool(self.pending) and self._edge.delay() == 0,
+                )
+                if self.pending:
+                    self._edge.sent()
                 await self.tick()
                 self._stats.rounds += 1
         finally:

@@ -8,9 +8,11 @@ the `drain` tests.)"""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -50,6 +52,42 @@ def running(trio: Cluster, service: str, exclude_node: str | None = None) -> set
     """The hostnames (task ID, first 12) of the service's running tasks."""
     placement = trio.running_placement(service)
     return {t[:12] for t, node in placement.items() if node != exclude_node}
+
+
+def mesh_record(node: Any) -> Any:
+    """The routing mesh's entry in the node's plumbing record (None: no gateway)."""
+    path = node.data_dir / "agent" / "network-record.json"
+    try:
+        return json.loads(path.read_text()).get("mesh")
+    except FileNotFoundError:
+        return None
+
+
+def test_a_node_killed_and_restarted_serves_the_mesh_again(trio: Cluster, lab: NetnsLab) -> None:
+    """(Runs first: the next test stops the daemons.) After `kill -9` the next daemon
+    finds the gateway in its record: it adopts or rebuilds it, and its published port
+    answers again; once nothing is published the gateway is gone."""
+    manager = trio.manager
+    outside_ns, _ = lab.add_host()
+    outside = ["ip", "netns", "exec", outside_ns]
+    manager.docker(
+        "service", "create", "--detach", "--name", "pub", "--publish", "8090:80",
+        "--replicas", "2", "busybox", sys.executable, "-c", SERVER,
+    )  # fmt: skip
+    trio.wait_converged("pub", 2)
+    two = running(trio, "pub")
+    node3 = trio.nodes["node-3"]
+    url = f"http://{node3.addr}:8090/"
+    assert wait_until(lambda: hostnames(outside, url, 20) == two, what=url)
+    assert mesh_record(node3) is not None
+    node3.kill9()
+    node3.start()
+    trio.wait_converged("pub", 2)
+    two = running(trio, "pub")
+    assert wait_until(lambda: hostnames(outside, url, 20) == two, what=f"{url} after kill -9")
+    manager.docker("service", "rm", "pub")
+    for node in trio.nodes.values():
+        wait_until(lambda n=node: mesh_record(n) is None, what=f"{node.node_name}'s gateway gone")
 
 
 def test_routing_mesh_and_vip_across_three_nodes(trio: Cluster, lab: NetnsLab) -> None:
@@ -102,6 +140,8 @@ def test_routing_mesh_and_vip_across_three_nodes(trio: Cluster, lab: NetnsLab) -
     for node in nodes.values():
         url = f"http://{node.addr}:8080/"
         assert wait_until(lambda u=url: hostnames(outside, u, 60) == rest, what=url)
+    # (the client's task may have been on the drained node: find it again)
+    client = ["nsenter", "-t", str(pid_of(trio.wait_converged("client", 1))), "-n", "-m"]
     assert wait_until(lambda: hostnames(client, "http://web/", 60) == rest, what="the VIP")
     manager.docker("node", "update", "--availability", "active", drained)
 

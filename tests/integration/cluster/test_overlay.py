@@ -8,10 +8,12 @@ those names at the end, even after a failure."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -107,6 +109,17 @@ def recorded_tasks(node: Any) -> set[str]:
 
 def test_a_node_killed_and_restarted_adopts_its_tasks_namespaces(trio: Cluster) -> None:
     manager = trio.manager
+    # Adoption, not failure detection, is under test: the node must come back before
+    # the manager's deadline (3 heartbeats) on a loaded machine too.
+    manager.docker("swarm", "update", "--dispatcher-heartbeat", "5s")
+    try:
+        _adopts_its_tasks_namespaces(trio)
+    finally:
+        manager.docker("swarm", "update", "--dispatcher-heartbeat", "1s")
+
+
+def _adopts_its_tasks_namespaces(trio: Cluster) -> None:
+    manager = trio.manager
     manager.docker("network", "create", "-d", "overlay", "--subnet", "10.202.0.0/24", "adoptnet")
     manager.docker(
         "service", "create", "--detach", "--name", "pinned", "--network", "adoptnet",
@@ -145,6 +158,48 @@ def test_a_node_killed_and_restarted_adopts_its_tasks_namespaces(trio: Cluster) 
     )
 
 
+def test_addresses_unique_across_nodes(trio: Cluster) -> None:
+    """A global service published through ingress and attached to a network gets a task
+    on every node, each with its own address on both networks; a replicated service on
+    the same network gets addresses none of them holds; VIPs are distinct from every task
+    address."""
+    m = trio.manager
+    net_id = m.docker("network", "create", "-d", "overlay", "spread-net").stdout.strip()
+    try:
+        ingress = m.api.inspect_network("ingress")["Id"]
+        m.docker(
+            "service", "create", "--detach", "--name", "everywhere", "--mode", "global",
+            "--publish", "19090:80", "--network", "spread-net", "busybox", "sleep", "3600",
+        )  # fmt: skip
+        m.docker(
+            "service", "create", "--detach", "--name", "many", "--replicas", "6",
+            "--network", "spread-net", "busybox", "sleep", "3600",
+        )  # fmt: skip
+        trio.wait_converged("everywhere", 3, per_node={n: 1 for n in trio.nodes})
+        trio.wait_converged("many", 6)
+        held: dict[str, list[str]] = {ingress: [], net_id: []}
+        hosts: Counter[str] = Counter()
+        for name in ("everywhere", "many"):
+            svc = m.service(name)
+            for v in svc["Endpoint"]["VirtualIPs"]:
+                held[v["NetworkID"]].append(v["Addr"])
+            for t in m.api.tasks(filters={"service": name, "desired-state": "running"}):
+                hosts[t["NodeID"]] += 1
+                want = [ingress, net_id] if name == "everywhere" else [net_id]
+                assert [a["Network"]["ID"] for a in t["NetworksAttachments"]] == want
+                for a in t["NetworksAttachments"]:
+                    held[a["Network"]["ID"]] += a["Addresses"]
+        assert len(hosts) == 3
+        subnet = ipaddress.ip_network(m.api.inspect_network(net_id)["IPAM"]["Config"][0]["Subnet"])
+        assert len(held[net_id]) == 2 + 3 + 6 and len(set(held[net_id])) == len(held[net_id])
+        assert all(ipaddress.ip_interface(a).network == subnet for a in held[net_id])
+        assert len(held[ingress]) == 1 + 3 and len(set(held[ingress])) == 4
+    finally:
+        trio.remove_all_services()
+        m.docker("network", "rm", "spread-net")
+
+
+# Last in the module: it stops the daemons to check what they leave behind.
 def test_overlay_networks_across_three_nodes(trio: Cluster) -> None:
     manager = trio.manager
     namespaces = [n.netns for n in trio.nodes.values() if n.netns is not None]

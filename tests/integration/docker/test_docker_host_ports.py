@@ -6,7 +6,9 @@ binding in `PortStatus`; a second task needing the port waits with Swarm's messa
 
 from __future__ import annotations
 
+import secrets
 import socket
+import subprocess
 from typing import Any
 
 import pytest
@@ -114,3 +116,43 @@ def test_host_mode_port_without_a_number_is_the_engines_pick(
         assert body == info["Config"]["Hostname"]
     finally:
         remove_service(daemon, engine, "anyport")
+
+
+def test_host_mode_port_of_a_container_on_a_swarm_network(
+    daemon: DockerDaemon, engine: Engine, busybox_image: str
+) -> None:
+    """On a swarm network the container has no engine network: the plumbing gives it a
+    link to the node and DNATs the port to it (hostports.py), accepted in DOCKER-USER
+    (Docker's FORWARD DROP) by rules of its own, all gone with the task."""
+    port = free_port()
+    net = f"hpnet{secrets.token_hex(3)}"
+    daemon.docker("network", "create", "-d", "overlay", "--subnet", "10.219.7.0/24", net)
+    daemon.create_service(
+        "hpnet", "--network", net, "--publish", f"mode=host,published={port},target=80",
+        busybox_image, "sh", "-c", HTTPD,
+    )  # fmt: skip
+    veth = ""
+    try:
+        (task,) = wait_converged(daemon, engine, "hpnet", 1).values()
+        (info,) = engine.inspect(container_of(task))
+        assert info["HostConfig"]["NetworkMode"] == "none"
+        body = wait_until(lambda: answers(port), timeout=30, what="the host port to answer")
+        assert body == info["Config"]["Hostname"]
+        veth = f"shh{task['ID'][:11]}"
+        if docker_user():
+            assert f"-i {veth} " in docker_user() and f"-o {veth} " in docker_user()
+    finally:
+        remove_service(daemon, engine, "hpnet")
+    wait_until(lambda: answers(port) is None, timeout=30, what="the port to be released")
+    assert f"{veth} " not in docker_user()
+    assert veth not in subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    wait_until(
+        lambda: daemon.docker("network", "rm", net, check=False).returncode == 0,
+        what="the network removed",
+    )
+
+
+def docker_user() -> str:
+    """The host's DOCKER-USER chain ("" when it has none)."""
+    done = subprocess.run(["iptables", "-w", "-S", "DOCKER-USER"], capture_output=True, text=True)
+    return done.stdout if done.returncode == 0 else ""

@@ -9,13 +9,16 @@ busybox's nslookup and wget.
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
 from typing import Any
 
 import pytest
 
 from ..harness import wait_until
 from .engine import DockerDaemon, DockerDaemonFactory, Engine, unique
+from .test_docker_host_ports import answers, docker_user, free_port
 from .test_docker_runtime import container_of, init_swarm, remove_service, wait_converged
 
 pytestmark = pytest.mark.integration
@@ -95,6 +98,9 @@ def test_containers_on_a_swarm_network_resolve_and_reach_each_other(
         # static wget crashes in its NSS lookups: a request by hand over nc).
         hostnames = {http_body(exec_in(daemon, cid, "sh", "-c", GET.format(a))) for a in web_addrs}
         assert len(hostnames) == 2 and "" not in hostnames
+        # By the VIP: round robin in the container's namespace (vip.py), both answer.
+        by_vip = [http_body(exec_in(daemon, cid, "sh", "-c", GET.format(vip))) for _ in range(4)]
+        assert set(by_vip) == hostnames, by_vip
     finally:
         remove_service(daemon, engine, client)
         remove_service(daemon, engine, web)
@@ -102,3 +108,41 @@ def test_containers_on_a_swarm_network_resolve_and_reach_each_other(
     daemon.docker("network", "rm", net)
     netns_dir = daemon.data_dir / "agent" / "netns"
     wait_until(lambda: not netns_dir.exists() or not any(netns_dir.iterdir()))
+
+
+def test_the_routing_mesh_on_the_host_reaches_containers(
+    daemon: DockerDaemon, engine: Engine, busybox_image: str
+) -> None:
+    """A port published in ingress mode under the docker runtime, on this machine's own
+    namespace (dockerd's FORWARD DROP there): the node's loopback answers with both
+    containers; the gateway, its DOCKER-USER rules and the node's table go once the
+    service is removed."""
+    web = unique("meshweb")
+    port = free_port()
+    record = daemon.data_dir / "agent" / "network-record.json"
+    daemon.docker(
+        "service", "create", "--detach", "--name", web, "--replicas", "2",
+        "--publish", f"{port}:80", busybox_image, "sh", "-c", HTTPD,
+    )  # fmt: skip
+    mesh: dict[str, Any] = {}
+    try:
+        webs = wait_converged(daemon, engine, web, 2)
+        names = {engine.inspect(container_of(t))[0]["Config"]["Hostname"] for t in webs.values()}
+
+        def both() -> bool:
+            return {answers(port) for _ in range(6)} == names
+
+        wait_until(both, timeout=30, what="the published port to answer with both")
+        mesh = json.loads(record.read_text())["mesh"]
+        if docker_user():
+            assert f"-i {mesh['node_veth']} " in docker_user()
+    finally:
+        remove_service(daemon, engine, web)
+    wait_until(lambda: answers(port) is None, timeout=30, what="the port to be released")
+    wait_until(
+        lambda: not record.exists() or json.loads(record.read_text()).get("mesh") is None,
+        what="the gateway gone",
+    )
+    assert f"{mesh['node_veth']} " not in docker_user()
+    tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+    assert mesh["table"] not in tables

@@ -23,9 +23,10 @@ from shoal.types.network import (
     PortMapping,
     ServiceEndpoint,
 )
-from tests.integration.cluster_harness import NetnsLab
-from tests.integration.network.lbkit import Server, ask, tally
-from tests.integration.network.test_plumbing import in_ns, listing, network
+
+from ..cluster_harness import NetnsLab
+from .lbkit import Server, ask, tally
+from .test_plumbing import in_ns, listing, network
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 

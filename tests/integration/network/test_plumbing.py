@@ -153,6 +153,10 @@ def test_tasks_on_two_nodes_reach_each_other_over_vxlan_and_only_on_their_networ
             assert mac_of(f"{net}.2") in link
             # across nodes over VXLAN, and on one node through the bridge
             sb = pa.record.networks[n1.id]["netns"]
+            # the task's end on the bridge: enslaved, overlay-sized and up as it is made
+            end = in_ns(sb, "ip", "-o", "link", "show", pa.record.tasks["ta1"]["links"][n1.id])
+            assert "master br0" in end.stdout and "mtu 1450" in end.stdout, end
+            assert "state UP" in end.stdout or ",UP" in end.stdout, end
             fdb = in_ns(sb, "bridge", "fdb", "show", "dev", "vxlan0").stdout
             assert f"{mac_of(f'{net}.3')} dst {addr_b} " in fdb
             neigh = in_ns(sb, "ip", "neigh", "show", "dev", "vxlan0").stdout

@@ -28,7 +28,7 @@ import msgspec
 import pytest
 
 import shoal
-from shoal.agent.executor import shim
+from shoal.agent.executor import shim, spawner
 from shoal.agent.executor.base import ExecutorError, ExitStatus
 from shoal.agent.executor.process import (
     DEFAULT_PATH,
@@ -685,5 +685,104 @@ def test_the_none_driver_keeps_no_log(tmp_path: Path) -> None:
         await controller.start()
         assert (await wait(controller)).exit_code == 0
         assert await collect(controller) == []
+
+    run(tmp_path, body)
+
+
+# --- the shim launcher (launcher.py, spawner.py) ------------------------------------------
+
+
+def shim_pid_of(executor: ProcessExecutor, task_id: str) -> int:
+    return int((executor.tasks_dir / task_id / shim.SHIM_PID_FILE).read_text().split()[0])
+
+
+def test_shims_are_forked_by_one_launcher_and_outlive_it(tmp_path: Path) -> None:
+    async def body(tasks: Tasks) -> None:
+        executor = tasks.executor
+        assert executor.launcher is not None
+        await executor.warm()
+        launcher_pid = executor.launcher.pid
+        assert launcher_pid is not None
+        a = await tasks.start("task-a", args=["sleep", "1000"])
+        b = await tasks.start("task-b", args=["sh", "-c", "echo hello; exit 4"])
+        shims = [shim_pid_of(executor, t) for t in ("task-a", "task-b")]
+        assert executor.launcher.statistics() == {"started": 1, "spawned": 2}
+        pid_a = (await a.inspect()).pid
+        assert pid_a is not None
+        assert int(proc_status(shims[0])["PPid"]) == launcher_pid
+        assert os.getsid(shims[0]) == shims[0]  # a session of its own, as before
+        assert proc_argv(pid_a) == [b"sleep", b"1000"]
+        # A shim of the launcher is the shim: exit status and log as ever.
+        assert await wait(b) == ExitStatus(exit_code=4)
+        assert [m.data for m in await collect(b, stdout=True)] == [b"hello\n"]
+        # The launcher goes (the agent stops): its shims and their tasks go on.
+        await executor.launcher.close()
+        assert not alive(launcher_pid)
+        assert alive(shims[0]) and alive(pid_a)
+        assert (await a.inspect()).running
+        await a.shutdown(5)
+        assert await wait(a) == ExitStatus(143, signal.SIGTERM)
+
+    run(tmp_path, body)
+
+
+def test_a_launcher_that_died_is_started_again(tmp_path: Path) -> None:
+    async def body(tasks: Tasks) -> None:
+        executor = tasks.executor
+        assert executor.launcher is not None
+        await executor.warm()
+        first = executor.launcher.pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)  # our own child, by its pid
+        await exited(first)  # found dead (a zombie) by the next spawn: no request lost
+        controller = await tasks.start("task-c", args=["true"])
+        assert await wait(controller) == ExitStatus(exit_code=0)
+        assert executor.launcher.statistics() == {"started": 2, "spawned": 1}
+        assert executor.launcher.pid not in (None, first)
+
+    run(tmp_path, body)
+
+
+def test_without_the_launcher_each_shim_is_an_interpreter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SHOAL_SHIM_LAUNCHER", "0")
+
+    async def body(tasks: Tasks) -> None:
+        assert tasks.executor.launcher is None
+        controller = await tasks.start("task-d", args=["sleep", "1000"])
+        shim_pid = shim_pid_of(tasks.executor, "task-d")
+        assert int(proc_status(shim_pid)["PPid"]) == os.getpid()
+        assert b"shim.py" in b" ".join(proc_argv(shim_pid))
+        await controller.shutdown(5)
+        assert await wait(controller) == ExitStatus(143, signal.SIGTERM)
+
+    run(tmp_path, body)
+
+
+def test_a_request_the_launcher_died_with_is_not_sent_again(tmp_path: Path) -> None:
+    """Sent, then the launcher died unanswering: a shim may have been forked, so the
+    request is lost (LauncherLost), never retried nor spawned another way; the next
+    request starts a new launcher."""
+
+    async def body(tasks: Tasks) -> None:
+        launcher = tasks.executor.launcher
+        assert launcher is not None
+        await launcher.ensure()
+        first = launcher.pid
+        assert first is not None
+        task_dir = tasks.executor.tasks_dir / "task-e"
+        task_dir.mkdir(parents=True)
+        os.kill(first, signal.SIGSTOP)  # it cannot read the request
+        request = asyncio.ensure_future(launcher.spawn(task_dir))
+        await until(lambda: suspended_in(request, asyncio.StreamReader.readline))
+        os.kill(first, signal.SIGKILL)
+        with pytest.raises(spawner.LauncherLost):
+            await asyncio.wait_for(request, WAIT_S)
+        assert list(task_dir.iterdir()) == []  # no shim ran for it
+        assert launcher.statistics() == {"started": 1, "spawned": 0}
+        controller = await tasks.start("task-f", args=["true"])
+        assert await wait(controller) == ExitStatus(exit_code=0)
+        assert launcher.statistics() == {"started": 2, "spawned": 1}
 
     run(tmp_path, body)

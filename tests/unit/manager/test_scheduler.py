@@ -6,6 +6,7 @@ The scheduler is driven by hand, without its loop: `load(store.view())`, then
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -13,9 +14,11 @@ from typing import Any
 import msgspec
 import pytest
 
+from shoal.clock import FakeClock
 from shoal.manager.scheduler import constraint
 from shoal.manager.scheduler.constraint import ERR_OPERATOR, ConstraintError, parse
 from shoal.manager.scheduler.scheduler import (
+    COMMIT_DEBOUNCE_S,
     MAX_TASKS_PER_PASS,
     MSG_ASSIGNED,
     MSG_PENDING,
@@ -792,3 +795,41 @@ def test_a_global_task_on_a_node_whose_host_port_is_taken_waits() -> None:
     t = stored(store, "g.n1")
     assert t.state is TaskState.PENDING
     assert t.status.err == "no suitable node (host-mode port already in use on 1 node)"
+
+
+# ------------------------------------------------------------------------ the loop's leading edge
+def test_the_loop_places_the_first_pending_task_at_once_and_debounces_a_burst_behind() -> None:
+    """Leading edge (shoal/batching.py): on an idle scheduler a pending task is placed
+    without the debounce; tasks pending right behind it wait for the burst to end."""
+
+    async def main() -> None:
+        clock = FakeClock()
+        store = Store(MemoryBackend())
+        await store.update(lambda tx: tx.create(make_node("n1")))
+        sched = Scheduler(store, clock)
+        loop = asyncio.create_task(sched.run())
+        await clock.settle()
+
+        def state(task_id: str) -> TaskState:
+            return stored(store, task_id).state
+
+        await store.update(lambda tx: tx.create(make_task("t1")))
+        await clock.settle()
+        assert state("t1") == TaskState.ASSIGNED  # no time passed: no debounce
+
+        await clock.advance(COMMIT_DEBOUNCE_S / 5)
+        await store.update(lambda tx: tx.create(make_task("t2")))
+        await clock.settle()
+        assert state("t2") == TaskState.PENDING  # right behind a pass: debounced
+        await clock.advance(COMMIT_DEBOUNCE_S)
+        assert state("t2") == TaskState.ASSIGNED
+
+        await clock.advance(1.0)  # quiet again
+        await store.update(lambda tx: tx.create(make_task("t3")))
+        await clock.settle()
+        assert state("t3") == TaskState.ASSIGNED
+        sched.stop()
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
+
+    run(main())
