@@ -75,6 +75,9 @@ class Agent:
         self.starts = StartSlots(default_limit() if max_starts is None else max_starts)
         self._statuses: dict[str, TaskStatus] = {}
         self._reports = Batcher(clock, REPORT_INTERVAL_S)
+        # the last Assignment.network_seq applied, to acknowledge (_acknowledge)
+        self._ack_seq = 0
+        self._ack_wanted = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         # Tasks an earlier daemon left that this node no longer runs, being discarded.
         self._discarding: dict[str, asyncio.Task[None]] = {}
@@ -82,6 +85,10 @@ class Agent:
         # Payloads of secrets and configs the dispatcher sent this node, by kind: a
         # node that runs no task needing one never gets it (docker info shows these).
         self._deps_received = {DEP_SECRET: 0, DEP_CONFIG: 0}
+        # A runtime that runs health checks itself tells the agent the moment a task
+        # turns unhealthy: it leaves this node's backends at once (network/state.py).
+        if hasattr(executor, "on_unhealthy"):
+            executor.on_unhealthy = self.network.set_down
 
     # lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -128,9 +135,11 @@ class Agent:
                 backoff = SESSION_BACKOFF_MIN_S
                 # The session lasts until either side fails: a missed heartbeat ack or
                 # the end of the assignment stream.
+                self._ack_seq = 0  # a session numbers its network updates from 1
                 parts = [
                     asyncio.create_task(self._heartbeats(period), name="agent-heartbeats"),
                     asyncio.create_task(self._consume(), name="agent-assignments"),
+                    asyncio.create_task(self._acknowledge(), name="agent-network-acks"),
                 ]
                 try:
                     done, _ = await asyncio.wait(parts, return_when=asyncio.FIRST_COMPLETED)
@@ -153,6 +162,21 @@ class Agent:
         async for assignment in self._session.assignments(self.node_id):
             await self._apply(assignment)
 
+    async def _acknowledge(self) -> None:
+        """Draining: tell the manager the highest network update this node has put in
+        place (the table, and the kernel through the barriers), without holding up
+        the assignments that follow; acknowledgements coalesce while one is awaited."""
+        sent = 0
+        while True:
+            await self._ack_wanted.wait()
+            self._ack_wanted.clear()
+            seq = self._ack_seq
+            if seq <= sent:
+                continue
+            await self.network.applied()
+            await self._session.update_task_status(self.node_id, [], applied=seq)
+            sent = seq
+
     async def _heartbeats(self, period: float) -> None:
         while True:
             await self._clock.sleep(period)
@@ -161,6 +185,13 @@ class Agent:
     async def _apply(self, assignment: Assignment) -> None:
         if assignment.network is not None:
             self.network.apply(assignment.network)
+        if assignment.network_seq > self._ack_seq:
+            self._ack_seq = assignment.network_seq
+            self._ack_wanted.set()
+        for tid in assignment.drained:
+            drained = self._runners.get(tid)
+            if drained is not None:
+                drained.drained()
         deps = self.executor.dependencies
         if assignment.full:
             deps.clear()
@@ -216,6 +247,7 @@ class Agent:
                 self._clock,
                 self.starts,
                 host_ports=assigned.meta.host_ports,
+                before_stop=self._take_out,
             )
             self._runners[task.id] = runner
             discarding = self._discarding.get(task.id)
@@ -226,6 +258,12 @@ class Agent:
         else:
             runner.update(task)
 
+    async def _take_out(self, task_id: str) -> None:
+        """Before a running task's stop signal (it has drained from the other nodes):
+        out of this node's backends too, in the kernel."""
+        self.network.set_down(task_id)
+        await self.network.applied()
+
     async def _remove(self, task_id: str) -> None:
         runner = self._runners.pop(task_id, None)
         if runner is not None:
@@ -234,6 +272,11 @@ class Agent:
 
     # status reports ---------------------------------------------------------------------------
     def _report(self, task_id: str, status: TaskStatus) -> None:
+        state = TaskState.from_wire(status.state)
+        if state == TaskState.RUNNING:
+            self.network.set_up(task_id)  # a backend here first, then on other nodes
+        elif state > TaskState.RUNNING:
+            self.network.set_down(task_id)  # its process is gone: no backend any more
         self._statuses[task_id] = status
         self._reports.add(urgent=status.task_state >= TaskState.RUNNING)
 

@@ -179,9 +179,14 @@ class RemoteSession:
                 raise SessionClosed("session with the manager ended")
             yield a
 
-    async def update_task_status(self, node_id: str, updates: list[TaskStatusUpdate]) -> None:
+    async def update_task_status(
+        self, node_id: str, updates: list[TaskStatusUpdate], applied: int = 0
+    ) -> None:
+        if not updates:
+            await self._send(msg.Status(updates=[], applied=applied))
         for i in range(0, len(updates), msg.MAX_STATUS_UPDATES):
-            await self._send(msg.Status(updates=updates[i : i + msg.MAX_STATUS_UPDATES]))
+            chunk = updates[i : i + msg.MAX_STATUS_UPDATES]
+            await self._send(msg.Status(updates=chunk, applied=applied))
 
     # incoming -------------------------------------------------------------------------------
     async def _read(self, ws: aiohttp.ClientWebSocketResponse, logs: LogSource) -> None:

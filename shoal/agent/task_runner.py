@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import msgspec
 
@@ -25,6 +25,10 @@ from shoal.types.network import PortMapping
 from shoal.types.task import ContainerStatus, PortStatus, Task, TaskState, TaskStatus
 
 DEFAULT_STOP_GRACE_S = 10.0
+# How long a leaving task on networks waits, at most, for the manager's word that every
+# node has taken it out of its backends before it gets its stop signal (never longer
+# than its stop grace period): a node that does not answer must not hold a stop.
+DRAIN_TIMEOUT_S = 2.0
 MSG = {
     TaskState.ACCEPTED: "accepted",
     TaskState.PREPARING: "preparing",
@@ -80,6 +84,7 @@ class TaskRunner:
         clock: Clock = SYSTEM_CLOCK,
         starts: StartSlots | None = None,
         host_ports: Sequence[PortMapping] = (),
+        before_stop: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.task = task
         # The node's bound on starts in flight: a slot is held from PREPARING until the
@@ -96,6 +101,10 @@ class TaskRunner:
         self._changed = asyncio.Event()
         self._removed = False
         self._runner: asyncio.Task[None] | None = None
+        self._drained = asyncio.Event()
+        # called with the task's ID before the stop signal of a running task, once it
+        # has drained (the agent takes it out of the node's own backends)
+        self._before_stop = before_stop
 
     def start(self) -> None:
         self._runner = asyncio.get_running_loop().create_task(
@@ -105,6 +114,25 @@ class TaskRunner:
     def update(self, task: Task) -> None:
         self.task = task
         self._changed.set()
+
+    def drained(self) -> None:
+        """Every node has taken this leaving task out of its backends: stop it now."""
+        self._drained.set()
+
+    async def _hold_for_drain(self) -> None:
+        """A running task on networks that is to stop waits until every node has taken
+        it out of its backends (`drained`), or min(DRAIN_TIMEOUT_S, its grace period)."""
+        if self.state != TaskState.RUNNING or not self.task.networks_attachments:
+            return
+        hold_s = min(DRAIN_TIMEOUT_S, stop_grace_s(self.task))
+        if self._drained.is_set() or hold_s <= 0:
+            return
+        started = self._clock.monotonic()
+        try:
+            await self._clock.wait_for(self._drained.wait(), hold_s)
+            log.info("task drained", task=self.task.id, after_s=self._clock.monotonic() - started)
+        except TimeoutError:
+            log.warning("task not confirmed drained in time: stopping it", task=self.task.id)
 
     async def remove(self) -> None:
         """The task is gone from the manager: stop it and release what it holds."""
@@ -179,6 +207,9 @@ class TaskRunner:
                 if self.state not in (TaskState.PREPARING, TaskState.READY, TaskState.STARTING):
                     self._free_slot()  # started, failed, or shut down
                 if desired >= TaskState.SHUTDOWN and self.state <= TaskState.RUNNING:
+                    await self._hold_for_drain()
+                    if self.state == TaskState.RUNNING and self._before_stop is not None:
+                        await self._before_stop(self.task.id)
                     await self.controller.shutdown(stop_grace_s(self.task))
                     self._set(TaskState.SHUTDOWN)
                     continue
@@ -249,11 +280,25 @@ class TaskRunner:
             self.state = TaskState.READY
 
     async def _start(self) -> None:
+        # A start may wait long (for a health check to pass): a desired state past
+        # RUNNING meanwhile cuts it short, and the loop stops what it started.
+        starting = asyncio.ensure_future(self.controller.start())
         try:
-            rs = await self.controller.start()
+            while not starting.done():
+                changed = asyncio.ensure_future(self._wait_change())
+                await asyncio.wait({starting, changed}, return_when=asyncio.FIRST_COMPLETED)
+                changed.cancel()
+                if not starting.done() and (self._removed or self._desired() >= TaskState.SHUTDOWN):
+                    starting.cancel()
+                    await asyncio.gather(starting, return_exceptions=True)
+                    return
+            rs = starting.result()
         except ExecutorError as e:
             self._set(TaskState.FAILED, message=MSG[TaskState.STARTING], err=str(e))
             return
+        finally:
+            if not starting.done():
+                starting.cancel()
         self._note_runtime(rs)
         self._set(TaskState.RUNNING)
 

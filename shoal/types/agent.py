@@ -50,6 +50,14 @@ class Assignment(Model):
     # The networks the node's tasks attach to, their peers and names (types/network.py);
     # None when nothing changed.
     network: NetworkUpdate | None = None
+    # Draining (docs/networking.md): each assignment that carries a network update has
+    # the session's next `network_seq` (from 1); the agent acknowledges the highest it
+    # has applied (`update_task_status(..., applied=)`). `drained`: tasks of this node
+    # that are leaving and that every node has taken out of its backends: the agent
+    # may give them their stop signal now (it does not wait for this longer than
+    # min(DRAIN_TIMEOUT_S, the task's stop grace period)).
+    network_seq: int = 0
+    drained: list[str] = []
 
 
 class TaskStatusUpdate(Model):
@@ -94,4 +102,9 @@ class DispatcherSession(Protocol):
 
     def assignments(self, node_id: str) -> AsyncIterator[Assignment]: ...
 
-    async def update_task_status(self, node_id: str, updates: list[TaskStatusUpdate]) -> None: ...
+    async def update_task_status(
+        self, node_id: str, updates: list[TaskStatusUpdate], applied: int = 0
+    ) -> None:
+        """Report task statuses; `applied`, when not 0, acknowledges that the node
+        has applied every network update up to that `Assignment.network_seq`."""
+        ...

@@ -45,6 +45,8 @@ class HeartbeatAck(Model, tag="heartbeat_ack", kw_only=True):
 
 class Status(Model, tag="status", kw_only=True):
     updates: Annotated[list[TaskStatusUpdate], msgspec.Meta(max_length=MAX_STATUS_UPDATES)]
+    # the highest Assignment.network_seq the node has applied (0: no news)
+    applied: int = 0
 
 
 class AssignmentMsg(Model, tag="assignment", kw_only=True):

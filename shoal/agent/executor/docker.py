@@ -33,7 +33,7 @@ import os
 import platform
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_plus
@@ -137,6 +137,9 @@ class DockerExecutor:
         self.hostname = hostname
         self.deps_dir = self.data_dir / DEPS_DIR
         self.dependencies: dict[str, Dependency] = {}
+        # told the moment a running task turns unhealthy, before it is stopped (the
+        # agent takes it out of the node's backends)
+        self.on_unhealthy: Callable[[str], None] | None = None
         self.engine_labels = dict(engine_labels)
         self.host = host
         # Raises EngineError when no engine answers: the daemon says so at startup.
@@ -495,6 +498,8 @@ class DockerController:
                     # policy replaces it.
                     unhealthy = True
                     log.info("container unhealthy: stopping it", task=self.task_id)
+                    if self._x.on_unhealthy is not None:
+                        self._x.on_unhealthy(self.task_id)
                     await self._stop(cid, self._grace_s())
                     continue
                 await _next_event(events)

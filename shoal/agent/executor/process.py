@@ -35,11 +35,13 @@ from typing import Any
 
 import shoal
 from shoal.agent import secrets as task_secrets
-from shoal.agent.executor import cgroups, gelf, logdriver, shim, spawner
+from shoal.agent.executor import cgroups, gelf, logdriver, probe, shim, spawner
 from shoal.agent.executor.base import ExecutorError, ExitStatus, RuntimeState
+from shoal.agent.health import UNHEALTHY, HealthMonitor, health_spec
 from shoal.agent.network import taskfiles
 from shoal.agent.network.plumbing import Plumbing
 from shoal.agent.templates import TemplateError, render
+from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.log import get_logger
 from shoal.types.agent import Dependency, LogMessage, LogOptions
 from shoal.types.base import format_time, now_ns
@@ -87,6 +89,10 @@ NO_COMMAND_ERROR = (
     "and this service has none"
 )
 SUPERVISOR_EXITED_ERROR = "task process supervisor exited unexpectedly"
+# The stop grace period of a task without one (Docker's 10 s).
+DEFAULT_STOP_GRACE_S = 10.0
+# Swarm's container adapter's error for a task stopped because it turned unhealthy.
+ERR_UNHEALTHY = "unhealthy container"
 # dockerd's warnings when the kernel lacks a controller: the limit is discarded.
 MSG_LIMIT_DISCARDED = {
     "memory": "Your kernel does not support memory limit capabilities or the cgroup is "
@@ -129,6 +135,11 @@ class ProcessExecutor:
         # The node's overlay plumbing (set by the daemon when it runs as root): a task
         # with network attachments gets its own namespaces through it.
         self.plumbing: Plumbing | None = None
+        # Health checks wait on this clock; `on_unhealthy(task_id)` is told the moment
+        # a running task turns unhealthy, before it is stopped (the agent takes it out
+        # of the node's backends).
+        self.clock: Clock = SYSTEM_CLOCK
+        self.on_unhealthy: Callable[[str], None] | None = None
         # Forks shims from one warm interpreter (launcher.py); None: an interpreter each.
         self.launcher = (
             spawner.Launcher({"PATH": DEFAULT_PATH}, self.data_dir / LAUNCHER_LOG)
@@ -274,6 +285,7 @@ class ProcessController:
         self._executor = executor
         self._dir = executor.tasks_dir / task.id
         self._attrs: dict[str, str] | None = None  # of the log lines (logs())
+        self._health: HealthMonitor | None = None
 
     # --- the Controller protocol -----------------------------------------------------
 
@@ -329,22 +341,106 @@ class ProcessController:
         # The task's namespace holds its own mounts of the tmpfs now: detached from the
         # host's tree, it lives exactly as long as the task (nothing left to clean up).
         await asyncio.to_thread(task_secrets.release, self._dir)
+        if state.running and state.pid is not None:
+            await self._wait_healthy(state.pid)
         return state
+
+    # --- health checks (shoal/agent/health.py) -------------------------------------------
+
+    def _start_health(self, pid: int) -> HealthMonitor | None:
+        """Start probing the task (once per controller), if it has a health check."""
+        if self._health is not None:
+            return self._health
+        spec = health_spec(self.spec.health_check)
+        if spec is None:
+            return None
+        try:
+            launch = json.loads((self._dir / shim.SPEC_FILE).read_bytes())
+        except (OSError, ValueError):
+            launch = {}
+
+        async def run(argv: list[str]) -> int:
+            return await probe.run_probe(launch, pid, argv)
+
+        def changed(status: str) -> None:
+            log.info("task health", task=self.task_id, status=status)
+            if status == UNHEALTHY and self._executor.on_unhealthy is not None:
+                self._executor.on_unhealthy(self.task_id)
+
+        self._health = HealthMonitor(spec, run, self._executor.clock, changed)
+        self._health.start()
+        return self._health
+
+    async def _wait_healthy(self, pid: int) -> None:
+        """As Swarm's Start with a health check: return once the task is healthy (or
+        has exited: wait() reports that); unhealthy first, stop it and fail the start."""
+        monitor = self._start_health(pid)
+        if monitor is None:
+            return
+        shim_pid = self._read_pid(shim.SHIM_PID_FILE)
+        decided = asyncio.ensure_future(monitor.wait_decided())
+        exited = asyncio.ensure_future(
+            self._wait_shim_exit(shim_pid, timeout_s=None) if shim_pid else asyncio.sleep(0)
+        )
+        try:
+            await asyncio.wait({decided, exited}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for f in (decided, exited):
+                f.cancel()
+        if monitor.status == UNHEALTHY:
+            raise ExecutorError(await self._stop_unhealthy())
+
+    async def _stop_unhealthy(self) -> str:
+        """Stop an unhealthy task (its stop signal, then SIGKILL after its grace
+        period); the error it fails with, in Swarm's words."""
+        ns = self.spec.stop_grace_period
+        grace = ns / 1e9 if ns is not None else DEFAULT_STOP_GRACE_S
+        log.info("task unhealthy: stopping it", task=self.task_id)
+        await self.shutdown(grace)
+        status = self._read_exit()
+        if status is not None and status.exit_code:
+            return f"task: non-zero exit ({status.exit_code}): {ERR_UNHEALTHY}"
+        return ERR_UNHEALTHY
 
     async def wait(self) -> ExitStatus:
         if not (self._dir / shim.STARTED_FILE).exists():
             raise ExecutorError("task was not started on this node")
         shim_pid = await self._wait_shim_pid()
         if shim_pid is not None:
-            await self._wait_shim_exit(shim_pid, timeout_s=None)
+            child = self._read_pid(shim.PID_FILE)
+            monitor = self._start_health(child) if child and self._is_our_shim(shim_pid) else None
+            if monitor is None:
+                await self._wait_shim_exit(shim_pid, timeout_s=None)
+            else:
+                exited = asyncio.ensure_future(self._wait_shim_exit(shim_pid, timeout_s=None))
+                unhealthy = asyncio.ensure_future(monitor.wait_unhealthy())
+                try:
+                    await asyncio.wait({exited, unhealthy}, return_when=asyncio.FIRST_COMPLETED)
+                except asyncio.CancelledError:
+                    exited.cancel()
+                    raise
+                finally:
+                    unhealthy.cancel()
+                if not exited.done() and monitor.status == UNHEALTHY:
+                    exited.cancel()
+                    error = await self._stop_unhealthy()
+                    await self._release_network()
+                    raise ExecutorError(error)
+                await exited
             self._executor.reap(shim_pid)
+        await self._stop_health()
         await self._release_network()
         status = self._read_exit()
         if status is None:
             raise ExecutorError(self._supervisor_error())
         return status
 
+    async def _stop_health(self) -> None:
+        if self._health is not None:
+            await self._health.stop()
+
     async def shutdown(self, grace_s: float) -> None:
+        await self._stop_health()
         if not (self._dir / shim.STARTED_FILE).exists():
             return
         shim_pid = await self._wait_shim_pid()

@@ -96,6 +96,11 @@ class Plumbing:
         self._bridges: dict[str, int] = {}
         self._dirty = asyncio.Event()
         self._sync_task: asyncio.Task[None] | None = None
+        # updates seen, and how many of them the last finished sync pass covered: the
+        # agent acknowledges an update only once it is in the kernel (`synced`)
+        self._generation = 0
+        self._synced_generation = 0
+        self._synced_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self.vips = VipTables()
         self.mesh = Mesh(self)
         self.hostports = HostPorts(self)
@@ -109,11 +114,34 @@ class Plumbing:
         """Follow `state`: peers and networks are programmed as updates are applied."""
         self.state = state
         state.subscribe(self._on_update)
+        state.add_barrier(self.synced)
+
+    async def synced(self) -> None:
+        """Once a sync pass begun after every update so far has ended (draining: the
+        node's backends are in the kernel before it acknowledges)."""
+        target = self._generation
+        if self._synced_generation >= target:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._synced_waiters.append((target, fut))
+        await fut
+
+    def _mark_synced(self, generation: int) -> None:
+        self._synced_generation = max(self._synced_generation, generation)
+        keep = []
+        for target, fut in self._synced_waiters:
+            if target <= self._synced_generation:
+                if not fut.done():
+                    fut.set_result(None)
+            else:
+                keep.append((target, fut))
+        self._synced_waiters = keep
 
     def _on_update(self, _state: NetworkState, update: NetworkUpdate) -> None:
         if update.full and update.data_path_port:
             # The swarm's `--data-path-port`, fixed at init: sandboxes made from now on.
             self.vxlan_port = update.data_path_port
+        self._generation += 1
         self._dirty.set()
         if self._sync_task is None or self._sync_task.done():
             self._sync_task = asyncio.get_running_loop().create_task(
@@ -123,10 +151,13 @@ class Plumbing:
     async def _sync_loop(self) -> None:
         while self._dirty.is_set():
             self._dirty.clear()
+            generation = self._generation
             try:
                 await asyncio.to_thread(self.sync)
             except Exception:
                 log.exception("network plumbing sync failed")
+            self._mark_synced(generation)
+        self._mark_synced(self._generation)
 
     async def start(
         self, known_tasks: set[str] | None = None, holder_pids: list[int] | None = None

@@ -232,7 +232,7 @@ class AgentSession:
             elif isinstance(m, msg.NodeTLS):
                 await record_node_tls(self._store, self.node_id, m.tls_info)
             elif isinstance(m, msg.Status):
-                await self._dispatcher.update_task_status(self.node_id, m.updates)
+                await self._dispatcher.update_task_status(self.node_id, m.updates, m.applied)
             elif isinstance(m, msg.LogData):
                 self._logs.feed(m)
 

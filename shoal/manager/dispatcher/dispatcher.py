@@ -21,6 +21,7 @@ from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.errors import NotFound
 from shoal.log import get_logger
 from shoal.manager.ca.removed import remove_node
+from shoal.manager.dispatcher.drain import DrainTracker
 from shoal.manager.dispatcher.networks import NetworkView
 from shoal.manager.loops import MAX_EVENTS_PER_ROUND, LoopStats, next_backoff
 from shoal.manager.store import Event, ReadTx, Store, Tx, WatcherClosed
@@ -68,6 +69,14 @@ class _Session:
     # need-to-know: the dependencies each sent task holds, and how many tasks hold each
     task_deps: dict[str, list[str]] = field(default_factory=dict)
     held: dict[str, int] = field(default_factory=dict)
+    # the last Assignment.network_seq sent (dispatcher/drain.py)
+    network_seq: int = 0
+
+    def send(self, a: Assignment) -> None:
+        if a.network is not None:
+            self.network_seq += 1
+            a = msgspec.structs.replace(a, network_seq=self.network_seq)
+        self.queue.put_nowait(a)
 
 
 def dependency_keys(task: Task) -> list[str]:
@@ -92,6 +101,7 @@ class Dispatcher:
         self._clock = clock
         self._sessions: dict[str, _Session] = {}
         self._networks = NetworkView()
+        self._drain = DrainTracker()
         # per node, the monotonic time after which it is down: set at each beat from the
         # period that node was given (a period changed meanwhile applies from its next
         # beat), and kept after a session drops so the node still expires
@@ -190,7 +200,7 @@ class Dispatcher:
         view = self._store.view()
         self._networks = NetworkView.build(view)
         for node_id, s in self._sessions.items():
-            s.queue.put_nowait(self._full_set(view, node_id, s))
+            s.queue.put_nowait(self._full_set(view, node_id, s))  # numbered there
 
     def _full_set(self, view: ReadTx, node_id: str, s: _Session) -> Assignment:
         """Every task the node must run, with the secrets and configs they need, as the
@@ -201,7 +211,13 @@ class Dispatcher:
             if _assignable(t)
         ]
         s.sent = {a.task.id for a in tasks}
-        full = Assignment(full=True, tasks=tasks, network=self._networks.full(node_id))
+        s.network_seq += 1
+        full = Assignment(
+            full=True,
+            tasks=tasks,
+            network=self._networks.full(node_id),
+            network_seq=s.network_seq,
+        )
         s.task_deps, s.held = {}, {}
         for assigned in tasks:
             if not assigned.task.state.terminal:
@@ -210,11 +226,13 @@ class Dispatcher:
 
     def _route_events(self, events: list[Event]) -> None:
         changes: dict[str, Assignment] = {}
+        leaving: list[Task] = []
         for ev in events:
             if ev.kind == "node":
                 self._node_changed(ev)
             elif ev.kind == "task":
                 self._route_event(ev, changes)
+                self._track_leaving(ev, leaving)
         for node_id, update in self._networks.apply(events).items():
             if node_id in self._sessions:
                 a = changes.setdefault(node_id, Assignment())
@@ -222,7 +240,37 @@ class Dispatcher:
         for node_id, a in changes.items():
             s = self._sessions.get(node_id)
             if s is not None:
-                s.queue.put_nowait(a)
+                s.send(a)
+        # after this round's updates are numbered: what each node must have applied
+        sent = {n: s.network_seq for n, s in self._sessions.items()}
+        drained: dict[str, list[str]] = {}
+        for t in leaving:
+            assert t.node_id is not None
+            if self._drain.leaving(t.id, t.node_id, sent):
+                drained.setdefault(t.node_id, []).append(t.id)
+        self._tell_drained(drained)
+
+    def _track_leaving(self, ev: Event, leaving: list[Task]) -> None:
+        """A task on networks whose desired state just moved past RUNNING while it is
+        live on a node is leaving: it must drain before it stops (drain.py)."""
+        t: Task = ev.obj
+        old: Task | None = ev.old
+        if ev.action == "remove" or t.state > TaskState.RUNNING:
+            self._drain.forget(t.id)
+            return
+        if (
+            old is not None
+            and old.desired <= TaskState.RUNNING < t.desired
+            and t.networks_attachments
+            and t.node_id in self._sessions
+        ):
+            leaving.append(t)
+
+    def _tell_drained(self, drained: dict[str, list[str]]) -> None:
+        for node_id, task_ids in drained.items():
+            s = self._sessions.get(node_id)
+            if s is not None:
+                s.send(Assignment(drained=task_ids))
 
     def _node_changed(self, ev: Event) -> None:
         """A removed node, or one whose role changed, loses its session at once: the
@@ -239,6 +287,7 @@ class Dispatcher:
         if s is not None:
             log.info("session revoked", node=node_id, reason=reason)
             s.queue.put_nowait(None)
+            self._tell_drained(self._drain.session_ended(node_id))
 
     def _route_event(self, ev: Event, changes: dict[str, Assignment]) -> None:
         task: Task = ev.obj
@@ -344,7 +393,8 @@ class Dispatcher:
     async def _expire(self, node_id: str, deadline: float) -> None:
         log.warning("node missed heartbeats", node=node_id)
         del self._deadlines[node_id]
-        self._sessions.pop(node_id, None)
+        if self._sessions.pop(node_id, None) is not None:
+            self._tell_drained(self._drain.session_ended(node_id))
         try:
             await self._mark_down(node_id)
         except BaseException:
@@ -388,7 +438,10 @@ class Dispatcher:
             )
 
         await self._store.update(write)
+        if self._sessions.pop(node_id, None) is not None:
+            self._tell_drained(self._drain.session_ended(node_id))
         self._sessions[node_id] = _Session(node_id, logs)
+        self._drain.session_started(node_id)
         log.info("node registered", node=node_id, addr=addr)
         return self._next_beat(node_id)
 
@@ -425,7 +478,11 @@ class Dispatcher:
                 return
             yield a
 
-    async def update_task_status(self, node_id: str, updates: list[TaskStatusUpdate]) -> None:
+    async def update_task_status(
+        self, node_id: str, updates: list[TaskStatusUpdate], applied: int = 0
+    ) -> None:
+        if applied and node_id in self._sessions:
+            self._tell_drained(self._drain.acked(node_id, applied))
         urgent = False
         for u in updates:
             self._pending_status[(node_id, u.task_id)] = u.status
@@ -446,6 +503,7 @@ class Dispatcher:
         s = self._sessions.get(node_id)
         if s is not None and (logs is None or s.logs is logs):
             del self._sessions[node_id]
+            self._tell_drained(self._drain.session_ended(node_id))
 
     def log_source(self, node_id: str) -> LogSource | None:
         s = self._sessions.get(node_id)
@@ -493,6 +551,7 @@ class Dispatcher:
             "pending_status": len(self._pending_status),
             "status_writes": self.status_writes,
             "rejected_reports": self.rejected_reports,
+            "draining_tasks": len(self._drain),
             "loop_failures": sum(st.failures for st in self._stats.values()),
             **{f"network_{k}": v for k, v in self._networks.statistics().items()},
             **{

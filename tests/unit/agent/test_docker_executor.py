@@ -176,6 +176,8 @@ def test_wait_returns_the_exit_status(engine: FakeEngine, tmp_path: Path) -> Non
 
 def test_turning_unhealthy_ends_the_task(engine: FakeEngine, tmp_path: Path) -> None:
     async def test(x: DockerExecutor) -> None:
+        told: list[str] = []
+        x.on_unhealthy = told.append  # the agent takes it out of the backends
         c = x.controller(*make_task(health_check=HealthConfig(test=["CMD", "true"])))
         await c.prepare()
         starting = asyncio.ensure_future(c.start())
@@ -188,6 +190,7 @@ def test_turning_unhealthy_ends_the_task(engine: FakeEngine, tmp_path: Path) -> 
         with pytest.raises(ExecutorError, match="unhealthy container"):
             await waiting
         assert not engine.containers[cid]["State"]["Running"]  # stopped by the executor
+        assert told == [c.task_id]
 
     run(engine, tmp_path, test)
 
