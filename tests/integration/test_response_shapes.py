@@ -8,8 +8,9 @@ with their value types) and an error's message.
 The replay keeps to what the CLI sent, with only what must change on another cluster:
 dockerd's IDs become shoal's (by the objects they name), `version=N` is the object's
 version on shoal, a masked secret payload becomes a real one, and `httpd` (which the
-process runtime cannot run as a task) becomes `sleep`. Exchanges about what shoal does
-not serve as a swarm object (networks, the registry, logs' streams) are not replayed.
+process runtime cannot run as a task) becomes `sleep`, with a health check that passes
+in place of the one that asked httpd. Exchanges about what shoal does not serve as a
+swarm object (the registry, logs' streams) are not replayed.
 """
 
 from __future__ import annotations
@@ -269,6 +270,10 @@ class Replay:
             cs = (body.get("TaskTemplate") or {}).get("ContainerSpec") or {}
             if (cs.get("Args") or [None])[0] == "httpd":
                 cs["Args"] = ["sleep", "3600"]
+                # Its health check asks the server it no longer runs: a check that
+                # passes, of the same shape (process tasks run health checks too).
+                if (cs.get("Healthcheck") or {}).get("Test"):
+                    cs["Healthcheck"]["Test"] = ["CMD-SHELL", "true"]
         return body
 
     def learn(self, theirs: Any, ours: Any) -> None:
