@@ -253,6 +253,9 @@ MS_MOVE = 8192
 MNT_DETACH = 2
 CLONE_NEWNET = 0x40000000
 CLONE_NEWUTS = 0x04000000
+CLONE_NEWPID = 0x20000000
+PR_SET_NAME = 15
+INIT_NAME = b"shoal-init"
 
 
 def enter_mounts(mounts: list[dict[str, str]]) -> None:
@@ -342,6 +345,72 @@ class ConfinementError(Exception):
     """The task's cgroups or credentials could not be set up."""
 
 
+def start_init() -> tuple[int, int]:
+    """A pid namespace for the task, its PID 1 a minimal init; returns (the init's pid,
+    the descriptor that keeps it alive). The shim stays in the host's namespace but its
+    children go into the new one: first the init (PID 1), then the task process (PID 2,
+    the shim's own child, so the shim waits for it and reads its real status, and the
+    agent signals its group by its host pid as before). Not being PID 1, the task dies
+    of a signal it does not handle, as it would without the namespace; the init reaps
+    the orphans the task leaves (they are reparented to it) and ignores every signal
+    sent from inside the namespace (the kernel drops those a PID 1 has no handler for,
+    and SIGKILL). It lives as long as the pipe's write end, held by the shim alone, is
+    open: the shim closes it once the task has exited (or dies, which closes it), the
+    init exits, and the kernel kills whatever is left in the namespace.
+    ConfinementError when the kernel refuses (not root)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWPID) != 0:
+        err = ctypes.get_errno()
+        raise ConfinementError(f"unshare(CLONE_NEWPID): {os.strerror(err)}")
+    life_r, life_w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:  # the init, PID 1 of the namespace
+        try:
+            os.close(life_w)
+            os.closerange(3, life_r)
+            os.closerange(life_r + 1, os.sysconf("SC_OPEN_MAX"))
+            libc.prctl(PR_SET_NAME, INIT_NAME, 0, 0, 0)
+            _init(life_r)
+        finally:
+            os._exit(0)
+    os.close(life_r)
+    return pid, life_w
+
+
+def _init(life_fd: int) -> None:
+    def reap(*_: object) -> None:
+        while True:
+            try:
+                pid, _status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+
+    signal.signal(signal.SIGCHLD, reap)
+    reap()
+    while os.read(life_fd, 1):  # retried after each SIGCHLD (PEP 475); EOF: the end
+        pass
+
+
+def end_init(init: tuple[int, int] | None, wait: bool = True) -> None:
+    """Let the task's init exit, and with it whatever is left in its namespace; with
+    `wait`, until it has. The init's exit waits for every process of the namespace to
+    be reaped, the task process (the shim's child) too: wait only once it is."""
+    if init is None:
+        return
+    pid, life_fd = init
+    if life_fd >= 0:
+        os.close(life_fd)
+    if wait:
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+
+
 def _confiner(
     spec: dict[str, Any], cgroups: ModuleType | None, err_fd: int, netns_fd: int | None = None
 ) -> Callable[[], None]:
@@ -360,6 +429,18 @@ def _confiner(
     no_new_privs = spec.get("no_new_privs", False)
     libc = ctypes.CDLL(None, use_errno=True)
     hostname = spec.get("hostname")
+    own_proc = bool(spec.get("pid_namespace"))
+
+    def mount_proc() -> None:
+        """A mount namespace of the task's own with a /proc of its pid namespace (the
+        shim's /proc stays the host's)."""
+        if libc.unshare(CLONE_NEWNS) != 0:
+            raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS)")
+        if libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) != 0:
+            raise OSError(ctypes.get_errno(), "mount --make-rprivate /")
+        flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
+        if libc.mount(b"proc", b"/proc", b"proc", flags, None) != 0:
+            raise OSError(ctypes.get_errno(), "mount /proc")
 
     def confine() -> None:
         try:
@@ -371,6 +452,8 @@ def _confiner(
                 name = hostname.encode()
                 if libc.sethostname(name, len(name)) != 0:
                     raise OSError(ctypes.get_errno(), "sethostname")
+            if own_proc:
+                mount_proc()
             if cgroups is not None:
                 cgroups.join(record)
             if no_new_privs and prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
@@ -405,6 +488,7 @@ def run(task_dir: str) -> None:
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     netns_fd = None
     held: list[int] = []
+    init: tuple[int, int] | None = None
     try:
         if cgroups is not None:
             try:
@@ -419,6 +503,8 @@ def run(task_dir: str) -> None:
         held = [os.open(p, os.O_RDONLY | os.O_CLOEXEC) for p in spec.get("hold") or ()]
         if spec.get("mounts"):
             enter_mounts(spec["mounts"])
+        if spec.get("pid_namespace"):
+            init = start_init()
         proc = subprocess.Popen(
             spec["argv"],
             env=spec["env"],
@@ -436,6 +522,7 @@ def run(task_dir: str) -> None:
         reason = os.read(err_r, READ_CHUNK_BYTES).decode(errors="replace")
         os.close(err_r)
         os.close(log_fd)
+        end_init(init)
         if cgroups is not None:
             cgroups.kill_and_remove(cgroup_record)
         if reason:
@@ -500,6 +587,8 @@ def run(task_dir: str) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     except OSError:
         pass
+    # Its init ending, the kernel kills whatever else is in the task's pid namespace.
+    end_init(init, wait=False)
     oom_killed = False
     if cgroups is not None:
         # Processes that left the group (a setsid of their own) are still in the cgroup.
@@ -507,6 +596,8 @@ def run(task_dir: str) -> None:
         if not cgroups.kill_and_remove(cgroup_record):
             print("cgroups: processes still in the task's cgroup, not removed", file=sys.stderr)
     returncode = proc.wait()
+    if init is not None:
+        end_init((init[0], -1))
 
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
     while open_fds:
