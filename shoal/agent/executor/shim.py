@@ -345,19 +345,25 @@ class ConfinementError(Exception):
     """The task's cgroups or credentials could not be set up."""
 
 
+# The task process's pid in its namespace: the shim's first child after the init.
+TASK_PID_IN_NAMESPACE = 2
+END_OF_TASK = b"x"
+
+
 def start_init() -> tuple[int, int]:
     """A pid namespace for the task, its PID 1 a minimal init; returns (the init's pid,
-    the descriptor that keeps it alive). The shim stays in the host's namespace but its
-    children go into the new one: first the init (PID 1), then the task process (PID 2,
-    the shim's own child, so the shim waits for it and reads its real status, and the
-    agent signals its group by its host pid as before). Not being PID 1, the task dies
-    of a signal it does not handle, as it would without the namespace; the init reaps
-    the orphans the task leaves (they are reparented to it) and ignores every signal
-    sent from inside the namespace (the kernel drops those a PID 1 has no handler for,
-    and SIGKILL). It lives as long as the pipe's write end, held by the shim alone, is
-    open: the shim closes it once the task has exited (or dies, which closes it), the
-    init exits, and the kernel kills whatever is left in the namespace.
-    ConfinementError when the kernel refuses (not root)."""
+    the pipe's end the shim ends it with). The shim stays in the host's namespace but
+    its children go into the new one: first the init (PID 1), then the task process
+    (PID 2, the shim's own child, so the shim waits for it and reads its real status,
+    and the agent signals its group by its host pid as before). Not being PID 1, the
+    task dies of a signal it does not handle, as it would without the namespace. The
+    init reaps the orphans the task leaves (they are reparented to it) and has no
+    handler for any signal but SIGCHLD (the kernel drops, for a PID 1, every other
+    signal sent from inside its namespace, SIGKILL too). It exits when the shim writes
+    END_OF_TASK (the task has exited), and the kernel then kills whatever is left in
+    the namespace. Should the shim die first, the task, reparented to the init, lives
+    on as it would without the namespace (the next agent finds it by its cgroups) and
+    the init exits once it has exited. ConfinementError when the kernel refuses."""
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
@@ -380,19 +386,41 @@ def start_init() -> tuple[int, int]:
 
 
 def _init(life_fd: int) -> None:
-    def reap(*_: object) -> None:
-        while True:
+    wake_r, wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler: wakes the poll
+    poller = select.poll()
+    poller.register(life_fd, select.POLLIN)
+    poller.register(wake_r, select.POLLIN)
+    task_fd = None
+    while True:
+        while True:  # reap every child that has exited
             try:
                 pid, _status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                return
+                break
             if pid == 0:
-                return
-
-    signal.signal(signal.SIGCHLD, reap)
-    reap()
-    while os.read(life_fd, 1):  # retried after each SIGCHLD (PEP 475); EOF: the end
-        pass
+                break
+        for fd, _events in poller.poll():
+            if fd == wake_r:
+                while True:
+                    try:
+                        if not os.read(wake_r, READ_CHUNK_BYTES):
+                            break
+                    except BlockingIOError:
+                        break
+            elif fd == task_fd:
+                return  # the task has exited, its shim gone
+            elif os.read(life_fd, 1):
+                return  # END_OF_TASK
+            else:
+                # The shim died; the task lives on (reparented outside the namespace,
+                # as the shim was there) until it exits.
+                poller.unregister(life_fd)
+                task_fd = _open_pidfd(TASK_PID_IN_NAMESPACE)
+                if task_fd is None:
+                    return
+                poller.register(task_fd, select.POLLIN)
 
 
 def end_init(init: tuple[int, int] | None, wait: bool = True) -> None:
@@ -403,6 +431,10 @@ def end_init(init: tuple[int, int] | None, wait: bool = True) -> None:
         return
     pid, life_fd = init
     if life_fd >= 0:
+        try:
+            os.write(life_fd, END_OF_TASK)
+        except OSError:
+            pass  # the init is gone already
         os.close(life_fd)
     if wait:
         try:
