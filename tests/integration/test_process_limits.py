@@ -219,3 +219,103 @@ def test_cgroups_survive_kill9_and_go_with_the_task(swarm: Daemon) -> None:
         what="both tasks' cgroups gone",
     )
     wait_until(lambda: not pid_alive(kept_pid) and not pid_alive(orphan_pid), what="both gone")
+
+
+def task_dir_of(daemon: Daemon, task_id: str) -> Path:
+    return next(d for d in daemon.task_dirs() if d.name == task_id)
+
+
+def test_a_root_task_sees_and_signals_only_its_own_processes(swarm: Daemon) -> None:
+    """A task running as root (no --user) is in a pid namespace of its own: the daemon
+    and another task's processes have no pid it can name, so `kill -9` fails and
+    they live on; its /proc (and ps) lists only its own processes, under its init."""
+    assert swarm.proc is not None
+    daemon_pid = swarm.proc.pid
+    swarm.create_service("victim", "busybox", "sleep", "1000")
+    victim_id, victim_pid, _ = running(swarm, "victim")
+    victim_shim = swarm.shim_pids()[victim_id]
+    script = (
+        "kill -9 $DAEMON_PID 2>/dev/null && echo daemon=killed || echo daemon=refused; "
+        "kill -9 $VICTIM_PID 2>/dev/null && echo victim=killed || echo victim=refused; "
+        "kill -9 $VICTIM_SHIM 2>/dev/null && echo shim=killed || echo shim=refused; "
+        "kill -9 1; "  # the namespace's init: the kernel drops it
+        # The shell's own glob: no process forked to list /proc.
+        'cd /proc && set -- [0-9]* && IFS=, && echo "self=$$ procs=$*" && unset IFS && cd /; '
+        'echo "init=$(cat /proc/1/comm)"; '
+        "echo \"ps=$(ps -e -o comm= | tr '\\n' ,)\"; "
+        "exec sleep 1000"
+    )
+    swarm.create_service(
+        "attacker",
+        "--env", f"DAEMON_PID={daemon_pid}",
+        "--env", f"VICTIM_PID={victim_pid}",
+        "--env", f"VICTIM_SHIM={victim_shim}",
+        "busybox", "sh", "-c", script,
+    )  # fmt: skip
+    _attacker_id, attacker_pid, _ = running(swarm, "attacker")
+    logs = wait_until(
+        lambda: (
+            "ps=" in (out := swarm.docker("service", "logs", "--raw", "attacker").stdout) and out
+        ),
+        what="the attacker's report",
+    )
+    report = dict(word.split("=", 1) for word in logs.split() if "=" in word)
+    assert report["daemon"] == "refused", logs
+    assert report["victim"] == "refused", logs
+    assert report["shim"] == "refused", logs
+    # PID 1 is the init, the task PID 2: /proc holds them alone.
+    assert report["self"] == "2" and report["procs"] == "1,2", logs
+    assert report["init"] == "shoal-init", logs
+    # ps: the init, the task, and the pipeline that runs ps (no victim's sleep).
+    seen = report["ps"].strip(",").split(",")
+    assert seen[:2] == ["shoal-init", "sh"] and "sleep" not in seen, logs
+    assert swarm.running, "the daemon lives on"
+    assert pid_alive(daemon_pid) and pid_alive(victim_pid) and pid_alive(victim_shim)
+    assert swarm.wait_processes("victim", 1) == {victim_id: victim_pid}
+    # The pid the shim reports is the task's host pid (nsenter -t works), in a pid
+    # namespace and a mount namespace that are not the host's.
+    for ns in ("pid", "mnt"):
+        assert os.readlink(f"/proc/{attacker_pid}/ns/{ns}") != os.readlink(f"/proc/self/ns/{ns}")
+    swarm.docker("service", "rm", "victim", "attacker")
+    wait_until(lambda: not pid_alive(victim_pid) and not pid_alive(attacker_pid), what="both gone")
+
+
+def test_stop_signal_ends_the_task_not_a_kill_after_the_grace_period(swarm: Daemon) -> None:
+    """The task is not PID 1 of its namespace: a plain `sleep` dies of the stop signal
+    (SIGTERM, or --stop-signal) as it would on the host, and is never killed after a
+    grace period (here ten minutes: the test would time out waiting for that)."""
+    swarm.create_service("termed", "--stop-grace-period", "10m", "busybox", "sleep", "1000")
+    swarm.create_service(
+        "inted",
+        "--stop-grace-period", "10m",
+        "--stop-signal", "SIGINT",
+        "busybox", "sleep", "1000",
+    )  # fmt: skip
+    started = {name: running(swarm, name)[:2] for name in ("termed", "inted")}
+    swarm.docker("service", "scale", "--detach", "termed=0", "inted=0")
+    for name, signum in (("termed", signal.SIGTERM), ("inted", signal.SIGINT)):
+        task_id, pid = started[name]
+        assert_ended_by(swarm, name, task_id, pid, signum)
+    swarm.docker("service", "rm", "termed", "inted")
+
+
+def assert_ended_by(swarm: Daemon, name: str, task_id: str, pid: int, signum: int) -> None:
+    """The task's process is gone, killed by `signum`, as its shim's record says."""
+    wait_until(lambda: not pid_alive(pid), what=f"{name}'s task gone")
+    exit_file = task_dir_of(swarm, task_id) / "exit.json"
+    record = json.loads(wait_until(lambda: exit_file.exists() and exit_file.read_bytes()))
+    assert record == {"exit_code": 128 + signum, "signal": signum}, (name, record)
+
+
+def test_exit_codes_propagate_from_the_pid_namespace(swarm: Daemon) -> None:
+    swarm.create_service("three", "--restart-condition", "none", "busybox", "sh", "-c", "exit 3")
+    swarm.create_service(
+        "killed", "--restart-condition", "none", "busybox", "sh", "-c", "kill -KILL $$"
+    )
+    three = one_task(swarm, "three", "failed")
+    assert three["Status"]["Err"] == "task: non-zero exit (3)", three["Status"]
+    killed = one_task(swarm, "killed", "failed")
+    assert killed["Status"]["ContainerStatus"]["ExitCode"] == 137, killed["Status"]
+    record = json.loads((task_dir_of(swarm, killed["ID"]) / "exit.json").read_bytes())
+    assert record == {"exit_code": 137, "signal": 9}, record
+    swarm.docker("service", "rm", "three", "killed")

@@ -163,11 +163,13 @@ def test_docker_py(secrets_cluster: Daemon) -> None:
 
 
 def _in_task(pid: int, *argv: str) -> str:
-    """Run argv in the task's mount namespace (as `docker exec` would in a container)."""
+    """Run argv in the task's mount and pid namespaces (as `docker exec` would in a
+    container: the task's /proc is its pid namespace's, where only a process of that
+    namespace finds /proc/self)."""
     import subprocess
 
     out = subprocess.run(
-        ["nsenter", "-t", str(pid), "-m", *argv], capture_output=True, text=True, timeout=10
+        ["nsenter", "-t", str(pid), "-m", "-p", *argv], capture_output=True, text=True, timeout=10
     )
     assert out.returncode == 0, out.stderr
     return out.stdout

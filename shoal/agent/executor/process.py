@@ -104,6 +104,8 @@ MSG_LIMIT_DISCARDED = {
 }
 
 PR_SET_DUMPABLE = 4
+# The environment variable that turns the tasks' pid namespaces off (0), for debugging.
+PID_NAMESPACE_ENV = "SHOAL_PID_NAMESPACE"
 
 log = get_logger("shoal.agent.process")
 
@@ -145,6 +147,11 @@ class ProcessExecutor:
             spawner.Launcher({"PATH": DEFAULT_PATH}, self.data_dir / LAUNCHER_LOG)
             if spawner.enabled()
             else None
+        )
+        # Each task in a pid namespace of its own (docs/process-runtime.md): only root
+        # can create one.
+        self.pid_namespace = (
+            os.geteuid() == 0 and os.environ.get(PID_NAMESPACE_ENV, "1").strip() != "0"
         )
 
     def describe(self) -> NodeDescription:
@@ -614,6 +621,7 @@ class ProcessController:
             "gid": gid,
             "groups": groups,
             "no_new_privs": True,
+            "pid_namespace": self._executor.pid_namespace,
             "cgroups": self._cgroup_plan(),
         }
 

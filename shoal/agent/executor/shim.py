@@ -253,6 +253,9 @@ MS_MOVE = 8192
 MNT_DETACH = 2
 CLONE_NEWNET = 0x40000000
 CLONE_NEWUTS = 0x04000000
+CLONE_NEWPID = 0x20000000
+PR_SET_NAME = 15
+INIT_NAME = b"shoal-init"
 
 
 def enter_mounts(mounts: list[dict[str, str]]) -> None:
@@ -342,6 +345,104 @@ class ConfinementError(Exception):
     """The task's cgroups or credentials could not be set up."""
 
 
+# The task process's pid in its namespace: the shim's first child after the init.
+TASK_PID_IN_NAMESPACE = 2
+END_OF_TASK = b"x"
+
+
+def start_init() -> tuple[int, int]:
+    """A pid namespace for the task, its PID 1 a minimal init; returns (the init's pid,
+    the pipe's end the shim ends it with). The shim stays in the host's namespace but
+    its children go into the new one: first the init (PID 1), then the task process
+    (PID 2, the shim's own child, so the shim waits for it and reads its real status,
+    and the agent signals its group by its host pid as before). Not being PID 1, the
+    task dies of a signal it does not handle, as it would without the namespace. The
+    init reaps the orphans the task leaves (they are reparented to it) and has no
+    handler for any signal but SIGCHLD (the kernel drops, for a PID 1, every other
+    signal sent from inside its namespace, SIGKILL too). It exits when the shim writes
+    END_OF_TASK (the task has exited), and the kernel then kills whatever is left in
+    the namespace. Should the shim die first, the task, reparented to the init, lives
+    on as it would without the namespace (the next agent finds it by its cgroups) and
+    the init exits once it has exited. ConfinementError when the kernel refuses."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWPID) != 0:
+        err = ctypes.get_errno()
+        raise ConfinementError(f"unshare(CLONE_NEWPID): {os.strerror(err)}")
+    life_r, life_w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:  # the init, PID 1 of the namespace
+        try:
+            os.close(life_w)
+            os.closerange(3, life_r)
+            os.closerange(life_r + 1, os.sysconf("SC_OPEN_MAX"))
+            libc.prctl(PR_SET_NAME, INIT_NAME, 0, 0, 0)
+            _init(life_r)
+        finally:
+            os._exit(0)
+    os.close(life_r)
+    return pid, life_w
+
+
+def _init(life_fd: int) -> None:
+    wake_r, wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler: wakes the poll
+    poller = select.poll()
+    poller.register(life_fd, select.POLLIN)
+    poller.register(wake_r, select.POLLIN)
+    task_fd = None
+    while True:
+        while True:  # reap every child that has exited
+            try:
+                pid, _status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+        for fd, _events in poller.poll():
+            if fd == wake_r:
+                while True:
+                    try:
+                        if not os.read(wake_r, READ_CHUNK_BYTES):
+                            break
+                    except BlockingIOError:
+                        break
+            elif fd == task_fd:
+                return  # the task has exited, its shim gone
+            elif os.read(life_fd, 1):
+                return  # END_OF_TASK
+            else:
+                # The shim died; the task lives on (reparented outside the namespace,
+                # as the shim was there) until it exits.
+                poller.unregister(life_fd)
+                task_fd = _open_pidfd(TASK_PID_IN_NAMESPACE)
+                if task_fd is None:
+                    return
+                poller.register(task_fd, select.POLLIN)
+
+
+def end_init(init: tuple[int, int] | None, wait: bool = True) -> None:
+    """Let the task's init exit, and with it whatever is left in its namespace; with
+    `wait`, until it has. The init's exit waits for every process of the namespace to
+    be reaped, the task process (the shim's child) too: wait only once it is."""
+    if init is None:
+        return
+    pid, life_fd = init
+    if life_fd >= 0:
+        try:
+            os.write(life_fd, END_OF_TASK)
+        except OSError:
+            pass  # the init is gone already
+        os.close(life_fd)
+    if wait:
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+
+
 def _confiner(
     spec: dict[str, Any], cgroups: ModuleType | None, err_fd: int, netns_fd: int | None = None
 ) -> Callable[[], None]:
@@ -360,6 +461,18 @@ def _confiner(
     no_new_privs = spec.get("no_new_privs", False)
     libc = ctypes.CDLL(None, use_errno=True)
     hostname = spec.get("hostname")
+    own_proc = bool(spec.get("pid_namespace"))
+
+    def mount_proc() -> None:
+        """A mount namespace of the task's own with a /proc of its pid namespace (the
+        shim's /proc stays the host's)."""
+        if libc.unshare(CLONE_NEWNS) != 0:
+            raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS)")
+        if libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) != 0:
+            raise OSError(ctypes.get_errno(), "mount --make-rprivate /")
+        flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
+        if libc.mount(b"proc", b"/proc", b"proc", flags, None) != 0:
+            raise OSError(ctypes.get_errno(), "mount /proc")
 
     def confine() -> None:
         try:
@@ -371,6 +484,8 @@ def _confiner(
                 name = hostname.encode()
                 if libc.sethostname(name, len(name)) != 0:
                     raise OSError(ctypes.get_errno(), "sethostname")
+            if own_proc:
+                mount_proc()
             if cgroups is not None:
                 cgroups.join(record)
             if no_new_privs and prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
@@ -405,6 +520,7 @@ def run(task_dir: str) -> None:
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     netns_fd = None
     held: list[int] = []
+    init: tuple[int, int] | None = None
     try:
         if cgroups is not None:
             try:
@@ -419,6 +535,8 @@ def run(task_dir: str) -> None:
         held = [os.open(p, os.O_RDONLY | os.O_CLOEXEC) for p in spec.get("hold") or ()]
         if spec.get("mounts"):
             enter_mounts(spec["mounts"])
+        if spec.get("pid_namespace"):
+            init = start_init()
         proc = subprocess.Popen(
             spec["argv"],
             env=spec["env"],
@@ -436,6 +554,7 @@ def run(task_dir: str) -> None:
         reason = os.read(err_r, READ_CHUNK_BYTES).decode(errors="replace")
         os.close(err_r)
         os.close(log_fd)
+        end_init(init)
         if cgroups is not None:
             cgroups.kill_and_remove(cgroup_record)
         if reason:
@@ -500,6 +619,8 @@ def run(task_dir: str) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     except OSError:
         pass
+    # Its init ending, the kernel kills whatever else is in the task's pid namespace.
+    end_init(init, wait=False)
     oom_killed = False
     if cgroups is not None:
         # Processes that left the group (a setsid of their own) are still in the cgroup.
@@ -507,6 +628,8 @@ def run(task_dir: str) -> None:
         if not cgroups.kill_and_remove(cgroup_record):
             print("cgroups: processes still in the task's cgroup, not removed", file=sys.stderr)
     returncode = proc.wait()
+    if init is not None:
+        end_init((init[0], -1))
 
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
     while open_fds:

@@ -438,12 +438,45 @@ def test_stop_signal(tmp_path: Path) -> None:
     run(tmp_path, body)
 
 
+def _children_of(pid: int) -> list[int]:
+    """Host pids of the processes whose parent is `pid`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(stat[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def _is_sleep_1000(pid: int) -> bool:
+    try:
+        return proc_argv(pid) == [b"sleep", b"1000"]
+    except OSError:
+        return False
+
+
 def test_leftover_processes_die_with_the_task(tmp_path: Path) -> None:
+    """A process the task leaves behind dies with it. Found by its parent from the
+    host: in a pid namespace, the pid the task sees (`$!`) is not the host's."""
+    flag = tmp_path / "go"
+    script = f"sleep 1000 & echo started; while [ ! -e {flag} ]; do sleep 0.02; done"
+
     async def body(tasks: Tasks) -> None:
-        controller = await tasks.start(args=["sh", "-c", "sleep 1000 & echo $!"])
+        controller = await tasks.start(args=["sh", "-c", script])
+        await wait_log_line(controller, b"started\n")
+        pid = (await controller.inspect()).pid
+        assert pid is not None
+        deadline = time.monotonic() + WAIT_S
+        while not (found := [c for c in _children_of(pid) if _is_sleep_1000(c)]):
+            assert time.monotonic() < deadline, "the leftover sleep never ran"
+            await asyncio.sleep(0.01)  # forked, not yet exec'd
+        (leftover,) = found
+        flag.touch()
         assert await wait(controller) == ExitStatus(exit_code=0)
-        (message,) = await collect(controller)
-        leftover = int(message.data)
         with contextlib.suppress(TimeoutError):
             await exited(leftover, WAIT_S)
         assert not alive(leftover)
