@@ -1,7 +1,7 @@
 """Running a process task's health-check command where the task runs.
 
-The probe enters the task process's namespaces (network, UTS, mount: it sees the
-task's addresses, hostname, /etc/hosts and secrets) with `nsenter --target <pid>`, runs
+The probe enters the task process's namespaces (network, UTS, mount, pid: it sees the
+task's addresses, hostname, /etc/hosts, secrets and processes) with `nsenter --target <pid>`, runs
 as the task's user and group, with the task's environment and working directory, in
 the task's cgroups (a shell moves itself there before it execs nsenter, so everything
 the probe starts is counted with the task, as a container's exec is), in a session of
@@ -32,7 +32,7 @@ def probe_argv(launch: dict[str, Any], task_pid: int, argv: list[str]) -> list[s
     """The command line that runs `argv` in the task's namespaces as its user."""
     if os.geteuid() != 0:
         return list(argv)
-    out = [NSENTER, f"--target={task_pid}", "--net", "--uts", "--mount"]
+    out = [NSENTER, f"--target={task_pid}", "--net", "--uts", "--mount", "--pid"]
     if launch.get("gid") is not None:
         out.append(f"--setgid={launch['gid']}")
     if launch.get("uid") is not None:
