@@ -18,6 +18,7 @@ task's PATH.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import grp
 import json
 import os
@@ -332,9 +333,27 @@ class ProcessController:
         shim.write_atomic(str(self._dir / shim.SPEC_FILE), json.dumps(launch).encode())
 
     async def start(self) -> RuntimeState:
+        """Start the task; with a health check, return once it is healthy. Cancelled
+        (the task is to stop before it ran), the start still finishes what it began (a
+        shim forked, the task's files written) before the cancellation goes on, so the
+        stop that follows finds the process; only the wait for health is cut short."""
+        starting = asyncio.ensure_future(self._start_process())
+        try:
+            state, fresh = await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await starting
+            raise
+        if fresh and state.running and state.pid is not None:
+            await self._wait_healthy(state.pid)
+        return state
+
+    async def _start_process(self) -> tuple[RuntimeState, bool]:
+        """The task's state once its process runs (or could not start), and whether
+        this call started it."""
         state = await self.inspect()
         if state.running or state.exit is not None:
-            return state  # started before (by this agent or an earlier one)
+            return state, False  # started before (by this agent or an earlier one)
         if not (self._dir / shim.SPEC_FILE).exists():
             await self.prepare()
         # Claim the start: never two shims for one task, even if an earlier agent died
@@ -342,15 +361,13 @@ class ProcessController:
         try:
             os.close(os.open(self._dir / shim.STARTED_FILE, os.O_CREAT | os.O_EXCL, 0o600))
         except FileExistsError:
-            return await self._wait_running(spawned=None)
+            return await self._wait_running(spawned=None), False
         spawned = await self._executor.start_shim(self._dir)
         state = await self._wait_running(spawned=spawned)
         # The task's namespace holds its own mounts of the tmpfs now: detached from the
         # host's tree, it lives exactly as long as the task (nothing left to clean up).
         await asyncio.to_thread(task_secrets.release, self._dir)
-        if state.running and state.pid is not None:
-            await self._wait_healthy(state.pid)
-        return state
+        return state, True
 
     # --- health checks (shoal/agent/health.py) -------------------------------------------
 

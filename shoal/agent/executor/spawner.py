@@ -56,19 +56,34 @@ class Launcher:
         self._lock = asyncio.Lock()
         self.started = 0  # launcher processes started (more than one: restarts)
         self.spawned = 0
+        # requests sent whose answers were not read (their callers were cancelled)
+        self._unanswered = 0
 
     async def spawn(self, task_dir: Path) -> int:
         """The pid of a new shim for `task_dir`, forked by the launcher."""
         async with self._lock:
             proc = await self._running()
+            sent = False
             try:
                 assert proc.stdin is not None and proc.stdout is not None
+                # Answers of requests whose callers were cancelled come first: left
+                # in the pipe, one would be taken for this request's (another task's
+                # shim pid). Their shims are found through their tasks' files.
+                while self._unanswered and proc.stdout is not None:
+                    if not await proc.stdout.readline():
+                        break  # the launcher is gone: nothing more to read
+                    self._unanswered -= 1
                 proc.stdin.write(os.fsencode(task_dir) + b"\n")
+                sent = True
                 await proc.stdin.drain()
                 answer = await proc.stdout.readline()
+                sent = False
             except (ConnectionError, OSError) as e:
                 log.warning("launcher_pipe_failed", error=str(e))
                 answer = b""
+            finally:
+                if sent:  # cancelled with the request out: its answer is still to come
+                    self._unanswered += 1
             if answer.startswith(b"!"):
                 raise LauncherUnavailable(answer[1:].decode(errors="replace").strip())
             if answer.strip().isdigit():
@@ -128,6 +143,7 @@ class Launcher:
             await proc.wait()
         if self._proc is proc:
             self._proc = None
+            self._unanswered = 0
 
     @property
     def pid(self) -> int | None:

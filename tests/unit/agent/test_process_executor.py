@@ -819,3 +819,37 @@ def test_a_request_the_launcher_died_with_is_not_sent_again(tmp_path: Path) -> N
         assert launcher.statistics() == {"started": 2, "spawned": 1}
 
     run(tmp_path, body)
+
+
+def test_the_answer_to_a_cancelled_request_is_not_the_next_ones(tmp_path: Path) -> None:
+    """A spawn cancelled with its request out (a task told to stop while it started):
+    the launcher still forks that shim and answers later; the next spawn skips that
+    answer and returns its own shim's pid, not the cancelled one's."""
+
+    async def body(tasks: Tasks) -> None:
+        launcher = tasks.executor.launcher
+        assert launcher is not None
+        await launcher.ensure()
+        pid = launcher.pid
+        assert pid is not None
+        first, second = (tasks.executor.tasks_dir / t for t in ("task-g", "task-h"))
+        for d in (first, second):
+            d.mkdir(parents=True)
+        os.kill(pid, signal.SIGSTOP)  # the request waits, unanswered
+        try:
+            request = asyncio.ensure_future(launcher.spawn(first))
+            await until(lambda: suspended_in(request, asyncio.StreamReader.readline))
+            request.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await request
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        shim_pid = await asyncio.wait_for(launcher.spawn(second), WAIT_S)
+        # each shim records its pid first thing (it then fails: these have no spec)
+        await until(lambda: (second / shim.SHIM_PID_FILE).exists())
+        assert (second / shim.SHIM_PID_FILE).read_text().split()[0] == str(shim_pid)
+        await until(lambda: (first / shim.SHIM_PID_FILE).exists())
+        assert (first / shim.SHIM_PID_FILE).read_text().split()[0] != str(shim_pid)
+        assert launcher.statistics() == {"started": 1, "spawned": 1}
+
+    run(tmp_path, body)
