@@ -24,12 +24,12 @@ QUIET_S = 3.0  # how long nothing more may happen once the job is complete
 
 
 def job_command(log: Path) -> list[str]:
-    """A task that records its start and end (its task ID, which the `--hostname`
-    template gives it, and nanoseconds) in `log`: not its pid, which is 2 in the pid
-    namespace every process task has."""
-    h = "$(hostname)"
+    """A task that records its start and end (its task ID, which the `--env` template
+    gives it, and nanoseconds) in `log`: not its pid, which is 2 in the pid namespace
+    every process task has."""
+    h = "$T"
     script = f'echo "start {h} $(date +%s%N)" >> {log}; sleep {RUN_S}; echo "end {h} $(date +%s%N)" >> {log}'
-    return ["--hostname", "{{.Task.ID}}", "busybox", "sh", "-c", script]
+    return ["--env", "T={{.Task.ID}}", "busybox", "sh", "-c", script]
 
 
 def runs(log: Path) -> dict[str, tuple[int, int | None]]:

@@ -627,6 +627,15 @@ class ProcessController:
             key, sep, value = entry.partition("=")
             if sep and key:
                 user_env[key] = value
+        # Swarm expands its placeholders ({{.Task.ID}}, {{.Node.Hostname}}...) in
+        # the environment's values, as in the hostname.
+        context = self._template_context({"env": dict(user_env)})
+        for key, value in user_env.items():
+            if "{{" in value:
+                try:
+                    user_env[key] = render(value.encode(), context).decode()
+                except TemplateError as e:
+                    raise ExecutorError(f"env {key}: {e}") from e
         hostname = self._hostname(user_env)
         env = {"PATH": DEFAULT_PATH, "HOSTNAME": hostname, "HOME": home, **user_env}
         check_executable(argv[0], env["PATH"], cwd)

@@ -17,9 +17,9 @@ QUIET_S = 3.0  # how long nothing more may run once every node ran the job
 
 
 def job_command(log: Path) -> list[str]:
-    """A task that records its task ID (its hostname, by the `--hostname` template) in
-    `log` once it ran (for one second)."""
-    return ["--hostname", "{{.Task.ID}}", "busybox", "sh", "-c", f"sleep 1; hostname >> {log}"]
+    """A task that records its task ID (by the `--env` template) in `log` once it ran
+    (for one second): not its pid, which is 2 in every process task's pid namespace."""
+    return ["--env", "T={{.Task.ID}}", "busybox", "sh", "-c", f'sleep 1; echo "$T" >> {log}']
 
 
 def recorded(log: Path) -> list[str]:

@@ -294,6 +294,21 @@ def test_env_workdir_hostname(tmp_path: Path) -> None:
     run(tmp_path, body)
 
 
+def test_env_templates_are_expanded(tmp_path: Path) -> None:
+    """Swarm's placeholders in the environment's values, as `--env T={{.Task.ID}}`."""
+
+    async def body(tasks: Tasks) -> None:
+        task = await tasks.start(
+            "tpl-task",
+            args=["sh", "-c", 'echo "$T $N"'],
+            env=["T={{.Task.ID}}", "N=node {{.Node.Hostname}}"],
+        )
+        await wait(task)
+        assert texts(await collect(task)) == [f"tpl-task node {HOSTNAME}\n".encode()]
+
+    run(tmp_path, body)
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="changing user needs root")
 @pytest.mark.parametrize("user", ["nobody", "65534", "65534:65534", "nobody:nogroup"])
 def test_user(tmp_path: Path, user: str) -> None:
