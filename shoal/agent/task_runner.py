@@ -20,6 +20,7 @@ from shoal.agent.executor.base import Controller, ExecutorError, ExitStatus, Run
 from shoal.agent.starts import StartSlots
 from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.log import get_logger
+from shoal.metrics import Metrics
 from shoal.types.base import format_time
 from shoal.types.network import PortMapping
 from shoal.types.task import ContainerStatus, PortStatus, Task, TaskState, TaskStatus
@@ -80,8 +81,16 @@ class TaskRunner:
         clock: Clock = SYSTEM_CLOCK,
         starts: StartSlots | None = None,
         host_ports: Sequence[PortMapping] = (),
+        service_name: str = "",
+        metrics: Metrics | None = None,
+        runtime: str = "",
     ) -> None:
+        """`metrics`: the daemon's, where each start is timed under the executor's
+        `runtime` name."""
         self.task = task
+        self.service_name = service_name
+        self._metrics = metrics if metrics is not None else Metrics()
+        self._runtime = runtime
         # The node's bound on starts in flight: a slot is held from PREPARING until the
         # start returned (none: unbounded).
         self._starts = starts if starts is not None else StartSlots(0)
@@ -249,11 +258,15 @@ class TaskRunner:
             self.state = TaskState.READY
 
     async def _start(self) -> None:
+        started = self._clock.monotonic()
         try:
             rs = await self.controller.start()
         except ExecutorError as e:
+            self._metrics.executor_start_failures.labels(self._runtime).inc()
             self._set(TaskState.FAILED, message=MSG[TaskState.STARTING], err=str(e))
             return
+        elapsed = self._clock.monotonic() - started
+        self._metrics.executor_start_seconds.labels(self._runtime).observe(elapsed)
         self._note_runtime(rs)
         self._set(TaskState.RUNNING)
 

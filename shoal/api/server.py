@@ -124,12 +124,27 @@ class Router:
 
 
 def build_app(daemon: DaemonContext) -> web.Application:
-    from shoal.api import events, logs, networks, nodes, secrets, services, swarm, system, tasks
+    from shoal.api import (
+        events,
+        logs,
+        metrics,
+        networks,
+        nodes,
+        secrets,
+        services,
+        swarm,
+        system,
+        tasks,
+    )
 
-    app = web.Application(middlewares=[docker_middleware], client_max_size=64 * 1024**2)
+    app = web.Application(
+        middlewares=[metrics.latency_middleware, docker_middleware],
+        client_max_size=64 * 1024**2,
+    )
     app[CONTEXT_KEY] = daemon
     router = Router(app)
-    for module in (system, swarm, services, tasks, nodes, logs, secrets, networks, events):
+    modules = (system, swarm, services, tasks, nodes, logs, secrets, networks, events, metrics)
+    for module in modules:
         module.register(router)
     if daemon.engine_host:
         from shoal.api import engine
