@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from ..cluster_harness import Cluster, NodeFactory
 from ..harness import PROGRESS_TIMEOUT_S, wait_until
@@ -80,6 +81,10 @@ def wait_matches(cluster: Cluster, prom: Prometheus, expect: dict[str, int]) -> 
     wait_until(agents_view, timeout=SHOWN_TIMEOUT_S, what=f"prometheus: agents running {running}")
 
 
+def per_node_now(prom: Prometheus) -> dict[str, float]:
+    return prom.by('sum by (node) (shoal_agent_tasks{state="running"})', "node")
+
+
 def test_prometheus_scrapes_every_daemon_and_agrees_with_service_ls(
     tcp_trio: Cluster, prometheus: Prometheus
 ) -> None:
@@ -131,5 +136,15 @@ def test_prometheus_scrapes_every_daemon_and_agrees_with_service_ls(
         assert set(starts) == {"node-1", "node-2", "node-3"} and min(starts.values()) >= 1
         # only the manager holds the store: a worker shows no store gauges
         assert set(prometheus.by("shoal_tasks", "node")) == {"node-1"}
+        # the unix socket serves the same: a worker's own tasks, in the text format
+        worker = cluster.nodes["node-2"]
+        resp = worker.http("GET", "/metrics")
+        assert resp.status == 200 and resp.headers["content-type"].startswith("text/plain")
+        families = {f.name: f for f in text_string_to_metric_families(resp.body.decode())}
+        mine = sum(
+            s.value for s in families["shoal_agent_tasks"].samples if s.labels["state"] == "running"
+        )
+        assert mine == per_node_now(prometheus)["node-2"]
+        assert "shoal_tasks" not in families and "shoal_process_cpu_seconds" in families
     finally:
         cluster.remove_all_services()
