@@ -203,7 +203,7 @@ class _Tables:
         self.running: dict[str, Counter[str]] = defaultdict(Counter)
         # Tasks by service, then by state (wire name): what the metrics show at each
         # scrape, which must not cost a walk over 100ks of tasks either.
-        self.states: dict[str, Counter[str]] = defaultdict(Counter)
+        self.states: dict[str, dict[str, int]] = {}
 
     def _count_running(self, task: Any, delta: int) -> None:
         if task.status.state == _RUNNING:
@@ -215,12 +215,19 @@ class _Tables:
                     del self.running[task.service_id]
 
     def _count_state(self, task: Any, delta: int) -> None:
-        counts = self.states[task.service_id]
-        counts[task.status.state] += delta
-        if counts[task.status.state] <= 0:
-            del counts[task.status.state]
+        # (plain dicts: every task write passes here, and a Counter's missing key
+        # costs a Python-level call)
+        sid, state = task.service_id, task.status.state
+        counts = self.states.get(sid)
+        if counts is None:
+            counts = self.states[sid] = {}
+        n = counts.get(state, 0) + delta
+        if n > 0:
+            counts[state] = n
+        else:
+            counts.pop(state, None)
             if not counts:
-                del self.states[task.service_id]
+                del self.states[sid]
 
     def put(self, kind: str, obj: Any, meta: Any | None = None) -> None:
         table = self.objects[kind]
