@@ -28,6 +28,9 @@ command -v iperf3 >/dev/null 2>&1 || missing+=(iperf3)
 # wrk (the load generator) and haproxy (the comparison) of bench/mesh.py.
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
+# The Prometheus server the metrics test scrapes the daemons with (it starts its own
+# process on loopback; the package's service is not used).
+command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 # The image usually ships the docker CLI 28 as /usr/local/bin/docker, but no engine:
 # Debian's docker.io brings dockerd (the docker runtime's engine; its /usr/bin/docker
 # CLI stays behind /usr/local/bin on PATH), busybox-static the root filesystem of the
@@ -64,7 +67,7 @@ if ((${#missing[@]})); then
     "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-for tool in ip ps docker dockerd docker-registry busybox; do
+for tool in ip ps docker dockerd docker-registry busybox prometheus; do
     command -v "$tool" >/dev/null 2>&1 || { log "$tool is still missing after install"; exit 1; }
 done
 

@@ -25,6 +25,7 @@ from shoal.agent.agent import Agent, discard_task
 from shoal.agent.executor.base import Executor
 from shoal.agent.executor.docker_engine import DEFAULT_ENGINE_HOST, EngineError, engine_answers
 from shoal.agent.join import join, node_tls_info, renew, renewal_delay
+from shoal.agent.metrics import AgentCollector
 from shoal.agent.network.dns import Resolver, start_resolver
 from shoal.agent.network.plumbing import plumbing_for
 from shoal.agent.network.state import NetworkState
@@ -54,9 +55,11 @@ from shoal.manager.controlapi.swarm import (
 )
 from shoal.manager.keys import ManagerKeys
 from shoal.manager.manager import Manager
+from shoal.manager.metrics import ManagerCollector
 from shoal.manager.store import Store, Tx
 from shoal.manager.store.encrypted import EncryptedBackend
 from shoal.manager.store.sqlite import SQLiteBackend
+from shoal.metrics import Metrics
 from shoal.pki import NODE_KEY_FILE, ROOT_CA_FILE, NodeCredentials, key_pem, make_csr, new_key
 from shoal.types.node import ManagerStatus, Node, NodeResources, NodeSpec, NodeStatus
 from shoal.types.session import TrustUpdate
@@ -179,6 +182,11 @@ class Daemon:
         self.plumbing = plumbing_for(self.executor, config.data_dir / "agent", self.network)
         self.resolver: Resolver | None = None  # the tasks' DNS, beside the plumbing
         self.runtime = self.executor.name
+        # One registry for the daemon's whole life (managers and agents come and go
+        # with init, join and leave; their counters go on): /metrics on every listener.
+        self.metrics = Metrics(process=True)
+        self.metrics.register(ManagerCollector(lambda: self._manager))
+        self.metrics.register(AgentCollector(lambda: self._agent))
         # The engine the API passes the local engine's endpoints through to.
         self.engine_host: str | None = config.engine_host if self.runtime == "docker" else None
         self._state: SwarmState | None = None
@@ -385,8 +393,11 @@ class Daemon:
         once the cluster port's real port is known."""
         assert self._state is not None and self._creds is not None
         assert self._keys is not None and self._keys.dek is not None
-        store = Store(EncryptedBackend(SQLiteBackend(self._swarm_dir / "store.db"), self._keys.dek))
-        manager = Manager(store)
+        store = Store(
+            EncryptedBackend(SQLiteBackend(self._swarm_dir / "store.db"), self._keys.dek),
+            metrics=self.metrics,
+        )
+        manager = Manager(store, metrics=self.metrics)
         root = self._root_ca()
         host, port = split_addr(self._state.listen_addr, DEFAULT_SWARM_PORT)
         issuer = Issuer(store, root, self.remote_managers)
@@ -424,6 +435,7 @@ class Daemon:
             manager.dispatcher,
             self._resources(),
             network=self._network(),
+            metrics=self.metrics,
         )
         self._agent.start()
         self._renewer = asyncio.create_task(self._renew_loop(), name="cert-renewer")
@@ -466,6 +478,7 @@ class Daemon:
             self._remote,
             self._resources(),
             network=self._network(),
+            metrics=self.metrics,
         )
         self._agent.start()
         self._renewer = asyncio.create_task(self._renew_loop(), name="cert-renewer")

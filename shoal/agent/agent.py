@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 from collections.abc import AsyncIterator
 
 import msgspec
@@ -20,6 +21,7 @@ from shoal.agent.task_runner import TaskRunner
 from shoal.batching import Batcher
 from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.log import get_logger
+from shoal.metrics import Metrics
 from shoal.types.agent import (
     AssignedTask,
     Assignment,
@@ -59,9 +61,11 @@ class Agent:
         clock: Clock = SYSTEM_CLOCK,
         network: NetworkState | None = None,
         max_starts: int | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         """`max_starts`: task starts in flight at once (shoal.agent.starts; None: its
-        default from the CPUs, 0: unbounded)."""
+        default from the CPUs, 0: unbounded). `metrics`: the daemon's."""
+        self.metrics = metrics if metrics is not None else Metrics()
         self.node_id = node_id
         # The networks this node's tasks attach to, as the dispatcher sends them: the
         # plumbing and the DNS resolver follow it.
@@ -248,6 +252,9 @@ class Agent:
                 self.starts,
                 host_ports=assigned.meta.host_ports,
                 before_stop=self._take_out,
+                service_name=assigned.meta.service_name,
+                metrics=self.metrics,
+                runtime=self.executor.name,
             )
             self._runners[task.id] = runner
             discarding = self._discarding.get(task.id)
@@ -310,6 +317,11 @@ class Agent:
         """(tasks running on this node, tasks this node knows)."""
         running = sum(1 for r in self._runners.values() if r.state == TaskState.RUNNING)
         return running, len(self._runners)
+
+    def task_states(self) -> Counter[tuple[str, str, TaskState]]:
+        """How many of this node's tasks are in each state, by (service ID, service
+        name, state)."""
+        return Counter((r.task.service_id, r.service_name, r.state) for r in self._runners.values())
 
     def dependency_counts(self) -> dict[str, int]:
         """Secrets and configs: held now (in memory) and received since the start."""

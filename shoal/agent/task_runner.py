@@ -20,6 +20,7 @@ from shoal.agent.executor.base import Controller, ExecutorError, ExitStatus, Run
 from shoal.agent.starts import StartSlots
 from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.log import get_logger
+from shoal.metrics import Metrics
 from shoal.types.base import format_time
 from shoal.types.network import PortMapping
 from shoal.types.task import ContainerStatus, PortStatus, Task, TaskState, TaskStatus
@@ -85,8 +86,16 @@ class TaskRunner:
         starts: StartSlots | None = None,
         host_ports: Sequence[PortMapping] = (),
         before_stop: Callable[[str], Awaitable[None]] | None = None,
+        service_name: str = "",
+        metrics: Metrics | None = None,
+        runtime: str = "",
     ) -> None:
+        """`metrics`: the daemon's, where each start is timed under the executor's
+        `runtime` name."""
         self.task = task
+        self.service_name = service_name
+        self._metrics = metrics if metrics is not None else Metrics()
+        self._runtime = runtime
         # The node's bound on starts in flight: a slot is held from PREPARING until the
         # start returned (none: unbounded).
         self._starts = starts if starts is not None else StartSlots(0)
@@ -280,6 +289,7 @@ class TaskRunner:
             self.state = TaskState.READY
 
     async def _start(self) -> None:
+        started = self._clock.monotonic()
         # A start may wait long (for a health check to pass): a desired state past
         # RUNNING meanwhile cuts it short, and the loop stops what it started.
         starting = asyncio.ensure_future(self.controller.start())
@@ -294,11 +304,14 @@ class TaskRunner:
                     return
             rs = starting.result()
         except ExecutorError as e:
+            self._metrics.executor_start_failures.labels(self._runtime).inc()
             self._set(TaskState.FAILED, message=MSG[TaskState.STARTING], err=str(e))
             return
         finally:
             if not starting.done():
                 starting.cancel()
+        elapsed = self._clock.monotonic() - started
+        self._metrics.executor_start_seconds.labels(self._runtime).observe(elapsed)
         self._note_runtime(rs)
         self._set(TaskState.RUNNING)
 

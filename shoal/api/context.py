@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Protocol
 
 from shoal.manager.manager import Manager
+from shoal.metrics import Metrics
 from shoal.types.swarm import SwarmInitRequest, SwarmJoinRequest
 
 
@@ -17,6 +18,8 @@ class DaemonContext(Protocol):
     # The Docker Engine (unix:///path or tcp://addr:port) whose own endpoints the API
     # passes through, under the docker runtime; None otherwise.
     engine_host: str | None
+    # The daemon's metrics (`/metrics`, and the API's latency).
+    metrics: Metrics
 
     @property
     def manager(self) -> Manager | None:

@@ -125,12 +125,18 @@ class Router:
 
 def build_app(daemon: DaemonContext) -> web.Application:
     from shoal.api import events, logs, networks, nodes, secrets, services, swarm, system, tasks
+    from shoal.api.metrics import latency_middleware
+    from shoal.api.metrics import register as register_metrics
 
-    app = web.Application(middlewares=[docker_middleware], client_max_size=64 * 1024**2)
+    # The latency middleware outermost: it times the answer docker_middleware gives.
+    app = web.Application(
+        middlewares=[latency_middleware, docker_middleware], client_max_size=64 * 1024**2
+    )
     app[CONTEXT_KEY] = daemon
     router = Router(app)
     for module in (system, swarm, services, tasks, nodes, logs, secrets, networks, events):
         module.register(router)
+    register_metrics(router)  # GET /metrics: before the engine's catch-all
     if daemon.engine_host:
         from shoal.api import engine
 

@@ -27,6 +27,7 @@ from shoal.manager.orchestrator.restart import RestartSupervisor
 from shoal.manager.orchestrator.update import UpdateSupervisor
 from shoal.manager.scheduler.scheduler import Scheduler
 from shoal.manager.store import Store
+from shoal.metrics import Metrics
 
 log = get_logger("shoal.manager")
 
@@ -40,16 +41,20 @@ class _Loop(Protocol):
 
 
 class Manager:
-    def __init__(self, store: Store, clock: Clock = SYSTEM_CLOCK) -> None:
-        """`clock`: the one every loop reads and waits on (tests pass a FakeClock)."""
+    def __init__(
+        self, store: Store, clock: Clock = SYSTEM_CLOCK, metrics: Metrics | None = None
+    ) -> None:
+        """`clock`: the one every loop reads and waits on (tests pass a FakeClock).
+        `metrics`: the daemon's (the store's when None)."""
         self.store = store
         self.clock = clock
+        self.metrics = metrics if metrics is not None else store.metrics
         self.events = EventLog(store, clock)  # first: it watches from construction
         self.restarts = RestartSupervisor(store, clock)
         self.updates = UpdateSupervisor(store, clock)
-        self.dispatcher = Dispatcher(store, clock)
+        self.dispatcher = Dispatcher(store, clock, self.metrics)
         self.logbroker = LogBroker(store, self.dispatcher)
-        self.scheduler = Scheduler(store, clock)
+        self.scheduler = Scheduler(store, clock, self.metrics)
         self.allocator = Allocator(store, clock)
         self.replicated = ReplicatedOrchestrator(store, self.restarts, self.updates, clock)
         self.global_ = GlobalOrchestrator(store, self.restarts, self.updates, clock)

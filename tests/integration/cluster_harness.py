@@ -95,8 +95,9 @@ class ClusterNode(Daemon):
         extra_args: Sequence[str] = (),
         netns: str | None = None,
         addr: str = "127.0.0.1",
+        tcp_port: int | None = None,
     ) -> None:
-        super().__init__(root, log_path, node_name, labels=labels)
+        super().__init__(root, log_path, node_name, labels=labels, tcp_port=tcp_port)
         self.extra_args = list(extra_args)
         self.netns = netns
         self.addr = addr

@@ -45,6 +45,7 @@ class ManagerOnly:
     def __init__(self, manager: Manager, data_dir: Path) -> None:
         self._manager = manager
         self.data_dir = data_dir
+        self.metrics = manager.metrics
 
     @property
     def manager(self) -> Manager:

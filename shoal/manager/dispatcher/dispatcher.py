@@ -25,6 +25,7 @@ from shoal.manager.dispatcher.drain import DrainTracker
 from shoal.manager.dispatcher.networks import NetworkView
 from shoal.manager.loops import MAX_EVENTS_PER_ROUND, LoopStats, next_backoff
 from shoal.manager.store import Event, ReadTx, Store, Tx, WatcherClosed
+from shoal.metrics import Metrics
 from shoal.types.agent import (
     AssignedTask,
     Assignment,
@@ -96,9 +97,12 @@ def _assignable(task: Task) -> bool:
 class Dispatcher:
     """Implements the agent side's `DispatcherSession` protocol."""
 
-    def __init__(self, store: Store, clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(
+        self, store: Store, clock: Clock = SYSTEM_CLOCK, metrics: Metrics | None = None
+    ) -> None:
         self._store = store
         self._clock = clock
+        self._metrics = metrics if metrics is not None else Metrics()
         self._sessions: dict[str, _Session] = {}
         self._networks = NetworkView()
         self._drain = DrainTracker()
@@ -452,6 +456,7 @@ class Dispatcher:
 
     def _next_beat(self, node_id: str) -> float:
         """The period to give the node now (jittered), arming its deadline from it."""
+        self._metrics.heartbeats.inc()
         period = self.heartbeat_period()
         given = period + random.uniform(-HEARTBEAT_EPSILON_S, HEARTBEAT_EPSILON_S) * min(
             1.0, period / 5

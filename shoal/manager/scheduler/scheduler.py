@@ -26,7 +26,8 @@ from shoal.manager.scheduler.constraint import node_value
 from shoal.manager.scheduler.filters import Pipeline
 from shoal.manager.scheduler.nodeinfo import NO_PORTS, HostPorts, NodeInfo, host_ports
 from shoal.manager.store import Event, ReadTx, Store, Tx
-from shoal.types.base import format_time
+from shoal.metrics import Metrics
+from shoal.types.base import format_time, parse_time
 from shoal.types.meta import TaskMeta
 from shoal.types.node import Node
 from shoal.types.swarm import Cluster
@@ -73,9 +74,12 @@ def _needs_scheduling(task: Task) -> bool:
 class Scheduler:
     """One per leading manager; `run()` until `stop()`."""
 
-    def __init__(self, store: Store, clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(
+        self, store: Store, clock: Clock = SYSTEM_CLOCK, metrics: Metrics | None = None
+    ) -> None:
         self._store = store
         self._clock = clock
+        self._metrics = metrics if metrics is not None else Metrics()
         self.nodes: dict[str, NodeInfo] = {}
         self.pending: dict[str, Task] = {}
         # Pending tasks no node could take: not tried again until the nodes change (one
@@ -384,9 +388,11 @@ class Scheduler:
     async def _commit(self, decisions: list[Decision]) -> None:
         """Write the decisions; the scheduler's own view follows after the commit (the
         transaction only notes what it did)."""
-        ts = format_time(self._clock.time_ns())
+        now_ns = self._clock.time_ns()
+        ts = format_time(now_ns)
         stale: list[Decision] = []  # tasks gone or already handled: placed in our view only
         assigned: list[Decision] = []
+        created: list[str] = []  # the CreatedAt of each assigned task
 
         def write(tx: Tx, d: Decision) -> None:
             t = tx.get_task(d.task_id)
@@ -407,6 +413,7 @@ class Scheduler:
             )
             tx.update(msgspec.structs.replace(t, node_id=d.node_id, status=status))
             assigned.append(d)
+            created.append(t.created_at)
 
         placed = [d for d in decisions if d.node_id is not None]
         failed = [d for d in decisions if d.node_id is None]
@@ -415,12 +422,27 @@ class Scheduler:
             if d.node_id is not None and d.node_id in self.nodes:
                 self.nodes[d.node_id].remove_task(d.task_id)
         self.scheduled += len(assigned)
+        self._observe_latency(now_ns, created)
         for d in placed:
             self.pending.pop(d.task_id, None)
         for d in failed:
             task = self.pending.pop(d.task_id, None)
             if task is not None:
                 self.parked[d.task_id] = task
+
+    def _observe_latency(self, now_ns: int, created: list[str]) -> None:
+        """Count the assignments just committed, and time each from its task's
+        CreatedAt to the assignment's timestamp (tasks made in one transaction share
+        their CreatedAt: each distinct one is parsed once)."""
+        self._metrics.tasks_scheduled.inc(len(created))
+        parsed: dict[str, float] = {}
+        for text in created:
+            latency = parsed.get(text)
+            if latency is None:
+                latency = parsed[text] = (
+                    max(0.0, (now_ns - parse_time(text)) / 1e9) if text else 0.0
+                )
+            self._metrics.scheduling_seconds.observe(latency)
 
     def statistics(self) -> dict[str, int]:
         return {

@@ -53,6 +53,7 @@ from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.errors import Internal, OutOfSequence
 from shoal.log import get_logger
 from shoal.manager.store.backend import Backend, Commit, DiskFull, Record
+from shoal.metrics import Metrics
 from shoal.types.base import Version, format_time
 from shoal.types.meta import (
     NO_CLUSTER_META,
@@ -200,6 +201,9 @@ class _Tables:
         # Running tasks by service, then by node: `docker service ls` counts them on
         # every call, which must not cost a walk over a huge service's tasks.
         self.running: dict[str, Counter[str]] = defaultdict(Counter)
+        # Tasks by service, then by state (wire name): what the metrics show at each
+        # scrape, which must not cost a walk over 100ks of tasks either.
+        self.states: dict[str, dict[str, int]] = {}
 
     def _count_running(self, task: Any, delta: int) -> None:
         if task.status.state == _RUNNING:
@@ -210,6 +214,21 @@ class _Tables:
                 if not counts:
                     del self.running[task.service_id]
 
+    def _count_state(self, task: Any, delta: int) -> None:
+        # (plain dicts: every task write passes here, and a Counter's missing key
+        # costs a Python-level call)
+        sid, state = task.service_id, task.status.state
+        counts = self.states.get(sid)
+        if counts is None:
+            counts = self.states[sid] = {}
+        n = counts.get(state, 0) + delta
+        if n > 0:
+            counts[state] = n
+        else:
+            counts.pop(state, None)
+            if not counts:
+                del self.states[sid]
+
     def put(self, kind: str, obj: Any, meta: Any | None = None) -> None:
         table = self.objects[kind]
         old = table.get(obj.id)
@@ -219,7 +238,9 @@ class _Tables:
         if kind == "task":
             if old is not None:
                 self._count_running(old, -1)
+                self._count_state(old, -1)
             self._count_running(obj, 1)
+            self._count_state(obj, 1)
             if old is not None and old.node_id != obj.node_id and old.node_id:
                 self.tasks_by_node[old.node_id].discard(obj.id)
             self.tasks_by_service[obj.service_id].add(obj.id)
@@ -232,6 +253,7 @@ class _Tables:
             self.meta[kind].pop(id_, None)
         if kind == "task" and old is not None:
             self._count_running(old, -1)
+            self._count_state(old, -1)
             self.tasks_by_service[old.service_id].discard(id_)
             if not self.tasks_by_service[old.service_id]:
                 del self.tasks_by_service[old.service_id]
@@ -325,6 +347,17 @@ class ReadTx:
     def tasks_on_node(self, node_id: str) -> list[Task]:
         table = self._t.objects["task"]
         return [table[i] for i in self._t.tasks_by_node.get(node_id, ())]
+
+    def task_states(self) -> dict[str, dict[str, int]]:
+        """{service ID: {state (wire name): how many of its tasks are in it}}, over
+        every task the store holds (an index: no walk over the tasks)."""
+        return {sid: dict(counts) for sid, counts in self._t.states.items()}
+
+    def any_task_meta(self, service_id: str) -> TaskMeta:
+        """The meta of one of the service's tasks (its name outlives the service)."""
+        for task_id in self._t.tasks_by_service.get(service_id, ()):
+            return self.task_meta(task_id)
+        return NO_TASK_META
 
 
 class Tx(ReadTx):
@@ -429,11 +462,15 @@ class _Applied:
 class Store:
     """The cluster state of one manager. Nothing else writes state."""
 
-    def __init__(self, backend: Backend, clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(
+        self, backend: Backend, clock: Clock = SYSTEM_CLOCK, metrics: Metrics | None = None
+    ) -> None:
         """`clock`: where the objects' CreatedAt / UpdatedAt come from (tests pass the
-        FakeClock their loops run on, so stored times and timers agree)."""
+        FakeClock their loops run on, so stored times and timers agree), and what times
+        a commit. `metrics`: the daemon's (commits counted and timed)."""
         self._backend = backend
         self.clock = clock
+        self.metrics = metrics if metrics is not None else Metrics()
         self._tables = _Tables()
         self._watchers: set[Watcher] = set()
         self.index = 0  # the last applied transaction
@@ -623,7 +660,11 @@ class Store:
             count += 1
         group = self._pending[:count]
         records = [r for applied in group for r in applied.records]
+        started = self.clock.monotonic()
         await self._backend.commit(group[-1].index, records)
+        self.metrics.store_commit_seconds.observe(self.clock.monotonic() - started)
+        self.metrics.store_group_commits.inc()
+        self.metrics.store_commits.inc(count)
         del self._pending[:count]
         self.durable_index = group[-1].index
         if self._last_write:

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from ..cluster_harness import Cluster, ClusterNode, NetnsLab, NodeFactory, make_netns_trio
-from ..harness import cleanup_daemons, docker_cli, wait_until
+from ..harness import cleanup_daemons, docker_cli, free_tcp_port, wait_until
 
 ENGINE_LABELS = {
     "node-1": ["disk=ssd"],
@@ -48,7 +48,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 @pytest.fixture(scope="module")
 def node_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeFactory]:
-    """make(name, labels=(), extra_args=(), netns=None, addr="127.0.0.1", start=True)."""
+    """make(name, labels=(), extra_args=(), netns=None, addr="127.0.0.1", start=True,
+    tcp=False); `tcp`: the API on a loopback TCP port too (`node.tcp_host`)."""
     docker_cli()
     made: list[ClusterNode] = []
     logs = tmp_path_factory.mktemp("cluster-logs")
@@ -60,6 +61,7 @@ def node_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeFacto
         netns: str | None = None,
         addr: str = "127.0.0.1",
         start: bool = True,
+        tcp: bool = False,
     ) -> ClusterNode:
         root = Path(tempfile.mkdtemp(prefix="shoal-", dir="/tmp"))
         node = ClusterNode(
@@ -70,6 +72,7 @@ def node_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeFacto
             extra_args=extra_args,
             netns=netns,
             addr=addr,
+            tcp_port=free_tcp_port() if tcp else None,
         )
         made.append(node)
         _NODES.append(node)
