@@ -1,0 +1,477 @@
+"""A checked Compose file turned into the Engine API bodies `docker stack deploy` sends
+(docker/cli's cli/compose/convert): `NAME_` prefixes, the `com.docker.stack.namespace`
+label on every object, each service's short name an alias on its networks, and a
+`NAME_default` network for services that name none.
+
+Everything that can be wrong with the file (a duration, a size, a port, a reference to
+an undeclared network, an unreadable secret file) is found here, before the first
+request, and reported with its path."""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import shlex
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from shoal.cli.stack.compose import (
+    ComposeError,
+    ComposeFile,
+    FileObject,
+    FileRef,
+    Healthcheck,
+    PortLong,
+    Service,
+    StrMap,
+    UpdateConfig,
+)
+
+LABEL_NAMESPACE = "com.docker.stack.namespace"
+LABEL_IMAGE = "com.docker.stack.image"
+DEFAULT_NETWORK = "default"
+DEFAULT_DRIVER = "overlay"
+# A secret's or config's file mode when the file does not say (0444, as the CLI sends).
+DEFAULT_FILE_MODE = 0o444
+NANO = 1_000_000_000
+
+
+@dataclass
+class FileSpec:
+    """A secret or config to create (or update) under `name`, or an external one."""
+
+    name: str
+    spec: dict[str, Any] | None  # None: external, must exist
+
+
+@dataclass
+class Plan:
+    """What a deploy creates, in the order it creates it."""
+
+    stack: str
+    networks: dict[str, dict[str, Any] | None] = field(default_factory=dict)  # None: external
+    secrets: list[FileSpec] = field(default_factory=list)
+    configs: list[FileSpec] = field(default_factory=list)
+    services: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- values
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_DURATION_UNITS = {
+    "ns": 1,
+    "us": 1_000,
+    "µs": 1_000,
+    "ms": 1_000_000,
+    "s": NANO,
+    "m": 60 * NANO,
+    "h": 3600 * NANO,
+}
+
+
+def duration(value: str, path: str) -> int:
+    """Go's time.ParseDuration, in nanoseconds ("1m30s", "300ms", "0")."""
+    text = value.strip()
+    if text == "0":
+        return 0
+    pos, total = 0, Decimal(0)
+    for m in _DURATION_PART.finditer(text):
+        if m.start() != pos:
+            break
+        total += Decimal(m.group(1)) * _DURATION_UNITS[m.group(2)]
+        pos = m.end()
+    if pos != len(text) or not text:
+        raise ComposeError(path, f"invalid duration {value!r} (e.g. 10s, 1m30s, 500ms)")
+    return int(total)
+
+
+_BYTES = re.compile(r"^(\d+(?:\.\d+)?) ?([kmgtp])?i?b?$", re.I)
+
+
+def memory(value: str | int, path: str) -> int:
+    """docker's RAMInBytes: 32M, 1g, 512k, 100b (binary multiples), or a number."""
+    if isinstance(value, int):
+        return value
+    m = _BYTES.match(value.strip())
+    if m is None:
+        raise ComposeError(path, f"invalid size {value!r} (e.g. 32M, 1G)")
+    unit = "bkmgtp".index((m.group(2) or "b").lower())
+    return int(Decimal(m.group(1)) * 1024**unit)
+
+
+def cpus(value: str | float, path: str) -> int:
+    try:
+        n = Decimal(str(value))
+    except InvalidOperation:
+        raise ComposeError(path, f"invalid number of CPUs {value!r}") from None
+    if n < 0:
+        raise ComposeError(path, f"invalid number of CPUs {value!r}")
+    return int(n * NANO)
+
+
+def str_map(value: StrMap | None, path: str) -> dict[str, str]:
+    """A mapping or a list of `k=v` (a bare `k` is an empty value)."""
+    if value is None:
+        return {}
+    if isinstance(value, list):
+        out = {}
+        for i, item in enumerate(value):
+            k, _, v = item.partition("=")
+            if not k:
+                raise ComposeError(f"{path}[{i}]", f"invalid entry {item!r}")
+            out[k] = v
+        return out
+    return {k: _scalar(v) for k, v in value.items()}
+
+
+def _scalar(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def _argv(value: str | list[str] | None) -> list[str] | None:
+    if value is None:
+        return None
+    return shlex.split(value) if isinstance(value, str) else list(value)
+
+
+def environment(value: StrMap | None, path: str) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, list):
+        return list(value)
+    # `KEY:` with no value: taken from the deploying shell, as the CLI does; left out if unset.
+    out = []
+    for k, v in sorted(value.items()):
+        if v is None:
+            if k in os.environ:
+                out.append(f"{k}={os.environ[k]}")
+        else:
+            out.append(f"{k}={_scalar(v)}")
+    return out
+
+
+_PORT = re.compile(r"^(?:(?P<published>\d+):)?(?P<target>\d+)(?:/(?P<proto>tcp|udp|sctp))?$")
+
+
+def port(value: str | int | PortLong, path: str) -> dict[str, Any]:
+    if isinstance(value, PortLong):
+        out: dict[str, Any] = {
+            "Protocol": value.protocol or "tcp",
+            "TargetPort": value.target,
+            "PublishMode": value.mode or "ingress",
+        }
+        if value.published:
+            out["PublishedPort"] = value.published
+        return _check_port(out, path)
+    m = _PORT.match(str(value).strip())
+    if m is None:
+        raise ComposeError(
+            path, f"invalid port {value!r} (PUBLISHED:TARGET[/PROTOCOL] or TARGET; no host IP)"
+        )
+    out = {"Protocol": m.group("proto") or "tcp", "TargetPort": int(m.group("target"))}
+    if m.group("published"):
+        out["PublishedPort"] = int(m.group("published"))
+    out["PublishMode"] = "ingress"
+    return _check_port(out, path)
+
+
+def _check_port(p: dict[str, Any], path: str) -> dict[str, Any]:
+    for key in ("TargetPort", "PublishedPort"):
+        if key in p and not 0 < p[key] < 65536:
+            raise ComposeError(path, f"port {p[key]} out of range 1-65535")
+    return p
+
+
+# --------------------------------------------------------------------------- objects
+
+
+def scoped(stack: str, name: str) -> str:
+    return f"{stack}_{name}"
+
+
+def plan(stack: str, f: ComposeFile) -> Plan:
+    """The whole deploy, or a ComposeError before anything is sent."""
+    p = Plan(stack)
+    ns = {LABEL_NAMESPACE: stack}
+    used_networks = {n for svc in f.services.values() for n in _service_networks(svc)}
+    for name in sorted(used_networks | set(f.networks)):
+        net = f.networks.get(name)
+        path = f"networks.{name}"
+        if net is None:
+            if name != DEFAULT_NETWORK:
+                continue  # reported against the service below
+            p.networks[scoped(stack, name)] = _network_body(scoped(stack, name), ns)
+            continue
+        if net.external:
+            p.networks[net.name or name] = None
+            continue
+        body = _network_body(net.name or scoped(stack, name), ns)
+        body["Driver"] = net.driver or DEFAULT_DRIVER
+        body["Labels"] = {**str_map(net.labels, f"{path}.labels"), **ns}
+        if net.driver_opts:
+            body["Options"] = {k: _scalar(v) for k, v in net.driver_opts.items()}
+        if net.attachable:
+            body["Attachable"] = True
+        if net.internal:
+            body["Internal"] = True
+        if net.ipam:
+            ipam: dict[str, Any] = {"Driver": net.ipam.driver or "default"}
+            if net.ipam.config:
+                ipam["Config"] = [{"Subnet": c.subnet} for c in net.ipam.config]
+            body["IPAM"] = ipam
+        p.networks[body["Name"]] = body
+    p.secrets = [_file_object(stack, "secrets", n, o, f, ns) for n, o in f.secrets.items()]
+    p.configs = [_file_object(stack, "configs", n, o, f, ns) for n, o in f.configs.items()]
+    for name, svc in f.services.items():
+        p.services[scoped(stack, name)] = _service(stack, name, svc, f, ns)
+    return p
+
+
+def _network_body(name: str, ns: dict[str, str]) -> dict[str, Any]:
+    return {"Name": name, "Driver": DEFAULT_DRIVER, "Labels": dict(ns), "CheckDuplicate": True}
+
+
+def _service_networks(svc: Service) -> list[str]:
+    if svc.networks is None:
+        return [DEFAULT_NETWORK]
+    return list(svc.networks)
+
+
+def _file_object(
+    stack: str, kind: str, name: str, obj: FileObject, f: ComposeFile, ns: dict[str, str]
+) -> FileSpec:
+    path = f"{kind}.{name}"
+    if obj.external:
+        return FileSpec(obj.name or name, None)
+    if obj.file is None:
+        raise ComposeError(path, "needs `file:` (or `external: true`)")
+    source = f.base_dir / obj.file
+    try:
+        data = source.read_bytes()
+    except OSError as e:
+        raise ComposeError(f"{path}.file", f"cannot read {source}: {e.strerror}") from None
+    full = obj.name or scoped(stack, name)
+    spec: dict[str, Any] = {
+        "Name": full,
+        "Labels": {**str_map(obj.labels, f"{path}.labels"), **ns},
+        "Data": base64.b64encode(data).decode(),
+    }
+    if obj.template_driver:
+        spec["Templating"] = {"Name": obj.template_driver}
+    return FileSpec(full, spec)
+
+
+def _object_name(stack: str, obj: FileObject | None, name: str) -> str:
+    if obj is None:
+        return scoped(stack, name)
+    return obj.name or (name if obj.external else scoped(stack, name))
+
+
+def _file_refs(
+    stack: str, kind: str, refs: list[str | FileRef], f: ComposeFile, path: str
+) -> list[dict[str, Any]]:
+    declared = f.secrets if kind == "secrets" else f.configs
+    out = []
+    for i, ref in enumerate(refs):
+        r = FileRef(source=ref) if isinstance(ref, str) else ref
+        if r.source not in declared:
+            raise ComposeError(f"{path}[{i}]", f"{kind[:-1]} {r.source!r} is not declared")
+        file = {
+            "Name": r.target or r.source,
+            "UID": r.uid or "0",
+            "GID": r.gid or "0",
+            "Mode": DEFAULT_FILE_MODE if r.mode is None else r.mode,
+        }
+        key = "SecretName" if kind == "secrets" else "ConfigName"
+        out.append({"File": file, key: _object_name(stack, declared[r.source], r.source)})
+    return out
+
+
+def _healthcheck(h: Healthcheck, path: str) -> dict[str, Any]:
+    if h.disable:
+        return {"Test": ["NONE"]}
+    out: dict[str, Any] = {}
+    if h.test is not None:
+        out["Test"] = ["CMD-SHELL", h.test] if isinstance(h.test, str) else list(h.test)
+    for key, value in (("Interval", h.interval), ("Timeout", h.timeout)):
+        if value is not None:
+            out[key] = duration(value, f"{path}.{key.lower()}")
+    if h.start_period is not None:
+        out["StartPeriod"] = duration(h.start_period, f"{path}.start_period")
+    if h.retries is not None:
+        out["Retries"] = h.retries
+    return out
+
+
+def _update_config(u: UpdateConfig, path: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"Parallelism": 1 if u.parallelism is None else u.parallelism}
+    if u.delay is not None:
+        out["Delay"] = duration(u.delay, f"{path}.delay")
+    if u.failure_action is not None:
+        out["FailureAction"] = u.failure_action
+    if u.monitor is not None:
+        out["Monitor"] = duration(u.monitor, f"{path}.monitor")
+    if u.max_failure_ratio is not None:
+        out["MaxFailureRatio"] = u.max_failure_ratio
+    if u.order is not None:
+        out["Order"] = u.order
+    return out
+
+
+def _service(
+    stack: str, name: str, svc: Service, f: ComposeFile, ns: dict[str, str]
+) -> dict[str, Any]:
+    path = f"services.{name}"
+    d = svc.deploy
+    dpath = f"{path}.deploy"
+    labels = str_map(d.labels if d else None, f"{dpath}.labels")
+    labels.update({LABEL_IMAGE: svc.image, **ns})
+    cs: dict[str, Any] = {
+        "Image": tagged(svc.image),
+        "Labels": {**str_map(svc.labels, f"{path}.labels"), **ns},
+    }
+    if (entry := _argv(svc.entrypoint)) is not None:
+        cs["Command"] = entry
+    if (args := _argv(svc.command)) is not None:
+        cs["Args"] = args
+    if (env := environment(svc.environment, f"{path}.environment")) is not None:
+        cs["Env"] = env
+    for key, value in (
+        ("Hostname", svc.hostname),
+        ("User", svc.user),
+        ("Dir", svc.working_dir),
+        ("StopSignal", svc.stop_signal),
+        ("Init", svc.init),
+        ("ReadOnly", svc.read_only),
+        ("TTY", svc.tty),
+        ("OpenStdin", svc.stdin_open),
+        ("CapabilityAdd", svc.cap_add),
+        ("CapabilityDrop", svc.cap_drop),
+    ):
+        if value is not None:
+            cs[key] = value
+    if svc.extra_hosts is not None:
+        cs["Hosts"] = [_host_entry(h) for h in svc.extra_hosts]
+    if svc.sysctls is not None:
+        cs["Sysctls"] = str_map(svc.sysctls, f"{path}.sysctls")
+    if svc.stop_grace_period is not None:
+        cs["StopGracePeriod"] = duration(svc.stop_grace_period, f"{path}.stop_grace_period")
+    if svc.healthcheck is not None:
+        cs["Healthcheck"] = _healthcheck(svc.healthcheck, f"{path}.healthcheck")
+    if svc.secrets:
+        cs["Secrets"] = _file_refs(stack, "secrets", svc.secrets, f, f"{path}.secrets")
+    if svc.configs:
+        cs["Configs"] = _file_refs(stack, "configs", svc.configs, f, f"{path}.configs")
+    task: dict[str, Any] = {"ContainerSpec": cs, "Networks": _networks(stack, name, svc, f)}
+    spec: dict[str, Any] = {"Name": scoped(stack, name), "Labels": labels, "TaskTemplate": task}
+    mode = (d.mode if d else None) or "replicated"
+    if mode == "global":
+        if d is not None and d.replicas is not None:
+            raise ComposeError(f"{dpath}.replicas", "not allowed with mode global")
+        spec["Mode"] = {"Global": {}}
+    else:
+        replicas = 1 if d is None or d.replicas is None else d.replicas
+        if replicas < 0:
+            raise ComposeError(f"{dpath}.replicas", "must not be negative")
+        spec["Mode"] = {"Replicated": {"Replicas": replicas}}
+    endpoint: dict[str, Any] = {}
+    if d is not None and d.endpoint_mode is not None:
+        endpoint["Mode"] = d.endpoint_mode
+    if svc.ports:
+        endpoint["Ports"] = [port(v, f"{path}.ports[{i}]") for i, v in enumerate(svc.ports)]
+    spec["EndpointSpec"] = endpoint
+    if d is None:
+        return spec
+    if d.resources is not None:
+        task["Resources"] = _resources(d, f"{dpath}.resources")
+    if d.restart_policy is not None:
+        rp = d.restart_policy
+        rpath = f"{dpath}.restart_policy"
+        restart: dict[str, Any] = {"Condition": rp.condition or "any"}
+        if rp.delay is not None:
+            restart["Delay"] = duration(rp.delay, f"{rpath}.delay")
+        if rp.max_attempts is not None:
+            restart["MaxAttempts"] = rp.max_attempts
+        if rp.window is not None:
+            restart["Window"] = duration(rp.window, f"{rpath}.window")
+        task["RestartPolicy"] = restart
+    if d.placement is not None:
+        pl = d.placement
+        placement: dict[str, Any] = {}
+        if pl.constraints:
+            placement["Constraints"] = list(pl.constraints)
+        if pl.preferences:
+            placement["Preferences"] = [
+                {"Spread": {"SpreadDescriptor": pr.spread}} for pr in pl.preferences
+            ]
+        if pl.max_replicas_per_node is not None:
+            placement["MaxReplicas"] = pl.max_replicas_per_node
+        task["Placement"] = placement
+    if d.update_config is not None:
+        spec["UpdateConfig"] = _update_config(d.update_config, f"{dpath}.update_config")
+    if d.rollback_config is not None:
+        spec["RollbackConfig"] = _update_config(d.rollback_config, f"{dpath}.rollback_config")
+    return spec
+
+
+def tagged(image: str) -> str:
+    """The image with `:latest` when it names no tag or digest, as the docker CLI sends
+    it when it cannot reach a registry to pin the digest."""
+    last = image.rsplit("/", 1)[-1]
+    return image if "@" in image or ":" in last else f"{image}:latest"
+
+
+def _host_entry(entry: str) -> str:
+    """`host:ip` (Compose) → `ip host` (the Engine API's /etc/hosts order)."""
+    host, sep, ip = entry.partition(":")
+    return f"{ip} {host}" if sep else entry
+
+
+def _resources(d: Any, path: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    lim, res = d.resources.limits, d.resources.reservations
+    if lim is not None:
+        limits: dict[str, Any] = {}
+        if lim.cpus is not None:
+            limits["NanoCPUs"] = cpus(lim.cpus, f"{path}.limits.cpus")
+        if lim.memory is not None:
+            limits["MemoryBytes"] = memory(lim.memory, f"{path}.limits.memory")
+        if lim.pids is not None:
+            limits["Pids"] = lim.pids
+        out["Limits"] = limits
+    if res is not None:
+        reservations: dict[str, Any] = {}
+        if res.cpus is not None:
+            reservations["NanoCPUs"] = cpus(res.cpus, f"{path}.reservations.cpus")
+        if res.memory is not None:
+            reservations["MemoryBytes"] = memory(res.memory, f"{path}.reservations.memory")
+        out["Reservations"] = reservations
+    return out
+
+
+def _networks(stack: str, name: str, svc: Service, f: ComposeFile) -> list[dict[str, Any]]:
+    out = []
+    attachments: dict[str, Any] = (
+        {DEFAULT_NETWORK: None}
+        if svc.networks is None
+        else (dict.fromkeys(svc.networks) if isinstance(svc.networks, list) else svc.networks)
+    )
+    for net, att in attachments.items():
+        declared = f.networks.get(net)
+        if declared is None and net != DEFAULT_NETWORK:
+            raise ComposeError(f"services.{name}.networks.{net}", "network is not declared")
+        if declared is not None and declared.external:
+            target = declared.name or net
+        elif declared is not None and declared.name:
+            target = declared.name
+        else:
+            target = scoped(stack, net)
+        aliases = [name, *((att or {}).get("aliases") or [])]
+        out.append({"Target": target, "Aliases": aliases})
+    return sorted(out, key=lambda n: n["Target"])
