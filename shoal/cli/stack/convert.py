@@ -335,6 +335,8 @@ def _service(
     cs: dict[str, Any] = {
         "Image": tagged(svc.image),
         "Labels": {**str_map(svc.labels, f"{path}.labels"), **ns},
+        # What the docker CLI sends (its zero value), so both deploys store one spec.
+        "Privileges": {"CredentialSpec": None, "SELinuxContext": None, "NoNewPrivileges": False},
     }
     if (entry := _argv(svc.entrypoint)) is not None:
         cs["Command"] = entry
@@ -472,6 +474,6 @@ def _networks(stack: str, name: str, svc: Service, f: ComposeFile) -> list[dict[
             target = declared.name
         else:
             target = scoped(stack, net)
-        aliases = [name, *((att or {}).get("aliases") or [])]
+        aliases = [*((att or {}).get("aliases") or []), name]
         out.append({"Target": target, "Aliases": aliases})
     return sorted(out, key=lambda n: n["Target"])
