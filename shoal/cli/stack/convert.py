@@ -317,8 +317,7 @@ def _update_config(u: UpdateConfig, path: str) -> dict[str, Any]:
         out["FailureAction"] = u.failure_action
     if u.monitor is not None:
         out["Monitor"] = duration(u.monitor, f"{path}.monitor")
-    if u.max_failure_ratio is not None:
-        out["MaxFailureRatio"] = u.max_failure_ratio
+    out["MaxFailureRatio"] = u.max_failure_ratio or 0
     if u.order is not None:
         out["Order"] = u.order
     return out
@@ -370,7 +369,15 @@ def _service(
         cs["Secrets"] = _file_refs(stack, "secrets", svc.secrets, f, f"{path}.secrets")
     if svc.configs:
         cs["Configs"] = _file_refs(stack, "configs", svc.configs, f, f"{path}.configs")
-    task: dict[str, Any] = {"ContainerSpec": cs, "Networks": _networks(stack, name, svc, f)}
+    # Resources, Placement and ForceUpdate are sent empty (zero) as the docker CLI sends
+    # them, so the spec stored is the same whichever deployed the file.
+    task: dict[str, Any] = {
+        "ContainerSpec": cs,
+        "Resources": {},
+        "Placement": {},
+        "Networks": _networks(stack, name, svc, f),
+        "ForceUpdate": 0,
+    }
     spec: dict[str, Any] = {"Name": scoped(stack, name), "Labels": labels, "TaskTemplate": task}
     mode = (d.mode if d else None) or "replicated"
     if mode == "global":
