@@ -17,7 +17,15 @@ from typing import Any
 
 import pytest
 
-from .harness import CLI_TIMEOUT_S, SHOAL, Daemon, parse_table, pid_alive, wait_until
+from .harness import (
+    CLI_TIMEOUT_S,
+    PROGRESS_TIMEOUT_S,
+    SHOAL,
+    Daemon,
+    parse_table,
+    pid_alive,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -142,17 +150,19 @@ def shoal(d: Daemon, *args: str, cwd: Path, check: bool = True) -> subprocess.Co
     return result
 
 
-def docker_deploy(d: Daemon, stack: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def docker_deploy(
+    d: Daemon, stack: str, cwd: Path, *flags: str, timeout: float = CLI_TIMEOUT_S
+) -> subprocess.CompletedProcess[str]:
     env = d.docker_env()
     env["NODE_NAME"] = d.node_name
     result = subprocess.run(
-        ["docker", "stack", "deploy", "-c", "stack.yml", stack],
+        ["docker", "stack", "deploy", *flags, "-c", "stack.yml", stack],
         env=env,
         cwd=cwd,
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
-        timeout=CLI_TIMEOUT_S,
+        timeout=timeout,
     )
     assert result.returncode == 0, result.stderr
     return result
@@ -231,7 +241,8 @@ def normalised_spec(d: Daemon, service: str, stack: str) -> dict[str, Any]:
 def test_docker_stack_deploy_ls_services_ps_rm(stacks: Daemon, stack_dir: Path) -> None:
     d = stacks
     before = objects(d)
-    out = docker_deploy(d, "dk", stack_dir).stdout
+    # --detach=false: the CLI follows each service's progress until it converges.
+    out = docker_deploy(d, "dk", stack_dir, "--detach=false", timeout=PROGRESS_TIMEOUT_S).stdout
     for line in (
         "Creating network dk_backend",
         "Creating secret dk_app_secret",
@@ -266,7 +277,9 @@ def test_docker_stack_deploy_ls_services_ps_rm(stacks: Daemon, stack_dir: Path) 
     check_stack_runs(d, "dk")
 
     # Deploying again updates in place: nothing new is created.
-    again = docker_deploy(d, "dk", stack_dir).stdout
+    again = docker_deploy(
+        d, "dk", stack_dir, "--with-registry-auth", "--resolve-image", "never"
+    ).stdout
     assert "Creating" not in again and "Updating service dk_web" in again
     assert objects(d) == {
         k: sorted(v + [f"dk_{n}" for n in new])
@@ -311,6 +324,16 @@ def test_shoal_stack_deploy_matches_docker(stacks: Daemon, stack_dir: Path) -> N
     table = parse_table(d.docker("stack", "ls").stdout)
     assert table == [{"NAME": "dk", "SERVICES": "2"}, {"NAME": "nt", "SERVICES": "2"}]
     assert parse_table(shoal(d, "stack", "ls", cwd=stack_dir).stdout) == table
+
+    # --prune removes the services the file no longer names.
+    (stack_dir / "web.yml").write_text(
+        STACK_FILE.split("  worker:")[0] + "networks:" + STACK_FILE.split("\nnetworks:")[1]
+    )
+    out = shoal(d, "stack", "deploy", "--prune", "-c", "web.yml", "nt", cwd=stack_dir).stdout
+    assert "Removing service nt_worker" in out
+    assert [r["NAME"] for r in parse_table(d.docker("stack", "services", "nt").stdout)] == [
+        "nt_web"
+    ]
 
     # Each removes the other's stack.
     d.docker("stack", "rm", "nt")

@@ -38,6 +38,9 @@ def _check_name(command: str, name: str) -> None:
 def deploy(
     name: str = typer.Argument(..., help="The stack's name (prefixes every object's)."),
     compose_file: Path = typer.Option(..., "--compose-file", "-c", help="The Compose file."),
+    prune: bool = typer.Option(
+        False, "--prune", help="Remove the stack's services the file no longer names."
+    ),
     host: str = HostOption,
 ) -> None:
     """Deploy a new stack or update an existing one. The whole file is checked first:
@@ -57,7 +60,7 @@ def deploy(
     if f.ignored:
         typer.echo(f"Ignoring unsupported options: {', '.join(f.ignored)}", err=True)
     try:
-        run_deploy(Client.for_host(host), p, typer.echo)
+        run_deploy(Client.for_host(host), p, typer.echo, prune=prune)
     except (StackError, APIError) as e:
         raise _fail("deploy", str(getattr(e, "message", e))) from None
     except OSError as e:

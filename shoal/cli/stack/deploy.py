@@ -50,7 +50,9 @@ def _check_externals(client: Client, plan: Plan) -> None:
                     ) from None
 
 
-def deploy(client: Client, plan: Plan, say: Say) -> None:
+def deploy(client: Client, plan: Plan, say: Say, prune: bool = False) -> None:
+    """Create or update everything the plan names; with `prune`, also remove the
+    stack's services the file no longer names (as `docker stack deploy --prune`)."""
     _check_externals(client, plan)
     existing = {
         n["Name"] for n in client.request("GET", "/networks", query=_by_label(plan.stack)) or []
@@ -80,6 +82,10 @@ def deploy(client: Client, plan: Plan, say: Say) -> None:
             client.request(
                 "POST", f"/services/{current['ID']}/update", spec, query={"version": version}
             )
+    if prune:
+        for name in sorted(set(services) - set(plan.services)):
+            say(f"Removing service {name}")
+            client.request("DELETE", f"/services/{services[name]['ID']}")
 
 
 def _file_objects(client: Client, kind: str, objects: list[FileSpec], say: Say) -> dict[str, str]:
