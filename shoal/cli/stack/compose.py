@@ -150,7 +150,6 @@ IGNORED_SERVICE_KEYS = frozenset(
         "external_links",
         "links",
         "network_mode",
-        "restart",
         "security_opt",
         "userns_mode",
     }
@@ -169,6 +168,9 @@ class Service(_Model):
     configs: list[str | FileRef] | None = None
     healthcheck: Healthcheck | None = None
     deploy: Deploy | None = None
+    # no | always | unless-stopped | on-failure[:N]: the restart policy when `deploy`
+    # has none, as the docker CLI converts it.
+    restart: str | None = None
     hostname: str | None = None
     user: str | None = None
     working_dir: str | None = None

@@ -144,8 +144,9 @@ def environment(value: StrMap | None, path: str) -> list[str] | None:
     if value is None:
         return None
     if isinstance(value, list):
-        return list(value)
-    # `KEY:` with no value: taken from the deploying shell, as the CLI does; left out if unset.
+        # `KEY=VALUE` or a bare `KEY`; the last of a repeated key wins.
+        value = {k: (v if sep else None) for k, sep, v in (item.partition("=") for item in value)}
+    # `KEY:` (or a bare `KEY`) with no value: taken from the deploying shell, as the CLI does; left out if unset.
     out = []
     for k, v in sorted(value.items()):
         if v is None:
@@ -395,6 +396,9 @@ def _service(
     if svc.ports:
         endpoint["Ports"] = [port(v, f"{path}.ports[{i}]") for i, v in enumerate(svc.ports)]
     spec["EndpointSpec"] = endpoint
+    if svc.restart is not None and (d is None or d.restart_policy is None):
+        if (policy := _restart(svc.restart, f"{path}.restart")) is not None:
+            task["RestartPolicy"] = policy
     if d is None:
         return spec
     if d.resources is not None:
@@ -427,6 +431,25 @@ def _service(
     if d.rollback_config is not None:
         spec["RollbackConfig"] = _update_config(d.rollback_config, f"{dpath}.rollback_config")
     return spec
+
+
+def _restart(value: str, path: str) -> dict[str, Any] | None:
+    """A service's `restart:` as the docker CLI turns it into a restart policy."""
+    name, _, count = value.partition(":")
+    if name == "no" and not count:
+        return None
+    if name in ("always", "unless-stopped") and not count:
+        return {"Condition": "any"}
+    if name == "on-failure":
+        policy: dict[str, Any] = {"Condition": "on-failure"}
+        if count:
+            if not count.isdigit():
+                raise ComposeError(path, f"invalid maximum retry count {count!r}")
+            policy["MaxAttempts"] = int(count)
+        return policy
+    raise ComposeError(
+        path, f"invalid restart policy {value!r} (no, always, unless-stopped, on-failure[:N])"
+    )
 
 
 def tagged(image: str) -> str:

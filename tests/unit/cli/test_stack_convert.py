@@ -172,3 +172,34 @@ secrets:
         "Test": ["CMD-SHELL", "true"],
         "Interval": 2 * 10**9,
     }
+
+
+def test_environment_and_restart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("C", raising=False)
+    monkeypatch.setenv("X", "from-shell")
+    p = _plan(
+        """
+services:
+  a:
+    image: busybox
+    environment: [B=2, A=1, B=3, C]
+    restart: on-failure:4
+  b:
+    image: busybox
+    environment: {Z: 1, Y: true, X: null}
+    restart: unless-stopped
+  c:
+    image: busybox
+    restart: "no"
+""",
+        tmp_path,
+    )
+    a = p.services["st_a"]["TaskTemplate"]
+    assert a["ContainerSpec"]["Env"] == ["A=1", "B=3"]  # C unset in the deploying shell
+    assert a["RestartPolicy"] == {"Condition": "on-failure", "MaxAttempts": 4}
+    b = p.services["st_b"]["TaskTemplate"]
+    assert b["ContainerSpec"]["Env"] == ["X=from-shell", "Y=true", "Z=1"]
+    assert b["RestartPolicy"] == {"Condition": "any"}
+    assert "RestartPolicy" not in p.services["st_c"]["TaskTemplate"]
+    with pytest.raises(ComposeError, match="^services.a.restart: invalid restart policy"):
+        _plan("services:\n  a: {image: busybox, restart: sometimes}\n", tmp_path)
