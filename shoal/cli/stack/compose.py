@@ -58,11 +58,19 @@ class Limits(_Model):
     pids: int | None = None
 
 
+class DiscreteResource(_Model):
+    kind: str
+    value: int
+
+
+class GenericResource(_Model):
+    discrete_resource_spec: DiscreteResource
+
+
 class Reservations(_Model):
     cpus: str | float | None = None
     memory: str | int | None = None
-    generic_resources: list[Any] | None = None
-    devices: list[Any] | None = None
+    generic_resources: list[GenericResource] | None = None
 
 
 class Resources(_Model):

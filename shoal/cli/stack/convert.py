@@ -483,6 +483,16 @@ def _resources(d: Any, path: str) -> dict[str, Any]:
             reservations["NanoCPUs"] = cpus(res.cpus, f"{path}.reservations.cpus")
         if res.memory is not None:
             reservations["MemoryBytes"] = memory(res.memory, f"{path}.reservations.memory")
+        if res.generic_resources:
+            reservations["GenericResources"] = [
+                {
+                    "DiscreteResourceSpec": {
+                        "Kind": g.discrete_resource_spec.kind,
+                        "Value": g.discrete_resource_spec.value,
+                    }
+                }
+                for g in res.generic_resources
+            ]
         out["Reservations"] = reservations
     return out
 

@@ -203,3 +203,25 @@ services:
     assert "RestartPolicy" not in p.services["st_c"]["TaskTemplate"]
     with pytest.raises(ComposeError, match="^services.a.restart: invalid restart policy"):
         _plan("services:\n  a: {image: busybox, restart: sometimes}\n", tmp_path)
+
+
+def test_generic_resources(tmp_path: Path) -> None:
+    text = """
+services:
+  a:
+    image: busybox
+    deploy:
+      resources:
+        reservations:
+          generic_resources:
+            - discrete_resource_spec: {kind: gpu, value: 2}
+"""
+    assert _plan(text, tmp_path).services["st_a"]["TaskTemplate"]["Resources"] == {
+        "Reservations": {
+            "GenericResources": [{"DiscreteResourceSpec": {"Kind": "gpu", "Value": 2}}]
+        }
+    }
+    with pytest.raises(
+        ComposeError, match=r"generic_resources\[0\].discrete_resource_spec.value: "
+    ):
+        _plan(text.replace("value: 2", "value: two"), tmp_path)
