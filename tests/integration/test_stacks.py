@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from .harness import (
     PROGRESS_TIMEOUT_S,
     SHOAL,
     Daemon,
+    free_tcp_port,
     parse_table,
     pid_alive,
     wait_until,
@@ -43,6 +45,8 @@ services:
     command: ["busybox", "httpd", "-f", "-p", "8080", "-h", "/run/secrets"]
     environment:
       ROLE: web
+    ports:
+      - "${WEB_PORT}:8080"
     networks:
       - backend
     secrets:
@@ -132,10 +136,20 @@ def objects(d: Daemon) -> dict[str, list[str]]:
     }
 
 
-def shoal(d: Daemon, *args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+def stack_env(d: Daemon, web_port: int | None) -> dict[str, str]:
+    """The deploying shell: the variables the file interpolates."""
     env = d.docker_env()
-    env["NODE_NAME"] = d.node_name
     env.pop("SHOAL_HOST", None)
+    env["NODE_NAME"] = d.node_name
+    if web_port is not None:
+        env["WEB_PORT"] = str(web_port)
+    return env
+
+
+def shoal(
+    d: Daemon, *args: str, cwd: Path, web_port: int | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    env = stack_env(d, web_port)
     result = subprocess.run(
         [str(SHOAL), *args],
         env=env,
@@ -151,10 +165,9 @@ def shoal(d: Daemon, *args: str, cwd: Path, check: bool = True) -> subprocess.Co
 
 
 def docker_deploy(
-    d: Daemon, stack: str, cwd: Path, *flags: str, timeout: float = CLI_TIMEOUT_S
+    d: Daemon, stack: str, cwd: Path, *flags: str, web_port: int, timeout: float = CLI_TIMEOUT_S
 ) -> subprocess.CompletedProcess[str]:
-    env = d.docker_env()
-    env["NODE_NAME"] = d.node_name
+    env = stack_env(d, web_port)
     result = subprocess.run(
         ["docker", "stack", "deploy", *flags, "-c", "stack.yml", stack],
         env=env,
@@ -223,6 +236,14 @@ def check_stack_runs(d: Daemon, stack: str) -> None:
     assert re.search(r"Address:\s+10\.", alias.stdout.split("Name:", 1)[1]), alias.stdout
 
 
+def fetch(port: int) -> str | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/app_secret", timeout=5) as r:
+            return str(r.read().decode())
+    except OSError:
+        return None
+
+
 def normalised_spec(d: Daemon, service: str, stack: str) -> dict[str, Any]:
     """A service's stored spec with IDs replaced by names and the stack's name by
     STACK: what the two deploys must agree on."""
@@ -234,6 +255,8 @@ def normalised_spec(d: Daemon, service: str, stack: str) -> dict[str, Any]:
         ref.pop("ConfigID")
     for net in spec["TaskTemplate"].get("Networks", []):
         net["Target"] = d.api.inspect_network(net["Target"])["Name"]
+    for p in spec.get("EndpointSpec", {}).get("Ports", []):
+        p["PublishedPort"] = "WEB_PORT"
     text = json.dumps(spec, sort_keys=True).replace(f"{stack}_", "STACK_")
     return json.loads(text.replace(f'"{stack}"', '"STACK"'))  # type: ignore[no-any-return]
 
@@ -242,7 +265,10 @@ def test_docker_stack_deploy_ls_services_ps_rm(stacks: Daemon, stack_dir: Path) 
     d = stacks
     before = objects(d)
     # --detach=false: the CLI follows each service's progress until it converges.
-    out = docker_deploy(d, "dk", stack_dir, "--detach=false", timeout=PROGRESS_TIMEOUT_S).stdout
+    port = free_tcp_port()
+    out = docker_deploy(
+        d, "dk", stack_dir, "--detach=false", web_port=port, timeout=PROGRESS_TIMEOUT_S
+    ).stdout
     for line in (
         "Creating network dk_backend",
         "Creating secret dk_app_secret",
@@ -254,6 +280,10 @@ def test_docker_stack_deploy_ls_services_ps_rm(stacks: Daemon, stack_dir: Path) 
     rows = wait_converged(d, "dk")
     assert {r["MODE"] for r in rows} == {"replicated"}
     assert {r["IMAGE"] for r in rows} == {"busybox:latest", "busybox:1"}
+    assert {r["NAME"]: r["PORTS"] for r in rows} == {
+        "dk_web": f"*:{port}->8080/tcp",
+        "dk_worker": "",
+    }
     assert parse_table(d.docker("stack", "ls").stdout) == [{"NAME": "dk", "SERVICES": "2"}]
 
     web = d.service("dk_web")["Spec"]
@@ -275,10 +305,12 @@ def test_docker_stack_deploy_ls_services_ps_rm(stacks: Daemon, stack_dir: Path) 
     assert worker["Placement"]["Constraints"] == [f"node.hostname == {d.node_name}"]
     assert worker["Networks"][0]["Aliases"] == ["helper", "worker"]
     check_stack_runs(d, "dk")
+    # The published port answers on the node (the routing mesh).
+    assert wait_until(lambda: fetch(port), what="the published port") == SECRET
 
     # Deploying again updates in place: nothing new is created.
     again = docker_deploy(
-        d, "dk", stack_dir, "--with-registry-auth", "--resolve-image", "never"
+        d, "dk", stack_dir, "--with-registry-auth", "--resolve-image", "never", web_port=port
     ).stdout
     assert "Creating" not in again and "Updating service dk_web" in again
     assert objects(d) == {
@@ -310,8 +342,11 @@ def test_docker_stack_deploy_ls_services_ps_rm(stacks: Daemon, stack_dir: Path) 
 def test_shoal_stack_deploy_matches_docker(stacks: Daemon, stack_dir: Path) -> None:
     d = stacks
     before = objects(d)
-    docker_deploy(d, "dk", stack_dir)
-    out = shoal(d, "stack", "deploy", "-c", "stack.yml", "nt", cwd=stack_dir).stdout
+    docker_deploy(d, "dk", stack_dir, web_port=free_tcp_port())
+    nt_port = free_tcp_port()
+    out = shoal(
+        d, "stack", "deploy", "-c", "stack.yml", "nt", cwd=stack_dir, web_port=nt_port
+    ).stdout
     assert "Creating network nt_backend" in out and "Creating service nt_worker" in out
     wait_converged(d, "nt")
     wait_converged(d, "dk")
@@ -329,7 +364,9 @@ def test_shoal_stack_deploy_matches_docker(stacks: Daemon, stack_dir: Path) -> N
     (stack_dir / "web.yml").write_text(
         STACK_FILE.split("  worker:")[0] + "networks:" + STACK_FILE.split("\nnetworks:")[1]
     )
-    out = shoal(d, "stack", "deploy", "--prune", "-c", "web.yml", "nt", cwd=stack_dir).stdout
+    out = shoal(
+        d, "stack", "deploy", "--prune", "-c", "web.yml", "nt", cwd=stack_dir, web_port=nt_port
+    ).stdout
     assert "Removing service nt_worker" in out
     assert [r["NAME"] for r in parse_table(d.docker("stack", "services", "nt").stdout)] == [
         "nt_web"
@@ -386,7 +423,17 @@ def test_bad_file_refused_nothing_created(
     assert old in STACK_FILE
     (stack_dir / "stack.yml").write_text(STACK_FILE.replace(old, new, 1))
     before = objects(d)
-    result = shoal(d, "stack", "deploy", "-c", "stack.yml", "bad", cwd=stack_dir, check=False)
+    result = shoal(
+        d,
+        "stack",
+        "deploy",
+        "-c",
+        "stack.yml",
+        "bad",
+        cwd=stack_dir,
+        web_port=free_tcp_port(),
+        check=False,
+    )
     assert result.returncode == 1
     assert error in result.stderr, result.stderr
     assert result.stdout == ""
