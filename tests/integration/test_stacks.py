@@ -372,6 +372,17 @@ def test_shoal_stack_deploy_matches_docker(stacks: Daemon, stack_dir: Path) -> N
         "nt_web"
     ]
 
+    # A secret's data cannot change (Swarm allows label updates only): refused, named.
+    (stack_dir / "secret.txt").write_text("another payload")
+    changed = shoal(
+        d, "stack", "deploy", "-c", "web.yml", "nt", cwd=stack_dir, web_port=nt_port, check=False
+    )
+    assert changed.returncode == 1
+    assert (
+        "failed to update secret nt_app_secret: rpc error: code = InvalidArgument desc = "
+        "only updates to Labels are allowed" in changed.stderr
+    ), changed.stderr
+
     # Each removes the other's stack.
     d.docker("stack", "rm", "nt")
     rm = shoal(d, "stack", "rm", "dk", cwd=stack_dir).stdout

@@ -28,6 +28,17 @@ def _by_label(stack: str) -> dict[str, Any]:
     return {"filters": {"label": {f"{LABEL_NAMESPACE}={stack}": True}}}
 
 
+def _write(
+    client: Client, what: str, method: str, path: str, body: Any = None, **query: Any
+) -> Any:
+    """A write the deploy makes; a refusal names what was being done, as the CLI's
+    "failed to create service web: ..." does."""
+    try:
+        return client.request(method, path, body, query=query or None)
+    except APIError as e:
+        raise StackError(f"failed to {what}: {e.message}") from None
+
+
 def _check_externals(client: Client, plan: Plan) -> None:
     """Every external object the file names must exist: checked before any write."""
     for name, body in plan.networks.items():
@@ -61,7 +72,7 @@ def deploy(client: Client, plan: Plan, say: Say, prune: bool = False) -> None:
         if body is None or name in existing:
             continue
         say(f"Creating network {name}")
-        client.request("POST", "/networks/create", body)
+        _write(client, f"create network {name}", "POST", "/networks/create", body)
     ids = {
         "secret": _file_objects(client, "secret", plan.secrets, say),
         "config": _file_objects(client, "config", plan.configs, say),
@@ -75,17 +86,16 @@ def deploy(client: Client, plan: Plan, say: Say, prune: bool = False) -> None:
         current = services.get(name)
         if current is None:
             say(f"Creating service {name}")
-            client.request("POST", "/services/create", spec)
+            _write(client, f"create service {name}", "POST", "/services/create", spec)
         else:
             say(f"Updating service {name} (id: {current['ID']})")
             version = current["Version"]["Index"]
-            client.request(
-                "POST", f"/services/{current['ID']}/update", spec, query={"version": version}
-            )
+            path = f"/services/{current['ID']}/update"
+            _write(client, f"update service {name}", "POST", path, spec, version=version)
     if prune:
         for name in sorted(set(services) - set(plan.services)):
             say(f"Removing service {name}")
-            client.request("DELETE", f"/services/{services[name]['ID']}")
+            _write(client, f"remove service {name}", "DELETE", f"/services/{services[name]['ID']}")
 
 
 def _file_objects(client: Client, kind: str, objects: list[FileSpec], say: Say) -> dict[str, str]:
@@ -104,14 +114,17 @@ def _file_objects(client: Client, kind: str, objects: list[FileSpec], say: Say) 
             ids[obj.name] = current["ID"]
         elif current is None:
             say(f"Creating {kind} {obj.name}")
-            ids[obj.name] = client.request("POST", f"/{kind}s/create", obj.spec)["ID"]
+            what = f"create {kind} {obj.name}"
+            ids[obj.name] = _write(client, what, "POST", f"/{kind}s/create", obj.spec)["ID"]
         else:
             say(f"Updating {kind} {obj.name}")
-            client.request(
+            _write(
+                client,
+                f"update {kind} {obj.name}",
                 "POST",
                 f"/{kind}s/{current['ID']}/update",
                 obj.spec,
-                query={"version": current["Version"]["Index"]},
+                version=current["Version"]["Index"],
             )
             ids[obj.name] = current["ID"]
     return ids
