@@ -356,6 +356,10 @@ def test_shoal_stack_deploy_matches_docker(stacks: Daemon, stack_dir: Path) -> N
         found = getattr(d.api, kind)(filters={"label": f"{NAMESPACE}=nt"})
         assert len(found) == 1, found
     check_stack_runs(d, "nt")
+    assert parse_table(shoal(d, "stack", "services", "nt", cwd=stack_dir).stdout) == [
+        {k: v for k, v in row.items() if k != "PORTS"}
+        for row in parse_table(d.docker("stack", "services", "nt").stdout)
+    ]
     table = parse_table(d.docker("stack", "ls").stdout)
     assert table == [{"NAME": "dk", "SERVICES": "2"}, {"NAME": "nt", "SERVICES": "2"}]
     assert parse_table(shoal(d, "stack", "ls", cwd=stack_dir).stdout) == table

@@ -15,6 +15,14 @@ app = typer.Typer(
     help="Deploy and remove stacks (Compose files, format 3.x).", no_args_is_help=True
 )
 
+
+def _table(rows: list[dict[str, str]], columns: list[str]) -> None:
+    """A docker-CLI-style table: columns padded to their widest cell, 3 spaces apart."""
+    widths = {c: max([len(c), *(len(r[c]) for r in rows)]) for c in columns}
+    for row in [dict(zip(columns, columns, strict=True)), *rows]:
+        typer.echo("   ".join(f"{row[c]:<{widths[c]}}" for c in columns).rstrip())
+
+
 HostOption = typer.Option(
     DEFAULT_HOST,
     "--host",
@@ -104,7 +112,23 @@ def ls(host: str = HostOption) -> None:
         raise _fail("ls", e.message) from None
     except OSError as e:
         raise _fail("ls", f"cannot reach the daemon at {host}: {e}") from None
-    width = max([len("NAME"), *map(len, found)]) + 3
-    typer.echo(f"{'NAME':<{width}}SERVICES")
-    for name, count in found.items():
-        typer.echo(f"{name:<{width}}{count}")
+    _table([{"NAME": n, "SERVICES": str(c)} for n, c in found.items()], ["NAME", "SERVICES"])
+
+
+@app.command("services")
+def services_(name: str = typer.Argument(..., help="The stack."), host: str = HostOption) -> None:
+    """List the stack's services with their replicas (running/desired)."""
+    from shoal.cli.client import APIError, Client
+    from shoal.cli.stack.deploy import services
+
+    _check_name("services", name)
+    try:
+        rows = services(Client.for_host(host), name)
+    except APIError as e:
+        raise _fail("services", e.message) from None
+    except OSError as e:
+        raise _fail("services", f"cannot reach the daemon at {host}: {e}") from None
+    if not rows:
+        typer.echo(f"Nothing found in stack: {name}", err=True)
+        return
+    _table(rows, ["ID", "NAME", "MODE", "REPLICAS", "IMAGE"])

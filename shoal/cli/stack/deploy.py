@@ -181,3 +181,25 @@ def stacks(client: Client) -> dict[str, int]:
         if name:
             out[name] = out.get(name, 0) + 1
     return dict(sorted(out.items()))
+
+
+def services(client: Client, stack: str) -> list[dict[str, str]]:
+    """The stack's services as `docker stack services` shows them (REPLICAS from the
+    service's status: running/desired tasks)."""
+    rows = []
+    for s in client.request("GET", "/services", query={**_by_label(stack), "status": "true"}) or []:
+        spec, status = s["Spec"], s.get("ServiceStatus") or {}
+        mode = next(iter(spec.get("Mode") or {"Replicated": {}}))
+        mode = {"Replicated": "replicated", "Global": "global"}.get(mode, mode.lower())
+        replicas = f"{status.get('RunningTasks', 0)}/{status.get('DesiredTasks', 0)}"
+        image = spec["TaskTemplate"]["ContainerSpec"].get("Image", "").split("@")[0]
+        rows.append(
+            {
+                "ID": s["ID"][:12],
+                "NAME": spec["Name"],
+                "MODE": mode,
+                "REPLICAS": replicas,
+                "IMAGE": image,
+            }
+        )
+    return sorted(rows, key=lambda r: r["NAME"])
