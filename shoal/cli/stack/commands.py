@@ -1,4 +1,4 @@
-"""The `shoal stack` commands: deploy, rm, ls."""
+"""The `shoal stack` commands: deploy, ls, services, rm."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 DEFAULT_HOST = "unix:///run/shoal/shoal.sock"
-# docker's own rule for a stack name (it prefixes every object's name).
+# A stack name prefixes every object's name (NAME_web), so it must be a valid part of one.
 STACK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 app = typer.Typer(
