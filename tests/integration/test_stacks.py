@@ -9,6 +9,7 @@ Process runtime: the services' commands are host programs (busybox applets)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import urllib.request
@@ -452,4 +453,119 @@ def test_bad_file_refused_nothing_created(
     assert result.returncode == 1
     assert error in result.stderr, result.stderr
     assert result.stdout == ""
+    assert objects(d) == before
+
+
+# Every Compose key both clients understand, stored by each: the specs must match.
+RICH_FILE = """\
+version: "3.9"
+services:
+  a:
+    image: busybox
+    command: ["sleep", "1000"]
+    hostname: "{{.Service.Name}}-{{.Task.Slot}}"
+    user: "0:0"
+    working_dir: /tmp
+    stop_signal: SIGTERM
+    stop_grace_period: 2s
+    init: true
+    read_only: false
+    tty: false
+    stdin_open: false
+    cap_add: [NET_ADMIN]
+    cap_drop: [MKNOD]
+    sysctls: {net.core.somaxconn: "1024"}
+    ulimits:
+      nofile: {soft: 1024, hard: 2048}
+    dns: [1.1.1.1]
+    dns_search: [example.com]
+    extra_hosts: ["somehost:10.1.2.3"]
+    logging:
+      driver: json-file
+      options: {max-size: "1m"}
+    labels: {c: d}
+    healthcheck:
+      test: ["CMD-SHELL", "true"]
+      interval: 5s
+      timeout: 2s
+      retries: 3
+      start_period: 1s
+    volumes:
+      - type: tmpfs
+        target: /scratch
+      - /tmp:/hosttmp:ro
+      - data:/data
+      - type: volume
+        source: data
+        target: /data2
+        volume: {nocopy: true}
+      - ./rel:/rel
+      - ${HOME:-/root}/x:/y:rw
+      - /anon
+    configs:
+      - source: tpl
+        target: /etc/tpl
+        mode: 0440
+    deploy:
+      mode: replicated
+      replicas: 0  # stored, never run: the spec is what is compared
+      endpoint_mode: dnsrr
+      placement:
+        constraints: [node.role==manager]
+        preferences: [{spread: node.labels.dc}]
+        max_replicas_per_node: 2
+      resources:
+        limits: {cpus: "0.5", memory: 64M, pids: 100}
+        reservations: {cpus: "0.1", memory: 8M}
+      restart_policy: {condition: any, delay: 1s, window: 10s}
+      update_config: {parallelism: 2, delay: 1s, monitor: 3s, max_failure_ratio: 0.5, failure_action: pause, order: stop-first}
+      rollback_config: {parallelism: 1, delay: 1s, monitor: 2s, failure_action: continue}
+  j:
+    image: busybox
+    command: ["true"]
+    logging: {driver: none}
+    dns: 8.8.8.8
+    deploy:
+      mode: replicated-job
+      replicas: 2
+volumes:
+  data:
+    labels: {x: y}
+    driver_opts: {type: tmpfs, device: tmpfs}
+configs:
+  tpl:
+    file: ./app.conf
+    template_driver: golang
+"""
+
+
+def test_every_key_stored_alike(stacks: Daemon, stack_dir: Path) -> None:
+    d = stacks
+    before = objects(d)
+    (stack_dir / "rich.yml").write_text(RICH_FILE)
+    docker = stack_env(d, None)
+    deployed = subprocess.run(
+        ["docker", "stack", "deploy", "-c", "rich.yml", "dk"],
+        env=docker,
+        cwd=stack_dir,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT_S,
+    )
+    assert deployed.returncode == 0, deployed.stderr
+    shoal(d, "stack", "deploy", "-c", "rich.yml", "nt", cwd=stack_dir)
+    for svc in ("a", "j"):
+        assert normalised_spec(d, f"nt_{svc}", "nt") == normalised_spec(d, f"dk_{svc}", "dk")
+    a = d.service("nt_a")["Spec"]["TaskTemplate"]["ContainerSpec"]
+    assert [m.get("Source") for m in a["Mounts"]] == [
+        None,
+        "/tmp",
+        "nt_data",
+        "nt_data",
+        str(stack_dir / "rel"),
+        f"{os.environ.get('HOME', '/root')}/x",
+        None,
+    ]
+    d.docker("stack", "rm", "dk", "nt")
     assert objects(d) == before

@@ -105,7 +105,7 @@ class Placement(_Model):
 
 
 class Deploy(_Model):
-    mode: Literal["replicated", "global"] | None = None
+    mode: Literal["replicated", "global", "replicated-job", "global-job"] | None = None
     replicas: int | None = None
     labels: StrMap | None = None
     placement: Placement | None = None
@@ -140,6 +140,41 @@ class FileRef(_Model):
     uid: str | None = None
     gid: str | None = None
     mode: int | None = None
+
+
+class Ulimit(_Model):
+    soft: int
+    hard: int
+
+
+class Logging(_Model):
+    driver: str | None = None
+    options: dict[str, Scalar] | None = None
+
+
+class BindOptions(_Model):
+    propagation: str | None = None
+
+
+class VolumeOptions(_Model):
+    nocopy: bool | None = None
+
+
+class TmpfsOptions(_Model):
+    size: int | str | None = None
+
+
+class Mount(_Model):
+    """A service's volume, long syntax."""
+
+    type: Literal["bind", "volume", "tmpfs"]
+    target: str
+    source: str | None = None
+    read_only: bool | None = None
+    consistency: str | None = None
+    bind: BindOptions | None = None
+    volume: VolumeOptions | None = None
+    tmpfs: TmpfsOptions | None = None
 
 
 class NetworkAttachment(_Model):
@@ -192,6 +227,11 @@ class Service(_Model):
     cap_add: list[str] | None = None
     cap_drop: list[str] | None = None
     sysctls: StrMap | None = None
+    ulimits: dict[str, int | Ulimit] | None = None
+    dns: StrOrList | None = None
+    dns_search: StrOrList | None = None
+    logging: Logging | None = None
+    volumes: list[str | Mount] | None = None
 
 
 class IPAMConfig(_Model):
@@ -224,9 +264,20 @@ class FileObject(_Model):
     template_driver: str | None = None
 
 
+class Volume(_Model):
+    """A top-level named volume."""
+
+    driver: str | None = None
+    driver_opts: dict[str, Scalar] | None = None
+    external: bool | None = None
+    labels: StrMap | None = None
+    name: str | None = None
+
+
 class ComposeFile(msgspec.Struct, frozen=True):
     services: dict[str, Service]
     networks: dict[str, Network]
+    volumes: dict[str, Volume]
     secrets: dict[str, FileObject]
     configs: dict[str, FileObject]
     # Where relative `file:` paths start: the Compose file's directory.
@@ -440,8 +491,6 @@ def parse(text: str, base_dir: Path, env: Mapping[str, str] | None = None) -> Co
     version = top.get("version")
     if version is not None and not str(version).startswith("3"):
         raise ComposeError("version", f"unsupported Compose file version {version!r}: 3.x only")
-    if top.get("volumes"):
-        raise ComposeError("volumes", "named volumes are not supported by shoal stacks")
     top = _interpolate_all(top, os.environ if env is None else env, "")
     ignored: list[str] = []
     services: dict[str, Service] = {}
@@ -454,6 +503,9 @@ def parse(text: str, base_dir: Path, env: Mapping[str, str] | None = None) -> Co
         for key in sorted(IGNORED_SERVICE_KEYS & body.keys()):
             ignored.append(f"{path}.{key}")
         used = {k: v for k, v in body.items() if k not in IGNORED_SERVICE_KEYS}
+        for key, limit in _mapping(used.get("ulimits"), f"{path}.ulimits").items():
+            if not isinstance(limit, int) or isinstance(limit, bool):
+                decode(limit, Ulimit, f"{path}.ulimits.{key}")
         svc = decode(used, Service, path)
         if isinstance(svc.networks, dict):
             for net, att in svc.networks.items():
@@ -462,6 +514,7 @@ def parse(text: str, base_dir: Path, env: Mapping[str, str] | None = None) -> Co
     return ComposeFile(
         services=services,
         networks=_section(top, "networks", Network),
+        volumes=_section(top, "volumes", Volume),
         secrets=_section(top, "secrets", FileObject),
         configs=_section(top, "configs", FileObject),
         base_dir=base_dir,

@@ -11,23 +11,22 @@ from __future__ import annotations
 
 import base64
 import os
-import re
 import shlex
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from shoal.cli.stack import container
 from shoal.cli.stack.compose import (
     ComposeError,
     ComposeFile,
     FileObject,
     FileRef,
     Healthcheck,
-    PortLong,
     Service,
     StrMap,
     UpdateConfig,
 )
+from shoal.cli.stack.values import _scalar, cpus, duration, memory, port, str_map
 
 LABEL_NAMESPACE = "com.docker.stack.namespace"
 LABEL_IMAGE = "com.docker.stack.image"
@@ -35,7 +34,6 @@ DEFAULT_NETWORK = "default"
 DEFAULT_DRIVER = "overlay"
 # A secret's or config's file mode when the file does not say (0444, as the CLI sends).
 DEFAULT_FILE_MODE = 0o444
-NANO = 1_000_000_000
 
 
 @dataclass
@@ -59,80 +57,6 @@ class Plan:
 
 # --------------------------------------------------------------------------- values
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_DURATION_UNITS = {
-    "ns": 1,
-    "us": 1_000,
-    "µs": 1_000,
-    "ms": 1_000_000,
-    "s": NANO,
-    "m": 60 * NANO,
-    "h": 3600 * NANO,
-}
-
-
-def duration(value: str, path: str) -> int:
-    """Go's time.ParseDuration, in nanoseconds ("1m30s", "300ms", "0")."""
-    text = value.strip()
-    if text == "0":
-        return 0
-    pos, total = 0, Decimal(0)
-    for m in _DURATION_PART.finditer(text):
-        if m.start() != pos:
-            break
-        total += Decimal(m.group(1)) * _DURATION_UNITS[m.group(2)]
-        pos = m.end()
-    if pos != len(text) or not text:
-        raise ComposeError(path, f"invalid duration {value!r} (e.g. 10s, 1m30s, 500ms)")
-    return int(total)
-
-
-_BYTES = re.compile(r"^(\d+(?:\.\d+)?) ?([kmgtp])?i?b?$", re.I)
-
-
-def memory(value: str | int, path: str) -> int:
-    """docker's RAMInBytes: 32M, 1g, 512k, 100b (binary multiples), or a number."""
-    if isinstance(value, int):
-        return value
-    m = _BYTES.match(value.strip())
-    if m is None:
-        raise ComposeError(path, f"invalid size {value!r} (e.g. 32M, 1G)")
-    unit = "bkmgtp".index((m.group(2) or "b").lower())
-    return int(Decimal(m.group(1)) * 1024**unit)
-
-
-def cpus(value: str | float, path: str) -> int:
-    try:
-        n = Decimal(str(value))
-    except InvalidOperation:
-        raise ComposeError(path, f"invalid number of CPUs {value!r}") from None
-    if n < 0:
-        raise ComposeError(path, f"invalid number of CPUs {value!r}")
-    return int(n * NANO)
-
-
-def str_map(value: StrMap | None, path: str) -> dict[str, str]:
-    """A mapping or a list of `k=v` (a bare `k` is an empty value)."""
-    if value is None:
-        return {}
-    if isinstance(value, list):
-        out = {}
-        for i, item in enumerate(value):
-            k, _, v = item.partition("=")
-            if not k:
-                raise ComposeError(f"{path}[{i}]", f"invalid entry {item!r}")
-            out[k] = v
-        return out
-    return {k: _scalar(v) for k, v in value.items()}
-
-
-def _scalar(v: Any) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    return str(v)
-
 
 def _argv(value: str | list[str] | None) -> list[str] | None:
     if value is None:
@@ -155,38 +79,6 @@ def environment(value: StrMap | None, path: str) -> list[str] | None:
         else:
             out.append(f"{k}={_scalar(v)}")
     return out
-
-
-_PORT = re.compile(r"^(?:(?P<published>\d+):)?(?P<target>\d+)(?:/(?P<proto>tcp|udp|sctp))?$")
-
-
-def port(value: str | int | PortLong, path: str) -> dict[str, Any]:
-    if isinstance(value, PortLong):
-        out: dict[str, Any] = {
-            "Protocol": value.protocol or "tcp",
-            "TargetPort": value.target,
-            "PublishMode": value.mode or "ingress",
-        }
-        if value.published:
-            out["PublishedPort"] = value.published
-        return _check_port(out, path)
-    m = _PORT.match(str(value).strip())
-    if m is None:
-        raise ComposeError(
-            path, f"invalid port {value!r} (PUBLISHED:TARGET[/PROTOCOL] or TARGET; no host IP)"
-        )
-    out = {"Protocol": m.group("proto") or "tcp", "TargetPort": int(m.group("target"))}
-    if m.group("published"):
-        out["PublishedPort"] = int(m.group("published"))
-    out["PublishMode"] = "ingress"
-    return _check_port(out, path)
-
-
-def _check_port(p: dict[str, Any], path: str) -> dict[str, Any]:
-    for key in ("TargetPort", "PublishedPort"):
-        if key in p and not 0 < p[key] < 65536:
-            raise ComposeError(path, f"port {p[key]} out of range 1-65535")
-    return p
 
 
 # --------------------------------------------------------------------------- objects
@@ -319,8 +211,7 @@ def _update_config(u: UpdateConfig, path: str) -> dict[str, Any]:
     if u.monitor is not None:
         out["Monitor"] = duration(u.monitor, f"{path}.monitor")
     out["MaxFailureRatio"] = u.max_failure_ratio or 0
-    if u.order is not None:
-        out["Order"] = u.order
+    out["Order"] = u.order or ""  # sent empty when unset, as the CLI does
     return out
 
 
@@ -349,15 +240,23 @@ def _service(
         ("User", svc.user),
         ("Dir", svc.working_dir),
         ("StopSignal", svc.stop_signal),
-        ("Init", svc.init),
-        ("ReadOnly", svc.read_only),
-        ("TTY", svc.tty),
-        ("OpenStdin", svc.stdin_open),
-        ("CapabilityAdd", svc.cap_add),
-        ("CapabilityDrop", svc.cap_drop),
+        ("Init", svc.init),  # a pointer in Go: sent when set, false too
     ):
         if value is not None:
             cs[key] = value
+    for key, flag in (("ReadOnly", svc.read_only), ("TTY", svc.tty), ("OpenStdin", svc.stdin_open)):
+        if flag:  # Go's omitempty: false is not sent
+            cs[key] = True
+    if svc.volumes:
+        cs["Mounts"] = container.mounts(stack, svc, f, f"{path}.volumes", ns)
+    if (dns := container.dns_config(svc)) is not None:
+        cs["DNSConfig"] = dns
+    if svc.cap_add is not None:
+        cs["CapabilityAdd"] = container.capabilities(svc.cap_add)
+    if svc.cap_drop is not None:
+        cs["CapabilityDrop"] = container.capabilities(svc.cap_drop)
+    if svc.ulimits:
+        cs["Ulimits"] = container.ulimits(svc.ulimits, f"{path}.ulimits")
     if svc.extra_hosts is not None:
         cs["Hosts"] = [_host_entry(h) for h in svc.extra_hosts]
     if svc.sysctls is not None:
@@ -380,16 +279,23 @@ def _service(
         "ForceUpdate": 0,
     }
     spec: dict[str, Any] = {"Name": scoped(stack, name), "Labels": labels, "TaskTemplate": task}
+    if (logging := container.log_driver(svc)) is not None:
+        task["LogDriver"] = logging
     mode = (d.mode if d else None) or "replicated"
-    if mode == "global":
+    if mode in ("global", "global-job"):
         if d is not None and d.replicas is not None:
-            raise ComposeError(f"{dpath}.replicas", "not allowed with mode global")
-        spec["Mode"] = {"Global": {}}
+            raise ComposeError(f"{dpath}.replicas", f"not allowed with mode {mode}")
+        spec["Mode"] = {"Global": {}} if mode == "global" else {"GlobalJob": {}}
     else:
         replicas = 1 if d is None or d.replicas is None else d.replicas
         if replicas < 0:
             raise ComposeError(f"{dpath}.replicas", "must not be negative")
-        spec["Mode"] = {"Replicated": {"Replicas": replicas}}
+        if mode == "replicated":
+            spec["Mode"] = {"Replicated": {"Replicas": replicas}}
+        else:  # a job runs `replicas` tasks to completion, all at once
+            spec["Mode"] = {
+                "ReplicatedJob": {"MaxConcurrent": replicas, "TotalCompletions": replicas}
+            }
     endpoint: dict[str, Any] = {}
     if d is not None and d.endpoint_mode is not None:
         endpoint["Mode"] = d.endpoint_mode

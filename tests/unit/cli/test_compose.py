@@ -59,7 +59,7 @@ def test_good_file(tmp_path: Path) -> None:
         (
             "replicas: 2",
             "mode: replicatd",
-            "services.web.deploy.mode: invalid value 'replicatd' (expected one of: replicated, global)",
+            "services.web.deploy.mode: invalid value 'replicatd' (expected one of: replicated, global, replicated-job, global-job)",
         ),
         (
             "constraints: [",
@@ -152,7 +152,21 @@ def test_top_level_sections(tmp_path: Path) -> None:
     assert refuse(GOOD + "configs:\n  c: {file: ./nope}\n", tmp_path).startswith(
         "configs.c.file: cannot read"
     )
-    assert refuse(GOOD + "volumes:\n  data: {}\n", tmp_path).startswith("volumes:")
+    assert refuse(GOOD + "volumes:\n  data: {drive: x}\n", tmp_path).startswith(
+        "volumes.data.drive: unknown key"
+    )
+    web = "    ulimits: {nofile: {soft: 1}}\n    deploy:"
+    assert refuse(GOOD.replace("    deploy:", web), tmp_path) == (
+        "services.web.ulimits.nofile.hard: required key missing"
+    )
+    web = "    volumes: [data:/data]\n    deploy:"
+    assert refuse(GOOD.replace("    deploy:", web), tmp_path) == (
+        "services.web.volumes[0]: volume 'data' is not declared"
+    )
+    web = "    volumes: ['/a:/b:z']\n    deploy:"
+    assert refuse(GOOD.replace("    deploy:", web), tmp_path).startswith(
+        "services.web.volumes[0]: invalid volume '/a:/b:z'"
+    )
     assert refuse("services: [a]\n", tmp_path) == "services: expected a mapping, got a list"
     assert refuse("services: {}\n", tmp_path) == "services: at least one service is required"
     assert refuse("services:\n  a: {image: [x\n", tmp_path).startswith("not valid YAML")

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from shoal.cli.stack.compose import ComposeError, parse
-from shoal.cli.stack.convert import cpus, duration, memory, plan, port, tagged
+from shoal.cli.stack.convert import plan, tagged
+from shoal.cli.stack.values import cpus, duration, memory, port
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "docker-cli-transcripts"
 
