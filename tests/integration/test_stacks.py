@@ -25,6 +25,7 @@ from .harness import (
     SHOAL,
     Daemon,
     free_tcp_port,
+    holds_for,
     parse_table,
     pid_alive,
     wait_until,
@@ -343,7 +344,8 @@ def test_docker_stack_deploy_ls_services_ps_rm(stacks: Daemon, stack_dir: Path) 
 def test_shoal_stack_deploy_matches_docker(stacks: Daemon, stack_dir: Path) -> None:
     d = stacks
     before = objects(d)
-    docker_deploy(d, "dk", stack_dir, web_port=free_tcp_port())
+    dk_port = free_tcp_port()
+    docker_deploy(d, "dk", stack_dir, web_port=dk_port)
     nt_port = free_tcp_port()
     out = shoal(
         d, "stack", "deploy", "-c", "stack.yml", "nt", cwd=stack_dir, web_port=nt_port
@@ -356,6 +358,15 @@ def test_shoal_stack_deploy_matches_docker(stacks: Daemon, stack_dir: Path) -> N
     for kind in ("networks", "secrets", "configs"):
         found = getattr(d.api, kind)(filters={"label": f"{NAMESPACE}=nt"})
         assert len(found) == 1, found
+
+    # shoal redeploying the docker CLI's stack changes no spec, so no task is replaced.
+    def dk_tasks() -> set[str]:
+        return {t["ID"] for t in d.api.tasks(filters={"label": f"{NAMESPACE}=dk"})}
+
+    tasks = dk_tasks()
+    out = shoal(d, "stack", "deploy", "-c", "stack.yml", "dk", cwd=stack_dir, web_port=dk_port)
+    assert "Updating service dk_web" in out.stdout
+    holds_for(lambda: dk_tasks() == tasks, 2.0, what="the docker CLI's tasks untouched")
     check_stack_runs(d, "nt")
     assert parse_table(shoal(d, "stack", "services", "nt", cwd=stack_dir).stdout) == [
         {k: v for k, v in row.items() if k != "PORTS"}
