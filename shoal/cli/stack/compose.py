@@ -337,9 +337,43 @@ def interpolate(value: str, env: Mapping[str, str], path: str) -> str:
     return _VAR.sub(sub, value)
 
 
+# Keys whose value is a number or a boolean: `replicas: ${N}` interpolates to the text
+# "3", read again as YAML here, as the docker CLI casts these after interpolation.
+_CAST_KEYS = frozenset(
+    {
+        "replicas",
+        "parallelism",
+        "max_attempts",
+        "max_failure_ratio",
+        "max_replicas_per_node",
+        "retries",
+        "target",
+        "published",
+        "pids",
+        "soft",
+        "hard",
+        "mode",
+        "attachable",
+        "internal",
+        "external",
+        "disable",
+        "init",
+        "read_only",
+        "tty",
+        "stdin_open",
+        "nocopy",
+    }
+)
+
+
 def _interpolate_all(node: Any, env: Mapping[str, str], path: str) -> Any:
     if isinstance(node, str):
-        return interpolate(node, env, path)
+        value = interpolate(node, env, path)
+        if value != node and path.rpartition(".")[2] in _CAST_KEYS:
+            cast = yaml.load(value, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+            if isinstance(cast, int | float):  # bool is an int
+                return cast
+        return value
     if isinstance(node, dict):
         return {k: _interpolate_all(v, env, _join(path, str(k))) for k, v in node.items()}
     if isinstance(node, list):

@@ -203,3 +203,24 @@ def test_interpolation(tmp_path: Path) -> None:
     assert refuse(text.replace("${TAG}", "${TAG:?}"), tmp_path).startswith(
         "services.web.image: required variable TAG"
     )
+
+
+def test_interpolated_numbers_are_cast(tmp_path: Path) -> None:
+    text = """
+services:
+  web:
+    image: busybox:${TAG}
+    environment: {A: "${TAG}"}
+    deploy:
+      replicas: ${N}
+      placement: {max_replicas_per_node: "${N}"}
+"""
+    f = parse(text, tmp_path, env={"N": "3", "TAG": "1"})
+    deploy = f.services["web"].deploy
+    assert deploy is not None and deploy.replicas == 3
+    assert deploy.placement is not None and deploy.placement.max_replicas_per_node == 3
+    assert f.services["web"].image == "busybox:1"
+    assert f.services["web"].environment == {"A": "1"}  # not a key that is cast
+    assert refuse(text, tmp_path, env={"N": "three", "TAG": "1"}) == (
+        "services.web.deploy.replicas: expected an integer, got a string"
+    )
