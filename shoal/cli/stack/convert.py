@@ -70,7 +70,8 @@ def environment(value: StrMap | None, path: str) -> list[str] | None:
     if isinstance(value, list):
         # `KEY=VALUE` or a bare `KEY`; the last of a repeated key wins.
         value = {k: (v if sep else None) for k, sep, v in (item.partition("=") for item in value)}
-    # `KEY:` (or a bare `KEY`) with no value: taken from the deploying shell, as the CLI does; left out if unset.
+    # `KEY:` (or a bare `KEY`) with no value: taken from the deploying shell, as the
+    # CLI does; left out if unset there.
     out = []
     for k, v in sorted(value.items()):
         if v is None:
@@ -92,8 +93,10 @@ def plan(stack: str, f: ComposeFile) -> Plan:
     """The whole deploy, or a ComposeError before anything is sent."""
     p = Plan(stack)
     ns = {LABEL_NAMESPACE: stack}
+    # Only the networks some service uses are created (or checked, if external), as
+    # the CLI does; every declared secret and config is.
     used_networks = {n for svc in f.services.values() for n in _service_networks(svc)}
-    for name in sorted(used_networks | set(f.networks)):
+    for name in sorted(used_networks):
         net = f.networks.get(name)
         path = f"networks.{name}"
         if net is None:

@@ -226,3 +226,12 @@ services:
         ComposeError, match=r"generic_resources\[0\].discrete_resource_spec.value: "
     ):
         _plan(text.replace("value: 2", "value: two"), tmp_path)
+
+
+def test_only_used_networks(tmp_path: Path) -> None:
+    p = _plan(
+        "services:\n  a: {image: busybox, networks: [front]}\n"
+        "networks:\n  front: {}\n  unused: {}\n  gone: {external: true}\n",
+        tmp_path,
+    )
+    assert list(p.networks) == ["st_front"]
