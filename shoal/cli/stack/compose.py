@@ -21,7 +21,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 import yaml
@@ -47,6 +47,10 @@ class _Model(msgspec.Struct, forbid_unknown_fields=True):
 
 
 StrOrList = str | list[str]
+# A count: the engine's fields are unsigned, so a negative one is refused here, before
+# anything is created, rather than by the daemon halfway through a deploy.
+Count = Annotated[int, msgspec.Meta(ge=0)]
+Ratio = Annotated[float, msgspec.Meta(ge=0, le=1)]
 # Compose allows numbers and booleans as map values where the engine wants strings.
 Scalar = str | int | float | bool | None
 StrMap = dict[str, Scalar] | list[str]
@@ -55,7 +59,7 @@ StrMap = dict[str, Scalar] | list[str]
 class Limits(_Model):
     cpus: str | float | None = None
     memory: str | int | None = None
-    pids: int | None = None
+    pids: Count | None = None
 
 
 class DiscreteResource(_Model):
@@ -81,16 +85,16 @@ class Resources(_Model):
 class RestartPolicy(_Model):
     condition: Literal["none", "on-failure", "any"] | None = None
     delay: str | None = None
-    max_attempts: int | None = None
+    max_attempts: Count | None = None
     window: str | None = None
 
 
 class UpdateConfig(_Model):
-    parallelism: int | None = None
+    parallelism: Count | None = None
     delay: str | None = None
     failure_action: Literal["continue", "pause", "rollback"] | None = None
     monitor: str | None = None
-    max_failure_ratio: float | None = None
+    max_failure_ratio: Ratio | None = None
     order: Literal["start-first", "stop-first"] | None = None
 
 
@@ -101,12 +105,12 @@ class Preference(_Model):
 class Placement(_Model):
     constraints: list[str] | None = None
     preferences: list[Preference] | None = None
-    max_replicas_per_node: int | None = None
+    max_replicas_per_node: Count | None = None
 
 
 class Deploy(_Model):
     mode: Literal["replicated", "global", "replicated-job", "global-job"] | None = None
-    replicas: int | None = None
+    replicas: Count | None = None
     labels: StrMap | None = None
     placement: Placement | None = None
     resources: Resources | None = None
@@ -120,7 +124,7 @@ class Healthcheck(_Model):
     test: StrOrList | None = None
     interval: str | None = None
     timeout: str | None = None
-    retries: int | None = None
+    retries: Count | None = None
     start_period: str | None = None
     disable: bool | None = None
 
@@ -399,6 +403,7 @@ _TYPE_NAMES = {
 _EXPECTED = re.compile(r"^Expected `(?P<want>[^`]*)`, got `(?P<got>[^`]*)`")
 _UNKNOWN = re.compile(r"^Object contains unknown field `(?P<key>[^`]*)`")
 _MISSING = re.compile(r"^Object missing required field `(?P<key>[^`]*)`")
+_BOUND = re.compile(r"^Expected `(?P<want>[^`]*)` (?P<bound>[<>]=? \S+)$")
 _ENUM = re.compile(r"^Invalid enum value (?P<value>.*)$")
 _AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<at>[^`]*)`)?$", re.S)
 
@@ -482,6 +487,8 @@ def decode(value: Any, cls: type[T], path: str) -> T:
             raise ComposeError(
                 where, f"expected {_names(x['want'])}, got {_names(x['got'])}"
             ) from None
+        if b := _BOUND.match(msg):
+            raise ComposeError(where, f"expected {_names(b['want'])} {b['bound']}") from None
         if n := _ENUM.match(msg):
             choices = _choices(cls, at)
             hint = f" (expected one of: {', '.join(choices)})" if choices else ""

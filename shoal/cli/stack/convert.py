@@ -291,8 +291,6 @@ def _service(
         spec["Mode"] = {"Global": {}} if mode == "global" else {"GlobalJob": {}}
     else:
         replicas = 1 if d is None or d.replicas is None else d.replicas
-        if replicas < 0:
-            raise ComposeError(f"{dpath}.replicas", "must not be negative")
         if mode == "replicated":
             spec["Mode"] = {"Replicated": {"Replicas": replicas}}
         else:  # a job runs `replicas` tasks to completion, all at once

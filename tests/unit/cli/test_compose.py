@@ -51,6 +51,12 @@ def test_good_file(tmp_path: Path) -> None:
             "replicas: true",
             "services.web.deploy.replicas: expected an integer, got a boolean",
         ),
+        ("replicas: 2", "replicas: -1", "services.web.deploy.replicas: expected an integer >= 0"),
+        (
+            "replicas: 2",
+            "update_config: {max_failure_ratio: 2}",
+            "services.web.deploy.update_config.max_failure_ratio: expected a number <= 1.0",
+        ),
         (
             "replicas: 2",
             "replica: 2",
