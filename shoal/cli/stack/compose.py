@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -572,6 +573,10 @@ def _section(top: dict[str, Any], key: str, cls: type[T]) -> dict[str, T]:
 
 
 def load(path: Path, env: Mapping[str, str] | None = None) -> ComposeFile:
+    """The file at `path`; `-` is standard input (relative `file:`s then start at the
+    working directory), as `docker stack deploy -c -` reads it."""
+    if str(path) == "-":
+        return parse(sys.stdin.read(), Path.cwd(), env)
     try:
         text = path.read_text()
     except OSError as e:

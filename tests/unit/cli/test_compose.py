@@ -230,3 +230,16 @@ services:
     assert refuse(text, tmp_path, env={"N": "three", "TAG": "1"}) == (
         "services.web.deploy.replicas: expected an integer, got a string"
     )
+
+
+def test_load_from_stdin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from shoal.cli.stack.compose import load
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.stdin", io.StringIO(GOOD))
+    f = load(Path("-"), env={})
+    assert f.base_dir == tmp_path and list(f.services) == ["web"]
+    with pytest.raises(ComposeError, match="^cannot read"):
+        load(tmp_path / "missing.yml", env={})
