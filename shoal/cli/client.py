@@ -1,8 +1,9 @@
-"""A small synchronous Docker Engine API client over a unix socket (stdlib only), for
-the `shoal` command's own use."""
+"""A small synchronous Docker Engine API client (stdlib only), for the `shoal` command's
+own use: over a unix socket, or plain HTTP to a `tcp://` host."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.parse
 from typing import Any
@@ -25,6 +26,17 @@ class Client:
         self.socket_path = socket_path
         self.timeout = timeout
 
+    @classmethod
+    def for_host(cls, host: str, timeout: float = DEFAULT_TIMEOUT_S) -> Client:
+        """A client for a DOCKER_HOST-style address: `unix:///PATH` (or a bare path)
+        or `tcp://ADDR:PORT`."""
+        if host.startswith("tcp://"):
+            return TCPClient(host.removeprefix("tcp://").rstrip("/"), timeout)
+        return cls(host.removeprefix("unix://"), timeout)
+
+    def _connection(self, timeout: float) -> http.client.HTTPConnection:
+        return UnixHTTPConnection(self.socket_path, timeout)
+
     def request(
         self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None
     ) -> Any:
@@ -33,7 +45,7 @@ class Client:
             url += "?" + urllib.parse.urlencode(
                 {k: json.dumps(v) if isinstance(v, dict) else v for k, v in query.items()}
             )
-        conn = UnixHTTPConnection(self.socket_path, self.timeout)
+        conn = self._connection(self.timeout)
         try:
             payload = json.dumps(body).encode() if body is not None else None
             headers = {"Content-Type": "application/json"} if payload is not None else {}
@@ -50,10 +62,20 @@ class Client:
 
     def ping(self) -> bool:
         try:
-            conn = UnixHTTPConnection(self.socket_path, 2.0)
+            conn = self._connection(2.0)
             conn.request("HEAD", "/_ping")
             ok = conn.getresponse().status == 200
             conn.close()
             return ok
         except OSError:
             return False
+
+
+class TCPClient(Client):
+    """The same client over plain TCP (`tcp://` hosts: loopback and tests)."""
+
+    def __init__(self, address: str, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+        super().__init__(address, timeout)
+
+    def _connection(self, timeout: float) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection(self.socket_path, timeout=timeout)

@@ -9,12 +9,14 @@ from pathlib import Path
 import typer
 
 from shoal import __version__
+from shoal.cli.stack.commands import app as stack_app
 
 app = typer.Typer(
     help="shoal: a container orchestrator with Docker Swarm mode semantics.",
     no_args_is_help=True,
     add_completion=False,
 )
+app.add_typer(stack_app, name="stack")
 
 
 def _parse_labels(labels: list[str]) -> dict[str, str]:
