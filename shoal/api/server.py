@@ -131,6 +131,9 @@ def build_app(daemon: DaemonContext) -> web.Application:
     router = Router(app)
     for module in (system, swarm, services, tasks, nodes, logs, secrets, networks, events):
         module.register(router)
+    from shoal.api import visualizer
+
+    visualizer.register(app)  # shoal's own page, unversioned (docs/visualizer.md)
     if daemon.engine_host:
         from shoal.api import engine
 

@@ -27,6 +27,7 @@ from shoal.manager.orchestrator.restart import RestartSupervisor
 from shoal.manager.orchestrator.update import UpdateSupervisor
 from shoal.manager.scheduler.scheduler import Scheduler
 from shoal.manager.store import Store
+from shoal.manager.visualizer import VisualizerFeed
 
 log = get_logger("shoal.manager")
 
@@ -45,6 +46,7 @@ class Manager:
         self.store = store
         self.clock = clock
         self.events = EventLog(store, clock)  # first: it watches from construction
+        self.visualizer = VisualizerFeed(store, clock)  # so does the visualizer's feed
         self.restarts = RestartSupervisor(store, clock)
         self.updates = UpdateSupervisor(store, clock)
         self.dispatcher = Dispatcher(store, clock)
@@ -67,6 +69,7 @@ class Manager:
             "jobs": self.jobs,
             "reaper": self.reaper,
             "root-rotation": self.rotation,
+            "visualizer": self.visualizer,
         }
         self._tasks: list[asyncio.Task[None]] = []
 
