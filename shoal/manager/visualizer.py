@@ -89,7 +89,7 @@ class TaskView(msgspec.Struct, frozen=True, kw_only=True):
     desired_state: str
 
 
-class Change(msgspec.Struct, frozen=True, kw_only=True):
+class Change(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """One change the page applies: `upsert` (with the view) or `remove`."""
 
     kind: Kind
