@@ -127,7 +127,7 @@ async def _send(resp: web.StreamResponse, data: bytes, clock: Clock) -> None:
 def register(app: web.Application) -> None:
     """The page and its stream on the Docker API's app (unversioned: shoal's own)."""
     app.router.add_get(PAGE_PATH, serve_page)
-    app.router.add_get(EVENTS_PATH, events)
+    app.router.add_get(EVENTS_PATH, events, allow_head=False)
 
 
 def build_app(daemon: DaemonContext) -> web.Application:
