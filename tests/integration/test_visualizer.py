@@ -140,6 +140,26 @@ def running_cards(driver: WebDriver, node: str, service: str, n: int) -> list[di
     return []
 
 
+def legend(driver: WebDriver, service: str) -> str:
+    return str(
+        driver.execute_script(
+            "const e = document.querySelector(`#legend [data-service='${arguments[0]}']`);"
+            "return e ? e.innerText : '';",
+            service,
+        )
+    )
+
+
+def node_head(driver: WebDriver, node: str) -> str:
+    return str(
+        driver.execute_script(
+            "const e = document.querySelector(`section.node[data-node-id='${arguments[0]}'] "
+            ".node-head`); return e ? e.innerText : '';",
+            node,
+        )
+    )
+
+
 def rgb(css: str) -> tuple[int, int, int]:
     """`rgb(r, g, b)` as the browser computes a colour."""
     assert css.startswith("rgb("), css
@@ -164,11 +184,7 @@ def test_the_page_shows_the_node_and_cards_and_follows_a_scale_up_without_reload
         what="2 running cards of web in the node's column",
     )
     assert sorted(str(c["text"]).split("\n")[0] for c in two) == ["web.1", "web.2"]
-    head = browser.execute_script(
-        "return document.querySelector(`section.node[data-node-id='${arguments[0]}'] "
-        ".node-head`).innerText",
-        node,
-    )
+    head = node_head(browser, node)
     for word in ("viz-node", "manager (leader)", "ready", "active"):
         assert word in head, head
     # a mark on this document: it is gone if the page is ever loaded again
@@ -181,6 +197,11 @@ def test_the_page_shows_the_node_and_cards_and_follows_a_scale_up_without_reload
         what="4 running cards of web without a reload",
     )
     assert browser.execute_script("return window.shoalMark") == "same document"
+    wait_until(
+        lambda: legend(browser, "web") == "web 4/4",
+        timeout=PAGE_TIMEOUT_S,
+        what="the legend to count 4 of 4 running",
+    )
     assert {c["id"] for c in two} < {c["id"] for c in four}
     assert len({c["colour"] for c in four}) == 1  # one colour per service
 
@@ -200,6 +221,32 @@ def test_the_page_shows_the_node_and_cards_and_follows_a_scale_up_without_reload
     assert painted >= 0.5 * area, (painted, area, colour)
     assert painted <= 1.2 * area  # nothing else on the page is in the service's colour
     assert len(counts) > 2  # not blank: the page's background, the cards, their text...
+
+
+def test_a_drained_node_shows_so_and_its_tasks_wait_unassigned_until_it_is_active(
+    viz: Daemon, browser: WebDriver
+) -> None:
+    node = node_id(viz)
+    viz.create_service("drainme", "--replicas", "2", "busybox", "sleep", "1000", detach=False)
+    browser.get(viz_url(viz))
+    wait_until(lambda: running_cards(browser, node, "drainme", 2), what="2 cards on the node")
+    try:
+        viz.docker("node", "update", "--availability", "drain", node)
+        wait_until(lambda: "drain" in node_head(browser, node), what="the node shown drained")
+        # the only node drained: the replacements wait without a node
+        wait_until(
+            lambda: not cards(browser, node, "drainme") and len(cards(browser, "", "drainme")) == 2,
+            timeout=PAGE_TIMEOUT_S,
+            what="the tasks to leave the node's column for the unassigned one",
+        )
+    finally:
+        viz.docker("node", "update", "--availability", "active", node)
+    wait_until(
+        lambda: running_cards(browser, node, "drainme", 2),
+        timeout=PAGE_TIMEOUT_S,
+        what="the tasks back on the active node",
+    )
+    assert "active" in node_head(browser, node)
 
 
 def test_the_page_is_served_on_the_api_tcp_host(viz: Daemon, browser: WebDriver) -> None:
