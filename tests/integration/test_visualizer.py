@@ -330,10 +330,10 @@ def _snapshot_and_leave(port: int) -> str | None:
         conn.close()
 
 
-def test_outside_a_swarm_the_page_is_served_and_its_stream_answers_dockers_error(
-    daemon_factory: DaemonFactory,
+def test_outside_a_swarm_the_stream_answers_dockers_error_and_the_page_waits_for_one(
+    daemon_factory: DaemonFactory, browser: WebDriver
 ) -> None:
-    daemon = daemon_factory(node_name="viz-alone")
+    daemon = daemon_factory(node_name="viz-alone", tcp=True)
     page = daemon.http("GET", "/visualizer")
     assert page.status == 200 and b"shoal visualizer" in page.body
     stream = daemon.http("GET", "/visualizer/events")
@@ -344,3 +344,41 @@ def test_outside_a_swarm_the_page_is_served_and_its_stream_answers_dockers_error
     }
     # the swarm's page does not take the place of any Docker route
     assert daemon.http("GET", "/v1.41/visualizer").status == 404
+    # a page opened before the swarm exists comes alive once it does, by itself
+    browser.get(f"http://127.0.0.1:{daemon.tcp_port}/visualizer")
+    wait_until(
+        lambda: browser.execute_script("return document.body.dataset.status") == "down",
+        what="the page to say its stream is down",
+    )
+    init_swarm(daemon)
+    node = node_id(daemon)
+    wait_until(
+        lambda: "viz-alone" in node_head(browser, node),
+        timeout=PAGE_TIMEOUT_S,
+        what="the page to show the new swarm's node",
+    )
+
+
+def test_the_page_reconnects_after_its_manager_restarts(
+    daemon_factory: DaemonFactory, browser: WebDriver
+) -> None:
+    daemon = daemon_factory(node_name="viz-restart", tcp=True)
+    init_swarm(daemon)
+    node = node_id(daemon)
+    daemon.create_service("again", "--replicas", "1", "busybox", "sleep", "1000", detach=False)
+    browser.get(f"http://127.0.0.1:{daemon.tcp_port}/visualizer")
+    before = wait_until(lambda: running_cards(browser, node, "again", 1), what="the card")
+    browser.execute_script("window.shoalMark = 'same document'")
+    daemon.stop()
+    wait_until(
+        lambda: browser.execute_script("return document.body.dataset.status") == "down",
+        what="the page to notice its stream ended",
+    )
+    daemon.start()
+    # the task was stopped with the daemon; its replacement shows in the same document
+    after = wait_until(
+        lambda: [c for c in running_cards(browser, node, "again", 1) if c["id"] != before[0]["id"]],
+        timeout=PAGE_TIMEOUT_S,
+        what="the page to reconnect and show the replacement task",
+    )
+    assert after and browser.execute_script("return window.shoalMark") == "same document"
