@@ -173,11 +173,10 @@ def payload(ev: Event) -> Change | None:
         return Change(kind="service", action="upsert", id=ev.obj.id, view=service_view(ev.obj))
     if ev.kind == "task":
         task: Task = ev.obj
-        was = ev.old is not None and shown(ev.old)
         if ev.action != "remove" and shown(task):
             view = task_view(task, _task_service_name(ev.meta, task))
             return Change(kind="task", action="upsert", id=task.id, view=view)
-        if was or (ev.action == "remove" and shown(task)):
+        if ev.old is not None and shown(ev.old):  # it was on the page (a remove's old: itself)
             return Change(kind="task", action="remove", id=task.id)
         return None
     return None
