@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up everything shoal needs on this machine, idempotently:
 #   - system tools (Debian packages, only what is missing): ip (iproute2), ps (procps),
-#     and a docker CLI (the machine's own if it has one, else Debian's docker.io);
+#     a docker CLI (the machine's own if it has one, else Debian's docker.io), and
+#     chromium with chromium-driver (the visualizer's browser test);
 #   - .venv at the repository root with shoal installed editable, with its dev extras.
 # Fast when already done: apt is not touched when every tool is there, and pip runs
 # only when pyproject.toml changed since the last install (a stamp in .venv).
@@ -31,6 +32,10 @@ command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 # The Prometheus server the metrics test scrapes the daemons with (it starts its own
 # process on loopback; the package's service is not used).
 command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+# The visualizer's browser test: Debian's chromium, driven through its chromium-driver
+# by selenium (no browser is downloaded: the test uses these two).
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 # The image usually ships the docker CLI 28 as /usr/local/bin/docker, but no engine:
 # Debian's docker.io brings dockerd (the docker runtime's engine; its /usr/bin/docker
 # CLI stays behind /usr/local/bin on PATH), busybox-static the root filesystem of the
@@ -67,7 +72,7 @@ if ((${#missing[@]})); then
     "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-for tool in ip ps docker dockerd docker-registry busybox prometheus; do
+for tool in ip ps docker dockerd docker-registry busybox prometheus chromium chromedriver; do
     command -v "$tool" >/dev/null 2>&1 || { log "$tool is still missing after install"; exit 1; }
 done
 

@@ -32,6 +32,7 @@ from shoal.agent.network.state import NetworkState
 from shoal.agent.session import RemoteSession
 from shoal.api.listen import APITLS
 from shoal.api.server import APIServer
+from shoal.api.visualizer import VisualizerServer
 from shoal.errors import (
     AlreadyInSwarm,
     InvalidArgument,
@@ -105,6 +106,9 @@ class DaemonConfig:
     # The TLS of the API's tcp:// hosts (--tls/--tlsverify), and --insecure-tcp.
     api_tls: APITLS | None = None
     insecure_tcp: bool = False
+    # `--visualizer-addr HOST:PORT`: the visualizer on a port of its own (None: only on
+    # the API's hosts, at /visualizer).
+    visualizer_addr: tuple[str, int] | None = None
 
 
 @dataclass
@@ -204,6 +208,9 @@ class Daemon:
         self._pending_trust: TrustUpdate | None = None
         self._ca_watch: asyncio.Task[None] | None = None
         self._api = APIServer(self, config.hosts, config.api_tls, config.insecure_tcp)
+        self._visualizer = (
+            VisualizerServer(self, *config.visualizer_addr) if config.visualizer_addr else None
+        )
         self._lock = asyncio.Lock()
         self.stopped = asyncio.Event()
 
@@ -365,6 +372,8 @@ class Daemon:
                 else:
                     self._start_worker()
         await self._api.start()
+        if self._visualizer is not None:
+            await self._visualizer.start()
         log.info(
             "daemon started",
             node_name=self.node_name,
@@ -585,6 +594,8 @@ class Daemon:
 
     async def stop(self) -> None:
         await self._api.stop()
+        if self._visualizer is not None:
+            await self._visualizer.stop()
         await self._stop_swarm(stop_tasks=not self.config.live_restore)
         log.info("daemon stopped")
         self.stopped.set()

@@ -137,6 +137,9 @@ def build_app(daemon: DaemonContext) -> web.Application:
     for module in (system, swarm, services, tasks, nodes, logs, secrets, networks, events):
         module.register(router)
     register_metrics(router)  # GET /metrics: before the engine's catch-all
+    from shoal.api import visualizer
+
+    visualizer.register(app)  # shoal's own page, unversioned (docs/visualizer.md)
     if daemon.engine_host:
         from shoal.api import engine
 

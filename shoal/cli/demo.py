@@ -21,6 +21,8 @@ from shoal.cli.client import Client
 
 DEFAULT_DEMO_DIR = Path("/tmp/shoal-demo")
 WEB_PORT = 8080
+# The visualizer's own port (docs/visualizer.md): the daemon's --visualizer-addr.
+VISUALIZER_PORT = 8081
 TICKER_REPLICAS = 2
 START_TIMEOUT_S = 30.0
 CONVERGE_TIMEOUT_S = 60.0
@@ -84,6 +86,7 @@ def demo(
     data_dir: Path = DEFAULT_DEMO_DIR,
     port: int = WEB_PORT,
     duration: float = -1.0,
+    visualizer_port: int = VISUALIZER_PORT,
 ) -> None:
     """Start a single-node cluster, deploy the sample app, print how to reach it.
 
@@ -111,6 +114,8 @@ def demo(
                 "process",
                 "--node-name",
                 "demo",
+                "--visualizer-addr",
+                f"127.0.0.1:{visualizer_port}",
             ],
             stdout=log_file,
             stderr=log_file,
@@ -160,6 +165,7 @@ def demo(
             f"DOCKER_HOST=unix://{sock} docker service logs ticker",
         )
         Console().print(table)
+        print(f"visualizer: http://127.0.0.1:{visualizer_port}/", flush=True)
         print(
             f"export DOCKER_HOST=unix://{sock}   # then: docker service ls, docker node ls",
             flush=True,

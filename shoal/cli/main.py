@@ -77,6 +77,12 @@ def daemon(
         help="Allow a tcp:// host on a non-loopback address without --tlsverify: anyone "
         "who reaches it is root on this machine.",
     ),
+    visualizer_addr: str = typer.Option(
+        "",
+        "--visualizer-addr",
+        help="Also serve the visualizer (read-only, no authentication) on HOST:PORT; "
+        "every manager serves it at /visualizer on its API hosts anyway.",
+    ),
     log_level: str = typer.Option("info", "--log-level"),
 ) -> None:
     """Run the shoal daemon (agent, and manager once in a swarm)."""
@@ -111,6 +117,16 @@ def daemon(
     except HostError as e:
         typer.echo(f"shoal daemon: {e}", err=True)
         raise typer.Exit(1) from None
+    viz_addr = None
+    if visualizer_addr:
+        viz_host, sep, viz_port = visualizer_addr.rpartition(":")
+        if not sep or not viz_port.isdigit() or not 0 < int(viz_port) < 65536:
+            typer.echo(
+                f"shoal daemon: invalid --visualizer-addr {visualizer_addr!r}: use HOST:PORT",
+                err=True,
+            )
+            raise typer.Exit(1)
+        viz_addr = (viz_host.strip("[]"), int(viz_port))
     log.setup(log_level)
     config = DaemonConfig(
         data_dir=data_dir,
@@ -124,6 +140,7 @@ def daemon(
         resources_memory=resources_memory,
         api_tls=api_tls,
         insecure_tcp=insecure_tcp,
+        visualizer_addr=viz_addr,
     )
     try:
         import uvloop
@@ -148,8 +165,11 @@ def demo_command(
     duration: float = typer.Option(
         -1.0, "--duration", help="Seconds to keep running (default: until Ctrl-C)."
     ),
+    visualizer_port: int = typer.Option(
+        8081, "--visualizer-port", help="Port of the visualizer page (on 127.0.0.1)."
+    ),
 ) -> None:
     """Run a single-node cluster serving the sample app (the main job)."""
     from shoal.cli.demo import demo
 
-    demo(data_dir=data_dir, port=port, duration=duration)
+    demo(data_dir=data_dir, port=port, duration=duration, visualizer_port=visualizer_port)

@@ -28,6 +28,7 @@ from shoal.manager.orchestrator.update import UpdateSupervisor
 from shoal.manager.scheduler.scheduler import Scheduler
 from shoal.manager.store import Store
 from shoal.metrics import Metrics
+from shoal.manager.visualizer import VisualizerFeed
 
 log = get_logger("shoal.manager")
 
@@ -50,6 +51,7 @@ class Manager:
         self.clock = clock
         self.metrics = metrics if metrics is not None else store.metrics
         self.events = EventLog(store, clock)  # first: it watches from construction
+        self.visualizer = VisualizerFeed(store, clock)  # so does the visualizer's feed
         self.restarts = RestartSupervisor(store, clock)
         self.updates = UpdateSupervisor(store, clock)
         self.dispatcher = Dispatcher(store, clock, self.metrics)
@@ -72,6 +74,7 @@ class Manager:
             "jobs": self.jobs,
             "reaper": self.reaper,
             "root-rotation": self.rotation,
+            "visualizer": self.visualizer,
         }
         self._tasks: list[asyncio.Task[None]] = []
 

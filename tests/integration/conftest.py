@@ -45,7 +45,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 @pytest.fixture(scope="module")
 def daemon_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonFactory]:
-    """make(node_name=None, labels=(), tcp=False, start=True) -> a Daemon."""
+    """make(node_name=None, labels=(), tcp=False, start=True, args=()) -> a Daemon."""
     docker_cli()  # fail early, and clearly, without the docker CLI
     made: list[Daemon] = []
     logs = tmp_path_factory.mktemp("daemon-logs")
@@ -55,6 +55,7 @@ def daemon_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonF
         labels: Sequence[str] = (),
         tcp: bool = False,
         start: bool = True,
+        args: Sequence[str] = (),
     ) -> Daemon:
         root = Path(tempfile.mkdtemp(prefix="shoal-", dir="/tmp"))
         name = node_name or f"node{len(made) + 1}"
@@ -64,6 +65,7 @@ def daemon_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonF
             name,
             labels=labels,
             tcp_port=free_tcp_port() if tcp else None,
+            extra_args=args,
         )
         made.append(daemon)
         _LIVE.append(daemon)

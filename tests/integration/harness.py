@@ -268,6 +268,7 @@ class Daemon:
         node_name: str,
         labels: Sequence[str] = (),
         tcp_port: int | None = None,
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.root = root
         self.data_dir = root / "data"
@@ -277,6 +278,8 @@ class Daemon:
         self.node_name = node_name
         self.labels = list(labels)
         self.tcp_port = tcp_port
+        # More `shoal daemon` options (`--visualizer-addr ...`), after the harness's own.
+        self.extra_args = list(extra_args)
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
         # Killed with SIGKILL and not started again: its tasks outlive it by design
@@ -319,7 +322,7 @@ class Daemon:
             cmd += ["--host", self.tcp_host]
         for label in self.labels:
             cmd += ["--label", label]
-        return cmd
+        return cmd + self.extra_args
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
