@@ -27,8 +27,8 @@ from shoal.manager.orchestrator.restart import RestartSupervisor
 from shoal.manager.orchestrator.update import UpdateSupervisor
 from shoal.manager.scheduler.scheduler import Scheduler
 from shoal.manager.store import Store
-from shoal.metrics import Metrics
 from shoal.manager.visualizer import VisualizerFeed
+from shoal.metrics import Metrics
 
 log = get_logger("shoal.manager")
 
