@@ -235,7 +235,13 @@ class Plumbing:
         """The network's sandbox, created if missing; returns its namespace file."""
         with self._lock:
             entry = self.record.networks.get(network.id)
-            if entry is not None and netns.exists(Path(entry["netns"])):
+            # (a record without "ready" was written by a daemon that recorded only
+            # whole sandboxes)
+            if (
+                entry is not None
+                and entry.get("ready", True)
+                and netns.exists(Path(entry["netns"]))
+            ):
                 return str(entry["netns"])
             vni = network.vxlan_id
             if vni is None:
@@ -248,12 +254,23 @@ class Plumbing:
                 self._remove_network_locked(network.id)
             self._programmed.pop(network.id, None)
             self._bridges.pop(network.id, None)
-            self.record.networks[network.id] = {"netns": str(path), "vni": vni}
+            self._release_vni_locked(vni, network.id)
+            self.record.networks[network.id] = {"netns": str(path), "vni": vni, "ready": False}
             self._save()
-            netns.create(path)
-            self.record.networks[network.id]["ino"] = netns.inode(path)
+            try:
+                netns.create(path)
+                self.record.networks[network.id]["ino"] = netns.inode(path)
+                self._save()
+                devices.make_sandbox(
+                    path, self.node_netns, vni, self.underlay_addr, self.vxlan_port
+                )
+            except BaseException:
+                # Never left half-made (a bridge without its VXLAN device would be
+                # taken for a whole sandbox): removed, the next attach starts again.
+                self._remove_network_locked(network.id)
+                raise
+            self.record.networks[network.id]["ready"] = True
             self._save()
-            devices.make_sandbox(path, self.node_netns, vni, self.underlay_addr, self.vxlan_port)
             log.info("network sandbox created", network=network.id, vni=vni, netns=str(path))
             self._sync_network_locked(network.id)
             return str(path)
@@ -368,6 +385,21 @@ class Plumbing:
         for network_id in list(self.record.networks):
             if network_id not in used and network_id not in wanted:
                 self._remove_network_locked(network_id)
+
+    def _release_vni_locked(self, vni: int, network_id: str) -> None:
+        """The VXLAN ID of a network removed from the cluster can be given to a new one
+        while this node still has the old sandbox (its tasks still stopping): the
+        kernel then refuses a second VXLAN device with that ID (EEXIST). The old
+        network is gone, so its VXLAN device goes now; its sandbox follows when no task
+        uses it."""
+        wanted = set(self.state.networks) if self.state is not None else set()
+        for other_id, other in list(self.record.networks.items()):
+            if other_id == network_id or other.get("vni") != vni or other_id in wanted:
+                continue
+            path = Path(other["netns"])
+            if netns.exists(path):
+                devices.delete_links(str(path), [devices.VXLAN])
+            log.info("stale VXLAN device removed", network=other_id, vni=vni)
 
     def _remove_network_locked(self, network_id: str) -> None:
         entry = self.record.networks.get(network_id)

@@ -4,8 +4,8 @@ after a `kill -9` finds exactly what its predecessor may have left, never by mat
 names. One JSON file in the daemon's data directory:
 
     {"netns_dir": "<run dir>/netns" | null,     the shared bind mount of that dir, if ours
-     "networks": {<network id>: {"netns": <sandbox namespace file>, "vxlan": <name in the
-                  node namespace while being created>, "vni": N, "node_netns": path|null}},
+     "networks": {<network id>: {"netns": <sandbox namespace file>, "vni": N, "ino": N,
+                  "ready": false until its bridge and VXLAN device are both made}},
      "tasks":    {<task id>: {"netns": <namespace file> , "own_netns": true|false,
                   "links": {<network id>: <veth name in the network's sandbox>},
                   "nft": ["ip shoal-vip"]}},

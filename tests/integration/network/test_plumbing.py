@@ -221,3 +221,50 @@ def test_tasks_on_two_nodes_reach_each_other_over_vxlan_and_only_on_their_networ
         BRIDGE,
     ]:
         assert f" {name}:" not in host_links and f" {name}@" not in host_links
+
+
+def test_a_vxlan_id_given_again_while_the_old_sandbox_stays(
+    lab: tuple[NetnsLab, list[tuple[str, str]]], tmp_path: Path
+) -> None:
+    """The manager gives a removed network's VXLAN ID to a new one while this node still
+    has the old network's sandbox (a task of it still stopping): the kernel refuses a
+    second VXLAN device with that ID, so the old one goes first, and the new sandbox is
+    whole (never a bridge without its VXLAN device, taken for a whole sandbox)."""
+    _lab, [(ns_a, addr_a), _] = lab
+    o_net, n_net = (f"10.{n}.{secrets.randbelow(250)}" for n in (212, 213))
+    old = network(f"{o_net}.0/24")
+    new = Network(
+        id=secrets.token_hex(12), driver_state=old.driver_state,
+        ipam_options=IPAMOptions(configs=[IPAMConfig(subnet=f"{n_net}.0/24")]),
+    )  # fmt: skip
+
+    async def run() -> None:
+        p = Plumbing(tmp_path / "data", tmp_path / "run", addr_a, f"/run/netns/{ns_a}")
+        state = NetworkState()
+        p.watch(state)
+        state.apply(NetworkUpdate(full=True, networks=[old]))
+        try:
+            await p.attach("told", [NetworkAttachment(network=old, addresses=[f"{o_net}.2/24"])])
+            # the old network leaves the cluster, its task still on this node; a new one
+            # comes with the same VXLAN ID
+            state.apply(NetworkUpdate(full=True, networks=[new]))
+            tnew = await p.attach(
+                "tnew", [NetworkAttachment(network=new, addresses=[f"{n_net}.2/24"])]
+            )
+            sandbox = p.record.networks[new.id]["netns"]
+            assert p.record.networks[new.id]["ready"] is True
+            assert (
+                f"vxlan id {new.vxlan_id}"
+                in in_ns(sandbox, "ip", "-d", "link", "show", VXLAN).stdout
+            )
+            assert (
+                in_ns(p.record.networks[old.id]["netns"], "ip", "link", "show", VXLAN).returncode
+                != 0
+            )
+            assert "eth0" in in_ns(tnew, "ip", "-o", "link").stdout
+            await p.detach("told")
+            await p.detach("tnew")
+        finally:
+            await p.close()
+
+    asyncio.run(run())
