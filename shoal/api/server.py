@@ -124,7 +124,18 @@ class Router:
 
 
 def build_app(daemon: DaemonContext) -> web.Application:
-    from shoal.api import events, logs, networks, nodes, secrets, services, swarm, system, tasks
+    from shoal.api import (
+        events,
+        logs,
+        networks,
+        nodes,
+        secrets,
+        services,
+        swarm,
+        system,
+        tasks,
+        visualizer,
+    )
     from shoal.api.metrics import latency_middleware
     from shoal.api.metrics import register as register_metrics
 
@@ -137,8 +148,6 @@ def build_app(daemon: DaemonContext) -> web.Application:
     for module in (system, swarm, services, tasks, nodes, logs, secrets, networks, events):
         module.register(router)
     register_metrics(router)  # GET /metrics: before the engine's catch-all
-    from shoal.api import visualizer
-
     visualizer.register(app)  # shoal's own page, unversioned (docs/visualizer.md)
     if daemon.engine_host:
         from shoal.api import engine
