@@ -123,6 +123,19 @@ class Router:
         self._app.router.add_route(method, r"/v{version:\d+\.\d+}" + path, handler)
 
 
+def app_runner(app: web.Application) -> web.AppRunner:
+    """The runner every listener of the daemon's serves `app` with. handler_cancellation:
+    a client that goes away (a `logs -f` left) ends its handler at once instead of
+    holding the daemon's shutdown."""
+    return web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        handler_cancellation=True,
+        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+    )
+
+
 def build_app(daemon: DaemonContext) -> web.Application:
     from shoal.api import (
         events,
@@ -190,15 +203,7 @@ class APIServer:
     async def start(self) -> None:
         hosts = check_hosts(self._hosts, self._tls, self._insecure_tcp)
         ssl_context = self._tls.context() if self._tls is not None else None
-        # handler_cancellation: a client that goes away (a `logs -f` left) ends its
-        # handler at once instead of holding the daemon's shutdown.
-        self._runner = web.AppRunner(
-            self._app,
-            access_log=None,
-            handle_signals=False,
-            handler_cancellation=True,
-            shutdown_timeout=SHUTDOWN_TIMEOUT_S,
-        )
+        self._runner = app_runner(self._app)
         await self._runner.setup()
         for host in hosts:
             if host.path is not None:
