@@ -123,8 +123,32 @@ class Router:
         self._app.router.add_route(method, r"/v{version:\d+\.\d+}" + path, handler)
 
 
+def app_runner(app: web.Application) -> web.AppRunner:
+    """The runner every listener of the daemon's serves `app` with. handler_cancellation:
+    a client that goes away (a `logs -f` left) ends its handler at once instead of
+    holding the daemon's shutdown."""
+    return web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        handler_cancellation=True,
+        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+    )
+
+
 def build_app(daemon: DaemonContext) -> web.Application:
-    from shoal.api import events, logs, networks, nodes, secrets, services, swarm, system, tasks
+    from shoal.api import (
+        events,
+        logs,
+        networks,
+        nodes,
+        secrets,
+        services,
+        swarm,
+        system,
+        tasks,
+        visualizer,
+    )
     from shoal.api.metrics import latency_middleware
     from shoal.api.metrics import register as register_metrics
 
@@ -137,8 +161,6 @@ def build_app(daemon: DaemonContext) -> web.Application:
     for module in (system, swarm, services, tasks, nodes, logs, secrets, networks, events):
         module.register(router)
     register_metrics(router)  # GET /metrics: before the engine's catch-all
-    from shoal.api import visualizer
-
     visualizer.register(app)  # shoal's own page, unversioned (docs/visualizer.md)
     if daemon.engine_host:
         from shoal.api import engine
@@ -181,15 +203,7 @@ class APIServer:
     async def start(self) -> None:
         hosts = check_hosts(self._hosts, self._tls, self._insecure_tcp)
         ssl_context = self._tls.context() if self._tls is not None else None
-        # handler_cancellation: a client that goes away (a `logs -f` left) ends its
-        # handler at once instead of holding the daemon's shutdown.
-        self._runner = web.AppRunner(
-            self._app,
-            access_log=None,
-            handle_signals=False,
-            handler_cancellation=True,
-            shutdown_timeout=SHUTDOWN_TIMEOUT_S,
-        )
+        self._runner = app_runner(self._app)
         await self._runner.setup()
         for host in hosts:
             if host.path is not None:

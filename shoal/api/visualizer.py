@@ -30,7 +30,7 @@ from aiohttp import web
 
 from shoal.api.context import DaemonContext
 from shoal.api.listen import is_loopback
-from shoal.api.server import CONTEXT_KEY, SHUTDOWN_TIMEOUT_S, docker_middleware, reads
+from shoal.api.server import CONTEXT_KEY, app_runner, docker_middleware, reads
 from shoal.api.swarm import require_manager
 from shoal.clock import Clock
 from shoal.log import get_logger
@@ -149,13 +149,7 @@ class VisualizerServer:
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
-        self._runner = web.AppRunner(
-            self._app,
-            access_log=None,
-            handle_signals=False,
-            handler_cancellation=True,
-            shutdown_timeout=SHUTDOWN_TIMEOUT_S,
-        )
+        self._runner = app_runner(self._app)
         await self._runner.setup()
         await web.TCPSite(self._runner, self._host or "0.0.0.0", self._port).start()
         if is_loopback(self._host):

@@ -36,6 +36,7 @@ import msgspec
 
 from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.log import get_logger
+from shoal.manager import fanout
 from shoal.manager.store import Event, Store, Watcher, WatcherClosed
 from shoal.types.base import parse_time
 from shoal.types.event import SCOPE_SWARM, SWARM_EVENT_TYPES, EventActor, EventMessage
@@ -240,48 +241,17 @@ def _match_kv(wanted: list[str] | None, sources: dict[str, str]) -> bool:
 # --- subscriptions -----------------------------------------------------------------------------
 
 
-class Subscription:
-    """One `GET /events` stream's share of the log: iterate for batches of events; the
-    iteration ends when the subscription is closed (too slow, unsubscribed, the log
-    stopped), `closed_reason` saying why."""
+class Subscription(fanout.Subscription[LoggedEvent]):
+    """One `GET /events` stream's share of the log: iterate for batches of the events
+    its filter passes; the iteration ends when the subscription is closed (too slow,
+    unsubscribed, the log stopped), `closed_reason` saying why."""
 
-    def __init__(self, log_: EventLog, filter_: EventFilter) -> None:
-        self._log = log_
+    def __init__(self, subscribers: fanout.Subscribers[LoggedEvent], filter_: EventFilter) -> None:
+        super().__init__(subscribers)
         self.filter = filter_
-        self._queue: deque[LoggedEvent] = deque()
-        self._wake = asyncio.Event()
-        self.closed_reason: str | None = None
 
-    def _offer(self, ev: LoggedEvent) -> None:
-        if self.closed_reason is not None or not self.filter.include(ev):
-            return
-        if len(self._queue) >= MAX_SUBSCRIBER_QUEUE:
-            self._log.slow_closed += 1
-            log.warning("closing a slow events subscriber", queued=len(self._queue))
-            self.close(f"fell {MAX_SUBSCRIBER_QUEUE} events behind")
-            return
-        self._queue.append(ev)
-        self._wake.set()
-
-    def close(self, reason: str = "unsubscribed") -> None:
-        if self.closed_reason is None:
-            self.closed_reason = reason
-            self._log._subscribers.discard(self)
-        self._queue.clear()
-        self._wake.set()
-
-    def __aiter__(self) -> Subscription:
-        return self
-
-    async def __anext__(self) -> list[LoggedEvent]:
-        while not self._queue:
-            if self.closed_reason is not None:
-                raise StopAsyncIteration
-            self._wake.clear()
-            await self._wake.wait()
-        batch = list(self._queue)
-        self._queue.clear()
-        return batch
+    def include(self, item: LoggedEvent) -> bool:
+        return self.filter.include(item)
 
 
 class EventLog:
@@ -294,10 +264,11 @@ class EventLog:
         # Watch from construction: nothing committed before run() starts is missed.
         self._watcher: Watcher | None = store.watch(*WATCHED_KINDS)
         self._history: deque[LoggedEvent] = deque(maxlen=MAX_HISTORY_EVENTS)
-        self._subscribers: set[Subscription] = set()
+        self._subscribers: fanout.Subscribers[LoggedEvent] = fanout.Subscribers(
+            MAX_SUBSCRIBER_QUEUE, "events"
+        )
         self._stopped = asyncio.Event()
         self.published = 0
-        self.slow_closed = 0
         self.resyncs = 0
 
     async def run(self) -> None:
@@ -319,8 +290,7 @@ class EventLog:
         self._stopped.set()
         if self._watcher is not None:
             self._watcher.close()
-        for sub in list(self._subscribers):
-            sub.close("the event log stopped")
+        self._subscribers.close_all("the event log stopped")
 
     def record(self, events: Iterable[Event]) -> None:
         """Translate one committed transaction's changes, log and publish them."""
@@ -334,8 +304,7 @@ class EventLog:
         self._history.append(ev)
         self._prune(self._clock.time_ns())
         self.published += 1
-        for sub in list(self._subscribers):
-            sub._offer(ev)
+        self._subscribers.publish([ev])
 
     def _prune(self, now_ns: int) -> None:
         cutoff = now_ns - int(MAX_HISTORY_AGE_S * 1e9)
@@ -361,7 +330,7 @@ class EventLog:
                 if filter_.include(ev):
                     past.append(ev)
             past.reverse()
-        sub = Subscription(self, filter_)
+        sub = Subscription(self._subscribers, filter_)
         self._subscribers.add(sub)
         return past, sub
 
@@ -373,6 +342,6 @@ class EventLog:
             "published": self.published,
             "history": len(self._history),
             "subscribers": len(self._subscribers),
-            "slow_closed": self.slow_closed,
+            "slow_closed": self._subscribers.slow_closed,
             "resyncs": self.resyncs,
         }

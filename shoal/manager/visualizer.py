@@ -26,7 +26,6 @@ service (ID and name), slot, node and states. Nothing else goes on the wire.
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import Iterable
 from typing import Any, Literal
 
@@ -35,6 +34,7 @@ import msgspec
 from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.errors import ResourceExhausted
 from shoal.log import get_logger
+from shoal.manager import fanout
 from shoal.manager.store import Event, ReadTx, Store, Watcher, WatcherClosed
 from shoal.types.node import Node
 from shoal.types.service import Service
@@ -212,49 +212,9 @@ def encode_snapshot(snap: Snapshot) -> bytes:
 # --- subscriptions -----------------------------------------------------------------------------
 
 
-class Subscription:
-    """One page's share of the feed: `next_batch()` for the encoded events queued; None
-    once it is closed (too slow, unsubscribed, the feed stopped or
-    resynced), `closed_reason` saying why."""
-
-    def __init__(self, feed: VisualizerFeed) -> None:
-        self._feed = feed
-        self._queue: deque[bytes] = deque()
-        self._wake = asyncio.Event()
-        self.closed_reason: str | None = None
-
-    def _offer(self, events: list[bytes]) -> None:
-        if self.closed_reason is not None:
-            return
-        if len(self._queue) + len(events) > MAX_SUBSCRIBER_QUEUE:
-            self._feed.slow_closed += 1
-            log.warning("closing a slow visualizer client", queued=len(self._queue))
-            self.close(f"fell {MAX_SUBSCRIBER_QUEUE} changes behind")
-            return
-        self._queue.extend(events)
-        self._wake.set()
-
-    def close(self, reason: str = "unsubscribed") -> None:
-        if self.closed_reason is None:
-            self.closed_reason = reason
-            self._feed._subscribers.discard(self)
-        self._queue.clear()
-        self._wake.set()
-
-    @property
-    def queued(self) -> int:
-        return len(self._queue)
-
-    async def next_batch(self) -> list[bytes] | None:
-        """Every event queued (waiting for one), or None once closed."""
-        while not self._queue:
-            if self.closed_reason is not None:
-                return None
-            self._wake.clear()
-            await self._wake.wait()
-        batch = list(self._queue)
-        self._queue.clear()
-        return batch
+# One page's share of the feed: `next_batch()` gives the encoded events queued, None
+# once it is closed (too slow, unsubscribed, the feed stopped or resynced).
+Subscription = fanout.Subscription[bytes]
 
 
 class VisualizerFeed:
@@ -266,10 +226,11 @@ class VisualizerFeed:
         self._clock = clock
         # Watch from construction, as the event log does: nothing is missed before run().
         self._watcher: Watcher | None = store.watch(*WATCHED_KINDS)
-        self._subscribers: set[Subscription] = set()
+        self._subscribers: fanout.Subscribers[bytes] = fanout.Subscribers(
+            MAX_SUBSCRIBER_QUEUE, "changes"
+        )
         self._stopped = asyncio.Event()
         self.published = 0
-        self.slow_closed = 0
         self.resyncs = 0
 
     def subscribe(self) -> tuple[bytes, Subscription]:
@@ -278,8 +239,7 @@ class VisualizerFeed:
         if len(self._subscribers) >= MAX_SUBSCRIBERS:
             raise ResourceExhausted(MSG_TOO_MANY)
         snap = encode_snapshot(snapshot(self._store.view(), self._store.index))
-        sub = Subscription(self)
-        self._subscribers.add(sub)
+        sub = self._subscribers.add(Subscription(self._subscribers))
         return snap, sub
 
     async def run(self) -> None:
@@ -293,8 +253,7 @@ class VisualizerFeed:
                 # Changes were missed: every page starts again from a snapshot.
                 self.resyncs += 1
                 log.warning("visualizer feed fell behind the store; resyncing", reason=str(e))
-                for sub in list(self._subscribers):
-                    sub.close("resync")
+                self._subscribers.close_all("resync")
             finally:
                 watcher.close()
 
@@ -302,8 +261,7 @@ class VisualizerFeed:
         self._stopped.set()
         if self._watcher is not None:
             self._watcher.close()
-        for sub in list(self._subscribers):
-            sub.close("the visualizer feed stopped")
+        self._subscribers.close_all("the visualizer feed stopped")
 
     def publish(self, events: Iterable[Event]) -> None:
         """One committed transaction's changes to every subscriber (translated only
@@ -318,13 +276,12 @@ class VisualizerFeed:
         if not lines:
             return
         self.published += len(lines)
-        for sub in list(self._subscribers):
-            sub._offer(lines)
+        self._subscribers.publish(lines)
 
     def statistics(self) -> dict[str, int]:
         return {
             "subscribers": len(self._subscribers),
             "published": self.published,
-            "slow_closed": self.slow_closed,
+            "slow_closed": self._subscribers.slow_closed,
             "resyncs": self.resyncs,
         }

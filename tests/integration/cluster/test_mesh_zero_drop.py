@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from ..cluster_harness import Cluster, NetnsLab, NodeFactory, make_netns_trio
+from ..cluster_harness import Cluster, NetnsLab
 from ..harness import wait_until
 from .loadkit import CLIENT, SERVER
 
@@ -44,20 +43,8 @@ HEALTH = ("--health-cmd", f"{sys.executable} -I -S -c \"import socket; socket.cr
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[NetnsLab]:
-    if shutil.which("ip") is None:
-        pytest.fail("iproute2 (`ip`) is needed: scripts/setup.sh installs it", pytrace=False)
-    lab = NetnsLab()
-    try:
-        yield lab
-    finally:
-        errors = lab.teardown()
-        assert not errors, errors
-
-
-@pytest.fixture(scope="module")
-def trio(lab: NetnsLab, node_factory: NodeFactory) -> Cluster:
-    return make_netns_trio(lab, node_factory)
+def trio(netns_trio: Cluster) -> Cluster:
+    return netns_trio
 
 
 @pytest.fixture(scope="module")

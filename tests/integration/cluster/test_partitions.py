@@ -29,8 +29,6 @@ from ..cluster_harness import (
     Cluster,
     CommandFailed,
     NetnsLab,
-    NodeFactory,
-    make_netns_trio,
     ns_exec,
 )
 from ..crash import duplicate_slots
@@ -95,22 +93,10 @@ class PacketDrop:
         return [line for line in listed.splitlines() if self.tag in line]
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[NetnsLab]:
-    if shutil.which("ip") is None or shutil.which("iptables") is None:
-        pytest.fail("iproute2 and iptables are needed: scripts/setup.sh installs them")
-    lab = NetnsLab()
-    try:
-        yield lab
-    finally:
-        errors = lab.teardown()
-        assert not errors, errors
-
-
-@pytest.fixture(scope="module")
-def netns_trio(lab: NetnsLab, node_factory: NodeFactory) -> Cluster:
-    # `lab` first: set up before the daemons, so torn down after them.
-    return make_netns_trio(lab, node_factory)
+@pytest.fixture(scope="module", autouse=True)
+def _iptables() -> None:
+    if shutil.which("iptables") is None:
+        pytest.fail("iptables is needed: scripts/setup.sh installs it", pytrace=False)
 
 
 @pytest.fixture
