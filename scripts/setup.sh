@@ -3,6 +3,7 @@
 #   - system tools (Debian packages, only what is missing): ip (iproute2), ps (procps),
 #     a docker CLI (the machine's own if it has one, else Debian's docker.io), and
 #     chromium with chromium-driver (the visualizer's browser test);
+#     redis-server (the DockerCoins example);
 #   - .venv at the repository root with shoal installed editable, with its dev extras.
 # Fast when already done: apt is not touched when every tool is there, and pip runs
 # only when pyproject.toml changed since the last install (a stamp in .venv).
@@ -32,6 +33,9 @@ command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 # The Prometheus server the metrics test scrapes the daemons with (it starts its own
 # process on loopback; the package's service is not used).
 command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+# The DockerCoins example's store (examples/dockercoins): the real redis-server, run
+# as a task (the package's own service is not used).
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 # The visualizer's browser test: Debian's chromium, driven through its chromium-driver
 # by selenium (no browser is downloaded: the test uses these two).
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
@@ -72,7 +76,8 @@ if ((${#missing[@]})); then
     "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-for tool in ip ps docker dockerd docker-registry busybox prometheus chromium chromedriver; do
+for tool in ip ps docker dockerd docker-registry busybox prometheus chromium chromedriver \
+    redis-server; do
     command -v "$tool" >/dev/null 2>&1 || { log "$tool is still missing after install"; exit 1; }
 done
 

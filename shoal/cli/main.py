@@ -161,7 +161,7 @@ def demo_command(
     data_dir: Path = typer.Option(
         Path("/tmp/shoal-demo"), "--data-dir", help="Where the demo keeps its state (wiped first)."
     ),
-    port: int = typer.Option(8080, "--port", help="Port of the sample web service."),
+    port: int = typer.Option(8000, "--port", help="Published port of the DockerCoins web UI."),
     duration: float = typer.Option(
         -1.0, "--duration", help="Seconds to keep running (default: until Ctrl-C)."
     ),
@@ -169,7 +169,7 @@ def demo_command(
         8081, "--visualizer-port", help="Port of the visualizer page (on 127.0.0.1)."
     ),
 ) -> None:
-    """Run a single-node cluster serving the sample app (the main job)."""
+    """Run a single-node cluster running DockerCoins (the main job)."""
     from shoal.cli.demo import demo
 
     demo(data_dir=data_dir, port=port, duration=duration, visualizer_port=visualizer_port)

@@ -15,19 +15,16 @@ from __future__ import annotations
 import http.client
 import io
 import json
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from PIL import Image
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service as DriverService
 from selenium.webdriver.remote.webdriver import WebDriver
 
 from shoal.manager.visualizer import MAX_SUBSCRIBERS
 
+from .browser import chromium
 from .harness import (
     PROGRESS_TIMEOUT_S,
     Daemon,
@@ -40,20 +37,6 @@ from .harness import (
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
-# Flags that work here as root, with no network and no GPU; the profile dir is fresh.
-CHROMIUM_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--window-size=1200,800",
-)
 PAGE_TIMEOUT_S = 30.0
 TASK_KEYS = {"id", "version", "service_id", "service", "slot", "node_id", "state"}
 TASK_KEYS |= {"desired_state"}
@@ -87,23 +70,8 @@ def viz(daemon_factory: DaemonFactory) -> Daemon:
 
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[WebDriver]:
-    for tool in (CHROMIUM, CHROMEDRIVER):
-        if not tool.exists():
-            pytest.fail(f"{tool} is missing: scripts/setup.sh installs it", pytrace=False)
-    profile = Path(tempfile.mkdtemp(prefix="shoal-chromium-"))
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
-        options.add_argument(flag)
-    service = DriverService(str(CHROMEDRIVER), log_output=str(tmp_path / "chromedriver.log"))
-    try:
-        driver = webdriver.Chrome(options=options, service=service)
-        try:
-            yield driver
-        finally:
-            driver.quit()  # the browser, then its driver
-    finally:
-        shutil.rmtree(profile, ignore_errors=True)
+    with chromium(tmp_path) as driver:
+        yield driver
 
 
 def viz_url(daemon: Daemon) -> str:
