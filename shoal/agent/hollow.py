@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,15 @@ JOIN_CONCURRENCY = 8
 JOIN_RETRY_S = 1.0
 JOIN_ATTEMPTS = 30
 NODE_STATE_FILE = "node.json"
+# On a manager reached over the loopback, hollow node PREFIX-i dials from and advertises
+# an address of its own in 127.B.0.0/16, B from the prefix (all of 127/8 is the
+# loopback's): the manager sees one peer per node, as it would in a real cluster (its
+# per-address join limit, its logs), not a thousand nodes behind one address. Two
+# fleets with different prefixes share a /16 only by a 1-in-LOOPBACK_NETS chance, which
+# costs nothing but the distinction.
+LOOPBACK_FIRST_NET = 100
+LOOPBACK_NETS = 150
+LOOPBACK_HOSTS = 254
 CERTS_DIR = "certificates"
 
 log = get_logger("shoal.agent.hollow")
@@ -65,6 +75,8 @@ class HollowFleet:
     name_prefix: str = "hollow"
     sim: SimConfig = field(default_factory=SimConfig)
     data_dir: Path | None = None
+    # The address the nodes advertise (and dial from) when the manager is not on the
+    # loopback; on the loopback each node has its own (loopback_addr).
     addr: str = "127.0.0.1"
     clock: Clock = SYSTEM_CLOCK
     nodes: list[HollowNode] = field(default_factory=list)
@@ -86,9 +98,10 @@ class HollowFleet:
         saved = self._load(name)
         if saved is not None:
             return saved
+        addr, local = self._addr(name)
         for attempt in range(1, JOIN_ATTEMPTS + 1):
             try:
-                joined = await join(self.remote, self.token, name, self.addr)
+                joined = await join(self.remote, self.token, name, addr, local_addr=local)
                 break
             except InvalidArgument:
                 raise  # a bad token does not get better
@@ -98,10 +111,18 @@ class HollowFleet:
                 log.warning("join failed; retrying", node=name, error=repr(e))
                 await self.clock.sleep(JOIN_RETRY_S)
         node = HollowNode(
-            name, joined.node_id, self.addr, joined.managers or [self.remote], joined.credentials
+            name, joined.node_id, addr, joined.managers or [self.remote], joined.credentials
         )
         self._save(node)
         return node
+
+    def _addr(self, name: str) -> tuple[str, str | None]:
+        """(advertised address, source address to dial from) of node `name`."""
+        if not self.remote.startswith("127."):
+            return self.addr, None
+        prefix, _, index = name.rpartition("-")
+        addr = loopback_addr(prefix, int(index))
+        return addr, addr
 
     def _node_dir(self, name: str) -> Path | None:
         return None if self.data_dir is None else self.data_dir / name
@@ -133,6 +154,7 @@ class HollowFleet:
             lambda: node.managers,
             lambda: creds,
             tls_info=lambda: node_tls_info(creds),
+            local_addr=node.addr if node.addr.startswith("127.") else None,
         )
         node.agent = Agent(
             node.node_id,
@@ -160,6 +182,13 @@ class HollowFleet:
             *(n.session.close() for n in self.nodes if n.session is not None),
             return_exceptions=True,
         )
+
+
+def loopback_addr(prefix: str, i: int) -> str:
+    """The loopback address of hollow node `prefix`-`i`: 127.B.0.1, ..., 127.B.0.254,
+    127.B.1.1, ..., B from the prefix."""
+    net = LOOPBACK_FIRST_NET + zlib.crc32(prefix.encode()) % LOOPBACK_NETS
+    return f"127.{net}.{i // LOOPBACK_HOSTS}.{i % LOOPBACK_HOSTS + 1}"
 
 
 def rss_bytes() -> int:
