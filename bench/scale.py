@@ -59,6 +59,7 @@ START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
 POLL_S = 1.0
 CLI_PAUSE_S = 0.2
+IDLE_SAMPLES = 10
 
 # Anchors (docs/sim.md; /work/shared/reference/swarmkit-and-anchors.md section 2).
 NOMAD_C1M_RATE = 3750.0
@@ -203,7 +204,13 @@ class ScaleBench:
         self.token = api(self.sock, "GET", "/swarm")["JoinTokens"]["Worker"]
         node = api(self.sock, "GET", "/nodes")[0]
         spec = {**node["Spec"], "Availability": "drain"}
-        api(self.sock, "POST", f"/nodes/{node['ID']}/update", spec, version=str(node["Version"]["Index"]))
+        api(
+            self.sock,
+            "POST",
+            f"/nodes/{node['ID']}/update",
+            spec,
+            version=str(node["Version"]["Index"]),
+        )
         self.manager_id = node["ID"]
 
     def start_sim(self, nodes: int, prefix: str) -> subprocess.Popen[bytes]:
@@ -238,8 +245,7 @@ class ScaleBench:
         self.wave_proc = self.start_sim(a.wave, "wave") if a.wave else None
         self.wait(
             f"{a.nodes} nodes ready",
-            lambda: (s := self.node_states())
-            and sum(v == "ready" for v in s.values()) == a.nodes,
+            lambda: (s := self.node_states()) and sum(v == "ready" for v in s.values()) == a.nodes,
             a.timeout,
         )
         join_s = time.perf_counter() - t_join
@@ -275,6 +281,14 @@ class ScaleBench:
             s.stop.set()
         for s in samplers:
             s.join()
+        # The same commands on a quiet manager: what the endpoints cost by themselves
+        # (the figures above also hold the waits behind the converging loops).
+        idle: dict[str, list[float]] = {"service": [], "node": []}
+        for _ in range(IDLE_SAMPLES):
+            for what, times in idle.items():
+                t = time.perf_counter()
+                subprocess.run(["docker", what, "ls"], env=env, capture_output=True, check=False)
+                times.append(time.perf_counter() - t)
         t_list = time.perf_counter()
         tasks = api(self.sock, "GET", "/tasks")
         list_s = time.perf_counter() - t_list
@@ -311,7 +325,9 @@ class ScaleBench:
         self.say(
             f"task startup p50 {pct(startup, 0.5):.2f} s p99 {pct(startup, 0.99):.2f} s "
             f"(Kubernetes SLO p99 <= {K8S_STARTUP_P99_S:g} s); GET /tasks of {len(tasks)} "
-            f"in {list_s:.2f} s; creates took {create_s:.2f} s"
+            f"in {list_s:.2f} s; creates took {create_s:.2f} s; on the quiet manager "
+            f"`docker service ls` p50 {pct(idle['service'], 0.5) * 1000:.0f} ms, "
+            f"`docker node ls` p50 {pct(idle['node'], 0.5) * 1000:.0f} ms"
         )
         self.say(
             f"hollow nodes: {self.sim_rss_per_node('stay')} KiB RSS per node; "
