@@ -41,7 +41,8 @@ def daemon(
     runtime: str = typer.Option(
         "auto",
         "--runtime",
-        help="auto | process | docker | sim (auto: docker when an engine answers; sim: hollow tasks, docs/sim.md).",
+        help="auto | process | docker | sim (auto: docker when an engine answers; "
+        "sim: hollow tasks, docs/sim.md).",
     ),
     engine_host: str = typer.Option(
         "unix:///var/run/docker.sock",

@@ -107,9 +107,7 @@ def sims() -> Iterator[list[SimProcess]]:
 
 def nodes_by_state(cluster: Cluster) -> dict[str, str]:
     """{hostname: state} of every node the manager lists."""
-    return {
-        n["Description"]["Hostname"]: n["Status"]["State"] for n in cluster.manager.api.nodes()
-    }
+    return {n["Description"]["Hostname"]: n["Status"]["State"] for n in cluster.manager.api.nodes()}
 
 
 def live_tasks(cluster: Cluster) -> list[dict[str, Any]]:
@@ -117,7 +115,9 @@ def live_tasks(cluster: Cluster) -> list[dict[str, Any]]:
 
 
 def check_running(
-    cluster: Cluster, hostnames: dict[str, str], down: set[str] = frozenset()  # type: ignore[assignment]
+    cluster: Cluster,
+    hostnames: dict[str, str],
+    down: frozenset[str] | set[str] = frozenset(),
 ) -> Counter[str] | None:
     """The tasks per hostname once all TOTAL run, one per slot, none on a `down` node;
     None while not there yet."""
@@ -157,9 +157,7 @@ def test_fifty_hollow_nodes_run_two_thousand_tasks_and_survive_a_failure_wave(
     assert len(set(hostnames.values())) == len(hostnames)  # a node each, no doubles
 
     for i in range(SERVICES):
-        manager.create_service(
-            f"svc-{i}", "--replicas", str(REPLICAS), "busybox", "sleep", "1000"
-        )
+        manager.create_service(f"svc-{i}", "--replicas", str(REPLICAS), "busybox", "sleep", "1000")
     placed = wait_until(
         lambda: check_running(cluster, hostnames),
         timeout=CONVERGE_TIMEOUT_S,
