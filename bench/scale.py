@@ -108,6 +108,13 @@ def proc_rss_hwm(pid: int) -> int:
     return 0
 
 
+def proc_rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
 def proc_cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -298,6 +305,9 @@ class ScaleBench:
             if t["Status"]["State"] == "running"
         ]
         rss = proc_rss_hwm(self.manager.pid)
+        # The staying fleet's whole RSS now that its nodes hold their tasks.
+        fleet_rss = proc_rss(self.procs[1].pid)
+        fleet_nodes = a.nodes - a.wave
         svc_ls, node_ls = samplers[0].times, samplers[1].times
 
         wave = "no failure wave"
@@ -330,7 +340,10 @@ class ScaleBench:
             f"`docker node ls` p50 {pct(idle['node'], 0.5) * 1000:.0f} ms"
         )
         self.say(
-            f"hollow nodes: {self.sim_rss_per_node('stay')} KiB RSS per node; "
+            f"hollow nodes: {self.sim_rss_per_node('stay')} KiB RSS per node as they "
+            f"connect; with their tasks the {fleet_nodes}-node process holds "
+            f"{fleet_rss / 2**20:.0f} MiB ({fleet_rss / fleet_nodes / 1024:.0f} KiB per node, "
+            "the interpreter included); "
             f"anchors: Nomad C1M {NOMAD_C1M_RATE:,.0f} placements/s, {SWARM2K}"
         )
         return (
