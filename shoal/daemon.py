@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from shoal.agent.agent import Agent, discard_task
 from shoal.agent.executor.base import Executor
 from shoal.agent.executor.docker_engine import DEFAULT_ENGINE_HOST, EngineError, engine_answers
+from shoal.agent.executor.sim import SimConfig
 from shoal.agent.join import join, node_tls_info, renew, renewal_delay
 from shoal.agent.metrics import AgentCollector
 from shoal.agent.network.dns import Resolver, start_resolver
@@ -70,8 +71,8 @@ DEFAULT_DATA_DIR = Path("/var/lib/shoal")
 DEFAULT_SOCKET = "unix:///run/shoal/shoal.sock"
 DEFAULT_SWARM_PORT = 2377
 DEFAULT_LISTEN_ADDR = f"0.0.0.0:{DEFAULT_SWARM_PORT}"
-# The runtimes `--runtime` offers (`sim`, simulated tasks for scale tests, once it exists).
-RUNTIMES = ("auto", "process", "docker")
+# The runtimes `--runtime` offers (`sim`: hollow tasks for scale tests, docs/sim.md).
+RUNTIMES = ("auto", "process", "docker", "sim")
 # `--runtime auto`: docker when an engine answers at --engine-host, else process.
 DEFAULT_RUNTIME = "auto"
 MSG_LEAVE_MANAGER = (
@@ -109,6 +110,8 @@ class DaemonConfig:
     # `--visualizer-addr HOST:PORT`: the visualizer on a port of its own (None: only on
     # the API's hosts, at /visualizer).
     visualizer_addr: tuple[str, int] | None = None
+    # What the sim runtime pretends (start delay, failures); its defaults otherwise.
+    sim: SimConfig | None = None
 
 
 @dataclass
@@ -155,6 +158,10 @@ def make_executor(config: DaemonConfig) -> Executor:
             )
         except EngineError as e:
             raise InvalidArgument(f"the docker runtime needs a Docker Engine: {e.message}") from e
+    if runtime == "sim":
+        from shoal.agent.executor.sim import SimExecutor
+
+        return SimExecutor(config.node_name, config.labels, config.sim)
     raise InvalidArgument(f"runtime {config.runtime!r} is not available in this version")
 
 

@@ -53,14 +53,22 @@ async def _error_message(resp: aiohttp.ClientResponse) -> str:
 
 
 async def join(
-    remote: str, token: str, hostname: str, addr: str, availability: str | None = None
+    remote: str,
+    token: str,
+    hostname: str,
+    addr: str,
+    availability: str | None = None,
+    local_addr: str | None = None,
 ) -> Joined:
+    """`local_addr`: the source address to dial from (hollow nodes each have one of
+    their own on the loopback: shoal/agent/hollow.py); None: the kernel's choice."""
     try:
         tok = parse_token(token)
     except TokenError as e:
         raise InvalidArgument(f"invalid join token: {e}") from e
     timeout = aiohttp.ClientTimeout(total=JOIN_TIMEOUT_S)
-    async with aiohttp.ClientSession(timeout=timeout) as http:
+    connector = aiohttp.TCPConnector(local_addr=(local_addr, 0) if local_addr else None)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as http:
         try:
             async with http.get(f"https://{remote}/ca/root", ssl=client_context(None)) as r:
                 if r.status != 200:

@@ -49,9 +49,12 @@ class RemoteSession:
         on_refused: Callable[[], None] = lambda: None,
         on_trust: Callable[[msg.TrustUpdate], None] = lambda _: None,
         tls_info: Callable[[], TLSInfo] | None = None,
+        local_addr: str | None = None,
     ) -> None:
         """`on_trust`: the manager said what to trust and whether to renew (a root
-        rotation); `tls_info`: this node's TLS state, reported after registering."""
+        rotation); `tls_info`: this node's TLS state, reported after registering;
+        `local_addr`: the source address to dial from (None: the kernel's choice)."""
+        self._local_addr = local_addr
         self._managers = managers
         self._credentials = credentials
         self._on_refused = on_refused
@@ -77,7 +80,12 @@ class RemoteSession:
             raise SessionClosed("no manager known")
         # it requires a manager's certificate of this node's cluster (pki.client_context)
         ssl_ctx = self._credentials().client_context()
-        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(connect=CONNECT_TIMEOUT_S))
+        connector = aiohttp.TCPConnector(
+            local_addr=(self._local_addr, 0) if self._local_addr else None
+        )
+        self._http = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(connect=CONNECT_TIMEOUT_S), connector=connector
+        )
         errors = []
         for i in range(len(managers)):
             addr = managers[(self._next_manager + i) % len(managers)]

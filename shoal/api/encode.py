@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from shoal.types.base import Model, to_builtins
+from shoal.types.base import Model, encode_json, to_builtins
 
 
 def wire(obj: Model) -> Any:
@@ -22,6 +22,14 @@ def json_response(data: Any, status: int = 200) -> web.Response:
         body=json.dumps(data, separators=(",", ":")).encode() + b"\n",
         status=status,
         content_type="application/json",
+    )
+
+
+def json_structs_response(items: list[Any]) -> web.Response:
+    """A list of API objects encoded straight from their structs (msgspec), never built
+    as dicts first: what the list endpoints answer (100k tasks; docs/sim.md)."""
+    return web.Response(
+        body=encode_json(items) + b"\n", status=200, content_type="application/json"
     )
 
 

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from shoal.api import filters
 from shoal.api.body import bool_query, decode, int_query
-from shoal.api.encode import empty, json_response, wire
+from shoal.api.encode import empty, json_response, json_structs_response, wire
 from shoal.api.server import Router, context
 from shoal.api.swarm import require_manager
 from shoal.errors import FailedPrecondition, InvalidArgument
@@ -48,7 +48,7 @@ async def list_nodes(request: web.Request) -> web.Response:
     m = require_manager(request)
     f = filters.parse(request.query.get("filters"), NODE_FILTERS)
     nodes = sorted(m.store.view().nodes(), key=lambda n: (n.created_at, n.id))
-    return json_response([wire(n) for n in nodes if _matches(n, f)])
+    return json_structs_response([n for n in nodes if _matches(n, f)])
 
 
 async def inspect(request: web.Request) -> web.Response:

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from shoal.api import filters
 from shoal.api.body import bool_query, decode, int_query
-from shoal.api.encode import empty, json_response, wire
+from shoal.api.encode import empty, json_response, json_structs_response, wire
 from shoal.api.server import SETTLES_ITSELF, Router, reads
 from shoal.api.swarm import require_manager
 from shoal.errors import InvalidArgument
@@ -123,8 +123,8 @@ async def list_services(request: web.Request) -> web.Response:
             continue
         if with_status:
             s = msgspec.structs.replace(s, service_status=service_status(view, s, down))
-        out.append(wire(s))
-    return json_response(out)
+        out.append(s)
+    return json_structs_response(out)
 
 
 async def create(request: web.Request) -> web.Response:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from aiohttp import web
 
 from shoal.api import filters
-from shoal.api.encode import json_response, wire
+from shoal.api.encode import json_response, json_structs_response, wire
 from shoal.api.server import Router
 from shoal.api.swarm import require_manager
 from shoal.errors import InvalidArgument, NotFound, ShoalError
@@ -98,8 +99,8 @@ async def list_tasks(request: web.Request) -> web.Response:
                 or view.task_meta(t.id).spec_version != view.service_meta(s.id).spec_version
             ):
                 continue
-        out.append(task_wire(t))
-    return json_response(out)
+        out.append(task_struct(t))
+    return json_structs_response(out)
 
 
 async def inspect(request: web.Request) -> web.Response:
@@ -114,12 +115,16 @@ def _service_labels_match(view: ReadTx, t: Task, wanted: list[str]) -> bool:
     return filters.match_label(s.spec.labels if s else None, wanted)
 
 
-def task_wire(t: Task) -> Any:
+def task_struct(t: Task) -> Task:
     """A task as dockerd encodes it: its `Slot` is omitted when 0 (`omitempty`), which
     only the first slot of a replicated job has; its spec has no `Runtime` (dockerd
-    sets that on a service's spec only)."""
-    out = wire(t)
-    if out.get("Slot") == 0:
-        del out["Slot"]
-    out["Spec"].pop("Runtime", None)
-    return out
+    sets that on a service's spec only). The same task when nothing is to change."""
+    if t.slot == 0:
+        t = msgspec.structs.replace(t, slot=None)
+    if t.spec.runtime is not None:
+        t = msgspec.structs.replace(t, spec=msgspec.structs.replace(t.spec, runtime=None))
+    return t
+
+
+def task_wire(t: Task) -> Any:
+    return wire(task_struct(t))

@@ -41,7 +41,8 @@ def daemon(
     runtime: str = typer.Option(
         "auto",
         "--runtime",
-        help="auto | process | docker (auto: docker when an engine answers).",
+        help="auto | process | docker | sim (auto: docker when an engine answers; "
+        "sim: hollow tasks, docs/sim.md).",
     ),
     engine_host: str = typer.Option(
         "unix:///var/run/docker.sock",
@@ -173,3 +174,32 @@ def demo_command(
     from shoal.cli.demo import demo
 
     demo(data_dir=data_dir, port=port, duration=duration, visualizer_port=visualizer_port)
+
+
+@app.command(name="sim")
+def sim_command(
+    nodes: int = typer.Option(..., "--nodes", min=1, help="How many hollow nodes to run."),
+    join: str = typer.Option(..., "--join", help="A manager's cluster port, ADDR:PORT."),
+    token: str = typer.Option(..., "--token", help="The swarm's worker join token."),
+    start_delay: float = typer.Option(
+        0.0, "--start-delay", min=0.0, help="Milliseconds a task takes to start."
+    ),
+    fail_ratio: float = typer.Option(
+        0.0, "--fail-ratio", min=0.0, max=1.0, help="Share of task starts that fail."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the failures (replayable runs)."),
+    job_run: float = typer.Option(
+        0.0, "--job-run", min=0.0, help="Milliseconds a job's task runs before it exits 0."
+    ),
+    name_prefix: str = typer.Option("hollow", "--name-prefix", help="Nodes are PREFIX-<i>."),
+    data_dir: Path = typer.Option(
+        None, "--data-dir", help="Keep each node's certificate here (rejoin as the same nodes)."
+    ),
+    log_level: str = typer.Option("warning", "--log-level"),
+) -> None:
+    """Run N hollow nodes (real agents, pretend tasks) in one process: docs/sim.md."""
+    from shoal import log
+    from shoal.cli.sim import sim
+
+    log.setup(log_level)
+    sim(nodes, join, token, start_delay, fail_ratio, seed, job_run, name_prefix, data_dir)

@@ -379,10 +379,13 @@ class Dispatcher:
         async def round_() -> None:
             self._earlier_deadline.clear()
             now = self._clock.monotonic()
+            due: dict[str, float] = {}
             while self._deadline_heap and self._deadline_heap[0][0] <= now:
                 deadline, node_id = heapq.heappop(self._deadline_heap)
                 if self._deadlines.get(node_id) == deadline:  # else a later beat moved it
-                    await self._expire(node_id, deadline)
+                    due[node_id] = deadline
+            if due:  # a wave of nodes lost at once is marked down in one write
+                await self._expire(due)
             if not self._deadline_heap:
                 await self._earlier_deadline.wait()
                 return
@@ -394,17 +397,20 @@ class Dispatcher:
 
         await self._forever("heartbeats", round_)
 
-    async def _expire(self, node_id: str, deadline: float) -> None:
-        log.warning("node missed heartbeats", node=node_id)
-        del self._deadlines[node_id]
-        if self._sessions.pop(node_id, None) is not None:
-            self._tell_drained(self._drain.session_ended(node_id))
+    async def _expire(self, due: dict[str, float]) -> None:
+        """Mark the nodes whose deadlines (`due`) passed down, all in one write."""
+        for node_id in due:
+            log.warning("node missed heartbeats", node=node_id)
+            del self._deadlines[node_id]
+            if self._sessions.pop(node_id, None) is not None:
+                self._tell_drained(self._drain.session_ended(node_id))
         try:
-            await self._mark_down(node_id)
+            await self._mark_down(list(due))
         except BaseException:
-            # not marked down: the node is still due, the next round tries again
-            self._deadlines.setdefault(node_id, deadline)
-            heapq.heappush(self._deadline_heap, (deadline, node_id))
+            # not marked down: the nodes are still due, the next round tries again
+            for node_id, deadline in due.items():
+                self._deadlines.setdefault(node_id, deadline)
+                heapq.heappush(self._deadline_heap, (deadline, node_id))
             raise
 
     async def _forget_loop(self) -> None:
@@ -536,9 +542,10 @@ class Dispatcher:
             raise
         self.status_writes += written
 
-    async def _mark_down(self, node_id: str) -> None:
+    async def _mark_down(self, node_ids: list[str]) -> None:
         def write(tx: Tx) -> None:
-            self._set_node_state(tx, node_id, "down", MSG_HEARTBEAT_FAILURE)
+            for node_id in node_ids:
+                self._set_node_state(tx, node_id, "down", MSG_HEARTBEAT_FAILURE)
 
         await self._store.update(write)
 

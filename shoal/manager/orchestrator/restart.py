@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict, deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from shoal.clock import SYSTEM_CLOCK, Clock
@@ -70,12 +71,22 @@ class Hold:
         return max(0, min(self.start_at_ns - now, self.delay_ns)) / 1e9
 
 
-def predecessor(tx: ReadTx, task: Task) -> Task | None:
+def slot_key(task: Task) -> tuple[object, ...]:
+    """What tasks of one service share with the tasks of their slot (or node, for a
+    global service) and job run."""
+    return (task.slot, task.node_id if task.slot is None else None, task.job_iteration)
+
+
+def predecessor(tx: ReadTx, task: Task, candidates: Iterable[Task] | None = None) -> Task | None:
     """The task `task` replaced: the latest task of the same slot (or node, for a
-    global service) created before it and no longer desired to run."""
+    global service) created before it and no longer desired to run. `candidates`: the
+    tasks to look among (those of its slot, when the caller has them by slot_key), by
+    default every task of its service."""
+    if candidates is None:
+        candidates = tx.tasks_of_service(task.service_id)
     older = [
         t
-        for t in tx.tasks_of_service(task.service_id)
+        for t in candidates
         if t.id != task.id
         and t.slot == task.slot
         and (task.slot is not None or t.node_id == task.node_id)
@@ -86,7 +97,7 @@ def predecessor(tx: ReadTx, task: Task) -> Task | None:
     return max(older, key=lambda t: (t.created_at, t.id), default=None)
 
 
-def hold_of(tx: ReadTx, task: Task) -> Hold:
+def hold_of(tx: ReadTx, task: Task, candidates: Iterable[Task] | None = None) -> Hold:
     """What the held `task` waits for, read from the store only.
 
     - Its predecessor had ended when it was made (a restart after an exit or a
@@ -99,7 +110,7 @@ def hold_of(tx: ReadTx, task: Task) -> Hold:
     """
     created = parse_time(task.created_at) if task.created_at else now_ns()
     deadline = created + OLD_TASK_TIMEOUT_NS
-    old = predecessor(tx, task)
+    old = predecessor(tx, task, candidates)
     delay = restart_delay_ns(task.spec)
     if old is None:
         return Hold(created + delay, delay, None, deadline)
@@ -213,8 +224,7 @@ class RestartSupervisor:
         watcher = self._store.watch("task", "node")
         try:
             view = self._store.view()
-            for t in view.tasks():
-                self._arm(view, t.id)
+            self._arm_many(view, [t.id for t in view.tasks() if t.desired == TaskState.READY])
             self._wake_all()  # a predecessor may have stopped while no watcher ran
             while not self._stopped.is_set():
                 events = await watcher.__anext__()
@@ -226,6 +236,7 @@ class RestartSupervisor:
 
     def _handle(self, events: list[Event]) -> None:
         view = self._store.view()
+        held: list[str] = []
         for ev in events:
             if ev.kind == "node":
                 if self._waiting:
@@ -233,7 +244,29 @@ class RestartSupervisor:
                 continue
             self._wake(ev.obj.id)
             if ev.action != "remove" and ev.obj.desired == TaskState.READY:
-                self._arm(view, ev.obj.id)
+                held.append(ev.obj.id)
+        self._arm_many(view, held)
+
+    def _arm_many(self, view: ReadTx, task_ids: list[str]) -> None:
+        """Arm the held tasks of one round, each service's tasks grouped by slot once
+        (a failure wave holds thousands: looking for each one's predecessor among all
+        its service's tasks cost seconds of the event loop)."""
+        by_service: dict[str, list[Task]] = defaultdict(list)
+        for task_id in task_ids:
+            task = view.get_task(task_id)
+            if (
+                task is not None
+                and task.desired == TaskState.READY
+                and task_id not in self._delayed
+            ):
+                by_service[task.service_id].append(task)
+        for service_id, tasks in by_service.items():
+            slots: dict[tuple[object, ...], list[Task]] = defaultdict(list)
+            for t in view.tasks_of_service(service_id):
+                slots[slot_key(t)].append(t)
+            for task in tasks:
+                if task.id not in self._delayed:
+                    self._arm(view, task.id, slots[slot_key(task)])
 
     def _wake(self, task_id: str) -> None:
         for waiter in self._waiting.get(task_id, ()):
@@ -252,11 +285,11 @@ class RestartSupervisor:
             if old is None or old.node_id == node_id:
                 self._wake(old_id)
 
-    def _arm(self, view: ReadTx, task_id: str) -> None:
+    def _arm(self, view: ReadTx, task_id: str, candidates: list[Task] | None = None) -> None:
         task = view.get_task(task_id)
         if task is None or task.desired != TaskState.READY or task_id in self._delayed:
             return
-        hold = hold_of(view, task)
+        hold = hold_of(view, task, candidates)
         timer = asyncio.get_running_loop().create_task(
             self._start_after(task_id, hold), name=f"delay-start-{task_id}"
         )

@@ -7,6 +7,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
+import pytest
+
+from shoal.manager.dispatcher import dispatcher as dispatcher_mod
 from shoal.manager.dispatcher.dispatcher import HEARTBEAT_EPSILON_S, HEARTBEAT_GRACE
 from shoal.types.service import RestartPolicy
 from shoal.types.swarm import DEFAULT_HEARTBEAT_PERIOD_NS
@@ -102,3 +105,40 @@ def test_a_silent_node_is_down_after_three_periods_and_its_tasks_move() -> None:
         assert len(elsewhere) == 3 and all(t.desired == TaskState.RUNNING for t in elsewhere)
 
     on_sim(test)
+
+
+def test_nodes_silent_together_are_marked_down_in_one_write(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A failure wave (issue 14): nodes whose deadlines pass together go down in one
+    transaction, not one each (each would make the orchestrator look at every task of
+    every service they ran, once per node)."""
+    # No jitter: every node beats at the same fake instants, so their deadlines match.
+    monkeypatch.setattr(dispatcher_mod.random, "uniform", lambda a, b: 0.0)
+
+    async def test(sim: Sim) -> None:
+        sid = await sim.create(replicas=8)
+        await sim.advance(SETTLE_S)
+        victims = sim.node_ids[:5]
+        watcher = sim.store.watch("node")
+        for node_id in victims:
+            await sim.kill_agent(node_id)
+        await sim.advance(HEARTBEAT_GRACE * DEFAULT_HEARTBEAT_PERIOD_NS / 1e9 + 0.1)
+        writes = []
+        while not watcher.queue.empty():
+            down = {
+                ev.obj.id
+                for ev in watcher.queue.get_nowait()
+                if ev.obj.status.state == "down"
+                and (ev.old is None or ev.old.status.state != "down")
+            }
+            if down:
+                writes.append(down)
+        watcher.close()
+        assert writes == [set(victims)]
+        await sim.advance(5 + SETTLE_S)  # the restart delay: all 8 run on the 3 left
+        # (the store still says RUNNING for the lost ones: no agent reports on a down node)
+        live = [t for t in sim.running(sid) if t.desired == TaskState.RUNNING]
+        assert len(live) == 8 and not {t.node_id for t in live} & set(victims)
+
+    on_sim(test, nodes=8)

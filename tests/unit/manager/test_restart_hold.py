@@ -16,6 +16,7 @@ from shoal.manager.orchestrator.restart import (
     RestartSupervisor,
     hold_of,
     predecessor,
+    slot_key,
 )
 from shoal.manager.store import MemoryBackend, Store
 from shoal.manager.store.memory import encode_record
@@ -173,8 +174,14 @@ def test_predecessor_is_the_latest_older_task_of_the_same_slot_or_node() -> None
         gone("later", T0 + 10 * S),
     ]
     new = held()
-    found = predecessor(store_of(*history, new).view(), new)
+    view = store_of(*history, new).view()
+    found = predecessor(view, new)
     assert found is not None and found.id == "b"
+    # The same among the tasks of its slot alone (the restart supervisor groups a
+    # round's held tasks by slot_key once per service).
+    slot = [t for t in view.tasks_of_service(new.service_id) if slot_key(t) == slot_key(new)]
+    assert {t.id for t in slot} == {"a", "b", "later", new.id}
+    assert predecessor(view, new, slot) == found
 
     on_node = [
         gone("here", T0 - 20 * S, slot=None),
