@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from typing import Generic, TypeVar
 
 from shoal.log import get_logger
+from shoal.manager.store import Event, Store, Watcher, WatcherClosed
 
 T = TypeVar("T")
 
@@ -112,3 +113,47 @@ class Subscribers(Generic[T]):
     def close_all(self, reason: str) -> None:
         for sub in list(self._open):
             sub.close(reason)
+
+
+class Follower(Generic[T]):
+    """A publisher that follows the store's committed changes of `kinds` (watched from
+    construction: nothing committed before `run()` starts is missed) and fans them out
+    to `subscribers`. A subclass handles each transaction's events (`handle`) and what
+    to do when the store closed its watcher for falling behind (`fell_behind`: changes
+    were missed); the follower then watches again and goes on."""
+
+    def __init__(
+        self, store: Store, kinds: tuple[str, ...], subscribers: Subscribers[T], name: str
+    ) -> None:
+        self._store = store
+        self._kinds = kinds
+        self._watcher: Watcher | None = store.watch(*kinds)
+        self._subscribers = subscribers
+        self._name = name
+        self._stopped = asyncio.Event()
+        self.resyncs = 0
+
+    def handle(self, events: list[Event]) -> None:
+        raise NotImplementedError
+
+    def fell_behind(self, reason: str) -> None:
+        raise NotImplementedError
+
+    async def run(self) -> None:
+        while not self._stopped.is_set():
+            watcher = self._watcher or self._store.watch(*self._kinds)
+            self._watcher = None
+            try:
+                async for events in watcher:
+                    self.handle(events)
+            except WatcherClosed as e:
+                self.resyncs += 1
+                self.fell_behind(str(e))
+            finally:
+                watcher.close()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._watcher is not None:
+            self._watcher.close()
+        self._subscribers.close_all(f"the {self._name} stopped")
