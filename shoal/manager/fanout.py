@@ -6,7 +6,9 @@ hands every item to each `Subscription`'s queue without waiting; a subscription 
 holds `limit` items unread is closed (its queue dropped, `closed_reason` saying why)
 and counted in `slow_closed`: its client starts again (a page reconnects to a
 snapshot; `docker events` ends). A reader takes everything queued at once
-(`next_batch`, or `async for batch in sub`), waiting only when nothing is.
+(`next_batch`, or `async for batch in sub`), waiting only when nothing is. Both follow
+the store the same way (`Follower`): watching from construction, watching again after
+the store closed a watcher that fell behind (`fell_behind` says what that costs).
 """
 
 from __future__ import annotations
