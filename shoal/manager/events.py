@@ -26,7 +26,6 @@ so the filter never matched them).
 
 from __future__ import annotations
 
-import asyncio
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ import msgspec
 from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.log import get_logger
 from shoal.manager import fanout
-from shoal.manager.store import Event, Store, Watcher, WatcherClosed
+from shoal.manager.store import Event, Store
 from shoal.types.base import parse_time
 from shoal.types.event import SCOPE_SWARM, SWARM_EVENT_TYPES, EventActor, EventMessage
 
@@ -254,43 +253,25 @@ class Subscription(fanout.Subscription[LoggedEvent]):
         return self.filter.include(item)
 
 
-class EventLog:
+class EventLog(fanout.Follower[LoggedEvent]):
     """Turns the store's committed changes into Docker events, keeps a bounded
     history of them, and fans them out to subscribers without ever waiting on one."""
 
     def __init__(self, store: Store, clock: Clock = SYSTEM_CLOCK) -> None:
-        self._store = store
-        self._clock = clock
-        # Watch from construction: nothing committed before run() starts is missed.
-        self._watcher: Watcher | None = store.watch(*WATCHED_KINDS)
-        self._history: deque[LoggedEvent] = deque(maxlen=MAX_HISTORY_EVENTS)
-        self._subscribers: fanout.Subscribers[LoggedEvent] = fanout.Subscribers(
-            MAX_SUBSCRIBER_QUEUE, "events"
+        super().__init__(
+            store, WATCHED_KINDS, fanout.Subscribers(MAX_SUBSCRIBER_QUEUE, "events"), "event log"
         )
-        self._stopped = asyncio.Event()
+        self._clock = clock
+        self._history: deque[LoggedEvent] = deque(maxlen=MAX_HISTORY_EVENTS)
         self.published = 0
-        self.resyncs = 0
 
-    async def run(self) -> None:
-        while not self._stopped.is_set():
-            watcher = self._watcher or self._store.watch(*WATCHED_KINDS)
-            self._watcher = None
-            try:
-                async for events in watcher:
-                    self.record(events)
-            except WatcherClosed as e:
-                # Changes were missed: there is no event for them (dockerd's pubsub
-                # drops too), but the log goes on.
-                self.resyncs += 1
-                log.warning("event log fell behind the store; events were lost", reason=str(e))
-            finally:
-                watcher.close()
+    def handle(self, events: list[Event]) -> None:
+        self.record(events)
 
-    def stop(self) -> None:
-        self._stopped.set()
-        if self._watcher is not None:
-            self._watcher.close()
-        self._subscribers.close_all("the event log stopped")
+    def fell_behind(self, reason: str) -> None:
+        # Changes were missed: there is no event for them (dockerd's pubsub drops
+        # too), but the log goes on.
+        log.warning("event log fell behind the store; events were lost", reason=reason)
 
     def record(self, events: Iterable[Event]) -> None:
         """Translate one committed transaction's changes, log and publish them."""

@@ -6,7 +6,9 @@ hands every item to each `Subscription`'s queue without waiting; a subscription 
 holds `limit` items unread is closed (its queue dropped, `closed_reason` saying why)
 and counted in `slow_closed`: its client starts again (a page reconnects to a
 snapshot; `docker events` ends). A reader takes everything queued at once
-(`next_batch`, or `async for batch in sub`), waiting only when nothing is.
+(`next_batch`, or `async for batch in sub`), waiting only when nothing is. Both follow
+the store the same way (`Follower`): watching from construction, watching again after
+the store closed a watcher that fell behind (`fell_behind` says what that costs).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Iterable
 from typing import Generic, TypeVar
 
 from shoal.log import get_logger
+from shoal.manager.store import Event, Store, Watcher, WatcherClosed
 
 T = TypeVar("T")
 
@@ -112,3 +115,47 @@ class Subscribers(Generic[T]):
     def close_all(self, reason: str) -> None:
         for sub in list(self._open):
             sub.close(reason)
+
+
+class Follower(Generic[T]):
+    """A publisher that follows the store's committed changes of `kinds` (watched from
+    construction: nothing committed before `run()` starts is missed) and fans them out
+    to `subscribers`. A subclass handles each transaction's events (`handle`) and what
+    to do when the store closed its watcher for falling behind (`fell_behind`: changes
+    were missed); the follower then watches again and goes on."""
+
+    def __init__(
+        self, store: Store, kinds: tuple[str, ...], subscribers: Subscribers[T], name: str
+    ) -> None:
+        self._store = store
+        self._kinds = kinds
+        self._watcher: Watcher | None = store.watch(*kinds)
+        self._subscribers = subscribers
+        self._name = name
+        self._stopped = asyncio.Event()
+        self.resyncs = 0
+
+    def handle(self, events: list[Event]) -> None:
+        raise NotImplementedError
+
+    def fell_behind(self, reason: str) -> None:
+        raise NotImplementedError
+
+    async def run(self) -> None:
+        while not self._stopped.is_set():
+            watcher = self._watcher or self._store.watch(*self._kinds)
+            self._watcher = None
+            try:
+                async for events in watcher:
+                    self.handle(events)
+            except WatcherClosed as e:
+                self.resyncs += 1
+                self.fell_behind(str(e))
+            finally:
+                watcher.close()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._watcher is not None:
+            self._watcher.close()
+        self._subscribers.close_all(f"the {self._name} stopped")

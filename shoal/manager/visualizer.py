@@ -25,7 +25,6 @@ service (ID and name), slot, node and states. Nothing else goes on the wire.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable
 from typing import Any, Literal
 
@@ -35,7 +34,7 @@ from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.errors import ResourceExhausted
 from shoal.log import get_logger
 from shoal.manager import fanout
-from shoal.manager.store import Event, ReadTx, Store, Watcher, WatcherClosed
+from shoal.manager.store import Event, ReadTx, Store
 from shoal.types.node import Node
 from shoal.types.service import Service
 from shoal.types.task import Task, TaskState
@@ -217,21 +216,27 @@ def encode_snapshot(snap: Snapshot) -> bytes:
 Subscription = fanout.Subscription[bytes]
 
 
-class VisualizerFeed:
+class VisualizerFeed(fanout.Follower[bytes]):
     """Turns the store's committed node, service and task changes into the page's
     changes, encoded once, and fans them out without ever waiting on a subscriber."""
 
     def __init__(self, store: Store, clock: Clock = SYSTEM_CLOCK) -> None:
-        self._store = store
-        self._clock = clock
-        # Watch from construction, as the event log does: nothing is missed before run().
-        self._watcher: Watcher | None = store.watch(*WATCHED_KINDS)
-        self._subscribers: fanout.Subscribers[bytes] = fanout.Subscribers(
-            MAX_SUBSCRIBER_QUEUE, "changes"
+        super().__init__(
+            store,
+            WATCHED_KINDS,
+            fanout.Subscribers(MAX_SUBSCRIBER_QUEUE, "changes"),
+            "visualizer feed",
         )
-        self._stopped = asyncio.Event()
+        self._clock = clock
         self.published = 0
-        self.resyncs = 0
+
+    def handle(self, events: list[Event]) -> None:
+        self.publish(events)
+
+    def fell_behind(self, reason: str) -> None:
+        # Changes were missed: every page starts again from a snapshot.
+        log.warning("visualizer feed fell behind the store; resyncing", reason=reason)
+        self._subscribers.close_all("resync")
 
     def subscribe(self) -> tuple[bytes, Subscription]:
         """The encoded snapshot and a subscription to every change from now on, both
@@ -241,27 +246,6 @@ class VisualizerFeed:
         snap = encode_snapshot(snapshot(self._store.view(), self._store.index))
         sub = self._subscribers.add(Subscription(self._subscribers))
         return snap, sub
-
-    async def run(self) -> None:
-        while not self._stopped.is_set():
-            watcher = self._watcher or self._store.watch(*WATCHED_KINDS)
-            self._watcher = None
-            try:
-                async for events in watcher:
-                    self.publish(events)
-            except WatcherClosed as e:
-                # Changes were missed: every page starts again from a snapshot.
-                self.resyncs += 1
-                log.warning("visualizer feed fell behind the store; resyncing", reason=str(e))
-                self._subscribers.close_all("resync")
-            finally:
-                watcher.close()
-
-    def stop(self) -> None:
-        self._stopped.set()
-        if self._watcher is not None:
-            self._watcher.close()
-        self._subscribers.close_all("the visualizer feed stopped")
 
     def publish(self, events: Iterable[Event]) -> None:
         """One committed transaction's changes to every subscriber (translated only
