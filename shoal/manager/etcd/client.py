@@ -36,6 +36,10 @@ class EtcdError(Exception):
     the store maps it to Internal, a loop retries)."""
 
 
+# Any failed request: the client's errors or ours.
+FAILURES: tuple[type[BaseException], ...] = (EtcdError, *CLIENT_ERRORS)
+
+
 @dataclass(frozen=True, slots=True)
 class TLSFiles:
     """PEM bytes for a mutual-TLS etcd connection: the trust root and our own pair."""
@@ -50,6 +54,16 @@ class TxnResult:
     succeeded: bool
     revision: int  # the store's revision after the transaction (header revision)
     responses: list[Any]  # rpc.ResponseOp, in op order
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """A leadership as etcd records it: the election key and the revision that created
+    it (the fencing token). Every write the leader makes compares the key's
+    create_revision with it, so a deposed leader's write fails even before it knows."""
+
+    key: bytes
+    revision: int
 
 
 def grpc_target(endpoints: Sequence[str]) -> str:
@@ -87,7 +101,7 @@ class EtcdClient(aetcd.Client):
         super().__init__(
             host=self.target,
             port=0,
-            timeout=timeout,  # type: ignore[arg-type]
+            timeout=timeout,
             options={
                 "grpc.max_send_message_length": MAX_MESSAGE_BYTES,
                 "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
@@ -126,3 +140,19 @@ class EtcdClient(aetcd.Client):
         except grpc.aio.AioRpcError as e:
             raise EtcdError(f"etcd transaction failed: {e.code().name}: {e.details()}") from e
         return TxnResult(response.succeeded, response.header.revision, list(response.responses))
+
+    async def range_page(
+        self, key: bytes, range_end: bytes, revision: int = 0, limit: int = 0
+    ) -> tuple[list[Any], bool, int]:
+        """One page of `[key, range_end)` at `revision` (0: the latest, linearizable):
+        its key-values (rpc.KeyValue, by key), whether more follow, and the revision
+        it was read at."""
+        await self.connect()
+        request = rpc.RangeRequest(key=key, range_end=range_end, revision=revision, limit=limit)
+        try:
+            response = await self.kvstub.Range(
+                request, timeout=self._timeout, metadata=self.metadata
+            )
+        except grpc.aio.AioRpcError as e:
+            raise EtcdError(f"etcd range failed: {e.code().name}: {e.details()}") from e
+        return list(response.kvs), bool(response.more), response.header.revision

@@ -31,7 +31,7 @@ from pathlib import Path
 from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.log import get_logger
 from shoal.manager.etcd.certs import write_tls
-from shoal.manager.etcd.client import CLIENT_ERRORS, EtcdClient, EtcdError, TLSFiles
+from shoal.manager.etcd.client import CLIENT_ERRORS, FAILURES, EtcdClient, EtcdError, TLSFiles
 from shoal.pki import MANAGER_SERVER_NAME
 
 ETCD_BINARY = "etcd"
@@ -280,7 +280,7 @@ async def add_member(client: EtcdClient, name: str, peer_url: str) -> dict[str, 
                     "started: remove it before adding another"
                 )
             cluster[member_name] = m.peer_urls[0]
-    except (EtcdError, *CLIENT_ERRORS) as e:
+    except FAILURES as e:
         raise EtcdError(f"cannot add etcd member {name} ({peer_url}): {e}") from e
     log.info("etcd member added", name=name, member_id=f"{added.id:x}", peer_url=peer_url)
     return cluster
