@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import json
 import os
 import shutil
 import signal
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.log import get_logger
@@ -50,8 +52,13 @@ STOP_TIMEOUT_S = 15.0
 # What etcd 3.4 logs (zap) once its client listener serves.
 READY_MSGS = ("serving client traffic securely", "ready to serve client requests")
 LOG_TAIL = 40
+# etcd's answer to an add while a member has not been connected for 5 s.
+UNHEALTHY = "unhealthy cluster"
+ADD_RETRY_S = 0.5
+ADD_TIMEOUT_S = 30.0
 
 log = get_logger("shoal.manager.etcd")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,11 +273,17 @@ class EtcdMember:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-async def add_member(client: EtcdClient, name: str, peer_url: str) -> dict[str, str]:
+async def add_member(
+    client: EtcdClient, name: str, peer_url: str, clock: Clock = SYSTEM_CLOCK
+) -> dict[str, str]:
     """Add a member to the cluster `client` talks to, before it starts; the
-    `--initial-cluster` it must start with (every member by name, itself included)."""
+    `--initial-cluster` it must start with (every member by name, itself included).
+
+    etcd refuses an add until every member has been connected for its health interval
+    (5 s: "unhealthy cluster", so a member that just joined is not at once followed by
+    another); the add is tried again meanwhile (`_when_healthy`)."""
     try:
-        added = await client.add_member([peer_url])
+        added = await _when_healthy(lambda: client.add_member([peer_url]), clock)
         cluster: dict[str, str] = {}
         async for m in client.members():
             member_name = name if m.id == added.id else m.name
@@ -286,17 +299,32 @@ async def add_member(client: EtcdClient, name: str, peer_url: str) -> dict[str, 
     return cluster
 
 
-async def remove_member(client: EtcdClient, name: str) -> bool:
-    """Remove the member named `name` through `client` (False: there is none)."""
+async def remove_member(client: EtcdClient, name: str, clock: Clock = SYSTEM_CLOCK) -> bool:
+    """Remove the member named `name` through `client` (False: there is none). Like an
+    add, tried again while etcd answers "unhealthy cluster"."""
     try:
-        async for m in client.members():
-            if m.name == name:
-                await client.remove_member(m.id)
-                log.info("etcd member removed", name=name, member_id=f"{m.id:x}")
-                return True
+        ids = [m.id async for m in client.members() if m.name == name]
+        if not ids:
+            return False
+        await _when_healthy(functools.partial(client.remove_member, ids[0]), clock)
     except CLIENT_ERRORS as e:
         raise EtcdError(f"cannot remove etcd member {name}: {e}") from e
-    return False
+    log.info("etcd member removed", name=name, member_id=f"{ids[0]:x}")
+    return True
+
+
+async def _when_healthy(request: Callable[[], Awaitable[T]], clock: Clock) -> T:
+    """`request()`, tried again every ADD_RETRY_S while etcd refuses a membership
+    change as "unhealthy cluster" (for at most ADD_TIMEOUT_S)."""
+    deadline = clock.monotonic() + ADD_TIMEOUT_S
+    while True:
+        try:
+            return await request()
+        except CLIENT_ERRORS as e:
+            if UNHEALTHY not in str(e) or clock.monotonic() >= deadline:
+                raise
+            log.info("etcd cluster not yet healthy for a membership change; retrying")
+            await clock.sleep(ADD_RETRY_S)
 
 
 async def member_names(client: EtcdClient) -> list[str]:
