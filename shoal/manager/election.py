@@ -21,8 +21,8 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from shoal.clock import SYSTEM_CLOCK, Clock
+from shoal.etcdclient import CLIENT_ERRORS, FAILURES, EtcdClient, Fence
 from shoal.log import get_logger
-from shoal.manager.etcd.client import CLIENT_ERRORS, FAILURES, EtcdClient, Fence
 
 DEFAULT_KEY = b"/shoal/election/leader"
 DEFAULT_TTL_S = 3

@@ -12,9 +12,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shoal.etcdclient import EtcdClient
 from shoal.manager.ca.root import RootCA
 from shoal.manager.etcd.certs import member_tls
-from shoal.manager.etcd.client import EtcdClient
 from shoal.manager.etcd.member import EtcdMember, MemberAddress, add_member
 
 CLIENT_TIMEOUT_S = 10.0

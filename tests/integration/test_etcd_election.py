@@ -24,7 +24,7 @@ CANDIDATE = """
 import asyncio, sys
 from pathlib import Path
 from shoal.manager.election import Election
-from shoal.manager.etcd.client import EtcdClient, TLSFiles
+from shoal.etcdclient import EtcdClient, TLSFiles
 
 async def main():
     endpoint, tls_dir, key, name, ttl = sys.argv[1:6]

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from shoal.etcdclient import CLIENT_ERRORS, EtcdClient, TLSFiles
 from shoal.manager.ca.signer import node_cert_expiry, sign_node_certificate
-from shoal.manager.etcd.client import CLIENT_ERRORS, EtcdClient, TLSFiles
 from shoal.manager.etcd.member import member_names, remove_member
 from shoal.pki import key_pem, make_csr, new_key
 

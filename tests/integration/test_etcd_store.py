@@ -15,23 +15,34 @@ import msgspec
 import pytest
 
 from shoal.errors import LostLeadership
+from shoal.etcdclient import EtcdClient
 from shoal.manager.election import Election
-from shoal.manager.etcd.client import EtcdClient
 from shoal.manager.store import Store, Tx
 from shoal.manager.store.encrypted import MAGIC, EncryptedBackend
 from shoal.manager.store.etcd import EtcdBackend
 from shoal.types.service import ReplicatedService, Service, ServiceMode, ServiceSpec
 from shoal.types.swarm import Cluster as SwarmCluster
+from shoal.types.task import Task, TaskState, TaskStatus
 
 from .etcd_harness import etcd_cluster
 
 # A bound on waits for something that must happen (not a speed check).
 WAIT_S = 20.0
+TASKS = 1500
 
 
 def _service(service_id: str, name: str, replicas: int = 1) -> Service:
     spec = ServiceSpec(name=name, mode=ServiceMode(replicated=ReplicatedService(replicas=replicas)))
     return Service(id=service_id, spec=spec)
+
+
+def _task(task_id: str, service_id: str) -> Task:
+    return Task(
+        id=task_id,
+        service_id=service_id,
+        status=TaskStatus(timestamp="", state=TaskState.PENDING.wire, message="pending"),
+        desired_state=TaskState.RUNNING.wire,
+    )
 
 
 class Manager:
@@ -124,6 +135,12 @@ def test_two_stores_share_etcd(tmp_path: Path) -> None:
                 await sa.update(lambda tx: tx.delete("service", "s2"))
                 await _wait_index(sb, sa.index)
                 assert sb.view().get_service("s2") is None
+
+                # a large group commit is still one etcd transaction (far beyond
+                # etcd's default of 128 operations): the replica gets all of it
+                await sa.batch(range(TASKS), lambda tx, i: tx.create(_task(f"t{i}", "s1")))
+                await _wait_index(sb, sa.index)
+                assert len(sb.view().tasks_of_service("s1")) == TASKS
 
                 # at rest, every object is sealed with the DEK
                 raw = await a.client.get(a.backend.object_key("service", "s1"))

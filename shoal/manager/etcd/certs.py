@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from shoal.etcdclient import TLSFiles
 from shoal.manager.ca.root import RootCA
 from shoal.manager.ca.signer import node_cert_expiry, sign_node_certificate
-from shoal.manager.etcd.client import TLSFiles
 from shoal.pki import key_pem, make_csr, new_key
 
 

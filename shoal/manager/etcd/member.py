@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import TypeVar
 
 from shoal.clock import SYSTEM_CLOCK, Clock
+from shoal.etcdclient import CLIENT_ERRORS, FAILURES, EtcdClient, EtcdError, TLSFiles
 from shoal.log import get_logger
 from shoal.manager.etcd.certs import write_tls
-from shoal.manager.etcd.client import CLIENT_ERRORS, FAILURES, EtcdClient, EtcdError, TLSFiles
 from shoal.pki import MANAGER_SERVER_NAME
 
 ETCD_BINARY = "etcd"

@@ -46,8 +46,8 @@ from aetcd.utils import prefix_range_end
 
 from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.errors import LostLeadership
+from shoal.etcdclient import CLIENT_ERRORS, EtcdClient, EtcdError, Fence
 from shoal.log import get_logger
-from shoal.manager.etcd.client import CLIENT_ERRORS, EtcdClient, EtcdError, Fence
 from shoal.manager.store.backend import Commit, Record
 
 DEFAULT_PREFIX = b"/shoal/"
