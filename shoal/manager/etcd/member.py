@@ -31,7 +31,11 @@ from pathlib import Path
 from typing import TypeVar
 
 from shoal.clock import SYSTEM_CLOCK, Clock
-from shoal.etcdclient import CLIENT_ERRORS, FAILURES, EtcdClient, EtcdError, TLSFiles
+from shoal.etcdclient import (
+    CLIENT_ERRORS,
+    FAILURES,
+    MAX_MESSAGE_BYTES,
+    EtcdClient, EtcdError, TLSFiles
 from shoal.log import get_logger
 from shoal.manager.etcd.certs import write_tls
 from shoal.pki import MANAGER_SERVER_NAME
@@ -40,7 +44,7 @@ ETCD_BINARY = "etcd"
 # The store hands etcd a whole group commit as one transaction: up to
 # store.MAX_GROUP_RECORDS records plus the index key (etcd's defaults: 128 ops, 1.5 MiB).
 MAX_TXN_OPS = 16_384
-MAX_REQUEST_BYTES = 32 * 1024 * 1024
+MAX_REQUEST_BYTES = MAX_MESSAGE_BYTES  # the client's gRPC limit
 # etcd's own defaults (a leader lost stalls writes ~2 s, deps-evaluation §4).
 HEARTBEAT_MS = 100
 ELECTION_MS = 1000
