@@ -35,7 +35,10 @@ from shoal.etcdclient import (
     CLIENT_ERRORS,
     FAILURES,
     MAX_MESSAGE_BYTES,
-    EtcdClient, EtcdError, TLSFiles
+    EtcdClient,
+    EtcdError,
+    TLSFiles,
+)
 from shoal.log import get_logger
 from shoal.manager.etcd.certs import write_tls
 from shoal.pki import MANAGER_SERVER_NAME
