@@ -5,12 +5,15 @@ stops each by its own handle and removes its directory."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
 import socket
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 from shoal.etcdclient import EtcdClient
 from shoal.manager.ca.root import RootCA
@@ -18,6 +21,8 @@ from shoal.manager.etcd.certs import member_tls
 from shoal.manager.etcd.member import EtcdMember, MemberAddress, add_member
 
 CLIENT_TIMEOUT_S = 10.0
+THREAD_WAIT_S = 90.0
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -74,3 +79,39 @@ async def etcd_cluster(base: Path, size: int = 1) -> AsyncIterator[Cluster]:
             with contextlib.suppress(Exception):
                 await member.kill()
             member.remove_data()
+
+
+class EtcdThread:
+    """`etcd_cluster()` on an event loop of its own thread, for tests written as plain
+    functions (the daemon tests): `run(coro)` runs a coroutine there and waits."""
+
+    def __init__(self, base: Path, size: int = 1) -> None:
+        self._base = base
+        self._size = size
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._cm: contextlib.AbstractAsyncContextManager[Cluster] | None = None
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(THREAD_WAIT_S)
+
+    def __enter__(self) -> Cluster:
+        self._thread.start()
+        self._cm = etcd_cluster(self._base, self._size)
+        try:
+            return self.run(self._cm.__aenter__())
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    def __exit__(self, *exc: Any) -> None:
+        assert self._cm is not None
+        try:
+            self.run(self._cm.__aexit__(None, None, None))
+        finally:
+            self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(THREAD_WAIT_S)
+        self._loop.close()
