@@ -98,9 +98,11 @@ class EtcdBackend:
         log.info("etcd store loaded", index=index, revision=revision, objects=len(records))
 
     def load(self) -> tuple[int, list[Record]]:
+        """What open() read (once: a store built again needs open() again, since the
+        records are not kept up to date after it)."""
         if self._loaded is None:
             raise RuntimeError("EtcdBackend.open() must be awaited before load()")
-        records, self._loaded = self._loaded, []
+        records, self._loaded = self._loaded, None
         return self.index, records
 
     def _parse(self, key: bytes) -> tuple[str, str] | None:
