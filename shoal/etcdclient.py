@@ -36,6 +36,20 @@ class EtcdError(Exception):
     the store maps it to Internal, a loop retries)."""
 
 
+class EtcdUnavailable(EtcdError):
+    """No member answered in time (gRPC UNAVAILABLE or DEADLINE_EXCEEDED: the member
+    went, or etcd is electing its leader): the request may or may not have been
+    applied, and may be tried again."""
+
+
+_UNAVAILABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def _failed(what: str, e: grpc.aio.AioRpcError) -> EtcdError:
+    kind = EtcdUnavailable if e.code() in _UNAVAILABLE else EtcdError
+    return kind(f"etcd {what} failed: {e.code().name}: {e.details()}")
+
+
 # Any failed request: the client's errors or ours.
 FAILURES: tuple[type[BaseException], ...] = (EtcdError, *CLIENT_ERRORS)
 
@@ -95,18 +109,27 @@ class EtcdClient(aetcd.Client):
     """aetcd's client on a mutual-TLS channel to `endpoints` (`host:port` or URLs)."""
 
     def __init__(
-        self, endpoints: Sequence[str], tls: TLSFiles, timeout: float | None = None
+        self,
+        endpoints: Sequence[str],
+        tls: TLSFiles,
+        timeout: float | None = None,
+        server_name: str | None = None,
     ) -> None:
-        self.target = grpc_target([strip_scheme(e) for e in endpoints])
-        super().__init__(
-            host=self.target,
-            port=0,
-            timeout=timeout,
-            options={
-                "grpc.max_send_message_length": MAX_MESSAGE_BYTES,
-                "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
-            },
-        )
+        """`server_name`: the name every member's certificate must carry (shoal's
+        members: `swarm-manager`). Without it a single endpoint is checked against its
+        own host, and several against the first one's host (gRPC checks one name for
+        the whole target)."""
+        hosts = [strip_scheme(e) for e in endpoints]
+        self.target = grpc_target(hosts)
+        if server_name is None and len(hosts) > 1:
+            server_name = hosts[0].rpartition(":")[0].strip("[]")
+        options: dict[str, Any] = {
+            "grpc.max_send_message_length": MAX_MESSAGE_BYTES,
+            "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
+        }
+        if server_name is not None:
+            options["grpc.ssl_target_name_override"] = server_name
+        super().__init__(host=self.target, port=0, timeout=timeout, options=options)
         self._credentials = grpc.ssl_channel_credentials(tls.ca_pem, tls.key_pem, tls.cert_pem)
 
     async def connect(self) -> None:
@@ -138,7 +161,7 @@ class EtcdClient(aetcd.Client):
         try:
             response = await self.kvstub.Txn(request, timeout=self._timeout, metadata=self.metadata)
         except grpc.aio.AioRpcError as e:
-            raise EtcdError(f"etcd transaction failed: {e.code().name}: {e.details()}") from e
+            raise _failed("transaction", e) from e
         return TxnResult(response.succeeded, response.header.revision, list(response.responses))
 
     async def range_page(
@@ -154,5 +177,5 @@ class EtcdClient(aetcd.Client):
                 request, timeout=self._timeout, metadata=self.metadata
             )
         except grpc.aio.AioRpcError as e:
-            raise EtcdError(f"etcd range failed: {e.code().name}: {e.details()}") from e
+            raise _failed("range", e) from e
         return list(response.kvs), bool(response.more), response.header.revision

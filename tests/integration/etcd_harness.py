@@ -19,6 +19,7 @@ from shoal.etcdclient import EtcdClient
 from shoal.manager.ca.root import RootCA
 from shoal.manager.etcd.certs import member_tls
 from shoal.manager.etcd.member import EtcdMember, MemberAddress, add_member
+from shoal.pki import MANAGER_SERVER_NAME
 
 CLIENT_TIMEOUT_S = 10.0
 THREAD_WAIT_S = 90.0
@@ -62,7 +63,12 @@ class Cluster:
         """A manager's client of these members (all of them by default)."""
         chosen = members or tuple(m for m in self.members if m.running)
         tls = member_tls(self.root, "client-" + secrets.token_hex(3), self.cluster_id, [])
-        return EtcdClient([m.address.client_url for m in chosen], tls, timeout=CLIENT_TIMEOUT_S)
+        return EtcdClient(
+            [m.address.client_url for m in chosen],
+            tls,
+            timeout=CLIENT_TIMEOUT_S,
+            server_name=MANAGER_SERVER_NAME,
+        )
 
 
 @contextlib.asynccontextmanager

@@ -49,12 +49,14 @@ class Manager:
     """One manager's store on etcd: its client, election, backend (encrypted with the
     DEK the managers share) and the task applying others' commits."""
 
-    def __init__(self, client: EtcdClient, name: str, prefix: bytes, dek: bytes) -> None:
+    def __init__(
+        self, client: EtcdClient, name: str, prefix: bytes, dek: bytes, ttl: int = 2
+    ) -> None:
         self.client = client
         self.name = name
         self.prefix = prefix
         self.dek = dek
-        self.election = Election(client, name, key=prefix + b"election/leader", ttl=2)
+        self.election = Election(client, name, key=prefix + b"election/leader", ttl=ttl)
         self.backend = EtcdBackend(client, prefix=prefix)
         self.store: Store | None = None
         self.follower: asyncio.Task[None] | None = None
@@ -217,6 +219,42 @@ def test_deposed_leader_is_fenced(tmp_path: Path) -> None:
                     assert sf.index == sb.index
                 finally:
                     await fresh.close()
+            finally:
+                await b.close()
+                await a.close()
+
+    asyncio.run(main())
+
+
+def test_commits_and_watch_survive_the_loss_of_a_member(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with etcd_cluster(tmp_path, size=3) as cluster:
+            m1, m2, m3 = cluster.members
+            prefix = f"/t-{secrets.token_hex(4)}/".encode()
+            dek = os.urandom(32)
+            # both managers talk to m1 first (gRPC pick_first), the others behind it;
+            # the lease outlives etcd's own election (a few seconds)
+            a = Manager(cluster.client(m1, m2, m3), "a", prefix, dek, ttl=10)
+            b = Manager(cluster.client(m1, m2, m3), "b", prefix, dek, ttl=10)
+            try:
+                sa = await a.open()
+                await a.lead()
+                sb = await b.open()
+                await sa.update(lambda tx: tx.create(_service("s0", "before")))
+                await _wait_index(sb, sa.index)
+
+                await m1.kill()  # the member both are on (and etcd's first leader)
+                for i in range(1, 6):
+                    await asyncio.wait_for(
+                        sa.update(lambda tx, i=i: tx.create(_service(f"s{i}", f"after{i}"))),
+                        WAIT_S,
+                    )
+                # b's watch resumed on another member, from where it was
+                await _wait_index(sb, sa.index)
+                want = {f"s{i}" for i in range(6)}
+                assert {s.id for s in sb.view().services()} == want
+                assert {s.id for s in sa.view().services()} == want
+                assert sb.foreign_commits == 6
             finally:
                 await b.close()
                 await a.close()

@@ -127,7 +127,9 @@ class EtcdMember:
 
     def client(self, timeout: float | None = None) -> EtcdClient:
         """A client of this member alone."""
-        return EtcdClient([self.address.client_url], self.tls, timeout=timeout)
+        return EtcdClient(
+            [self.address.client_url], self.tls, timeout=timeout, server_name=MANAGER_SERVER_NAME
+        )
 
     def command(self, initial_cluster: Mapping[str, str], state: str, token: str) -> list[str]:
         paths = write_tls(self.tls, self.directory / "tls")

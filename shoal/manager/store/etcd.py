@@ -22,7 +22,11 @@ The transaction is guarded by two compares, and writes nothing if either fails:
   replica is behind what the leader wrote cannot commit on top of stale state.
 A failed compare raises LostLeadership (shoal/errors.py), naming which one; the store
 then takes back its transactions (as for a full disk). Any other failure (etcd
-unreachable, the request timed out) leaves the commit in doubt: the store stops.
+unreachable past COMMIT_RETRY_S) leaves the commit in doubt: the store stops. A
+commit no member answered is tried again meanwhile (on another endpoint); if an
+earlier try was in fact applied, the retry's sequencing compare fails, and the index
+key, holding this commit's index and this backend's writer ID, shows it was: the
+commit succeeded (a retry never applies a commit twice).
 
 Other managers' commits come from an etcd watch on `<prefix>store/` from the revision
 after the last one this backend read or wrote: the events of one revision, up to the
@@ -46,13 +50,16 @@ from aetcd.utils import prefix_range_end
 
 from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.errors import LostLeadership
-from shoal.etcdclient import CLIENT_ERRORS, EtcdClient, EtcdError, Fence
+from shoal.etcdclient import CLIENT_ERRORS, FAILURES, EtcdClient, EtcdError, EtcdUnavailable, Fence
 from shoal.log import get_logger
 from shoal.manager.store.backend import Commit, Record
 
 DEFAULT_PREFIX = b"/shoal/"
 LOAD_PAGE = 2000
-# Backoff of a watch that lost its member, before it resumes on another.
+# How long a commit is tried again while no etcd member answers (etcd elects a new
+# leader in about 2 s); beyond it the commit is in doubt and the store stops.
+COMMIT_RETRY_S = 15.0
+# Backoff of a watch (or a commit) that lost its member, before it tries another.
 WATCH_RETRY_S = (0.1, 0.2, 0.5, 1.0, 2.0)
 
 log = get_logger("shoal.manager.store.etcd")
@@ -138,14 +145,39 @@ class EtcdBackend:
             t.create(fence.key) == fence.revision,
             t.mod(self.index_key) == self.index_revision,
         ]
-        try:
-            result = await self._client.txn(compare, ops, [t.get(fence.key), t.get(self.index_key)])
-        except CLIENT_ERRORS as e:
-            raise EtcdError(f"etcd commit failed (in doubt): {e}") from e
+        failure = [t.get(fence.key), t.get(self.index_key)]
+        deadline = self._clock.monotonic() + COMMIT_RETRY_S
+        retried = 0
+        while True:
+            try:
+                result = await self._client.txn(compare, ops, failure)
+                break
+            except EtcdUnavailable as e:
+                # The member went, or etcd is electing: try again (on another
+                # endpoint), and find out below whether the first try was applied.
+                if self._clock.monotonic() >= deadline:
+                    raise EtcdError(f"etcd commit failed (in doubt): {e}") from e
+                log.warning("etcd commit unanswered; trying again", error=str(e))
+                await self._clock.sleep(WATCH_RETRY_S[min(retried, len(WATCH_RETRY_S) - 1)])
+                retried += 1
+            except FAILURES as e:
+                raise EtcdError(f"etcd commit failed (in doubt): {e}") from e
+        revision = result.revision
         if not result.succeeded:
-            raise LostLeadership(self._refusal(fence, result.responses))
-        self.index, self.index_revision = index, result.revision
-        self.revision = max(self.revision, result.revision)
+            mine = self._applied_before(index, result.responses) if retried else None
+            if mine is None:
+                raise LostLeadership(self._refusal(fence, result.responses))
+            revision = mine  # an earlier try was applied: the index key says so
+        self.index, self.index_revision = index, revision
+        self.revision = max(self.revision, revision)
+
+    def _applied_before(self, index: int, responses: list[Any]) -> int | None:
+        """The revision of this very commit if an earlier try of it was applied (the
+        index key holds its index and this backend's writer ID), else None."""
+        current = responses[1].response_range.kvs if len(responses) > 1 else []
+        if current and _decode_index(current[0].value) == (index, self.writer):
+            return int(current[0].mod_revision)
+        return None
 
     def _refusal(self, fence: Fence, responses: list[Any]) -> str:
         leader = responses[0].response_range.kvs if responses else []
