@@ -88,7 +88,7 @@ def daemon(
         None,
         "--datastore-endpoint",
         help="Keep the manager's state in this etcd (https://HOST:PORT, repeatable) "
-        "instead of SQLite (docs/ha.md).",
+        "instead of SQLite; it must run with --max-txn-ops=16384 (docs/ha.md).",
     ),
     datastore_cafile: Path = typer.Option(
         None, "--datastore-cafile", help="The etcd server's CA (PEM)."
