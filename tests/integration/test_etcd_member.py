@@ -1,6 +1,7 @@
 """Embedded etcd members on loopback with mutual TLS: a cluster grown to three by
 adding members through the client API before they start (as a joining manager does),
-one removed again, and a worker's certificate (same CA) refused."""
+one removed again, one restarted on its data, and a worker's certificate (same CA)
+refused."""
 
 from __future__ import annotations
 
@@ -43,7 +44,14 @@ def test_members_added_and_removed(tmp_path: Path) -> None:
                 got = await c3.get(key)
                 assert got is not None and got.value == b"v2"
 
-                # and a new member can take its place
+                # a member restarted on its data (a supervisor's restart) rejoins as it was
+                await m3.stop()
+                await m3.start()
+                got = await c3.get(key)
+                assert got is not None and got.value == b"v2"
+                assert sorted(await member_names(c3)) == sorted([m1.name, m3.name])
+
+                # and a new member can take m2's place
                 m4 = await cluster.join(m3)
                 assert m4.name in await member_names(c1)
                 c4 = cluster.client(m4)
