@@ -10,10 +10,14 @@ import secrets
 import sys
 from pathlib import Path
 
+import pytest
+
 from shoal.manager.election import Election
 from shoal.manager.etcd.certs import member_tls, write_tls
 
 from .etcd_harness import etcd_cluster
+
+pytestmark = pytest.mark.integration
 
 TTL_S = 2
 # A bound on waits for something that must happen (not a speed check): a few TTLs.

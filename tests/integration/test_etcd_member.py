@@ -18,6 +18,8 @@ from shoal.pki import key_pem, make_csr, new_key
 
 from .etcd_harness import CLIENT_TIMEOUT_S, etcd_cluster
 
+pytestmark = pytest.mark.integration
+
 
 def test_members_added_and_removed(tmp_path: Path) -> None:
     async def main() -> None:

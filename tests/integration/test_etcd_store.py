@@ -26,6 +26,8 @@ from shoal.types.task import Task, TaskState, TaskStatus
 
 from .etcd_harness import etcd_cluster
 
+pytestmark = pytest.mark.integration
+
 # A bound on waits for something that must happen (not a speed check).
 WAIT_S = 20.0
 TASKS = 1500
