@@ -20,6 +20,9 @@ from .etcd_harness import CLIENT_TIMEOUT_S, etcd_cluster
 
 pytestmark = pytest.mark.integration
 
+# A bound on waits for something that must happen (not a speed check).
+WAIT_S = 30.0
+
 
 def test_members_added_and_removed(tmp_path: Path) -> None:
     async def main() -> None:
@@ -65,6 +68,35 @@ def test_members_added_and_removed(tmp_path: Path) -> None:
             finally:
                 await c1.close()
                 await c3.close()
+
+    asyncio.run(main())
+
+
+def test_a_supervised_member_is_restarted(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with etcd_cluster(tmp_path) as cluster:
+            (m1,) = cluster.members
+            supervisor = asyncio.create_task(m1.supervise())
+            client = cluster.client(m1)
+            try:
+                await client.put(b"/kept", b"v")
+                await m1.kill()  # a crash: SIGKILL
+                await asyncio.wait_for(m1.restarted.wait(), WAIT_S)
+                assert m1.running and m1.restarts == 1
+                # on its data, as it was (a new channel: the old one may be in gRPC's
+                # reconnect backoff)
+                fresh = cluster.client(m1)
+                try:
+                    got = await fresh.get(b"/kept")
+                finally:
+                    await fresh.close()
+                assert got is not None and got.value == b"v"
+                await m1.stop()  # a stop is not a crash: the supervisor returns
+                await asyncio.wait_for(supervisor, WAIT_S)
+                assert not m1.running and m1.restarts == 1
+            finally:
+                supervisor.cancel()
+                await client.close()
 
     asyncio.run(main())
 

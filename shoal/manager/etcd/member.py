@@ -56,6 +56,8 @@ COMPACTION_RETENTION = "10000"
 # How long a member may take to serve (it waits for its peers: a quorum must start).
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
+# Before a supervised member that exited is started again (growing while it fails).
+RESTART_BACKOFF_S = (0.1, 0.5, 1.0, 2.0, 5.0)
 # What etcd 3.4 logs (zap) once its client listener serves.
 READY_MSGS = ("serving client traffic securely", "ready to serve client requests")
 LOG_TAIL = 40
@@ -112,6 +114,9 @@ class EtcdMember:
         self._reader: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self.log_tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL)
+        self._stopping = False
+        self.restarts = 0  # by supervise()
+        self.restarted = asyncio.Event()
 
     @property
     def data_dir(self) -> Path:
@@ -182,6 +187,7 @@ class EtcdMember:
         "existing". A member restarted on its data dir ignores both (etcd's rule)."""
         if self.running:
             raise EtcdError(f"etcd member {self.name} is already running")
+        self._stopping = False
         cluster = dict(initial_cluster or {self.name: self.address.peer_url})
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.data_dir.mkdir(exist_ok=True, mode=0o700)
@@ -252,8 +258,34 @@ class EtcdMember:
             raise EtcdError(f"etcd member {self.name} was not started")
         return await self._proc.wait()
 
+    async def supervise(self) -> None:
+        """Keep the started member running until stop() (run it as a task): when the
+        process exits on its own, start it again on its data, where etcd finds the
+        member it was (the cluster flags are ignored then), after a backoff that grows
+        while restarts fail. `restarted` is set after each restart that serves."""
+        failures = 0
+        while True:
+            status = await self.wait()
+            if self._stopping:
+                return
+            log.warning("etcd member exited; restarting", name=self.name, status=status)
+            await self._clock.sleep(RESTART_BACKOFF_S[min(failures, len(RESTART_BACKOFF_S) - 1)])
+            if self._stopping:
+                return
+            try:
+                await self.start()
+            except EtcdError as e:
+                failures += 1
+                log.error("etcd member restart failed", name=self.name, error=str(e))
+                continue
+            failures = 0
+            self.restarts += 1
+            self.restarted.set()
+
     async def stop(self) -> None:
-        """SIGTERM, then SIGKILL if it has not exited within STOP_TIMEOUT_S."""
+        """SIGTERM, then SIGKILL if it has not exited within STOP_TIMEOUT_S (a
+        supervisor then returns instead of restarting it)."""
+        self._stopping = True
         proc = self._proc
         if proc is None:
             return
