@@ -42,6 +42,7 @@ from shoal.errors import (
     NodeNotInSwarm,
     SwarmLocked,
 )
+from shoal.etcdclient import EtcdError
 from shoal.ids import new_id
 from shoal.log import get_logger
 from shoal.manager.ca.issuer import Issuer, issue_own_certificate
@@ -741,7 +742,10 @@ class Daemon:
             for tid in self.executor.known_task_ids():
                 await discard_task(self.executor, tid)
             if self.config.datastore is not None and self._state.runs_manager:
-                await wipe_datastore(self.config.datastore, self._state.cluster_id)
+                try:
+                    await wipe_datastore(self.config.datastore, self._state.cluster_id)
+                except EtcdError as e:  # the node leaves anyway; the keys stay behind
+                    log.warning("left the swarm; its state stays in etcd", error=str(e))
             shutil.rmtree(self._swarm_dir, ignore_errors=True)
             self._state = None
             self._creds = None

@@ -36,7 +36,8 @@ the tree; each is mapped where it leaves its component: `ExecutorError` and
 ConstraintRejected or a task that fits no node), `TokenError` and `RootMismatch`
 (pki: into JoinFailed or InvalidArgument), `SessionClosed` (agent session: a retry),
 `WatcherClosed` (store: a resync), `DiskFull` (store backend: its writes taken back, their
-writers told Internal), `EtcdError` (etcd member and client: into Internal or a retry), `APIError` (the `shoal` command's client).
+writers told Internal), `EtcdError` (etcd member and client: a retry, or the store
+stops), `APIError` (the `shoal` command's client).
 """
 
 from __future__ import annotations
