@@ -206,7 +206,7 @@ class EtcdMember:
         ready = asyncio.create_task(self._ready.wait())
         exited = asyncio.create_task(self._proc.wait())
         try:
-            done, _ = await self._clock.wait_for(
+            await self._clock.wait_for(
                 asyncio.wait({ready, exited}, return_when=asyncio.FIRST_COMPLETED),
                 START_TIMEOUT_S,
             )
@@ -227,8 +227,16 @@ class EtcdMember:
         log.info("etcd member serving", name=self.name, client_url=self.address.client_url)
 
     async def _read_log(self, proc: asyncio.subprocess.Process) -> None:
+        """Read etcd's log to its end (a reader that stopped would let the pipe fill
+        and etcd block on its next line)."""
         assert proc.stderr is not None
-        async for raw in proc.stderr:
+        while True:
+            try:
+                raw = await proc.stderr.readline()
+            except ValueError:  # a line beyond the stream's limit: dropped
+                continue
+            if not raw:
+                return
             line = raw.decode(errors="replace").rstrip()
             self.log_tail.append(line)
             try:
