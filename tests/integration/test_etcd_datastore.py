@@ -1,7 +1,7 @@
 """`shoal daemon --datastore-endpoint`: the manager keeps its state in an external etcd
 (real etcd, real mutual TLS, on loopback) instead of SQLite: a service created there is
-in etcd, sealed, and found again by the restarted daemon; `swarm leave --force`
-removes the cluster's keys."""
+in etcd, sealed, and found again by the daemon restarted after a stop or a kill -9
+(once its old lease has expired); `swarm leave --force` removes the cluster's keys."""
 
 from __future__ import annotations
 
@@ -65,6 +65,15 @@ def test_daemon_keeps_its_state_in_etcd(daemon_factory: DaemonFactory, tmp_path:
         daemon.start()
         assert daemon.service("kept")["Version"]["Index"] == version
         daemon.wait_processes("kept", 1, argv=SLEEP)
+
+        # killed: its leadership stays in etcd until its lease expires, and the
+        # restarted manager waits for it, then leads and finds everything
+        daemon.kill9()
+        assert prefix + b"election/leader" in etcd.run(stored())
+        daemon.start()
+        assert daemon.service("kept")["Version"]["Index"] == version
+        daemon.create_service("added", "--replicas", "1", "busybox", *SLEEP)
+        daemon.wait_processes("added", 1, argv=SLEEP)
 
         daemon.docker("swarm", "leave", "--force")
         assert etcd.run(stored()) == {}
