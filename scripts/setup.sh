@@ -36,6 +36,10 @@ command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 # The DockerCoins example's store (examples/dockercoins): the real redis-server, run
 # as a task (the package's own service is not used).
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+# etcd for several managers (docs/ha.md): the member a manager's daemon runs, and
+# etcdctl for backups (`etcdctl snapshot save`) and inspection.
+command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
+command -v etcdctl >/dev/null 2>&1 || missing+=(etcd-client)
 # The visualizer's browser test: Debian's chromium, driven through its chromium-driver
 # by selenium (no browser is downloaded: the test uses these two).
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)

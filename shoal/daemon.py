@@ -42,6 +42,7 @@ from shoal.errors import (
     NodeNotInSwarm,
     SwarmLocked,
 )
+from shoal.etcdclient import EtcdError
 from shoal.ids import new_id
 from shoal.log import get_logger
 from shoal.manager.ca.issuer import Issuer, issue_own_certificate
@@ -55,10 +56,12 @@ from shoal.manager.controlapi.swarm import (
     validate_init_network,
     validate_spec,
 )
+from shoal.manager.etcd.datastore import DatastoreConfig, EtcdDatastore
+from shoal.manager.etcd.datastore import wipe as wipe_datastore
 from shoal.manager.keys import ManagerKeys
 from shoal.manager.manager import Manager
 from shoal.manager.metrics import ManagerCollector
-from shoal.manager.store import Store, Tx
+from shoal.manager.store import Backend, Store, Tx
 from shoal.manager.store.encrypted import EncryptedBackend
 from shoal.manager.store.sqlite import SQLiteBackend
 from shoal.metrics import Metrics
@@ -112,6 +115,9 @@ class DaemonConfig:
     visualizer_addr: tuple[str, int] | None = None
     # What the sim runtime pretends (start delay, failures); its defaults otherwise.
     sim: SimConfig | None = None
+    # `--datastore-endpoint ...`: the manager's store on an external etcd instead of
+    # SQLite (docs/ha.md; one manager writes, fenced by its etcd leadership).
+    datastore: DatastoreConfig | None = None
 
 
 @dataclass
@@ -202,6 +208,7 @@ class Daemon:
         self.engine_host: str | None = config.engine_host if self.runtime == "docker" else None
         self._state: SwarmState | None = None
         self._manager: Manager | None = None
+        self._datastore: EtcdDatastore | None = None
         self._agent: Agent | None = None
         self._cluster_server: ClusterServer | None = None
         self._remote: RemoteSession | None = None
@@ -403,6 +410,17 @@ class Daemon:
             else measured.memory_bytes,
         )
 
+    async def _open_backend(self) -> Backend:
+        """SQLite in the swarm dir, or the external etcd of `--datastore-endpoint` (the
+        store read and its leadership won first)."""
+        assert self._state is not None
+        if self.config.datastore is None:
+            return SQLiteBackend(self._swarm_dir / "store.db")
+        self._datastore = await EtcdDatastore.open(
+            self.config.datastore, self._state.node_id, self._state.cluster_id
+        )
+        return self._datastore.backend
+
     async def _start_manager(self, bootstrap: Callable[[Tx], None] | None = None) -> None:
         """Open the store, start the manager's loops and the cluster port, then the local
         agent (in-process session). `bootstrap` writes the first objects at `swarm init`
@@ -410,8 +428,7 @@ class Daemon:
         assert self._state is not None and self._creds is not None
         assert self._keys is not None and self._keys.dek is not None
         store = Store(
-            EncryptedBackend(SQLiteBackend(self._swarm_dir / "store.db"), self._keys.dek),
-            metrics=self.metrics,
+            EncryptedBackend(await self._open_backend(), self._keys.dek), metrics=self.metrics
         )
         manager = Manager(store, metrics=self.metrics)
         root = self._root_ca()
@@ -424,6 +441,9 @@ class Daemon:
             bound = await server.start(host or "0.0.0.0", port)
         except OSError as e:
             store.close()
+            if self._datastore is not None:
+                await self._datastore.close()
+                self._datastore = None
             raise ListenFailed(f"listen tcp {host}:{port}: {e.strerror or e}") from e
         if bootstrap is not None:
             if port == 0:  # a port picked at init is the node's from then on
@@ -598,6 +618,9 @@ class Daemon:
         if self._manager is not None:
             await self._manager.stop()
             self._manager = None
+        if self._datastore is not None:
+            await self._datastore.close()
+            self._datastore = None
 
     async def stop(self) -> None:
         await self._api.stop()
@@ -718,6 +741,11 @@ class Daemon:
             await self._stop_swarm(stop_tasks=True)
             for tid in self.executor.known_task_ids():
                 await discard_task(self.executor, tid)
+            if self.config.datastore is not None and self._state.runs_manager:
+                try:
+                    await wipe_datastore(self.config.datastore, self._state.cluster_id)
+                except EtcdError as e:  # the node leaves anyway; the keys stay behind
+                    log.warning("left the swarm; its state stays in etcd", error=str(e))
             shutil.rmtree(self._swarm_dir, ignore_errors=True)
             self._state = None
             self._creds = None

@@ -12,6 +12,8 @@
     ├── AlreadyInSwarm           this node is already part of a swarm            (503)
     ├── LeaveRefused             a manager may not leave without --force        (503)
     ├── SwarmLocked              the manager's keys wait for the unlock key     (503)
+    ├── NoLeader                 no manager holds the leadership (etcd)          (503)
+    │   └── LostLeadership       a write fenced off: this manager was deposed    (503)
     ├── Unauthenticated          no certificate of this cluster was presented    (401)
     ├── PermissionDenied         the certificate may not do this (role, removed) (403)
     ├── ResourceExhausted        too many requests of this kind, try later       (429)
@@ -34,7 +36,8 @@ the tree; each is mapped where it leaves its component: `ExecutorError` and
 ConstraintRejected or a task that fits no node), `TokenError` and `RootMismatch`
 (pki: into JoinFailed or InvalidArgument), `SessionClosed` (agent session: a retry),
 `WatcherClosed` (store: a resync), `DiskFull` (store backend: its writes taken back, their
-writers told Internal), `APIError` (the `shoal` command's client).
+writers told Internal), `EtcdError` (etcd member and client: a retry, or the store
+stops), `APIError` (the `shoal` command's client).
 """
 
 from __future__ import annotations
@@ -145,6 +148,32 @@ class SwarmLocked(ShoalError):
         ),
     ) -> None:
         super().__init__(message)
+
+
+MSG_NO_LEADER = (
+    "rpc error: code = Unknown desc = The swarm does not have a leader. It's possible that "
+    "too few managers are online. Make sure more than half of the managers are online."
+)
+
+
+class NoLeader(ShoalError):
+    """No manager holds the leadership (quorum lost, or an election under way): writes
+    are refused with dockerd's words."""
+
+    status = 503
+
+    def __init__(self, message: str = MSG_NO_LEADER) -> None:
+        super().__init__(message)
+
+
+class LostLeadership(NoLeader):
+    """A commit fenced off: the etcd transaction's compare on the leadership key (or
+    on the store's index key) failed, so it wrote nothing. This manager was deposed (or
+    its replica is behind what the leader wrote); its writers are told so and the
+    store takes the transactions back, as for a full disk."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"rpc error: code = Unknown desc = lost leadership: {detail}")
 
 
 class Unauthenticated(ShoalError):

@@ -84,6 +84,21 @@ def daemon(
         help="Also serve the visualizer (read-only, no authentication) on HOST:PORT; "
         "every manager serves it at /visualizer on its API hosts anyway.",
     ),
+    datastore_endpoint: list[str] = typer.Option(
+        None,
+        "--datastore-endpoint",
+        help="Keep the manager's state in this etcd (https://HOST:PORT, repeatable) "
+        "instead of SQLite; it must run with --max-txn-ops=16384 (docs/ha.md).",
+    ),
+    datastore_cafile: Path = typer.Option(
+        None, "--datastore-cafile", help="The etcd server's CA (PEM)."
+    ),
+    datastore_certfile: Path = typer.Option(
+        None, "--datastore-certfile", help="The client certificate for etcd (PEM)."
+    ),
+    datastore_keyfile: Path = typer.Option(
+        None, "--datastore-keyfile", help="The client key for etcd (PEM)."
+    ),
     log_level: str = typer.Option("info", "--log-level"),
 ) -> None:
     """Run the shoal daemon (agent, and manager once in a swarm)."""
@@ -128,6 +143,21 @@ def daemon(
             )
             raise typer.Exit(1)
         viz_addr = (viz_host.strip("[]"), int(viz_port))
+    datastore = None
+    if datastore_endpoint:
+        from shoal.manager.etcd.datastore import DatastoreConfig
+
+        files = (datastore_cafile, datastore_certfile, datastore_keyfile)
+        if any(f is None for f in files):
+            typer.echo(
+                "shoal daemon: --datastore-endpoint needs --datastore-cafile, "
+                "--datastore-certfile and --datastore-keyfile (etcd over mutual TLS)",
+                err=True,
+            )
+            raise typer.Exit(1)
+        datastore = DatastoreConfig(
+            list(datastore_endpoint), datastore_cafile, datastore_certfile, datastore_keyfile
+        )
     log.setup(log_level)
     config = DaemonConfig(
         data_dir=data_dir,
@@ -142,6 +172,7 @@ def daemon(
         api_tls=api_tls,
         insecure_tcp=insecure_tcp,
         visualizer_addr=viz_addr,
+        datastore=datastore,
     )
     try:
         import uvloop

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime
+import ipaddress
+from collections.abc import Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -36,10 +38,12 @@ def sign_node_certificate(
     role: str,
     cluster_id: str,
     expiry: datetime.timedelta,
+    ips: Sequence[str] = (),
 ) -> bytes:
     """A node certificate for `csr_pem`'s key. Its names are the CA's decision alone
     (role, node ID; managers also `swarm-manager` and `swarm-ca`): nothing the client
-    sends reaches them, so no client can name itself a manager."""
+    sends reaches them, so no client can name itself a manager. `ips`: IP addresses
+    the certificate also names (a manager's etcd member serves on its address)."""
     try:
         csr = x509.load_pem_x509_csr(csr_pem)
     except ValueError as e:
@@ -62,6 +66,9 @@ def sign_node_certificate(
     if ou == MANAGER_OU:
         dns += [MANAGER_SERVER_NAME, CA_NAME]
     names: list[x509.GeneralName] = [x509.DNSName(n) for n in dict.fromkeys(dns)]
+    if ips and ou != MANAGER_OU:
+        raise CSRError("only a manager's certificate names IP addresses")
+    names += [x509.IPAddress(ipaddress.ip_address(a)) for a in dict.fromkeys(ips)]
     now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()

@@ -27,8 +27,10 @@ reason (SwarmKit closes slow watchers too) and its loop resyncs from a fresh vie
 A commit that finds the disk full (the backend raises DiskFull, having written nothing)
 takes back every transaction not yet durable, newest first: the tables are again what
 is durable, each writer is told "no space left on device", every watcher is closed (its
-loop resyncs), and later writes try again. Any other failed commit stops the store:
-nothing more is acknowledged until the manager restarts.
+loop resyncs), and later writes try again. A commit an etcd backend fenced off
+(LostLeadership: this manager was deposed, or its replica is behind what the leader
+wrote) is taken back the same way, its writers told that error. Any other failed commit
+stops the store: nothing more is acknowledged until the manager restarts.
 
 A backend shared with other writers (etcd) feeds their commits in: `run()` applies them
 to the tables and publishes them like the store's own.
@@ -50,7 +52,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from shoal.clock import SYSTEM_CLOCK, Clock
-from shoal.errors import Internal, OutOfSequence
+from shoal.errors import Internal, LostLeadership, OutOfSequence, ShoalError
 from shoal.log import get_logger
 from shoal.manager.store.backend import Backend, Commit, DiskFull, Record
 from shoal.metrics import Metrics
@@ -614,10 +616,11 @@ class Store:
     async def _flush_once(self) -> None:
         try:
             await self._flush()
-        except DiskFull as e:
-            # Nothing of the group reached the disk: take back every transaction not
-            # durable (later ones were applied on top of the group's), so the tables
-            # are what is durable again, and let later writes try again.
+        except (DiskFull, LostLeadership) as e:
+            # Nothing of the group reached the disk (or etcd, which fenced a deposed
+            # leader off): take back every transaction not durable (later ones were
+            # applied on top of the group's), so the tables are what is durable again,
+            # and let later writes try again.
             self._take_back(e)
         except Exception as e:
             # The tables are ahead of what is durable: nothing more may be acknowledged.
@@ -626,12 +629,16 @@ class Store:
         finally:
             self._flushing = None
 
-    def _take_back(self, cause: DiskFull) -> None:
+    def _take_back(self, cause: DiskFull | LostLeadership) -> None:
         """Undo every applied transaction that is not durable, newest first, and fail
-        their waiters with a client's error naming the disk. Watchers saw none of them
-        (events are published after commit), but loops may have read them in views: each
-        watcher is closed, so its loop resyncs from the tables as they are now."""
-        error = Internal(f"{MSG_DISK_FULL}: {cause}")
+        their waiters with a client's error naming the disk (or the lost leadership).
+        Watchers saw none of them (events are published after commit), but loops may
+        have read them in views: each watcher is closed, so its loop resyncs from the
+        tables as they are now."""
+        error: ShoalError = (
+            cause if isinstance(cause, LostLeadership) else Internal(f"{MSG_DISK_FULL}: {cause}")
+        )
+        what = "lost leadership" if isinstance(cause, LostLeadership) else "disk full"
         taken = self._pending
         self._pending = []
         self._last_write = {}
@@ -641,13 +648,13 @@ class Store:
             applied.undo = []
         self.rolled_back += len(taken)
         log.error(
-            "store commit failed: disk full; uncommitted transactions taken back",
+            f"store commit failed: {what}; uncommitted transactions taken back",
             transactions=len(taken),
             first_index=taken[0].index if taken else None,
             error=str(cause),
         )
         for w in list(self._watchers):
-            w._close(f"the store took back {len(taken)} uncommitted transaction(s): disk full")
+            w._close(f"the store took back {len(taken)} uncommitted transaction(s): {what}")
 
     async def _flush(self) -> None:
         # The group stays at the head of _pending until it is durable: a commit that
@@ -714,7 +721,9 @@ class Store:
             self._tables.put(r.kind, obj, meta)
             action = "create" if old is None else "update"
             events.append(Event(action, r.kind, obj, old, meta))
-        self.index = self.durable_index = commit.index
+        # (max: an index taken back here, fenced off, is not handed out again)
+        self.index = max(self.index, commit.index)
+        self.durable_index = commit.index
         self.foreign_commits += 1
         if events:
             self._publish(events)
