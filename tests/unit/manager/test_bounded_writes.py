@@ -73,6 +73,42 @@ def test_a_huge_service_is_built_in_bounded_transactions_the_loop_free_between()
     asyncio.run(main())
 
 
+def test_services_created_together_share_one_bound_per_transaction() -> None:
+    """Each service alone is below the bound, together far above it: a round (one
+    transaction) still creates at most MAX_TASKS_PER_RECONCILE tasks, and every service
+    is built whole."""
+    per_service = MAX_TASKS_PER_RECONCILE // 2 + 3
+    names = [f"s{i}" for i in range(6)]
+
+    async def main() -> None:
+        store = Store(MemoryBackend())
+        for name in names:
+            await store.update(lambda tx, name=name: tx.create(service(name, per_service)))
+        watcher = store.watch("task")
+        orch = ReplicatedOrchestrator(store, RestartSupervisor(store), UpdateSupervisor(store))
+        created: list[int] = []
+
+        async def count() -> None:
+            while sum(created) < len(names) * per_service:
+                events = await watcher.__anext__()
+                created.append(sum(1 for e in events if e.action == "create"))
+
+        loop = asyncio.create_task(orch.run())
+        try:
+            await asyncio.wait_for(count(), WAIT_S)
+        finally:
+            orch.stop()
+            loop.cancel()
+            await asyncio.gather(loop, return_exceptions=True)
+        assert max(created) <= MAX_TASKS_PER_RECONCILE
+        assert len(created) >= len(names) * per_service // MAX_TASKS_PER_RECONCILE
+        for name in names:
+            slots = sorted(t.slot or 0 for t in store.view().tasks_of_service(name))
+            assert slots == list(range(1, per_service + 1))
+
+    asyncio.run(main())
+
+
 def test_a_build_interrupted_by_a_scale_down_is_reconciled_in_full() -> None:
     async def main() -> None:
         store = Store(MemoryBackend())
