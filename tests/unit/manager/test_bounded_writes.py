@@ -350,3 +350,16 @@ def test_a_loop_with_a_backlog_lets_the_event_loop_turn_between_its_rounds() -> 
         assert all(b > a for a, b in zip(seen, seen[1:], strict=False)), seen
 
     asyncio.run(main())
+
+
+def test_a_new_task_leaves_nothing_for_the_garbage_collector_to_walk() -> None:
+    """The store holds 100k tasks: neither a task nor its meta may hold an object the
+    collector tracks (a full collection walks every one, the event loop stopped)."""
+    import gc
+
+    from shoal.manager.orchestrator.task import new_task
+    from shoal.types.meta import ServiceMeta
+
+    task, meta = new_task(service("web"), ServiceMeta(spec_version=1), 1)
+    for obj in (task, meta, task.status, meta.host_ports, task.labels):
+        assert not gc.is_tracked(obj), obj
