@@ -33,7 +33,7 @@ DEFAULT_REPLICAS = 1
 # reconciles or continues: a larger service, or many services created at once, are
 # built over several transactions, the event loop free between them (each chunk's own
 # events start the next round), so the API keeps answering while they are built.
-MAX_TASKS_PER_RECONCILE = 500
+MAX_TASKS_PER_RECONCILE = 250
 
 
 @dataclass(slots=True)

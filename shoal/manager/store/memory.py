@@ -101,7 +101,7 @@ _RECORD_TYPES: dict[str, Any] = {
 
 # Largest number of objects one batch() transaction writes, and of items it goes
 # through (size bound of a batch).
-MAX_CHANGES_PER_BATCH = 500
+MAX_CHANGES_PER_BATCH = 250
 # Largest number of records one group commit hands the backend (its size bound; its
 # time bound is the commit in flight: nothing waits longer than that).
 MAX_GROUP_RECORDS = 10_000
