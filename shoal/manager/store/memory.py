@@ -122,11 +122,15 @@ T = TypeVar("T")
 Obj = TypeVar("Obj", Cluster, Node, Service, Task, Secret, Config, Network)
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+class Event(msgspec.Struct, frozen=True, gc=False):
     """One change: action is "create", "update" or "remove"; `obj` is the new value
     (the last value for "remove"), `old` the value before; `meta` is shoal's metadata
-    beside `obj` (services and tasks; None for other kinds)."""
+    beside `obj` (services and tasks; None for other kinds).
+
+    Not tracked by the garbage collector (it refers to the store's objects, none of
+    which refers back): while tasks converge, events wait in a dozen watchers' queues
+    long enough to reach the oldest generation, and every full collection walked them,
+    the event loop stopped (up to 260 ms at 100k tasks; docs/sim.md)."""
 
     action: str
     kind: str

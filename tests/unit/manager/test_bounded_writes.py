@@ -363,3 +363,30 @@ def test_a_new_task_leaves_nothing_for_the_garbage_collector_to_walk() -> None:
     task, meta = new_task(service("web"), ServiceMeta(spec_version=1), 1)
     for obj in (task, meta, task.status, meta.host_ports, task.labels):
         assert not gc.is_tracked(obj), obj
+
+
+def test_what_waits_for_a_commit_or_a_watcher_is_not_walked_by_the_collector() -> None:
+    """A transaction's events and records wait for the commit, and the events in every
+    watcher's queue, long enough to reach the collector's oldest generation: they are
+    not tracked (each full collection would walk them, the event loop stopped)."""
+    import gc
+
+    from shoal.manager.store import Event, Record
+
+    async def main() -> None:
+        store = Store(MemoryBackend())
+        watcher = store.watch("node")
+        backend_hold = store._backend
+        assert isinstance(backend_hold, MemoryBackend)
+        backend_hold.hold()
+        write = asyncio.create_task(store.update(lambda tx: tx.create(node(1))))
+        await asyncio.sleep(0)
+        (applied,) = store._pending
+        assert applied.records and not any(gc.is_tracked(r) for r in applied.records)
+        backend_hold.release()
+        await write
+        (event,) = await watcher.__anext__()
+        assert isinstance(event, Event) and not gc.is_tracked(event)
+        assert not gc.is_tracked(Record("node", "n1", b"{}"))
+
+    asyncio.run(main())
