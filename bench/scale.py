@@ -18,7 +18,8 @@ services of R replicas through the Docker API (`POST /services/create`) and meas
   `GET /tasks` at the end) beside Kubernetes' pod startup SLO (p99 <= 5 s);
 - `docker service ls` and `docker node ls` latency p50/p99, each run over and over
   while the tasks converge (goal: service ls p99 <= 50 ms; Kubernetes' API call SLO
-  p99 <= 1 s);
+  p99 <= 1 s), and `GET /services?status=true` called straight on the socket the same
+  way (the daemon's share of `service ls`, without the CLI process's start);
 - the manager's peak RSS (VmHWM, goal <= 1 GiB) and CPU seconds, and the hollow-node
   process's RSS per node (as `shoal sim` measures it);
 - the failure wave: the W-node process is killed (SIGKILL, so their last heartbeat is
@@ -144,6 +145,25 @@ class Sampler(threading.Thread):
             self.stop.wait(CLI_PAUSE_S)
 
 
+class APISampler(Sampler):
+    """Calls one API path over and over on its own connections, recording its wall time:
+    the daemon's share of a CLI command's latency (no CLI process to start)."""
+
+    def __init__(self, sock: Path, path: str, **query: str) -> None:
+        super().__init__([], {})
+        self.sock, self.path, self.query = sock, path, query
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            t0 = time.perf_counter()
+            try:
+                api(self.sock, "GET", self.path, **self.query)
+            except BenchError:
+                pass
+            self.times.append(time.perf_counter() - t0)
+            self.stop.wait(CLI_PAUSE_S)
+
+
 class ScaleBench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -262,6 +282,7 @@ class ScaleBench:
         samplers = [
             Sampler(["docker", "service", "ls"], env),
             Sampler(["docker", "node", "ls"], env),
+            APISampler(self.sock, "/services", status="true"),
         ]
         for s in samplers:
             s.start()
@@ -308,7 +329,7 @@ class ScaleBench:
         # The staying fleet's whole RSS now that its nodes hold their tasks.
         fleet_rss = proc_rss(self.procs[1].pid)
         fleet_nodes = a.nodes - a.wave
-        svc_ls, node_ls = samplers[0].times, samplers[1].times
+        svc_ls, node_ls, svc_api = (s.times for s in samplers)
 
         wave = "no failure wave"
         if self.wave_proc is not None:
@@ -353,7 +374,10 @@ class ScaleBench:
             f"{pct(svc_ls, 0.5) * 1000:.0f} ms p99 {pct(svc_ls, 0.99) * 1000:.0f} ms "
             f"(goal {GOAL_LS_P99_S * 1000:.0f} ms; Kubernetes API p99 <= {K8S_API_P99_S:g} s), "
             f"`docker node ls` p50 {pct(node_ls, 0.5) * 1000:.0f} ms p99 "
-            f"{pct(node_ls, 0.99) * 1000:.0f} ms; manager peak RSS {rss / 2**20:.0f} MiB "
+            f"{pct(node_ls, 0.99) * 1000:.0f} ms, GET /services?status=true p50 "
+            f"{pct(svc_api, 0.5) * 1000:.0f} ms p99 {pct(svc_api, 0.99) * 1000:.0f} ms "
+            f"({len(svc_ls)}, {len(node_ls)}, {len(svc_api)} samples); "
+            f"manager peak RSS {rss / 2**20:.0f} MiB "
             f"(goal {GOAL_RSS / 2**20:.0f} MiB), {cpu_s:.1f} CPU s; hollow node "
             f"{self.sim_rss_per_node('stay')} KiB RSS each; task startup p99 "
             f"{pct(startup, 0.99):.2f} s; {wave}"

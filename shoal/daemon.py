@@ -86,6 +86,8 @@ MSG_LEAVE_MANAGER = (
 
 ROOT_KEY_FILE = "swarm-root-ca.key"
 RENEW_RETRY_S = 30.0
+# The garbage collector's generation thresholds on a manager (the default 700, 10, 10).
+GC_THRESHOLDS = (10_000, 10, 10)
 # What the daemon writes is its own: join tokens and registry credentials live in the
 # store, task specs hold environments. Files 0600, directories 0700 (the data dir too).
 DAEMON_UMASK = 0o077
@@ -464,6 +466,13 @@ class Daemon:
         # they are moved out of the collector's generations once; what is created later
         # is collected as usual.
         gc.freeze()
+        # What stays is then mostly what a thousand agent sessions keep (coroutines,
+        # futures, TLS objects: 200k objects that every full collection walks, 100-260
+        # ms with the event loop stopped). A larger youngest generation lets the
+        # short-lived objects of a busy manager (a request, a round's events) die
+        # young instead of reaching the oldest generation, whose growth is what starts
+        # a full collection (docs/sim.md).
+        gc.set_threshold(*GC_THRESHOLDS)
         self._agent = Agent(
             self._state.node_id,
             self.node_addr,

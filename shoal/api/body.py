@@ -123,11 +123,23 @@ def _normalise(value: Any, typ: msgspec.inspect.Type | None, where: _Where) -> A
     return value
 
 
+# What the body's type looks like, worked out once per type (msgspec's inspection of
+# ServiceSpec takes 2-4 ms: every `service create` held the event loop that long).
+_TYPE_INFO: dict[Any, msgspec.inspect.Type] = {}
+
+
+def _type_info(typ: Any) -> msgspec.inspect.Type:
+    info = _TYPE_INFO.get(typ)
+    if info is None:
+        info = _TYPE_INFO[typ] = msgspec.inspect.type_info(typ)
+    return info
+
+
 def parse(raw: bytes, typ: type[T]) -> T:
     try:
         data = msgspec.json.decode(raw)
         top = _Where(typ.__name__, ())
-        return msgspec.convert(_normalise(data, msgspec.inspect.type_info(typ), top), type=typ)
+        return msgspec.convert(_normalise(data, _type_info(typ), top), type=typ)
     except msgspec.ValidationError as e:
         raise InvalidArgument(f"invalid JSON: {e}") from e
     except msgspec.DecodeError as e:

@@ -9,7 +9,7 @@ from aiohttp import web
 from shoal.api import filters
 from shoal.api.body import bool_query, decode, int_query
 from shoal.api.encode import empty, json_response, json_structs_response, wire
-from shoal.api.server import Router, context
+from shoal.api.server import Router, context, reads
 from shoal.api.swarm import require_manager
 from shoal.errors import FailedPrecondition, InvalidArgument
 from shoal.manager.ca.removed import remove_node
@@ -44,6 +44,7 @@ def _matches(n: Node, f: filters.Filters) -> bool:
     return not ("node.label" in f and not filters.match_label(n.spec.labels, f["node.label"]))
 
 
+@reads("node")
 async def list_nodes(request: web.Request) -> web.Response:
     m = require_manager(request)
     f = filters.parse(request.query.get("filters"), NODE_FILTERS)
@@ -51,6 +52,7 @@ async def list_nodes(request: web.Request) -> web.Response:
     return json_structs_response([n for n in nodes if _matches(n, f)])
 
 
+@reads("node")
 async def inspect(request: web.Request) -> web.Response:
     m = require_manager(request)
     return json_response(wire(resolve_node(m.store.view(), request.match_info["id"])))

@@ -16,7 +16,7 @@ from shoal.errors import InvalidArgument
 from shoal.manager.controlapi import services as ctl
 from shoal.manager.controlapi.defaults import insert_defaults
 from shoal.manager.orchestrator.replicated import replicas_of
-from shoal.manager.store import RUNNING_TOPIC, ReadTx
+from shoal.manager.store import ReadTx
 from shoal.types.service import Service, ServiceSpec, ServiceStatus
 from shoal.types.task import TaskState
 
@@ -43,7 +43,7 @@ def service_status(tx: ReadTx, service: Service, down: set[str]) -> ServiceStatu
     tasks still to complete (the CLI shows `running/desired (completed/total)`)."""
     mode = service.spec.mode
     if mode is None or mode.kind == "replicated":  # counted from the store's index
-        running = sum(n for node, n in tx.running_by_node(service.id).items() if node not in down)
+        running = tx.durable_running(service.id, down)
         return ServiceStatus(
             running_tasks=running, desired_tasks=replicas_of(service), completed_tasks=0
         )
@@ -94,14 +94,17 @@ def _registry_auth(request: web.Request) -> str | None:
 
 def _shown(view: ReadTx, with_status: bool) -> set[str]:
     """What a service list shows, as Store.settled topics: the services; with their
-    status, the nodes (down ones do not count) and the running counts of replicated
-    services, or every task when another mode counts from them."""
+    status, the nodes (down ones do not count), and every task when a mode other than
+    replicated counts from them. The running counts of replicated services need no
+    wait: they are read as of what is durable (ReadTx.durable_running), so the list
+    answers while tasks converge (each status write a commit in flight) and still shows
+    nothing a crash could take back, nor less than any write acknowledged before it."""
     if not with_status:
         return {"service"}
     replicated = all(
         s.spec.mode is None or s.spec.mode.kind == "replicated" for s in view.services()
     )
-    return {"service", "node", RUNNING_TOPIC if replicated else "task"}
+    return {"service", "node"} if replicated else {"service", "node", "task"}
 
 
 @reads(SETTLES_ITSELF)

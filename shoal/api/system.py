@@ -168,6 +168,7 @@ def _driver_status(counts: dict[str, int]) -> list[list[str]]:
     return [[label, str(counts[key])] for label, key in DRIVER_STATUS_KEYS if key in counts]
 
 
+@reads("node", "cluster")  # the swarm's nodes and cluster; the rest is this node's own
 async def info(request: web.Request) -> web.Response:
     d = context(request)
     running, total = d.running_tasks()

@@ -41,8 +41,10 @@ class TaskMeta(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc
     # The service's ports published in host mode when the task was made (SwarmKit keeps
     # them in Task.Endpoint, which Docker's API does not show; a change of them makes new
     # tasks): the scheduler's host-port filter and the task's node, which binds them.
-    # `published` 0: none asked, the node picks one.
-    host_ports: list[PortMapping] = []
+    # `published` 0: none asked, the node picks one. A tuple: the store holds 100k
+    # tasks, and a list each (even empty) is an object the garbage collector walks at
+    # every full collection, the event loop stopped.
+    host_ports: tuple[PortMapping, ...] = ()
 
 
 NO_SERVICE_META = ServiceMeta()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -442,7 +443,7 @@ def on_swarm_networks(body: dict[str, Any], task: Task) -> dict[str, Any]:
     return body
 
 
-def with_host_ports(body: dict[str, Any], host_ports: list[PortMapping]) -> dict[str, Any]:
+def with_host_ports(body: dict[str, Any], host_ports: Sequence[PortMapping]) -> dict[str, Any]:
     """`body` for a task that publishes ports in host mode and runs on the engine's own
     network (no swarm network): each port exposed and bound on the node, as dockerd's
     executor does (`ExposedPorts`, `HostConfig.PortBindings`; a port with no number is
@@ -462,7 +463,7 @@ def with_host_ports(body: dict[str, Any], host_ports: list[PortMapping]) -> dict
 
 
 def bound_host_ports(
-    info: dict[str, Any], host_ports: list[PortMapping]
+    info: dict[str, Any], host_ports: Sequence[PortMapping]
 ) -> tuple[PortMapping, ...] | None:
     """The task's host-mode ports as the engine bound them (`NetworkSettings.Ports` of a
     running container: the number it picked for a port that asked none), as SwarmKit's

@@ -90,6 +90,7 @@ class ServiceOrchestrator:
 
     # initial sweep (also after a restart of the daemon) -----------------------------------
     def _check_all(self, tx: Tx) -> None:
+        self.begin_round()
         for sid in self.unfinished():
             self.forget(sid)
         self._removing = {}
@@ -110,6 +111,7 @@ class ServiceOrchestrator:
 
     # events ----------------------------------------------------------------------------------
     def _handle(self, tx: Tx, events: list[Event]) -> None:
+        self.begin_round()
         dirty_services: set[str] = set()
         for ev in events:
             if ev.kind == "service":
@@ -194,6 +196,9 @@ class ServiceOrchestrator:
     # for subclasses -------------------------------------------------------------------------
     def reconcile(self, tx: Tx, service: Service) -> None:
         raise NotImplementedError
+
+    def begin_round(self) -> None:
+        """A round (one transaction) begins: reset what bounds its work."""
 
     def unfinished(self) -> set[str]:
         """Services whose reconcile stopped at its bound: each round continues them."""

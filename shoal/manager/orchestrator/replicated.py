@@ -29,10 +29,11 @@ from shoal.types.service import Service
 from shoal.types.task import TaskState
 
 DEFAULT_REPLICAS = 1
-# The most tasks one reconcile of a service creates: a larger service is built over
-# several transactions, the event loop free between them (each chunk's own events start
-# the next round), so the API keeps answering while it is built.
-MAX_TASKS_PER_RECONCILE = 500
+# The most tasks one round (one transaction) creates, over all the services it
+# reconciles or continues: a larger service, or many services created at once, are
+# built over several transactions, the event loop free between them (each chunk's own
+# events start the next round), so the API keeps answering while they are built.
+MAX_TASKS_PER_RECONCILE = 250
 
 
 @dataclass(slots=True)
@@ -64,6 +65,12 @@ class ReplicatedOrchestrator(ServiceOrchestrator):
     ) -> None:
         super().__init__(store, restarts, updates, clock)
         self._building: dict[str, _Build] = {}
+        # What the current round may still create (reset as each round begins): a
+        # hundred services created together are not 100 x 500 tasks in one round.
+        self._budget = MAX_TASKS_PER_RECONCILE
+
+    def begin_round(self) -> None:
+        self._budget = MAX_TASKS_PER_RECONCILE
 
     def unfinished(self) -> set[str]:
         return set(self._building)
@@ -83,7 +90,11 @@ class ReplicatedOrchestrator(ServiceOrchestrator):
         return True
 
     def _create(self, tx: Tx, service: Service, build: _Build) -> None:
-        for _ in range(min(build.left, MAX_TASKS_PER_RECONCILE)):
+        """Create what the round's budget allows of the build; the rest is continued by
+        the next rounds (a build the budget left nothing for waits whole)."""
+        count = min(build.left, self._budget)
+        self._budget -= count
+        for _ in range(count):
             create_task(tx, service, next(build.free))
             build.left -= 1
         if build.left:

@@ -60,10 +60,10 @@ def new_task(
     return task, task_meta
 
 
-def host_ports(spec: ServiceSpec) -> list[PortMapping]:
+def host_ports(spec: ServiceSpec) -> tuple[PortMapping, ...]:
     """The ports `spec` publishes in host mode, as a task of it keeps them."""
     ep = spec.endpoint_spec
-    return [
+    return tuple(
         PortMapping(
             protocol=p.protocol or "tcp",
             target=p.target_port or 0,
@@ -72,7 +72,7 @@ def host_ports(spec: ServiceSpec) -> list[PortMapping]:
         )
         for p in (ep.ports if ep else None) or ()
         if p.publish_mode == "host"
-    ]
+    )
 
 
 def create_task(

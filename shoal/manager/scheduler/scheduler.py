@@ -40,7 +40,7 @@ COMMIT_DEBOUNCE_S = 0.05
 MAX_LATENCY_S = 1.0
 # The most tasks one placement pass decides: a larger backlog is placed over several
 # passes, each committed before the next (the event loop is free between them).
-MAX_TASKS_PER_PASS = 1000
+MAX_TASKS_PER_PASS = 500
 MSG_ASSIGNED = "scheduler assigned task to node"
 MSG_PREASSIGNED = "scheduler confirmed task can run on preassigned node"
 MSG_PENDING = "pending task scheduling"

@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import msgspec
+
 
 class DiskFull(Exception):
     """A commit found no space left on the backend's disk and wrote nothing of its
@@ -18,9 +20,10 @@ class DiskFull(Exception):
     the store then stops acknowledging writes until the manager restarts."""
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One object as the backend stores it; `data` None means deleted."""
+class Record(msgspec.Struct, frozen=True, gc=False):
+    """One object as the backend stores it; `data` None means deleted. (Not tracked by
+    the garbage collector: it holds strings and bytes only, and 10,000 of them wait for
+    each commit, long enough to reach the oldest generation.)"""
 
     kind: str
     id: str

@@ -103,7 +103,7 @@ _RECORD_TYPES: dict[str, Any] = {
 
 # Largest number of objects one batch() transaction writes, and of items it goes
 # through (size bound of a batch).
-MAX_CHANGES_PER_BATCH = 500
+MAX_CHANGES_PER_BATCH = 250
 # Largest number of records one group commit hands the backend (its size bound; its
 # time bound is the commit in flight: nothing waits longer than that).
 MAX_GROUP_RECORDS = 10_000
@@ -124,11 +124,15 @@ T = TypeVar("T")
 Obj = TypeVar("Obj", Cluster, Node, Service, Task, Secret, Config, Network)
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+class Event(msgspec.Struct, frozen=True, gc=False):
     """One change: action is "create", "update" or "remove"; `obj` is the new value
     (the last value for "remove"), `old` the value before; `meta` is shoal's metadata
-    beside `obj` (services and tasks; None for other kinds)."""
+    beside `obj` (services and tasks; None for other kinds).
+
+    Not tracked by the garbage collector (it refers to the store's objects, none of
+    which refers back): while tasks converge, events wait in a dozen watchers' queues
+    long enough to reach the oldest generation, and every full collection walked them,
+    the event loop stopped (up to 260 ms at 100k tasks; docs/sim.md)."""
 
     action: str
     kind: str
@@ -207,14 +211,24 @@ class _Tables:
         # scrape, which must not cost a walk over 100ks of tasks either.
         self.states: dict[str, dict[str, int]] = {}
 
+        # The same counts as of what is durable (fed by the published events, not by
+        # the applied writes): what `docker service ls` shows without waiting for the
+        # commit in flight (ReadTx.durable_running).
+        self.durable_running: dict[str, Counter[str]] = defaultdict(Counter)
+
     def _count_running(self, task: Any, delta: int) -> None:
-        if task.status.state == _RUNNING:
-            counts = self.running[task.service_id]
-            counts[task.node_id or ""] += delta
-            if counts[task.node_id or ""] <= 0:
-                del counts[task.node_id or ""]
-                if not counts:
-                    del self.running[task.service_id]
+        _count_running(self.running, task, delta)
+
+    def count_durable(self, events: list[Event]) -> None:
+        """Follow the durable running counts through these committed events."""
+        counts = self.durable_running
+        for ev in events:
+            if ev.kind != "task":
+                continue
+            if ev.action != "create":
+                _count_running(counts, ev.old, -1)
+            if ev.action != "remove":
+                _count_running(counts, ev.obj, 1)
 
     def _count_state(self, task: Any, delta: int) -> None:
         # (plain dicts: every task write passes here, and a Counter's missing key
@@ -262,6 +276,17 @@ class _Tables:
             if old.node_id:
                 self.tasks_by_node[old.node_id].discard(id_)
         return old
+
+
+def _count_running(running: dict[str, Counter[str]], task: Any, delta: int) -> None:
+    if task.status.state == _RUNNING:
+        counts = running[task.service_id]
+        node = task.node_id or ""
+        counts[node] += delta
+        if counts[node] <= 0:
+            del counts[node]
+            if not counts:
+                del running[task.service_id]
 
 
 class ReadTx:
@@ -345,6 +370,16 @@ class ReadTx:
     def running_by_node(self, service_id: str) -> dict[str, int]:
         """{node ID: how many of the service's tasks run there} (an index: no walk)."""
         return dict(self._t.running.get(service_id, ()))
+
+    def durable_running(self, service_id: str, excluding: Iterable[str] = ()) -> int:
+        """How many of the service's tasks run, as of what is durable (committed and
+        published: a crash cannot take it back), leaving out those on the nodes
+        `excluding` (an index: no walk over the tasks, nor over the service's nodes).
+        A read of these counts waits for no commit in flight."""
+        counts = self._t.durable_running.get(service_id)
+        if not counts:
+            return 0
+        return sum(counts.values()) - sum(counts.get(n, 0) for n in excluding)
 
     def tasks_on_node(self, node_id: str) -> list[Task]:
         table = self._t.objects["task"]
@@ -496,6 +531,9 @@ class Store:
             if r.data is None or r.kind not in KINDS:
                 continue
             self._tables.put(r.kind, *_decode(r))
+        # everything loaded is durable
+        for sid, counts in self._tables.running.items():
+            self._tables.durable_running[sid] = Counter(counts)
 
     def close(self) -> None:
         self._backend.close()
@@ -685,6 +723,7 @@ class Store:
             self._publish(applied.events)
 
     def _publish(self, events: list[Event]) -> None:
+        self._tables.count_durable(events)
         for w in list(self._watchers):
             if w.kinds is None:
                 w._offer(events)

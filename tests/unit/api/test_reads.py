@@ -8,9 +8,9 @@ import asyncio
 
 import msgspec
 
-from shoal.api import services, system
+from shoal.api import nodes, services, system
 from shoal.api.server import _READS_ATTR, SETTLES_ITSELF
-from shoal.manager.store import RUNNING_TOPIC, MemoryBackend, Store
+from shoal.manager.store import MemoryBackend, Store
 from shoal.types.service import GlobalService, ServiceMode
 from shoal.types.task import TaskState
 
@@ -21,6 +21,11 @@ def test_routes_name_what_they_show() -> None:
     assert getattr(system.ping, _READS_ATTR) == ()
     assert getattr(services.inspect, _READS_ATTR) == ("service",)
     assert getattr(services.list_services, _READS_ATTR) == (SETTLES_ITSELF,)
+    # the node list and `docker info` (which `docker node ls` calls) wait for node and
+    # cluster writes only, not behind the task writes of a converging service
+    assert getattr(nodes.list_nodes, _READS_ATTR) == ("node",)
+    assert getattr(nodes.inspect, _READS_ATTR) == ("node",)
+    assert getattr(system.info, _READS_ATTR) == ("node", "cluster")
 
 
 def test_the_service_list_waits_for_tasks_only_when_a_mode_counts_them() -> None:
@@ -30,16 +35,20 @@ def test_the_service_list_waits_for_tasks_only_when_a_mode_counts_them() -> None
         svc = service("web")
         await store.update(lambda tx: tx.create(svc))
         assert services._shown(store.view(), False) == {"service"}
-        assert services._shown(store.view(), True) == {"service", "node", RUNNING_TOPIC}
-        # a task write in flight does not hold the list back
+        assert services._shown(store.view(), True) == {"service", "node"}
+        # a task write in flight does not hold the list back, not even one that starts
+        # a task: the list counts what is durable, so it shows the task once committed
         backend.hold()
         write = asyncio.create_task(
-            store.update(lambda tx: tx.create(task("t1", svc, 1, TaskState.PENDING)))
+            store.update(lambda tx: tx.create(task("t1", svc, 1, TaskState.RUNNING)))
         )
         await asyncio.sleep(0)
         await asyncio.wait_for(store.settled(services._shown(store.view(), True)), 5)
+        assert services.service_status(store.view(), svc, set()).running_tasks == 0
         backend.release()
         await write
+        assert services.service_status(store.view(), svc, set()).running_tasks == 1
+        assert services.service_status(store.view(), svc, {"n1"}).running_tasks == 0
         glob = msgspec.structs.replace(
             service("all"),
             spec=msgspec.structs.replace(

@@ -73,6 +73,42 @@ def test_a_huge_service_is_built_in_bounded_transactions_the_loop_free_between()
     asyncio.run(main())
 
 
+def test_services_created_together_share_one_bound_per_transaction() -> None:
+    """Each service alone is below the bound, together far above it: a round (one
+    transaction) still creates at most MAX_TASKS_PER_RECONCILE tasks, and every service
+    is built whole."""
+    per_service = MAX_TASKS_PER_RECONCILE // 2 + 3
+    names = [f"s{i}" for i in range(6)]
+
+    async def main() -> None:
+        store = Store(MemoryBackend())
+        for name in names:
+            await store.update(lambda tx, name=name: tx.create(service(name, per_service)))
+        watcher = store.watch("task")
+        orch = ReplicatedOrchestrator(store, RestartSupervisor(store), UpdateSupervisor(store))
+        created: list[int] = []
+
+        async def count() -> None:
+            while sum(created) < len(names) * per_service:
+                events = await watcher.__anext__()
+                created.append(sum(1 for e in events if e.action == "create"))
+
+        loop = asyncio.create_task(orch.run())
+        try:
+            await asyncio.wait_for(count(), WAIT_S)
+        finally:
+            orch.stop()
+            loop.cancel()
+            await asyncio.gather(loop, return_exceptions=True)
+        assert max(created) <= MAX_TASKS_PER_RECONCILE
+        assert len(created) >= len(names) * per_service // MAX_TASKS_PER_RECONCILE
+        for name in names:
+            slots = sorted(t.slot or 0 for t in store.view().tasks_of_service(name))
+            assert slots == list(range(1, per_service + 1))
+
+    asyncio.run(main())
+
+
 def test_a_build_interrupted_by_a_scale_down_is_reconciled_in_full() -> None:
     async def main() -> None:
         store = Store(MemoryBackend())
@@ -312,5 +348,45 @@ def test_a_loop_with_a_backlog_lets_the_event_loop_turn_between_its_rounds() -> 
             seen.append(ticks)
         prober.cancel()
         assert all(b > a for a, b in zip(seen, seen[1:], strict=False)), seen
+
+    asyncio.run(main())
+
+
+def test_a_new_task_leaves_nothing_for_the_garbage_collector_to_walk() -> None:
+    """The store holds 100k tasks: neither a task nor its meta may hold an object the
+    collector tracks (a full collection walks every one, the event loop stopped)."""
+    import gc
+
+    from shoal.manager.orchestrator.task import new_task
+    from shoal.types.meta import ServiceMeta
+
+    task, meta = new_task(service("web"), ServiceMeta(spec_version=1), 1)
+    for obj in (task, meta, task.status, meta.host_ports, task.labels):
+        assert not gc.is_tracked(obj), obj
+
+
+def test_what_waits_for_a_commit_or_a_watcher_is_not_walked_by_the_collector() -> None:
+    """A transaction's events and records wait for the commit, and the events in every
+    watcher's queue, long enough to reach the collector's oldest generation: they are
+    not tracked (each full collection would walk them, the event loop stopped)."""
+    import gc
+
+    from shoal.manager.store import Event, Record
+
+    async def main() -> None:
+        store = Store(MemoryBackend())
+        watcher = store.watch("node")
+        backend_hold = store._backend
+        assert isinstance(backend_hold, MemoryBackend)
+        backend_hold.hold()
+        write = asyncio.create_task(store.update(lambda tx: tx.create(node(1))))
+        await asyncio.sleep(0)
+        (applied,) = store._pending
+        assert applied.records and not any(gc.is_tracked(r) for r in applied.records)
+        backend_hold.release()
+        await write
+        (event,) = await watcher.__anext__()
+        assert isinstance(event, Event) and not gc.is_tracked(event)
+        assert not gc.is_tracked(Record("node", "n1", b"{}"))
 
     asyncio.run(main())

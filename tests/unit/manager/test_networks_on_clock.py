@@ -460,9 +460,9 @@ def test_every_ready_node_is_told_ingress_and_the_published_ports() -> None:
                 assert [p.mode for p in eps[hosted_id].ports] == ["host"]
             # the node of a host-mode task finds its ports beside the task
             (h,) = sim.running(hosted_id)
-            assert sim.store.view().task_meta(h.id).host_ports == [
-                PortMapping(protocol="tcp", target=81, published=8081, mode="host")
-            ]
+            assert sim.store.view().task_meta(h.id).host_ports == (
+                PortMapping(protocol="tcp", target=81, published=8081, mode="host"),
+            )
             # a node that goes down is told to drop ingress; back, it gets it whole
             idle = next(n for n in sim.node_ids if n not in (task.node_id, h.node_id))
             await sim.kill_agent(idle)

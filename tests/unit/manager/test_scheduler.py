@@ -696,7 +696,9 @@ def test_log_drivers_place_on_the_nodes_that_have_them() -> None:
 
 def _host_meta(*ports: tuple[str, int]) -> TaskMeta:
     return TaskMeta(
-        host_ports=[PortMapping(protocol=p, target=80, published=n, mode="host") for p, n in ports]
+        host_ports=tuple(
+            PortMapping(protocol=p, target=80, published=n, mode="host") for p, n in ports
+        )
     )
 
 
@@ -752,7 +754,7 @@ def test_host_ports_differ_by_protocol_and_number() -> None:
 
 
 def test_host_port_without_a_number_and_ingress_ports_do_not_filter() -> None:
-    meta = TaskMeta(host_ports=[PortMapping(target=80, published=0, mode="host")])
+    meta = TaskMeta(host_ports=(PortMapping(target=80, published=0, mode="host"),))
     store = _store_with_meta([make_node("n1")], [(t, meta) for t in replicas(3)])
     run(scheduler_for(store).tick())
     assert {stored(store, f"svc.{i}").node_id for i in (1, 2, 3)} == {"n1"}

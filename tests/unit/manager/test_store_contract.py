@@ -165,6 +165,57 @@ def test_a_task_that_starts_or_stops_running_is_waited_for_by_running_counts() -
     asyncio.run(main())
 
 
+def test_durable_running_counts_follow_commits_not_writes() -> None:
+    """ReadTx.durable_running counts what is durable: a task that came to run counts
+    once its write is committed, not while the commit is in flight; a move to another
+    node, a stop and a removal are followed the same way; a restarted store counts what
+    it loaded; the nodes named are left out."""
+
+    async def main() -> None:
+        backend = MemoryBackend()
+        store = Store(backend)
+        svc = service("s1", replicas=3)
+        await store.update(lambda tx: tx.create(svc))
+        made = await store.update(
+            lambda tx: [tx.create(task(f"t{i}", svc, i, TaskState.PENDING)) for i in range(3)]
+        )
+        backend.hold()
+
+        def run_all(tx: Tx) -> None:
+            for t in made:
+                cur = tx.get_task(t.id)
+                assert cur is not None
+                status = msgspec.structs.replace(cur.status, state=TaskState.RUNNING.wire)
+                node_id = "n2" if t.id == "t2" else cur.node_id
+                tx.update(msgspec.structs.replace(cur, status=status, node_id=node_id))
+
+        write = asyncio.create_task(store.update(run_all))
+        await asyncio.sleep(0)
+        assert store.view().running_by_node("s1") == {"n1": 2, "n2": 1}  # applied
+        assert store.view().durable_running("s1") == 0  # not durable yet
+        backend.release()
+        await asyncio.wait_for(write, WAIT_S)
+        view = store.view()
+        assert view.durable_running("s1") == 3
+        assert view.durable_running("s1", {"n2"}) == 2
+        assert view.durable_running("s1", {"n1", "n2", "n9"}) == 0
+        assert view.durable_running("nope") == 0
+        assert Store(backend).view().durable_running("s1", {"n2"}) == 2
+
+        def stop_one_remove_one(tx: Tx) -> None:
+            t0 = tx.get_task("t0")
+            assert t0 is not None
+            done = msgspec.structs.replace(t0.status, state=TaskState.COMPLETE.wire)
+            tx.update(msgspec.structs.replace(t0, status=done))
+            tx.delete("task", "t2")
+
+        await store.update(stop_one_remove_one)
+        assert store.view().durable_running("s1") == 1
+        assert store._tables.durable_running == store._tables.running
+
+    asyncio.run(main())
+
+
 # --------------------------------------------------------------------------- purity
 
 

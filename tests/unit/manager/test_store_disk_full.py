@@ -65,6 +65,7 @@ def indexes(store: Store) -> tuple[object, ...]:
         {k: set(v) for k, v in t.tasks_by_service.items() if v},
         {k: set(v) for k, v in t.tasks_by_node.items() if v},
         {k: dict(v) for k, v in t.running.items()},
+        {k: dict(v) for k, v in t.durable_running.items()},
     )
 
 
