@@ -485,11 +485,9 @@ def test_leftover_processes_die_with_the_task(tmp_path: Path) -> None:
         await wait_log_line(controller, b"started\n")
         pid = (await controller.inspect()).pid
         assert pid is not None
-        deadline = time.monotonic() + WAIT_S
-        while not (found := [c for c in _children_of(pid) if _is_sleep_1000(c)]):
-            assert time.monotonic() < deadline, "the leftover sleep never ran"
-            await asyncio.sleep(0.01)  # forked, not yet exec'd
-        (leftover,) = found
+        # forked, perhaps not yet exec'd: wait for the leftover sleep to run
+        await until(lambda: any(_is_sleep_1000(c) for c in _children_of(pid)))
+        (leftover,) = [c for c in _children_of(pid) if _is_sleep_1000(c)]
         flag.touch()
         assert await wait(controller) == ExitStatus(exit_code=0)
         with contextlib.suppress(TimeoutError):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -19,6 +19,7 @@ from shoal.manager.manager import Manager
 from shoal.manager.store import Event, MemoryBackend, Store
 from shoal.types.node import NodeDescription
 
+from ..agent.awaiting import until
 from ..manager.test_store import make_node
 
 REQUEST = b"GET /visualizer/events HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -49,13 +50,13 @@ async def serving(clock: FakeClock) -> AsyncIterator[tuple[Manager, int]]:
         manager.store.close()
 
 
-async def wait_real(predicate: object, what: str) -> None:
-    """Socket I/O happens in real time: let the loop turn until `predicate()` holds."""
-    for _ in range(500):
-        if predicate():  # type: ignore[operator]
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"never: {what}")
+async def wait_real(predicate: Callable[[], bool], what: str) -> None:
+    """Socket I/O happens in real time: let the loop turn (zero sleeps, nothing waited
+    for by a clock) until `predicate()` holds."""
+    try:
+        await until(predicate)
+    except TimeoutError:
+        raise AssertionError(f"never: {what}") from None
 
 
 def test_an_idle_stream_gets_a_heartbeat() -> None:
@@ -95,7 +96,7 @@ def test_a_browser_that_stops_reading_is_cut_off_and_its_place_given_back() -> N
             )
             for _ in range(30):
                 feed.publish([Event("update", "node", node)] * 100)
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(0)  # the server writes what it can
             assert feed.statistics()["slow_closed"] == 0
             assert feed.statistics()["subscribers"] == 1  # blocked, still attached
             await clock.advance(WRITE_TIMEOUT_S)
