@@ -52,7 +52,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from shoal.httpunix import UnixHTTPConnection
+from shoal import httpunix
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHOAL_BIN = REPO_ROOT / ".venv" / "bin" / "shoal"
@@ -117,22 +117,14 @@ class Api:
         url = (API_PREFIX + path if path != "/_ping" else path) + (
             "?" + urllib.parse.urlencode(query) if query else ""
         )
-        headers = {}
-        payload = raw
-        if body is not None:
-            payload = json.dumps(body).encode()
-            headers["Content-Type"] = "application/json"
-        conn = UnixHTTPConnection(self.socket_path, HTTP_TIMEOUT_S)
         try:
-            conn.request(method, url, body=payload, headers=headers)
-            resp = conn.getresponse()
-            data = resp.read()
+            status, data = httpunix.request(
+                self.socket_path, method, url, body, raw, timeout=HTTP_TIMEOUT_S
+            )
         except (OSError, http.client.HTTPException) as e:
             raise BenchError(f"{method} {path}: {e!r}") from e
-        finally:
-            conn.close()
-        if resp.status not in ok:
-            raise BenchError(f"{method} {path}: HTTP {resp.status}: {data[:300]!r}")
+        if status not in ok:
+            raise BenchError(f"{method} {path}: HTTP {status}: {data[:300]!r}")
         if not data:
             return None
         try:

@@ -50,7 +50,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-from shoal.httpunix import UnixHTTPConnection
+from shoal import httpunix
 
 REPO = Path(__file__).resolve().parent.parent
 SHOAL = REPO / ".venv" / "bin" / "shoal"
@@ -79,19 +79,12 @@ class BenchError(Exception):
 
 def api(sock: Path, method: str, path: str, body: Any = None, **query: str) -> Any:
     url = API + path + ("?" + urllib.parse.urlencode(query) if query else "")
-    conn = UnixHTTPConnection(str(sock), HTTP_TIMEOUT_S)
     try:
-        payload = json.dumps(body).encode() if body is not None else None
-        headers = {"Content-Type": "application/json"} if body is not None else {}
-        conn.request(method, url, body=payload, headers=headers)
-        resp = conn.getresponse()
-        data = resp.read()
+        status, data = httpunix.request(str(sock), method, url, body, timeout=HTTP_TIMEOUT_S)
     except (OSError, http.client.HTTPException) as e:
         raise BenchError(f"{method} {path}: {e!r}") from e
-    finally:
-        conn.close()
-    if resp.status >= 300:
-        raise BenchError(f"{method} {path}: HTTP {resp.status}: {data[:300]!r}")
+    if status >= 300:
+        raise BenchError(f"{method} {path}: HTTP {status}: {data[:300]!r}")
     return json.loads(data) if data else None
 
 

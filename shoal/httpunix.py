@@ -5,7 +5,9 @@ benchmarks and the integration tests' harness all use."""
 from __future__ import annotations
 
 import http.client
+import json
 import socket
+from typing import Any
 
 DEFAULT_TIMEOUT_S = 10.0
 
@@ -27,3 +29,28 @@ class UnixHTTPConnection(http.client.HTTPConnection):
             sock.close()
             raise
         self.sock = sock
+
+
+def request(
+    path: str,
+    method: str,
+    url: str,
+    body: Any = None,
+    raw: bytes | None = None,
+    timeout: float = DEFAULT_TIMEOUT_S,
+) -> tuple[int, bytes]:
+    """One request on a connection of its own to the socket at `path`: `body` sent as
+    JSON (or `raw` bytes as they are); the status and the whole answer. OSError and
+    http.client.HTTPException as the connection raises them."""
+    headers = {}
+    payload = raw
+    if body is not None:
+        payload = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    conn = UnixHTTPConnection(path, timeout)
+    try:
+        conn.request(method, url, body=payload, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()

@@ -26,7 +26,7 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from shoal.httpunix import UnixHTTPConnection
+from shoal import httpunix
 
 from .harness import WAIT_TIMEOUT_S, Daemon, pid_alive, wait_until
 
@@ -93,21 +93,16 @@ ANCHOR_SPEC = {
 
 def call(daemon: Daemon, method: str, path: str, body: Any = None) -> tuple[int, Any]:
     """One API call; InDoubt when the connection fails (the daemon was killed)."""
-    conn = UnixHTTPConnection(str(daemon.socket), timeout=CALL_TIMEOUT_S)
     try:
-        data = json.dumps(body).encode() if body is not None else None
-        headers = {"Content-Type": "application/json"} if data is not None else {}
-        conn.request(method, path, body=data, headers=headers)
-        resp = conn.getresponse()
-        payload = resp.read()
+        status, payload = httpunix.request(
+            str(daemon.socket), method, path, body, timeout=CALL_TIMEOUT_S
+        )
     except (OSError, http.client.HTTPException) as e:
         raise InDoubt(repr(e)) from e
-    finally:
-        conn.close()
     try:
-        return resp.status, json.loads(payload) if payload else None
+        return status, json.loads(payload) if payload else None
     except ValueError:
-        return resp.status, payload.decode(errors="replace")
+        return status, payload.decode(errors="replace")
 
 
 def spec_of(e: Expected) -> dict[str, Any]:
