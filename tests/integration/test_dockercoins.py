@@ -37,8 +37,8 @@ EXAMPLE = REPO / "examples" / "dockercoins"
 STACK = "coins"
 # How long each figure is measured over, after a change has converged and warmed up
 # (new workers resolve names and open their first connections).
-WINDOW_S = 10.0
-WARMUP_S = 3.0
+WINDOW_S = 5.0
+WARMUP_S = 2.0
 SERVICES = ("rng", "hasher", "worker", "webui", "redis")
 
 
