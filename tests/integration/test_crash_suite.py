@@ -32,8 +32,8 @@ from .harness import DaemonFactory, cleanup_daemons, init_swarm
 
 pytestmark = pytest.mark.integration
 
-CRASH_ROUNDS = 12
-WORKER_ROUNDS = 6
+CRASH_ROUNDS = 8
+WORKER_ROUNDS = 4
 
 
 def seed() -> int:
