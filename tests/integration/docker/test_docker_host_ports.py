@@ -56,7 +56,7 @@ def test_host_mode_port_binds_on_the_node(
 ) -> None:
     port = free_port()
     daemon.create_service(
-        "hostport", "--publish", f"mode=host,published={port},target=80",
+        "hostport", "--init", "--publish", f"mode=host,published={port},target=80",
         busybox_image, "sh", "-c", HTTPD,
     )  # fmt: skip
     try:
@@ -96,7 +96,7 @@ def test_host_mode_port_without_a_number_is_the_engines_pick(
     daemon: DockerDaemon, engine: Engine, busybox_image: str
 ) -> None:
     daemon.create_service(
-        "anyport", "--publish", "mode=host,target=80", busybox_image, "sh", "-c", HTTPD
+        "anyport", "--init", "--publish", "mode=host,target=80", busybox_image, "sh", "-c", HTTPD
     )
     try:
         (task,) = wait_converged(daemon, engine, "anyport", 1).values()
@@ -128,7 +128,7 @@ def test_host_mode_port_of_a_container_on_a_swarm_network(
     net = f"hpnet{secrets.token_hex(3)}"
     daemon.docker("network", "create", "-d", "overlay", "--subnet", "10.219.7.0/24", net)
     daemon.create_service(
-        "hpnet", "--network", net, "--publish", f"mode=host,published={port},target=80",
+        "hpnet", "--init", "--network", net, "--publish", f"mode=host,published={port},target=80",
         busybox_image, "sh", "-c", HTTPD,
     )  # fmt: skip
     veth = ""

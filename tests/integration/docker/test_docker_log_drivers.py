@@ -37,6 +37,7 @@ def test_gelf_reaches_the_udp_listener_from_the_container(
 ) -> None:
     daemon.create_service(
         "dgelf",
+        "--init",
         "--log-driver", "gelf",
         "--log-opt", f"gelf-address={listener.address}",
         "--log-opt", "gelf-compression-type=zlib",
@@ -66,6 +67,7 @@ def test_json_file_logs_since_details_and_a_task_id(
     counter = "i=0; while true; do echo line $i; i=$((i+1)); sleep 0.2; done"
     daemon.create_service(
         "dcount",
+        "--init",
         "--log-driver", "json-file",
         "--log-opt", "env=WHO",
         "--log-opt", "max-size=1m",

@@ -62,11 +62,11 @@ def test_containers_on_a_swarm_network_resolve_and_reach_each_other(
     try:
         network_id = daemon.docker("network", "inspect", "-f", "{{.Id}}", net).stdout.strip()
         daemon.docker(
-            "service", "create", "--detach", "--name", web, "--replicas", "2",
+            "service", "create", "--detach", "--name", web, "--replicas", "2", "--init",
             "--network", net, busybox_image, "sh", "-c", HTTPD,
         )  # fmt: skip
         daemon.docker(
-            "service", "create", "--detach", "--name", client, "--network", net,
+            "service", "create", "--detach", "--name", client, "--init", "--network", net,
             busybox_image, "sleep", "1000",
         )  # fmt: skip
         webs = wait_converged(daemon, engine, web, 2)
@@ -122,7 +122,7 @@ def test_the_routing_mesh_on_the_host_reaches_containers(
     port = free_port()
     record = daemon.data_dir / "agent" / "network-record.json"
     daemon.docker(
-        "service", "create", "--detach", "--name", web, "--replicas", "2",
+        "service", "create", "--detach", "--name", web, "--replicas", "2", "--init",
         "--publish", f"{port}:80", busybox_image, "sh", "-c", HTTPD,
     )  # fmt: skip
     mesh: dict[str, Any] = {}

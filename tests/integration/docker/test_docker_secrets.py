@@ -54,7 +54,7 @@ def test_the_talks_example(daemon: DockerDaemon, engine: Engine, busybox_image: 
     daemon.docker("secret", "create", "my_secret", "-", input="This is a secret\n")
     daemon.docker("secret", "create", "key", "-", input="k-value")
     daemon.create_service(
-        "redis", "--secret", "my_secret",
+        "redis", "--init", "--secret", "my_secret",
         "--secret", "source=key,target=app_key,uid=65534,gid=65534,mode=0400",
         busybox_image, "sleep", "1000",
     )  # fmt: skip
@@ -93,7 +93,7 @@ def test_templated_config_per_task(
     )  # fmt: skip
     daemon.docker("config", "create", "plain", "-", input="a=1\n")
     daemon.create_service(
-        "tpl-app", "--replicas", "2", "--env", "X=1",
+        "tpl-app", "--init", "--replicas", "2", "--env", "X=1",
         "--config", "source=app-conf,target=/etc/app/conf.yml,mode=0440",
         "--config", "plain",  # Docker's default target: /plain
         busybox_image, "sleep", "1000",
@@ -118,7 +118,7 @@ def test_templated_config_per_task(
 def test_a_task_without_secrets_has_no_tmpfs(
     daemon: DockerDaemon, engine: Engine, busybox_image: str
 ) -> None:
-    daemon.create_service("bare", busybox_image, "sleep", "1000")
+    daemon.create_service("bare", "--init", busybox_image, "sleep", "1000")
     try:
         (task,) = wait_converged(daemon, engine, "bare", 1).values()
         assert not mounts_under(daemon.data_dir)
