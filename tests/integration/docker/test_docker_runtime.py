@@ -356,6 +356,7 @@ def test_image_pulled_from_a_registry_with_its_digest_pinned(
             "create",
             "--detach",
             "--with-registry-auth",
+            "--init",
             "--name",
             name,
             ref,
