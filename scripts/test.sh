@@ -42,7 +42,7 @@ suite() {
     shift 2
     printf '\n=== pytest %s\n' "$name"
     local rc=0
-    "$BIN/pytest" -q "$dir" --cov --cov-append --cov-report= --cov-fail-under=0 "$@" || rc=$?
+    "$BIN/pytest" -q "$dir" --durations=20 --cov --cov-append --cov-report= --cov-fail-under=0 "$@" || rc=$?
     case "$rc" in
     0) ran_tests=1 ;;
     5) printf 'no %s tests collected\n' "$name" ;;
