@@ -12,7 +12,8 @@ the netlink work). Nothing is multicast, learned or gossiped.
 
 Every object is written in the record (record.py) before it is created and dropped from
 it after it is removed. The kernel work is synchronous (pyroute2) and runs in threads,
-one operation at a time (`_lock`).
+one operation at a time (`_lock`), but for the VIP tables of many namespaces, applied
+at once (vip.py).
 """
 
 from __future__ import annotations
@@ -85,8 +86,13 @@ class Plumbing:
         self._listeners: list[TaskNetworkListener] = []
         self._lock = threading.RLock()
         # The VIP tables' own lock (taken after `_lock`, never before it): re-rendering
-        # every task's table on a backend change must not hold up attaches.
+        # every task's table on a backend change must not hold up attaches. Held only
+        # to plan and record changes; the transactions run without it, and a task whose
+        # change is in flight (`_applying`) is not planned again, nor detached, before
+        # it is recorded (`_vip_done` is notified then).
         self._vip_lock = threading.Lock()
+        self._vip_done = threading.Condition(self._vip_lock)
+        self._applying: set[str] = set()
         self._detaching: set[str] = set()
         # What each sandbox's VXLAN entries were last programmed to ({task address: node
         # address}): an update that leaves them as they are (a local task came or went)
@@ -173,6 +179,7 @@ class Plumbing:
         if self._sync_task is not None:
             self._dirty.clear()
             await self._sync_task
+        await asyncio.to_thread(self.vips.close)
         if remove_all:
             for task_id in list(self.record.tasks):
                 await self.detach(task_id)
@@ -315,8 +322,8 @@ class Plumbing:
             devices.add_interfaces(path, self.node_netns, veth, ends)
             if host_ports:
                 self.hostports.add_task_locked(task_id, host_ports)
-        # Its VIP table before its process starts.
-        self._sync_vip(task_id)
+        # Its VIP table before its process starts (created: the namespace is new).
+        self._sync_vips([task_id], fresh=netns_path is None)
         return path
 
     def _bridge_locked(self, network_id: str, sandbox: str) -> int:
@@ -360,9 +367,12 @@ class Plumbing:
             return
         with self._vip_lock:  # no VIP sync touches the task from here on
             self._detaching.add(task_id)
-            if entry.get("nft"):
-                alive = netns.exists(Path(entry["netns"]))
-                self.vips.remove_task(task_id, entry["netns"] if alive else None)
+            self._wait_applied_locked(task_id)
+            drop = self.vips.forget(task_id)
+        # A namespace of our own goes with its table: nothing to delete first.
+        if drop is not None and entry.get("nft") and not entry.get("own_netns"):
+            if netns.exists(Path(entry["netns"])):
+                self.vips.remove(task_id, entry["netns"], drop)
         self.hostports.remove_task_locked(task_id)
         for network_id, veth in (entry.get("links") or {}).items():
             net = self.record.networks.get(network_id)
@@ -417,8 +427,8 @@ class Plumbing:
 
     def sync(self) -> None:
         """Program every sandbox's forwarding and neighbour entries from the state, the
-        routing mesh, then every task's VIP table (one task at a time under the VIP
-        lock, so an attach waits for one table at most, not for all of them)."""
+        routing mesh, then every task's VIP table (those that changed, many at once:
+        vip.py; an attach waits only for a change of its own task's in flight)."""
         with self._lock:
             for network_id in list(self.record.networks):
                 self._sync_network_locked(network_id)
@@ -428,20 +438,46 @@ class Plumbing:
                 log.exception("routing mesh not synced")
             self._gc_networks_locked()
             tasks = list(self.record.tasks)
-        rendered: dict[tuple[str, ...], str | None] = {}
-        for task_id in tasks:
-            self._sync_vip(task_id, rendered)
+        self._sync_vips(tasks)
 
-    def _sync_vip(
-        self, task_id: str, rendered: dict[tuple[str, ...], str | None] | None = None
-    ) -> None:
-        """The task's VIP table (vip.py; named in its record entry when it was made)."""
+    def _wait_applied_locked(self, task_id: str) -> None:
+        """Until no change of the task's VIP table is in flight (the VIP lock held)."""
+        while task_id in self._applying:
+            self._vip_done.wait()
+
+    def _sync_vips(self, task_ids: list[str], fresh: bool = False) -> None:
+        """The tasks' VIP tables (vip.py; named in their record entries when they were
+        made): planned under the VIP lock, applied without it, many at once, recorded
+        under it again. A task whose change is in flight from another thread is waited
+        for, then planned from the state as it is now."""
+        rendered: dict[tuple[str, ...], str | None] = {}
+        changes: list[vip.Change] = []
         with self._vip_lock:
-            entry = self.record.tasks.get(task_id)
-            if self.state is None or entry is None or task_id in self._detaching:
-                return
-            links = list(entry.get("links") or {})
-            self.vips.sync_task(task_id, entry["netns"], self.state, links, rendered)
+            for task_id in task_ids:
+                self._wait_applied_locked(task_id)
+                entry = self.record.tasks.get(task_id)
+                if self.state is None or entry is None or task_id in self._detaching:
+                    continue
+                links = list(entry.get("links") or {})
+                change = self.vips.plan(
+                    task_id, entry["netns"], self.state, links, rendered, fresh=fresh
+                )
+                if change is not None:
+                    changes.append(change)
+                    self._applying.add(task_id)
+        if not changes:
+            return
+        try:
+            results = self.vips.apply_all(changes)
+        except BaseException:
+            results = [False] * len(changes)
+            raise
+        finally:
+            with self._vip_lock:
+                for change, ok in zip(changes, results, strict=True):
+                    self.vips.done(change, ok)
+                    self._applying.discard(change.task_id)
+                self._vip_done.notify_all()
 
     def _sync_network_locked(self, network_id: str) -> None:
         if self.state is None:
