@@ -333,7 +333,7 @@ class Plumbing:
                 for a, s in zip(attachments, sandboxes, strict=True)
             ]
             ends = list(zip(sandboxes, addresses, bridges, strict=True))
-            devices.add_interfaces(path, self.node_netns, veth, ends)
+            devices.add_interfaces(path, veth, ends)
             if host_ports:
                 self.hostports.add_task_locked(task_id, host_ports)
         # Its VIP table before its process starts (created: the namespace is new).
