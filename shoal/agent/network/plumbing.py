@@ -314,19 +314,24 @@ class Plumbing:
             path = str(self.netns_dir / task_ns_name(task_id))
             veth = veth_name(task_id)
             links = {a.network.id: veth for a in attachments}
-            self.record.tasks[task_id] = {
+            entry: dict[str, Any] = {
                 "netns": path,
                 "own_netns": True,
                 "links": links,
                 "nft": [f"{vip.FAMILY} {vip.TABLE}"],
             }
-            self._save()
+            self.record.tasks[task_id] = entry
+
+            def recorded(ino: int) -> None:
+                # written once, with the namespace's inode, before the file names it
+                entry["ino"] = ino
+                self._save()
+
             if netns_path is None:
-                netns.create(Path(path))
+                netns.create(Path(path), recorded)
             else:
+                recorded(netns.inode(netns_path))
                 netns.bind(netns_path, Path(path))
-            self.record.tasks[task_id]["ino"] = netns.inode(path)
-            self._save()
             addresses = [(a.addresses or [""])[0] for a in attachments]
             bridges = [
                 self._bridge_locked(a.network.id, s)
