@@ -108,6 +108,8 @@ class Plumbing:
         self._programmed: dict[str, dict[str, str]] = {}
         # Each sandbox's bridge index (a task's veth is enslaved to it as it is made).
         self._bridges: dict[str, int] = {}
+        # The namespace directory is recorded and a shared mount (`_ensure_netns_dir`).
+        self._dir_shared = False
         self._dirty = asyncio.Event()
         self._pace = LeadingEdge(clock, SYNC_INTERVAL_S)
         self._sync_task: asyncio.Task[None] | None = None
@@ -245,12 +247,16 @@ class Plumbing:
         self.record.save()
 
     def _ensure_netns_dir(self) -> None:
+        if self._dir_shared:  # made (or found) shared by this plumbing, not released
+            return
         if self.record.netns_dir is None:
             self.record.netns_dir = str(self.netns_dir)
             self._save()
         self.netns_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # (reads the whole mount table, which grows by a mount per namespace: once)
         if not netns.is_mountpoint(self.netns_dir):
             netns.share_dir(self.netns_dir)
+        self._dir_shared = True
 
     def ensure_network(self, network: Network) -> str:
         """The network's sandbox, created if missing; returns its namespace file."""
@@ -595,6 +601,7 @@ class Plumbing:
             self._release_dir_locked()
 
     def _release_dir_locked(self) -> None:
+        self._dir_shared = False
         if self.record.netns_dir is not None:
             d = Path(self.record.netns_dir)
             netns.unshare_dir(d)
