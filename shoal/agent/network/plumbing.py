@@ -322,7 +322,8 @@ class Plumbing:
             links = {a.network.id: veth for a in attachments}
             entry: dict[str, Any] = {
                 "netns": path,
-                "own_netns": True,
+                "own_netns": True,  # the file naming it is ours
+                "made": netns_path is None,  # and so is the namespace
                 "links": links,
                 "nft": [f"{vip.FAMILY} {vip.TABLE}"],
             }
@@ -394,8 +395,9 @@ class Plumbing:
             self._detaching.add(task_id)
             self._wait_applied_locked(task_id)
             drop = self.vips.forget(task_id)
-        # A namespace of our own goes with its table: nothing to delete first.
-        if drop is not None and entry.get("nft") and not entry.get("own_netns"):
+        # A namespace we made goes with its table: nothing to delete first (a
+        # container's may outlive the attachment).
+        if drop is not None and entry.get("nft") and not entry.get("made"):
             if netns.exists(Path(entry["netns"])):
                 self.vips.remove(task_id, entry["netns"], drop)
         self.hostports.remove_task_locked(task_id)

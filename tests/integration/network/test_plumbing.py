@@ -328,3 +328,43 @@ def test_tasks_attached_at_once_are_each_whole_with_their_vip_table_and_leave_no
         assert mounts_under(p.netns_dir) == []
 
     asyncio.run(run())
+
+
+def test_a_callers_namespace_keeps_living_without_its_vip_table_after_detach(
+    lab: tuple[NetnsLab, list[tuple[str, str]]], tmp_path: Path
+) -> None:
+    """A namespace the caller has (a container's) may outlive the attachment: its VIP
+    table is deleted before the plumbing's file naming it goes; one the plumbing made
+    goes whole, table and all."""
+    _lab, [(ns_a, addr_a), _] = lab
+    net = f"10.215.{secrets.randbelow(250)}"
+    n = network(f"{net}.0/24")
+    endpoint = ServiceEndpoint(
+        network_id=n.id, service_id="svc", service_name="web", vip=f"{net}.250"
+    )
+    theirs = tmp_path / f"container-{secrets.token_hex(3)}"
+    netns.create(theirs)
+
+    async def run() -> None:
+        p = Plumbing(tmp_path / "data", tmp_path / "run", addr_a, f"/run/netns/{ns_a}")
+        state = NetworkState()
+        p.watch(state)
+        state.apply(NetworkUpdate(full=True, networks=[n], endpoints=[endpoint]))
+        try:
+            att = lambda a: [NetworkAttachment(network=n, addresses=[a])]  # noqa: E731
+            path = await p.attach("tcontainer", att(f"{net}.2/24"), netns_path=str(theirs))
+            made = await p.attach("tmade", att(f"{net}.3/24"))
+            for ns in (str(theirs), made):
+                assert "chain vip_refuse" in in_ns(ns, "nft", "list", "ruleset").stdout
+            await p.detach("tcontainer")
+            await p.detach("tmade")
+            assert not netns.exists(Path(path)) and not netns.exists(Path(made))
+            assert netns.exists(theirs)
+            assert in_ns(str(theirs), "nft", "list", "ruleset").stdout.strip() == ""
+        finally:
+            await p.close()
+
+    try:
+        asyncio.run(run())
+    finally:
+        netns.remove(theirs)
