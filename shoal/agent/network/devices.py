@@ -30,6 +30,8 @@ VXLAN = "vxlan0"
 OVERLAY_MTU = 1450
 NUD_PERMANENT = 0x80
 NTF_SELF = 0x02
+# The loopback device's index in every network namespace (LOOPBACK_IFINDEX, net/core).
+LOOPBACK_INDEX = 1
 
 
 def mac_of(addr: str) -> str:
@@ -93,9 +95,7 @@ def make_sandbox(path: Path, node_netns: str | None, vni: int, local: str, port:
         sb.link("set", index=index(sb, VXLAN), master=br, mtu=OVERLAY_MTU, state="up")
 
 
-def add_interfaces(
-    task_ns: str, node_netns: str | None, veth: str, links: list[tuple[str, str, int]]
-) -> None:
+def add_interfaces(task_ns: str, veth: str, links: list[tuple[str, str, int]]) -> None:
     """In the task's namespace: `lo` up and, for each (sandbox, "addr/prefix", bridge
     index), a veth `eth<i>` with that address and its derived MAC, whose other end
     (`veth`) is on the sandbox's bridge: enslaved, sized and up in the request that
@@ -103,14 +103,17 @@ def add_interfaces(
     so no socket in the sandbox is needed. `bridge_index` gives the bridge's index."""
     task_fd = os.open(task_ns, os.O_RDONLY)
     try:
-        with ipr(task_ns) as t, ipr(node_netns) as node:
-            t.link("set", index=index(t, "lo"), state="up")
+        # One socket, in the task's namespace: the veth is asked for from there too (both
+        # its ends name their namespace, so where the request comes from does not
+        # matter), and `lo` has the same index in every namespace.
+        with ipr(task_ns) as t:
+            t.link("set", index=LOOPBACK_INDEX, state="up")
             for i, (sandbox, address, bridge) in enumerate(links):
                 ifname = f"eth{i}"
                 iface = ipaddress.IPv4Interface(address)
                 sb_fd = os.open(sandbox, os.O_RDONLY)
                 try:
-                    node.link(
+                    t.link(
                         "add",
                         ifname=veth,
                         kind="veth",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 CLONE_NEWNET = 0x40000000
@@ -68,16 +69,22 @@ def unshare_dir(path: Path) -> None:
         _check(_libc.umount2(str(path).encode(), MNT_DETACH), f"umount {path}")
 
 
-def create(path: Path) -> None:
-    """A new, empty network namespace (only `lo`, down) named by `path`."""
-    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o400)
-    os.close(fd)
+def create(path: Path, made: Callable[[int], None] | None = None) -> None:
+    """A new, empty network namespace (only `lo`, down) named by `path`. `made` is
+    called with the namespace's inode once it exists, before `path` is created and
+    names it (the caller records both at once; if it raises, nothing is left)."""
     error: list[BaseException] = []
+    named = False
 
     def make() -> None:
+        nonlocal named
         try:
             _check(_libc.unshare(CLONE_NEWNET), "unshare(CLONE_NEWNET)")
             tid = threading.get_native_id()
+            if made is not None:
+                made(os.stat(f"/proc/self/task/{tid}/ns/net").st_ino)
+            os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o400))
+            named = True
             _mount(f"/proc/self/task/{tid}/ns/net", str(path), None, MS_BIND)
         except BaseException as e:  # noqa: BLE001 - handed to the caller
             error.append(e)
@@ -87,7 +94,8 @@ def create(path: Path) -> None:
     thread.start()
     thread.join()
     if error:
-        remove(path)
+        if named:
+            remove(path)
         raise error[0]
 
 

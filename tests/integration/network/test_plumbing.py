@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from shoal.agent.network import netns
@@ -27,6 +28,7 @@ from shoal.types.network import (
     NetworkAttachment,
     NetworkPeer,
     NetworkUpdate,
+    ServiceEndpoint,
 )
 
 from ..cluster_harness import NetnsLab
@@ -268,3 +270,101 @@ def test_a_vxlan_id_given_again_while_the_old_sandbox_stays(
             await p.close()
 
     asyncio.run(run())
+
+
+def test_tasks_attached_at_once_are_each_whole_with_their_vip_table_and_leave_nothing(
+    lab: tuple[NetnsLab, list[tuple[str, str]]], tmp_path: Path
+) -> None:
+    """Eight attaches asked for at once while a sync pass runs (a backend change, its
+    VIP tables applied from several threads): each task ends with its interface, its
+    address and its VIP table (created outright, the namespace being new) up to date,
+    the record names each namespace's inode, they reach each other over the bridge, and
+    detaching them all at once leaves nothing."""
+    _lab, [(ns_a, addr_a), _] = lab
+    net = f"10.214.{secrets.randbelow(250)}"
+    n = network(f"{net}.0/24")
+    vip = f"{net}.250"
+    endpoint = ServiceEndpoint(network_id=n.id, service_id="svc", service_name="web", vip=vip)
+    tasks = [f"tc{i}{secrets.token_hex(2)}" for i in range(8)]
+    peers = [
+        NetworkPeer(
+            network_id=n.id, task_id=t, node_id="A", node_addr=addr_a, addr=f"{net}.{i + 2}",
+            service_id="svc", running=i < 2,
+        )
+        for i, t in enumerate(tasks)
+    ]  # fmt: skip
+
+    async def run() -> None:
+        p = Plumbing(tmp_path / "data", tmp_path / "run", addr_a, f"/run/netns/{ns_a}")
+        state = NetworkState()
+        p.watch(state)
+        state.apply(NetworkUpdate(full=True, networks=[n], peers=peers, endpoints=[endpoint]))
+        try:
+            attaching = [
+                p.attach(t, [NetworkAttachment(network=n, addresses=[f"{net}.{i + 2}/24"])])
+                for i, t in enumerate(tasks)
+            ]
+            # a backend comes up while they attach: a sync pass runs among them
+            state.apply(NetworkUpdate(peers=[msgspec.structs.replace(peers[2], running=True)]))
+            paths = await asyncio.gather(*attaching)
+            await asyncio.sleep(0)
+            while p._sync_task is not None and not p._sync_task.done():
+                await p._sync_task
+            backends = ", ".join(f"{i} : {net}.{i + 2}" for i in range(3))
+            for i, (task, path) in enumerate(zip(tasks, paths, strict=True)):
+                shown = in_ns(path, "ip", "-o", "addr", "show", "eth0").stdout
+                assert f"inet {net}.{i + 2}/24" in shown, shown
+                assert p.record.tasks[task]["ino"] == netns.inode(path)
+                table = in_ns(path, "nft", "list", "table", "ip", "shoal-vip").stdout
+                assert f"ip daddr {vip} dnat to numgen inc mod 3 map {{ {backends} }}" in table
+            assert p.vips.failures == 0
+            assert reaches(paths[0], f"{net}.9") and reaches(paths[7], f"{net}.2")
+            await asyncio.gather(*(p.detach(t) for t in tasks))
+            assert not any(netns.exists(Path(path)) for path in paths)
+            assert p.record.tasks == {}
+        finally:
+            await p.close()
+        assert not p.record.path.exists()
+        assert mounts_under(p.netns_dir) == []
+
+    asyncio.run(run())
+
+
+def test_a_callers_namespace_keeps_living_without_its_vip_table_after_detach(
+    lab: tuple[NetnsLab, list[tuple[str, str]]], tmp_path: Path
+) -> None:
+    """A namespace the caller has (a container's) may outlive the attachment: its VIP
+    table is deleted before the plumbing's file naming it goes; one the plumbing made
+    goes whole, table and all."""
+    _lab, [(ns_a, addr_a), _] = lab
+    net = f"10.215.{secrets.randbelow(250)}"
+    n = network(f"{net}.0/24")
+    endpoint = ServiceEndpoint(
+        network_id=n.id, service_id="svc", service_name="web", vip=f"{net}.250"
+    )
+    theirs = tmp_path / f"container-{secrets.token_hex(3)}"
+    netns.create(theirs)
+
+    async def run() -> None:
+        p = Plumbing(tmp_path / "data", tmp_path / "run", addr_a, f"/run/netns/{ns_a}")
+        state = NetworkState()
+        p.watch(state)
+        state.apply(NetworkUpdate(full=True, networks=[n], endpoints=[endpoint]))
+        try:
+            att = lambda a: [NetworkAttachment(network=n, addresses=[a])]  # noqa: E731
+            path = await p.attach("tcontainer", att(f"{net}.2/24"), netns_path=str(theirs))
+            made = await p.attach("tmade", att(f"{net}.3/24"))
+            for ns in (str(theirs), made):
+                assert "chain vip_refuse" in in_ns(ns, "nft", "list", "ruleset").stdout
+            await p.detach("tcontainer")
+            await p.detach("tmade")
+            assert not netns.exists(Path(path)) and not netns.exists(Path(made))
+            assert netns.exists(theirs)
+            assert in_ns(str(theirs), "nft", "list", "ruleset").stdout.strip() == ""
+        finally:
+            await p.close()
+
+    try:
+        asyncio.run(run())
+    finally:
+        netns.remove(theirs)
