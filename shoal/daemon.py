@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,8 +33,9 @@ from shoal.agent.network.plumbing import plumbing_for
 from shoal.agent.network.state import NetworkState
 from shoal.agent.session import RemoteSession
 from shoal.api.listen import APITLS
-from shoal.api.server import APIServer
+from shoal.api.server import APIServer, build_app
 from shoal.api.visualizer import VisualizerServer
+from shoal.daemon_ha import SharedStore, fetch_shared_keys, shared_keys
 from shoal.errors import (
     AlreadyInSwarm,
     InvalidArgument,
@@ -56,7 +58,7 @@ from shoal.manager.controlapi.swarm import (
     validate_init_network,
     validate_spec,
 )
-from shoal.manager.etcd.datastore import DatastoreConfig, EtcdDatastore
+from shoal.manager.etcd.datastore import DatastoreConfig
 from shoal.manager.etcd.datastore import wipe as wipe_datastore
 from shoal.manager.keys import ManagerKeys
 from shoal.manager.manager import Manager
@@ -86,6 +88,8 @@ MSG_LEAVE_MANAGER = (
 
 ROOT_KEY_FILE = "swarm-root-ca.key"
 RENEW_RETRY_S = 30.0
+# `swarm init` on a shared store waits this long to lead its new cluster.
+INIT_LEAD_TIMEOUT_S = 30.0
 # The garbage collector's generation thresholds on a manager (the default 700, 10, 10).
 GC_THRESHOLDS = (10_000, 10, 10)
 # What the daemon writes is its own: join tokens and registry credentials live in the
@@ -210,7 +214,8 @@ class Daemon:
         self.engine_host: str | None = config.engine_host if self.runtime == "docker" else None
         self._state: SwarmState | None = None
         self._manager: Manager | None = None
-        self._datastore: EtcdDatastore | None = None
+        # several managers on one etcd (`--datastore-endpoint`; shoal/daemon_ha.py)
+        self._shared: SharedStore | None = None
         self._agent: Agent | None = None
         self._cluster_server: ClusterServer | None = None
         self._remote: RemoteSession | None = None
@@ -251,7 +256,34 @@ class Daemon:
     def remote_managers(self) -> list[str]:
         if self._state is None:
             return []
-        return [self._state.advertise_addr] if self._state.runs_manager else self._state.managers
+        if self._state.runs_manager and self._shared is None:
+            return [self._state.advertise_addr]
+        return self._state.managers
+
+    @property
+    def several_managers(self) -> bool:
+        return self._shared is not None
+
+    @property
+    def leader_id(self) -> str | None:
+        return self._shared.leader_id if self._shared is not None else None
+
+    async def write_leader(self, wait_s: float) -> str | None:
+        if self._shared is None:
+            return None
+        return await self._shared.write_leader(wait_s)
+
+    def manager_client_tls(self) -> ssl.SSLContext:
+        return self._credentials().client_context()
+
+    def _set_managers(self, managers: list[str]) -> None:
+        """The managers' cluster ports a manager said at registration (fail-over)."""
+        state = self._state
+        if state is None or not managers or managers == state.managers:
+            return
+        state.managers = list(managers)
+        self._save_state(state)
+        log.info("managers known", managers=managers)
 
     @property
     def locked(self) -> bool:
@@ -418,10 +450,10 @@ class Daemon:
         assert self._state is not None
         if self.config.datastore is None:
             return SQLiteBackend(self._swarm_dir / "store.db")
-        self._datastore = await EtcdDatastore.open(
-            self.config.datastore, self._state.node_id, self._state.cluster_id
+        self._shared = await SharedStore.open(
+            self.config.datastore, self._state.cluster_id, self._state.node_id
         )
-        return self._datastore.backend
+        return self._shared.backend
 
     async def _start_manager(self, bootstrap: Callable[[Tx], None] | None = None) -> None:
         """Open the store, start the manager's loops and the cluster port, then the local
@@ -436,29 +468,43 @@ class Daemon:
         root = self._root_ca()
         host, port = split_addr(self._state.listen_addr, DEFAULT_SWARM_PORT)
         issuer = Issuer(store, root, self.remote_managers)
+        shared = self._shared
+        keys = self._keys
         server = ClusterServer(
-            store, manager.dispatcher, issuer, root, self._creds, self._state.cluster_id
+            store,
+            manager.dispatcher,
+            issuer,
+            root,
+            self._creds,
+            self._state.cluster_id,
+            leading=lambda: manager.leading,
+            shared_keys=(lambda: shared_keys(keys.dek or b"", root.key_pem)) if shared else None,
+            api=build_app(self) if shared else None,
         )
         try:
             bound = await server.start(host or "0.0.0.0", port)
         except OSError as e:
             store.close()
-            if self._datastore is not None:
-                await self._datastore.close()
-                self._datastore = None
+            if self._shared is not None:
+                await self._shared.stop()
+                self._shared = None
             raise ListenFailed(f"listen tcp {host}:{port}: {e.strerror or e}") from e
-        if bootstrap is not None:
-            if port == 0:  # a port picked at init is the node's from then on
-                self._state.listen_addr = f"{host}:{bound}"
-            adv_host, adv_port = split_addr(self._state.advertise_addr, port)
-            if adv_port == 0 or port == 0:
-                self._state.advertise_addr = f"{adv_host}:{bound}"
-            await store.update(bootstrap)
-        await store.update(lambda tx: adopt_root(tx, root))
-        issuer.managers[:] = self.remote_managers
+        # a port picked at init (or at a manager's join) is the node's from then on
+        if port == 0:
+            self._state.listen_addr = f"{host}:{bound}"
+        adv_host, adv_port = split_addr(self._state.advertise_addr, port)
+        if adv_port == 0 or port == 0:
+            self._state.advertise_addr = f"{adv_host}:{bound}"
         self._cluster_server = server
         self._manager = manager
-        manager.start()
+        if shared is None:
+            if bootstrap is not None:
+                await store.update(bootstrap)
+            await store.update(lambda tx: adopt_root(tx, root))
+            issuer.managers[:] = self.remote_managers
+            manager.start()
+        else:
+            await self._start_shared(shared, manager, root, bootstrap)
         # The store's tables and the loops' indexes are long-lived dicts and sets of up
         # to 100ks of entries (gc=False structs, strings): a full collection still visits
         # every entry (50-150 ms at 200k tasks, the event loop stopped; issue 15). They
@@ -473,11 +519,26 @@ class Daemon:
         # young instead of reaching the oldest generation, whose growth is what starts
         # a full collection (docs/sim.md).
         gc.set_threshold(*GC_THRESHOLDS)
+        if shared is not None:
+            # the local agent as any other: a session with whichever manager leads
+            state = self._state
+            self._remote = RemoteSession(
+                lambda: (
+                    [state.advertise_addr]
+                    + [a for a in state.managers if a != state.advertise_addr]
+                ),
+                self._credentials,
+                on_refused=self._renew_now.set,
+                on_trust=self._on_trust,
+                tls_info=lambda: node_tls_info(self._credentials()),
+                on_managers=self._set_managers,
+                manager_addr=state.advertise_addr,
+            )
         self._agent = Agent(
             self._state.node_id,
             self.node_addr,
             self.executor,
-            manager.dispatcher,
+            self._remote if self._remote is not None else manager.dispatcher,
             self._resources(),
             network=self._network(),
             metrics=self.metrics,
@@ -485,6 +546,38 @@ class Daemon:
         self._agent.start()
         self._renewer = asyncio.create_task(self._renew_loop(), name="cert-renewer")
         self._ca_watch = asyncio.create_task(self._watch_trust(manager), name="ca-watch")
+
+    async def _start_shared(
+        self,
+        shared: SharedStore,
+        manager: Manager,
+        root: RootCA,
+        bootstrap: Callable[[Tx], None] | None,
+    ) -> None:
+        """Several managers: follow, and campaign; once elected, the leader's loops
+        run (and at `swarm init` the first objects are written). `swarm init` waits
+        for that; a manager that restarts or joins serves reads at once."""
+        assert self._state is not None
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        first = [bootstrap]
+
+        async def on_elected() -> None:
+            try:
+                if first[0] is not None:
+                    await manager.store.update(first[0])
+                    first[0] = None
+                await manager.store.update(lambda tx: adopt_root(tx, root))
+            except BaseException as e:
+                if not done.done():
+                    done.set_exception(e)
+                raise
+            if not done.done():
+                done.set_result(None)
+
+        manager.start(lead=False)
+        shared.start(manager, self._state.advertise_addr, on_elected)
+        if bootstrap is not None:
+            await asyncio.wait_for(done, INIT_LEAD_TIMEOUT_S)
 
     async def _watch_trust(self, manager: Manager) -> None:
         """The manager's own node learns of a root rotation from the store, as remote
@@ -515,6 +608,7 @@ class Daemon:
             on_refused=self._renew_now.set,
             on_trust=self._on_trust,
             tls_info=lambda: node_tls_info(self._credentials()),
+            on_managers=self._set_managers,
         )
         self._agent = Agent(
             state.node_id,
@@ -583,7 +677,7 @@ class Daemon:
         if self._state is None or self._creds is None:
             return
         tls = node_tls_info(self._creds)
-        if self._manager is not None:
+        if self._manager is not None and self._shared is None:
             await record_node_tls(self._manager.store, self._state.node_id, tls)
         elif self._remote is not None:
             try:
@@ -624,12 +718,12 @@ class Daemon:
         if self._cluster_server is not None:
             await self._cluster_server.stop()
             self._cluster_server = None
+        if self._shared is not None:
+            await self._shared.stop()  # resigns: another manager leads at once
         if self._manager is not None:
             await self._manager.stop()
             self._manager = None
-        if self._datastore is not None:
-            await self._datastore.close()
-            self._datastore = None
+        self._shared = None
 
     async def stop(self) -> None:
         await self._api.stop()
@@ -728,18 +822,40 @@ class Daemon:
             shutil.rmtree(self._swarm_dir, ignore_errors=True)
             joined.credentials.save(self._certs_dir)
             self._creds = joined.credentials
+            # A manager on a shared store (--datastore-endpoint) is one for real: it
+            # opens the store as a follower with the DEK the managers share.
+            shared = joined.role == "manager" and self.config.datastore is not None
             self._state = SwarmState(
                 node_id=joined.node_id,
                 cluster_id=joined.cluster_id,
                 advertise_addr=f"{adv_host}:{listen_port}",
                 listen_addr=f"{listen_host}:{listen_port}",
                 role=joined.role,
-                runs_manager=False,
+                runs_manager=shared,
                 managers=joined.managers or [remote],
             )
-            self._save_state(self._state)
-            self._start_worker()
+            if shared:
+                await self._join_as_manager(remote)
+            else:
+                self._save_state(self._state)
+                self._start_worker()
             log.info("joined the swarm", node=joined.node_id, role=joined.role, manager=remote)
+
+    async def _join_as_manager(self, remote: str) -> None:
+        assert self._state is not None and self._creds is not None
+        try:
+            dek, root_key = await fetch_shared_keys(remote, self._creds)
+            self._keys = ManagerKeys.adopt(self._swarm_dir, dek)
+            self._write_private_key(self._certs_dir / ROOT_KEY_FILE, root_key)
+            await self._start_manager()
+        except BaseException:
+            await self._stop_swarm(stop_tasks=True)
+            shutil.rmtree(self._swarm_dir, ignore_errors=True)
+            self._state = None
+            self._creds = None
+            self._keys = None
+            raise
+        self._save_state(self._state)
 
     async def swarm_leave(self, force: bool) -> None:
         async with self._lock:
@@ -747,10 +863,15 @@ class Daemon:
                 raise NodeNotInSwarm()
             if self._state.runs_manager and not force and not self.locked:
                 raise LeaveRefused(MSG_LEAVE_MANAGER)
+            # the last manager of a shared store takes its state with it
+            last = self._manager is None or not any(
+                n.spec.role == "manager" and n.id != self._state.node_id
+                for n in self._manager.store.view().nodes()
+            )
             await self._stop_swarm(stop_tasks=True)
             for tid in self.executor.known_task_ids():
                 await discard_task(self.executor, tid)
-            if self.config.datastore is not None and self._state.runs_manager:
+            if self.config.datastore is not None and self._state.runs_manager and last:
                 try:
                     await wipe_datastore(self.config.datastore, self._state.cluster_id)
                 except EtcdError as e:  # the node leaves anyway; the keys stay behind

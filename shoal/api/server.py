@@ -149,12 +149,16 @@ def build_app(daemon: DaemonContext) -> web.Application:
         tasks,
         visualizer,
     )
+    from shoal.api.forward import forward_middleware
     from shoal.api.metrics import latency_middleware
     from shoal.api.metrics import register as register_metrics
 
-    # The latency middleware outermost: it times the answer docker_middleware gives.
+    # The latency middleware outermost: it times the answer docker_middleware gives;
+    # a follower's writes go to the leader inside it (errors in Docker's shape).
+    forward = forward_middleware(daemon, engine=bool(daemon.engine_host))
     app = web.Application(
-        middlewares=[latency_middleware, docker_middleware], client_max_size=64 * 1024**2
+        middlewares=[latency_middleware, docker_middleware, forward],
+        client_max_size=64 * 1024**2,
     )
     app[CONTEXT_KEY] = daemon
     router = Router(app)

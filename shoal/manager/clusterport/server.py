@@ -14,11 +14,17 @@ from typing import TypeVar
 import msgspec
 from aiohttp import web
 
-from shoal.errors import InvalidArgument, ResourceExhausted, http_error
+from shoal.errors import InvalidArgument, NoLeader, NotFound, ResourceExhausted, http_error
 from shoal.log import get_logger
 from shoal.manager.ca.issuer import Issuer
 from shoal.manager.ca.root import RootCA
-from shoal.manager.clusterport.access import ACCESS, Gate, refusing_removed
+from shoal.manager.clusterport.access import (
+    ACCESS,
+    FORWARD_PREFIX,
+    FORWARDED_API,
+    Gate,
+    refusing_removed,
+)
 from shoal.manager.clusterport.ratelimit import JoinLimiter
 from shoal.manager.clusterport.session import node_addr, serve_session
 from shoal.manager.dispatcher.dispatcher import Dispatcher
@@ -59,7 +65,18 @@ class ClusterServer:
         root: RootCA,
         credentials: NodeCredentials,
         cluster_id: str,
+        leading: Callable[[], bool] = lambda: True,
+        shared_keys: Callable[[], bytes] | None = None,
+        api: web.Application | None = None,
     ) -> None:
+        """Several managers (docs/ha.md): `leading` says whether this manager leads
+        (only the leader serves agent sessions: a follower answers 503 and the agent
+        tries the next manager); `shared_keys` answers `GET /manager/keys` (what a
+        joining manager needs to open the shared store); `api` is the Engine API app
+        served under FORWARD_PREFIX to followers forwarding writes."""
+        self._leading = leading
+        self._shared_keys = shared_keys
+        self._api = api
         self._dispatcher = dispatcher
         self._issuer = issuer
         self._root = root
@@ -80,11 +97,16 @@ class ClusterServer:
         app.router.add_post("/ca/renew", self._ca_renew)
         app.router.add_get("/dispatcher/session", self._session)
         app.router.add_get("/manager/ping", self._manager_ping)
+        app.router.add_get("/manager/keys", self._manager_keys)
+        if self._api is not None:
+            app.add_subapp(FORWARD_PREFIX, self._api)
         return app
 
     @web.middleware
     async def _access(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         rule = ACCESS.get((request.method, request.path))
+        if rule is None and request.path.startswith(FORWARD_PREFIX + "/"):
+            rule = FORWARDED_API
         if rule is None:
             return _error(404, "not found")
         ident = peer_identity(
@@ -167,12 +189,19 @@ class ClusterServer:
         )
 
     async def _session(self, request: web.Request) -> web.StreamResponse:
+        if not self._leading():
+            raise NoLeader("this manager does not lead: its agent sessions go to the leader")
         return await serve_session(
             request, request[IDENTITY_KEY], self._dispatcher, self._gate, self._store
         )
 
     async def _manager_ping(self, request: web.Request) -> web.Response:
         return web.Response(body=b'{"ok":true}', content_type="application/json")
+
+    async def _manager_keys(self, request: web.Request) -> web.Response:
+        if self._shared_keys is None:
+            raise NotFound("this manager's store is not shared")
+        return web.Response(body=self._shared_keys(), content_type="application/json")
 
 
 T = TypeVar("T")

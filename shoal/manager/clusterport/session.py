@@ -30,6 +30,7 @@ from shoal.log import get_logger
 from shoal.manager.ca.rotation import Directive, directive, record_node_tls
 from shoal.manager.clusterport.access import Gate
 from shoal.manager.dispatcher.dispatcher import Dispatcher
+from shoal.manager.roster import manager_addrs
 from shoal.manager.store import Store
 from shoal.pki import Identity
 from shoal.types import session as msg
@@ -191,12 +192,13 @@ class AgentSession:
         try:
             addr = node_addr(self._peer, hello.addr)
             period = await self._dispatcher.register(
-                self.node_id, hello.description, addr, self._logs
+                self.node_id, hello.description, addr, self._logs, hello.manager_addr
             )
         except ShoalError as e:
             await self._refuse(e.message)
             return False
-        await self._sender.send(msg.Registered(period=period))
+        managers = manager_addrs(self._store.view())
+        await self._sender.send(msg.Registered(period=period, managers=managers))
         return True
 
     async def _forward(self) -> None:

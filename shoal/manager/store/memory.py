@@ -522,6 +522,9 @@ class Store:
         self.group_commits = 0  # backend commits (each one or more transactions)
         self.foreign_commits = 0
         self.rolled_back = 0  # transactions taken back after a commit found the disk full
+        # Set while this manager does not lead (shoal/manager/leadership.py): the error
+        # every local write gets at once, before it is applied.
+        self.refuse_writes: Callable[[], Exception] | None = None
         self._load()
 
     def _load(self) -> None:
@@ -577,6 +580,8 @@ class Store:
         return result
 
     def _apply(self, fn: Callable[[Tx], T]) -> tuple[T, _Applied | None]:
+        if self.refuse_writes is not None:
+            raise self.refuse_writes()
         if self._failed is not None:
             raise Internal(f"the store cannot commit: {self._failed!r}")
         if self._in_tx:

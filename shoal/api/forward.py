@@ -1,0 +1,106 @@
+"""Writes through any manager: a follower forwards them to the leader (docs/ha.md).
+
+As SwarmKit's raft proxy forwards a follower's control API calls, a follower's Engine
+API forwards the HTTP request of a mutating swarm call (`docker service create`,
+`node update`, `secret rm`, ...) as it is, to the leader's cluster port under
+`/manager/api/` (mutual TLS; only a manager's certificate of the cluster may use that
+route: shoal/manager/clusterport/access.py), and answers what the leader answered.
+The leader's cluster port serves that route with the same Engine API app. Reads are
+answered from the follower's own replica; the engine's own endpoints (containers,
+images) and `swarm init/join/leave/unlock` are always local.
+
+The leader is found from the election (its key names the leader's cluster port); a
+follower that knows of no leader waits up to `LEADER_WAIT_S` for one (an election
+under way), then answers Docker's "The swarm does not have a leader" (503). A
+forwarded request carries `FORWARDED_HEADER`, and is never forwarded again.
+"""
+
+from __future__ import annotations
+
+import re
+import ssl
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from shoal.api.context import DaemonContext
+from shoal.errors import NoLeader
+from shoal.log import get_logger
+from shoal.manager.clusterport.access import FORWARD_PREFIX
+from shoal.pki import MANAGER_SERVER_NAME
+
+FORWARDED_HEADER = "X-Shoal-Forwarded"
+# An election after the leader died takes about the lease TTL (3 s) and one round.
+LEADER_WAIT_S = 10.0
+FORWARD_TIMEOUT_S = 60.0
+WRITES = frozenset({"POST", "PUT", "DELETE"})
+# The swarm's write routes (the version prefix stripped); networks only without an
+# engine (under the docker runtime a network create may be the engine's own).
+_SWARM_WRITE = re.compile(r"^/(services|nodes|secrets|configs|swarm/update)(/|$)")
+_NETWORK_WRITE = re.compile(r"^/networks(/|$)")
+_VERSION = re.compile(r"^/v\d+\.\d+(/.*)$")
+# Hop-by-hop headers and those the client library sets itself.
+_DROP = frozenset({"host", "content-length", "connection", "transfer-encoding", "keep-alive"})
+
+log = get_logger("shoal.api.forward")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def is_swarm_write(method: str, path: str, engine: bool) -> bool:
+    if method not in WRITES:
+        return False
+    m = _VERSION.match(path)
+    bare = m.group(1) if m else path
+    return bool(_SWARM_WRITE.match(bare) or (not engine and _NETWORK_WRITE.match(bare)))
+
+
+def forward_middleware(daemon: DaemonContext, engine: bool) -> Middleware:
+    """The API middleware: a swarm write on a follower goes to the leader
+    (`daemon.write_leader`: None when this manager takes it itself)."""
+
+    @web.middleware
+    async def forward(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not is_swarm_write(request.method, request.path, engine):
+            return await handler(request)
+        if request.headers.get(FORWARDED_HEADER):
+            # forwarded once already: this manager takes it, or refuses (no second hop)
+            if await daemon.write_leader(0.0) is not None:
+                raise NoLeader()
+            return await handler(request)
+        addr = await daemon.write_leader(LEADER_WAIT_S)
+        if addr is None:
+            return await handler(request)
+        return await _forward(request, addr, daemon.manager_client_tls())
+
+    return forward
+
+
+async def _forward(request: web.Request, addr: str, tls: ssl.SSLContext) -> web.StreamResponse:
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in _DROP}
+    headers[FORWARDED_HEADER] = "1"
+    body = await request.read()
+    url = f"https://{addr}{FORWARD_PREFIX}{request.path_qs}"
+    try:
+        async with aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT_S)
+        ) as http:
+            async with http.request(
+                request.method,
+                url,
+                data=body,
+                headers=headers,
+                ssl=tls,
+                server_hostname=MANAGER_SERVER_NAME,
+            ) as resp:
+                payload = await resp.read()
+                out = web.Response(status=resp.status, body=payload)
+                if "Content-Type" in resp.headers:
+                    out.headers["Content-Type"] = resp.headers["Content-Type"]
+    except (aiohttp.ClientError, OSError, TimeoutError) as e:
+        log.warning("forwarding a write to the leader failed", leader=addr, error=repr(e))
+        raise NoLeader() from e
+    log.info("write forwarded", method=request.method, path=request.path, leader=addr)
+    return out

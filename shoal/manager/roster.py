@@ -1,0 +1,42 @@
+"""The managers of a cluster as the store and the election know them: the cluster
+ports agents may dial, and each manager's `ManagerStatus` as dockerd shows it.
+
+With several managers (docs/ha.md) the status is not stored as it is shown: who leads
+is the election's (the etcd key), and a manager is `reachable` while its node is
+ready (its agent holds a session with the leader), `unreachable` once the leader's
+dispatcher marked it down. The stored `ManagerStatus` keeps the address the manager
+registered with (`Register.manager_addr`).
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from shoal.manager.store import ReadTx
+from shoal.types.node import ManagerStatus, Node
+
+
+def manager_addrs(view: ReadTx) -> list[str]:
+    """The cluster ports of the managers the store knows (their registered address),
+    ready ones first."""
+    managers = [
+        n
+        for n in view.nodes()
+        if n.spec.role == "manager" and n.manager_status is not None and n.manager_status.addr
+    ]
+    managers.sort(key=lambda n: (n.status.state != "ready", n.created_at, n.id))
+    return [n.manager_status.addr for n in managers if n.manager_status is not None]
+
+
+def with_status(node: Node, leader_id: str | None) -> Node:
+    """`node` with its ManagerStatus as shown: Leader from the election, Reachability
+    from the node's state (workers unchanged)."""
+    if node.spec.role != "manager":
+        return node
+    addr = node.manager_status.addr if node.manager_status is not None else ""
+    status = ManagerStatus(
+        leader=node.id == leader_id,
+        reachability="reachable" if node.status.state == "ready" else "unreachable",
+        addr=addr,
+    )
+    return msgspec.structs.replace(node, manager_status=status)

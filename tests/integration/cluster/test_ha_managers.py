@@ -1,0 +1,133 @@
+"""Several managers on one etcd (issue 13, docs/ha.md): three `shoal daemon`s started
+with `--datastore-endpoint` on one etcd (real etcd, real mutual TLS, loopback) and a
+worker, joined with the real docker CLI.
+
+- `docker node ls` through each manager shows one Leader and two Reachable, and
+  `docker info` three managers with this node a manager.
+- A service created through a follower converges (its write forwarded to the leader
+  over the cluster port).
+- The leader killed with SIGKILL: another manager leads, writes through any manager
+  succeed again, and the worker's tasks were not restarted (same task IDs, same pids).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shoal.manager.etcd.certs import member_tls, write_tls
+
+from ..cluster_harness import Cluster, ClusterNode, NodeFactory
+from ..etcd_harness import EtcdThread
+from ..harness import parse_table, wait_until
+
+pytestmark = pytest.mark.integration
+
+SLEEP = ("sleep", "1000")
+# A new leader once the old one's lease (3 s) expired, and agents back in session.
+FAILOVER_TIMEOUT_S = 30.0
+
+
+def manager_status(node: ClusterNode) -> dict[str, str]:
+    """{hostname: MANAGER STATUS} of `docker node ls` through `node`."""
+    rows = parse_table(node.docker("node", "ls").stdout)
+    return {r["HOSTNAME"]: r["MANAGER STATUS"] for r in rows}
+
+
+@pytest.fixture
+def ha(node_factory: NodeFactory, tmp_path: Path) -> Iterator[tuple[Cluster, list[ClusterNode]]]:
+    """Three managers on one etcd (mgr-1 ran `swarm init`) and a worker. The daemons
+    are stopped before the etcd they share."""
+    etcd = EtcdThread(tmp_path / "etcd")
+    with etcd as cluster_etcd:
+        (member,) = cluster_etcd.members
+        tls = write_tls(
+            member_tls(cluster_etcd.root, "shoal-managers", cluster_etcd.cluster_id, []),
+            tmp_path / "tls",
+        )
+        args = [
+            "--datastore-endpoint",
+            member.address.client_url,
+            "--datastore-cafile",
+            str(tls.ca),
+            "--datastore-certfile",
+            str(tls.cert),
+            "--datastore-keyfile",
+            str(tls.key),
+        ]
+        managers = [node_factory(f"mgr-{i}", extra_args=args) for i in (1, 2, 3)]
+        worker = node_factory("worker-1")
+        try:
+            cluster = Cluster.init(managers[0])
+            for m in managers[1:]:
+                cluster.join(m, role="manager")
+            cluster.join(worker)
+            yield cluster, managers
+        finally:
+            for node in [worker, *reversed(managers)]:
+                with contextlib.suppress(Exception):
+                    node.stop()
+
+
+def test_three_managers_one_leader_writes_through_a_follower(
+    ha: tuple[Cluster, list[ClusterNode]],
+) -> None:
+    cluster, managers = ha
+    names = [m.node_name for m in managers]
+
+    def one_leader(node: ClusterNode) -> dict[str, str] | None:
+        status = manager_status(node)
+        shown = sorted(status[n] for n in names)
+        return status if shown == ["Leader", "Reachable", "Reachable"] else None
+
+    for m in managers:
+        status = wait_until(lambda m=m: one_leader(m), what=f"one leader through {m.node_name}")
+        assert status["mgr-1"] == "Leader", status
+        assert status["worker-1"] == "", status
+        info = m.info()["Swarm"]
+        assert info["ControlAvailable"] is True
+        assert info["Managers"] == 3
+        assert len(info["RemoteManagers"]) == 3
+
+    # a follower's write goes to the leader; the worker runs the tasks
+    follower = managers[1]
+    follower.docker(
+        "service", "create", "--name", "web", "--replicas", "2",
+        "--constraint", "node.role==worker", "busybox", *SLEEP,
+    )  # fmt: skip
+    placed = cluster.wait_converged("web", 2, per_node={"worker-1": 2})
+    before = placed["worker-1"]
+    assert follower.service("web")["Spec"]["Mode"]["Replicated"]["Replicas"] == 2
+    # every manager's replica has it
+    for m in managers:
+        wait_until(lambda m=m: "web" in m.service_names(), what=f"web through {m.node_name}")
+
+    # the leader killed: another leads, writes succeed again through any manager
+    managers[0].kill9()
+    survivors = managers[1:]
+    cluster.manager = survivors[0]
+
+    def new_leader() -> str | None:
+        status = manager_status(survivors[0])
+        leaders = [n for n in names[1:] if status.get(n) == "Leader"]
+        return leaders[0] if len(leaders) == 1 else None
+
+    leader = wait_until(new_leader, timeout=FAILOVER_TIMEOUT_S, what="a new leader")
+    other = next(m for m in survivors if m.node_name != leader)
+    other.docker(
+        "service", "create", "--name", "after", "--replicas", "1",
+        "--constraint", "node.role==worker", "busybox", *SLEEP,
+    )  # fmt: skip
+    after = cluster.wait_converged("web", 2, per_node={"worker-1": 2}, timeout=FAILOVER_TIMEOUT_S)
+    cluster.wait_converged("after", 1, per_node={"worker-1": 1}, timeout=FAILOVER_TIMEOUT_S)
+    # the worker's tasks went on: same tasks, same processes
+    assert after["worker-1"] == before, (before, after)
+    # the dead manager is shown unreachable once the new leader's grace is over
+    wait_until(
+        lambda: manager_status(other).get("mgr-1") == "Unreachable",
+        timeout=FAILOVER_TIMEOUT_S,
+        what="mgr-1 unreachable",
+    )
