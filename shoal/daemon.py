@@ -63,6 +63,7 @@ from shoal.manager.etcd.datastore import wipe as wipe_datastore
 from shoal.manager.keys import ManagerKeys
 from shoal.manager.manager import Manager
 from shoal.manager.metrics import ManagerCollector
+from shoal.manager.roster import manager_addrs
 from shoal.manager.store import Backend, Store, Tx
 from shoal.manager.store.encrypted import EncryptedBackend
 from shoal.manager.store.sqlite import SQLiteBackend
@@ -521,11 +522,12 @@ class Daemon:
         gc.set_threshold(*GC_THRESHOLDS)
         if shared is not None:
             # the local agent as any other: a session with whichever manager leads
+            # (the managers as its own replica knows them)
             state = self._state
             self._remote = RemoteSession(
                 lambda: (
                     [state.advertise_addr]
-                    + [a for a in state.managers if a != state.advertise_addr]
+                    + [a for a in manager_addrs(manager.store.view()) if a != state.advertise_addr]
                 ),
                 self._credentials,
                 on_refused=self._renew_now.set,

@@ -7,7 +7,9 @@ worker, joined with the real docker CLI.
 - A service created through a follower converges (its write forwarded to the leader
   over the cluster port).
 - The leader killed with SIGKILL: another manager leads, writes through any manager
-  succeed again, and the worker's tasks were not restarted (same task IDs, same pids).
+  succeed again, and the worker's tasks were not restarted (same task IDs, same pids);
+  the dead manager is shown Unreachable. Restarted, it follows again (Reachable), and
+  a write through it reaches the new leader.
 """
 
 from __future__ import annotations
@@ -131,3 +133,16 @@ def test_three_managers_one_leader_writes_through_a_follower(
         timeout=FAILOVER_TIMEOUT_S,
         what="mgr-1 unreachable",
     )
+
+    # the killed manager restarted: a follower on its own replica, Reachable again,
+    # and writes through it go to the new leader
+    managers[0].start()
+    status = wait_until(
+        lambda: (s := one_leader(managers[0])) is not None and s["mgr-1"] == "Reachable" and s,
+        timeout=FAILOVER_TIMEOUT_S,
+        what="mgr-1 back as a follower",
+    )
+    assert status[leader] == "Leader", status
+    managers[0].docker("service", "update", "--detach", "--replicas", "2", "after")
+    cluster.wait_converged("after", 2, per_node={"worker-1": 2}, timeout=FAILOVER_TIMEOUT_S)
+    assert cluster.wait_converged("web", 2)["worker-1"] == before

@@ -1,0 +1,167 @@
+"""The leadership seam (shoal/manager/leadership.py) on a FakeClock, with a real Manager
+on an in-memory store: a follower's store refuses local writes and runs none of the
+leader's loops; elected, it leads (writes accepted, loops run and converge a service);
+deposed, its loops stop and its writes are refused again; elected again, fresh loops
+run. `wait_leader` waits through the clock for a leader other than a stale key of its
+own, and gives up at its timeout.
+
+The election and the etcd backend are stand-ins answering the seam's few calls (their
+behaviour against a real etcd: tests/integration/test_etcd_*.py, and the three
+managers of tests/integration/cluster/test_ha_managers.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from shoal.clock import FakeClock
+from shoal.errors import LostLeadership
+from shoal.etcdclient import Fence
+from shoal.manager.leadership import Candidate, Leadership
+from shoal.manager.manager import Manager
+from shoal.manager.store import MemoryBackend, Store, Tx
+
+from .test_store_contract import service
+
+ME = Candidate("me", "10.0.0.1:2377")
+OTHER = Candidate("other", "10.0.0.2:2377")
+
+
+class ElectionStandIn:
+    """Elects this candidate when the test says so (`win`); `leaders` feeds observe()."""
+
+    def __init__(self) -> None:
+        self.candidate = ME.encode()
+        self.lost = asyncio.Event()
+        self.wins: asyncio.Queue[Fence] = asyncio.Queue()
+        self.leaders: asyncio.Queue[str | None] = asyncio.Queue()
+        self.campaigns = 0
+
+    async def campaign(self) -> Fence:
+        self.campaigns += 1
+        fence = await self.wins.get()
+        self.lost = asyncio.Event()
+        return fence
+
+    async def observe(self) -> AsyncIterator[str | None]:
+        while True:
+            yield await self.leaders.get()
+
+
+class BackendStandIn:
+    def __init__(self) -> None:
+        self.fence: Fence | None = None
+
+    async def caught_up(self) -> None:
+        return None
+
+    def set_fence(self, fence: Fence | None) -> None:
+        self.fence = fence
+
+
+async def _write(store: Store, sid: str, replicas: int = 2) -> None:
+    def create(tx: Tx) -> None:
+        tx.create(service(sid, replicas))
+
+    await store.update(create)
+
+
+def test_follow_lead_lose_lead_again() -> None:
+    async def main() -> None:
+        clock = FakeClock()
+        store = Store(MemoryBackend(), clock)
+        manager = Manager(store, clock)
+        election, backend = ElectionStandIn(), BackendStandIn()
+        leadership = Leadership(
+            election,  # type: ignore[arg-type]
+            backend,  # type: ignore[arg-type]
+            store,
+            lambda: _lead(manager),
+            manager.follow,
+            clock,
+        )
+        manager.start(lead=False)
+        leadership.start()
+        await clock.settle()
+        # a follower: nothing of the leader's runs, local writes are refused at once
+        assert not manager.leading and not leadership.leading
+        with pytest.raises(LostLeadership):
+            await _write(store, "refused")
+        assert store.view().get_service("refused") is None
+
+        election.wins.put_nowait(Fence(b"k", 7))
+        await clock.settle()
+        assert leadership.leading and manager.leading and backend.fence == Fence(b"k", 7)
+        await _write(store, "web")
+        await clock.advance(1)
+        assert len(store.view().tasks_of_service("web")) == 2  # the orchestrator runs
+
+        election.lost.set()  # deposed: its lease is gone
+        await clock.settle()
+        assert not leadership.leading and not manager.leading and backend.fence is None
+        with pytest.raises(LostLeadership):
+            await _write(store, "refused")
+        assert election.campaigns == 2  # campaigning again
+
+        election.wins.put_nowait(Fence(b"k", 9))
+        await clock.settle()
+        assert manager.leading
+        await _write(store, "api", 3)
+        await clock.advance(1)
+        assert len(store.view().tasks_of_service("api")) == 3  # fresh loops run
+
+        await leadership.stop()
+        assert not manager.leading
+        await manager.stop()
+
+    asyncio.run(main())
+
+
+async def _lead(manager: Manager) -> None:
+    manager.lead()
+
+
+def test_wait_leader_through_the_clock() -> None:
+    async def main() -> None:
+        clock = FakeClock()
+        store = Store(MemoryBackend(), clock)
+        election, backend = ElectionStandIn(), BackendStandIn()
+        leadership = Leadership(
+            election,  # type: ignore[arg-type]
+            backend,  # type: ignore[arg-type]
+            store,
+            _nothing,
+            _nothing,
+            clock,
+        )
+        leadership.start()
+        # the key still names this manager (killed and restarted before its lease
+        # expired): not a leader to forward to
+        election.leaders.put_nowait(ME.encode())
+        await clock.settle()
+        waiting = asyncio.create_task(leadership.wait_leader(5.0))
+        await clock.advance(4.9)
+        assert not waiting.done()
+        await clock.advance(0.2)
+        assert waiting.done() and waiting.result() is None
+
+        waiting = asyncio.create_task(leadership.wait_leader(5.0))
+        await clock.advance(1)
+        election.leaders.put_nowait(OTHER.encode())
+        await clock.settle()
+        assert waiting.done() and waiting.result() == OTHER
+        await leadership.stop()
+
+    asyncio.run(main())
+
+
+async def _nothing() -> None:
+    return None
+
+
+def test_candidate_round_trip() -> None:
+    assert Candidate.decode(ME.encode()) == ME
+    assert Candidate.decode(None) is None
+    assert Candidate.decode("bare-name") == Candidate("bare-name", "")
