@@ -222,6 +222,8 @@ class RemoteSession:
                 if isinstance(m, msg.AssignmentMsg):
                     self._assignments.put_nowait(m.assignment)
                 elif isinstance(m, msg.HeartbeatAck):
+                    if m.managers:
+                        self._on_managers(m.managers)
                     fut = self._acks.get(m.seq)
                     if fut is not None and not fut.done():
                         fut.set_result(m.period)

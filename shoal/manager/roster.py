@@ -12,17 +12,23 @@ from __future__ import annotations
 
 import msgspec
 
-from shoal.manager.store import ReadTx
+from shoal.manager.store import ReadTx, Store
 from shoal.types.node import ManagerStatus, Node
+
+ROSTER_MAX_AGE_S = 1.0
 
 
 def manager_addrs(view: ReadTx) -> list[str]:
     """The cluster ports of the managers the store knows (their registered address),
-    ready ones first."""
+    ready ones first. A node promoted without a store to share (recorded
+    `unreachable`: it holds no state) is not one to dial."""
     managers = [
         n
         for n in view.nodes()
-        if n.spec.role == "manager" and n.manager_status is not None and n.manager_status.addr
+        if n.spec.role == "manager"
+        and n.manager_status is not None
+        and n.manager_status.addr
+        and n.manager_status.reachability != "unreachable"
     ]
     managers.sort(key=lambda n: (n.status.state != "ready", n.created_at, n.id))
     return [n.manager_status.addr for n in managers if n.manager_status is not None]
@@ -40,3 +46,21 @@ def with_status(node: Node, leader_id: str | None) -> Node:
         addr=addr,
     )
     return msgspec.structs.replace(node, manager_status=status)
+
+
+class RosterCache:
+    """`manager_addrs` for the sessions' heartbeat answers, computed again at most once
+    every `max_age_s` (it walks every node; heartbeats come by the thousand)."""
+
+    def __init__(self, store: Store, max_age_s: float = ROSTER_MAX_AGE_S) -> None:
+        self._store = store
+        self._max_age_s = max_age_s
+        self._at = float("-inf")
+        self._addrs: list[str] = []
+
+    def get(self) -> list[str]:
+        now = self._store.clock.monotonic()
+        if now - self._at >= self._max_age_s:
+            self._addrs = manager_addrs(self._store.view())
+            self._at = now
+        return self._addrs

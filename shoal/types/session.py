@@ -45,6 +45,8 @@ class Heartbeat(Model, tag="heartbeat", kw_only=True):
 class HeartbeatAck(Model, tag="heartbeat_ack", kw_only=True):
     seq: int
     period: float
+    # the managers' cluster ports when they changed since the session last said
+    managers: list[str] = msgspec.field(default_factory=list)
 
 
 class Status(Model, tag="status", kw_only=True):

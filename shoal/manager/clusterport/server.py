@@ -28,6 +28,7 @@ from shoal.manager.clusterport.access import (
 from shoal.manager.clusterport.ratelimit import JoinLimiter
 from shoal.manager.clusterport.session import node_addr, serve_session
 from shoal.manager.dispatcher.dispatcher import Dispatcher
+from shoal.manager.roster import RosterCache
 from shoal.manager.store import Store
 from shoal.pki import Identity, NodeCredentials, peer_identity
 from shoal.types.base import encode_json
@@ -76,6 +77,7 @@ class ClusterServer:
         served under FORWARD_PREFIX to followers forwarding writes."""
         self._leading = leading
         self._shared_keys = shared_keys
+        self._roster = RosterCache(store) if shared_keys is not None else None
         self._api = api
         self._dispatcher = dispatcher
         self._issuer = issuer
@@ -192,7 +194,7 @@ class ClusterServer:
         if not self._leading():
             raise NoLeader("this manager does not lead: its agent sessions go to the leader")
         return await serve_session(
-            request, request[IDENTITY_KEY], self._dispatcher, self._gate, self._store
+            request, request[IDENTITY_KEY], self._dispatcher, self._gate, self._store, self._roster
         )
 
     async def _manager_ping(self, request: web.Request) -> web.Response:
