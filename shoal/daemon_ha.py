@@ -17,14 +17,17 @@ from collections.abc import Awaitable, Callable
 
 import aiohttp
 
+from shoal.api.forward import LEADER_WAIT_S
 from shoal.errors import JoinFailed, NoLeader
 from shoal.log import get_logger
+from shoal.manager.clusterport.server import JOIN_PEER_HEADER
 from shoal.manager.etcd.datastore import DatastoreConfig, EtcdDatastore
 from shoal.manager.leadership import Candidate, Leadership
 from shoal.manager.manager import Manager
 from shoal.pki import MANAGER_SERVER_NAME, NodeCredentials
 
 KEYS_TIMEOUT_S = 10.0
+JOIN_VIA_TIMEOUT_S = 30.0
 
 log = get_logger("shoal.daemon")
 
@@ -88,6 +91,33 @@ class SharedStore:
         if not leader.addr:
             raise NoLeader()
         return leader.addr
+
+    def join_via_leader(
+        self, credentials: Callable[[], NodeCredentials]
+    ) -> Callable[[bytes, str], Awaitable[tuple[int, bytes]]]:
+        """The cluster port's hand-off of a join this follower took: to the leader's
+        `/manager/join`, with the joining node's address."""
+
+        async def via(body: bytes, peer: str) -> tuple[int, bytes]:
+            leader = await self.write_leader(LEADER_WAIT_S)
+            if leader is None:  # this manager leads now after all
+                raise NoLeader()
+            timeout = aiohttp.ClientTimeout(total=JOIN_VIA_TIMEOUT_S)
+            try:
+                async with aiohttp.ClientSession(timeout=timeout) as http:
+                    async with http.post(
+                        f"https://{leader}/manager/join",
+                        data=body,
+                        ssl=credentials().client_context(),
+                        server_hostname=MANAGER_SERVER_NAME,
+                        headers={"Content-Type": "application/json", JOIN_PEER_HEADER: peer},
+                    ) as r:
+                        return r.status, await r.read()
+            except (aiohttp.ClientError, OSError, TimeoutError) as e:
+                log.warning("handing a join to the leader failed", leader=leader, error=repr(e))
+                raise NoLeader() from e
+
+        return via
 
     async def stop(self) -> None:
         if self.leadership is not None:

@@ -12,6 +12,8 @@ the node as the store records it now:
     GET  /dispatcher/session yes           worker, manager   the node exists, same role
     GET  /manager/ping       yes           manager           the node exists, same role
     GET  /manager/keys       yes           manager           the node exists, same role
+    POST /manager/join       yes           manager           the node exists, same role
+                             (a join a follower took, for the leader to write)
     *    /manager/api/...    yes           manager           the node exists, same role
                              (a follower's Engine API writes, forwarded: api/forward.py)
 
@@ -55,6 +57,7 @@ ACCESS: dict[tuple[str, str], Rule] = {
     ("GET", "/dispatcher/session"): Rule(ANY_NODE),
     ("GET", "/manager/ping"): Rule(MANAGERS),
     ("GET", "/manager/keys"): Rule(MANAGERS),
+    ("POST", "/manager/join"): Rule(MANAGERS),
 }
 # Every path under it: the Engine API, for managers only (writes forwarded to the leader).
 FORWARD_PREFIX = "/manager/api"

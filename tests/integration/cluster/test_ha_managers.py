@@ -2,6 +2,7 @@
 with `--datastore-endpoint` on one etcd (real etcd, real mutual TLS, loopback) and a
 worker, joined with the real docker CLI.
 
+- The worker joins through a follower (the join handed to the leader).
 - `docker node ls` through each manager shows one Leader and two Reachable, and
   `docker info` three managers with this node a manager.
 - A service created through a follower converges (its write forwarded to the leader
@@ -39,6 +40,13 @@ def manager_status(node: ClusterNode) -> dict[str, str]:
     return {r["HOSTNAME"]: r["MANAGER STATUS"] for r in rows}
 
 
+def cluster_port(node: ClusterNode) -> int:
+    """The cluster port a manager that joined bound (it asked for port 0)."""
+    swarm = node.info()["Swarm"]
+    (addr,) = [m["Addr"] for m in swarm["RemoteManagers"] if m["NodeID"] == swarm["NodeID"]]
+    return int(addr.rpartition(":")[2])
+
+
 @pytest.fixture
 def ha(node_factory: NodeFactory, tmp_path: Path) -> Iterator[tuple[Cluster, list[ClusterNode]]]:
     """Three managers on one etcd (mgr-1 ran `swarm init`) and a worker. The daemons
@@ -66,7 +74,12 @@ def ha(node_factory: NodeFactory, tmp_path: Path) -> Iterator[tuple[Cluster, lis
             cluster = Cluster.init(managers[0])
             for m in managers[1:]:
                 cluster.join(m, role="manager")
-            cluster.join(worker)
+                m.cluster_port = cluster_port(m)
+            # the worker joins through a follower (which hands the join to the leader)
+            joined = worker.join(cluster.join_token(), managers[1])
+            assert "This node joined a swarm as a worker." in joined.stdout, joined
+            cluster.nodes[worker.node_name] = worker
+            cluster.wait_node_state(worker.node_name, "ready")
             yield cluster, managers
         finally:
             for node in [worker, *reversed(managers)]:
