@@ -744,7 +744,22 @@ class Store:
         if feed is None:
             return
         async for commit in feed:
+            if self._pending:
+                await self._drain_pending()
             self.apply_foreign(commit)
+
+    async def _drain_pending(self) -> None:
+        """Another writer committed while this store has writes of its own in flight:
+        the leadership moved (a deposed leader that does not know yet). Those writes
+        cannot commit after it (the fence refuses them): they are refused and taken
+        back before the other writer's commit is applied on the durable tables."""
+        log.warning("a commit of another manager met writes in flight; settling them first")
+        while self._pending:
+            if self._failed is not None:
+                raise Internal(f"the store cannot commit: {self._failed!r}")
+            if self._flushing is None:
+                self._flushing = asyncio.ensure_future(self._flush_once())
+            await asyncio.shield(self._flushing)
 
     def apply_foreign(self, commit: Commit) -> None:
         """A commit another writer made durable: into the tables, then to watchers."""

@@ -21,7 +21,9 @@ from shoal.errors import LostLeadership
 from shoal.etcdclient import Fence
 from shoal.manager.leadership import Candidate, Leadership
 from shoal.manager.manager import Manager
-from shoal.manager.store import MemoryBackend, Store, Tx
+from shoal.manager.store import MemoryBackend, Record, Store, Tx
+from shoal.manager.store.memory import encode_record
+from shoal.types.meta import ServiceMeta
 
 from .test_store_contract import service
 
@@ -165,3 +167,43 @@ def test_candidate_round_trip() -> None:
     assert Candidate.decode(ME.encode()) == ME
     assert Candidate.decode(None) is None
     assert Candidate.decode("bare-name") == Candidate("bare-name", "")
+
+
+class DeposedBackend(MemoryBackend):
+    """A deposed leader's backend: its commits wait (`hold`) and are then fenced off."""
+
+    async def commit(self, index: int, records: list[Record]) -> None:
+        await self._released.wait()
+        raise LostLeadership("fencing token superseded (test)")
+
+
+def test_a_foreign_commit_meeting_writes_in_flight_waits_for_them() -> None:
+    """A deposed leader that does not know yet has a write in flight when the new
+    leader's commit arrives: its write is refused and taken back first, then the new
+    leader's commit is applied, and the feed goes on with the next one."""
+
+    async def main() -> None:
+        backend = DeposedBackend()
+        store = Store(backend)
+        feed = asyncio.create_task(store.run())
+        await asyncio.sleep(0)
+        backend.hold()
+        mine = asyncio.create_task(_write(store, "mine"))
+        await asyncio.sleep(0)
+        assert store.view().get_service("mine") is not None  # applied, in flight
+        backend.inject([encode_record("service", service("theirs"), ServiceMeta(spec_version=1))])
+        await asyncio.sleep(0)
+        assert store.view().get_service("theirs") is None  # waits behind the write
+        backend.release()
+        with pytest.raises(LostLeadership):
+            await mine
+        await asyncio.sleep(0)
+        view = store.view()
+        assert view.get_service("mine") is None and view.get_service("theirs") is not None
+        backend.inject([encode_record("service", service("next"), ServiceMeta(spec_version=1))])
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert store.view().get_service("next") is not None and not feed.done()
+        feed.cancel()
+
+    asyncio.run(main())
