@@ -480,7 +480,7 @@ class Daemon:
             self._state.cluster_id,
             leading=lambda: manager.leading,
             shared_keys=(lambda: shared_keys(keys.dek or b"", root.key_pem)) if shared else None,
-            api=build_app(self) if shared else None,
+            api=build_app(self, forwarded=True) if shared else None,
             join_via_leader=shared.join_via_leader(self._credentials) if shared else None,
         )
         try:

@@ -11,8 +11,11 @@ images) and `swarm init/join/leave/unlock` are always local.
 
 The leader is found from the election (its key names the leader's cluster port); a
 follower that knows of no leader waits up to `LEADER_WAIT_S` for one (an election
-under way), then answers Docker's "The swarm does not have a leader" (503). A
-forwarded request carries `FORWARDED_HEADER`, and is never forwarded again.
+under way), then answers Docker's "The swarm does not have a leader" (503). The
+leader's side (`forwarded_middleware`) takes a forwarded write only while it leads
+(never a second hop), and answers with its store index (`INDEX_HEADER`): the follower
+answers its client once its replica holds that index (read-your-writes: the CLI reads
+the service it just created from the same manager).
 """
 
 from __future__ import annotations
@@ -31,10 +34,13 @@ from shoal.log import get_logger
 from shoal.manager.clusterport.access import FORWARD_PREFIX
 from shoal.pki import MANAGER_SERVER_NAME
 
-FORWARDED_HEADER = "X-Shoal-Forwarded"
 # An election after the leader died takes about the lease TTL (3 s) and one round.
 LEADER_WAIT_S = 10.0
 FORWARD_TIMEOUT_S = 60.0
+# The leader's store index after a forwarded write; the follower answers once its
+# replica holds it (at most CATCH_UP_S), so a read after the write sees it.
+INDEX_HEADER = "X-Shoal-Index"
+CATCH_UP_S = 5.0
 WRITES = frozenset({"POST", "PUT", "DELETE"})
 # The swarm's write routes (the version prefix stripped); networks only without an
 # engine (under the docker runtime a network create may be the engine's own).
@@ -65,22 +71,43 @@ def forward_middleware(daemon: DaemonContext, engine: bool) -> Middleware:
     async def forward(request: web.Request, handler: Handler) -> web.StreamResponse:
         if not is_swarm_write(request.method, request.path, engine):
             return await handler(request)
-        if request.headers.get(FORWARDED_HEADER):
-            # forwarded once already: this manager takes it, or refuses (no second hop)
-            if await daemon.write_leader(0.0) is not None:
-                raise NoLeader()
-            return await handler(request)
         addr = await daemon.write_leader(LEADER_WAIT_S)
         if addr is None:
             return await handler(request)
-        return await _forward(request, addr, daemon.manager_client_tls())
+        resp = await _forward(request, addr, daemon.manager_client_tls())
+        # read-your-writes: answer once this replica holds what the leader wrote
+        index = resp.headers.pop(INDEX_HEADER, "")
+        manager = daemon.manager
+        if index.isdigit() and manager is not None:
+            if not await manager.store.reached(int(index), CATCH_UP_S):
+                log.warning("the replica did not catch up with a forwarded write", index=index)
+        return resp
 
     return forward
 
 
+def forwarded_middleware(daemon: DaemonContext) -> Middleware:
+    """The leader's side (its cluster port's `/manager/api/`): a write a follower
+    forwarded is taken here, or refused if this manager no longer leads (no second
+    hop); the answer carries the store index the follower waits for."""
+
+    @web.middleware
+    async def forwarded(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.method not in WRITES:
+            return await handler(request)
+        if await daemon.write_leader(0.0) is not None:
+            raise NoLeader()
+        resp = await handler(request)
+        manager = daemon.manager
+        if manager is not None and not resp.prepared:
+            resp.headers[INDEX_HEADER] = str(manager.store.durable_index)
+        return resp
+
+    return forwarded
+
+
 async def _forward(request: web.Request, addr: str, tls: ssl.SSLContext) -> web.StreamResponse:
     headers = {k: v for k, v in request.headers.items() if k.lower() not in _DROP}
-    headers[FORWARDED_HEADER] = "1"
     body = await request.read()
     url = f"https://{addr}{FORWARD_PREFIX}{request.path_qs}"
     try:
@@ -97,8 +124,9 @@ async def _forward(request: web.Request, addr: str, tls: ssl.SSLContext) -> web.
             ) as resp:
                 payload = await resp.read()
                 out = web.Response(status=resp.status, body=payload)
-                if "Content-Type" in resp.headers:
-                    out.headers["Content-Type"] = resp.headers["Content-Type"]
+                for name in ("Content-Type", INDEX_HEADER):
+                    if name in resp.headers:
+                        out.headers[name] = resp.headers[name]
     except (aiohttp.ClientError, OSError, TimeoutError) as e:
         log.warning("forwarding a write to the leader failed", leader=addr, error=repr(e))
         raise NoLeader() from e

@@ -525,6 +525,8 @@ class Store:
         # Set while this manager does not lead (shoal/manager/leadership.py): the error
         # every local write gets at once, before it is applied.
         self.refuse_writes: Callable[[], Exception] | None = None
+        # set (and replaced) at every foreign commit applied: reached() waits on it
+        self._foreign_applied = asyncio.Event()
         self._load()
 
     def _load(self) -> None:
@@ -786,6 +788,22 @@ class Store:
         self.foreign_commits += 1
         if events:
             self._publish(events)
+        self._foreign_applied.set()
+        self._foreign_applied = asyncio.Event()
+
+    async def reached(self, index: int, timeout_s: float) -> bool:
+        """Wait until this replica holds every commit up to `index` (a write another
+        manager made for this one: read-your-writes); False if not within `timeout_s`."""
+        deadline = self.clock.monotonic() + timeout_s
+        while self.durable_index < index:
+            left = deadline - self.clock.monotonic()
+            if left <= 0:
+                return False
+            try:
+                await self.clock.wait_for(self._foreign_applied.wait(), left)
+            except TimeoutError:
+                return False
+        return True
 
     def watch(self, *kinds: str) -> Watcher:
         w = Watcher(self, frozenset(kinds) if kinds else None)

@@ -133,9 +133,12 @@ def test_three_managers_one_leader_writes_through_a_follower(
     leader = wait_until(new_leader, timeout=FAILOVER_TIMEOUT_S, what="a new leader")
     other = next(m for m in survivors if m.node_name != leader)
     other.docker(
-        "service", "create", "--name", "after", "--replicas", "1",
+        "service", "create", "--detach", "--name", "after", "--replicas", "1",
         "--constraint", "node.role==worker", "busybox", *SLEEP,
     )  # fmt: skip
+    # read-your-writes: the manager that forwarded the write (or took it) answers
+    # only once its replica holds it
+    assert other.service("after")["Spec"]["Name"] == "after"
     after = cluster.wait_converged("web", 2, per_node={"worker-1": 2}, timeout=FAILOVER_TIMEOUT_S)
     cluster.wait_converged("after", 1, per_node={"worker-1": 1}, timeout=FAILOVER_TIMEOUT_S)
     # the worker's tasks went on: same tasks, same processes

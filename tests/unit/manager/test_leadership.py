@@ -207,3 +207,28 @@ def test_a_foreign_commit_meeting_writes_in_flight_waits_for_them() -> None:
         feed.cancel()
 
     asyncio.run(main())
+
+
+def test_a_replica_reaches_an_index_through_the_clock() -> None:
+    """`Store.reached`: a follower waits for the commit a forwarded write made (read-
+    your-writes), and gives up at its timeout."""
+
+    async def main() -> None:
+        clock = FakeClock()
+        backend = MemoryBackend()
+        store = Store(backend, clock)
+        feed = asyncio.create_task(store.run())
+        await clock.settle()
+        waiting = asyncio.create_task(store.reached(1, 5.0))
+        await clock.advance(4)
+        assert not waiting.done()
+        backend.inject([encode_record("service", service("web"), ServiceMeta(spec_version=1))])
+        await clock.settle()
+        assert waiting.done() and waiting.result() is True
+        assert await store.reached(1, 0.0)
+        late = asyncio.create_task(store.reached(2, 5.0))
+        await clock.advance(5.1)
+        assert late.done() and late.result() is False
+        feed.cancel()
+
+    asyncio.run(main())
