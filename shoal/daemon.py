@@ -89,8 +89,6 @@ MSG_LEAVE_MANAGER = (
 
 ROOT_KEY_FILE = "swarm-root-ca.key"
 RENEW_RETRY_S = 30.0
-# `swarm init` on a shared store waits this long to lead its new cluster.
-INIT_LEAD_TIMEOUT_S = 30.0
 # The garbage collector's generation thresholds on a manager (the default 700, 10, 10).
 GC_THRESHOLDS = (10_000, 10, 10)
 # What the daemon writes is its own: join tokens and registry credentials live in the
@@ -506,7 +504,10 @@ class Daemon:
             issuer.managers[:] = self.remote_managers
             manager.start()
         else:
-            await self._start_shared(shared, manager, root, bootstrap)
+            # follow and campaign; `swarm init` waits to lead (its first writes)
+            first = [bootstrap] if bootstrap is not None else []
+            first.append(lambda tx: adopt_root(tx, root))
+            await shared.start(manager, self._state.advertise_addr, first, bootstrap is not None)
         # The store's tables and the loops' indexes are long-lived dicts and sets of up
         # to 100ks of entries (gc=False structs, strings): a full collection still visits
         # every entry (50-150 ms at 200k tasks, the event loop stopped; issue 15). They
@@ -549,38 +550,6 @@ class Daemon:
         self._agent.start()
         self._renewer = asyncio.create_task(self._renew_loop(), name="cert-renewer")
         self._ca_watch = asyncio.create_task(self._watch_trust(manager), name="ca-watch")
-
-    async def _start_shared(
-        self,
-        shared: SharedStore,
-        manager: Manager,
-        root: RootCA,
-        bootstrap: Callable[[Tx], None] | None,
-    ) -> None:
-        """Several managers: follow, and campaign; once elected, the leader's loops
-        run (and at `swarm init` the first objects are written). `swarm init` waits
-        for that; a manager that restarts or joins serves reads at once."""
-        assert self._state is not None
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        first = [bootstrap]
-
-        async def on_elected() -> None:
-            try:
-                if first[0] is not None:
-                    await manager.store.update(first[0])
-                    first[0] = None
-                await manager.store.update(lambda tx: adopt_root(tx, root))
-            except BaseException as e:
-                if not done.done():
-                    done.set_exception(e)
-                raise
-            if not done.done():
-                done.set_result(None)
-
-        manager.start(lead=False)
-        shared.start(manager, self._state.advertise_addr, on_elected)
-        if bootstrap is not None:
-            await asyncio.wait_for(done, INIT_LEAD_TIMEOUT_S)
 
     async def _watch_trust(self, manager: Manager) -> None:
         """The manager's own node learns of a root rotation from the store, as remote

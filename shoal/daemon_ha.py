@@ -11,6 +11,7 @@ key), from a manager's cluster port, with its new manager certificate.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from collections.abc import Awaitable, Callable
@@ -24,9 +25,12 @@ from shoal.manager.clusterport.server import JOIN_PEER_HEADER
 from shoal.manager.etcd.datastore import DatastoreConfig, EtcdDatastore
 from shoal.manager.leadership import Candidate, Leadership
 from shoal.manager.manager import Manager
+from shoal.manager.store import Tx
 from shoal.pki import MANAGER_SERVER_NAME, NodeCredentials
 
 KEYS_TIMEOUT_S = 10.0
+# `swarm init` on a shared store waits this long to lead its new cluster.
+INIT_LEAD_TIMEOUT_S = 30.0
 JOIN_VIA_TIMEOUT_S = 30.0
 
 log = get_logger("shoal.daemon")
@@ -43,24 +47,42 @@ class SharedStore:
         # the candidate's address is set once the cluster port is bound (start())
         return cls(await EtcdDatastore.open(config, cluster_id, Candidate(node_id, "").encode()))
 
-    def start(
+    async def start(
         self,
         manager: Manager,
         addr: str,
-        on_elected: Callable[[], Awaitable[None]] = lambda: _nothing(),
+        on_elected: list[Callable[[Tx], None]],
+        wait: bool = False,
     ) -> None:
-        """Campaign as the manager at cluster port `addr`; lead `manager` when elected."""
+        """Follow, and campaign as the manager at cluster port `addr`; when elected,
+        lead `manager` and write `on_elected` (pure transactions: at `swarm init` the
+        first objects, then what each new leader checks; a transaction that changes
+        nothing writes nothing). `wait`: return once elected and written (init)."""
         election = self.datastore.election
         me = Candidate.decode(election.candidate)
         assert me is not None
         election.candidate = Candidate(me.node_id, addr).encode()
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        first = [True]
 
         async def elected() -> None:
             manager.lead()
-            await on_elected()
+            try:
+                for fn in on_elected if first[0] else on_elected[-1:]:
+                    await manager.store.update(fn)
+                first[0] = False
+            except BaseException as e:
+                if not done.done():
+                    done.set_exception(e)
+                raise
+            if not done.done():
+                done.set_result(None)
 
+        manager.start(lead=False)
         self.leadership = Leadership(election, self.backend, manager.store, elected, manager.follow)
         self.leadership.start()
+        if wait:
+            await asyncio.wait_for(done, INIT_LEAD_TIMEOUT_S)
 
     @property
     def leading(self) -> bool:
@@ -124,10 +146,6 @@ class SharedStore:
             await self.leadership.stop()
             self.leadership = None
         await self.datastore.close()
-
-
-async def _nothing() -> None:
-    return None
 
 
 def shared_keys(dek: bytes, root_key: bytes) -> bytes:
