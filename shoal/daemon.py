@@ -63,7 +63,7 @@ from shoal.manager.etcd.datastore import wipe as wipe_datastore
 from shoal.manager.keys import ManagerKeys
 from shoal.manager.manager import Manager
 from shoal.manager.metrics import ManagerCollector
-from shoal.manager.roster import manager_addrs
+from shoal.manager.roster import manager_addrs, mark_leader
 from shoal.manager.store import Backend, Store, Tx
 from shoal.manager.store.encrypted import EncryptedBackend
 from shoal.manager.store.sqlite import SQLiteBackend
@@ -506,7 +506,13 @@ class Daemon:
         else:
             # follow and campaign; `swarm init` waits to lead (its first writes)
             first = [bootstrap] if bootstrap is not None else []
-            first.append(lambda tx: adopt_root(tx, root))
+            node_id = self._state.node_id
+
+            def on_elected(tx: Tx) -> None:
+                adopt_root(tx, root)
+                mark_leader(tx, node_id)
+
+            first.append(on_elected)
             await shared.start(manager, self._state.advertise_addr, first, bootstrap is not None)
         # The store's tables and the loops' indexes are long-lived dicts and sets of up
         # to 100ks of entries (gc=False structs, strings): a full collection still visits

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import msgspec
 
-from shoal.manager.store import ReadTx, Store
+from shoal.manager.store import ReadTx, Store, Tx
 from shoal.types.node import ManagerStatus, Node
 
 ROSTER_MAX_AGE_S = 1.0
@@ -64,3 +64,17 @@ class RosterCache:
             self._addrs = manager_addrs(self._store.view())
             self._at = now
         return self._addrs
+
+
+def mark_leader(tx: Tx, node_id: str) -> None:
+    """What a new leader records (pure): its ManagerStatus says Leader, no other
+    manager's does (the events' `leader` attribute and `node demote` read the stored
+    one; what node ls shows is computed from the election anyway)."""
+    for node in tx.nodes():
+        ms = node.manager_status
+        if node.spec.role != "manager" or ms is None:
+            continue
+        leader = node.id == node_id
+        if ms.leader != leader:
+            status = msgspec.structs.replace(ms, leader=leader)
+            tx.update(msgspec.structs.replace(node, manager_status=status))

@@ -21,9 +21,11 @@ from shoal.errors import LostLeadership
 from shoal.etcdclient import Fence
 from shoal.manager.leadership import Candidate, Leadership
 from shoal.manager.manager import Manager
+from shoal.manager.roster import mark_leader
 from shoal.manager.store import MemoryBackend, Record, Store, Tx
 from shoal.manager.store.memory import encode_record
 from shoal.types.meta import ServiceMeta
+from shoal.types.node import ManagerStatus, Node, NodeSpec, NodeStatus
 
 from .test_store_contract import service
 
@@ -230,5 +232,39 @@ def test_a_replica_reaches_an_index_through_the_clock() -> None:
         await clock.advance(5.1)
         assert late.done() and late.result() is False
         feed.cancel()
+
+    asyncio.run(main())
+
+
+def test_a_new_leader_records_itself_as_the_leader() -> None:
+    async def main() -> None:
+        store = Store(MemoryBackend())
+
+        def managers(tx: Tx) -> None:
+            for node_id, leader in (("a", True), ("b", False), ("c", False)):
+                tx.create(
+                    Node(
+                        id=node_id,
+                        spec=NodeSpec(role="manager", availability="active"),
+                        status=NodeStatus(state="ready"),
+                        manager_status=ManagerStatus(leader=leader, reachability="reachable"),
+                    )
+                )
+            tx.create(
+                Node(
+                    id="w",
+                    spec=NodeSpec(role="worker", availability="active"),
+                    status=NodeStatus(state="ready"),
+                )
+            )
+
+        await store.update(managers)
+        await store.update(lambda tx: mark_leader(tx, "b"))
+        view = store.view()
+        shown = {n.id: n.manager_status.leader if n.manager_status else None for n in view.nodes()}
+        assert shown == {"a": False, "b": True, "c": False, "w": None}
+        index = store.index
+        await store.update(lambda tx: mark_leader(tx, "b"))
+        assert store.index == index  # nothing to change: nothing written
 
     asyncio.run(main())
