@@ -44,6 +44,9 @@ from shoal.types.task import Owner, Task, TaskState, TaskStatus, can_transition
 ROUTED_KINDS = ("task", "node", "service", "network")
 HEARTBEAT_GRACE = 3  # periods without a heartbeat before a node is down
 HEARTBEAT_EPSILON_S = 0.5  # jitter on the period given to agents
+# A new leader's grace for the nodes it has no session with yet: longer than an agent's
+# longest wait between two session tries (8 s), so a fail-over loses no live node.
+UNKNOWN_NODE_GRACE_S = 12.0
 # Agents' status reports are written with a leading edge (shoal/batching.py Batcher):
 # the first after STATUS_BATCH_INTERVAL_S of quiet at once, and the first of a task that
 # came to run (or ended) after STATUS_BATCH_INTERVAL_S without one; later ones in one
@@ -155,10 +158,13 @@ class Dispatcher:
 
     def _arm_unknown(self) -> None:
         """A dispatcher that starts (a new leader's) gives every node the store says is
-        up and that has no session here a grace of HEARTBEAT_GRACE periods to register
-        before it is down (SwarmKit marks them unknown): a node that died with the old
-        leader, or while no manager led, is noticed."""
-        deadline = self._clock.monotonic() + self.heartbeat_period() * HEARTBEAT_GRACE
+        up and that has no session here a grace of HEARTBEAT_GRACE periods (at least
+        UNKNOWN_NODE_GRACE_S) to register before it is down (SwarmKit marks them
+        unknown): a node that died with the old leader, or while no manager led, is
+        noticed, and one whose agent is between two tries is not taken for dead (a node
+        down has its tasks replaced)."""
+        grace = max(self.heartbeat_period() * HEARTBEAT_GRACE, UNKNOWN_NODE_GRACE_S)
+        deadline = self._clock.monotonic() + grace
         for node in self._store.view().nodes():
             if node.status.state == "down" or node.id in self._deadlines:
                 continue

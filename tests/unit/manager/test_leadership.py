@@ -19,6 +19,8 @@ import pytest
 from shoal.clock import FakeClock
 from shoal.errors import LostLeadership
 from shoal.etcdclient import Fence
+from shoal.manager.dispatcher import dispatcher as dispatcher_mod
+from shoal.manager.dispatcher.dispatcher import HEARTBEAT_GRACE, UNKNOWN_NODE_GRACE_S
 from shoal.manager.leadership import Candidate, Leadership
 from shoal.manager.manager import Manager
 from shoal.manager.roster import mark_leader
@@ -27,6 +29,7 @@ from shoal.manager.store.memory import encode_record
 from shoal.types.meta import ServiceMeta
 from shoal.types.node import ManagerStatus, Node, NodeSpec, NodeStatus
 
+from .sim import Sim
 from .test_store_contract import service
 
 ME = Candidate("me", "10.0.0.1:2377")
@@ -266,5 +269,46 @@ def test_a_new_leader_records_itself_as_the_leader() -> None:
         index = store.index
         await store.update(lambda tx: mark_leader(tx, "b"))
         assert store.index == index  # nothing to change: nothing written
+
+    asyncio.run(main())
+
+
+def test_a_new_leader_keeps_live_nodes_and_their_tasks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Leadership moves (the manager follows, no leader for 7 s, then it leads again,
+    as a new leader would): agents whose session tries back off (their next try comes
+    almost 6 s after the new leader started: longer than three 1 s heartbeat periods)
+    come back within the new leader's grace and keep their tasks; a node that died
+    meanwhile is marked down once the grace is over (and only then)."""
+    period_s = 1.0
+    monkeypatch.setattr(dispatcher_mod, "DEFAULT_HEARTBEAT_PERIOD_NS", int(period_s * 1e9))
+
+    async def test(sim: Sim) -> None:
+        sid = await sim.create(replicas=3)
+        await sim.advance(1)
+        before = {t.id for t in sim.running(sid)}
+        assert len(before) == 3
+        dead = sorted(sim.node_ids)[0]
+        await sim.manager.follow()
+        sim.store.refuse_writes = lambda: LostLeadership("no leader (test)")
+        await sim.kill_agent(dead)
+        await sim.advance(7)  # the election: agents' tries fail and back off
+        sim.store.refuse_writes = None
+        nodes = sim.store.watch("node")
+        sim.manager.lead()
+        grace = max(HEARTBEAT_GRACE * period_s, UNKNOWN_NODE_GRACE_S)
+        await sim.advance(grace - 0.5)
+        went_down = {e.obj.id for e in nodes.get_nowait_all() if e.obj.status.state == "down"}
+        assert not went_down, went_down  # not even for a while
+        states = {n.id: n.status.state for n in sim.store.view().nodes()}
+        assert set(states.values()) == {"ready"}, states
+        assert {t.id for t in sim.running(sid)} == before  # nothing restarted
+        await sim.advance(1)
+        node = sim.store.view().get_node(dead)
+        assert node is not None and node.status.state == "down"
+        nodes.close()
+
+    async def main() -> None:
+        async with Sim(3) as sim:
+            await test(sim)
 
     asyncio.run(main())
