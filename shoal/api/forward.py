@@ -29,6 +29,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from shoal.api.context import DaemonContext
+from shoal.api.server import docker_headers
 from shoal.errors import NoLeader
 from shoal.log import get_logger
 from shoal.manager.clusterport.access import FORWARD_PREFIX
@@ -41,11 +42,15 @@ FORWARD_TIMEOUT_S = 60.0
 # replica holds it (at most CATCH_UP_S), so a read after the write sees it.
 INDEX_HEADER = "X-Shoal-Index"
 CATCH_UP_S = 5.0
+CONNECT_TIMEOUT_S = 5.0
 WRITES = frozenset({"POST", "PUT", "DELETE"})
 # The swarm's write routes (the version prefix stripped); networks only without an
 # engine (under the docker runtime a network create may be the engine's own).
 _SWARM_WRITE = re.compile(r"^/(services|nodes|secrets|configs|swarm/update)(/|$)")
 _NETWORK_WRITE = re.compile(r"^/networks(/|$)")
+# Logs come from the agents' sessions, which the leader holds: a follower streams them
+# from the leader.
+_LOGS = re.compile(r"^/(services|tasks)/[^/]+/logs$")
 _VERSION = re.compile(r"^/v\d+\.\d+(/.*)$")
 # Hop-by-hop headers and those the client library sets itself.
 _DROP = frozenset({"host", "content-length", "connection", "transfer-encoding", "keep-alive"})
@@ -63,12 +68,22 @@ def is_swarm_write(method: str, path: str, engine: bool) -> bool:
     return bool(_SWARM_WRITE.match(bare) or (not engine and _NETWORK_WRITE.match(bare)))
 
 
+def is_logs_read(method: str, path: str) -> bool:
+    m = _VERSION.match(path)
+    return method == "GET" and bool(_LOGS.match(m.group(1) if m else path))
+
+
 def forward_middleware(daemon: DaemonContext, engine: bool) -> Middleware:
     """The API middleware: a swarm write on a follower goes to the leader
     (`daemon.write_leader`: None when this manager takes it itself)."""
 
     @web.middleware
     async def forward(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if is_logs_read(request.method, request.path):
+            addr = await daemon.write_leader(LEADER_WAIT_S) if daemon.manager else None
+            if addr is None:
+                return await handler(request)
+            return await _stream(request, addr, daemon.manager_client_tls())
         if not is_swarm_write(request.method, request.path, engine):
             return await handler(request)
         addr = await daemon.write_leader(LEADER_WAIT_S)
@@ -104,6 +119,34 @@ def forwarded_middleware(daemon: DaemonContext) -> Middleware:
         return resp
 
     return forwarded
+
+
+async def _stream(request: web.Request, addr: str, tls: ssl.SSLContext) -> web.StreamResponse:
+    """A log stream from the leader, copied as it comes (`logs -f` lasts until the
+    client leaves; the leader's side then ends with the connection)."""
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in _DROP}
+    url = f"https://{addr}{FORWARD_PREFIX}{request.path_qs}"
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S)
+    out: web.StreamResponse | None = None
+    try:
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            async with http.get(
+                url, headers=headers, ssl=tls, server_hostname=MANAGER_SERVER_NAME
+            ) as resp:
+                out = web.StreamResponse(status=resp.status)
+                if "Content-Type" in resp.headers:
+                    out.headers["Content-Type"] = resp.headers["Content-Type"]
+                docker_headers(out)
+                await out.prepare(request)
+                async for chunk in resp.content.iter_any():
+                    await out.write(chunk)
+                await out.write_eof()
+                return out
+    except (aiohttp.ClientError, OSError, TimeoutError) as e:
+        log.warning("streaming logs from the leader failed", leader=addr, error=repr(e))
+        if out is not None and out.prepared:
+            return out  # the stream ends where the leader's did
+        raise NoLeader() from e
 
 
 async def _forward(request: web.Request, addr: str, tls: ssl.SSLContext) -> web.StreamResponse:

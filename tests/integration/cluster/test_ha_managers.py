@@ -6,7 +6,7 @@ worker, joined with the real docker CLI.
 - `docker node ls` through each manager shows one Leader and two Reachable, and
   `docker info` three managers with this node a manager.
 - A service created through a follower converges (its write forwarded to the leader
-  over the cluster port).
+  over the cluster port); its logs read through the follower (streamed from the leader).
 - The leader killed with SIGKILL: another manager leads, writes through any manager
   succeed again, and the worker's tasks were not restarted (same task IDs, same pids);
   the dead manager is shown Unreachable. Restarted, it follows again (Reachable), and
@@ -30,6 +30,8 @@ from ..harness import parse_table, wait_until
 pytestmark = pytest.mark.integration
 
 SLEEP = ("sleep", "1000")
+SLEEP_SH = "exec sleep 1000"
+GREETING = "hello-from-web"
 # A new leader once the old one's lease (3 s) expired, and agents back in session.
 FAILOVER_TIMEOUT_S = 30.0
 
@@ -111,7 +113,7 @@ def test_three_managers_one_leader_writes_through_a_follower(
     follower = managers[1]
     follower.docker(
         "service", "create", "--name", "web", "--replicas", "2",
-        "--constraint", "node.role==worker", "busybox", *SLEEP,
+        "--constraint", "node.role==worker", "busybox", "sh", "-c", f"echo {GREETING}; {SLEEP_SH}",
     )  # fmt: skip
     placed = cluster.wait_converged("web", 2, per_node={"worker-1": 2})
     before = placed["worker-1"]
@@ -119,6 +121,11 @@ def test_three_managers_one_leader_writes_through_a_follower(
     # every manager's replica has it
     for m in managers:
         wait_until(lambda m=m: "web" in m.service_names(), what=f"web through {m.node_name}")
+    # logs through a follower: streamed from the leader, which holds the sessions
+    wait_until(
+        lambda: follower.docker("service", "logs", "web").stdout.count(GREETING) == 2,
+        what="both tasks' output through a follower",
+    )
 
     # the leader killed: another leads, writes succeed again through any manager
     managers[0].kill9()
