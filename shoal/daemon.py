@@ -39,6 +39,7 @@ from shoal.daemon_ha import SharedStore, fetch_shared_keys, shared_keys
 from shoal.errors import (
     AlreadyInSwarm,
     InvalidArgument,
+    JoinFailed,
     LeaveRefused,
     ListenFailed,
     NodeNotInSwarm,
@@ -60,7 +61,7 @@ from shoal.manager.controlapi.swarm import (
 )
 from shoal.manager.etcd.datastore import DatastoreConfig
 from shoal.manager.etcd.datastore import wipe as wipe_datastore
-from shoal.manager.keys import ManagerKeys
+from shoal.manager.keys import KEYS_FILE, ManagerKeys
 from shoal.manager.manager import Manager
 from shoal.manager.metrics import ManagerCollector
 from shoal.manager.roster import manager_addrs, mark_leader
@@ -222,6 +223,7 @@ class Daemon:
         # a manager's DEK/KEK (shoal/manager/keys.py); locked until unlocked with autolock
         self._keys: ManagerKeys | None = None
         self._renewer: asyncio.Task[None] | None = None
+        self._switch: asyncio.Task[None] | None = None  # a role change under way
         # set when a manager refuses this node's certificate (its role changed), or
         # tells it what to trust (a root rotation: `_pending_trust`)
         self._renew_now = asyncio.Event()
@@ -637,7 +639,62 @@ class Daemon:
                 self._renew_now.set()
                 continue
             self._install(creds)
+            if self._role_changed():
+                # a promotion or demotion on a shared store: this daemon becomes what
+                # its certificate says (a task of its own: the switch stops this loop)
+                self._switch = asyncio.create_task(self._switch_role(), name="role-switch")
+                return
             await self._report_tls()
+
+    @staticmethod
+    async def _fetch_keys(managers: list[str], creds: NodeCredentials) -> tuple[bytes, bytes]:
+        """The shared store's keys from the first of `managers` that answers."""
+        failure: Exception = JoinFailed("no manager known")
+        for addr in managers:
+            try:
+                return await fetch_shared_keys(addr, creds)
+            except JoinFailed as e:
+                failure = e
+        raise failure
+
+    def _role_changed(self) -> bool:
+        state, creds = self._state, self._creds
+        if state is None or creds is None or self.config.datastore is None:
+            return False
+        return (creds.identity.role == "manager") != state.runs_manager
+
+    async def _switch_role(self) -> None:
+        """Several managers on a shared store: a promoted worker opens the store and
+        campaigns, a demoted manager stops doing so; its agent starts again on the
+        other side, and its tasks keep running (adopted, as after a restart)."""
+        async with self._lock:
+            state, creds = self._state, self._creds
+            if state is None or creds is None or not self._role_changed():
+                return
+            managers = list(self.remote_managers)
+            if self._manager is not None:
+                managers = manager_addrs(self._manager.store.view()) or managers
+            await self._stop_swarm(stop_tasks=False, keep_node=True)
+            if creds.identity.role == "manager":
+                try:
+                    dek, root_key = await self._fetch_keys(managers, creds)
+                except JoinFailed as e:  # it goes on as a worker (a manager on paper)
+                    log.error("promoted, but no manager gave the store's keys", error=str(e))
+                    self._start_worker()
+                    return
+                self._keys = ManagerKeys.adopt(self._swarm_dir, dek)
+                self._write_private_key(self._certs_dir / ROOT_KEY_FILE, root_key)
+                state.runs_manager, state.role = True, "manager"
+                await self._start_manager()
+            else:
+                self._keys = None
+                (self._swarm_dir / KEYS_FILE).unlink(missing_ok=True)
+                (self._certs_dir / ROOT_KEY_FILE).unlink(missing_ok=True)
+                state.runs_manager, state.role = False, "worker"
+                state.managers = [m for m in managers if m != state.advertise_addr]
+                self._start_worker()
+            self._save_state(state)
+            log.info("role changed", role=creds.identity.role)
 
     def _install(self, creds: NodeCredentials) -> None:
         changed_root = self._creds is None or creds.ca_pem != self._creds.ca_pem
@@ -672,7 +729,9 @@ class Daemon:
         managers = self._state.managers if self._state else []
         return await renew(managers[0], creds)
 
-    async def _stop_swarm(self, stop_tasks: bool) -> None:
+    async def _stop_swarm(self, stop_tasks: bool, keep_node: bool = False) -> None:
+        """`keep_node`: the node stays in the swarm with another role (its tasks'
+        plumbing and resolver stay)."""
         if self._ca_watch is not None:
             self._ca_watch.cancel()
             await asyncio.gather(self._ca_watch, return_exceptions=True)
@@ -684,10 +743,10 @@ class Daemon:
         if self._agent is not None:
             await self._agent.stop(stop_tasks=stop_tasks)
             self._agent = None
-        if self.plumbing is not None:
+        if self.plumbing is not None and not keep_node:
             # Without live-restore the tasks are stopped: nothing of theirs is kept.
             await self.plumbing.close(remove_all=stop_tasks)
-        if self.resolver is not None:
+        if self.resolver is not None and not keep_node:
             await self.resolver.close()
             self.resolver = None
         if self._remote is not None:

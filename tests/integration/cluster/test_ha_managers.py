@@ -71,7 +71,7 @@ def ha(node_factory: NodeFactory, tmp_path: Path) -> Iterator[tuple[Cluster, lis
             str(tls.key),
         ]
         managers = [node_factory(f"mgr-{i}", extra_args=args) for i in (1, 2, 3)]
-        worker = node_factory("worker-1")
+        worker = node_factory("worker-1", extra_args=args)  # promotable
         try:
             cluster = Cluster.init(managers[0])
             for m in managers[1:]:
@@ -169,3 +169,43 @@ def test_three_managers_one_leader_writes_through_a_follower(
     managers[0].docker("service", "update", "--detach", "--replicas", "2", "after")
     cluster.wait_converged("after", 2, per_node={"worker-1": 2}, timeout=FAILOVER_TIMEOUT_S)
     assert cluster.wait_converged("web", 2)["worker-1"] == before
+
+
+def test_promote_and_demote_on_a_shared_store(ha: tuple[Cluster, list[ClusterNode]]) -> None:
+    """`node promote` of the worker makes its daemon a manager for real (its API
+    answers manager calls from its own replica, it is Reachable), `node demote` a
+    worker again; its tasks run on through both (same task IDs, same pids)."""
+    cluster, managers = ha
+    worker = cluster.nodes["worker-1"]
+    managers[0].docker(
+        "service", "create", "--name", "kept", "--replicas", "1",
+        "--constraint", "node.hostname==worker-1", "busybox", *SLEEP,
+    )  # fmt: skip
+    before = cluster.wait_converged("kept", 1, per_node={"worker-1": 1})["worker-1"]
+    assert worker.docker("node", "ls", check=False).returncode != 0  # not a manager
+
+    managers[1].docker("node", "promote", "worker-1")
+    status = wait_until(
+        lambda: (
+            worker.docker("node", "ls", check=False).returncode == 0
+            and manager_status(worker).get("worker-1") == "Reachable"
+            and manager_status(worker)
+        ),
+        timeout=FAILOVER_TIMEOUT_S,
+        what="worker-1 a manager for real",
+    )
+    assert sorted(status.values()).count("Leader") == 1, status
+    assert worker.info()["Swarm"]["ControlAvailable"] is True
+    assert cluster.wait_converged("kept", 1)["worker-1"] == before
+
+    managers[1].docker("node", "demote", "worker-1")
+    wait_until(
+        lambda: (
+            worker.docker("node", "ls", check=False).returncode != 0
+            and worker.info()["Swarm"]["ControlAvailable"] is False
+        ),
+        timeout=FAILOVER_TIMEOUT_S,
+        what="worker-1 a worker again",
+    )
+    assert manager_status(managers[0]).get("worker-1") == ""
+    assert cluster.wait_converged("kept", 1)["worker-1"] == before
