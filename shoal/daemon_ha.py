@@ -106,9 +106,11 @@ class SharedStore:
         if lead.leading:
             return None
         leader = await lead.wait_leader(wait_s)
-        if leader is None or (leader == lead.me and not lead.leading):
+        if leader is None:
             raise NoLeader()
-        if leader == lead.me:
+        if lead.is_me(leader):
+            if not lead.leading:
+                raise NoLeader()
             return None
         if not leader.addr:
             raise NoLeader()

@@ -103,7 +103,15 @@ class Leadership:
         while True:
             fence = await self._election.campaign()
             lost = self._election.lost
-            await self._backend.caught_up()
+            try:
+                await self._backend.caught_up()
+            except CLIENT_ERRORS as e:
+                # leading on a replica that may be behind is not allowed: let another
+                # manager lead (or this one, once etcd answers again)
+                log.warning("elected, but cannot catch up; resigning", error=str(e))
+                await self._election.resign()
+                await self._clock.sleep(OBSERVE_RETRY_S)
+                continue
             self._backend.set_fence(fence)
             self._store.refuse_writes = None
             self.leading = True
@@ -124,6 +132,11 @@ class Leadership:
             except Exception:
                 log.exception("stopping the leader's loops failed")
 
+    def is_me(self, candidate: Candidate) -> bool:
+        """This manager (by node ID: a key left by its previous run names another
+        cluster port when that was picked at random)."""
+        return self.me is not None and candidate.node_id == self.me.node_id
+
     async def wait_leader(self, timeout_s: float) -> Candidate | None:
         """The leader once there is one other than a stale key of this very manager
         (or this manager leads), waiting up to `timeout_s`; None if none came."""
@@ -131,7 +144,7 @@ class Leadership:
         while True:
             if self.leading:
                 return self.me
-            if self.leader is not None and self.leader != self.me:
+            if self.leader is not None and not self.is_me(self.leader):
                 return self.leader
             left = deadline - self._clock.monotonic()
             if left <= 0:

@@ -145,8 +145,8 @@ def test_wait_leader_through_the_clock() -> None:
         )
         leadership.start()
         # the key still names this manager (killed and restarted before its lease
-        # expired): not a leader to forward to
-        election.leaders.put_nowait(ME.encode())
+        # expired, its cluster port then another): not a leader to forward to
+        election.leaders.put_nowait(Candidate(ME.node_id, "10.0.0.1:40001").encode())
         await clock.settle()
         waiting = asyncio.create_task(leadership.wait_leader(5.0))
         await clock.advance(4.9)
