@@ -8,8 +8,10 @@ ClusterNode), `swarm init` on the first and joins with the manager token, and a
 service with no replica. Then, each round: the leader (as `docker node ls` shows it)
 is killed with SIGKILL, and `docker service update --label-add` is sent through a
 surviving manager again and again until one is acknowledged; the time from the kill to
-that acknowledgement is the round's figure. The killed manager is started again and
-the next round waits until it is Reachable. Prints the median and max against the aim
+that acknowledgement is the round's figure (each round adds a label of its own). The
+killed manager is started again and the next round waits until there is one Leader
+and two Reachable. At the end every round's label must be there, read through every
+manager (no acknowledged write lost), else it exits with an error. Prints the median and max against the aim
 (half of Swarm's ~10 s: ElectionTick 10 of one second) on stdout; progress on stderr.
 Everything it started is stopped and removed, by its own handle, whatever happens.
 """
@@ -102,8 +104,9 @@ def run(rounds: int, base: Path) -> list[float]:
                 while True:
                     try:
                         survivor.docker(
-                            "service", "update", "--detach", "--label-add", f"round={r}", "bench"
-                        )
+                            "service", "update", "--detach", "--label-add", f"round{r}=acked",
+                            "bench",
+                        )  # fmt: skip
                         break
                     except CommandFailed:
                         time.sleep(RETRY_S)
@@ -111,6 +114,12 @@ def run(rounds: int, base: Path) -> list[float]:
                 figures.append(took)
                 log(f"round {r}: killed {leader.node_name}; write acknowledged after {took:.2f} s")
                 leader.start()
+            # every acknowledged write is there, through every manager
+            for node in nodes:
+                labels = node.service("bench")["Spec"].get("Labels") or {}
+                lost = [r for r in range(1, rounds + 1) if labels.get(f"round{r}") != "acked"]
+                if lost:
+                    raise SystemExit(f"acknowledged writes lost through {node.node_name}: {lost}")
             return figures
         finally:
             cleanup_daemons(nodes)
