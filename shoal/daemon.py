@@ -766,6 +766,8 @@ class Daemon:
         await self._api.stop()
         if self._visualizer is not None:
             await self._visualizer.stop()
+        if self._switch is not None:  # a role change under way ends first (it is short)
+            await asyncio.gather(self._switch, return_exceptions=True)
         await self._stop_swarm(stop_tasks=not self.config.live_restore)
         log.info("daemon stopped")
         self.stopped.set()
