@@ -2,6 +2,11 @@
 
     .venv/bin/python bench/ha.py [--rounds 5]
 
+First, API writes/s: 8 clients each updating a service of their own (GET its
+version, POST the update, over the unix socket) for `--writes-seconds`, on one
+manager with SQLite, then on the three managers on etcd through the leader and
+through a follower (forwarded). Then the fail-over rounds.
+
 Starts one etcd member (real mutual TLS, loopback) and three `shoal daemon`s with
 `--datastore-endpoint` on it (the machinery of tests/integration: EtcdThread,
 ClusterNode), `swarm init` on the first and joins with the manager token, and a
@@ -19,10 +24,12 @@ Everything it started is stopped and removed, by its own handle, whatever happen
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -30,6 +37,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script: the repository's shoal and tests
     sys.path.insert(0, str(REPO_ROOT))
 
+from shoal import httpunix  # noqa: E402
 from shoal.manager.etcd.certs import member_tls, write_tls  # noqa: E402
 from tests.integration.cluster_harness import Cluster, ClusterNode  # noqa: E402
 from tests.integration.etcd_harness import EtcdThread  # noqa: E402
@@ -43,6 +51,7 @@ from tests.integration.harness import (  # noqa: E402
 AIM_S = 5.0  # half of Swarm's Raft election (ElectionTick 10 x 1 s)
 SWARM_ANCHOR_S = 10.0
 RETRY_S = 0.05
+CLIENTS = 8
 
 
 def log(msg: str) -> None:
@@ -60,7 +69,52 @@ def own_port(node: ClusterNode) -> int:
     return int(addr.rpartition(":")[2])
 
 
-def run(rounds: int, base: Path) -> list[float]:
+def writes_per_s(node: ClusterNode, seconds: float, clients: int = CLIENTS) -> float:
+    """Acknowledged `service update`s per second through `node`'s API: `clients`
+    threads, each updating a service of its own (read its version, write a label)."""
+    sock = str(node.socket)
+    for c in range(clients):
+        node.docker(
+            "service", "create", "--detach", "--replicas", "0", "--name", f"w{c}",
+            "busybox", "sleep", "1000",
+        )  # fmt: skip
+    done = [0] * clients
+    until = time.monotonic() + seconds
+
+    def client(c: int) -> None:
+        while time.monotonic() < until:
+            status, data = httpunix.request(sock, "GET", f"/v1.41/services/w{c}")
+            svc = json.loads(data)
+            spec = svc["Spec"]
+            spec["Labels"] = {**(spec.get("Labels") or {}), "n": str(done[c])}
+            url = f"/v1.41/services/{svc['ID']}/update?version={svc['Version']['Index']}"
+            status, _ = httpunix.request(sock, "POST", url, spec)
+            if status == 200:
+                done[c] += 1
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for c in range(clients):
+        node.docker("service", "rm", f"w{c}")
+    return sum(done) / seconds
+
+
+def sqlite_writes(base: Path, seconds: float) -> float:
+    """The same on one manager with SQLite (the default)."""
+    root = Path(tempfile.mkdtemp(prefix="shoal-", dir="/tmp"))
+    node = ClusterNode(root, base / "sqlite.log", "sqlite-1")
+    try:
+        node.start()
+        Cluster.init(node)
+        return writes_per_s(node, seconds)
+    finally:
+        cleanup_daemons([node])
+
+
+def run(rounds: int, base: Path, seconds: float) -> tuple[list[float], dict[str, float]]:
     nodes: list[ClusterNode] = []
     with EtcdThread(base / "etcd") as etcd:
         try:
@@ -86,6 +140,15 @@ def run(rounds: int, base: Path) -> list[float]:
                 "busybox", "sleep", "1000",
             )  # fmt: skip
             by_name = {n.node_name: n for n in nodes}
+            rates: dict[str, float] = {}
+            if seconds > 0:
+                status = statuses(nodes[0])
+                leader = by_name[next(h for h, v in status.items() if v == "Leader")]
+                follower = next(n for n in nodes if n is not leader)
+                rates["leader"] = writes_per_s(leader, seconds)
+                log(f"writes through the leader: {rates['leader']:.0f}/s")
+                rates["follower"] = writes_per_s(follower, seconds)
+                log(f"writes through a follower: {rates['follower']:.0f}/s")
             figures = []
             for r in range(1, rounds + 1):
                 live = next(n for n in nodes if n.running())
@@ -120,7 +183,7 @@ def run(rounds: int, base: Path) -> list[float]:
                 lost = [r for r in range(1, rounds + 1) if labels.get(f"round{r}") != "acked"]
                 if lost:
                     raise SystemExit(f"acknowledged writes lost through {node.node_name}: {lost}")
-            return figures
+            return figures, rates
         finally:
             cleanup_daemons(nodes)
 
@@ -128,12 +191,23 @@ def run(rounds: int, base: Path) -> list[float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--writes-seconds", type=float, default=10.0, help="0: no writes/s figures")
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="shoal-ha-bench-", dir="/tmp"))
     try:
-        figures = run(args.rounds, base)
+        sqlite = sqlite_writes(base, args.writes_seconds) if args.writes_seconds > 0 else 0.0
+        if sqlite:
+            log(f"writes on one manager with SQLite: {sqlite:.0f}/s")
+        figures, rates = run(args.rounds, base, args.writes_seconds)
     finally:
         shutil.rmtree(base, ignore_errors=True)
+    if rates:
+        print(
+            f"ha: service updates/s, {CLIENTS} clients: one manager on SQLite {sqlite:.0f}/s; "
+            f"three managers on etcd, through the leader {rates['leader']:.0f}/s "
+            f"(ratio {rates['leader'] / sqlite:.2f}), through a follower "
+            f"{rates['follower']:.0f}/s (ratio {rates['follower'] / sqlite:.2f})"
+        )
     median, worst = statistics.median(figures), max(figures)
     print(
         f"ha: leader kill -9 to first acknowledged write over {len(figures)} rounds: "

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import msgspec
 from cryptography.hazmat.primitives import serialization
 
@@ -224,6 +225,9 @@ class Daemon:
         self._keys: ManagerKeys | None = None
         self._renewer: asyncio.Task[None] | None = None
         self._switch: asyncio.Task[None] | None = None  # a role change under way
+        # writes forwarded to the leader: one client context and connection pool
+        self._client_tls: tuple[NodeCredentials, ssl.SSLContext] | None = None
+        self._forward_http: aiohttp.ClientSession | None = None
         # set when a manager refuses this node's certificate (its role changed), or
         # tells it what to trust (a root rotation: `_pending_trust`)
         self._renew_now = asyncio.Event()
@@ -275,7 +279,15 @@ class Daemon:
         return await self._shared.write_leader(wait_s)
 
     def manager_client_tls(self) -> ssl.SSLContext:
-        return self._credentials().client_context()
+        creds = self._credentials()
+        if self._client_tls is None or self._client_tls[0] is not creds:
+            self._client_tls = (creds, creds.client_context())  # one while creds last
+        return self._client_tls[1]
+
+    def forward_http(self) -> aiohttp.ClientSession:
+        if self._forward_http is None or self._forward_http.closed:
+            self._forward_http = aiohttp.ClientSession()
+        return self._forward_http
 
     def _set_managers(self, managers: list[str]) -> None:
         """The managers' cluster ports a manager said at registration (fail-over)."""
@@ -769,6 +781,8 @@ class Daemon:
         if self._switch is not None:  # a role change under way ends first (it is short)
             await asyncio.gather(self._switch, return_exceptions=True)
         await self._stop_swarm(stop_tasks=not self.config.live_restore)
+        if self._forward_http is not None:
+            await self._forward_http.close()
         log.info("daemon stopped")
         self.stopped.set()
 

@@ -6,6 +6,8 @@ import ssl
 from pathlib import Path
 from typing import Protocol
 
+import aiohttp
+
 from shoal.manager.manager import Manager
 from shoal.metrics import Metrics
 from shoal.types.swarm import SwarmInitRequest, SwarmJoinRequest
@@ -79,6 +81,10 @@ class DaemonContext(Protocol):
 
     def manager_client_tls(self) -> ssl.SSLContext:
         """A client context presenting this manager's certificate (cluster port)."""
+        ...
+
+    def forward_http(self) -> aiohttp.ClientSession:
+        """The client session (connection pool) writes forwarded to the leader use."""
         ...
 
     @property

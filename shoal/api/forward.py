@@ -21,7 +21,6 @@ the service it just created from the same manager).
 from __future__ import annotations
 
 import re
-import ssl
 from collections.abc import Awaitable, Callable
 
 import aiohttp
@@ -83,13 +82,13 @@ def forward_middleware(daemon: DaemonContext, engine: bool) -> Middleware:
             addr = await daemon.write_leader(LEADER_WAIT_S) if daemon.manager else None
             if addr is None:
                 return await handler(request)
-            return await _stream(request, addr, daemon.manager_client_tls())
+            return await _stream(request, addr, daemon)
         if not is_swarm_write(request.method, request.path, engine):
             return await handler(request)
         addr = await daemon.write_leader(LEADER_WAIT_S)
         if addr is None:
             return await handler(request)
-        resp = await _forward(request, addr, daemon.manager_client_tls())
+        resp = await _forward(request, addr, daemon)
         # read-your-writes: answer once this replica holds what the leader wrote
         index = resp.headers.pop(INDEX_HEADER, "")
         manager = daemon.manager
@@ -121,7 +120,7 @@ def forwarded_middleware(daemon: DaemonContext) -> Middleware:
     return forwarded
 
 
-async def _stream(request: web.Request, addr: str, tls: ssl.SSLContext) -> web.StreamResponse:
+async def _stream(request: web.Request, addr: str, daemon: DaemonContext) -> web.StreamResponse:
     """A log stream from the leader, copied as it comes (`logs -f` lasts until the
     client leaves; the leader's side then ends with the connection)."""
     headers = {k: v for k, v in request.headers.items() if k.lower() not in _DROP}
@@ -129,19 +128,22 @@ async def _stream(request: web.Request, addr: str, tls: ssl.SSLContext) -> web.S
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S)
     out: web.StreamResponse | None = None
     try:
-        async with aiohttp.ClientSession(timeout=timeout) as http:
-            async with http.get(
-                url, headers=headers, ssl=tls, server_hostname=MANAGER_SERVER_NAME
-            ) as resp:
-                out = web.StreamResponse(status=resp.status)
-                if "Content-Type" in resp.headers:
-                    out.headers["Content-Type"] = resp.headers["Content-Type"]
-                docker_headers(out)
-                await out.prepare(request)
-                async for chunk in resp.content.iter_any():
-                    await out.write(chunk)
-                await out.write_eof()
-                return out
+        async with daemon.forward_http().get(
+            url,
+            headers=headers,
+            ssl=daemon.manager_client_tls(),
+            server_hostname=MANAGER_SERVER_NAME,
+            timeout=timeout,
+        ) as resp:
+            out = web.StreamResponse(status=resp.status)
+            if "Content-Type" in resp.headers:
+                out.headers["Content-Type"] = resp.headers["Content-Type"]
+            docker_headers(out)
+            await out.prepare(request)
+            async for chunk in resp.content.iter_any():
+                await out.write(chunk)
+            await out.write_eof()
+            return out
     except (aiohttp.ClientError, OSError, TimeoutError) as e:
         log.warning("streaming logs from the leader failed", leader=addr, error=repr(e))
         if out is not None and out.prepared:
@@ -149,27 +151,25 @@ async def _stream(request: web.Request, addr: str, tls: ssl.SSLContext) -> web.S
         raise NoLeader() from e
 
 
-async def _forward(request: web.Request, addr: str, tls: ssl.SSLContext) -> web.StreamResponse:
+async def _forward(request: web.Request, addr: str, daemon: DaemonContext) -> web.StreamResponse:
     headers = {k: v for k, v in request.headers.items() if k.lower() not in _DROP}
     body = await request.read()
     url = f"https://{addr}{FORWARD_PREFIX}{request.path_qs}"
     try:
-        async with aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT_S)
-        ) as http:
-            async with http.request(
-                request.method,
-                url,
-                data=body,
-                headers=headers,
-                ssl=tls,
-                server_hostname=MANAGER_SERVER_NAME,
-            ) as resp:
-                payload = await resp.read()
-                out = web.Response(status=resp.status, body=payload)
-                for name in ("Content-Type", INDEX_HEADER):
-                    if name in resp.headers:
-                        out.headers[name] = resp.headers[name]
+        async with daemon.forward_http().request(
+            request.method,
+            url,
+            data=body,
+            headers=headers,
+            ssl=daemon.manager_client_tls(),
+            server_hostname=MANAGER_SERVER_NAME,
+            timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT_S),
+        ) as resp:
+            payload = await resp.read()
+            out = web.Response(status=resp.status, body=payload)
+            for name in ("Content-Type", INDEX_HEADER):
+                if name in resp.headers:
+                    out.headers[name] = resp.headers[name]
     except (aiohttp.ClientError, OSError, TimeoutError) as e:
         log.warning("forwarding a write to the leader failed", leader=addr, error=repr(e))
         raise NoLeader() from e
