@@ -7,10 +7,12 @@ worker, joined with the real docker CLI.
   `docker info` three managers with this node a manager.
 - A service created through a follower converges (its write forwarded to the leader
   over the cluster port); its logs read through the follower (streamed from the leader).
-- The leader killed with SIGKILL: another manager leads, writes through any manager
-  succeed again, and the worker's tasks were not restarted (same task IDs, same pids);
-  the dead manager is shown Unreachable. Restarted, it follows again (Reachable), and
-  a write through it reaches the new leader.
+- The leader and another manager killed with SIGKILL: the third, which joined after
+  the worker (the worker heard of it from a heartbeat's answer), leads; writes succeed
+  again, and the worker's tasks were not restarted (same task IDs, same pids). The
+  first leader restarted follows (Reachable), a write through it reaches the new
+  leader and is read back through it at once; the manager still dead is shown
+  Unreachable.
 """
 
 from __future__ import annotations
@@ -74,14 +76,15 @@ def ha(node_factory: NodeFactory, tmp_path: Path) -> Iterator[tuple[Cluster, lis
         worker = node_factory("worker-1", extra_args=args)  # promotable
         try:
             cluster = Cluster.init(managers[0])
-            for m in managers[1:]:
-                cluster.join(m, role="manager")
-                m.cluster_port = cluster_port(m)
-            # the worker joins through a follower (which hands the join to the leader)
+            cluster.join(managers[1], role="manager")
+            managers[1].cluster_port = cluster_port(managers[1])
+            # the worker joins through a follower (which hands the join to the leader);
+            # mgr-3 joins after it: the worker learns of it from a heartbeat's answer
             joined = worker.join(cluster.join_token(), managers[1])
             assert "This node joined a swarm as a worker." in joined.stdout, joined
             cluster.nodes[worker.node_name] = worker
             cluster.wait_node_state(worker.node_name, "ready")
+            cluster.join(managers[2], role="manager")
             yield cluster, managers
         finally:
             for node in [worker, *reversed(managers)]:
@@ -127,48 +130,46 @@ def test_three_managers_one_leader_writes_through_a_follower(
         what="both tasks' output through a follower",
     )
 
-    # the leader killed: another leads, writes succeed again through any manager
+    # the leader and mgr-2 killed: mgr-3, the manager the worker heard of only from a
+    # heartbeat's answer, leads; the worker finds it and keeps its tasks
     managers[0].kill9()
-    survivors = managers[1:]
-    cluster.manager = survivors[0]
-
-    def new_leader() -> str | None:
-        status = manager_status(survivors[0])
-        leaders = [n for n in names[1:] if status.get(n) == "Leader"]
-        return leaders[0] if len(leaders) == 1 else None
-
-    leader = wait_until(new_leader, timeout=FAILOVER_TIMEOUT_S, what="a new leader")
-    other = next(m for m in survivors if m.node_name != leader)
-    other.docker(
+    managers[1].kill9()
+    last = managers[2]
+    cluster.manager = last
+    wait_until(
+        lambda: manager_status(last).get("mgr-3") == "Leader",
+        timeout=FAILOVER_TIMEOUT_S,
+        what="mgr-3 leading",
+    )
+    last.docker(
         "service", "create", "--detach", "--name", "after", "--replicas", "1",
         "--constraint", "node.role==worker", "busybox", *SLEEP,
     )  # fmt: skip
-    # read-your-writes: the manager that forwarded the write (or took it) answers
-    # only once its replica holds it
-    assert other.service("after")["Spec"]["Name"] == "after"
     after = cluster.wait_converged("web", 2, per_node={"worker-1": 2}, timeout=FAILOVER_TIMEOUT_S)
     cluster.wait_converged("after", 1, per_node={"worker-1": 1}, timeout=FAILOVER_TIMEOUT_S)
     # the worker's tasks went on: same tasks, same processes
     assert after["worker-1"] == before, (before, after)
-    # the dead manager is shown unreachable once the new leader's grace is over
-    wait_until(
-        lambda: manager_status(other).get("mgr-1") == "Unreachable",
-        timeout=FAILOVER_TIMEOUT_S,
-        what="mgr-1 unreachable",
-    )
 
-    # the killed manager restarted: a follower on its own replica, Reachable again,
-    # and writes through it go to the new leader
+    # the first leader restarted: a follower on its own replica, Reachable again, and
+    # a write through it is forwarded to mgr-3 (and read back at once through it:
+    # it answers only once its replica holds the write)
     managers[0].start()
-    status = wait_until(
-        lambda: (s := one_leader(managers[0])) is not None and s["mgr-1"] == "Reachable" and s,
+    wait_until(
+        lambda: manager_status(managers[0]).get("mgr-1") == "Reachable",
         timeout=FAILOVER_TIMEOUT_S,
         what="mgr-1 back as a follower",
     )
-    assert status[leader] == "Leader", status
     managers[0].docker("service", "update", "--detach", "--replicas", "2", "after")
+    assert managers[0].service("after")["Spec"]["Mode"]["Replicated"]["Replicas"] == 2
     cluster.wait_converged("after", 2, per_node={"worker-1": 2}, timeout=FAILOVER_TIMEOUT_S)
     assert cluster.wait_converged("web", 2)["worker-1"] == before
+    # mgr-2, still dead, is shown unreachable once the new leader's grace is over
+    status = wait_until(
+        lambda: (s := manager_status(managers[0])).get("mgr-2") == "Unreachable" and s,
+        timeout=FAILOVER_TIMEOUT_S,
+        what="mgr-2 unreachable",
+    )
+    assert status["mgr-3"] == "Leader" and status["mgr-1"] == "Reachable", status
 
 
 def test_promote_and_demote_on_a_shared_store(ha: tuple[Cluster, list[ClusterNode]]) -> None:
