@@ -14,10 +14,12 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import msgspec
 from cryptography.hazmat.primitives import serialization
 
@@ -32,11 +34,13 @@ from shoal.agent.network.plumbing import plumbing_for
 from shoal.agent.network.state import NetworkState
 from shoal.agent.session import RemoteSession
 from shoal.api.listen import APITLS
-from shoal.api.server import APIServer
+from shoal.api.server import APIServer, build_app
 from shoal.api.visualizer import VisualizerServer
+from shoal.daemon_ha import SharedStore, fetch_shared_keys, shared_keys
 from shoal.errors import (
     AlreadyInSwarm,
     InvalidArgument,
+    JoinFailed,
     LeaveRefused,
     ListenFailed,
     NodeNotInSwarm,
@@ -56,11 +60,12 @@ from shoal.manager.controlapi.swarm import (
     validate_init_network,
     validate_spec,
 )
-from shoal.manager.etcd.datastore import DatastoreConfig, EtcdDatastore
+from shoal.manager.etcd.datastore import DatastoreConfig
 from shoal.manager.etcd.datastore import wipe as wipe_datastore
-from shoal.manager.keys import ManagerKeys
+from shoal.manager.keys import KEYS_FILE, ManagerKeys
 from shoal.manager.manager import Manager
 from shoal.manager.metrics import ManagerCollector
+from shoal.manager.roster import manager_addrs, mark_leader
 from shoal.manager.store import Backend, Store, Tx
 from shoal.manager.store.encrypted import EncryptedBackend
 from shoal.manager.store.sqlite import SQLiteBackend
@@ -210,7 +215,8 @@ class Daemon:
         self.engine_host: str | None = config.engine_host if self.runtime == "docker" else None
         self._state: SwarmState | None = None
         self._manager: Manager | None = None
-        self._datastore: EtcdDatastore | None = None
+        # several managers on one etcd (`--datastore-endpoint`; shoal/daemon_ha.py)
+        self._shared: SharedStore | None = None
         self._agent: Agent | None = None
         self._cluster_server: ClusterServer | None = None
         self._remote: RemoteSession | None = None
@@ -218,6 +224,10 @@ class Daemon:
         # a manager's DEK/KEK (shoal/manager/keys.py); locked until unlocked with autolock
         self._keys: ManagerKeys | None = None
         self._renewer: asyncio.Task[None] | None = None
+        self._switch: asyncio.Task[None] | None = None  # a role change under way
+        # writes forwarded to the leader: one client context and connection pool
+        self._client_tls: tuple[NodeCredentials, ssl.SSLContext] | None = None
+        self._forward_http: aiohttp.ClientSession | None = None
         # set when a manager refuses this node's certificate (its role changed), or
         # tells it what to trust (a root rotation: `_pending_trust`)
         self._renew_now = asyncio.Event()
@@ -251,7 +261,42 @@ class Daemon:
     def remote_managers(self) -> list[str]:
         if self._state is None:
             return []
-        return [self._state.advertise_addr] if self._state.runs_manager else self._state.managers
+        if self._state.runs_manager and self._shared is None:
+            return [self._state.advertise_addr]
+        return self._state.managers
+
+    @property
+    def several_managers(self) -> bool:
+        return self._shared is not None
+
+    @property
+    def leader_id(self) -> str | None:
+        return self._shared.leader_id if self._shared is not None else None
+
+    async def write_leader(self, wait_s: float) -> str | None:
+        if self._shared is None:
+            return None
+        return await self._shared.write_leader(wait_s)
+
+    def manager_client_tls(self) -> ssl.SSLContext:
+        creds = self._credentials()
+        if self._client_tls is None or self._client_tls[0] is not creds:
+            self._client_tls = (creds, creds.client_context())  # one while creds last
+        return self._client_tls[1]
+
+    def forward_http(self) -> aiohttp.ClientSession:
+        if self._forward_http is None or self._forward_http.closed:
+            self._forward_http = aiohttp.ClientSession()
+        return self._forward_http
+
+    def _set_managers(self, managers: list[str]) -> None:
+        """The managers' cluster ports a manager said at registration (fail-over)."""
+        state = self._state
+        if state is None or not managers or managers == state.managers:
+            return
+        state.managers = list(managers)
+        self._save_state(state)
+        log.info("managers known", managers=managers)
 
     @property
     def locked(self) -> bool:
@@ -418,10 +463,10 @@ class Daemon:
         assert self._state is not None
         if self.config.datastore is None:
             return SQLiteBackend(self._swarm_dir / "store.db")
-        self._datastore = await EtcdDatastore.open(
-            self.config.datastore, self._state.node_id, self._state.cluster_id
+        self._shared = await SharedStore.open(
+            self.config.datastore, self._state.cluster_id, self._state.node_id
         )
-        return self._datastore.backend
+        return self._shared.backend
 
     async def _start_manager(self, bootstrap: Callable[[Tx], None] | None = None) -> None:
         """Open the store, start the manager's loops and the cluster port, then the local
@@ -436,29 +481,53 @@ class Daemon:
         root = self._root_ca()
         host, port = split_addr(self._state.listen_addr, DEFAULT_SWARM_PORT)
         issuer = Issuer(store, root, self.remote_managers)
+        shared = self._shared
+        keys = self._keys
         server = ClusterServer(
-            store, manager.dispatcher, issuer, root, self._creds, self._state.cluster_id
+            store,
+            manager.dispatcher,
+            issuer,
+            root,
+            self._creds,
+            self._state.cluster_id,
+            leading=lambda: manager.leading,
+            shared_keys=(lambda: shared_keys(keys.dek or b"", root.key_pem)) if shared else None,
+            api=build_app(self, forwarded=True) if shared else None,
+            join_via_leader=shared.join_via_leader(self._credentials) if shared else None,
         )
         try:
             bound = await server.start(host or "0.0.0.0", port)
         except OSError as e:
             store.close()
-            if self._datastore is not None:
-                await self._datastore.close()
-                self._datastore = None
+            if self._shared is not None:
+                await self._shared.stop()
+                self._shared = None
             raise ListenFailed(f"listen tcp {host}:{port}: {e.strerror or e}") from e
-        if bootstrap is not None:
-            if port == 0:  # a port picked at init is the node's from then on
-                self._state.listen_addr = f"{host}:{bound}"
-            adv_host, adv_port = split_addr(self._state.advertise_addr, port)
-            if adv_port == 0 or port == 0:
-                self._state.advertise_addr = f"{adv_host}:{bound}"
-            await store.update(bootstrap)
-        await store.update(lambda tx: adopt_root(tx, root))
-        issuer.managers[:] = self.remote_managers
+        # a port picked at init (or at a manager's join) is the node's from then on
+        if port == 0:
+            self._state.listen_addr = f"{host}:{bound}"
+        adv_host, adv_port = split_addr(self._state.advertise_addr, port)
+        if adv_port == 0 or port == 0:
+            self._state.advertise_addr = f"{adv_host}:{bound}"
         self._cluster_server = server
         self._manager = manager
-        manager.start()
+        if shared is None:
+            if bootstrap is not None:
+                await store.update(bootstrap)
+            await store.update(lambda tx: adopt_root(tx, root))
+            issuer.managers[:] = self.remote_managers
+            manager.start()
+        else:
+            # follow and campaign; `swarm init` waits to lead (its first writes)
+            first = [bootstrap] if bootstrap is not None else []
+            node_id = self._state.node_id
+
+            def on_elected(tx: Tx) -> None:
+                adopt_root(tx, root)
+                mark_leader(tx, node_id)
+
+            first.append(on_elected)
+            await shared.start(manager, self._state.advertise_addr, first, bootstrap is not None)
         # The store's tables and the loops' indexes are long-lived dicts and sets of up
         # to 100ks of entries (gc=False structs, strings): a full collection still visits
         # every entry (50-150 ms at 200k tasks, the event loop stopped; issue 15). They
@@ -473,11 +542,27 @@ class Daemon:
         # young instead of reaching the oldest generation, whose growth is what starts
         # a full collection (docs/sim.md).
         gc.set_threshold(*GC_THRESHOLDS)
+        if shared is not None:
+            # the local agent as any other: a session with whichever manager leads
+            # (the managers as its own replica knows them)
+            state = self._state
+            self._remote = RemoteSession(
+                lambda: (
+                    [state.advertise_addr]
+                    + [a for a in manager_addrs(manager.store.view()) if a != state.advertise_addr]
+                ),
+                self._credentials,
+                on_refused=self._renew_now.set,
+                on_trust=self._on_trust,
+                tls_info=lambda: node_tls_info(self._credentials()),
+                on_managers=self._set_managers,
+                manager_addr=state.advertise_addr,
+            )
         self._agent = Agent(
             self._state.node_id,
             self.node_addr,
             self.executor,
-            manager.dispatcher,
+            self._remote if self._remote is not None else manager.dispatcher,
             self._resources(),
             network=self._network(),
             metrics=self.metrics,
@@ -515,6 +600,7 @@ class Daemon:
             on_refused=self._renew_now.set,
             on_trust=self._on_trust,
             tls_info=lambda: node_tls_info(self._credentials()),
+            on_managers=self._set_managers,
         )
         self._agent = Agent(
             state.node_id,
@@ -565,7 +651,62 @@ class Daemon:
                 self._renew_now.set()
                 continue
             self._install(creds)
+            if self._role_changed():
+                # a promotion or demotion on a shared store: this daemon becomes what
+                # its certificate says (a task of its own: the switch stops this loop)
+                self._switch = asyncio.create_task(self._switch_role(), name="role-switch")
+                return
             await self._report_tls()
+
+    @staticmethod
+    async def _fetch_keys(managers: list[str], creds: NodeCredentials) -> tuple[bytes, bytes]:
+        """The shared store's keys from the first of `managers` that answers."""
+        failure: Exception = JoinFailed("no manager known")
+        for addr in managers:
+            try:
+                return await fetch_shared_keys(addr, creds)
+            except JoinFailed as e:
+                failure = e
+        raise failure
+
+    def _role_changed(self) -> bool:
+        state, creds = self._state, self._creds
+        if state is None or creds is None or self.config.datastore is None:
+            return False
+        return (creds.identity.role == "manager") != state.runs_manager
+
+    async def _switch_role(self) -> None:
+        """Several managers on a shared store: a promoted worker opens the store and
+        campaigns, a demoted manager stops doing so; its agent starts again on the
+        other side, and its tasks keep running (adopted, as after a restart)."""
+        async with self._lock:
+            state, creds = self._state, self._creds
+            if state is None or creds is None or not self._role_changed():
+                return
+            managers = list(self.remote_managers)
+            if self._manager is not None:
+                managers = manager_addrs(self._manager.store.view()) or managers
+            await self._stop_swarm(stop_tasks=False, keep_node=True)
+            if creds.identity.role == "manager":
+                try:
+                    dek, root_key = await self._fetch_keys(managers, creds)
+                except JoinFailed as e:  # it goes on as a worker (a manager on paper)
+                    log.error("promoted, but no manager gave the store's keys", error=str(e))
+                    self._start_worker()
+                    return
+                self._keys = ManagerKeys.adopt(self._swarm_dir, dek)
+                self._write_private_key(self._certs_dir / ROOT_KEY_FILE, root_key)
+                state.runs_manager, state.role = True, "manager"
+                await self._start_manager()
+            else:
+                self._keys = None
+                (self._swarm_dir / KEYS_FILE).unlink(missing_ok=True)
+                (self._certs_dir / ROOT_KEY_FILE).unlink(missing_ok=True)
+                state.runs_manager, state.role = False, "worker"
+                state.managers = [m for m in managers if m != state.advertise_addr]
+                self._start_worker()
+            self._save_state(state)
+            log.info("role changed", role=creds.identity.role)
 
     def _install(self, creds: NodeCredentials) -> None:
         changed_root = self._creds is None or creds.ca_pem != self._creds.ca_pem
@@ -583,7 +724,7 @@ class Daemon:
         if self._state is None or self._creds is None:
             return
         tls = node_tls_info(self._creds)
-        if self._manager is not None:
+        if self._manager is not None and self._shared is None:
             await record_node_tls(self._manager.store, self._state.node_id, tls)
         elif self._remote is not None:
             try:
@@ -600,7 +741,9 @@ class Daemon:
         managers = self._state.managers if self._state else []
         return await renew(managers[0], creds)
 
-    async def _stop_swarm(self, stop_tasks: bool) -> None:
+    async def _stop_swarm(self, stop_tasks: bool, keep_node: bool = False) -> None:
+        """`keep_node`: the node stays in the swarm with another role (its tasks'
+        plumbing and resolver stay)."""
         if self._ca_watch is not None:
             self._ca_watch.cancel()
             await asyncio.gather(self._ca_watch, return_exceptions=True)
@@ -612,10 +755,10 @@ class Daemon:
         if self._agent is not None:
             await self._agent.stop(stop_tasks=stop_tasks)
             self._agent = None
-        if self.plumbing is not None:
+        if self.plumbing is not None and not keep_node:
             # Without live-restore the tasks are stopped: nothing of theirs is kept.
             await self.plumbing.close(remove_all=stop_tasks)
-        if self.resolver is not None:
+        if self.resolver is not None and not keep_node:
             await self.resolver.close()
             self.resolver = None
         if self._remote is not None:
@@ -624,18 +767,22 @@ class Daemon:
         if self._cluster_server is not None:
             await self._cluster_server.stop()
             self._cluster_server = None
+        if self._shared is not None:
+            await self._shared.stop()  # resigns: another manager leads at once
         if self._manager is not None:
             await self._manager.stop()
             self._manager = None
-        if self._datastore is not None:
-            await self._datastore.close()
-            self._datastore = None
+        self._shared = None
 
     async def stop(self) -> None:
         await self._api.stop()
         if self._visualizer is not None:
             await self._visualizer.stop()
+        if self._switch is not None:  # a role change under way ends first (it is short)
+            await asyncio.gather(self._switch, return_exceptions=True)
         await self._stop_swarm(stop_tasks=not self.config.live_restore)
+        if self._forward_http is not None:
+            await self._forward_http.close()
         log.info("daemon stopped")
         self.stopped.set()
 
@@ -728,18 +875,40 @@ class Daemon:
             shutil.rmtree(self._swarm_dir, ignore_errors=True)
             joined.credentials.save(self._certs_dir)
             self._creds = joined.credentials
+            # A manager on a shared store (--datastore-endpoint) is one for real: it
+            # opens the store as a follower with the DEK the managers share.
+            shared = joined.role == "manager" and self.config.datastore is not None
             self._state = SwarmState(
                 node_id=joined.node_id,
                 cluster_id=joined.cluster_id,
                 advertise_addr=f"{adv_host}:{listen_port}",
                 listen_addr=f"{listen_host}:{listen_port}",
                 role=joined.role,
-                runs_manager=False,
+                runs_manager=shared,
                 managers=joined.managers or [remote],
             )
-            self._save_state(self._state)
-            self._start_worker()
+            if shared:
+                await self._join_as_manager(remote)
+            else:
+                self._save_state(self._state)
+                self._start_worker()
             log.info("joined the swarm", node=joined.node_id, role=joined.role, manager=remote)
+
+    async def _join_as_manager(self, remote: str) -> None:
+        assert self._state is not None and self._creds is not None
+        try:
+            dek, root_key = await fetch_shared_keys(remote, self._creds)
+            self._keys = ManagerKeys.adopt(self._swarm_dir, dek)
+            self._write_private_key(self._certs_dir / ROOT_KEY_FILE, root_key)
+            await self._start_manager()
+        except BaseException:
+            await self._stop_swarm(stop_tasks=True)
+            shutil.rmtree(self._swarm_dir, ignore_errors=True)
+            self._state = None
+            self._creds = None
+            self._keys = None
+            raise
+        self._save_state(self._state)
 
     async def swarm_leave(self, force: bool) -> None:
         async with self._lock:
@@ -747,10 +916,15 @@ class Daemon:
                 raise NodeNotInSwarm()
             if self._state.runs_manager and not force and not self.locked:
                 raise LeaveRefused(MSG_LEAVE_MANAGER)
+            # the last manager of a shared store takes its state with it
+            last = self._manager is None or not any(
+                n.spec.role == "manager" and n.id != self._state.node_id
+                for n in self._manager.store.view().nodes()
+            )
             await self._stop_swarm(stop_tasks=True)
             for tid in self.executor.known_task_ids():
                 await discard_task(self.executor, tid)
-            if self.config.datastore is not None and self._state.runs_manager:
+            if self.config.datastore is not None and self._state.runs_manager and last:
                 try:
                     await wipe_datastore(self.config.datastore, self._state.cluster_id)
                 except EtcdError as e:  # the node leaves anyway; the keys stay behind

@@ -50,11 +50,18 @@ class RemoteSession:
         on_trust: Callable[[msg.TrustUpdate], None] = lambda _: None,
         tls_info: Callable[[], TLSInfo] | None = None,
         local_addr: str | None = None,
+        on_managers: Callable[[list[str]], None] = lambda _: None,
+        manager_addr: str | None = None,
     ) -> None:
         """`on_trust`: the manager said what to trust and whether to renew (a root
         rotation); `tls_info`: this node's TLS state, reported after registering;
-        `local_addr`: the source address to dial from (None: the kernel's choice)."""
+        `local_addr`: the source address to dial from (None: the kernel's choice);
+        `on_managers`: the managers' cluster ports, as the manager said at
+        registration (to fail over to); `manager_addr`: this node's own cluster port
+        when it is a manager (registered for the others to learn)."""
         self._local_addr = local_addr
+        self._on_managers = on_managers
+        self._manager_addr = manager_addr
         self._managers = managers
         self._credentials = credentials
         self._on_refused = on_refused
@@ -150,7 +157,14 @@ class RemoteSession:
     ) -> float:
         ws = await self._connect()
         self._ws = ws
-        await self._send(msg.Register(node_id=node_id, description=description, addr=addr))
+        await self._send(
+            msg.Register(
+                node_id=node_id,
+                description=description,
+                addr=addr,
+                manager_addr=self._manager_addr,
+            )
+        )
         reply = await ws.receive(timeout=RPC_TIMEOUT_S)
         if reply.type != aiohttp.WSMsgType.BINARY:
             raise SessionClosed(f"manager closed the session ({reply.type.name})")
@@ -159,6 +173,8 @@ class RemoteSession:
             raise SessionClosed(m.message)
         if not isinstance(m, msg.Registered):
             raise SessionClosed(f"unexpected {type(m).__name__} from the manager")
+        if m.managers:
+            self._on_managers(m.managers)
         self._assignments = asyncio.Queue()
         self._reader = asyncio.create_task(self._read(ws, logs), name="session-reader")
         log.info("session started", manager=self.connected_to)
@@ -206,6 +222,8 @@ class RemoteSession:
                 if isinstance(m, msg.AssignmentMsg):
                     self._assignments.put_nowait(m.assignment)
                 elif isinstance(m, msg.HeartbeatAck):
+                    if m.managers:
+                        self._on_managers(m.managers)
                     fut = self._acks.get(m.seq)
                     if fut is not None and not fut.done():
                         fut.set_result(m.period)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 from typing import Protocol
+
+import aiohttp
 
 from shoal.manager.manager import Manager
 from shoal.metrics import Metrics
@@ -68,3 +71,29 @@ class DaemonContext(Protocol):
         ...
 
     async def set_autolock(self, on: bool, rotate: bool) -> None: ...
+
+    # several managers (docs/ha.md) ------------------------------------------------------
+    async def write_leader(self, wait_s: float) -> str | None:
+        """Where a swarm write goes: None when this daemon takes it (it leads, or is
+        the only manager), else the leader's cluster port; waits up to `wait_s` for a
+        leader, then raises NoLeader."""
+        ...
+
+    def manager_client_tls(self) -> ssl.SSLContext:
+        """A client context presenting this manager's certificate (cluster port)."""
+        ...
+
+    def forward_http(self) -> aiohttp.ClientSession:
+        """The client session (connection pool) writes forwarded to the leader use."""
+        ...
+
+    @property
+    def leader_id(self) -> str | None:
+        """With several managers, the leader's node ID (None: one manager, or none
+        leads); what node ls and info show as Leader."""
+        ...
+
+    @property
+    def several_managers(self) -> bool:
+        """Managers on a shared store: ManagerStatus is the election's."""
+        ...

@@ -14,6 +14,7 @@ from shoal.api.swarm import require_manager
 from shoal.errors import FailedPrecondition, InvalidArgument
 from shoal.manager.ca.removed import remove_node
 from shoal.manager.controlapi.nodes import resolve_node, update_node
+from shoal.manager.roster import with_status
 from shoal.types.node import Node, NodeSpec
 
 NODE_FILTERS = ("id", "label", "node.label", "membership", "name", "role")
@@ -44,18 +45,27 @@ def _matches(n: Node, f: filters.Filters) -> bool:
     return not ("node.label" in f and not filters.match_label(n.spec.labels, f["node.label"]))
 
 
+def _shown(request: web.Request, node: Node) -> Node:
+    """With several managers, a manager's status as the election and its node's state
+    say (shoal/manager/roster.py)."""
+    d = context(request)
+    return with_status(node, d.leader_id) if d.several_managers else node
+
+
 @reads("node")
 async def list_nodes(request: web.Request) -> web.Response:
     m = require_manager(request)
     f = filters.parse(request.query.get("filters"), NODE_FILTERS)
     nodes = sorted(m.store.view().nodes(), key=lambda n: (n.created_at, n.id))
-    return json_structs_response([n for n in nodes if _matches(n, f)])
+    return json_structs_response([_shown(request, n) for n in nodes if _matches(n, f)])
 
 
 @reads("node")
 async def inspect(request: web.Request) -> web.Response:
     m = require_manager(request)
-    return json_response(wire(resolve_node(m.store.view(), request.match_info["id"])))
+    return json_response(
+        wire(_shown(request, resolve_node(m.store.view(), request.match_info["id"])))
+    )
 
 
 async def update(request: web.Request) -> web.Response:

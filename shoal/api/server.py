@@ -136,7 +136,9 @@ def app_runner(app: web.Application) -> web.AppRunner:
     )
 
 
-def build_app(daemon: DaemonContext) -> web.Application:
+def build_app(daemon: DaemonContext, forwarded: bool = False) -> web.Application:
+    """The Engine API app; `forwarded`: the one a leader's cluster port serves to
+    followers forwarding writes (api/forward.py)."""
     from shoal.api import (
         events,
         logs,
@@ -149,12 +151,20 @@ def build_app(daemon: DaemonContext) -> web.Application:
         tasks,
         visualizer,
     )
+    from shoal.api.forward import forward_middleware, forwarded_middleware
     from shoal.api.metrics import latency_middleware
     from shoal.api.metrics import register as register_metrics
 
-    # The latency middleware outermost: it times the answer docker_middleware gives.
+    # The latency middleware outermost: it times the answer docker_middleware gives;
+    # a follower's writes go to the leader inside it (errors in Docker's shape).
+    forward = (
+        forwarded_middleware(daemon)
+        if forwarded
+        else forward_middleware(daemon, engine=bool(daemon.engine_host))
+    )
     app = web.Application(
-        middlewares=[latency_middleware, docker_middleware], client_max_size=64 * 1024**2
+        middlewares=[latency_middleware, docker_middleware, forward],
+        client_max_size=64 * 1024**2,
     )
     app[CONTEXT_KEY] = daemon
     router = Router(app)

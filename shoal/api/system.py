@@ -136,13 +136,20 @@ def swarm_info(request: web.Request) -> dict[str, Any]:
     view = m.store.view()
     nodes = view.nodes()
     cluster = view.cluster()
+    managers = [{"NodeID": d.node_id, "Addr": d.manager_addr}]
+    if d.several_managers:
+        managers = [
+            {"NodeID": n.id, "Addr": n.manager_status.addr}
+            for n in nodes
+            if n.spec.role == "manager" and n.manager_status and n.manager_status.addr
+        ]
     out: dict[str, Any] = {
         "NodeID": d.node_id,
         "NodeAddr": d.node_addr,
         "LocalNodeState": "active",
         "ControlAvailable": True,
         "Error": "",
-        "RemoteManagers": [{"NodeID": d.node_id, "Addr": d.manager_addr}],
+        "RemoteManagers": managers,
         "Nodes": len(nodes),
         "Managers": sum(1 for n in nodes if n.spec.role == "manager"),
     }

@@ -96,6 +96,14 @@ class ManagerKeys:
         return keys
 
     @classmethod
+    def adopt(cls, directory: Path, dek: bytes) -> ManagerKeys:
+        """Another manager's DEK (several managers share one store, sealed by it)."""
+        keys = cls(directory / KEYS_FILE, b"", None)
+        keys.dek = dek
+        keys._set(None)
+        return keys
+
+    @classmethod
     def load(cls, directory: Path) -> ManagerKeys:
         """The keys as the file has them: unlocked at once without autolock."""
         data = json.loads((directory / KEYS_FILE).read_text())

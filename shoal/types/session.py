@@ -28,10 +28,14 @@ class Register(Model, tag="register", kw_only=True):
     node_id: str = msgspec.field(name="NodeID")
     description: NodeDescription
     addr: str
+    # a manager's own cluster port (several managers: what agents learn to dial)
+    manager_addr: str | None = None
 
 
 class Registered(Model, tag="registered", kw_only=True):
     period: float
+    # the cluster ports of every manager, for the agent to fail over to
+    managers: list[str] = msgspec.field(default_factory=list)
 
 
 class Heartbeat(Model, tag="heartbeat", kw_only=True):
@@ -41,6 +45,8 @@ class Heartbeat(Model, tag="heartbeat", kw_only=True):
 class HeartbeatAck(Model, tag="heartbeat_ack", kw_only=True):
     seq: int
     period: float
+    # the managers' cluster ports when they changed since the session last said
+    managers: list[str] = msgspec.field(default_factory=list)
 
 
 class Status(Model, tag="status", kw_only=True):

@@ -59,6 +59,11 @@ class ManagerOnly:
     manager_addr = "127.0.0.1:2377"
     remote_managers: list[str] = []
     locked = False  # no autolock here
+    several_managers = False  # one manager: it takes every write
+    leader_id = None
+
+    async def write_leader(self, wait_s: float) -> str | None:
+        return None
 
     def running_tasks(self) -> tuple[int, int]:
         return 0, 0

@@ -8,6 +8,7 @@ from shoal.ids import new_id
 from shoal.manager.ca.root import RootCA, token_matches
 from shoal.manager.ca.rotation import current_root, signer
 from shoal.manager.ca.signer import node_cert_expiry, sign_node_certificate
+from shoal.manager.roster import manager_addrs
 from shoal.manager.store import ReadTx, Store, Tx
 from shoal.pki import Identity
 from shoal.types.node import NODE_JOINED, Node, NodeDescription, NodeSpec, NodeStatus
@@ -83,7 +84,7 @@ class Issuer:
             certificate=cert.decode(),
             role=role,
             cluster_id=cluster.id,
-            managers=list(self.managers),
+            managers=manager_addrs(self._store.view()) or list(self.managers),
         )
 
     def renew(self, ident: Identity, csr_pem: str) -> RenewResponse:

@@ -11,6 +11,11 @@ the node as the store records it now:
     POST /ca/renew           yes           worker, manager   the node exists
     GET  /dispatcher/session yes           worker, manager   the node exists, same role
     GET  /manager/ping       yes           manager           the node exists, same role
+    GET  /manager/keys       yes           manager           the node exists, same role
+    POST /manager/join       yes           manager           the node exists, same role
+                             (a join a follower took, for the leader to write)
+    *    /manager/api/...    yes           manager           the node exists, same role
+                             (a follower's Engine API writes, forwarded: api/forward.py)
 
 Beside that, a removed node's ID stays on the cluster's list of removed nodes until its
 certificates have expired (ca/removed.py): the server refuses such a certificate at the
@@ -51,7 +56,12 @@ ACCESS: dict[tuple[str, str], Rule] = {
     ("POST", "/ca/renew"): Rule(ANY_NODE, same_role=False),
     ("GET", "/dispatcher/session"): Rule(ANY_NODE),
     ("GET", "/manager/ping"): Rule(MANAGERS),
+    ("GET", "/manager/keys"): Rule(MANAGERS),
+    ("POST", "/manager/join"): Rule(MANAGERS),
 }
+# Every path under it: the Engine API, for managers only (writes forwarded to the leader).
+FORWARD_PREFIX = "/manager/api"
+FORWARDED_API = Rule(MANAGERS)
 
 
 class Gate:

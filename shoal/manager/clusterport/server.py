@@ -14,14 +14,21 @@ from typing import TypeVar
 import msgspec
 from aiohttp import web
 
-from shoal.errors import InvalidArgument, ResourceExhausted, http_error
+from shoal.errors import InvalidArgument, NoLeader, NotFound, ResourceExhausted, http_error
 from shoal.log import get_logger
 from shoal.manager.ca.issuer import Issuer
 from shoal.manager.ca.root import RootCA
-from shoal.manager.clusterport.access import ACCESS, Gate, refusing_removed
+from shoal.manager.clusterport.access import (
+    ACCESS,
+    FORWARD_PREFIX,
+    FORWARDED_API,
+    Gate,
+    refusing_removed,
+)
 from shoal.manager.clusterport.ratelimit import JoinLimiter
 from shoal.manager.clusterport.session import node_addr, serve_session
 from shoal.manager.dispatcher.dispatcher import Dispatcher
+from shoal.manager.roster import RosterCache
 from shoal.manager.store import Store
 from shoal.pki import Identity, NodeCredentials, peer_identity
 from shoal.types.base import encode_json
@@ -35,11 +42,15 @@ MSG_TOO_MANY_FAILED_JOINS = (
     "address; try again later"
 )
 IDENTITY_KEY = "shoal.identity"
+# `/manager/join`: the address the joining node connected to the follower from
+JOIN_PEER_HEADER = "X-Shoal-Join-Peer"
 MAX_BODY = 1024 * 1024
 SHUTDOWN_TIMEOUT_S = 2.0  # sessions in flight when the daemon stops
 
 log = get_logger("shoal.manager.clusterport")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# A follower's join handed to the leader: (request body, peer) -> (status, body).
+JoinVia = Callable[[bytes, str], Awaitable[tuple[int, bytes]]]
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -59,7 +70,23 @@ class ClusterServer:
         root: RootCA,
         credentials: NodeCredentials,
         cluster_id: str,
+        leading: Callable[[], bool] = lambda: True,
+        shared_keys: Callable[[], bytes] | None = None,
+        api: web.Application | None = None,
+        join_via_leader: JoinVia | None = None,
     ) -> None:
+        """Several managers (docs/ha.md): `leading` says whether this manager leads
+        (only the leader serves agent sessions: a follower answers 503 and the agent
+        tries the next manager); `shared_keys` answers `GET /manager/keys` (what a
+        joining manager needs to open the shared store); `api` is the Engine API app
+        served under FORWARD_PREFIX to followers forwarding writes; `join_via_leader`
+        hands a follower's joins to the leader (which writes the node), with the
+        joining node's address (`/manager/join`)."""
+        self._join_via = join_via_leader
+        self._leading = leading
+        self._shared_keys = shared_keys
+        self._roster = RosterCache(store) if shared_keys is not None else None
+        self._api = api
         self._dispatcher = dispatcher
         self._issuer = issuer
         self._root = root
@@ -80,11 +107,17 @@ class ClusterServer:
         app.router.add_post("/ca/renew", self._ca_renew)
         app.router.add_get("/dispatcher/session", self._session)
         app.router.add_get("/manager/ping", self._manager_ping)
+        app.router.add_get("/manager/keys", self._manager_keys)
+        app.router.add_post("/manager/join", self._manager_join)
+        if self._api is not None:
+            app.add_subapp(FORWARD_PREFIX, self._api)
         return app
 
     @web.middleware
     async def _access(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         rule = ACCESS.get((request.method, request.path))
+        if rule is None and request.path.startswith(FORWARD_PREFIX + "/"):
+            rule = FORWARDED_API
         if rule is None:
             return _error(404, "not found")
         ident = peer_identity(
@@ -149,15 +182,31 @@ class ClusterServer:
             raise ResourceExhausted(MSG_TOO_MANY_FAILED_JOINS)
         if not self._joins.allow(peer):
             raise ResourceExhausted(MSG_TOO_MANY_JOINS)
+        if self._join_via is not None and not self._leading():
+            status, body = await self._join_via(await request.read(), peer)
+            if status == 400:  # refused by the leader: a wrong token, a bad CSR or body
+                self._joins.failed(peer)
+                log.warning("join refused", peer=peer)
+            return web.Response(status=status, body=body, content_type="application/json")
         try:
-            req = _decode(await request.read(), JoinRequest)
-            resp = await self._issuer.join(req, node_addr(request.remote, req.addr))
+            return await self._join(await request.read(), peer)
         except InvalidArgument:  # a wrong token, a bad CSR or body
             self._joins.failed(peer)
             log.warning("join refused", peer=peer)
             raise
+
+    async def _join(self, raw: bytes, peer: str) -> web.Response:
+        req = _decode(raw, JoinRequest)
+        resp = await self._issuer.join(req, node_addr(peer, req.addr))
         log.info("node joined", node=resp.node_id, role=resp.role, hostname=req.hostname)
         return web.Response(body=encode_json(resp), content_type="application/json")
+
+    async def _manager_join(self, request: web.Request) -> web.Response:
+        """A join a follower took (its limits passed) for the leader to write; the
+        joining node's address is the follower's word (a manager's certificate)."""
+        if not self._leading():
+            raise NoLeader()
+        return await self._join(await request.read(), request.headers.get(JOIN_PEER_HEADER, ""))
 
     async def _ca_renew(self, request: web.Request) -> web.Response:
         ident: Identity = request[IDENTITY_KEY]
@@ -167,12 +216,19 @@ class ClusterServer:
         )
 
     async def _session(self, request: web.Request) -> web.StreamResponse:
+        if not self._leading():
+            raise NoLeader("this manager does not lead: its agent sessions go to the leader")
         return await serve_session(
-            request, request[IDENTITY_KEY], self._dispatcher, self._gate, self._store
+            request, request[IDENTITY_KEY], self._dispatcher, self._gate, self._store, self._roster
         )
 
     async def _manager_ping(self, request: web.Request) -> web.Response:
         return web.Response(body=b'{"ok":true}', content_type="application/json")
+
+    async def _manager_keys(self, request: web.Request) -> web.Response:
+        if self._shared_keys is None:
+            raise NotFound("this manager's store is not shared")
+        return web.Response(body=self._shared_keys(), content_type="application/json")
 
 
 T = TypeVar("T")

@@ -30,6 +30,7 @@ from shoal.log import get_logger
 from shoal.manager.ca.rotation import Directive, directive, record_node_tls
 from shoal.manager.clusterport.access import Gate
 from shoal.manager.dispatcher.dispatcher import Dispatcher
+from shoal.manager.roster import RosterCache, manager_addrs
 from shoal.manager.store import Store
 from shoal.pki import Identity
 from shoal.types import session as msg
@@ -136,7 +137,11 @@ class AgentSession:
         dispatcher: Dispatcher,
         gate: Gate,
         store: Store,
+        roster: RosterCache | None = None,
     ) -> None:
+        """`roster`: several managers, whose cluster ports the heartbeat answers carry
+        when they change (None: one manager, whose address the agent has)."""
+        self._roster = roster
         self._ws = ws
         self._ident = ident
         self._peer = peer
@@ -146,6 +151,8 @@ class AgentSession:
         # the trust directive last sent, and heartbeats since (root rotation)
         self._directive: Directive | None = None
         self._beats_since = 0
+        # the managers' cluster ports this session last told its agent
+        self._managers_sent: list[str] = []
         self._sender = _Sender(ws)
         self._logs = RemoteLogSource(self._sender)
 
@@ -191,12 +198,14 @@ class AgentSession:
         try:
             addr = node_addr(self._peer, hello.addr)
             period = await self._dispatcher.register(
-                self.node_id, hello.description, addr, self._logs
+                self.node_id, hello.description, addr, self._logs, hello.manager_addr
             )
         except ShoalError as e:
             await self._refuse(e.message)
             return False
-        await self._sender.send(msg.Registered(period=period))
+        managers = manager_addrs(self._store.view())
+        self._managers_sent = managers
+        await self._sender.send(msg.Registered(period=period, managers=managers))
         return True
 
     async def _forward(self) -> None:
@@ -227,7 +236,12 @@ class AgentSession:
                 except ShoalError as e:
                     await self._refuse(e.message)
                     return
-                await self._sender.send(msg.HeartbeatAck(seq=m.seq, period=period))
+                managers = self._roster.get() if self._roster is not None else []
+                changed = managers if managers != self._managers_sent else []
+                self._managers_sent = managers or self._managers_sent
+                await self._sender.send(
+                    msg.HeartbeatAck(seq=m.seq, period=period, managers=changed)
+                )
                 await self._direct()
             elif isinstance(m, msg.NodeTLS):
                 await record_node_tls(self._store, self.node_id, m.tls_info)
@@ -249,9 +263,14 @@ class AgentSession:
 
 
 async def serve_session(
-    request: web.Request, ident: Identity, dispatcher: Dispatcher, gate: Gate, store: Store
+    request: web.Request,
+    ident: Identity,
+    dispatcher: Dispatcher,
+    gate: Gate,
+    store: Store,
+    roster: RosterCache | None = None,
 ) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(max_msg_size=msg.MAX_AGENT_FRAME_BYTES)
     await ws.prepare(request)
-    await AgentSession(ws, ident, request.remote, dispatcher, gate, store).serve()
+    await AgentSession(ws, ident, request.remote, dispatcher, gate, store, roster).serve()
     return ws

@@ -35,7 +35,7 @@ from shoal.types.agent import (
 )
 from shoal.types.base import parse_time
 from shoal.types.meta import TaskMeta
-from shoal.types.node import NODE_JOINED, Node, NodeDescription, NodeStatus
+from shoal.types.node import NODE_JOINED, ManagerStatus, Node, NodeDescription, NodeStatus
 from shoal.types.swarm import DEFAULT_HEARTBEAT_PERIOD_NS
 from shoal.types.task import Owner, Task, TaskState, TaskStatus, can_transition
 
@@ -44,6 +44,9 @@ from shoal.types.task import Owner, Task, TaskState, TaskStatus, can_transition
 ROUTED_KINDS = ("task", "node", "service", "network")
 HEARTBEAT_GRACE = 3  # periods without a heartbeat before a node is down
 HEARTBEAT_EPSILON_S = 0.5  # jitter on the period given to agents
+# A new leader's grace for the nodes it has no session with yet: longer than an agent's
+# longest wait between two session tries (8 s), so a fail-over loses no live node.
+UNKNOWN_NODE_GRACE_S = 12.0
 # Agents' status reports are written with a leading edge (shoal/batching.py Batcher):
 # the first after STATUS_BATCH_INTERVAL_S of quiet at once, and the first of a task that
 # came to run (or ended) after STATUS_BATCH_INTERVAL_S without one; later ones in one
@@ -134,6 +137,8 @@ class Dispatcher:
 
     # the loops ------------------------------------------------------------------------------
     async def run(self) -> None:
+        """Until stop(); after close_all() it may run again (a manager leading again)."""
+        self._arm_unknown()
         loops = [
             asyncio.create_task(self._route_loop(), name="dispatcher-route"),
             asyncio.create_task(self._flush_loop(), name="dispatcher-status"),
@@ -150,6 +155,32 @@ class Dispatcher:
 
     def stop(self) -> None:
         self._stopped.set()
+
+    def _arm_unknown(self) -> None:
+        """A dispatcher that starts (a new leader's) gives every node the store says is
+        up and that has no session here a grace of HEARTBEAT_GRACE periods (at least
+        UNKNOWN_NODE_GRACE_S) to register before it is down (SwarmKit marks them
+        unknown): a node that died with the old leader, or while no manager led, is
+        noticed, and one whose agent is between two tries is not taken for dead (a node
+        down has its tasks replaced)."""
+        grace = max(self.heartbeat_period() * HEARTBEAT_GRACE, UNKNOWN_NODE_GRACE_S)
+        deadline = self._clock.monotonic() + grace
+        for node in self._store.view().nodes():
+            if node.status.state == "down" or node.id in self._deadlines:
+                continue
+            self._deadlines[node.id] = deadline
+            heapq.heappush(self._deadline_heap, (deadline, node.id))
+        self._earlier_deadline.set()
+
+    def close_all(self, reason: str) -> None:
+        """This manager stopped leading: every session ends (the agents go to the new
+        leader), and the deadlines are forgotten (the new leader keeps them)."""
+        for node_id in list(self._sessions):
+            self.revoke(node_id, reason)
+        self._deadlines.clear()
+        self._deadline_heap.clear()
+        self._pending_status.clear()
+        self._stopped = asyncio.Event()  # run() may start again
 
     async def _forever(self, what: str, round_: Callable[[], Awaitable[None]]) -> None:
         """Run `round_` again and again: one that raises is logged with the loop's name
@@ -434,16 +465,34 @@ class Dispatcher:
 
     # the session API (called by agents) --------------------------------------------------------
     async def register(
-        self, node_id: str, description: NodeDescription, addr: str, logs: LogSource
+        self,
+        node_id: str,
+        description: NodeDescription,
+        addr: str,
+        logs: LogSource,
+        manager_addr: str | None = None,
     ) -> float:
+        """`manager_addr`: the cluster port of a manager's node (several managers:
+        recorded in its ManagerStatus, where agents learn it from)."""
+
         def write(tx: Tx) -> None:
             node = tx.get_node(node_id)
             if node is None:
                 raise NotFound(f"node {node_id} not found")
             status = NodeStatus(state="ready", addr=addr)
+            manager_status = node.manager_status
+            if manager_addr and node.spec.role == "manager":
+                manager_status = ManagerStatus(
+                    leader=bool(manager_status and manager_status.leader),
+                    reachability="reachable",
+                    addr=manager_addr,
+                )
             tx.update(
                 msgspec.structs.replace(
-                    node, description=_keep_tls(node, description), status=status
+                    node,
+                    description=_keep_tls(node, description),
+                    status=status,
+                    manager_status=manager_status,
                 )
             )
 

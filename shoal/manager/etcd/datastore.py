@@ -2,17 +2,14 @@
 as k3s's option): the store's etcd backend, opened under the cluster's own prefix,
 with this manager's leadership as its fence.
 
-This is the explicit, opt-in path while issue 13 is under way (docs/ha.md): one
-manager writes; it campaigns when the store opens (a restarted manager waits for its
-previous lease to expire), and campaigns again if it ever loses the leadership (its
-commits are refused meanwhile, and the sequencing compare keeps a stale replica from
-writing). The embedded default stays SQLite.
+Several managers may share it (docs/ha.md): each opens the store as a replica, and
+campaigns (shoal/manager/leadership.py: the leader writes, the others follow and
+forward writes). A restarted manager waits for its previous lease to expire before it
+can lead again. The embedded default stays SQLite.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,10 +18,13 @@ from aetcd.utils import prefix_range_end
 from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.etcdclient import FAILURES, EtcdClient, EtcdError, TLSFiles
 from shoal.log import get_logger
-from shoal.manager.election import DEFAULT_TTL_S, Election
+from shoal.manager.election import Election
 from shoal.manager.store.etcd import EtcdBackend
 
 CLIENT_TIMEOUT_S = 10.0
+# The election lease: a killed leader's key expires within it, so another manager
+# leads within about ELECTION_TTL_S plus one campaign round.
+ELECTION_TTL_S = 3
 
 log = get_logger("shoal.manager.etcd.datastore")
 
@@ -50,47 +50,32 @@ def cluster_prefix(cluster_id: str) -> bytes:
 
 
 class EtcdDatastore:
-    """The backend, the election, and the task that keeps the fence current."""
+    """The backend (read, not led yet) and this manager's election."""
 
     def __init__(self, client: EtcdClient, backend: EtcdBackend, election: Election) -> None:
         self.client = client
         self.backend = backend
         self.election = election
-        self._holder: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(
-        cls, config: DatastoreConfig, node_id: str, cluster_id: str, clock: Clock = SYSTEM_CLOCK
+        cls, config: DatastoreConfig, cluster_id: str, candidate: str, clock: Clock = SYSTEM_CLOCK
     ) -> EtcdDatastore:
-        """Read the store and lead it (waits while another holds the leadership)."""
+        """Read the store; `candidate` is what the election key says while this
+        manager leads (shoal/manager/leadership.py Candidate)."""
         client = config.client()
         prefix = cluster_prefix(cluster_id)
         try:
             backend = EtcdBackend(client, prefix=prefix, clock=clock)
             await backend.open()
-            election = Election(client, node_id, prefix + b"election/leader", DEFAULT_TTL_S, clock)
-            backend.set_fence(await election.campaign())
         except BaseException:
             await client.close()
             raise
-        store = cls(client, backend, election)
-        store._holder = asyncio.create_task(store._hold())
+        election = Election(client, candidate, prefix + b"election/leader", ELECTION_TTL_S, clock)
         log.info("store on etcd", endpoints=config.endpoints, prefix=prefix.decode())
-        return store
-
-    async def _hold(self) -> None:
-        """Campaign again whenever the leadership is lost."""
-        while True:
-            await self.election.lost.wait()
-            self.backend.set_fence(None)
-            log.warning("leadership lost; campaigning again")
-            self.backend.set_fence(await self.election.campaign())
+        return cls(client, backend, election)
 
     async def close(self) -> None:
-        if self._holder is not None:
-            self._holder.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._holder
         await self.election.resign()
         await self.client.close()
 

@@ -40,6 +40,7 @@ managers share.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 from collections.abc import AsyncIterator
@@ -80,6 +81,7 @@ class EtcdBackend:
         self.index_revision = 0  # the etcd revision of that commit (0: none yet)
         self.revision = 0  # the etcd revision this backend has seen everything up to
         self._loaded: list[Record] | None = None
+        self._advanced = asyncio.Event()  # set whenever index_revision moves
 
     # reading ----------------------------------------------------------------------------
     async def open(self) -> None:
@@ -194,6 +196,16 @@ class EtcdBackend:
             f"manager has seen {self.index_revision}); nothing was written"
         )
 
+    async def caught_up(self) -> None:
+        """Wait until this backend has seen the last commit in etcd (a new leader's
+        replica must have applied the old leader's last commit before it writes: the
+        sequencing compare). Once elected nobody else commits, so this ends."""
+        kvs, _, _ = await self._client.range_page(self.index_key, self.index_key + b"\x00")
+        last = int(kvs[0].mod_revision) if kvs else 0
+        while self.index_revision < last:
+            self._advanced.clear()
+            await self._advanced.wait()
+
     # other writers' commits -------------------------------------------------------------
     def foreign_commits(self, after: int) -> AsyncIterator[Commit] | None:
         if after != self.index:
@@ -253,6 +265,7 @@ class EtcdBackend:
                 # retry, is reported refused and taken back here, yet is in etcd.)
                 continue
             self.index, self.index_revision = index, kv.mod_revision
+            self._advanced.set()  # the waiter runs after the store applied it
             yield Commit(index, records)
 
     def close(self) -> None:

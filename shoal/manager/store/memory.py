@@ -522,6 +522,11 @@ class Store:
         self.group_commits = 0  # backend commits (each one or more transactions)
         self.foreign_commits = 0
         self.rolled_back = 0  # transactions taken back after a commit found the disk full
+        # Set while this manager does not lead (shoal/manager/leadership.py): the error
+        # every local write gets at once, before it is applied.
+        self.refuse_writes: Callable[[], Exception] | None = None
+        # set (and replaced) at every foreign commit applied: reached() waits on it
+        self._foreign_applied = asyncio.Event()
         self._load()
 
     def _load(self) -> None:
@@ -577,6 +582,8 @@ class Store:
         return result
 
     def _apply(self, fn: Callable[[Tx], T]) -> tuple[T, _Applied | None]:
+        if self.refuse_writes is not None:
+            raise self.refuse_writes()
         if self._failed is not None:
             raise Internal(f"the store cannot commit: {self._failed!r}")
         if self._in_tx:
@@ -739,7 +746,22 @@ class Store:
         if feed is None:
             return
         async for commit in feed:
+            if self._pending:
+                await self._drain_pending()
             self.apply_foreign(commit)
+
+    async def _drain_pending(self) -> None:
+        """Another writer committed while this store has writes of its own in flight:
+        the leadership moved (a deposed leader that does not know yet). Those writes
+        cannot commit after it (the fence refuses them): they are refused and taken
+        back before the other writer's commit is applied on the durable tables."""
+        log.warning("a commit of another manager met writes in flight; settling them first")
+        while self._pending:
+            if self._failed is not None:
+                raise Internal(f"the store cannot commit: {self._failed!r}")
+            if self._flushing is None:
+                self._flushing = asyncio.ensure_future(self._flush_once())
+            await asyncio.shield(self._flushing)
 
     def apply_foreign(self, commit: Commit) -> None:
         """A commit another writer made durable: into the tables, then to watchers."""
@@ -766,6 +788,22 @@ class Store:
         self.foreign_commits += 1
         if events:
             self._publish(events)
+        self._foreign_applied.set()
+        self._foreign_applied = asyncio.Event()
+
+    async def reached(self, index: int, timeout_s: float) -> bool:
+        """Wait until this replica holds every commit up to `index` (a write another
+        manager made for this one: read-your-writes); False if not within `timeout_s`."""
+        deadline = self.clock.monotonic() + timeout_s
+        while self.durable_index < index:
+            left = deadline - self.clock.monotonic()
+            if left <= 0:
+                return False
+            try:
+                await self.clock.wait_for(self._foreign_applied.wait(), left)
+            except TimeoutError:
+                return False
+        return True
 
     def watch(self, *kinds: str) -> Watcher:
         w = Watcher(self, frozenset(kinds) if kinds else None)
