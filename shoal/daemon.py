@@ -840,11 +840,7 @@ class Daemon:
             try:
                 await self._start_manager(bootstrap)
             except BaseException:
-                await self._stop_swarm(stop_tasks=True)
-                shutil.rmtree(self._swarm_dir, ignore_errors=True)
-                self._state = None
-                self._creds = None
-                self._keys = None
+                await self._abandon_swarm()
                 raise
             self._save_state(self._state)
             log.info(
@@ -902,13 +898,18 @@ class Daemon:
             self._write_private_key(self._certs_dir / ROOT_KEY_FILE, root_key)
             await self._start_manager()
         except BaseException:
-            await self._stop_swarm(stop_tasks=True)
-            shutil.rmtree(self._swarm_dir, ignore_errors=True)
-            self._state = None
-            self._creds = None
-            self._keys = None
+            await self._abandon_swarm()
             raise
         self._save_state(self._state)
+
+    async def _abandon_swarm(self) -> None:
+        """Undo a swarm init or a manager's join that failed half-way: stop what
+        started, forget the swarm and its files."""
+        await self._stop_swarm(stop_tasks=True)
+        shutil.rmtree(self._swarm_dir, ignore_errors=True)
+        self._state = None
+        self._creds = None
+        self._keys = None
 
     async def swarm_leave(self, force: bool) -> None:
         async with self._lock:
