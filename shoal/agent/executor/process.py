@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import grp
 import json
 import os
 import platform
-import pwd
 import re
 import shutil
 import signal
@@ -38,6 +36,7 @@ import shoal
 from shoal.agent import secrets as task_secrets
 from shoal.agent.executor import cgroups, gelf, logdriver, probe, shim, spawner
 from shoal.agent.executor.base import ExecutorError, ExitStatus, RuntimeState
+from shoal.agent.executor.process_user import resolve_user
 from shoal.agent.health import UNHEALTHY, HealthMonitor, health_spec
 from shoal.agent.network import taskfiles
 from shoal.agent.network.plumbing import Plumbing
@@ -61,8 +60,6 @@ MEMINFO_PATH = Path("/proc/meminfo")
 # The environment every task starts from (Docker's default PATH for Linux containers).
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_WORKDIR = "/"
-# HOME of a user with no passwd entry, as runc sets it.
-DEFAULT_HOME = "/"
 DEFAULT_STOP_SIGNAL = signal.SIGTERM
 
 # Waiting for a shim to exit where pidfd_open is missing, and for the files it writes.
@@ -1021,64 +1018,6 @@ def parse_signal(value: str | None) -> signal.Signals:
         return signal.Signals[name if name.startswith("SIG") else "SIG" + name]
     except (KeyError, ValueError):
         raise ExecutorError(f"invalid stop signal: {value}") from None
-
-
-def resolve_user(
-    user: str | None, extra_groups: list[str] | None
-) -> tuple[int | None, int | None, list[int] | None, str]:
-    """(uid, gid, supplementary groups, HOME) for ContainerSpec.User ("uid", "uid:gid",
-    "name", "name:group") and ContainerSpec.Groups, resolved as runc does; None ids
-    leave the agent's own. ExecutorError for unknown users and groups."""
-    additional = [_resolve_group(g) for g in extra_groups or []]
-    if not user:
-        home = _home_of(os.geteuid())
-        if not additional:
-            return None, None, None, home
-        return None, None, sorted(set(os.getgroups()) | set(additional)), home
-    name, _, group = user.partition(":")
-    if name.isdigit():
-        uid = int(name)
-        try:
-            entry: pwd.struct_passwd | None = pwd.getpwuid(uid)
-        except KeyError:
-            entry = None
-    else:
-        try:
-            entry = pwd.getpwnam(name)
-        except KeyError:
-            raise ExecutorError(
-                f"unable to find user {name}: no matching entries in passwd file"
-            ) from None
-        uid = entry.pw_uid
-    # A uid with no passwd entry runs in the group of the same number, never in root's
-    # group 0 (which would hand the task root's group-owned files on the host).
-    gid = _resolve_group(group) if group else (entry.pw_gid if entry else uid)
-    groups = set(os.getgrouplist(entry.pw_name, gid)) if entry else {gid}
-    groups.update(additional)
-    home = entry.pw_dir if entry and entry.pw_dir else DEFAULT_HOME
-    if os.geteuid() != 0:
-        if uid != os.geteuid() or gid != os.getegid() or additional:
-            raise ExecutorError(f"cannot run as user {user}: the agent does not run as root")
-        return None, None, None, home
-    return uid, gid, sorted(groups), home
-
-
-def _resolve_group(group: str) -> int:
-    if group.isdigit():
-        return int(group)
-    try:
-        return grp.getgrnam(group).gr_gid
-    except KeyError:
-        raise ExecutorError(
-            f"unable to find group {group}: no matching entries in group file"
-        ) from None
-
-
-def _home_of(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_dir or DEFAULT_HOME
-    except KeyError:
-        return DEFAULT_HOME
 
 
 def check_executable(name: str, path: str, cwd: str) -> None:
