@@ -25,7 +25,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -34,8 +33,9 @@ from typing import Any
 
 import shoal
 from shoal.agent import secrets as task_secrets
-from shoal.agent.executor import cgroups, gelf, logdriver, probe, shim, spawner
+from shoal.agent.executor import cgroups, logdriver, probe, shim, spawner
 from shoal.agent.executor.base import ExecutorError, ExitStatus, RuntimeState
+from shoal.agent.executor.process_logs import TaskLog, log_config
 from shoal.agent.executor.process_user import resolve_user
 from shoal.agent.health import UNHEALTHY, HealthMonitor, health_spec
 from shoal.agent.network import taskfiles
@@ -44,7 +44,6 @@ from shoal.agent.templates import TemplateError, render
 from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.log import get_logger
 from shoal.types.agent import Dependency, LogMessage, LogOptions
-from shoal.types.base import format_time, now_ns
 from shoal.types.meta import NO_TASK_META, TaskMeta
 from shoal.types.node import EngineDescription, EnginePlugin, NodeDescription, NodeResources
 from shoal.types.service import ContainerSpec, Platform
@@ -70,12 +69,6 @@ START_TIMEOUT_S = 10.0
 # After SIGKILL of the task's process group, how long the shim may take to drain its
 # pipes (shim.DRAIN_TIMEOUT_S) and exit before it is killed too.
 SHIM_EXIT_TIMEOUT_S = 10.0
-# How often a following log reader looks for new lines.
-LOG_POLL_S = 0.15
-# Log file reads: the unit of the backward scan for `tail` and the most read at once
-# (larger than any record: shim.MAX_LINE_BYTES of data, escaped).
-LOG_CHUNK_BYTES = 64 * 1024
-LOG_BATCH_BYTES = 1024 * 1024
 
 # /proc/<pid>/stat states of a process that has exited (zombie, dead).
 ZOMBIE_STATES = frozenset({"Z", "X"})
@@ -289,7 +282,6 @@ class ProcessController:
         self.spec = task.spec.container_spec or ContainerSpec()
         self._executor = executor
         self._dir = executor.tasks_dir / task.id
-        self._attrs: dict[str, str] | None = None  # of the log lines (logs())
         self._health: HealthMonitor | None = None
 
     # --- the Controller protocol -----------------------------------------------------
@@ -320,7 +312,7 @@ class ProcessController:
         if (self._dir / shim.STARTED_FILE).exists():
             return  # prepared and started by an earlier call (or an earlier agent)
         launch = self._launch_spec()
-        launch["log"] = await self._log_config(launch)
+        launch["log"] = await log_config(self.task, self.meta, self._executor.hostname, launch)
         self._dir.mkdir(parents=True, exist_ok=True)
         files = task_secrets.files_of(
             self.task, self._executor.dependencies, self._template_context(launch)
@@ -485,6 +477,9 @@ class ProcessController:
             await self._wait_shim_exit(shim_pid, timeout_s=SHIM_EXIT_TIMEOUT_S)
         self._executor.reap(shim_pid)
 
+    def logs(self, options: LogOptions) -> AsyncIterator[LogMessage]:
+        return TaskLog(self._dir, self.task_id).read(options, self._finished)
+
     async def remove(self) -> None:
         await self.shutdown(0.0)
         await asyncio.to_thread(task_secrets.release, self._dir)
@@ -569,39 +564,6 @@ class ProcessController:
             "env": launch["env"],
         }
 
-    async def logs(self, options: LogOptions) -> AsyncIterator[LogMessage]:
-        streams = {
-            s for s, on in ((shim.STDOUT, options.stdout), (shim.STDERR, options.stderr)) if on
-        }
-        if not streams:
-            return
-        since, until = options.since_ns, options.until_ns
-
-        def wanted(ts: int, stream: int) -> bool:
-            return stream in streams and ts >= since and (not until or ts <= until)
-
-        self._attrs = self._log_attrs() or None
-        path = self._dir / shim.LOG_FILE
-        offset = 0
-        if options.tail is not None and options.tail >= 0:
-            messages, offset = self._tail(path, options.tail, wanted)
-            for message in messages:
-                yield message
-        while True:
-            # Decided before reading: once the task has exited, its log is complete.
-            finished = not options.follow or self._finished()
-            while True:
-                messages, offset, read, past_until = self._read_batch(path, offset, wanted, until)
-                for message in messages:
-                    yield message
-                if past_until and options.follow:
-                    return
-                if not read:
-                    break
-            if finished or (until and time.time_ns() > until):
-                return
-            await asyncio.sleep(LOG_POLL_S)
-
     # --- preparing -----------------------------------------------------------------------
 
     def _launch_spec(self) -> dict[str, Any]:
@@ -680,59 +642,6 @@ class ProcessController:
             return None
         record = launch.get("cgroups") if isinstance(launch, dict) else None
         return record if isinstance(record, dict) else None
-
-    async def _log_config(self, launch: dict[str, Any]) -> dict[str, Any]:
-        """spec.json's `log`: the driver, the extra attributes of its lines (which
-        `--details` shows) and, for gelf, the resolved endpoint and the message fields
-        (the task plays the container: its ID, its Swarm container name)."""
-        name, options = logdriver.of_task(self.task, self.meta)
-        logdriver.validate(name, options, logdriver.PROCESS_DRIVERS)
-        t = self.task
-        labels = {
-            **(self.spec.labels or {}),
-            "com.docker.swarm.node.id": t.node_id or "",
-            "com.docker.swarm.service.id": t.service_id,
-            "com.docker.swarm.service.name": self.meta.service_name,
-            "com.docker.swarm.task.id": t.id,
-        }
-        attrs = logdriver.attributes(options, labels, launch["env"])
-        config: dict[str, Any] = {"driver": name, "attrs": attrs}
-        if name != logdriver.GELF:
-            return config
-        scheme, host, port = gelf.parse_address(options["gelf-address"])
-        if scheme != "udp":
-            raise ExecutorError("gelf: the process runtime sends GELF over UDP only")
-        try:
-            found = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-        except OSError as e:
-            raise ExecutorError(
-                "failed to initialize logging driver: gelf: cannot connect to GELF "
-                f"endpoint: {host}:{port}: {e}"
-            ) from None
-        slot = t.slot if t.slot is not None else t.node_id
-        info = {
-            "FullID": t.id,
-            "Name": f"{self.meta.service_name}.{slot}.{t.id}",
-            "ImageName": self.spec.image or "",
-            "Command": " ".join(launch["argv"]),
-            "Created": format_time(now_ns()),
-        }
-        config.update(
-            host=self._executor.hostname,
-            address=[found[0][4][0], port],
-            compression=options.get("gelf-compression-type", gelf.DEFAULT_COMPRESSION_TYPE),
-            level=int(options.get("gelf-compression-level", gelf.DEFAULT_COMPRESSION_LEVEL)),
-            extra=logdriver.gelf_extra(info, options, attrs),
-        )
-        return config
-
-    def _log_attrs(self) -> dict[str, str]:
-        """The extra attributes of the task's log lines, from its spec.json."""
-        try:
-            launch = json.loads((self._dir / shim.SPEC_FILE).read_bytes())
-            return {str(k): str(v) for k, v in (launch.get("log") or {})["attrs"].items()}
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            return {}
 
     # --- the shim and its files ----------------------------------------------------------
 
@@ -903,80 +812,6 @@ class ProcessController:
                 return False
             await asyncio.sleep(POLL_INTERVAL_S)
         return True
-
-    # --- logs ----------------------------------------------------------------------------
-
-    def _message(self, line: bytes) -> LogMessage | None:
-        try:
-            ts, stream, data = shim.decode_record(line)
-        except ValueError:
-            return None  # a line torn by a crash: skip it rather than end the stream
-        return LogMessage(
-            task_id=self.task_id, timestamp_ns=ts, stream=stream, data=data, attrs=self._attrs
-        )
-
-    def _tail(
-        self, path: Path, n: int, wanted: Callable[[int, int], bool]
-    ) -> tuple[list[LogMessage], int]:
-        """The last `n` wanted messages, scanning the file backwards, and the offset
-        where the complete lines end (where following continues)."""
-        try:
-            f = path.open("rb")
-        except FileNotFoundError:
-            return [], 0
-        with f:
-            size = f.seek(0, os.SEEK_END)
-            end = 0
-            pos = size
-            while pos > 0:  # the end of the last complete line
-                start = max(0, pos - LOG_CHUNK_BYTES)
-                f.seek(start)
-                newline = f.read(pos - start).rfind(b"\n")
-                if newline >= 0:
-                    end = start + newline + 1
-                    break
-                pos = start
-            found: list[LogMessage] = []
-            pos, carry = end, b""
-            while pos > 0 and len(found) < n:
-                start = max(0, pos - LOG_CHUNK_BYTES)
-                f.seek(start)
-                lines = (f.read(pos - start) + carry).split(b"\n")
-                pos = start
-                carry = lines.pop(0) if start > 0 else b""
-                for line in reversed(lines):
-                    message = self._message(line) if line else None
-                    if message is not None and wanted(message.timestamp_ns, message.stream):
-                        found.append(message)
-                        if len(found) == n:
-                            break
-            found.reverse()
-            return found, end
-
-    def _read_batch(
-        self, path: Path, offset: int, wanted: Callable[[int, int], bool], until: int
-    ) -> tuple[list[LogMessage], int, bool, bool]:
-        """Wanted messages of the complete lines after `offset` (up to LOG_BATCH_BYTES):
-        (messages, new offset, whether anything was read, whether a line came after
-        `until`)."""
-        try:
-            with path.open("rb") as f:
-                f.seek(offset)
-                data = f.read(LOG_BATCH_BYTES)
-        except FileNotFoundError:
-            return [], offset, False, False
-        end = data.rfind(b"\n") + 1
-        messages = []
-        past_until = False
-        for line in data[:end].split(b"\n"):
-            message = self._message(line) if line else None
-            if message is None:
-                continue
-            if wanted(message.timestamp_ns, message.stream):
-                messages.append(message)
-            elif until and message.timestamp_ns > until:
-                past_until = True
-        return messages, offset + end, end > 0, past_until
 
 
 def protect_daemon() -> None:
