@@ -35,6 +35,7 @@ import shoal
 from shoal.agent import secrets as task_secrets
 from shoal.agent.executor import cgroups, logdriver, probe, shim, spawner
 from shoal.agent.executor.base import ExecutorError, ExitStatus, RuntimeState
+from shoal.agent.executor.process_limits import cgroup_plan, remove_cgroups
 from shoal.agent.executor.process_logs import TaskLog, log_config
 from shoal.agent.executor.process_user import resolve_user
 from shoal.agent.health import UNHEALTHY, HealthMonitor, health_spec
@@ -84,15 +85,6 @@ SUPERVISOR_EXITED_ERROR = "task process supervisor exited unexpectedly"
 DEFAULT_STOP_GRACE_S = 10.0
 # Swarm's container adapter's error for a task stopped because it turned unhealthy.
 ERR_UNHEALTHY = "unhealthy container"
-# dockerd's warnings when the kernel lacks a controller: the limit is discarded.
-MSG_LIMIT_DISCARDED = {
-    "memory": "Your kernel does not support memory limit capabilities or the cgroup is "
-    "not mounted. Limitation discarded.",
-    "cpu": "Your kernel does not support CPU CFS quota or the cgroup is not mounted. "
-    "Quota discarded.",
-    "pids": "Your kernel does not support pids limit capabilities or the cgroup is not "
-    "mounted. PIDs limit discarded.",
-}
 
 PR_SET_DUMPABLE = 4
 # The environment variable that turns the tasks' pid namespaces off (0), for debugging.
@@ -301,7 +293,7 @@ class ProcessController:
             if status is None and shim_pid is not None:
                 # The shim died without a word: end what it left in the task's cgroups,
                 # as it would have done itself.
-                await self._remove_cgroups()
+                await remove_cgroups(self._dir, self.task_id)
             if status is not None or shim_pid is not None:
                 await self._release_network()  # the task has ended
         else:
@@ -485,7 +477,7 @@ class ProcessController:
         await asyncio.to_thread(task_secrets.release, self._dir)
         # The shim removes the task's cgroups when the task ends; this is for a shim
         # that did not get to it (killed with the daemon). The record is spec.json.
-        await self._remove_cgroups()
+        await remove_cgroups(self._dir, self.task_id)
         await self._release_network()
         shutil.rmtree(self._dir, ignore_errors=True)
 
@@ -607,41 +599,8 @@ class ProcessController:
             "groups": groups,
             "no_new_privs": True,
             "pid_namespace": self._executor.pid_namespace,
-            "cgroups": self._cgroup_plan(),
+            "cgroups": cgroup_plan(self._executor.cgroup_layout, self.task),
         }
-
-    def _cgroup_plan(self) -> dict[str, Any] | None:
-        """The task's cgroups and limits, as spec.json records them (cgroups.plan)."""
-        layout = self._executor.cgroup_layout
-        limits = self.task.spec.resources.limits if self.task.spec.resources else None
-        memory, cpus, pids = (
-            (limits.memory_bytes, limits.nano_cpus, limits.pids) if limits else (None, None, None)
-        )
-        if layout is None:
-            wanted = {"memory": memory, "cpu": cpus, "pids": pids}
-            missing = [c for c, v in wanted.items() if v]
-            record = None
-        else:
-            record = cgroups.plan(layout, self.task_id, memory, cpus, pids)
-            missing = record["missing"]
-        for controller in missing:
-            log.warning(MSG_LIMIT_DISCARDED[controller], task=self.task_id)
-        return record
-
-    async def _remove_cgroups(self) -> None:
-        record = self._cgroup_record()
-        if record is None:
-            return
-        if not await asyncio.to_thread(cgroups.kill_and_remove, record):
-            log.warning("task cgroups not removed", task=self.task_id, dirs=cgroups.dirs_of(record))
-
-    def _cgroup_record(self) -> dict[str, Any] | None:
-        try:
-            launch = json.loads((self._dir / shim.SPEC_FILE).read_bytes())
-        except (OSError, ValueError):
-            return None
-        record = launch.get("cgroups") if isinstance(launch, dict) else None
-        return record if isinstance(record, dict) else None
 
     # --- the shim and its files ----------------------------------------------------------
 
