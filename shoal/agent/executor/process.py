@@ -35,13 +35,17 @@ import shoal
 from shoal.agent import secrets as task_secrets
 from shoal.agent.executor import cgroups, logdriver, probe, shim, spawner
 from shoal.agent.executor.base import ExecutorError, ExitStatus, RuntimeState
-from shoal.agent.executor.process_limits import cgroup_plan, remove_cgroups
+from shoal.agent.executor.process_limits import remove_cgroups
 from shoal.agent.executor.process_logs import TaskLog, log_config
-from shoal.agent.executor.process_user import resolve_user
+from shoal.agent.executor.process_spec import (
+    DEFAULT_PATH,
+    DEFAULT_STOP_SIGNAL,
+    LaunchSpec,
+    parse_signal,
+)
 from shoal.agent.health import UNHEALTHY, HealthMonitor, health_spec
 from shoal.agent.network import taskfiles
 from shoal.agent.network.plumbing import Plumbing
-from shoal.agent.templates import TemplateError, render
 from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.log import get_logger
 from shoal.types.agent import Dependency, LogMessage, LogOptions
@@ -57,11 +61,6 @@ LAUNCHER_LOG = "launcher.log"
 SHIM_PATH = Path(shim.__file__).resolve()
 MEMINFO_PATH = Path("/proc/meminfo")
 
-# The environment every task starts from (Docker's default PATH for Linux containers).
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-DEFAULT_WORKDIR = "/"
-DEFAULT_STOP_SIGNAL = signal.SIGTERM
-
 # Waiting for a shim to exit where pidfd_open is missing, and for the files it writes.
 POLL_INTERVAL_S = 0.1
 # How often start() looks for the task's pid, and how long it waits for it.
@@ -76,10 +75,6 @@ ZOMBIE_STATES = frozenset({"Z", "X"})
 
 TASK_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
-NO_COMMAND_ERROR = (
-    "no command given: the process runtime runs the service's command and args "
-    "and this service has none"
-)
 SUPERVISOR_EXITED_ERROR = "task process supervisor exited unexpectedly"
 # The stop grace period of a task without one (Docker's 10 s).
 DEFAULT_STOP_GRACE_S = 10.0
@@ -274,6 +269,7 @@ class ProcessController:
         self.spec = task.spec.container_spec or ContainerSpec()
         self._executor = executor
         self._dir = executor.tasks_dir / task.id
+        self._launch = LaunchSpec(executor, task, meta)
         self._health: HealthMonitor | None = None
 
     # --- the Controller protocol -----------------------------------------------------
@@ -303,11 +299,11 @@ class ProcessController:
     async def prepare(self) -> None:
         if (self._dir / shim.STARTED_FILE).exists():
             return  # prepared and started by an earlier call (or an earlier agent)
-        launch = self._launch_spec()
+        launch = self._launch.build()
         launch["log"] = await log_config(self.task, self.meta, self._executor.hostname, launch)
         self._dir.mkdir(parents=True, exist_ok=True)
         files = task_secrets.files_of(
-            self.task, self._executor.dependencies, self._template_context(launch)
+            self.task, self._executor.dependencies, self._launch.template_context(launch)
         )
         launch["mounts"] = await asyncio.to_thread(task_secrets.prepare, self._dir, files)
         await self._prepare_network(launch)
@@ -503,7 +499,7 @@ class ProcessController:
                     shim.encode_record(time.time_ns(), shim.STDERR, f"shoal: {message}\n".encode())
                 )
             return
-        hostname = self._hostname(launch["env"])
+        hostname = self._launch.hostname(launch["env"])
         try:
             path = await plumbing.attach(
                 self.task_id, attachments, host_ports=list(self.meta.host_ports)
@@ -522,85 +518,6 @@ class ProcessController:
         plumbing = self._executor.plumbing
         if plumbing is not None:
             await plumbing.detach(self.task_id)
-
-    def _hostname(self, env: dict[str, str]) -> str:
-        """The task's hostname: the spec's, its templates rendered; else the node's for a
-        task sharing the node's network, or (own namespace) the task ID's first 12."""
-        if self.spec.hostname:
-            try:
-                rendered = render(self.spec.hostname.encode(), self._template_context({"env": env}))
-            except TemplateError as e:
-                raise ExecutorError(f"hostname: {e}") from e
-            return rendered.decode()
-        if self.task.networks_attachments and self._executor.plumbing is not None:
-            return taskfiles.default_hostname(self.task_id)
-        return self._executor.hostname
-
-    def _template_context(self, launch: dict[str, Any]) -> dict[str, Any]:
-        """What config templates may name about this task (shoal/agent/templates.py)."""
-        t = self.task
-        name = self.meta.service_name
-        ex = self._executor
-        return {
-            "Service": {"ID": t.service_id, "Name": name, "Labels": {}},
-            "Task": {
-                "ID": t.id,
-                "Name": f"{name}.{t.slot if t.slot is not None else t.node_id}.{t.id}",
-                "Slot": t.slot if t.slot is not None else "",
-            },
-            "Node": {
-                "ID": t.node_id or "",
-                "Hostname": ex.hostname,
-                "Platform": {"OS": "linux", "Architecture": platform.machine()},
-            },
-            "env": launch["env"],
-        }
-
-    # --- preparing -----------------------------------------------------------------------
-
-    def _launch_spec(self) -> dict[str, Any]:
-        """What spec.json tells the shim; ExecutorError when the task can never run."""
-        spec = self.spec
-        argv = [*(spec.command or []), *(spec.args or [])]
-        if not argv:
-            raise ExecutorError(NO_COMMAND_ERROR)
-        parse_signal(spec.stop_signal)
-        cwd = spec.dir or DEFAULT_WORKDIR
-        if not os.path.isabs(cwd):
-            raise ExecutorError(
-                f"the working directory '{cwd}' is invalid, it needs to be an absolute path"
-            )
-        if not os.path.isdir(cwd):
-            raise ExecutorError(f"working directory {cwd} does not exist on this node")
-        uid, gid, groups, home = resolve_user(spec.user, spec.groups)
-        user_env: dict[str, str] = {}
-        for entry in spec.env or []:
-            key, sep, value = entry.partition("=")
-            if sep and key:
-                user_env[key] = value
-        # Swarm expands its placeholders ({{.Task.ID}}, {{.Node.Hostname}}...) in
-        # the environment's values, as in the hostname.
-        context = self._template_context({"env": dict(user_env)})
-        for key, value in user_env.items():
-            if "{{" in value:
-                try:
-                    user_env[key] = render(value.encode(), context).decode()
-                except TemplateError as e:
-                    raise ExecutorError(f"env {key}: {e}") from e
-        hostname = self._hostname(user_env)
-        env = {"PATH": DEFAULT_PATH, "HOSTNAME": hostname, "HOME": home, **user_env}
-        check_executable(argv[0], env["PATH"], cwd)
-        return {
-            "argv": argv,
-            "env": env,
-            "cwd": cwd,
-            "uid": uid,
-            "gid": gid,
-            "groups": groups,
-            "no_new_privs": True,
-            "pid_namespace": self._executor.pid_namespace,
-            "cgroups": cgroup_plan(self._executor.cgroup_layout, self.task),
-        }
 
     # --- the shim and its files ----------------------------------------------------------
 
@@ -799,28 +716,3 @@ def _memory_bytes() -> int:
     except (OSError, ValueError, IndexError):
         pass
     return 0
-
-
-def parse_signal(value: str | None) -> signal.Signals:
-    """A stop signal as Docker accepts it: "SIGTERM", "TERM" or "15"."""
-    if not value:
-        return DEFAULT_STOP_SIGNAL
-    name = value.strip().upper()
-    try:
-        if name.isdigit():
-            return signal.Signals(int(name))
-        return signal.Signals[name if name.startswith("SIG") else "SIG" + name]
-    except (KeyError, ValueError):
-        raise ExecutorError(f"invalid stop signal: {value}") from None
-
-
-def check_executable(name: str, path: str, cwd: str) -> None:
-    """ExecutorError unless `name` can be exec'd, looked up in `path` as execvp does."""
-    if "/" in name:
-        full = os.path.join(cwd, name)
-        if not os.path.exists(full):
-            raise ExecutorError(f"exec {name}: no such file or directory")
-        if os.path.isdir(full) or not os.access(full, os.X_OK):
-            raise ExecutorError(f"exec {name}: permission denied")
-    elif shutil.which(name, path=path) is None:
-        raise ExecutorError(f"executable file not found in $PATH: {name}")
