@@ -33,7 +33,7 @@ from typing import Any
 
 import shoal
 from shoal.agent import secrets as task_secrets
-from shoal.agent.executor import cgroups, logdriver, probe, shim, spawner
+from shoal.agent.executor import cgroups, logdriver, probe, process_network, shim, spawner
 from shoal.agent.executor.base import ExecutorError, ExitStatus, RuntimeState
 from shoal.agent.executor.process_limits import remove_cgroups
 from shoal.agent.executor.process_logs import TaskLog, log_config
@@ -44,7 +44,6 @@ from shoal.agent.executor.process_spec import (
     parse_signal,
 )
 from shoal.agent.health import UNHEALTHY, HealthMonitor, health_spec
-from shoal.agent.network import taskfiles
 from shoal.agent.network.plumbing import Plumbing
 from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.log import get_logger
@@ -291,9 +290,10 @@ class ProcessController:
                 # as it would have done itself.
                 await remove_cgroups(self._dir, self.task_id)
             if status is not None or shim_pid is not None:
-                await self._release_network()  # the task has ended
+                # The task has ended.
+                await process_network.detach(self._executor.plumbing, self.task_id)
         else:
-            await self._release_network()
+            await process_network.detach(self._executor.plumbing, self.task_id)
         return RuntimeState(exists=True, running=False, exit=status)
 
     async def prepare(self) -> None:
@@ -306,7 +306,7 @@ class ProcessController:
             self.task, self._executor.dependencies, self._launch.template_context(launch)
         )
         launch["mounts"] = await asyncio.to_thread(task_secrets.prepare, self._dir, files)
-        await self._prepare_network(launch)
+        await process_network.attach(self._launch, self._dir, launch)
         shim.write_atomic(str(self._dir / shim.SPEC_FILE), json.dumps(launch).encode())
 
     async def start(self) -> RuntimeState:
@@ -425,12 +425,12 @@ class ProcessController:
                 if not exited.done() and monitor.status == UNHEALTHY:
                     exited.cancel()
                     error = await self._stop_unhealthy()
-                    await self._release_network()
+                    await process_network.detach(self._executor.plumbing, self.task_id)
                     raise ExecutorError(error)
                 await exited
             self._executor.reap(shim_pid)
         await self._stop_health()
-        await self._release_network()
+        await process_network.detach(self._executor.plumbing, self.task_id)
         status = self._read_exit()
         if status is None:
             raise ExecutorError(self._supervisor_error())
@@ -474,50 +474,8 @@ class ProcessController:
         # The shim removes the task's cgroups when the task ends; this is for a shim
         # that did not get to it (killed with the daemon). The record is spec.json.
         await remove_cgroups(self._dir, self.task_id)
-        await self._release_network()
+        await process_network.detach(self._executor.plumbing, self.task_id)
         shutil.rmtree(self._dir, ignore_errors=True)
-
-    async def _prepare_network(self, launch: dict[str, Any]) -> None:
-        """A task on swarm networks: its own network namespace with an interface on
-        each (plumbing.py), its own hostname, /etc/hosts and /etc/resolv.conf. Without
-        the plumbing (the daemon is not root) the attachments are not honoured, and
-        the task's log and the daemon's say so; the task runs on the node's network."""
-        attachments = self.task.networks_attachments or []
-        if not attachments:
-            return
-        plumbing = self._executor.plumbing
-        if plumbing is None:
-            names = ", ".join(a.network.spec.name or a.network.id for a in attachments)
-            message = (
-                f"network attachments not honoured ({names}): the process runtime gives "
-                "a task its own network namespace only when the daemon runs as root; "
-                "the task shares the node's network"
-            )
-            log.warning(message, task=self.task_id)
-            with (self._dir / shim.LOG_FILE).open("ab") as f:
-                f.write(
-                    shim.encode_record(time.time_ns(), shim.STDERR, f"shoal: {message}\n".encode())
-                )
-            return
-        hostname = self._launch.hostname(launch["env"])
-        try:
-            path = await plumbing.attach(
-                self.task_id, attachments, host_ports=list(self.meta.host_ports)
-            )
-        except Exception as e:  # noqa: BLE001 - netlink errors too: the task cannot start
-            await plumbing.detach(self.task_id)
-            raise ExecutorError(f"cannot attach the task to its networks: {e}") from e
-        binds = await asyncio.to_thread(taskfiles.write, self._dir, hostname, attachments)
-        launch["netns"] = path
-        launch["hold"] = plumbing.sandboxes_of(self.task_id)
-        launch["hostname"] = hostname
-        # First, before any copy of the tree (a root of its own) is made of it.
-        launch["mounts"] = [{"detach": str(plumbing.netns_dir)}, *launch["mounts"], *binds]
-
-    async def _release_network(self) -> None:
-        plumbing = self._executor.plumbing
-        if plumbing is not None:
-            await plumbing.detach(self.task_id)
 
     # --- the shim and its files ----------------------------------------------------------
 
