@@ -29,7 +29,6 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
 
 import shoal
 from shoal.agent import secrets as task_secrets
@@ -42,6 +41,12 @@ from shoal.agent.executor.process_spec import (
     DEFAULT_STOP_SIGNAL,
     LaunchSpec,
     parse_signal,
+)
+from shoal.agent.executor.process_taskdir import (
+    START_POLL_S,
+    START_TIMEOUT_S,
+    ZOMBIE_STATES,
+    TaskDir,
 )
 from shoal.agent.health import UNHEALTHY, HealthMonitor, health_spec
 from shoal.agent.network.plumbing import Plumbing
@@ -60,21 +65,12 @@ LAUNCHER_LOG = "launcher.log"
 SHIM_PATH = Path(shim.__file__).resolve()
 MEMINFO_PATH = Path("/proc/meminfo")
 
-# Waiting for a shim to exit where pidfd_open is missing, and for the files it writes.
-POLL_INTERVAL_S = 0.1
-# How often start() looks for the task's pid, and how long it waits for it.
-START_POLL_S = 0.01
-START_TIMEOUT_S = 10.0
 # After SIGKILL of the task's process group, how long the shim may take to drain its
 # pipes (shim.DRAIN_TIMEOUT_S) and exit before it is killed too.
 SHIM_EXIT_TIMEOUT_S = 10.0
 
-# /proc/<pid>/stat states of a process that has exited (zombie, dead).
-ZOMBIE_STATES = frozenset({"Z", "X"})
-
 TASK_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
-SUPERVISOR_EXITED_ERROR = "task process supervisor exited unexpectedly"
 # The stop grace period of a task without one (Docker's 10 s).
 DEFAULT_STOP_GRACE_S = 10.0
 # Swarm's container adapter's error for a task stopped because it turned unhealthy.
@@ -269,6 +265,7 @@ class ProcessController:
         self._executor = executor
         self._dir = executor.tasks_dir / task.id
         self._launch = LaunchSpec(executor, task, meta)
+        self._files = TaskDir(self._dir, executor.boot_id)
         self._health: HealthMonitor | None = None
 
     # --- the Controller protocol -----------------------------------------------------
@@ -277,14 +274,14 @@ class ProcessController:
         self._executor.reap()
         if not self._dir.is_dir():
             return RuntimeState(exists=False, running=False)
-        status = self._read_exit()
+        status = self._files.read_exit()
         if status is None:
-            shim_pid = self._read_pid(shim.SHIM_PID_FILE)
-            if shim_pid is not None and self._is_our_shim(shim_pid):
-                pid = self._read_pid(shim.PID_FILE)
+            shim_pid = self._files.read_pid(shim.SHIM_PID_FILE)
+            if shim_pid is not None and self._files.is_our_shim(shim_pid):
+                pid = self._files.read_pid(shim.PID_FILE)
                 return RuntimeState(exists=True, running=True, pid=pid)
             # Read again: the shim may have written it and exited since the first look.
-            status = self._read_exit()
+            status = self._files.read_exit()
             if status is None and shim_pid is not None:
                 # The shim died without a word: end what it left in the task's cgroups,
                 # as it would have done itself.
@@ -378,10 +375,10 @@ class ProcessController:
         monitor = self._start_health(pid)
         if monitor is None:
             return
-        shim_pid = self._read_pid(shim.SHIM_PID_FILE)
+        shim_pid = self._files.read_pid(shim.SHIM_PID_FILE)
         decided = asyncio.ensure_future(monitor.wait_decided())
         exited = asyncio.ensure_future(
-            self._wait_shim_exit(shim_pid, timeout_s=None) if shim_pid else asyncio.sleep(0)
+            self._files.wait_shim_exit(shim_pid, timeout_s=None) if shim_pid else asyncio.sleep(0)
         )
         try:
             await asyncio.wait({decided, exited}, return_when=asyncio.FIRST_COMPLETED)
@@ -398,7 +395,7 @@ class ProcessController:
         grace = ns / 1e9 if ns is not None else DEFAULT_STOP_GRACE_S
         log.info("task unhealthy: stopping it", task=self.task_id)
         await self.shutdown(grace)
-        status = self._read_exit()
+        status = self._files.read_exit()
         if status is not None and status.exit_code:
             return f"task: non-zero exit ({status.exit_code}): {ERR_UNHEALTHY}"
         return ERR_UNHEALTHY
@@ -406,14 +403,16 @@ class ProcessController:
     async def wait(self) -> ExitStatus:
         if not (self._dir / shim.STARTED_FILE).exists():
             raise ExecutorError("task was not started on this node")
-        shim_pid = await self._wait_shim_pid()
+        shim_pid = await self._files.wait_shim_pid()
         if shim_pid is not None:
-            child = self._read_pid(shim.PID_FILE)
-            monitor = self._start_health(child) if child and self._is_our_shim(shim_pid) else None
+            child = self._files.read_pid(shim.PID_FILE)
+            monitor = (
+                self._start_health(child) if child and self._files.is_our_shim(shim_pid) else None
+            )
             if monitor is None:
-                await self._wait_shim_exit(shim_pid, timeout_s=None)
+                await self._files.wait_shim_exit(shim_pid, timeout_s=None)
             else:
-                exited = asyncio.ensure_future(self._wait_shim_exit(shim_pid, timeout_s=None))
+                exited = asyncio.ensure_future(self._files.wait_shim_exit(shim_pid, timeout_s=None))
                 unhealthy = asyncio.ensure_future(monitor.wait_unhealthy())
                 try:
                     await asyncio.wait({exited, unhealthy}, return_when=asyncio.FIRST_COMPLETED)
@@ -431,9 +430,9 @@ class ProcessController:
             self._executor.reap(shim_pid)
         await self._stop_health()
         await process_network.detach(self._executor.plumbing, self.task_id)
-        status = self._read_exit()
+        status = self._files.read_exit()
         if status is None:
-            raise ExecutorError(self._supervisor_error())
+            raise ExecutorError(self._files.supervisor_error())
         return status
 
     async def _stop_health(self) -> None:
@@ -444,29 +443,29 @@ class ProcessController:
         await self._stop_health()
         if not (self._dir / shim.STARTED_FILE).exists():
             return
-        shim_pid = await self._wait_shim_pid()
+        shim_pid = await self._files.wait_shim_pid()
         if shim_pid is None:
             return
-        if not self._is_our_shim(shim_pid):
+        if not self._files.is_our_shim(shim_pid):
             self._executor.reap(shim_pid)
             return
-        child = await self._wait_child_pid(shim_pid)
+        child = await self._files.wait_child_pid(shim_pid)
         if child is not None:
             try:
                 stop_signal = parse_signal(self.spec.stop_signal)
             except ExecutorError:
                 stop_signal = DEFAULT_STOP_SIGNAL
-            self._signal_group(child, stop_signal)
-            if not await self._wait_shim_exit(shim_pid, timeout_s=max(grace_s, 0.0)):
-                self._signal_group(child, signal.SIGKILL)
-        if not await self._wait_shim_exit(shim_pid, timeout_s=SHIM_EXIT_TIMEOUT_S):
-            if self._is_our_shim(shim_pid):
+            self._files.signal_group(child, stop_signal)
+            if not await self._files.wait_shim_exit(shim_pid, timeout_s=max(grace_s, 0.0)):
+                self._files.signal_group(child, signal.SIGKILL)
+        if not await self._files.wait_shim_exit(shim_pid, timeout_s=SHIM_EXIT_TIMEOUT_S):
+            if self._files.is_our_shim(shim_pid):
                 os.kill(shim_pid, signal.SIGKILL)
-            await self._wait_shim_exit(shim_pid, timeout_s=SHIM_EXIT_TIMEOUT_S)
+            await self._files.wait_shim_exit(shim_pid, timeout_s=SHIM_EXIT_TIMEOUT_S)
         self._executor.reap(shim_pid)
 
     def logs(self, options: LogOptions) -> AsyncIterator[LogMessage]:
-        return TaskLog(self._dir, self.task_id).read(options, self._finished)
+        return TaskLog(self._dir, self.task_id).read(options, self._files.finished)
 
     async def remove(self) -> None:
         await self.shutdown(0.0)
@@ -477,175 +476,39 @@ class ProcessController:
         await process_network.detach(self._executor.plumbing, self.task_id)
         shutil.rmtree(self._dir, ignore_errors=True)
 
-    # --- the shim and its files ----------------------------------------------------------
-
-    def _read_pid(self, name: str) -> int | None:
-        """The pid in `name` (for shim.pid, the first word of the shim's identity)."""
-        try:
-            return int((self._dir / name).read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return None
-
-    def _read_exit_record(self) -> dict[str, Any] | None:
-        try:
-            record = json.loads((self._dir / shim.EXIT_FILE).read_bytes())
-        except (OSError, ValueError):
-            return None
-        return record if isinstance(record, dict) else None
-
-    def _read_exit(self) -> ExitStatus | None:
-        record = self._read_exit_record()
-        if record is None:
-            return None
-        return ExitStatus(
-            exit_code=int(record["exit_code"]),
-            signal=record.get("signal"),
-            oom_killed=bool(record.get("oom_killed")),
-        )
-
-    def _is_shim(self, pid: int) -> bool:
-        """True when process `pid` (alive or a zombie) is this task's shim, not another
-        process that reused the pid: its start time and boot are those it recorded."""
-        try:
-            words = (self._dir / shim.SHIM_PID_FILE).read_text().split()
-        except OSError:
-            return False
-        stat = shim.proc_stat(pid)
-        return (
-            stat is not None
-            and len(words) == 3
-            and words[0] == str(pid)
-            and words[1] == str(stat[1])
-            and words[2] == self._executor.boot_id
-        )
-
-    def _is_our_shim(self, pid: int) -> bool:
-        """True while this task's shim runs (a zombie has exited)."""
-        stat = shim.proc_stat(pid)
-        return stat is not None and stat[0] not in ZOMBIE_STATES and self._is_shim(pid)
-
-    def _finished(self) -> bool:
-        """True once the task has exited (or its shim is gone) and its log is complete."""
-        if not self._dir.is_dir() or (self._dir / shim.EXIT_FILE).exists():
-            return True
-        shim_pid = self._read_pid(shim.SHIM_PID_FILE)
-        return shim_pid is not None and not self._is_our_shim(shim_pid)
-
-    def _supervisor_error(self) -> str:
-        """SUPERVISOR_EXITED_ERROR, with the shim's last words if it left any."""
-        try:
-            lines = (self._dir / shim.SHIM_LOG_FILE).read_text(errors="replace").splitlines()
-        except OSError:
-            lines = []
-        last = next((line.strip() for line in reversed(lines) if line.strip()), "")
-        return f"{SUPERVISOR_EXITED_ERROR}: {last}" if last else SUPERVISOR_EXITED_ERROR
-
     async def _wait_running(self, spawned: int | None) -> RuntimeState:
         """After the start: wait for the task's pid (or the shim's report that it could
         not exec the command). `spawned` is the shim's pid when we started it."""
         deadline = time.monotonic() + START_TIMEOUT_S
         gone = False
         while True:
-            child = self._read_pid(shim.PID_FILE)
+            child = self._files.read_pid(shim.PID_FILE)
             if child is not None:
                 return RuntimeState(exists=True, running=True, pid=child)
-            record = self._read_exit_record()
+            record = self._files.read_exit_record()
             if record is not None:
                 if record.get("error"):
                     # The shim is on its way out: let it go, so that nothing of the
                     # task is left running once start() has failed.
-                    shim_pid = self._read_pid(shim.SHIM_PID_FILE)
+                    shim_pid = self._files.read_pid(shim.SHIM_PID_FILE)
                     if shim_pid is not None:
-                        await self._wait_shim_exit(shim_pid, timeout_s=SHIM_EXIT_TIMEOUT_S)
+                        await self._files.wait_shim_exit(shim_pid, timeout_s=SHIM_EXIT_TIMEOUT_S)
                         self._executor.reap(shim_pid)
                     raise ExecutorError(str(record["error"]))
-                return RuntimeState(exists=True, running=False, exit=self._read_exit())
+                return RuntimeState(exists=True, running=False, exit=self._files.read_exit())
             if gone:  # files read once more after the shim was seen gone: nothing came
-                raise ExecutorError(self._supervisor_error())
+                raise ExecutorError(self._files.supervisor_error())
             if spawned is not None:
                 gone = self._executor.shim_exited(spawned)
             else:
-                shim_pid = self._read_pid(shim.SHIM_PID_FILE)
-                gone = shim_pid is not None and not self._is_our_shim(shim_pid)
+                shim_pid = self._files.read_pid(shim.SHIM_PID_FILE)
+                gone = shim_pid is not None and not self._files.is_our_shim(shim_pid)
             if not gone:
                 if time.monotonic() > deadline:
                     raise ExecutorError(
                         f"task process supervisor did not start the task within {START_TIMEOUT_S:g}s"
                     )
                 await asyncio.sleep(START_POLL_S)
-
-    async def _wait_shim_pid(self) -> int | None:
-        """The shim's pid, waiting a little if the task is being started right now."""
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while (pid := self._read_pid(shim.SHIM_PID_FILE)) is None:
-            if time.monotonic() > deadline or (self._dir / shim.EXIT_FILE).exists():
-                return None
-            await asyncio.sleep(START_POLL_S)
-        return pid
-
-    async def _wait_child_pid(self, shim_pid: int) -> int | None:
-        """The task process's pid once the shim has started it; None if it never will
-        or it has already exited."""
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if (self._dir / shim.EXIT_FILE).exists():
-                return None
-            child = self._read_pid(shim.PID_FILE)
-            if child is not None or time.monotonic() > deadline:
-                return child
-            if not self._is_our_shim(shim_pid):
-                return None
-            await asyncio.sleep(START_POLL_S)
-
-    def _signal_group(self, pgid: int, sig: int) -> None:
-        # Signals only while the shim has not reported the exit: until then the task
-        # process, leader of the group, is unreaped and its pid cannot have been reused.
-        if (self._dir / shim.EXIT_FILE).exists():
-            return
-        try:
-            os.killpg(pgid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-    async def _wait_shim_exit(self, shim_pid: int, timeout_s: float | None) -> bool:
-        """Wait until the shim has exited; False if `timeout_s` passed first. Works for
-        a shim an earlier agent started (not our child)."""
-        try:
-            pidfd = os.pidfd_open(shim_pid)
-        except ProcessLookupError:
-            return True
-        except (AttributeError, OSError):
-            return await self._poll_shim_exit(shim_pid, timeout_s)
-        try:
-            # Checked after pidfd_open: if the pid is the shim's now, so is the pidfd.
-            # A zombie is still the shim (the pidfd is then readable at once); one that
-            # is exiting is too, and becomes a zombie we can reap once the pidfd says so.
-            if not self._is_shim(shim_pid):
-                return True
-            loop = asyncio.get_running_loop()
-            exited: asyncio.Future[None] = loop.create_future()
-            try:
-                loop.add_reader(pidfd, _resolve, exited)
-            except NotImplementedError:
-                return await self._poll_shim_exit(shim_pid, timeout_s)
-            try:
-                async with asyncio.timeout(timeout_s):
-                    await exited
-            except TimeoutError:
-                return False
-            finally:
-                loop.remove_reader(pidfd)
-            return True
-        finally:
-            os.close(pidfd)
-
-    async def _poll_shim_exit(self, shim_pid: int, timeout_s: float | None) -> bool:
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while self._is_our_shim(shim_pid):
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            await asyncio.sleep(POLL_INTERVAL_S)
-        return True
 
 
 def protect_daemon() -> None:
@@ -658,11 +521,6 @@ def protect_daemon() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
     except (OSError, AttributeError):
         pass
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 def _memory_bytes() -> int:
