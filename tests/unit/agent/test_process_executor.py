@@ -30,8 +30,9 @@ import pytest
 import shoal
 from shoal.agent.executor import shim, spawner
 from shoal.agent.executor.base import ExecutorError, ExitStatus
-from shoal.agent.executor.process import ProcessController, ProcessExecutor
+from shoal.agent.executor.process import ProcessExecutor
 from shoal.agent.executor.process_spec import DEFAULT_PATH, NO_COMMAND_ERROR, parse_signal
+from shoal.agent.executor.process_task import ProcessController
 from shoal.agent.executor.process_taskdir import TaskDir
 from shoal.types.agent import LogMessage, LogOptions
 from shoal.types.service import ContainerSpec, TaskSpec
