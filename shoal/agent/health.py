@@ -14,7 +14,7 @@ semantics (daemon/health.go):
   "unhealthy".
 
 Every wait goes through the clock: the timing is unit-tested on FakeClock. The probe
-itself (how it runs in the task's namespaces) is the caller's (executor/process.py).
+itself (how it runs in the task's namespaces) is the caller's (executor/process_task.py).
 """
 
 from __future__ import annotations

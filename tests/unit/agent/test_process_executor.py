@@ -30,13 +30,10 @@ import pytest
 import shoal
 from shoal.agent.executor import shim, spawner
 from shoal.agent.executor.base import ExecutorError, ExitStatus
-from shoal.agent.executor.process import (
-    DEFAULT_PATH,
-    NO_COMMAND_ERROR,
-    ProcessController,
-    ProcessExecutor,
-    parse_signal,
-)
+from shoal.agent.executor.process import ProcessExecutor
+from shoal.agent.executor.process_spec import DEFAULT_PATH, NO_COMMAND_ERROR, parse_signal
+from shoal.agent.executor.process_task import ProcessController
+from shoal.agent.executor.process_taskdir import TaskDir
 from shoal.types.agent import LogMessage, LogOptions
 from shoal.types.service import ContainerSpec, TaskSpec
 from shoal.types.task import Task, TaskState, TaskStatus
@@ -526,9 +523,7 @@ def test_adoption_by_a_new_executor(tmp_path: Path) -> None:
         assert (await adopted.start()).pid == pid  # no second process
         waiter = asyncio.create_task(adopted.wait())
         # Until it waits for the shim's exit (or, wrongly, returns without).
-        await until(
-            lambda: waiter.done() or suspended_in(waiter, ProcessController._wait_shim_exit)
-        )
+        await until(lambda: waiter.done() or suspended_in(waiter, TaskDir.wait_shim_exit))
         assert not waiter.done()
         assert pid is not None
         os.kill(pid, signal.SIGKILL)

@@ -9,7 +9,7 @@ import pwd
 import pytest
 
 from shoal.agent.executor.base import ExecutorError
-from shoal.agent.executor.process import resolve_user
+from shoal.agent.executor.process_user import resolve_user
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs tasks as other users: root only")
 
