@@ -1,7 +1,7 @@
 """The reads the API's front door answers beside the event loop (frontdoor.py).
 
-`HEAD|GET /_ping`, `GET /services` and `GET /nodes` (what `docker service ls` and most
-of `docker node ls` send) are answered on the front door's thread from the store's
+`HEAD|GET /_ping`, `GET /services`, `GET /nodes` and `GET /info` (what `docker service
+ls` and `docker node ls` send) are answered on the front door's thread from the store's
 snapshot of what is durable (shoal/manager/store/snapshot.py), with the same code the
 routes on the loop use (`service_list`, `node_list`), so the answer is the same one.
 Anything else, and anything these cannot answer as the route would (a daemon outside a
@@ -11,6 +11,7 @@ to the loop: `answer` then returns None and the connection is handed over.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ from shoal.api.context import DaemonContext
 from shoal.api.nodes import NODE_FILTERS, node_list
 from shoal.api.server import API_VERSION, MIN_API_VERSION, SERVER_HEADER
 from shoal.api.services import SERVICE_FILTERS, is_replicated, replicated_status, service_list
+from shoal.api.system import info_of
 from shoal.errors import ShoalError
 from shoal.types.base import encode_json
 
@@ -72,13 +74,16 @@ def answer(
         if method == "HEAD":
             return Answer("/_ping", b"", _PING_HEADERS)
         return Answer("/_ping", b"OK", _PING_HEADERS)
-    if method != "GET" or path not in ("/services", "/nodes"):
+    if method != "GET" or path not in ("/services", "/nodes", "/info"):
         return None
     manager = None if daemon.locked else daemon.manager
     if manager is None:
         return None
     snap = manager.store.snapshot
     try:
+        if path == "/info":
+            body = info_of(daemon, (snap.nodes, snap.cluster))
+            return Answer("/info", json.dumps(body, separators=(",", ":")).encode() + b"\n")
         if path == "/nodes":
             f = filters.parse(query.get("filters"), NODE_FILTERS)
             return Answer("/nodes", encode_json(node_list(snap.nodes, f)) + b"\n")
@@ -91,3 +96,7 @@ def answer(
         return Answer("/services", encode_json(service_list(snap.services, f, status)) + b"\n")
     except ShoalError:
         return None  # an error to answer: the route's own, on the loop
+    except RuntimeError:
+        # /info counts this node's agent's tasks, whose tables the loop changes: a count
+        # that raced with a change ("changed size during iteration") is left to the loop
+        return None

@@ -547,8 +547,12 @@ class Store:
         for sid, counts in self._tables.running.items():
             self._tables.durable_running[sid] = Counter(counts)
             self._tables.durable_total[sid] = sum(counts.values())
+        objects = self._tables.objects
         self._replica.load(
-            self._tables.objects["service"].values(), self._tables.objects["node"].values(), index
+            objects["service"].values(),
+            objects["node"].values(),
+            objects["cluster"].values(),
+            index,
         )
 
     def close(self) -> None:

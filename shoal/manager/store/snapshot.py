@@ -21,12 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 from shoal.types.node import Node
 from shoal.types.service import Service
+from shoal.types.swarm import Cluster
 
 if TYPE_CHECKING:
     from shoal.manager.store.memory import Event
 
 # The kinds the replica follows (the running counts come from the task events).
-REPLICATED_KINDS = frozenset({"service", "node"})
+REPLICATED_KINDS = frozenset({"service", "node", "cluster"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,7 @@ class ReadSnapshot:
     nodes: tuple[Node, ...] = ()  # by (CreatedAt, ID)
     # {service ID: its running tasks not on a down node} (as `ReadTx.durable_running`)
     running: Mapping[str, int] = field(default_factory=dict)
+    cluster: Cluster | None = None
 
     def running_tasks(self, service_id: str) -> int:
         return self.running.get(service_id, 0)
@@ -62,14 +64,22 @@ class Replica:
         self._running_total = running_total
         self._services: dict[str, Service] = {}
         self._nodes: dict[str, Node] = {}
+        self._clusters: dict[str, Cluster] = {}
         self._dirty_services = self._dirty_nodes = self._dirty_running = True
         self._services_sorted: tuple[Service, ...] = ()
         self._nodes_sorted: tuple[Node, ...] = ()
         self.snapshot: ReadSnapshot = EMPTY_SNAPSHOT
 
-    def load(self, services: Iterable[Service], nodes: Iterable[Node], index: int) -> None:
+    def load(
+        self,
+        services: Iterable[Service],
+        nodes: Iterable[Node],
+        clusters: Iterable[Cluster],
+        index: int,
+    ) -> None:
         self._services = {s.id: s for s in services}
         self._nodes = {n.id: n for n in nodes}
+        self._clusters = {c.id: c for c in clusters}
         self._dirty_services = self._dirty_nodes = self._dirty_running = True
         self.publish(index)
 
@@ -86,6 +96,9 @@ class Replica:
             elif kind == "node":
                 table = self._nodes
                 self._dirty_nodes = True
+            elif kind == "cluster":
+                table = self._clusters
+                self._dirty_services = True  # (a new snapshot; the cluster is one object)
             else:
                 continue
             if ev.action == "remove":
@@ -109,7 +122,10 @@ class Replica:
             running = self._running()
         self._dirty_services = self._dirty_nodes = self._dirty_running = False
         if changed or index != self.snapshot.index:
-            self.snapshot = ReadSnapshot(index, self._services_sorted, self._nodes_sorted, running)
+            cluster = next(iter(self._clusters.values()), None)
+            self.snapshot = ReadSnapshot(
+                index, self._services_sorted, self._nodes_sorted, running, cluster
+            )
 
     def _running(self) -> dict[str, int]:
         down = [n.id for n in self._nodes.values() if n.status.state == "down"]
