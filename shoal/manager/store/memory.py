@@ -184,6 +184,10 @@ class Watcher:
             # event loop turning once (a queue's get() returns at once when it holds
             # something): one turn between two rounds, whatever each round does.
             await asyncio.sleep(0)
+        if self.closed_reason is not None and self.queue.empty():
+            # (closed, and the reader already took the wake-up with the rest of the
+            # queue: get_nowait_all, as the loops call it; nothing more will come)
+            raise WatcherClosed(self.closed_reason)
         events = await self.queue.get()
         if self.closed_reason is not None and self.queue.empty():
             raise WatcherClosed(self.closed_reason)
