@@ -14,7 +14,6 @@ import os
 import shutil
 import signal
 import socket
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,9 +88,6 @@ ROOT_KEY_FILE = "swarm-root-ca.key"
 RENEW_RETRY_S = 30.0
 # The garbage collector's generation thresholds on a manager (the default 700, 10, 10).
 GC_THRESHOLDS = (10_000, 10, 10)
-# How long the loop's thread may hold the interpreter while another thread waits for it
-# (Python's default is 5 ms): the API front door's share of a list's latency.
-SWITCH_INTERVAL_S = 0.001
 # What the daemon writes is its own: join tokens and registry credentials live in the
 # store, task specs hold environments. Files 0600, directories 0700 (the data dir too).
 DAEMON_UMASK = 0o077
@@ -477,11 +473,6 @@ class Daemon:
         # young instead of reaching the oldest generation, whose growth is what starts
         # a full collection (docs/sim.md).
         gc.set_threshold(*GC_THRESHOLDS)
-        # The API's front door answers the lists on a thread of its own (frontdoor.py),
-        # which gets the interpreter back after each of its system calls only when the
-        # loop's thread lets it go: within the switch interval (5 ms by default, and a
-        # request makes several calls).
-        sys.setswitchinterval(SWITCH_INTERVAL_S)
         self._agent = Agent(
             self._state.node_id,
             self.node_addr,
