@@ -37,6 +37,8 @@ MAX_HEAD = 16 * 1024
 IDLE_TIMEOUT_S = 75.0
 SELECT_TIMEOUT_S = 1.0
 BACKLOG = 128
+# How long stop() waits for the thread (woken at once; it never blocks for long).
+STOP_TIMEOUT_S = 5.0
 _REASONS = {200: "OK"}
 
 log = get_logger("shoal.api.frontdoor")
@@ -161,7 +163,9 @@ class FrontDoor:
         except OSError:
             pass
         if self._thread is not None:
-            self._thread.join()
+            self._thread.join(STOP_TIMEOUT_S)
+            if self._thread.is_alive():
+                log.warning("front door: its thread did not stop", timeout_s=STOP_TIMEOUT_S)
             self._thread = None
         self._wake_r.close()
         self._wake_w.close()
