@@ -18,8 +18,10 @@ services of R replicas through the Docker API (`POST /services/create`) and meas
   `GET /tasks` at the end) beside Kubernetes' pod startup SLO (p99 <= 5 s);
 - `docker service ls` and `docker node ls` latency p50/p99, each run over and over
   while the tasks converge (goal: service ls p99 <= 50 ms; Kubernetes' API call SLO
-  p99 <= 1 s), and `GET /services?status=true` called straight on the socket the same
-  way (the daemon's share of `service ls`, without the CLI process's start);
+  p99 <= 1 s), `GET /services?status=true` called straight on the socket the same
+  way (the daemon's share of `service ls`, without the CLI process's start), and
+  `docker context inspect` (the CLI's own start and config, no daemon contacted: the
+  floor under the same contention);
 - the manager's peak RSS (VmHWM, goal <= 1 GiB) and CPU seconds, and the hollow-node
   process's RSS per node (as `shoal sim` measures it);
 - the failure wave: the W-node process is killed (SIGKILL, so their last heartbeat is
@@ -276,6 +278,8 @@ class ScaleBench:
             Sampler(["docker", "service", "ls"], env),
             Sampler(["docker", "node", "ls"], env),
             APISampler(self.sock, "/services", status="true"),
+            # the CLI alone, no daemon contacted: its own start under the same contention
+            Sampler(["docker", "context", "inspect"], env),
         ]
         for s in samplers:
             s.start()
@@ -322,7 +326,7 @@ class ScaleBench:
         # The staying fleet's whole RSS now that its nodes hold their tasks.
         fleet_rss = proc_rss(self.procs[1].pid)
         fleet_nodes = a.nodes - a.wave
-        svc_ls, node_ls, svc_api = (s.times for s in samplers)
+        svc_ls, node_ls, svc_api, cli_only = (s.times for s in samplers)
 
         wave = "no failure wave"
         if self.wave_proc is not None:
@@ -368,8 +372,10 @@ class ScaleBench:
             f"(goal {GOAL_LS_P99_S * 1000:.0f} ms; Kubernetes API p99 <= {K8S_API_P99_S:g} s), "
             f"`docker node ls` p50 {pct(node_ls, 0.5) * 1000:.0f} ms p99 "
             f"{pct(node_ls, 0.99) * 1000:.0f} ms, GET /services?status=true p50 "
-            f"{pct(svc_api, 0.5) * 1000:.0f} ms p99 {pct(svc_api, 0.99) * 1000:.0f} ms "
-            f"({len(svc_ls)}, {len(node_ls)}, {len(svc_api)} samples); "
+            f"{pct(svc_api, 0.5) * 1000:.0f} ms p99 {pct(svc_api, 0.99) * 1000:.0f} ms, "
+            f"the CLI alone (`docker context inspect`) p50 {pct(cli_only, 0.5) * 1000:.0f} ms "
+            f"p99 {pct(cli_only, 0.99) * 1000:.0f} ms "
+            f"({len(svc_ls)}, {len(node_ls)}, {len(svc_api)}, {len(cli_only)} samples); "
             f"manager peak RSS {rss / 2**20:.0f} MiB "
             f"(goal {GOAL_RSS / 2**20:.0f} MiB), {cpu_s:.1f} CPU s; hollow node "
             f"{self.sim_rss_per_node('stay')} KiB RSS each; task startup p99 "

@@ -9,6 +9,7 @@ user data (label keys, env maps) is never touched.
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import msgspec
@@ -185,4 +186,9 @@ def int_query(request: web.Request, name: str, default: int | None = None) -> in
 
 
 def bool_query(request: web.Request, name: str) -> bool:
-    return request.query.get(name, "").lower() in ("1", "true", "yes")
+    return bool_value(request.query, name)
+
+
+def bool_value(query: Mapping[str, str], name: str) -> bool:
+    """A boolean query parameter, as dockerd reads one ("1", "true", "yes")."""
+    return query.get(name, "").lower() in ("1", "true", "yes")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 
 from aiohttp import web
 
@@ -57,7 +58,13 @@ async def list_nodes(request: web.Request) -> web.Response:
     m = require_manager(request)
     f = filters.parse(request.query.get("filters"), NODE_FILTERS)
     nodes = sorted(m.store.view().nodes(), key=lambda n: (n.created_at, n.id))
-    return json_structs_response([_shown(request, n) for n in nodes if _matches(n, f)])
+    return json_structs_response([_shown(request, n) for n in node_list(nodes, f)])
+
+
+def node_list(nodes: Iterable[Node], f: filters.Filters) -> list[Node]:
+    """What `GET /nodes` answers: the nodes (by CreatedAt, ID) that match the filters
+    (with several managers, shown with their manager status: `_shown`)."""
+    return [n for n in nodes if _matches(n, f)]
 
 
 @reads("node")

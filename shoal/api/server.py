@@ -7,12 +7,13 @@ its status code. Nothing else (no stack trace) reaches a client.
 
 from __future__ import annotations
 
+import asyncio
 import json
-import os
 import re
-from collections.abc import Awaitable, Callable
+import socket
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from aiohttp import web
 
@@ -21,6 +22,10 @@ from shoal.api.context import DaemonContext
 from shoal.api.listen import APITLS, check_hosts
 from shoal.errors import http_error
 from shoal.log import get_logger
+
+if TYPE_CHECKING:
+    from shoal.api import fastreads
+    from shoal.api.frontdoor import FrontDoor
 
 API_VERSION = "1.41"
 MIN_API_VERSION = "1.12"
@@ -203,12 +208,14 @@ class APIServer:
         tls: APITLS | None = None,
         insecure_tcp: bool = False,
     ) -> None:
+        self._daemon = daemon
         self._app = build_app(daemon)
         self._hosts = hosts
         self._tls = tls
         self._insecure_tcp = insecure_tcp
         self._runner: web.AppRunner | None = None
         self._sockets: list[Path] = []
+        self._doors: list[FrontDoor] = []
 
     async def start(self) -> None:
         hosts = check_hosts(self._hosts, self._tls, self._insecure_tcp)
@@ -217,14 +224,16 @@ class APIServer:
         await self._runner.setup()
         for host in hosts:
             if host.path is not None:
+                # on a thread of its own, which answers the lists beside the event loop
+                # and hands it every other connection (frontdoor.py)
                 path = _prepare_socket_path(str(host.path))
-                site: web.BaseSite = web.UnixSite(self._runner, str(path))
-                await site.start()
-                os.chmod(path, 0o660)
+                door = self._front_door(path)
+                door.start()
+                self._doors.append(door)
                 self._sockets.append(path)
                 log.info("API listening", host=host.raw)
                 continue
-            site = web.TCPSite(
+            site: web.BaseSite = web.TCPSite(
                 self._runner, host.addr or "0.0.0.0", host.port, ssl_context=ssl_context
             )
             await site.start()
@@ -238,7 +247,41 @@ class APIServer:
             else:
                 log.info("API listening", host=host.raw, tls="verify")
 
+    def _front_door(self, path: Path) -> FrontDoor:
+        from shoal.api import fastreads
+        from shoal.api.frontdoor import FrontDoor
+
+        loop = asyncio.get_running_loop()
+        runner = self._runner
+        assert runner is not None
+        daemon = self._daemon
+
+        async def adopt(sock: socket.socket) -> None:
+            server = runner.server
+            if server is None:  # stopping
+                sock.close()
+                return
+            try:
+                await loop.connect_accepted_socket(server, sock)
+            except Exception:
+                sock.close()
+                raise
+
+        def hand_over(sock: socket.socket) -> None:  # (the front door's thread)
+            asyncio.run_coroutine_threadsafe(adopt(sock), loop)
+
+        def answer(method: str, path: str, query: Mapping[str, str]) -> fastreads.Answer | None:
+            return fastreads.answer(daemon, method, path, query)
+
+        def observe(method: str, route: str, status: int, seconds: float) -> None:
+            daemon.metrics.api_seconds.labels(method, route, str(status)).observe(seconds)
+
+        return FrontDoor(path, answer, hand_over, observe)
+
     async def stop(self) -> None:
+        for door in self._doors:
+            door.stop()
+        self._doors = []
         if self._runner is not None:
             await self._runner.cleanup()
         for path in self._sockets:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgspec
@@ -43,10 +44,7 @@ def service_status(tx: ReadTx, service: Service, down: set[str]) -> ServiceStatu
     tasks still to complete (the CLI shows `running/desired (completed/total)`)."""
     mode = service.spec.mode
     if mode is None or mode.kind == "replicated":  # counted from the store's index
-        running = tx.durable_running(service.id, down)
-        return ServiceStatus(
-            running_tasks=running, desired_tasks=replicas_of(service), completed_tasks=0
-        )
+        return replicated_status(service, tx.durable_running(service.id, down))
     live = [t for t in tx.tasks_of_service(service.id) if t.node_id not in down]
     if service.job_status is not None:
         run = service.job_status.job_iteration
@@ -66,6 +64,34 @@ def service_status(tx: ReadTx, service: Service, down: set[str]) -> ServiceStatu
     if service.job_status is not None:
         completed = sum(1 for t in live if t.state == TaskState.COMPLETE)
     return ServiceStatus(running_tasks=running, desired_tasks=desired, completed_tasks=completed)
+
+
+def is_replicated(service: Service) -> bool:
+    return service.spec.mode is None or service.spec.mode.kind == "replicated"
+
+
+def replicated_status(service: Service, running: int) -> ServiceStatus:
+    """A replicated service's status, from its running count (the store's index)."""
+    return ServiceStatus(
+        running_tasks=running, desired_tasks=replicas_of(service), completed_tasks=0
+    )
+
+
+def service_list(
+    services: Iterable[Service],
+    f: filters.Filters,
+    status: Callable[[Service], ServiceStatus] | None,
+) -> list[Service]:
+    """What `GET /services` answers: the services (by CreatedAt, ID) that match the
+    filters, each with its status when `status` is given."""
+    out: list[Service] = []
+    for s in services:
+        if not _matches(s, f):
+            continue
+        if status is not None:
+            s = msgspec.structs.replace(s, service_status=status(s))
+        out.append(s)
+    return out
 
 
 def _matches(s: Service, f: filters.Filters) -> bool:
@@ -101,9 +127,7 @@ def _shown(view: ReadTx, with_status: bool) -> set[str]:
     nothing a crash could take back, nor less than any write acknowledged before it."""
     if not with_status:
         return {"service"}
-    replicated = all(
-        s.spec.mode is None or s.spec.mode.kind == "replicated" for s in view.services()
-    )
+    replicated = all(is_replicated(s) for s in view.services())
     return {"service", "node"} if replicated else {"service", "node", "task"}
 
 
@@ -120,14 +144,9 @@ async def list_services(request: web.Request) -> web.Response:
             break
         shown |= _shown(view, with_status)
     down = down_nodes(view) if with_status else set()
-    out: list[Any] = []
-    for s in sorted(view.services(), key=lambda s: (s.created_at, s.id)):
-        if not _matches(s, f):
-            continue
-        if with_status:
-            s = msgspec.structs.replace(s, service_status=service_status(view, s, down))
-        out.append(s)
-    return json_structs_response(out)
+    services = sorted(view.services(), key=lambda s: (s.created_at, s.id))
+    status = (lambda s: service_status(view, s, down)) if with_status else None
+    return json_structs_response(service_list(services, f, status))
 
 
 async def create(request: web.Request) -> web.Response:

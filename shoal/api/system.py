@@ -5,16 +5,19 @@ from __future__ import annotations
 import os
 import platform
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
 
 from shoal import __version__
+from shoal.api.context import DaemonContext
 from shoal.api.encode import json_response, wire
 from shoal.api.server import API_VERSION, MIN_API_VERSION, Router, context, reads
 from shoal.errors import Internal
 from shoal.types.base import format_time, now_ns
-from shoal.types.swarm import DEFAULT_DATA_PATH_PORT, DEFAULT_SUBNET_SIZE
+from shoal.types.node import Node
+from shoal.types.swarm import DEFAULT_DATA_PATH_PORT, DEFAULT_SUBNET_SIZE, Cluster
 
 SERVER_VERSION = f"shoal-{__version__}"
 MANAGER_PORT = 2377
@@ -102,9 +105,8 @@ def _mem_total() -> int:
     return 0
 
 
-def swarm_info(request: web.Request) -> dict[str, Any]:
-    d = context(request)
-    m = d.manager
+def swarm_info(d: DaemonContext, shown: SwarmShown | None) -> dict[str, Any]:
+    """`/info`'s Swarm: `shown` is what the manager's store shows (None on a worker)."""
     if d.node_id is None:
         return {
             "NodeID": "",
@@ -124,7 +126,7 @@ def swarm_info(request: web.Request) -> dict[str, Any]:
             "Error": "",
             "RemoteManagers": None,
         }
-    if m is None:  # a worker
+    if shown is None:  # a worker
         return {
             "NodeID": d.node_id,
             "NodeAddr": d.node_addr,
@@ -133,9 +135,7 @@ def swarm_info(request: web.Request) -> dict[str, Any]:
             "Error": "",
             "RemoteManagers": remote,
         }
-    view = m.store.view()
-    nodes = view.nodes()
-    cluster = view.cluster()
+    nodes, cluster = shown
     managers = [{"NodeID": d.node_id, "Addr": d.manager_addr}]
     if d.several_managers:
         managers = [
@@ -178,69 +178,83 @@ def _driver_status(counts: dict[str, int]) -> list[list[str]]:
 @reads("node", "cluster")  # the swarm's nodes and cluster; the rest is this node's own
 async def info(request: web.Request) -> web.Response:
     d = context(request)
+    m = None if d.locked else d.manager
+    shown = None
+    if m is not None:
+        view = m.store.view()
+        shown = (view.nodes(), view.cluster())
+    return json_response(info_of(d, shown))
+
+
+# What `/info` shows of the swarm from a manager's store: its nodes and its cluster.
+SwarmShown = tuple[Sequence[Node], Cluster | None]
+
+
+def info_of(d: DaemonContext, shown: SwarmShown | None) -> dict[str, Any]:
+    """What `/info` answers; `shown`: what the manager's store shows (None when this
+    node runs no manager, or it is locked). The API's front door answers it too, from
+    the store's snapshot (fastreads.py)."""
     running, total = d.running_tasks()
     os_name, os_version = _os_release()
-    return json_response(
-        {
-            "ID": d.node_id or "",
-            "Containers": total,
-            "ContainersRunning": running,
-            "ContainersPaused": 0,
-            "ContainersStopped": total - running,
-            "Images": 0,
-            "Driver": d.runtime,
-            # shown by `docker info` under the storage driver: what this node holds
-            "DriverStatus": _driver_status(d.dependency_counts()),
-            "Plugins": _plugins(request),
-            "MemoryLimit": True,
-            "SwapLimit": False,
-            "CpuCfsPeriod": True,
-            "CpuCfsQuota": True,
-            "CPUShares": True,
-            "CPUSet": True,
-            "PidsLimit": True,
-            "IPv4Forwarding": True,
-            "Debug": False,
-            "NFd": len(os.listdir("/proc/self/fd")),
-            "NGoroutines": 0,
-            "SystemTime": format_time(now_ns()),
-            "LoggingDriver": "json-file",
-            "CgroupDriver": "cgroupfs",
-            "NEventsListener": 0,
-            "KernelVersion": platform.release(),
-            "OperatingSystem": os_name,
-            "OSVersion": os_version,
-            "OSType": "linux",
-            "Architecture": platform.machine(),
-            "IndexServerAddress": "https://index.docker.io/v1/",
-            "RegistryConfig": REGISTRY_CONFIG,
-            "NCPU": os.cpu_count() or 1,
-            "MemTotal": _mem_total(),
-            "GenericResources": None,
-            "DockerRootDir": str(d.data_dir),
-            "Name": d.node_name,
-            "Labels": [f"{k}={v}" for k, v in d.engine_labels.items()],
-            "ExperimentalBuild": False,
-            "ServerVersion": SERVER_VERSION,
-            "Runtimes": {d.runtime: {"path": d.runtime}},
-            "DefaultRuntime": d.runtime,
-            "Swarm": swarm_info(request),
-            "LiveRestoreEnabled": False,
-            "Isolation": "",
-            "InitBinary": "",
-            "SecurityOptions": [],
-            "Warnings": None,
-            **_engine_fields(),
-        }
-    )
+    return {
+        "ID": d.node_id or "",
+        "Containers": total,
+        "ContainersRunning": running,
+        "ContainersPaused": 0,
+        "ContainersStopped": total - running,
+        "Images": 0,
+        "Driver": d.runtime,
+        # shown by `docker info` under the storage driver: what this node holds
+        "DriverStatus": _driver_status(d.dependency_counts()),
+        "Plugins": _plugins(d, shown),
+        "MemoryLimit": True,
+        "SwapLimit": False,
+        "CpuCfsPeriod": True,
+        "CpuCfsQuota": True,
+        "CPUShares": True,
+        "CPUSet": True,
+        "PidsLimit": True,
+        "IPv4Forwarding": True,
+        "Debug": False,
+        "NFd": len(os.listdir("/proc/self/fd")),
+        "NGoroutines": 0,
+        "SystemTime": format_time(now_ns()),
+        "LoggingDriver": "json-file",
+        "CgroupDriver": "cgroupfs",
+        "NEventsListener": 0,
+        "KernelVersion": platform.release(),
+        "OperatingSystem": os_name,
+        "OSVersion": os_version,
+        "OSType": "linux",
+        "Architecture": platform.machine(),
+        "IndexServerAddress": "https://index.docker.io/v1/",
+        "RegistryConfig": REGISTRY_CONFIG,
+        "NCPU": os.cpu_count() or 1,
+        "MemTotal": _mem_total(),
+        "GenericResources": None,
+        "DockerRootDir": str(d.data_dir),
+        "Name": d.node_name,
+        "Labels": [f"{k}={v}" for k, v in d.engine_labels.items()],
+        "ExperimentalBuild": False,
+        "ServerVersion": SERVER_VERSION,
+        "Runtimes": {d.runtime: {"path": d.runtime}},
+        "DefaultRuntime": d.runtime,
+        "Swarm": swarm_info(d, shown),
+        "LiveRestoreEnabled": False,
+        "Isolation": "",
+        "InitBinary": "",
+        "SecurityOptions": [],
+        "Warnings": None,
+        **_engine_fields(),
+    }
 
 
-def _plugins(request: web.Request) -> dict[str, Any]:
+def _plugins(d: DaemonContext, shown: SwarmShown | None) -> dict[str, Any]:
     """The plugins this node reports to the cluster (its log drivers; under the docker
     runtime, the engine's volume and network plugins too), as dockerd lists them."""
-    d = context(request)
     out: dict[str, Any] = {"Volume": [], "Network": [], "Authorization": None, "Log": []}
-    node = d.manager.store.view().get_node(d.node_id) if d.manager and d.node_id else None
+    nodes = shown[0] if shown is not None else ()
+    node = next((n for n in nodes if n.id == d.node_id), None) if d.node_id else None
     for p in (node.description.engine.plugins or []) if node else []:
         if isinstance(out.get(p.type), list):
             out[p.type].append(p.name)

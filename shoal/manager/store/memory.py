@@ -55,6 +55,7 @@ from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.errors import Internal, LostLeadership, OutOfSequence, ShoalError
 from shoal.log import get_logger
 from shoal.manager.store.backend import Backend, Commit, DiskFull, Record
+from shoal.manager.store.snapshot import ReadSnapshot, Replica
 from shoal.metrics import Metrics
 from shoal.types.base import Version, format_time
 from shoal.types.meta import (
@@ -183,6 +184,10 @@ class Watcher:
             # event loop turning once (a queue's get() returns at once when it holds
             # something): one turn between two rounds, whatever each round does.
             await asyncio.sleep(0)
+        if self.closed_reason is not None and self.queue.empty():
+            # (closed, and the reader already took the wake-up with the rest of the
+            # queue: get_nowait_all, as the loops call it; nothing more will come)
+            raise WatcherClosed(self.closed_reason)
         events = await self.queue.get()
         if self.closed_reason is not None and self.queue.empty():
             raise WatcherClosed(self.closed_reason)
@@ -215,20 +220,29 @@ class _Tables:
         # the applied writes): what `docker service ls` shows without waiting for the
         # commit in flight (ReadTx.durable_running).
         self.durable_running: dict[str, Counter[str]] = defaultdict(Counter)
+        # Their sums over the nodes, by service (what the API's snapshot starts from).
+        self.durable_total: Counter[str] = Counter()
 
     def _count_running(self, task: Any, delta: int) -> None:
         _count_running(self.running, task, delta)
 
     def count_durable(self, events: list[Event]) -> None:
         """Follow the durable running counts through these committed events."""
-        counts = self.durable_running
+        counts, totals = self.durable_running, self.durable_total
         for ev in events:
             if ev.kind != "task":
                 continue
-            if ev.action != "create":
-                _count_running(counts, ev.old, -1)
-            if ev.action != "remove":
+            old = ev.old
+            if ev.action != "create" and old is not None and old.status.state == _RUNNING:
+                _count_running(counts, old, -1)
+                sid = old.service_id
+                if totals[sid] <= 1:
+                    del totals[sid]
+                else:
+                    totals[sid] -= 1
+            if ev.action != "remove" and ev.obj.status.state == _RUNNING:
                 _count_running(counts, ev.obj, 1)
+                totals[ev.obj.service_id] += 1
 
     def _count_state(self, task: Any, delta: int) -> None:
         # (plain dicts: every task write passes here, and a Counter's missing key
@@ -509,6 +523,8 @@ class Store:
         self.clock = clock
         self.metrics = metrics if metrics is not None else Metrics()
         self._tables = _Tables()
+        # What the API's front door reads beside the event loop (snapshot.py).
+        self._replica = Replica(self._tables.durable_running, self._tables.durable_total)
         self._watchers: set[Watcher] = set()
         self.index = 0  # the last applied transaction
         self.durable_index = 0  # the last one the backend made durable
@@ -539,6 +555,14 @@ class Store:
         # everything loaded is durable
         for sid, counts in self._tables.running.items():
             self._tables.durable_running[sid] = Counter(counts)
+            self._tables.durable_total[sid] = sum(counts.values())
+        objects = self._tables.objects
+        self._replica.load(
+            objects["service"].values(),
+            objects["node"].values(),
+            objects["cluster"].values(),
+            index,
+        )
 
     def close(self) -> None:
         self._backend.close()
@@ -728,9 +752,17 @@ class Store:
             self.commits += 1
             applied.undo = []
             self._publish(applied.events)
+        self._replica.publish(self.durable_index)
+
+    @property
+    def snapshot(self) -> ReadSnapshot:
+        """The durable state as of the last commit, immutable: what a thread other
+        than the event loop's may read (snapshot.py)."""
+        return self._replica.snapshot
 
     def _publish(self, events: list[Event]) -> None:
         self._tables.count_durable(events)
+        self._replica.follow(events)
         for w in list(self._watchers):
             if w.kinds is None:
                 w._offer(events)
@@ -788,6 +820,7 @@ class Store:
         self.foreign_commits += 1
         if events:
             self._publish(events)
+        self._replica.publish(self.durable_index)
         self._foreign_applied.set()
         self._foreign_applied = asyncio.Event()
 

@@ -354,6 +354,26 @@ def test_a_watcher_that_falls_behind_is_closed_with_a_reason() -> None:
     asyncio.run(main())
 
 
+def test_a_closed_watcher_read_as_the_loops_read_it_raises_instead_of_waiting() -> None:
+    """The loops take a round as one transaction (`__anext__`) and what else is queued
+    (`get_nowait_all`), which takes the closed watcher's wake-up with the rest: the next
+    `__anext__` must raise, not wait for events that will never come (a scheduler that
+    waited so left tasks pending for good after a failure wave, issue 14)."""
+
+    async def main() -> None:
+        store = Store(MemoryBackend())
+        slow = store.watch("node")
+        for i in range(WATCH_QUEUE + 1):
+            await store.update(lambda tx, i=i: tx.create(node(f"n{i}")))
+        assert slow.closed_reason is not None
+        with pytest.raises(WatcherClosed):
+            while True:
+                events = await asyncio.wait_for(slow.__anext__(), 5)
+                events.extend(slow.get_nowait_all(500))
+
+    asyncio.run(main())
+
+
 def test_a_view_cannot_write() -> None:
     store = Store(MemoryBackend())
     view = store.view()
