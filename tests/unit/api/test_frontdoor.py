@@ -33,6 +33,8 @@ class Daemon:
     node_addr = "127.0.0.1"
     manager_addr = "127.0.0.1:2377"
     remote_managers = ["127.0.0.1:2377"]
+    several_managers = False
+    leader_id = None
 
     def __init__(self, data_dir: Path, store: Store | None) -> None:
         self.data_dir = data_dir
@@ -41,6 +43,9 @@ class Daemon:
 
     def running_tasks(self) -> tuple[int, int]:
         return 0, 0
+
+    async def write_leader(self, wait_s: float) -> str | None:
+        return None  # the only manager: it takes its writes itself
 
     def dependency_counts(self) -> dict[str, int]:
         return {}
