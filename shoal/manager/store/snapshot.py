@@ -15,9 +15,10 @@ write acknowledged before a read (what `Store.settled` gives the other reads).
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from shoal.types.node import Node
 from shoal.types.service import Service
@@ -47,6 +48,35 @@ class ReadSnapshot:
 
 EMPTY_SNAPSHOT = ReadSnapshot(0)
 
+T = TypeVar("T", Service, Node)
+
+
+class Sorted(Generic[T]):
+    """Objects by ID, also kept in the lists' order, (CreatedAt, ID), as they change: a
+    change costs a bisection and a list insertion, not a sort of them all."""
+
+    def __init__(self, objs: Iterable[T] = ()) -> None:
+        self.by_id: dict[str, T] = {o.id: o for o in objs}
+        self._keys = sorted((o.created_at, o.id) for o in self.by_id.values())
+        self._objs: list[T] = [self.by_id[k[1]] for k in self._keys]
+
+    def put(self, obj: T) -> None:
+        self.remove(obj.id)
+        key = (obj.created_at, obj.id)
+        i = bisect_left(self._keys, key)
+        self._keys.insert(i, key)
+        self._objs.insert(i, obj)
+        self.by_id[obj.id] = obj
+
+    def remove(self, obj_id: str) -> None:
+        old = self.by_id.pop(obj_id, None)
+        if old is not None:
+            i = bisect_left(self._keys, (old.created_at, old.id))
+            del self._keys[i], self._objs[i]
+
+    def ordered(self) -> tuple[T, ...]:
+        return tuple(self._objs)
+
 
 class Replica:
     """The durable services and nodes, followed through the published events on the
@@ -62,8 +92,8 @@ class Replica:
     ) -> None:
         self._running_by_node = running_by_node
         self._running_total = running_total
-        self._services: dict[str, Service] = {}
-        self._nodes: dict[str, Node] = {}
+        self._services: Sorted[Service] = Sorted()
+        self._nodes: Sorted[Node] = Sorted()
         self._clusters: dict[str, Cluster] = {}
         self._dirty_services = self._dirty_nodes = self._dirty_running = True
         self._services_sorted: tuple[Service, ...] = ()
@@ -77,8 +107,8 @@ class Replica:
         clusters: Iterable[Cluster],
         index: int,
     ) -> None:
-        self._services = {s.id: s for s in services}
-        self._nodes = {n.id: n for n in nodes}
+        self._services = Sorted(services)
+        self._nodes = Sorted(nodes)
         self._clusters = {c.id: c for c in clusters}
         self._dirty_services = self._dirty_nodes = self._dirty_running = True
         self.publish(index)
@@ -90,33 +120,33 @@ class Replica:
             if kind == "task":
                 self._dirty_running = True
                 continue
+            if kind == "cluster":
+                self._dirty_services = True  # (a new snapshot; the cluster is one object)
+                if ev.action == "remove":
+                    self._clusters.pop(ev.obj.id, None)
+                else:
+                    self._clusters[ev.obj.id] = ev.obj
+                continue
             if kind == "service":
-                table: dict[str, Any] = self._services
+                table: Sorted[Any] = self._services
                 self._dirty_services = True
             elif kind == "node":
                 table = self._nodes
                 self._dirty_nodes = True
-            elif kind == "cluster":
-                table = self._clusters
-                self._dirty_services = True  # (a new snapshot; the cluster is one object)
             else:
                 continue
             if ev.action == "remove":
-                table.pop(ev.obj.id, None)
+                table.remove(ev.obj.id)
             else:
-                table[ev.obj.id] = ev.obj
+                table.put(ev.obj)
 
     def publish(self, index: int) -> None:
         """Make a new snapshot of what changed since the last one (the loop's thread)."""
         changed = self._dirty_services or self._dirty_nodes or self._dirty_running
         if self._dirty_services:
-            self._services_sorted = tuple(
-                sorted(self._services.values(), key=lambda s: (s.created_at, s.id))
-            )
+            self._services_sorted = self._services.ordered()
         if self._dirty_nodes:
-            self._nodes_sorted = tuple(
-                sorted(self._nodes.values(), key=lambda n: (n.created_at, n.id))
-            )
+            self._nodes_sorted = self._nodes.ordered()
         running = self.snapshot.running
         if self._dirty_running or self._dirty_nodes:
             running = self._running()
@@ -128,7 +158,7 @@ class Replica:
             )
 
     def _running(self) -> dict[str, int]:
-        down = [n.id for n in self._nodes.values() if n.status.state == "down"]
+        down = [n.id for n in self._nodes.by_id.values() if n.status.state == "down"]
         out = dict(self._running_total)
         if down:
             for sid, counts in self._running_by_node.items():
