@@ -13,6 +13,7 @@ the rest of that connection, is handed to the event loop as it arrived
 (`adopt`, the aiohttp server's `connect_accepted_socket`), which serves it as it
 serves every other host: bodies, streams, hijacked connections, errors. Only whole
 request heads without a body are answered here; a partial head is handed over too.
+h11 parses the heads and writes the answers.
 """
 
 from __future__ import annotations
@@ -25,8 +26,11 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote
+
+import h11
 
 from shoal.api.fastreads import DOCKER_HEADERS, Answer
 from shoal.log import get_logger
@@ -39,7 +43,6 @@ SELECT_TIMEOUT_S = 1.0
 BACKLOG = 128
 # How long stop() waits for the thread (woken at once; it never blocks for long).
 STOP_TIMEOUT_S = 5.0
-_REASONS = {200: "OK"}
 
 log = get_logger("shoal.api.frontdoor")
 
@@ -58,64 +61,57 @@ class _Conn:
 
 @dataclass(frozen=True, slots=True)
 class Head:
+    """A request head the front door may answer; `conn` parsed it and writes its answer."""
+
     method: str
     path: str
     query: dict[str, str]
     keep_alive: bool
-    http10: bool
+    conn: h11.Connection
 
 
 def parse_head(head: bytes) -> Head | None:
-    """A request head the front door may answer (no body, no upgrade), or None."""
+    """A request head the front door may answer (GET or HEAD, no body, no upgrade),
+    parsed by h11, or None (the loop answers it, or says what is wrong with it)."""
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+    conn.receive_data(head)
     try:
-        text = head.decode("latin-1")
-    except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes every byte
+        event = conn.next_event()
+    except h11.RemoteProtocolError:
         return None
-    lines = text.split("\r\n")
-    parts = lines[0].split(" ")
-    if len(parts) != 3 or parts[2] not in ("HTTP/1.1", "HTTP/1.0"):
+    if not isinstance(event, h11.Request) or event.method not in (b"GET", b"HEAD"):
         return None
-    method, target, version = parts
-    if method not in ("GET", "HEAD"):
+    headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in event.headers}
+    if any(name in headers for name in ("transfer-encoding", "upgrade", "expect")):
         return None
-    connection = ""
-    for line in lines[1:]:
-        if not line:
-            continue
-        name, sep, value = line.partition(":")
-        if not sep:
-            return None
-        name, value = name.strip().lower(), value.strip()
-        if name in ("transfer-encoding", "upgrade", "expect"):
-            return None
-        if name == "content-length" and value != "0":
-            return None
-        if name == "connection":
-            connection = value.lower()
-    path, _, qs = target.partition("?")
+    if headers.get("content-length", "0") != "0":
+        return None
+    path, _, qs = event.target.decode("latin-1").partition("?")
     if not path.startswith("/"):
         return None
     query: dict[str, str] = {}
     for k, v in parse_qsl(qs, keep_blank_values=True):
         query.setdefault(k, v)  # the first value, as aiohttp's query.get
-    http10 = version == "HTTP/1.0"
-    keep_alive = "keep-alive" in connection if http10 else "close" not in connection
-    return Head(method, unquote(path), query, keep_alive, http10)
+    tokens = {t.strip().lower() for t in headers.get("connection", "").split(",")}
+    keep_alive = event.http_version == b"1.1" and "close" not in tokens  # as h11 keeps it
+    return Head(event.method.decode(), unquote(path), query, keep_alive, conn)
 
 
 def render(head: Head, answer: Answer) -> bytes:
-    """The bytes of an answer, with the headers aiohttp and docker_headers would send."""
-    lines = [f"HTTP/1.1 {answer.status} {_REASONS.get(answer.status, 'OK')}"]
-    lines += [f"{k}: {v}" for k, v in answer.headers]
-    lines.append(f"Content-Length: {len(answer.body)}")
-    lines.append(f"Date: {email.utils.formatdate(usegmt=True)}")
-    lines += [f"{k}: {v}" for k, v in DOCKER_HEADERS]
-    if not head.keep_alive:
-        lines.append("Connection: close")
-    elif head.http10:
-        lines.append("Connection: keep-alive")
-    out = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-    return out if head.method == "HEAD" else out + answer.body
+    """The bytes of an answer (by h11, on the connection that parsed its request), with
+    the headers aiohttp and docker_headers would send."""
+    headers = [
+        *answer.headers,
+        ("Content-Length", str(len(answer.body))),
+        ("Date", email.utils.formatdate(usegmt=True)),
+        *DOCKER_HEADERS,
+    ]
+    conn = head.conn
+    reason = HTTPStatus(answer.status).phrase.encode()
+    out = conn.send(h11.Response(status_code=answer.status, headers=headers, reason=reason))
+    if head.method != "HEAD":
+        out += conn.send(h11.Data(data=answer.body))
+    return out + conn.send(h11.EndOfMessage())
 
 
 class FrontDoor:

@@ -67,7 +67,10 @@ def test_request_heads_it_may_answer() -> None:
         {"status": "1"},
         True,
     )
-    assert parse_head(b"GET /_ping HTTP/1.1\r\nConnection: close\r\n\r\n").keep_alive is False  # type: ignore[union-attr]
+    assert (
+        parse_head(b"GET /_ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").keep_alive
+        is False
+    )  # type: ignore[union-attr]
     assert parse_head(b"GET /_ping HTTP/1.0\r\n\r\n").keep_alive is False  # type: ignore[union-attr]
     for refused in (
         b"POST /services/create HTTP/1.1\r\nContent-Length: 2\r\n\r\n",
@@ -76,6 +79,7 @@ def test_request_heads_it_may_answer() -> None:
         b"GET /containers/x/attach HTTP/1.1\r\nUpgrade: tcp\r\n\r\n",
         b"GET /services HTTP/2\r\n\r\n",
         b"GET services HTTP/1.1\r\n\r\n",
+        b"GET /_ping HTTP/1.1\r\n\r\n",  # no Host: not HTTP/1.1 (h11 refuses it)
     ):
         assert parse_head(refused) is None, refused
 
