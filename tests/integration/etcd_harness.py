@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from shoal.etcdclient import EtcdClient
 from shoal.manager.ca.root import RootCA
-from shoal.manager.etcd.certs import member_tls
+from shoal.manager.etcd.certs import member_tls, write_tls
 from shoal.manager.etcd.member import EtcdMember, MemberAddress, add_member
 from shoal.pki import MANAGER_SERVER_NAME
 
@@ -58,6 +58,21 @@ class Cluster:
             await client.close()
         await member.start(initial, state="existing")
         return member
+
+    def datastore_args(self, name: str, tls_dir: Path) -> list[str]:
+        """`shoal daemon`'s flags for a store on the first member, with a client
+        certificate of the cluster's CA written in `tls_dir`."""
+        tls = write_tls(member_tls(self.root, name, self.cluster_id, []), tls_dir)
+        return [
+            "--datastore-endpoint",
+            self.members[0].address.client_url,
+            "--datastore-cafile",
+            str(tls.ca),
+            "--datastore-certfile",
+            str(tls.cert),
+            "--datastore-keyfile",
+            str(tls.key),
+        ]
 
     def client(self, *members: EtcdMember) -> EtcdClient:
         """A manager's client of these members (all of them by default)."""

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from shoal.manager.etcd.certs import member_tls, write_tls
 from shoal.manager.etcd.datastore import cluster_prefix
 
 from .etcd_harness import EtcdThread
@@ -23,22 +22,9 @@ SLEEP = ("sleep", "1000")
 def test_daemon_keeps_its_state_in_etcd(daemon_factory: DaemonFactory, tmp_path: Path) -> None:
     etcd = EtcdThread(tmp_path / "etcd")
     with etcd as cluster:
-        (member,) = cluster.members
-        tls = write_tls(
-            member_tls(cluster.root, "daemon-client", cluster.cluster_id, []), tmp_path / "tls"
-        )
         daemon = daemon_factory(
             node_name="etcd-backed",
-            args=[
-                "--datastore-endpoint",
-                member.address.client_url,
-                "--datastore-cafile",
-                str(tls.ca),
-                "--datastore-certfile",
-                str(tls.cert),
-                "--datastore-keyfile",
-                str(tls.key),
-            ],
+            args=cluster.datastore_args("daemon-client", tmp_path / "tls"),
         )
         init_swarm(daemon)
         daemon.create_service("kept", "--replicas", "1", "busybox", *SLEEP)
@@ -48,7 +34,7 @@ def test_daemon_keeps_its_state_in_etcd(daemon_factory: DaemonFactory, tmp_path:
         prefix = cluster_prefix(cluster_id)
 
         async def stored() -> dict[bytes, bytes]:
-            client = cluster.client(member)
+            client = cluster.client()
             try:
                 return {kv.key: kv.value for kv in await client.get_prefix(prefix)}
             finally:

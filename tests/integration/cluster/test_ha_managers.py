@@ -23,8 +23,6 @@ from pathlib import Path
 
 import pytest
 
-from shoal.manager.etcd.certs import member_tls, write_tls
-
 from ..cluster_harness import Cluster, ClusterNode, NodeFactory
 from ..etcd_harness import EtcdThread
 from ..harness import parse_table, wait_until
@@ -57,21 +55,7 @@ def ha(node_factory: NodeFactory, tmp_path: Path) -> Iterator[tuple[Cluster, lis
     are stopped before the etcd they share."""
     etcd = EtcdThread(tmp_path / "etcd")
     with etcd as cluster_etcd:
-        (member,) = cluster_etcd.members
-        tls = write_tls(
-            member_tls(cluster_etcd.root, "shoal-managers", cluster_etcd.cluster_id, []),
-            tmp_path / "tls",
-        )
-        args = [
-            "--datastore-endpoint",
-            member.address.client_url,
-            "--datastore-cafile",
-            str(tls.ca),
-            "--datastore-certfile",
-            str(tls.cert),
-            "--datastore-keyfile",
-            str(tls.key),
-        ]
+        args = cluster_etcd.datastore_args("shoal-managers", tmp_path / "tls")
         managers = [node_factory(f"mgr-{i}", extra_args=args) for i in (1, 2, 3)]
         worker = node_factory("worker-1", extra_args=args)  # promotable
         try:
