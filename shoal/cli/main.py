@@ -112,7 +112,7 @@ def daemon(
         check_hosts,
         default_cert_dir,
     )
-    from shoal.daemon import RUNTIMES, DaemonConfig, serve
+    from shoal.daemon.daemon import RUNTIMES, DaemonConfig, serve
 
     if runtime not in RUNTIMES:
         raise typer.BadParameter(f"unknown runtime {runtime!r}: choose from {', '.join(RUNTIMES)}")

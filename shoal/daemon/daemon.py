@@ -1,8 +1,4 @@
-"""`shoal daemon`: one per machine. Always runs the agent; on managers the manager too.
-
-This module is the composition root: the only place that sees the API, the manager
-and the agent together and wires the agent to the dispatcher.
-"""
+"""The `Daemon` (what one node runs: agent, manager, API) and `serve`."""
 
 from __future__ import annotations
 
@@ -36,7 +32,7 @@ from shoal.agent.session import RemoteSession
 from shoal.api.listen import APITLS
 from shoal.api.server import APIServer, build_app
 from shoal.api.visualizer import VisualizerServer
-from shoal.daemon_ha import SharedStore, fetch_shared_keys, shared_keys
+from shoal.daemon.ha import SharedStore, fetch_shared_keys, shared_keys
 from shoal.errors import (
     AlreadyInSwarm,
     InvalidArgument,
@@ -215,7 +211,7 @@ class Daemon:
         self.engine_host: str | None = config.engine_host if self.runtime == "docker" else None
         self._state: SwarmState | None = None
         self._manager: Manager | None = None
-        # several managers on one etcd (`--datastore-endpoint`; shoal/daemon_ha.py)
+        # several managers on one etcd (`--datastore-endpoint`; shoal/daemon/ha.py)
         self._shared: SharedStore | None = None
         self._agent: Agent | None = None
         self._cluster_server: ClusterServer | None = None
