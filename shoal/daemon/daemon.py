@@ -5,17 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import json
 import os
 import shutil
 import signal
 import ssl
 from collections.abc import Callable
-from pathlib import Path
 
 import aiohttp
 import msgspec
-from cryptography.hazmat.primitives import serialization
 
 from shoal.agent.agent import Agent, discard_task
 from shoal.agent.join import join, node_tls_info, renew, renewal_delay
@@ -35,6 +32,7 @@ from shoal.daemon.config import (
     make_executor,
     split_addr,
 )
+from shoal.daemon.files import ROOT_KEY_FILE, NodeFiles
 from shoal.daemon.ha import SharedStore, fetch_shared_keys, shared_keys
 from shoal.errors import (
     AlreadyInSwarm,
@@ -43,7 +41,6 @@ from shoal.errors import (
     LeaveRefused,
     ListenFailed,
     NodeNotInSwarm,
-    SwarmLocked,
 )
 from shoal.etcdclient import EtcdError
 from shoal.ids import new_id
@@ -68,7 +65,7 @@ from shoal.manager.store import Backend, Store, Tx
 from shoal.manager.store.encrypted import EncryptedBackend
 from shoal.manager.store.sqlite import SQLiteBackend
 from shoal.metrics import Metrics
-from shoal.pki import NODE_KEY_FILE, ROOT_CA_FILE, NodeCredentials, key_pem, make_csr, new_key
+from shoal.pki import NodeCredentials, key_pem, make_csr, new_key
 from shoal.types.node import ManagerStatus, Node, NodeResources, NodeSpec, NodeStatus
 from shoal.types.session import TrustUpdate
 from shoal.types.swarm import SwarmInitRequest, SwarmJoinRequest
@@ -79,7 +76,6 @@ MSG_LEAVE_MANAGER = (
     "ignore this message."
 )
 
-ROOT_KEY_FILE = "swarm-root-ca.key"
 RENEW_RETRY_S = 30.0
 # The garbage collector's generation thresholds on a manager (the default 700, 10, 10).
 GC_THRESHOLDS = (10_000, 10, 10)
@@ -110,6 +106,7 @@ class Daemon:
         # The engine the API passes the local engine's endpoints through to.
         self.engine_host: str | None = config.engine_host if self.runtime == "docker" else None
         self._state: SwarmState | None = None
+        self._files = NodeFiles(self.data_dir, lambda: self._keys)
         self._manager: Manager | None = None
         # several managers on one etcd (`--datastore-endpoint`; shoal/daemon/ha.py)
         self._shared: SharedStore | None = None
@@ -191,7 +188,7 @@ class Daemon:
         if state is None or not managers or managers == state.managers:
             return
         state.managers = list(managers)
-        self._save_state(state)
+        self._files.save_state(state)
         log.info("managers known", managers=managers)
 
     @property
@@ -208,7 +205,7 @@ class Daemon:
             if self._keys is None or not self._keys.locked:
                 raise InvalidArgument("swarm is not locked")
             self._keys.unlock(key)
-            self._creds = self._load_creds()
+            self._creds = self._files.load_creds()
             await self._start_manager()
             log.info("swarm unlocked")
 
@@ -216,14 +213,14 @@ class Daemon:
         """After `swarm update`: autolock on or off, or a new unlock key. The node's
         private keys are written again under the new KEK."""
         async with self._lock:
-            root_key = self._certs_dir / ROOT_KEY_FILE
-            root_pem = self._read_private_key(root_key) if root_key.exists() else None
+            root_key = self._files.certs_dir / ROOT_KEY_FILE
+            root_pem = self._files.read_private_key(root_key) if root_key.exists() else None
             if self._keys is None or not self._keys.set_autolock(on, rotate):
                 return
             if self._creds is not None:
-                self._save_creds(self._creds)
+                self._files.save_creds(self._creds)
             if root_pem is not None:
-                self._write_private_key(root_key, root_pem)
+                self._files.write_private_key(root_key, root_pem)
             log.info("manager keys changed", autolock=on, rotated=rotate)
 
     def running_tasks(self) -> tuple[int, int]:
@@ -234,76 +231,6 @@ class Daemon:
     def dependency_counts(self) -> dict[str, int]:
         return {} if self._agent is None else self._agent.dependency_counts()
 
-    # paths ------------------------------------------------------------------------------------
-    @property
-    def _swarm_dir(self) -> Path:
-        return self.data_dir / "swarm"
-
-    @property
-    def _certs_dir(self) -> Path:
-        return self._swarm_dir / "certificates"
-
-    def _load_state(self) -> SwarmState | None:
-        path = self._swarm_dir / "state.json"
-        if not path.exists():
-            return None
-        return SwarmState(**json.loads(path.read_text()))
-
-    def _save_state(self, state: SwarmState) -> None:
-        self._swarm_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self._swarm_dir / "state.json.tmp"
-        tmp.write_text(json.dumps(state.__dict__))
-        tmp.replace(self._swarm_dir / "state.json")
-
-    def _root_ca(self) -> RootCA:
-        return RootCA(
-            (self._certs_dir / ROOT_CA_FILE).read_bytes(),
-            self._read_private_key(self._certs_dir / ROOT_KEY_FILE),
-        )
-
-    # private keys on disk: sealed by the KEK while autolock is on, as Swarm does --------------
-    def _read_private_key(self, path: Path) -> bytes:
-        pem = path.read_bytes()
-        if b"ENCRYPTED" not in pem:
-            return pem
-        if self._keys is None or self._keys.kek is None:
-            raise SwarmLocked()
-        key = serialization.load_pem_private_key(pem, password=self._keys.kek)
-        return key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-
-    def _sealed(self, pem: bytes) -> bytes:
-        """A private key as it goes to disk: encrypted by the KEK with autolock on."""
-        if self._keys is None or not self._keys.autolock or self._keys.kek is None:
-            return pem
-        key = serialization.load_pem_private_key(pem, password=None)
-        return key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.BestAvailableEncryption(self._keys.kek),
-        )
-
-    def _write_private_key(self, path: Path, pem: bytes) -> None:
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.touch(mode=0o600)
-        tmp.chmod(0o600)
-        tmp.write_bytes(self._sealed(pem))
-        tmp.replace(path)
-
-    def _save_creds(self, creds: NodeCredentials) -> None:
-        NodeCredentials(creds.ca_pem, creds.cert_pem, self._sealed(creds.key_pem)).save(
-            self._certs_dir
-        )
-
-    def _load_creds(self) -> NodeCredentials:
-        creds = NodeCredentials.load(self._certs_dir)
-        return NodeCredentials(
-            creds.ca_pem, creds.cert_pem, self._read_private_key(self._certs_dir / NODE_KEY_FILE)
-        )
-
     # lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -312,18 +239,18 @@ class Daemon:
             self.resolver = start_resolver(self.network, self.plumbing)
             known = self.executor.known_task_ids()
             await self.plumbing.start(set(known), getattr(self.executor, "holder_pids", list)())
-        state = self._load_state()
+        state = self._files.load_state()
         if state is not None:
             self._state = state
             if state.runs_manager:
-                if ManagerKeys.exists(self._swarm_dir):
-                    self._keys = ManagerKeys.load(self._swarm_dir)
+                if ManagerKeys.exists(self._files.swarm_dir):
+                    self._keys = ManagerKeys.load(self._files.swarm_dir)
                 else:  # a swarm made before encryption at rest: its store is sealed from now on
-                    self._keys = ManagerKeys.create(self._swarm_dir, autolock=False)
+                    self._keys = ManagerKeys.create(self._files.swarm_dir, autolock=False)
             if self.locked:
                 log.warning("swarm is locked: `docker swarm unlock` to start the manager")
             else:
-                self._creds = self._load_creds()
+                self._creds = self._files.load_creds()
                 if state.runs_manager:
                     await self._start_manager()
                 else:
@@ -358,7 +285,7 @@ class Daemon:
         store read and its leadership won first)."""
         assert self._state is not None
         if self.config.datastore is None:
-            return SQLiteBackend(self._swarm_dir / "store.db")
+            return SQLiteBackend(self._files.swarm_dir / "store.db")
         self._shared = await SharedStore.open(
             self.config.datastore, self._state.cluster_id, self._state.node_id
         )
@@ -374,7 +301,7 @@ class Daemon:
             EncryptedBackend(await self._open_backend(), self._keys.dek), metrics=self.metrics
         )
         manager = Manager(store, metrics=self.metrics)
-        root = self._root_ca()
+        root = self._files.root_ca()
         host, port = split_addr(self._state.listen_addr, DEFAULT_SWARM_PORT)
         issuer = Issuer(store, root, self.remote_managers)
         shared = self._shared
@@ -590,30 +517,30 @@ class Daemon:
                     log.error("promoted, but no manager gave the store's keys", error=str(e))
                     self._start_worker()
                     return
-                self._keys = ManagerKeys.adopt(self._swarm_dir, dek)
-                self._write_private_key(self._certs_dir / ROOT_KEY_FILE, root_key)
+                self._keys = ManagerKeys.adopt(self._files.swarm_dir, dek)
+                self._files.write_private_key(self._files.certs_dir / ROOT_KEY_FILE, root_key)
                 state.runs_manager, state.role = True, "manager"
                 await self._start_manager()
             else:
                 self._keys = None
-                (self._swarm_dir / KEYS_FILE).unlink(missing_ok=True)
-                (self._certs_dir / ROOT_KEY_FILE).unlink(missing_ok=True)
+                (self._files.swarm_dir / KEYS_FILE).unlink(missing_ok=True)
+                (self._files.certs_dir / ROOT_KEY_FILE).unlink(missing_ok=True)
                 state.runs_manager, state.role = False, "worker"
                 state.managers = [m for m in managers if m != state.advertise_addr]
                 self._start_worker()
-            self._save_state(state)
+            self._files.save_state(state)
             log.info("role changed", role=creds.identity.role)
 
     def _install(self, creds: NodeCredentials) -> None:
         changed_root = self._creds is None or creds.ca_pem != self._creds.ca_pem
-        self._save_creds(creds)
+        self._files.save_creds(creds)
         self._creds = creds
         if self._cluster_server is not None:
             self._cluster_server.set_credentials(creds)
         if self._manager is not None:
             key = self._manager.store.view().cluster_meta().root_key
             if key:  # after a rotation the store holds the root; so does the disk
-                self._write_private_key(self._certs_dir / ROOT_KEY_FILE, key.encode())
+                self._files.write_private_key(self._files.certs_dir / ROOT_KEY_FILE, key.encode())
         log.info("node credentials changed", role=creds.identity.role, new_root=changed_root)
 
     async def _report_tls(self) -> None:
@@ -631,7 +558,7 @@ class Daemon:
     async def _renewed(self, creds: NodeCredentials) -> NodeCredentials:
         if self._state is not None and self._state.runs_manager and self._manager is not None:
             key = new_key()
-            issuer = Issuer(self._manager.store, self._root_ca(), [])
+            issuer = Issuer(self._manager.store, self._files.root_ca(), [])
             cert = issuer.renew(creds.identity, make_csr(key).decode()).certificate
             return NodeCredentials(creds.ca_pem, cert.encode(), key_pem(key))
         managers = self._state.managers if self._state else []
@@ -701,14 +628,14 @@ class Daemon:
             expiry = spec.ca_config.node_cert_expiry if spec.ca_config else None
             key = new_key()
             cert = issue_own_certificate(ca, make_csr(key), node_id, cluster_id, expiry)
-            shutil.rmtree(self._swarm_dir, ignore_errors=True)
+            shutil.rmtree(self._files.swarm_dir, ignore_errors=True)
             enc = spec.encryption_config
             self._keys = ManagerKeys.create(
-                self._swarm_dir, autolock=bool(enc and enc.auto_lock_managers)
+                self._files.swarm_dir, autolock=bool(enc and enc.auto_lock_managers)
             )
             self._creds = NodeCredentials(ca.cert_pem, cert, key_pem(key))
-            self._save_creds(self._creds)
-            self._write_private_key(self._certs_dir / ROOT_KEY_FILE, ca.key_pem)
+            self._files.save_creds(self._creds)
+            self._files.write_private_key(self._files.certs_dir / ROOT_KEY_FILE, ca.key_pem)
             self._state = SwarmState(
                 node_id=node_id,
                 cluster_id=cluster_id,
@@ -738,7 +665,7 @@ class Daemon:
             except BaseException:
                 await self._abandon_swarm()
                 raise
-            self._save_state(self._state)
+            self._files.save_state(self._state)
             log.info(
                 "swarm initialized",
                 node=node_id,
@@ -764,8 +691,8 @@ class Daemon:
             joined = await join(
                 remote, request.join_token or "", self.node_name, adv_host, request.availability
             )
-            shutil.rmtree(self._swarm_dir, ignore_errors=True)
-            joined.credentials.save(self._certs_dir)
+            shutil.rmtree(self._files.swarm_dir, ignore_errors=True)
+            joined.credentials.save(self._files.certs_dir)
             self._creds = joined.credentials
             # A manager on a shared store (--datastore-endpoint) is one for real: it
             # opens the store as a follower with the DEK the managers share.
@@ -782,7 +709,7 @@ class Daemon:
             if shared:
                 await self._join_as_manager(remote)
             else:
-                self._save_state(self._state)
+                self._files.save_state(self._state)
                 self._start_worker()
             log.info("joined the swarm", node=joined.node_id, role=joined.role, manager=remote)
 
@@ -790,19 +717,19 @@ class Daemon:
         assert self._state is not None and self._creds is not None
         try:
             dek, root_key = await fetch_shared_keys(remote, self._creds)
-            self._keys = ManagerKeys.adopt(self._swarm_dir, dek)
-            self._write_private_key(self._certs_dir / ROOT_KEY_FILE, root_key)
+            self._keys = ManagerKeys.adopt(self._files.swarm_dir, dek)
+            self._files.write_private_key(self._files.certs_dir / ROOT_KEY_FILE, root_key)
             await self._start_manager()
         except BaseException:
             await self._abandon_swarm()
             raise
-        self._save_state(self._state)
+        self._files.save_state(self._state)
 
     async def _abandon_swarm(self) -> None:
         """Undo a swarm init or a manager's join that failed half-way: stop what
         started, forget the swarm and its files."""
         await self._stop_swarm(stop_tasks=True)
-        shutil.rmtree(self._swarm_dir, ignore_errors=True)
+        shutil.rmtree(self._files.swarm_dir, ignore_errors=True)
         self._state = None
         self._creds = None
         self._keys = None
@@ -826,7 +753,7 @@ class Daemon:
                     await wipe_datastore(self.config.datastore, self._state.cluster_id)
                 except EtcdError as e:  # the node leaves anyway; the keys stay behind
                     log.warning("left the swarm; its state stays in etcd", error=str(e))
-            shutil.rmtree(self._swarm_dir, ignore_errors=True)
+            shutil.rmtree(self._files.swarm_dir, ignore_errors=True)
             self._state = None
             self._creds = None
             self._keys = None
