@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import os
 import shutil
@@ -15,7 +14,7 @@ import aiohttp
 import msgspec
 
 from shoal.agent.agent import Agent, discard_task
-from shoal.agent.join import join, node_tls_info, renew, renewal_delay
+from shoal.agent.join import join, node_tls_info
 from shoal.agent.metrics import AgentCollector
 from shoal.agent.network.dns import Resolver, start_resolver
 from shoal.agent.network.plumbing import plumbing_for
@@ -34,10 +33,10 @@ from shoal.daemon.config import (
 )
 from shoal.daemon.files import ROOT_KEY_FILE, NodeFiles
 from shoal.daemon.ha import SharedStore, fetch_shared_keys, shared_keys
+from shoal.daemon.renewal import on_trust, renew_loop, watch_trust
 from shoal.errors import (
     AlreadyInSwarm,
     InvalidArgument,
-    JoinFailed,
     LeaveRefused,
     ListenFailed,
     NodeNotInSwarm,
@@ -47,7 +46,7 @@ from shoal.ids import new_id
 from shoal.log import get_logger
 from shoal.manager.ca.issuer import Issuer, issue_own_certificate
 from shoal.manager.ca.root import RootCA
-from shoal.manager.ca.rotation import adopt_root, directive, record_node_tls
+from shoal.manager.ca.rotation import adopt_root
 from shoal.manager.clusterport.server import ClusterServer
 from shoal.manager.controlapi import networks
 from shoal.manager.controlapi.swarm import (
@@ -57,7 +56,7 @@ from shoal.manager.controlapi.swarm import (
     validate_spec,
 )
 from shoal.manager.etcd.datastore import wipe as wipe_datastore
-from shoal.manager.keys import KEYS_FILE, ManagerKeys
+from shoal.manager.keys import ManagerKeys
 from shoal.manager.manager import Manager
 from shoal.manager.metrics import ManagerCollector
 from shoal.manager.roster import manager_addrs, mark_leader
@@ -76,7 +75,6 @@ MSG_LEAVE_MANAGER = (
     "ignore this message."
 )
 
-RENEW_RETRY_S = 30.0
 # The garbage collector's generation thresholds on a manager (the default 700, 10, 10).
 GC_THRESHOLDS = (10_000, 10, 10)
 # What the daemon writes is its own: join tokens and registry credentials live in the
@@ -376,7 +374,7 @@ class Daemon:
                 ),
                 self._credentials,
                 on_refused=self._renew_now.set,
-                on_trust=self._on_trust,
+                on_trust=lambda m: on_trust(self, m),
                 tls_info=lambda: node_tls_info(self._credentials()),
                 on_managers=self._set_managers,
                 manager_addr=state.advertise_addr,
@@ -391,28 +389,8 @@ class Daemon:
             metrics=self.metrics,
         )
         self._agent.start()
-        self._renewer = asyncio.create_task(self._renew_loop(), name="cert-renewer")
-        self._ca_watch = asyncio.create_task(self._watch_trust(manager), name="ca-watch")
-
-    async def _watch_trust(self, manager: Manager) -> None:
-        """The manager's own node learns of a root rotation from the store, as remote
-        nodes learn of it from their sessions."""
-        assert self._state is not None
-        node_id = self._state.node_id
-        watcher = manager.store.watch("node", "cluster")
-        try:
-            while True:
-                d = directive(manager.store.view(), node_id)
-                if d is not None:
-                    self._on_trust(TrustUpdate(trust_root=d.trust_root, renew=d.renew))
-                await watcher.__anext__()
-                watcher.get_nowait_all()
-        finally:
-            watcher.close()
-
-    def _on_trust(self, m: TrustUpdate) -> None:
-        self._pending_trust = m
-        self._renew_now.set()
+        self._renewer = asyncio.create_task(renew_loop(self), name="cert-renewer")
+        self._ca_watch = asyncio.create_task(watch_trust(self, manager), name="ca-watch")
 
     def _start_worker(self) -> None:
         assert self._state is not None
@@ -421,7 +399,7 @@ class Daemon:
             lambda: state.managers,
             self._credentials,
             on_refused=self._renew_now.set,
-            on_trust=self._on_trust,
+            on_trust=lambda m: on_trust(self, m),
             tls_info=lambda: node_tls_info(self._credentials()),
             on_managers=self._set_managers,
         )
@@ -435,7 +413,7 @@ class Daemon:
             metrics=self.metrics,
         )
         self._agent.start()
-        self._renewer = asyncio.create_task(self._renew_loop(), name="cert-renewer")
+        self._renewer = asyncio.create_task(renew_loop(self), name="cert-renewer")
 
     def _network(self) -> NetworkState:
         """The agent's network table; the plumbing's underlay is this node's address."""
@@ -446,123 +424,6 @@ class Daemon:
     def _credentials(self) -> NodeCredentials:
         assert self._creds is not None
         return self._creds
-
-    async def _renew_loop(self) -> None:
-        """Renew this node's certificate at 50–80 % of its life, or at once when a
-        manager refused it (a promotion or demotion: the new certificate carries the
-        role the store records). Workers ask a manager, a manager signs its own.
-        During a root rotation it also takes the roots the manager says to trust, and
-        renews when told; then it reports its TLS state."""
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._renew_now.wait(), renewal_delay(self._credentials().cert_pem)
-                )
-            self._renew_now.clear()
-            trust, self._pending_trust = self._pending_trust, None
-            creds = self._credentials()
-            if trust is not None and trust.trust_root.encode() != creds.ca_pem:
-                creds = NodeCredentials(trust.trust_root.encode(), creds.cert_pem, creds.key_pem)
-            try:
-                if trust is None or trust.renew:
-                    creds = await self._renewed(creds)
-            except Exception as e:
-                log.warning("certificate renewal failed; retrying", error=repr(e))
-                if trust is not None:
-                    self._pending_trust = self._pending_trust or trust
-                await asyncio.sleep(RENEW_RETRY_S)
-                self._renew_now.set()
-                continue
-            self._install(creds)
-            if self._role_changed():
-                # a promotion or demotion on a shared store: this daemon becomes what
-                # its certificate says (a task of its own: the switch stops this loop)
-                self._switch = asyncio.create_task(self._switch_role(), name="role-switch")
-                return
-            await self._report_tls()
-
-    @staticmethod
-    async def _fetch_keys(managers: list[str], creds: NodeCredentials) -> tuple[bytes, bytes]:
-        """The shared store's keys from the first of `managers` that answers."""
-        failure: Exception = JoinFailed("no manager known")
-        for addr in managers:
-            try:
-                return await fetch_shared_keys(addr, creds)
-            except JoinFailed as e:
-                failure = e
-        raise failure
-
-    def _role_changed(self) -> bool:
-        state, creds = self._state, self._creds
-        if state is None or creds is None or self.config.datastore is None:
-            return False
-        return (creds.identity.role == "manager") != state.runs_manager
-
-    async def _switch_role(self) -> None:
-        """Several managers on a shared store: a promoted worker opens the store and
-        campaigns, a demoted manager stops doing so; its agent starts again on the
-        other side, and its tasks keep running (adopted, as after a restart)."""
-        async with self._lock:
-            state, creds = self._state, self._creds
-            if state is None or creds is None or not self._role_changed():
-                return
-            managers = list(self.remote_managers)
-            if self._manager is not None:
-                managers = manager_addrs(self._manager.store.view()) or managers
-            await self._stop_swarm(stop_tasks=False, keep_node=True)
-            if creds.identity.role == "manager":
-                try:
-                    dek, root_key = await self._fetch_keys(managers, creds)
-                except JoinFailed as e:  # it goes on as a worker (a manager on paper)
-                    log.error("promoted, but no manager gave the store's keys", error=str(e))
-                    self._start_worker()
-                    return
-                self._keys = ManagerKeys.adopt(self._files.swarm_dir, dek)
-                self._files.write_private_key(self._files.certs_dir / ROOT_KEY_FILE, root_key)
-                state.runs_manager, state.role = True, "manager"
-                await self._start_manager()
-            else:
-                self._keys = None
-                (self._files.swarm_dir / KEYS_FILE).unlink(missing_ok=True)
-                (self._files.certs_dir / ROOT_KEY_FILE).unlink(missing_ok=True)
-                state.runs_manager, state.role = False, "worker"
-                state.managers = [m for m in managers if m != state.advertise_addr]
-                self._start_worker()
-            self._files.save_state(state)
-            log.info("role changed", role=creds.identity.role)
-
-    def _install(self, creds: NodeCredentials) -> None:
-        changed_root = self._creds is None or creds.ca_pem != self._creds.ca_pem
-        self._files.save_creds(creds)
-        self._creds = creds
-        if self._cluster_server is not None:
-            self._cluster_server.set_credentials(creds)
-        if self._manager is not None:
-            key = self._manager.store.view().cluster_meta().root_key
-            if key:  # after a rotation the store holds the root; so does the disk
-                self._files.write_private_key(self._files.certs_dir / ROOT_KEY_FILE, key.encode())
-        log.info("node credentials changed", role=creds.identity.role, new_root=changed_root)
-
-    async def _report_tls(self) -> None:
-        if self._state is None or self._creds is None:
-            return
-        tls = node_tls_info(self._creds)
-        if self._manager is not None and self._shared is None:
-            await record_node_tls(self._manager.store, self._state.node_id, tls)
-        elif self._remote is not None:
-            try:
-                await self._remote.report_tls(tls)
-            except ConnectionError as e:  # the next session reports it
-                log.info("TLS state not reported yet", error=repr(e))
-
-    async def _renewed(self, creds: NodeCredentials) -> NodeCredentials:
-        if self._state is not None and self._state.runs_manager and self._manager is not None:
-            key = new_key()
-            issuer = Issuer(self._manager.store, self._files.root_ca(), [])
-            cert = issuer.renew(creds.identity, make_csr(key).decode()).certificate
-            return NodeCredentials(creds.ca_pem, cert.encode(), key_pem(key))
-        managers = self._state.managers if self._state else []
-        return await renew(managers[0], creds)
 
     async def _stop_swarm(self, stop_tasks: bool, keep_node: bool = False) -> None:
         """`keep_node`: the node stays in the swarm with another role (its tasks'
