@@ -5,16 +5,14 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
-import shutil
 import signal
 import ssl
 from collections.abc import Callable
 
 import aiohttp
-import msgspec
 
-from shoal.agent.agent import Agent, discard_task
-from shoal.agent.join import join, node_tls_info
+from shoal.agent.agent import Agent
+from shoal.agent.join import node_tls_info
 from shoal.agent.metrics import AgentCollector
 from shoal.agent.network.dns import Resolver, start_resolver
 from shoal.agent.network.plumbing import plumbing_for
@@ -22,40 +20,26 @@ from shoal.agent.network.state import NetworkState
 from shoal.agent.session import RemoteSession
 from shoal.api.server import APIServer, build_app
 from shoal.api.visualizer import VisualizerServer
+from shoal.daemon import membership
 from shoal.daemon.config import (
-    DEFAULT_LISTEN_ADDR,
     DEFAULT_SWARM_PORT,
     DaemonConfig,
     SwarmState,
-    local_addr_towards,
     make_executor,
     split_addr,
 )
 from shoal.daemon.files import ROOT_KEY_FILE, NodeFiles
-from shoal.daemon.ha import SharedStore, fetch_shared_keys, shared_keys
+from shoal.daemon.ha import SharedStore, shared_keys
 from shoal.daemon.renewal import on_trust, renew_loop, watch_trust
 from shoal.errors import (
-    AlreadyInSwarm,
     InvalidArgument,
-    LeaveRefused,
     ListenFailed,
     NodeNotInSwarm,
 )
-from shoal.etcdclient import EtcdError
-from shoal.ids import new_id
 from shoal.log import get_logger
-from shoal.manager.ca.issuer import Issuer, issue_own_certificate
-from shoal.manager.ca.root import RootCA
+from shoal.manager.ca.issuer import Issuer
 from shoal.manager.ca.rotation import adopt_root
 from shoal.manager.clusterport.server import ClusterServer
-from shoal.manager.controlapi import networks
-from shoal.manager.controlapi.swarm import (
-    init_spec,
-    new_cluster,
-    validate_init_network,
-    validate_spec,
-)
-from shoal.manager.etcd.datastore import wipe as wipe_datastore
 from shoal.manager.keys import ManagerKeys
 from shoal.manager.manager import Manager
 from shoal.manager.metrics import ManagerCollector
@@ -64,16 +48,10 @@ from shoal.manager.store import Backend, Store, Tx
 from shoal.manager.store.encrypted import EncryptedBackend
 from shoal.manager.store.sqlite import SQLiteBackend
 from shoal.metrics import Metrics
-from shoal.pki import NodeCredentials, key_pem, make_csr, new_key
-from shoal.types.node import ManagerStatus, Node, NodeResources, NodeSpec, NodeStatus
+from shoal.pki import NodeCredentials
+from shoal.types.node import NodeResources
 from shoal.types.session import TrustUpdate
 from shoal.types.swarm import SwarmInitRequest, SwarmJoinRequest
-
-MSG_LEAVE_MANAGER = (
-    "You are attempting to leave the swarm on a node that is participating as a manager. "
-    "Removing the last manager erases all current state of the swarm. Use `--force` to "
-    "ignore this message."
-)
 
 # The garbage collector's generation thresholds on a manager (the default 700, 10, 10).
 GC_THRESHOLDS = (10_000, 10, 10)
@@ -472,153 +450,13 @@ class Daemon:
 
     # swarm ------------------------------------------------------------------------------------
     async def swarm_init(self, request: SwarmInitRequest) -> str:
-        async with self._lock:
-            if self._state is not None:
-                raise AlreadyInSwarm()
-            listen = request.listen_addr or DEFAULT_LISTEN_ADDR
-            listen_host, listen_port = split_addr(listen, DEFAULT_SWARM_PORT)
-            advertise = request.advertise_addr or listen_host
-            if advertise in ("0.0.0.0", "::", ""):
-                advertise = "127.0.0.1"
-            adv_host, adv_port = split_addr(advertise, listen_port)
-            node_id, cluster_id = new_id(), new_id()
-            ca = RootCA.create()
-            spec = init_spec(request.spec)
-            validate_spec(spec)
-            validate_init_network(request)
-            expiry = spec.ca_config.node_cert_expiry if spec.ca_config else None
-            key = new_key()
-            cert = issue_own_certificate(ca, make_csr(key), node_id, cluster_id, expiry)
-            shutil.rmtree(self._files.swarm_dir, ignore_errors=True)
-            enc = spec.encryption_config
-            self._keys = ManagerKeys.create(
-                self._files.swarm_dir, autolock=bool(enc and enc.auto_lock_managers)
-            )
-            self._creds = NodeCredentials(ca.cert_pem, cert, key_pem(key))
-            self._files.save_creds(self._creds)
-            self._files.write_private_key(self._files.certs_dir / ROOT_KEY_FILE, ca.key_pem)
-            self._state = SwarmState(
-                node_id=node_id,
-                cluster_id=cluster_id,
-                advertise_addr=f"{adv_host}:{adv_port}",
-                listen_addr=f"{listen_host}:{listen_port}",
-            )
-            description = msgspec.structs.replace(self.executor.describe(), tls_info=ca.tls_info())
-            state = self._state
-
-            def bootstrap(tx: Tx) -> None:
-                tx.create(new_cluster(cluster_id, spec, ca, request))
-                networks.create_in(tx, networks.ingress_spec())
-                tx.create(
-                    Node(
-                        id=node_id,
-                        spec=NodeSpec(labels={}, role="manager", availability="active"),
-                        description=description,
-                        status=NodeStatus(state="ready", addr=adv_host),
-                        manager_status=ManagerStatus(
-                            leader=True, reachability="reachable", addr=state.advertise_addr
-                        ),
-                    )
-                )
-
-            try:
-                await self._start_manager(bootstrap)
-            except BaseException:
-                await self._abandon_swarm()
-                raise
-            self._files.save_state(self._state)
-            log.info(
-                "swarm initialized",
-                node=node_id,
-                cluster=cluster_id,
-                cluster_port=self._state.advertise_addr,
-            )
-            return node_id
+        return await membership.swarm_init(self, request)
 
     async def swarm_join(self, request: SwarmJoinRequest) -> None:
-        async with self._lock:
-            if self._state is not None:
-                raise AlreadyInSwarm()
-            remotes = request.remote_addrs or []
-            if not remotes:
-                raise InvalidArgument("at least 1 RemoteAddr is required to join")
-            listen = request.listen_addr or DEFAULT_LISTEN_ADDR
-            listen_host, listen_port = split_addr(listen, DEFAULT_SWARM_PORT)
-            remote = remotes[0] if ":" in remotes[0] else f"{remotes[0]}:{DEFAULT_SWARM_PORT}"
-            advertise = request.advertise_addr or ""
-            adv_host = split_addr(advertise, listen_port)[0] if advertise else ""
-            if adv_host in ("", "0.0.0.0", "::"):
-                adv_host = local_addr_towards(split_addr(remote, DEFAULT_SWARM_PORT)[0])
-            joined = await join(
-                remote, request.join_token or "", self.node_name, adv_host, request.availability
-            )
-            shutil.rmtree(self._files.swarm_dir, ignore_errors=True)
-            joined.credentials.save(self._files.certs_dir)
-            self._creds = joined.credentials
-            # A manager on a shared store (--datastore-endpoint) is one for real: it
-            # opens the store as a follower with the DEK the managers share.
-            shared = joined.role == "manager" and self.config.datastore is not None
-            self._state = SwarmState(
-                node_id=joined.node_id,
-                cluster_id=joined.cluster_id,
-                advertise_addr=f"{adv_host}:{listen_port}",
-                listen_addr=f"{listen_host}:{listen_port}",
-                role=joined.role,
-                runs_manager=shared,
-                managers=joined.managers or [remote],
-            )
-            if shared:
-                await self._join_as_manager(remote)
-            else:
-                self._files.save_state(self._state)
-                self._start_worker()
-            log.info("joined the swarm", node=joined.node_id, role=joined.role, manager=remote)
-
-    async def _join_as_manager(self, remote: str) -> None:
-        assert self._state is not None and self._creds is not None
-        try:
-            dek, root_key = await fetch_shared_keys(remote, self._creds)
-            self._keys = ManagerKeys.adopt(self._files.swarm_dir, dek)
-            self._files.write_private_key(self._files.certs_dir / ROOT_KEY_FILE, root_key)
-            await self._start_manager()
-        except BaseException:
-            await self._abandon_swarm()
-            raise
-        self._files.save_state(self._state)
-
-    async def _abandon_swarm(self) -> None:
-        """Undo a swarm init or a manager's join that failed half-way: stop what
-        started, forget the swarm and its files."""
-        await self._stop_swarm(stop_tasks=True)
-        shutil.rmtree(self._files.swarm_dir, ignore_errors=True)
-        self._state = None
-        self._creds = None
-        self._keys = None
+        await membership.swarm_join(self, request)
 
     async def swarm_leave(self, force: bool) -> None:
-        async with self._lock:
-            if self._state is None:
-                raise NodeNotInSwarm()
-            if self._state.runs_manager and not force and not self.locked:
-                raise LeaveRefused(MSG_LEAVE_MANAGER)
-            # the last manager of a shared store takes its state with it
-            last = self._manager is None or not any(
-                n.spec.role == "manager" and n.id != self._state.node_id
-                for n in self._manager.store.view().nodes()
-            )
-            await self._stop_swarm(stop_tasks=True)
-            for tid in self.executor.known_task_ids():
-                await discard_task(self.executor, tid)
-            if self.config.datastore is not None and self._state.runs_manager and last:
-                try:
-                    await wipe_datastore(self.config.datastore, self._state.cluster_id)
-                except EtcdError as e:  # the node leaves anyway; the keys stay behind
-                    log.warning("left the swarm; its state stays in etcd", error=str(e))
-            shutil.rmtree(self._files.swarm_dir, ignore_errors=True)
-            self._state = None
-            self._creds = None
-            self._keys = None
-            log.info("left the swarm")
+        await membership.swarm_leave(self, force)
 
 
 async def serve(config: DaemonConfig) -> None:
