@@ -28,7 +28,7 @@ from shoal.daemon.config import (
     make_executor,
     split_addr,
 )
-from shoal.daemon.files import ROOT_KEY_FILE, NodeFiles
+from shoal.daemon.files import NodeFiles
 from shoal.daemon.ha import SharedStore, shared_keys
 from shoal.daemon.renewal import on_trust, renew_loop, watch_trust
 from shoal.errors import (
@@ -189,7 +189,7 @@ class Daemon:
         """After `swarm update`: autolock on or off, or a new unlock key. The node's
         private keys are written again under the new KEK."""
         async with self._lock:
-            root_key = self._files.certs_dir / ROOT_KEY_FILE
+            root_key = self._files.root_key_path
             root_pem = self._files.read_private_key(root_key) if root_key.exists() else None
             if self._keys is None or not self._keys.set_autolock(on, rotate):
                 return

@@ -35,6 +35,10 @@ class NodeFiles:
     def certs_dir(self) -> Path:
         return self.swarm_dir / "certificates"
 
+    @property
+    def root_key_path(self) -> Path:
+        return self.certs_dir / ROOT_KEY_FILE
+
     def load_state(self) -> SwarmState | None:
         path = self.swarm_dir / "state.json"
         if not path.exists():
@@ -50,7 +54,7 @@ class NodeFiles:
     def root_ca(self) -> RootCA:
         return RootCA(
             (self.certs_dir / ROOT_CA_FILE).read_bytes(),
-            self.read_private_key(self.certs_dir / ROOT_KEY_FILE),
+            self.read_private_key(self.root_key_path),
         )
 
     def read_private_key(self, path: Path) -> bytes:
@@ -85,6 +89,9 @@ class NodeFiles:
         tmp.chmod(0o600)
         tmp.write_bytes(self.sealed(pem))
         tmp.replace(path)
+
+    def write_root_key(self, pem: bytes) -> None:
+        self.write_private_key(self.root_key_path, pem)
 
     def save_creds(self, creds: NodeCredentials) -> None:
         NodeCredentials(creds.ca_pem, creds.cert_pem, self.sealed(creds.key_pem)).save(

@@ -19,7 +19,6 @@ from shoal.daemon.config import (
     local_addr_towards,
     split_addr,
 )
-from shoal.daemon.files import ROOT_KEY_FILE
 from shoal.daemon.ha import fetch_shared_keys
 from shoal.errors import (
     AlreadyInSwarm,
@@ -83,7 +82,7 @@ async def swarm_init(daemon: Daemon, request: SwarmInitRequest) -> str:
         )
         daemon._creds = NodeCredentials(ca.cert_pem, cert, key_pem(key))
         daemon._files.save_creds(daemon._creds)
-        daemon._files.write_private_key(daemon._files.certs_dir / ROOT_KEY_FILE, ca.key_pem)
+        daemon._files.write_root_key(ca.key_pem)
         daemon._state = SwarmState(
             node_id=node_id,
             cluster_id=cluster_id,
@@ -168,7 +167,7 @@ async def join_as_manager(daemon: Daemon, remote: str) -> None:
     try:
         dek, root_key = await fetch_shared_keys(remote, daemon._creds)
         daemon._keys = ManagerKeys.adopt(daemon._files.swarm_dir, dek)
-        daemon._files.write_private_key(daemon._files.certs_dir / ROOT_KEY_FILE, root_key)
+        daemon._files.write_root_key(root_key)
         await daemon._start_manager()
     except BaseException:
         await abandon_swarm(daemon)

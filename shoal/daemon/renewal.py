@@ -11,7 +11,6 @@ import contextlib
 from typing import TYPE_CHECKING
 
 from shoal.agent.join import node_tls_info, renew, renewal_delay
-from shoal.daemon.files import ROOT_KEY_FILE
 from shoal.daemon.ha import fetch_shared_keys
 from shoal.errors import JoinFailed
 from shoal.log import get_logger
@@ -126,13 +125,13 @@ async def switch_role(daemon: Daemon) -> None:
                 daemon._start_worker()
                 return
             daemon._keys = ManagerKeys.adopt(daemon._files.swarm_dir, dek)
-            daemon._files.write_private_key(daemon._files.certs_dir / ROOT_KEY_FILE, root_key)
+            daemon._files.write_root_key(root_key)
             state.runs_manager, state.role = True, "manager"
             await daemon._start_manager()
         else:
             daemon._keys = None
             (daemon._files.swarm_dir / KEYS_FILE).unlink(missing_ok=True)
-            (daemon._files.certs_dir / ROOT_KEY_FILE).unlink(missing_ok=True)
+            daemon._files.root_key_path.unlink(missing_ok=True)
             state.runs_manager, state.role = False, "worker"
             state.managers = [m for m in managers if m != state.advertise_addr]
             daemon._start_worker()
@@ -149,7 +148,7 @@ def install(daemon: Daemon, creds: NodeCredentials) -> None:
     if daemon._manager is not None:
         key = daemon._manager.store.view().cluster_meta().root_key
         if key:  # after a rotation the store holds the root; so does the disk
-            daemon._files.write_private_key(daemon._files.certs_dir / ROOT_KEY_FILE, key.encode())
+            daemon._files.write_root_key(key.encode())
     log.info("node credentials changed", role=creds.identity.role, new_root=changed_root)
 
 
