@@ -65,7 +65,7 @@ from shoal.httpunix import UnixHTTPConnection
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHOAL_BIN = REPO_ROOT / ".venv" / "bin" / "shoal"
-# The process executor's directory under --data-dir (shoal.daemon.make_executor).
+# The process executor's directory under --data-dir (shoal.daemon.config.make_executor).
 AGENT_DIR = "agent"
 API_PREFIX = "/v1.41"
 

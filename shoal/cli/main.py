@@ -112,7 +112,8 @@ def daemon(
         check_hosts,
         default_cert_dir,
     )
-    from shoal.daemon import RUNTIMES, DaemonConfig, serve
+    from shoal.daemon.config import RUNTIMES, DaemonConfig
+    from shoal.daemon.daemon import serve
 
     if runtime not in RUNTIMES:
         raise typer.BadParameter(f"unknown runtime {runtime!r}: choose from {', '.join(RUNTIMES)}")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from shoal.agent.executor.sim import SimConfig
 from shoal.agent.hollow import HollowFleet, rss_bytes
-from shoal.daemon import local_addr_towards, split_addr
+from shoal.daemon.config import local_addr_towards, split_addr
 from shoal.log import get_logger
 
 # How long the fleet may take to have every node's session up before it says so anyway.
