@@ -393,7 +393,7 @@ class ReadTx:
         counts = self._t.durable_running.get(service_id)
         if not counts:
             return 0
-        return sum(counts.values()) - sum(counts.get(n, 0) for n in excluding)
+        return self._t.durable_total[service_id] - sum(counts.get(n, 0) for n in excluding)
 
     def tasks_on_node(self, node_id: str) -> list[Task]:
         table = self._t.objects["task"]
