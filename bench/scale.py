@@ -9,15 +9,19 @@ so that a run fits a shared 2-core machine in a few minutes.
 
 In a temporary directory under /tmp it starts its own manager (`shoal daemon --runtime
 sim`, drained, so only hollow nodes run tasks) and two `shoal sim` processes: N - W
-hollow nodes that stay and W that will fail. Once every node is Ready it creates S
+hollow nodes that stay and W that will fail. The hollow nodes stand in for other
+machines, so their processes run at a lower priority (`--sim-nice`, 10 by default; 0
+lets them compete with the manager for the two cores as equals). Once every node is Ready it creates S
 services of R replicas through the Docker API (`POST /services/create`) and measures:
 
 - the time from the first create until S x R tasks run (`GET /services?status=true`,
   polled every second) and the rate, beside Nomad C1M's 3,750 placements/s;
 - task startup latency p50/p99 (task CreatedAt to its RUNNING timestamp, from one
   `GET /tasks` at the end) beside Kubernetes' pod startup SLO (p99 <= 5 s);
-- `docker service ls` and `docker node ls` latency p50/p99, each run over and over
-  while the tasks converge (goal: service ls p99 <= 50 ms; Kubernetes' API call SLO
+- `docker service ls` and `docker node ls` latency p50/p99, run over and over while
+  the tasks converge, one probe at a time (`--probes serial`, the default: the
+  measuring commands do not load the two cores against each other; `parallel` runs
+  each probe in its own thread, as the earlier runs did) (goal: service ls p99 <= 50 ms; Kubernetes' API call SLO
   p99 <= 1 s), `GET /services?status=true` called straight on the socket the same
   way (the daemon's share of `service ls`, without the CLI process's start), and
   `docker context inspect` (the CLI's own start and config, no daemon contacted: the
@@ -123,40 +127,44 @@ def parse_ts(ts: str) -> float:
     return base + (float("0." + frac) if frac else 0.0)
 
 
-class Sampler(threading.Thread):
-    """Runs a docker CLI command over and over, recording its wall time."""
+class Probe:
+    """One command whose wall time is sampled: a docker CLI command, or a GET on the
+    daemon's socket (`sock`), the daemon's share of a CLI command's latency."""
 
-    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
-        super().__init__(daemon=True)
-        self.argv, self.env = argv, env
+    def __init__(
+        self, argv: list[str], env: dict[str, str], sock: Path | None = None, **query: str
+    ) -> None:
+        self.argv, self.env, self.sock, self.query = argv, env, sock, query
         self.times: list[float] = []
+
+    def once(self) -> None:
+        t0 = time.perf_counter()
+        if self.sock is None:
+            subprocess.run(self.argv, env=self.env, capture_output=True, check=False)
+        else:
+            try:
+                api(self.sock, "GET", self.argv[0], **self.query)
+            except BenchError:
+                pass
+        self.times.append(time.perf_counter() - t0)
+
+
+class Sampler(threading.Thread):
+    """Runs its probes over and over, one at a time (`--probes serial`: the measuring
+    commands do not compete with each other for the two cores, only with the system
+    under test), or each probe in a thread of its own (`parallel`, the earlier runs)."""
+
+    def __init__(self, probes: list[Probe]) -> None:
+        super().__init__(daemon=True)
+        self.probes = probes
         self.stop = threading.Event()
 
     def run(self) -> None:
         while not self.stop.is_set():
-            t0 = time.perf_counter()
-            subprocess.run(self.argv, env=self.env, capture_output=True, check=False)
-            self.times.append(time.perf_counter() - t0)
-            self.stop.wait(CLI_PAUSE_S)
-
-
-class APISampler(Sampler):
-    """Calls one API path over and over on its own connections, recording its wall time:
-    the daemon's share of a CLI command's latency (no CLI process to start)."""
-
-    def __init__(self, sock: Path, path: str, **query: str) -> None:
-        super().__init__([], {})
-        self.sock, self.path, self.query = sock, path, query
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            t0 = time.perf_counter()
-            try:
-                api(self.sock, "GET", self.path, **self.query)
-            except BenchError:
-                pass
-            self.times.append(time.perf_counter() - t0)
-            self.stop.wait(CLI_PAUSE_S)
+            for probe in self.probes:
+                probe.once()
+                if self.stop.wait(CLI_PAUSE_S / len(self.probes)):
+                    return
 
 
 class ScaleBench:
@@ -239,6 +247,8 @@ class ScaleBench:
         argv = [str(SHOAL), "sim", "--nodes", str(nodes), "--join", self.cluster_addr]
         argv += ["--token", self.token, "--name-prefix", prefix]
         argv += ["--start-delay", str(self.args.start_delay)]
+        if self.args.sim_nice:
+            argv = ["nice", "-n", str(self.args.sim_nice), *argv]
         return self.spawn(argv, f"sim-{prefix}.log")
 
     def node_states(self) -> dict[str, str]:
@@ -274,13 +284,17 @@ class ScaleBench:
         self.say(f"{a.nodes} hollow nodes ready in {join_s:.1f} s")
 
         env = {**os.environ, "DOCKER_HOST": f"unix://{self.sock}"}
-        samplers = [
-            Sampler(["docker", "service", "ls"], env),
-            Sampler(["docker", "node", "ls"], env),
-            APISampler(self.sock, "/services", status="true"),
+        probes = [
+            Probe(["docker", "service", "ls"], env),
+            Probe(["docker", "node", "ls"], env),
+            Probe(["/services"], env, self.sock, status="true"),
             # the CLI alone, no daemon contacted: its own start under the same contention
-            Sampler(["docker", "context", "inspect"], env),
+            Probe(["docker", "context", "inspect"], env),
         ]
+        if a.probes == "serial":
+            samplers = [Sampler(probes)]
+        else:
+            samplers = [Sampler([p]) for p in probes]
         for s in samplers:
             s.start()
         cpu0 = proc_cpu_s(self.manager.pid)
@@ -326,7 +340,7 @@ class ScaleBench:
         # The staying fleet's whole RSS now that its nodes hold their tasks.
         fleet_rss = proc_rss(self.procs[1].pid)
         fleet_nodes = a.nodes - a.wave
-        svc_ls, node_ls, svc_api, cli_only = (s.times for s in samplers)
+        svc_ls, node_ls, svc_api, cli_only = (p.times for p in probes)
 
         wave = "no failure wave"
         if self.wave_proc is not None:
@@ -375,7 +389,8 @@ class ScaleBench:
             f"{pct(svc_api, 0.5) * 1000:.0f} ms p99 {pct(svc_api, 0.99) * 1000:.0f} ms, "
             f"the CLI alone (`docker context inspect`) p50 {pct(cli_only, 0.5) * 1000:.0f} ms "
             f"p99 {pct(cli_only, 0.99) * 1000:.0f} ms "
-            f"({len(svc_ls)}, {len(node_ls)}, {len(svc_api)}, {len(cli_only)} samples); "
+            f"({len(svc_ls)}, {len(node_ls)}, {len(svc_api)}, {len(cli_only)} samples, "
+            f"probes {a.probes}, hollow nodes at nice {a.sim_nice}); "
             f"manager peak RSS {rss / 2**20:.0f} MiB "
             f"(goal {GOAL_RSS / 2**20:.0f} MiB), {cpu_s:.1f} CPU s; hollow node "
             f"{self.sim_rss_per_node('stay')} KiB RSS each; task startup p99 "
@@ -411,6 +426,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wave", type=int, default=20)
     parser.add_argument("--start-delay", type=float, default=0.0, help="milliseconds")
     parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument(
+        "--probes",
+        choices=("serial", "parallel"),
+        default="serial",
+        help="sample the latency probes one at a time (default) or all at once",
+    )
+    parser.add_argument(
+        "--sim-nice",
+        type=int,
+        default=10,
+        help="niceness of the hollow-node processes, which stand in for other machines "
+        "(0: compete with the manager as equals)",
+    )
     parser.add_argument("--keep-logs", type=Path, metavar="DIR", help="copy the logs here")
     args = parser.parse_args(argv)
     if not 0 <= args.wave < args.nodes:
