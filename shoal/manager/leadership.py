@@ -71,6 +71,7 @@ class Leadership:
         self._on_elected = on_elected
         self._on_lost = on_lost
         self._clock = clock
+        self.clock = clock
         self.me = Candidate.decode(election.candidate)
         self.leading = False
         self.leader: Candidate | None = None  # as the election key says now
