@@ -186,6 +186,13 @@ class EtcdBackend:
         revision = result.revision
         if not result.succeeded:
             mine = self._applied_before(index, result.responses) if retried else None
+            if mine is None and retried:
+                # An earlier try may have been applied, then superseded by another
+                # leader's commit: only a reload knows.
+                raise CommitInDoubt(
+                    "a retried commit was refused, and an earlier try may have been "
+                    "applied: " + self._refusal(fence, result.responses)
+                )
             if mine is None:
                 raise LostLeadership(self._refusal(fence, result.responses))
             revision = mine  # an earlier try was applied: the index key says so
@@ -304,9 +311,10 @@ class EtcdBackend:
                 continue
             index, writer = _decode_index(kv.value)
             if writer == self.writer or kv.mod_revision <= self.index_revision:
-                # This backend's own commit. (Known gap: a commit whose first try was
-                # applied unanswered, then superseded by another leader's before the
-                # retry, is reported refused and taken back here, yet is in etcd.)
+                # This backend's own commit (or one a reload read already). A commit
+                # whose first try may have been applied unanswered, then superseded
+                # by another leader's before the retry, is in doubt: the store
+                # reloads, and finds it or not.
                 continue
             self.index, self.index_revision = index, kv.mod_revision
             self._advanced.set()  # the waiter runs after the store applied it

@@ -372,3 +372,45 @@ def test_wait_leader_answers_at_once_when_etcd_does_not() -> None:
         assert await leadership.wait_leader(10.0) == other  # it answers for itself
 
     asyncio.run(main())
+
+
+def test_a_retried_commit_refused_is_in_doubt_not_refused() -> None:
+    """Its first try may have been applied unanswered, then superseded by another
+    leader's commit: the retry's refusal does not say it was not written."""
+
+    async def main() -> None:
+        clock = FakeClock()
+        etcd = QuorumLost()
+        tries: list[int] = []
+
+        async def txn(*_: Any) -> TxnResult:
+            tries.append(1)
+            if len(tries) == 1:
+                raise EtcdUnavailable("etcd transaction failed: UNAVAILABLE: leader changed")
+            other = SimpleNamespace(create_revision=99, mod_revision=120, value=b"")
+            index = SimpleNamespace(
+                create_revision=3, mod_revision=120, value=b'{"index": 9, "writer": "x"}'
+            )
+            return TxnResult(
+                False,
+                120,
+                [
+                    SimpleNamespace(response_range=SimpleNamespace(kvs=[other])),
+                    SimpleNamespace(response_range=SimpleNamespace(kvs=[index])),
+                ],
+            )
+
+        etcd.txn = txn  # type: ignore[method-assign]
+        backend = EtcdBackend(etcd, clock=clock)  # type: ignore[arg-type]
+        backend.set_fence(Fence(b"k", 5))
+        commit = asyncio.create_task(backend.commit(1, [Record("service", "a", b"{}")]))
+        await clock.advance(1)
+        with pytest.raises(CommitInDoubt, match="may have been applied.*superseded"):
+            commit.result()
+        # not retried: the first try refused outright is a refusal (nothing written)
+        tries.clear()
+        tries.append(1)
+        with pytest.raises(LostLeadership, match="superseded"):
+            await backend.commit(1, [Record("service", "a", b"{}")])
+
+    asyncio.run(main())
