@@ -163,9 +163,10 @@ class Election:
     # leaving ----------------------------------------------------------------------------
     async def resign(self) -> None:
         """Give up the leadership (if held) and the lease: another candidate leads."""
-        fence, lease_id = self.fence, self.lease_id
+        fence, lease_id, stale = self.fence, self.lease_id, self.stale_lease
         self.fence = None
         self.lease_id = None
+        self.stale_lease = None
         if self._keepalive is not None:
             self._keepalive.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -175,8 +176,9 @@ class Election:
             if fence is not None:
                 t = self._client.transactions
                 await self._client.txn([t.create(self.key) == fence.revision], [t.delete(self.key)])
-            if lease_id is not None:
-                await self._client.revoke_lease(lease_id)
+            for lease in (lease_id, stale):
+                if lease is not None:
+                    await self._client.revoke_lease(lease)
         except FAILURES as e:
             # Gone already (expired, revoked) or etcd unreachable: the lease expires
             # by itself within ttl, and the key with it.

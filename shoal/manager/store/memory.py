@@ -605,11 +605,11 @@ class Store:
             last = max(waits, key=lambda a: a.index)
         try:
             await self._wait_durable(last)
-        except Internal:
+        except ShoalError:
             if last.error is None:
                 raise  # the store failed for good
-            # Taken back (disk full): the tables are what is durable again; the reader
-            # sees none of it, so its read may go on.
+            # Taken back (disk full, fenced off, in doubt): the tables are what is
+            # durable again; the reader sees none of it, so its read may go on.
 
     # writes ------------------------------------------------------------------------------
     async def update(self, fn: Callable[[Tx], T]) -> T:
@@ -957,6 +957,7 @@ class Store:
             "group_commits": self.group_commits,
             "foreign_commits": self.foreign_commits,
             "rolled_back": self.rolled_back,
+            "reloads": self.reloads,
             "pending": len(self._pending),
             "watchers": len(self._watchers),
             **{f"{k}s": len(v) for k, v in self._tables.objects.items()},

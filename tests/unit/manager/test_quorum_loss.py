@@ -414,3 +414,28 @@ def test_a_retried_commit_refused_is_in_doubt_not_refused() -> None:
             await backend.commit(1, [Record("service", "a", b"{}")])
 
     asyncio.run(main())
+
+
+def test_a_read_behind_a_write_in_doubt_answers() -> None:
+    async def main() -> None:
+        clock = FakeClock()
+        backend = MemoryBackend()
+        store = Store(backend, clock)
+        feed = asyncio.create_task(store.run())
+        await store.update(lambda tx: tx.create(service("web")))
+        backend.hold()
+        backend.doubt_next(applied=False)
+        write = asyncio.create_task(store.update(lambda tx: tx.create(service("api"))))
+        await clock.settle()
+        read = asyncio.create_task(store.settled(["service"]))  # waits behind the write
+        await clock.settle()
+        assert not read.done()
+        backend.release()
+        await clock.settle()
+        with pytest.raises(NoLeader):
+            write.result()
+        assert read.done() and read.exception() is None  # the read goes on
+        assert [s.spec.name for s in store.view().services()] == ["web"]
+        feed.cancel()
+
+    asyncio.run(main())
