@@ -21,7 +21,7 @@ from shoal.errors import NoLeader
 from shoal.etcdclient import EtcdClient
 from shoal.manager.election import Election
 from shoal.manager.leadership import Candidate, Leadership
-from shoal.manager.store import Store
+from shoal.manager.store import Store, WatcherClosed
 from shoal.manager.store.encrypted import EncryptedBackend
 from shoal.manager.store.etcd import EtcdBackend
 from shoal.types.service import ReplicatedService, Service, ServiceMode, ServiceSpec
@@ -148,6 +148,52 @@ def test_quorum_lost_then_back(tmp_path: Path) -> None:
                 assert set(acknowledged) <= na
                 # the in-doubt write is there or not, alike on both (etcd decided)
                 assert na - set(acknowledged) <= {"in-doubt"}
+            finally:
+                await b.close()
+                await a.close()
+
+    asyncio.run(main())
+
+
+def test_a_watch_behind_the_compaction_reloads(tmp_path: Path) -> None:
+    """A follower whose feed stopped while the leader wrote, and etcd compacted that
+    history away: its watch cannot resume, so its store reloads from etcd and follows
+    again from there (nothing missed)."""
+
+    async def main() -> None:
+        async with etcd_cluster(tmp_path, size=1) as cluster:
+            prefix = f"/t-{secrets.token_hex(4)}/".encode()
+            dek = os.urandom(32)
+            a = Manager(cluster.client(), "a", prefix, dek)
+            b = Manager(cluster.client(), "b", prefix, dek)
+            try:
+                sa = await a.start()
+                await _until([a], lambda: bool(a.leadership and a.leadership.leading), "a leading")
+                sb = await b.start()
+                await sa.update(lambda tx: tx.create(_service("s0")))
+                assert await sb.reached(sa.durable_index, WAIT_S)
+                watcher = sb.watch()
+
+                # b's feed stops (as if its watch were cut) while a writes on
+                assert b.feed is not None
+                b.feed.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await b.feed
+                for i in range(1, 4):
+                    await sa.update(lambda tx, i=i: tx.create(_service(f"s{i}")))
+                _, _, revision = await a.client.range_page(prefix, prefix + b"\xff")
+                await a.client.compact(revision)
+
+                b.feed = asyncio.create_task(sb.run())
+                assert await sb.reached(sa.durable_index, WAIT_S)
+                assert sb.reloads == 1
+                assert {s.spec.name for s in sb.view().services()} == {f"s{i}" for i in range(4)}
+                with pytest.raises(WatcherClosed, match="reloaded"):
+                    await asyncio.wait_for(watcher.__anext__(), WAIT_S)
+                # and it follows again
+                await sa.update(lambda tx: tx.create(_service("s4")))
+                assert await sb.reached(sa.durable_index, WAIT_S)
+                assert sb.view().get_service("s4") is not None
             finally:
                 await b.close()
                 await a.close()
