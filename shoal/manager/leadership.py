@@ -124,7 +124,7 @@ class Leadership:
                 await self._on_elected()
             except Exception:
                 log.exception("starting the leader's loops failed")
-            await self._until_lost(lost)
+            in_doubt = await self._until_lost(lost)
             self._store.refuse_writes = _not_leading
             self._backend.set_fence(None)
             self.leading = False
@@ -134,10 +134,13 @@ class Leadership:
                 await self._on_lost()
             except Exception:
                 log.exception("stopping the leader's loops failed")
+            if in_doubt:
+                # (etcd may not answer: resign gives up then, and the lease expires)
+                await self._election.resign()
 
-    async def _until_lost(self, lost: asyncio.Event) -> None:
-        """Wait until the leadership is lost; a commit in doubt ends it too (the
-        store reloads from etcd: this manager resigns, and may lead again after)."""
+    async def _until_lost(self, lost: asyncio.Event) -> bool:
+        """Wait until the leadership is lost, or a commit is in doubt (True: the
+        store reloads from etcd; this manager must resign, and may lead again after)."""
         waits = [
             asyncio.ensure_future(lost.wait()),
             asyncio.ensure_future(self._store.needs_reload.wait()),
@@ -147,11 +150,10 @@ class Leadership:
         finally:
             for w in waits:
                 w.cancel()
-        if not lost.is_set():
-            log.warning("a commit is in doubt; resigning the leadership")
-            self._store.refuse_writes = _not_leading
-            self._backend.set_fence(None)
-            await self._election.resign()
+        if lost.is_set():
+            return False
+        log.warning("a commit is in doubt; resigning the leadership")
+        return True
 
     def is_me(self, candidate: Candidate) -> bool:
         """This manager (by node ID: a key left by its previous run names another
