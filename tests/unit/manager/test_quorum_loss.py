@@ -117,6 +117,16 @@ def test_a_hung_keep_alive_ends_the_leadership_when_the_lease_may_have_expired()
         # the lease given up was revoked first (its key gone at once), then a new one
         assert etcd.revoked == [41] and election.lease_id == 42 and election.reachable
         await election.resign()
+        assert etcd.revoked == [41, 42]
+
+        # a lease given up and never campaigned on again is revoked by resign() too
+        await election.campaign()
+        etcd.quorum = False
+        await clock.advance(2 * TTL)
+        assert election.lost.is_set() and election.stale_lease == 43
+        etcd.restore()
+        await election.resign()
+        assert etcd.revoked[-1] == 43 and election.stale_lease is None
 
     asyncio.run(main())
 
