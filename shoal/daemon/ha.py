@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 from collections.abc import Awaitable, Callable
 
@@ -96,6 +97,22 @@ class SharedStore:
         if lead.leading:
             return lead.me.node_id if lead.me else None
         return lead.leader.node_id if lead.leader else None
+
+    async def wait_led(self, timeout_s: float) -> bool:
+        """Wait until a manager leads (this one or another), up to `timeout_s`
+        (through the clock): after etcd's quorum came back, an election follows."""
+        lead = self.leadership
+        if lead is None:
+            return False
+        clock = lead.clock
+        deadline = clock.monotonic() + timeout_s
+        while not lead.leading and (lead.leader is None or lead.is_me(lead.leader)):
+            left = deadline - clock.monotonic()
+            if left <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await clock.wait_for(lead.changed.wait(), left)
+        return True
 
     async def write_leader(self, wait_s: float) -> str | None:
         """None: this manager leads (it takes the write); else the leader's cluster

@@ -25,6 +25,7 @@ from shoal.errors import (
     InvalidArgument,
     LeaveRefused,
     NodeNotInSwarm,
+    NoLeader,
 )
 from shoal.etcdclient import EtcdError
 from shoal.ids import new_id
@@ -48,6 +49,10 @@ from shoal.types.swarm import SwarmInitRequest, SwarmJoinRequest
 if TYPE_CHECKING:
     from shoal.daemon.daemon import Daemon
 
+# `swarm init --force-new-cluster` waits this long for a leader (an election follows
+# etcd's quorum coming back: the stale lease revoked, one campaign round).
+FORCE_NEW_CLUSTER_LEAD_S = 30.0
+
 MSG_LEAVE_MANAGER = (
     "You are attempting to leave the swarm on a node that is participating as a manager. "
     "Removing the last manager erases all current state of the swarm. Use `--force` to "
@@ -60,6 +65,8 @@ log = get_logger("shoal.daemon")
 async def swarm_init(daemon: Daemon, request: SwarmInitRequest) -> str:
     async with daemon._lock:
         if daemon._state is not None:
+            if request.force_new_cluster and daemon._shared is not None:
+                return await force_new_cluster(daemon)
             raise AlreadyInSwarm()
         listen = request.listen_addr or DEFAULT_LISTEN_ADDR
         listen_host, listen_port = split_addr(listen, DEFAULT_SWARM_PORT)
@@ -120,6 +127,19 @@ async def swarm_init(daemon: Daemon, request: SwarmInitRequest) -> str:
             cluster_port=daemon._state.advertise_addr,
         )
         return node_id
+
+
+async def force_new_cluster(daemon: Daemon) -> str:
+    """`docker swarm init --force-new-cluster` on a manager of a shared store (external
+    etcd, docs/ha.md "Quorum lost for good"): etcd's quorum is restored by its operator
+    (the survivor member restarted with etcd's `--force-new-cluster`); this manager
+    then serves the cluster from the state etcd holds: it answers once a manager (this
+    one, if the others are gone) leads, its services as they were."""
+    assert daemon._state is not None and daemon._shared is not None
+    if not await daemon._shared.wait_led(FORCE_NEW_CLUSTER_LEAD_S):
+        raise NoLeader()
+    log.info("swarm recovered (--force-new-cluster)", node=daemon._state.node_id)
+    return daemon._state.node_id
 
 
 async def swarm_join(daemon: Daemon, request: SwarmJoinRequest) -> None:

@@ -20,6 +20,8 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+import aetcd.exceptions
+
 from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.etcdclient import CLIENT_ERRORS, FAILURES, EtcdClient, Fence
 from shoal.log import get_logger
@@ -27,6 +29,8 @@ from shoal.log import get_logger
 DEFAULT_KEY = b"/shoal/election/leader"
 DEFAULT_TTL_S = 3
 RETRY_S = 0.5  # after a failed campaign round (etcd unreachable)
+# What a keep-alive that got no answer raises (it is bounded by the lease's expiry).
+KEEPALIVE_ERRORS: tuple[type[BaseException], ...] = (*CLIENT_ERRORS, TimeoutError)
 
 log = get_logger("shoal.manager.election")
 
@@ -50,6 +54,10 @@ class Election:
         self.lost = asyncio.Event()  # set when a leadership held is lost
         self._keepalive: asyncio.Task[None] | None = None
         self._expires = 0.0  # monotonic time the lease expires at, at the latest
+        self.stale_lease: int | None = None  # a lease given up as lost, to revoke
+        # False while etcd does not answer this candidate (its last keep-alive or
+        # campaign round failed: quorum lost, or every member gone)
+        self.reachable = True
 
     # campaign ---------------------------------------------------------------------------
     async def campaign(self) -> Fence:
@@ -57,8 +65,9 @@ class Election:
         while True:
             try:
                 return await self._campaign_once()
-            except CLIENT_ERRORS as e:
+            except FAILURES as e:
                 log.warning("campaign round failed", candidate=self.candidate, error=str(e))
+                self.reachable = False
                 await self._clock.sleep(RETRY_S)
 
     async def _campaign_once(self) -> Fence:
@@ -96,8 +105,17 @@ class Election:
     async def _ensure_lease(self) -> None:
         if self.lease_id is not None and self._clock.monotonic() < self._expires:
             return
+        if self.stale_lease is not None:
+            try:
+                await self._client.revoke_lease(self.stale_lease)
+            except aetcd.exceptions.ClientError as e:
+                if not _lease_not_found(e):
+                    raise  # etcd does not answer: the campaign round fails, and retries
+            log.info("revoked a lease given up as lost", lease=self.stale_lease)
+            self.stale_lease = None
         sent = self._clock.monotonic()
         lease = await self._client.lease(self.ttl)
+        self.reachable = True
         self.lease_id = lease.id
         self._expires = sent + lease.ttl
         if self._keepalive is None or self._keepalive.done():
@@ -113,12 +131,18 @@ class Election:
                 return
             sent = self._clock.monotonic()
             try:
-                reply = await self._client.refresh_lease(lease_id)
+                # Bounded by the lease's expiry: with etcd's quorum lost a keep-alive
+                # hangs (etcd's own request timeout is 7 s), and the leadership must
+                # end when the lease may have expired, not later.
+                left = max(0.0, self._expires - sent)
+                reply = await self._clock.wait_for(self._client.refresh_lease(lease_id), left)
                 ttl = reply.TTL if reply is not None else 0
-            except CLIENT_ERRORS as e:
-                log.warning("lease keep-alive failed", candidate=self.candidate, error=str(e))
+            except KEEPALIVE_ERRORS as e:
+                log.warning("lease keep-alive failed", candidate=self.candidate, error=repr(e))
+                self.reachable = False
                 ttl = -1
             if ttl > 0:
+                self.reachable = True
                 self._expires = sent + ttl
                 continue
             if ttl == 0 or self._clock.monotonic() >= self._expires:
@@ -127,6 +151,10 @@ class Election:
 
     def _lease_lost(self) -> None:
         log.warning("election lease lost", candidate=self.candidate, leading=self.fence is not None)
+        # etcd may not have expired it (with quorum lost nothing expires, and a new
+        # etcd leader extends every lease): revoked at the next campaign, so the
+        # election key it holds goes at once when etcd answers again.
+        self.stale_lease = self.lease_id
         self.lease_id = None
         if self.fence is not None:
             self.fence = None
@@ -135,9 +163,10 @@ class Election:
     # leaving ----------------------------------------------------------------------------
     async def resign(self) -> None:
         """Give up the leadership (if held) and the lease: another candidate leads."""
-        fence, lease_id = self.fence, self.lease_id
+        fence, lease_id, stale = self.fence, self.lease_id, self.stale_lease
         self.fence = None
         self.lease_id = None
+        self.stale_lease = None
         if self._keepalive is not None:
             self._keepalive.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -147,8 +176,9 @@ class Election:
             if fence is not None:
                 t = self._client.transactions
                 await self._client.txn([t.create(self.key) == fence.revision], [t.delete(self.key)])
-            if lease_id is not None:
-                await self._client.revoke_lease(lease_id)
+            for lease in (lease_id, stale):
+                if lease is not None:
+                    await self._client.revoke_lease(lease)
         except FAILURES as e:
             # Gone already (expired, revoked) or etcd unreachable: the lease expires
             # by itself within ttl, and the key with it.
@@ -177,3 +207,7 @@ class Election:
                     yield current
         finally:
             await watch.cancel()
+
+
+def _lease_not_found(e: BaseException) -> bool:
+    return "lease not found" in str(e)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.errors import LostLeadership
-from shoal.etcdclient import CLIENT_ERRORS
+from shoal.etcdclient import FAILURES
 from shoal.log import get_logger
 from shoal.manager.election import Election
 from shoal.manager.store import Store
@@ -71,6 +71,7 @@ class Leadership:
         self._on_elected = on_elected
         self._on_lost = on_lost
         self._clock = clock
+        self.clock = clock
         self.me = Candidate.decode(election.candidate)
         self.leading = False
         self.leader: Candidate | None = None  # as the election key says now
@@ -95,7 +96,7 @@ class Leadership:
                     self.leader = Candidate.decode(value)
                     log.info("leader", leader=self.leader.node_id if self.leader else None)
                     self._changed()
-            except CLIENT_ERRORS as e:
+            except FAILURES as e:
                 log.warning("election watch lost; resuming", error=str(e))
             await self._clock.sleep(OBSERVE_RETRY_S)
 
@@ -104,8 +105,10 @@ class Leadership:
             fence = await self._election.campaign()
             lost = self._election.lost
             try:
+                # a replica reloading (a commit in doubt) is not the truth yet
+                await self._store.wait_reloaded()
                 await self._backend.caught_up()
-            except CLIENT_ERRORS as e:
+            except FAILURES as e:
                 # leading on a replica that may be behind is not allowed: let another
                 # manager lead (or this one, once etcd answers again)
                 log.warning("elected, but cannot catch up; resigning", error=str(e))
@@ -121,7 +124,7 @@ class Leadership:
                 await self._on_elected()
             except Exception:
                 log.exception("starting the leader's loops failed")
-            await lost.wait()
+            in_doubt = await self._until_lost(lost)
             self._store.refuse_writes = _not_leading
             self._backend.set_fence(None)
             self.leading = False
@@ -131,6 +134,26 @@ class Leadership:
                 await self._on_lost()
             except Exception:
                 log.exception("stopping the leader's loops failed")
+            if in_doubt:
+                # (etcd may not answer: resign gives up then, and the lease expires)
+                await self._election.resign()
+
+    async def _until_lost(self, lost: asyncio.Event) -> bool:
+        """Wait until the leadership is lost, or a commit is in doubt (True: the
+        store reloads from etcd; this manager must resign, and may lead again after)."""
+        waits = [
+            asyncio.ensure_future(lost.wait()),
+            asyncio.ensure_future(self._store.needs_reload.wait()),
+        ]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        if lost.is_set():
+            return False
+        log.warning("a commit is in doubt; resigning the leadership")
+        return True
 
     def is_me(self, candidate: Candidate) -> bool:
         """This manager (by node ID: a key left by its previous run names another
@@ -146,6 +169,10 @@ class Leadership:
                 return self.me
             if self.leader is not None and not self.is_me(self.leader):
                 return self.leader
+            if not self._election.reachable:
+                # etcd does not answer (quorum lost): no leader will come of waiting,
+                # and the stale key naming this manager is not one
+                return None
             left = deadline - self._clock.monotonic()
             if left <= 0:
                 return None

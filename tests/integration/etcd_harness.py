@@ -59,13 +59,15 @@ class Cluster:
         await member.start(initial, state="existing")
         return member
 
-    def datastore_args(self, name: str, tls_dir: Path) -> list[str]:
-        """`shoal daemon`'s flags for a store on the first member, with a client
-        certificate of the cluster's CA written in `tls_dir`."""
+    def datastore_args(self, name: str, tls_dir: Path, every_member: bool = False) -> list[str]:
+        """`shoal daemon`'s flags for a store on the first member (or on every member,
+        one `--datastore-endpoint` each), with a client certificate of the cluster's CA
+        written in `tls_dir`."""
         tls = write_tls(member_tls(self.root, name, self.cluster_id, []), tls_dir)
+        chosen = self.members if every_member else self.members[:1]
+        endpoints = [a for m in chosen for a in ("--datastore-endpoint", m.address.client_url)]
         return [
-            "--datastore-endpoint",
-            self.members[0].address.client_url,
+            *endpoints,
             "--datastore-cafile",
             str(tls.ca),
             "--datastore-certfile",

@@ -136,10 +136,19 @@ class EtcdMember:
             [self.address.client_url], self.tls, timeout=timeout, server_name=MANAGER_SERVER_NAME
         )
 
-    def command(self, initial_cluster: Mapping[str, str], state: str, token: str) -> list[str]:
+    def command(
+        self,
+        initial_cluster: Mapping[str, str],
+        state: str,
+        token: str,
+        force_new_cluster: bool = False,
+    ) -> list[str]:
         paths = write_tls(self.tls, self.directory / "tls")
         a = self.address
         listen_host = f"[{a.host}]" if ":" in a.host else a.host
+        # etcd's recovery of a cluster that lost quorum for good: on this member's data,
+        # a cluster of this member alone (every other member removed from it)
+        force = ["--force-new-cluster"] if force_new_cluster else []
         return [
             self._binary,
             f"--name={self.name}",
@@ -173,6 +182,7 @@ class EtcdMember:
             "--enable-grpc-gateway=false",
             "--logger=zap",
             "--log-outputs=stderr",
+            *force,
         ]
 
     async def start(
@@ -180,11 +190,18 @@ class EtcdMember:
         initial_cluster: Mapping[str, str] | None = None,
         state: str = "new",
         token: str = "shoal",
+        force_new_cluster: bool = False,
     ) -> None:
         """Start the process and return once it serves clients. `initial_cluster`
         ({name: peer URL}, this member included) defaults to this member alone; a
         member joining a running cluster passes what `add_member` answered and state
-        "existing". A member restarted on its data dir ignores both (etcd's rule)."""
+        "existing". A member restarted on its data dir ignores both (etcd's rule).
+
+        `force_new_cluster`: the survivor of a cluster that lost its quorum for good
+        (`docker swarm init --force-new-cluster`) starts on its data as a cluster of
+        one, every other member removed from the membership, all its data kept (etcd's
+        `--force-new-cluster`; a restart after, supervised or not, goes without it:
+        the new membership is in its data). Other members are added again as usual."""
         if self.running:
             raise EtcdError(f"etcd member {self.name} is already running")
         self._stopping = False
@@ -195,14 +212,20 @@ class EtcdMember:
         self._ready = asyncio.Event()
         self.log_tail.clear()
         self._proc = await asyncio.create_subprocess_exec(
-            *self.command(cluster, state, token),
+            *self.command(cluster, state, token, force_new_cluster),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,  # a signal to the daemon's group is not etcd's
         )
         self._reader = asyncio.create_task(self._read_log(self._proc))
-        log.info("etcd member starting", name=self.name, pid=self._proc.pid, state=state)
+        log.info(
+            "etcd member starting",
+            name=self.name,
+            pid=self._proc.pid,
+            state=state,
+            force_new_cluster=force_new_cluster,
+        )
         ready = asyncio.create_task(self._ready.wait())
         exited = asyncio.create_task(self._proc.wait())
         try:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import msgspec
 
@@ -18,6 +18,21 @@ class DiskFull(Exception):
     again once space is freed. Its message names the file and its disk. Any other
     failed commit leaves the backend in doubt (a failed fsync may have lost pages), and
     the store then stops acknowledging writes until the manager restarts."""
+
+
+class CommitInDoubt(Exception):
+    """A shared backend (etcd) does not know whether a commit was applied: no member
+    answered it before the leadership it was made under was lost (quorum lost), or
+    etcd failed it in a way that does not say. The store takes back what it held (its
+    writers are told no leader holds the swarm), refuses writes, and reloads its tables
+    from the backend once it answers (`reload()`): the backend is the truth, the
+    commit is there or it is not."""
+
+
+class ReloadNeeded(Exception):
+    """The feed of foreign commits cannot go on from where the store is (an etcd watch
+    that fell behind the compaction of history): the store reloads from the backend,
+    and follows it again from there."""
 
 
 class Record(msgspec.Struct, frozen=True, gc=False):
@@ -57,6 +72,19 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
+class SharedBackend(Backend, Protocol):
+    """A backend other writers share (etcd): it may leave a commit in doubt
+    (CommitInDoubt) or its feed may need a reload (ReloadNeeded), after which the
+    store reads everything again."""
+
+    async def reload(self) -> tuple[int, list[Record]]:
+        """The last committed index and every live object, as the backend holds them
+        now (raises while it cannot be read: the store tries again); the feed of
+        foreign commits asked for next goes on from there."""
+        ...
+
+
 class MemoryBackend:
     """Keeps objects in memory only: for unit tests and benchmarks.
 
@@ -70,14 +98,33 @@ class MemoryBackend:
         self._released = asyncio.Event()
         self._released.set()
         self._foreign: asyncio.Queue[Commit] | None = None
+        # The next commit is left in doubt (applied or not, as the test says).
+        self.in_doubt: bool | None = None
+        self.reloads = 0
+        self.unreadable = False  # reload() raises while set (the backend unreachable)
 
     def load(self) -> tuple[int, list[Record]]:
         return self.index, [Record(k, i, d) for (k, i), d in self.objects.items()]
 
     async def commit(self, index: int, records: list[Record]) -> None:
         await self._released.wait()
+        doubt, self.in_doubt = self.in_doubt, None
+        if doubt is not None:
+            if doubt:
+                self._apply(index, records)
+            raise CommitInDoubt(f"commit {index} left in doubt (applied: {doubt})")
         self._apply(index, records)
         self.commits += 1
+
+    def doubt_next(self, applied: bool) -> None:
+        """The next commit raises CommitInDoubt, having been applied or not."""
+        self.in_doubt = applied
+
+    async def reload(self) -> tuple[int, list[Record]]:
+        if self.unreadable:
+            raise ConnectionError("the memory backend is unreadable (test)")
+        self.reloads += 1
+        return self.load()
 
     def seed(self, index: int, records: list[Record]) -> None:
         """What earlier commits left, as a restarted store finds it (tests)."""

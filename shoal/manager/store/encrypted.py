@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from shoal.manager.store.backend import Backend, Commit, Record
+from shoal.manager.store.backend import Backend, Commit, Record, SharedBackend
 
 MAGIC = b"\x01"
 NONCE_BYTES = 12
@@ -41,6 +41,12 @@ class EncryptedBackend:
 
     def load(self) -> tuple[int, list[Record]]:
         index, records = self._inner.load()
+        return index, [self._open(r) for r in records]
+
+    async def reload(self) -> tuple[int, list[Record]]:
+        inner = self._inner
+        assert isinstance(inner, SharedBackend), "reload() of a backend not shared"
+        index, records = await inner.reload()
         return index, [self._open(r) for r in records]
 
     async def commit(self, index: int, records: list[Record]) -> None:

@@ -21,18 +21,22 @@ The transaction is guarded by two compares, and writes nothing if either fails:
 - sequencing: the index key's mod_revision equals `index_revision`, so a manager whose
   replica is behind what the leader wrote cannot commit on top of stale state.
 A failed compare raises LostLeadership (shoal/errors.py), naming which one; the store
-then takes back its transactions (as for a full disk). Any other failure (etcd
-unreachable past COMMIT_RETRY_S) leaves the commit in doubt: the store stops. A
-commit no member answered is tried again meanwhile (on another endpoint); if an
-earlier try was in fact applied, the retry's sequencing compare fails, and the index
-key, holding this commit's index and this backend's writer ID, shows it was: the
-commit succeeded (a retry never applies a commit twice).
+then takes back its transactions (as for a full disk). A commit no member answered is
+tried again (on another endpoint) while the leadership it was made under holds (etcd
+elects a leader in about 2 s; with quorum lost the lease cannot be kept, and the
+leadership ends at its TTL); if an earlier try was in fact applied, the retry's
+sequencing compare fails, and the index key, holding this commit's index and this
+backend's writer ID, shows it was: the commit succeeded (a retry never applies a
+commit twice). Once the leadership is gone (or past COMMIT_RETRY_S, or on any other
+failure) the commit is in doubt (CommitInDoubt): the store takes it back and reloads
+from etcd once etcd answers (`reload()`).
 
 Other managers' commits come from an etcd watch on `<prefix>store/` from the revision
 after the last one this backend read or wrote: the events of one revision, up to the
 index key that closes it, make one Commit; the commits this backend made itself (its
 writer ID) are skipped. If the member it watches goes, the watch resumes on another
-endpoint from the next revision.
+endpoint from the next revision; one that fell behind etcd's compaction raises
+ReloadNeeded (the store reloads, and watches again from there).
 
 Encryption at rest is EncryptedBackend's (encrypted.py) around this one, with a DEK the
 managers share.
@@ -41,29 +45,31 @@ managers share.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Coroutine
+from typing import Any, TypeVar
 
 import aetcd.exceptions
 from aetcd.utils import prefix_range_end
 
 from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.errors import LostLeadership
-from shoal.etcdclient import CLIENT_ERRORS, FAILURES, EtcdClient, EtcdError, EtcdUnavailable, Fence
+from shoal.etcdclient import CLIENT_ERRORS, FAILURES, EtcdClient, EtcdUnavailable, Fence
 from shoal.log import get_logger
-from shoal.manager.store.backend import Commit, Record
+from shoal.manager.store.backend import Commit, CommitInDoubt, Record, ReloadNeeded
 
 DEFAULT_PREFIX = b"/shoal/"
 LOAD_PAGE = 2000
 # How long a commit is tried again while no etcd member answers (etcd elects a new
-# leader in about 2 s); beyond it the commit is in doubt and the store stops.
+# leader in about 2 s) and the leadership holds; beyond it the commit is in doubt.
 COMMIT_RETRY_S = 15.0
 # Backoff of a watch (or a commit) that lost its member, before it tries another.
 WATCH_RETRY_S = (0.1, 0.2, 0.5, 1.0, 2.0)
 
 log = get_logger("shoal.manager.store.etcd")
+T = TypeVar("T")
 
 
 class EtcdBackend:
@@ -82,6 +88,7 @@ class EtcdBackend:
         self.revision = 0  # the etcd revision this backend has seen everything up to
         self._loaded: list[Record] | None = None
         self._advanced = asyncio.Event()  # set whenever index_revision moves
+        self._fence_changed = asyncio.Event()  # set (and replaced) by set_fence
 
     # reading ----------------------------------------------------------------------------
     async def open(self) -> None:
@@ -106,6 +113,13 @@ class EtcdBackend:
         self._loaded = records
         log.info("etcd store loaded", index=index, revision=revision, objects=len(records))
 
+    async def reload(self) -> tuple[int, list[Record]]:
+        """Everything again, as etcd holds it now (after a commit in doubt, or a watch
+        behind the compaction); the next watch starts after it."""
+        await self.open()
+        self._advanced.set()
+        return self.load()
+
     def load(self) -> tuple[int, list[Record]]:
         """What open() read (once: a store built again needs open() again, since the
         records are not kept up to date after it)."""
@@ -128,6 +142,8 @@ class EtcdBackend:
         """The leadership this manager's commits are guarded by (None: it has none,
         and every commit is refused)."""
         self.fence = fence
+        self._fence_changed.set()
+        self._fence_changed = asyncio.Event()
 
     async def commit(self, index: int, records: list[Record]) -> None:
         fence = self.fence
@@ -152,26 +168,61 @@ class EtcdBackend:
         retried = 0
         while True:
             try:
-                result = await self._client.txn(compare, ops, failure)
+                result = await self._while_leading(
+                    fence, self._client.txn(compare, ops, failure), retried
+                )
                 break
             except EtcdUnavailable as e:
                 # The member went, or etcd is electing: try again (on another
                 # endpoint), and find out below whether the first try was applied.
                 if self._clock.monotonic() >= deadline:
-                    raise EtcdError(f"etcd commit failed (in doubt): {e}") from e
+                    raise CommitInDoubt(f"etcd commit unanswered for {COMMIT_RETRY_S}s: {e}") from e
                 log.warning("etcd commit unanswered; trying again", error=str(e))
-                await self._clock.sleep(WATCH_RETRY_S[min(retried, len(WATCH_RETRY_S) - 1)])
+                pause = WATCH_RETRY_S[min(retried, len(WATCH_RETRY_S) - 1)]
                 retried += 1
+                await self._while_leading(fence, self._clock.sleep(pause), retried)
             except FAILURES as e:
-                raise EtcdError(f"etcd commit failed (in doubt): {e}") from e
+                raise CommitInDoubt(f"etcd commit failed: {e}") from e
         revision = result.revision
         if not result.succeeded:
             mine = self._applied_before(index, result.responses) if retried else None
+            if mine is None and retried:
+                # An earlier try may have been applied, then superseded by another
+                # leader's commit: only a reload knows.
+                raise CommitInDoubt(
+                    "a retried commit was refused, and an earlier try may have been "
+                    "applied: " + self._refusal(fence, result.responses)
+                )
             if mine is None:
                 raise LostLeadership(self._refusal(fence, result.responses))
             revision = mine  # an earlier try was applied: the index key says so
         self.index, self.index_revision = index, revision
         self.revision = max(self.revision, revision)
+
+    async def _while_leading(self, fence: Fence, aw: Awaitable[T], tries: int) -> T:
+        """`aw`, cut short once the leadership `fence` stands for is gone (with
+        quorum lost, a request etcd cannot answer hangs for its 7 s timeout): the
+        commit is then in doubt, if a try was sent."""
+        changed = self._fence_changed
+        if self.fence is not fence:
+            _close(aw)
+            raise CommitInDoubt("the leadership was lost while the commit was in flight")
+        work = asyncio.ensure_future(aw)
+        lost = asyncio.ensure_future(changed.wait())
+        try:
+            await asyncio.wait({work, lost}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lost.cancel()
+            if not work.done():
+                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await work
+        if not work.cancelled():
+            return work.result()
+        raise CommitInDoubt(
+            f"the leadership (fencing token {fence.revision}) was lost while the commit "
+            f"was in flight ({tries} tries unanswered)"
+        )
 
     def _applied_before(self, index: int, responses: list[Any]) -> int | None:
         """The revision of this very commit if an earlier try of it was applied (the
@@ -229,7 +280,7 @@ class EtcdBackend:
                 finally:
                     await watch.cancel()
             except aetcd.exceptions.RevisionCompactedError as e:
-                raise EtcdError(
+                raise ReloadNeeded(
                     f"the store's watch is behind etcd's compaction ({e}): reload the store"
                 ) from e
             except CLIENT_ERRORS as e:
@@ -260,9 +311,10 @@ class EtcdBackend:
                 continue
             index, writer = _decode_index(kv.value)
             if writer == self.writer or kv.mod_revision <= self.index_revision:
-                # This backend's own commit. (Known gap: a commit whose first try was
-                # applied unanswered, then superseded by another leader's before the
-                # retry, is reported refused and taken back here, yet is in etcd.)
+                # This backend's own commit (or one a reload read already). A commit
+                # whose first try may have been applied unanswered, then superseded
+                # by another leader's before the retry, is in doubt: the store
+                # reloads, and finds it or not.
                 continue
             self.index, self.index_revision = index, kv.mod_revision
             self._advanced.set()  # the waiter runs after the store applied it
@@ -279,3 +331,8 @@ def _encode_index(index: int, writer: str) -> bytes:
 def _decode_index(value: bytes) -> tuple[int, str]:
     doc = json.loads(value)
     return int(doc["index"]), str(doc.get("writer", ""))
+
+
+def _close(aw: Awaitable[Any]) -> None:
+    if isinstance(aw, Coroutine):
+        aw.close()  # never awaited: no warning

@@ -29,8 +29,15 @@ takes back every transaction not yet durable, newest first: the tables are again
 is durable, each writer is told "no space left on device", every watcher is closed (its
 loop resyncs), and later writes try again. A commit an etcd backend fenced off
 (LostLeadership: this manager was deposed, or its replica is behind what the leader
-wrote) is taken back the same way, its writers told that error. Any other failed commit
-stops the store: nothing more is acknowledged until the manager restarts.
+wrote) is taken back the same way, its writers told that error. A commit a shared
+backend leaves in doubt (CommitInDoubt: etcd lost quorum while it was in flight, and
+the leadership it was made under is gone) is taken back too, its writers told that no
+manager leads; the store then refuses writes and reloads (`reload()`: the tables
+replaced by what the backend holds, every watcher closed so its loop resyncs), since
+only the backend knows whether the commit is there. A feed of foreign commits that
+cannot go on (an etcd watch behind the compaction: ReloadNeeded) reloads the same way.
+Any other failed commit stops the store: nothing more is acknowledged until the
+manager restarts.
 
 A backend shared with other writers (etcd) feeds their commits in: `run()` applies them
 to the tables and publishes them like the store's own.
@@ -44,17 +51,26 @@ and `tx.task_meta(id)` read it, events carry it, and one record holds both.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import msgspec
 
 from shoal.clock import SYSTEM_CLOCK, Clock
-from shoal.errors import Internal, LostLeadership, OutOfSequence, ShoalError
+from shoal.errors import Internal, LostLeadership, NoLeader, OutOfSequence, ShoalError
 from shoal.log import get_logger
-from shoal.manager.store.backend import Backend, Commit, DiskFull, Record
+from shoal.manager.store.backend import (
+    Backend,
+    Commit,
+    CommitInDoubt,
+    DiskFull,
+    Record,
+    ReloadNeeded,
+    SharedBackend,
+)
 from shoal.manager.store.snapshot import ReadSnapshot, Replica
 from shoal.metrics import Metrics
 from shoal.types.base import Version, format_time
@@ -114,6 +130,8 @@ MAX_GROUP_RECORDS = 10_000
 RUNNING_TOPIC = "task.running"
 # Committed transactions a watcher may have queued before it is closed as too slow.
 WATCH_QUEUE = 10_000
+# Between two tries of reading a shared backend to reload from (it does not answer).
+RELOAD_RETRY_S = (0.5, 1.0, 2.0)
 # What a client is told of a write taken back because the manager's disk was full
 # (dockerd answers a failed raft write with gRPC's Unknown and the OS's words).
 MSG_DISK_FULL = "rpc error: code = Unknown desc = no space left on device"
@@ -543,26 +561,23 @@ class Store:
         self.refuse_writes: Callable[[], Exception] | None = None
         # set (and replaced) at every foreign commit applied: reached() waits on it
         self._foreign_applied = asyncio.Event()
-        self._load()
-
-    def _load(self) -> None:
+        # Set while the tables must be read again from a shared backend (a commit in
+        # doubt, a feed that cannot go on): writes are refused until run() reloaded.
+        self.needs_reload = asyncio.Event()
+        self._reloaded = asyncio.Event()  # set (and replaced) at every reload
+        self.reloads = 0
         index, records = self._backend.load()
         self.index = self.durable_index = index
-        for r in records:
-            if r.data is None or r.kind not in KINDS:
-                continue
-            self._tables.put(r.kind, *_decode(r))
-        # everything loaded is durable
-        for sid, counts in self._tables.running.items():
-            self._tables.durable_running[sid] = Counter(counts)
-            self._tables.durable_total[sid] = sum(counts.values())
-        objects = self._tables.objects
-        self._replica.load(
-            objects["service"].values(),
-            objects["node"].values(),
-            objects["cluster"].values(),
-            index,
-        )
+        self._tables, self._replica = _filled(index, records)
+
+    def _fill(self, index: int, records: list[Record]) -> None:
+        """Replace the tables by these (every one of them durable)."""
+        # (built aside, then swapped: a thread reading `snapshot` sees the old or the new)
+        self._tables, self._replica = _filled(index, records)
+        # (max: indexes taken back are not handed out again)
+        self.index = max(self.index, index)
+        self.durable_index = index
+        self._last_write = {}
 
     def close(self) -> None:
         self._backend.close()
@@ -590,11 +605,11 @@ class Store:
             last = max(waits, key=lambda a: a.index)
         try:
             await self._wait_durable(last)
-        except Internal:
+        except ShoalError:
             if last.error is None:
                 raise  # the store failed for good
-            # Taken back (disk full): the tables are what is durable again; the reader
-            # sees none of it, so its read may go on.
+            # Taken back (disk full, fenced off, in doubt): the tables are what is
+            # durable again; the reader sees none of it, so its read may go on.
 
     # writes ------------------------------------------------------------------------------
     async def update(self, fn: Callable[[Tx], T]) -> T:
@@ -608,6 +623,8 @@ class Store:
     def _apply(self, fn: Callable[[Tx], T]) -> tuple[T, _Applied | None]:
         if self.refuse_writes is not None:
             raise self.refuse_writes()
+        if self.needs_reload.is_set():
+            raise NoLeader()
         if self._failed is not None:
             raise Internal(f"the store cannot commit: {self._failed!r}")
         if self._in_tx:
@@ -691,6 +708,15 @@ class Store:
             # applied on top of the group's), so the tables are what is durable again,
             # and let later writes try again.
             self._take_back(e)
+        except CommitInDoubt as e:
+            if not isinstance(self._backend, SharedBackend):
+                self._failed = e
+                log.error("store commit in doubt; the manager must restart", error=repr(e))
+                return
+            # Whether the group is in the backend only the backend knows: take back
+            # everything not durable, refuse writes, and reload (run() does).
+            self.needs_reload.set()
+            self._take_back(e)
         except Exception as e:
             # The tables are ahead of what is durable: nothing more may be acknowledged.
             self._failed = e
@@ -698,16 +724,19 @@ class Store:
         finally:
             self._flushing = None
 
-    def _take_back(self, cause: DiskFull | LostLeadership) -> None:
+    def _take_back(self, cause: Exception) -> None:
         """Undo every applied transaction that is not durable, newest first, and fail
-        their waiters with a client's error naming the disk (or the lost leadership).
-        Watchers saw none of them (events are published after commit), but loops may
-        have read them in views: each watcher is closed, so its loop resyncs from the
-        tables as they are now."""
-        error: ShoalError = (
-            cause if isinstance(cause, LostLeadership) else Internal(f"{MSG_DISK_FULL}: {cause}")
-        )
-        what = "lost leadership" if isinstance(cause, LostLeadership) else "disk full"
+        their waiters with a client's error naming the disk (or the lost leadership, or
+        no leader for a commit in doubt). Watchers saw none of them (events are
+        published after commit), but loops may have read them in views: each watcher
+        is closed, so its loop resyncs from the tables as they are now."""
+        error: ShoalError
+        if isinstance(cause, LostLeadership):
+            error, what = cause, "lost leadership"
+        elif isinstance(cause, DiskFull):
+            error, what = Internal(f"{MSG_DISK_FULL}: {cause}"), "disk full"
+        else:
+            error, what = NoLeader(), "commit in doubt"
         taken = self._pending
         self._pending = []
         self._last_write = {}
@@ -773,14 +802,91 @@ class Store:
 
     # commits made elsewhere ---------------------------------------------------------------
     async def run(self) -> None:
-        """Apply the commits other writers make (a shared backend) until cancelled."""
-        feed = self._backend.foreign_commits(self.durable_index)
-        if feed is None:
-            return
+        """Apply the commits other writers make (a shared backend) until cancelled;
+        reload from the backend whenever that is needed (`needs_reload`), then follow
+        it again from there."""
+        while True:
+            feed = self._backend.foreign_commits(self.durable_index)
+            if feed is None:
+                return
+            try:
+                await self._follow(feed)
+            except ReloadNeeded as e:
+                log.warning("the store's feed cannot go on; reloading", error=str(e))
+                self.needs_reload.set()
+            if not self.needs_reload.is_set():
+                return  # the feed ended
+            await self._reload()
+
+    async def _follow(self, feed: AsyncIterator[Commit]) -> None:
+        """Apply the feed's commits until it fails or a reload is needed."""
+        consume = asyncio.ensure_future(self._consume(feed))
+        wanted = asyncio.ensure_future(self.needs_reload.wait())
+        try:
+            await asyncio.wait({consume, wanted}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            consume.cancel()
+            wanted.cancel()
+            await asyncio.gather(consume, wanted, return_exceptions=True)
+            aclose = getattr(feed, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(Exception):
+                    await aclose()
+        if not consume.cancelled() and (error := consume.exception()) is not None:
+            raise error
+
+    async def _consume(self, feed: AsyncIterator[Commit]) -> None:
         async for commit in feed:
             if self._pending:
                 await self._drain_pending()
+            if self.needs_reload.is_set():
+                return
             self.apply_foreign(commit)
+
+    async def reload(self) -> None:
+        """Read the tables again from the shared backend (the truth), replacing what
+        this replica holds: after a commit in doubt, or a feed behind the compaction.
+        Writes are refused until it is done; run() does it (this asks, and waits)."""
+        done = self._reloaded
+        self.needs_reload.set()
+        await done.wait()
+
+    async def wait_reloaded(self) -> None:
+        """Return once no reload is needed (a new leader's replica must be the truth)."""
+        while self.needs_reload.is_set():
+            await self._reloaded.wait()
+
+    async def _reload(self) -> None:
+        backend = self._backend
+        if not isinstance(backend, SharedBackend):
+            raise RuntimeError("only a shared backend's store reloads")
+        # Writes are refused from now (needs_reload); what is in flight settles first,
+        # and what is still applied but not durable is taken back.
+        while self._flushing is not None:
+            await asyncio.shield(self._flushing)
+        if self._pending:
+            self._take_back(ReloadNeeded("the store is reloading"))
+        failures = 0
+        while True:
+            try:
+                index, records = await backend.reload()
+                break
+            except Exception as e:
+                delay = RELOAD_RETRY_S[min(failures, len(RELOAD_RETRY_S) - 1)]
+                failures += 1
+                log.warning("cannot read the store to reload it; trying again", error=repr(e))
+                await self.clock.sleep(delay)
+        before = self.durable_index
+        self._fill(index, records)
+        self.reloads += 1
+        log.warning("store reloaded", index=index, before=before, objects=len(records))
+        for w in list(self._watchers):
+            w._close("the store was reloaded")
+        self.needs_reload.clear()
+        self._reloaded.set()
+        self._reloaded = asyncio.Event()
+        self._foreign_applied.set()
+        self._foreign_applied = asyncio.Event()
 
     async def _drain_pending(self) -> None:
         """Another writer committed while this store has writes of its own in flight:
@@ -851,10 +957,29 @@ class Store:
             "group_commits": self.group_commits,
             "foreign_commits": self.foreign_commits,
             "rolled_back": self.rolled_back,
+            "reloads": self.reloads,
             "pending": len(self._pending),
             "watchers": len(self._watchers),
             **{f"{k}s": len(v) for k, v in self._tables.objects.items()},
         }
+
+
+def _filled(index: int, records: list[Record]) -> tuple[_Tables, Replica]:
+    """Tables holding these records (all durable), and the replica made of them."""
+    tables = _Tables()
+    for r in records:
+        if r.data is None or r.kind not in KINDS:
+            continue
+        tables.put(r.kind, *_decode(r))
+    for sid, counts in tables.running.items():
+        tables.durable_running[sid] = Counter(counts)
+        tables.durable_total[sid] = sum(counts.values())
+    replica = Replica(tables.durable_running, tables.durable_total)
+    objects = tables.objects
+    replica.load(
+        objects["service"].values(), objects["node"].values(), objects["cluster"].values(), index
+    )
+    return tables, replica
 
 
 def encode_record(kind: str, obj: Any, meta: Any | None = None) -> Record:

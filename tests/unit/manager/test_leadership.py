@@ -45,6 +45,7 @@ class ElectionStandIn:
         self.wins: asyncio.Queue[Fence] = asyncio.Queue()
         self.leaders: asyncio.Queue[str | None] = asyncio.Queue()
         self.campaigns = 0
+        self.reachable = True
 
     async def campaign(self) -> Fence:
         self.campaigns += 1
