@@ -75,8 +75,8 @@ class NetnsMember(EtcdMember):
         super().__init__(*args, **kwargs)
         self.netns = netns
 
-    def command(self, initial_cluster: Any, state: str, token: str) -> list[str]:
-        return ["ip", "netns", "exec", self.netns, *super().command(initial_cluster, state, token)]
+    def command(self, *args: Any, **kwargs: Any) -> list[str]:
+        return ["ip", "netns", "exec", self.netns, *super().command(*args, **kwargs)]
 
 
 class NetnsEtcd:
