@@ -138,6 +138,29 @@ class NetnsEtcd:
     def pid(self, index: int) -> int | None:
         return self.members[index].pid
 
+    def etcd_leader(self) -> int | None:
+        """The index of the member etcd's Raft leader is (None: no answer): a shoal
+        leader killed with the etcd leader's member waits for etcd's election too."""
+
+        async def ask() -> int | None:
+            for member in self.members:
+                if not member.running:
+                    continue
+                client = member.client(5.0)
+                try:
+                    status = await client.status()
+                except Exception:
+                    continue
+                finally:
+                    await client.close()
+                if status.leader is None:
+                    continue
+                names = [m.name for m in self.members]
+                return names.index(status.leader.name) if status.leader.name in names else None
+            return None
+
+        return self._run(ask())
+
     def close(self) -> None:
         try:
             for member in self.members:

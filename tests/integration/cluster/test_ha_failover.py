@@ -49,7 +49,7 @@ pytestmark = pytest.mark.integration
 STORE_MODE = "external"
 KILLS = 5
 NEW_LEADER_S = 5.0  # the acceptance
-WRITE_PERIOD_S = 0.1  # ~10 writes/s
+WRITE_PERIOD_S = 0.2  # two writers: ~10 writes/s
 SAMPLE_PERIOD_S = 0.3
 STEADY_REPLICAS = 4
 API = "/v1.41"
@@ -102,6 +102,7 @@ class Writer:
 
     managers: list[ClusterNode]
     label_service: str
+    kind: str  # "create" or "label"
     acked: list[tuple[str, str, str]] = field(default_factory=list)
     in_doubt: list[tuple[str, str]] = field(default_factory=list)
     retries: Counter[str] = field(default_factory=Counter)
@@ -119,7 +120,7 @@ class Writer:
             while not self.stop.is_set():
                 started = time.monotonic()
                 n += 1
-                if n % 2:
+                if self.kind == "create":
                     self._create(f"acked-{n}")
                 else:
                     self._label(f"k{n}", str(n))
@@ -306,9 +307,10 @@ def test_five_leader_kills_lose_no_acknowledged_write(ha5: HA) -> None:
     steady = {t: p for w in workers for t, p in placed[w.node_name].items()}
     assert len(steady) == STEADY_REPLICAS, placed
 
-    writer = Writer(managers, "labelled")
+    writers = [Writer(managers, "labelled", kind) for kind in ("create", "label")]
     sampler = Sampler(managers, workers, steady)
-    threads = [threading.Thread(target=writer.run), threading.Thread(target=sampler.run)]
+    threads = [threading.Thread(target=w.run) for w in writers]
+    threads.append(threading.Thread(target=sampler.run))
     for t in threads:
         t.start()
     figures: list[float] = []
@@ -318,6 +320,7 @@ def test_five_leader_kills_lose_no_acknowledged_write(ha5: HA) -> None:
             leader = by_name[leader_name]
             index = managers.index(leader)
             survivors = [m for m in managers if m is not leader]
+            etcd_leader = getattr(ha5.stores, "etcd_leader", lambda: None)()
             killed_at = time.monotonic()
             leader.kill9()
             ha5.stores.crash(index)
@@ -336,8 +339,10 @@ def test_five_leader_kills_lose_no_acknowledged_write(ha5: HA) -> None:
             )
             took = time.monotonic() - killed_at
             figures.append(took)
+            with_etcd = " (with etcd's leader)" if etcd_leader == index else ""
             print(
-                f"round {round_}: killed {leader.node_name}; {leader_name} leads after {took:.2f} s"
+                f"round {round_}: killed {leader.node_name}{with_etcd}; "
+                f"{leader_name} leads after {took:.2f} s"
             )
             # the CLI through a survivor agrees
             assert manager_status(by_name[leader_name])[leader_name] == "Leader"
@@ -351,24 +356,26 @@ def test_five_leader_kills_lose_no_acknowledged_write(ha5: HA) -> None:
             )
         time.sleep(1.0)  # some writes after the last fail-over
     finally:
-        writer.stop.set()
+        for w in writers:
+            w.stop.set()
         sampler.stop.set()
         for t in threads:
             t.join(CALL_TIMEOUT_S * 3)
+    acked = [a for w in writers for a in w.acked]
+    in_doubt = [d for w in writers for d in w.in_doubt]
+    retries = sum((w.retries for w in writers), Counter[str]())
     print(
         "new leader after each kill: " + ", ".join(f"{f:.2f} s" for f in figures)
-        + f"; writes acknowledged {len(writer.acked)}, in doubt {len(writer.in_doubt)}, "
-        f"tries again {dict(writer.retries)}; samples {sampler.samples} "
-        f"({sampler.task_samples} of the tasks)"
+        + f"; writes acknowledged {len(acked)}, in doubt {len(in_doubt)}, tries again "
+        f"{dict(retries)}; samples {sampler.samples} ({sampler.task_samples} of the tasks)"
     )  # fmt: skip
-    assert writer.error is None, repr(writer.error)
+    assert all(w.error is None for w in writers), [repr(w.error) for w in writers]
     assert sampler.error is None, repr(sampler.error)
-    assert all(f <= NEW_LEADER_S for f in figures), figures
 
     # every acknowledged write is there, through every manager (the docker CLI)
-    created = {name for kind, name, _ in writer.acked if kind == "create"}
-    labels = {key: value for kind, key, value in writer.acked if kind == "label"}
-    assert len(created) > KILLS and len(labels) > KILLS, writer.acked
+    created = {name for kind, name, _ in acked if kind == "create"}
+    labels = {key: value for kind, key, value in acked if kind == "label"}
+    assert len(created) > KILLS and len(labels) > KILLS, acked
     for m in managers:
         names = set(m.docker("service", "ls", "--format", "{{.Name}}").stdout.split())
         assert created <= names, (m.node_name, sorted(created - names))
@@ -384,3 +391,5 @@ def test_five_leader_kills_lose_no_acknowledged_write(ha5: HA) -> None:
     cluster.manager = by_name[leader_name]
     after = cluster.wait_converged("steady", STEADY_REPLICAS)
     assert {t: p for w in workers for t, p in after[w.node_name].items()} == steady
+    # the acceptance: a new leader within 5 s of each kill
+    assert all(f <= NEW_LEADER_S for f in figures), figures
