@@ -23,9 +23,11 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from shoal.etcdclient import EtcdClient
 from shoal.manager.ca.root import RootCA
 from shoal.manager.etcd.certs import member_tls, write_tls
 from shoal.manager.etcd.member import EtcdMember, MemberAddress
+from shoal.pki import MANAGER_SERVER_NAME
 
 T = TypeVar("T")
 THREAD_WAIT_S = 90.0
@@ -103,9 +105,8 @@ class NetnsEtcd:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
-        self._tls = write_tls(
-            member_tls(self.root, "shoal-managers", self.cluster_id, []), base / "client-tls"
-        )
+        self._client_tls = member_tls(self.root, "shoal-managers", self.cluster_id, [])
+        self._tls = write_tls(self._client_tls, base / "client-tls")
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(THREAD_WAIT_S)
@@ -146,7 +147,12 @@ class NetnsEtcd:
             for member in self.members:
                 if not member.running:
                     continue
-                client = member.client(5.0)
+                client = EtcdClient(
+                    [member.address.client_url],
+                    self._client_tls,
+                    timeout=5.0,
+                    server_name=MANAGER_SERVER_NAME,
+                )
                 try:
                     status = await client.status()
                 except Exception:
