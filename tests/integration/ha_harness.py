@@ -17,17 +17,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import secrets
+import subprocess
 import threading
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from shoal.etcdclient import EtcdClient
 from shoal.manager.ca.root import RootCA
 from shoal.manager.etcd.certs import member_tls, write_tls
 from shoal.manager.etcd.member import EtcdMember, MemberAddress
-from shoal.pki import MANAGER_SERVER_NAME
 
 T = TypeVar("T")
 THREAD_WAIT_S = 90.0
@@ -105,8 +106,9 @@ class NetnsEtcd:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
-        self._client_tls = member_tls(self.root, "shoal-managers", self.cluster_id, [])
-        self._tls = write_tls(self._client_tls, base / "client-tls")
+        self._tls = write_tls(
+            member_tls(self.root, "shoal-managers", self.cluster_id, []), base / "client-tls"
+        )
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(THREAD_WAIT_S)
@@ -140,32 +142,38 @@ class NetnsEtcd:
         return self.members[index].pid
 
     def etcd_leader(self) -> int | None:
-        """The index of the member etcd's Raft leader is (None: no answer): a shoal
-        leader killed with the etcd leader's member waits for etcd's election too."""
-
-        async def ask() -> int | None:
-            for member in self.members:
-                if not member.running:
-                    continue
-                client = EtcdClient(
-                    [member.address.client_url],
-                    self._client_tls,
-                    timeout=5.0,
-                    server_name=MANAGER_SERVER_NAME,
-                )
-                try:
-                    status = await client.status()
-                except Exception:
-                    continue
-                finally:
-                    await client.close()
-                if status.leader is None:
-                    continue
-                names = [m.name for m in self.members]
-                return names.index(status.leader.name) if status.leader.name in names else None
+        """The index of the member etcd's Raft leader is (None: no answer), asked with
+        `etcdctl endpoint status`: a shoal leader killed with the etcd leader's member
+        waits for etcd's election too (and the new etcd leader extends every lease)."""
+        running = [m for m in self.members if m.running]
+        result = subprocess.run(
+            [
+                "etcdctl",
+                "--command-timeout=3s",
+                "endpoint",
+                "status",
+                "-w",
+                "json",
+                "--endpoints=" + ",".join(m.address.client_url for m in running),
+                f"--cacert={self._tls.ca}",
+                f"--cert={self._tls.cert}",
+                f"--key={self._tls.key}",
+            ],  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=10,
+            env={**os.environ, "ETCDCTL_API": "3"},
+            stdin=subprocess.DEVNULL,
+        )
+        try:
+            statuses = json.loads(result.stdout)
+        except ValueError:
             return None
-
-        return self._run(ask())
+        for member, status in zip(running, statuses, strict=False):
+            header = status["Status"]["header"]
+            if header["member_id"] == status["Status"]["leader"]:
+                return self.members.index(member)
+        return None
 
     def close(self) -> None:
         try:
