@@ -146,8 +146,15 @@ class NetnsEtcd:
         `etcdctl endpoint status`: a shoal leader killed with the etcd leader's member
         waits for etcd's election too (and the new etcd leader extends every lease)."""
         running = [m for m in self.members if m.running]
+        if not running:
+            return None
         result = subprocess.run(
             [
+                # from a member's namespace: the lab's addresses are not the host's
+                "ip",
+                "netns",
+                "exec",
+                running[0].netns,
                 "etcdctl",
                 "--command-timeout=3s",
                 "endpoint",
