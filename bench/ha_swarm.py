@@ -178,7 +178,7 @@ def our_mounts(base: Path) -> list[str]:
 
 
 def unmount_all(base: Path) -> list[str]:
-    errors = []
+    errors: list[str] = []
     for _ in range(10):  # a restarted dockerd may have stacked a mount on another
         points = our_mounts(base)
         if not points:

@@ -292,8 +292,8 @@ def ha5(lab: NetnsLab, node_factory: NodeFactory, tmp_path: Path) -> Iterator[HA
 def test_five_leader_kills_lose_no_acknowledged_write(ha5: HA) -> None:
     cluster, managers, workers = ha5.cluster, ha5.managers, ha5.workers
     by_name = {m.node_name: m for m in managers}
-    leader_name = wait_until(
-        lambda: leader_seen(managers[0]), timeout=FAILOVER_TIMEOUT_S, what="a leader"
+    leader_name = str(
+        wait_until(lambda: leader_seen(managers[0]), timeout=FAILOVER_TIMEOUT_S, what="a leader")
     )
     managers[0].docker(
         "service", "create", "--detach", "--name", "steady", "--replicas", str(STEADY_REPLICAS),
@@ -334,8 +334,10 @@ def test_five_leader_kills_lose_no_acknowledged_write(ha5: HA) -> None:
                         return seen
                 return None
 
-            leader_name = wait_until(
-                another_leader, timeout=FAILOVER_TIMEOUT_S, interval=0.05, what="a new leader"
+            leader_name = str(
+                wait_until(
+                    another_leader, timeout=FAILOVER_TIMEOUT_S, interval=0.05, what="a new leader"
+                )
             )
             took = time.monotonic() - killed_at
             figures.append(took)
@@ -350,7 +352,7 @@ def test_five_leader_kills_lose_no_acknowledged_write(ha5: HA) -> None:
             ha5.stores.restart(index)
             leader.start()
             wait_until(
-                lambda leader=leader, name=leader_name: leader_seen(leader) == name,
+                lambda leader=leader, name=leader_name: leader_seen(leader) == name,  # type: ignore[misc]
                 timeout=REJOIN_TIMEOUT_S,
                 what=f"{leader.node_name} back, following {leader_name}",
             )
