@@ -336,7 +336,10 @@ def test_five_leader_kills_lose_no_acknowledged_write(ha5: HA) -> None:
 
             leader_name = str(
                 wait_until(
-                    another_leader, timeout=FAILOVER_TIMEOUT_S, interval=0.05, what="a new leader"
+                    another_leader,
+                    timeout=FAILOVER_TIMEOUT_S,
+                    interval=0.05,
+                    what=f"a new leader after {leader.node_name} was killed (round {round_})",
                 )
             )
             took = time.monotonic() - killed_at
