@@ -28,18 +28,22 @@ from shoal.daemon.config import (
     make_executor,
     split_addr,
 )
+from shoal.daemon.embedded import Embedded, grant_member, prune_members
 from shoal.daemon.files import NodeFiles
 from shoal.daemon.ha import SharedStore, shared_keys
+from shoal.daemon.migrate import migrate
 from shoal.daemon.renewal import on_trust, renew_loop, watch_trust
 from shoal.errors import (
     InvalidArgument,
     ListenFailed,
     NodeNotInSwarm,
+    NoLeader,
 )
 from shoal.log import get_logger
 from shoal.manager.ca.issuer import Issuer
 from shoal.manager.ca.rotation import adopt_root
 from shoal.manager.clusterport.server import ClusterServer
+from shoal.manager.etcd.datastore import ClientConfig
 from shoal.manager.keys import ManagerKeys
 from shoal.manager.manager import Manager
 from shoal.manager.metrics import ManagerCollector
@@ -59,6 +63,8 @@ GC_THRESHOLDS = (10_000, 10, 10)
 # store, task specs hold environments. Files 0600, directories 0700 (the data dir too).
 DAEMON_UMASK = 0o077
 DATA_DIR_MODE = 0o700
+# How long an API write waits while the store moves from SQLite to etcd.
+HOLD_WRITES_S = 60.0
 
 log = get_logger("shoal.daemon")
 
@@ -86,6 +92,12 @@ class Daemon:
         self._manager: Manager | None = None
         # several managers on one etcd (`--datastore-endpoint`; shoal/daemon/ha.py)
         self._shared: SharedStore | None = None
+        # the daemon's own etcd member, when the store lives in it (daemon/embedded.py)
+        self._embedded: Embedded | None = None
+        self._pruner: asyncio.Task[None] | None = None
+        # the store moving from SQLite to etcd (daemon/migrate.py): API writes wait
+        self._held: asyncio.Event | None = None
+        self._migration: asyncio.Task[None] | None = None
         self._agent: Agent | None = None
         self._cluster_server: ClusterServer | None = None
         self._remote: RemoteSession | None = None
@@ -143,6 +155,12 @@ class Daemon:
         return self._shared.leader_id if self._shared is not None else None
 
     async def write_leader(self, wait_s: float) -> str | None:
+        held = self._held
+        if held is not None:  # the store moves to etcd: the write waits, not refused
+            try:
+                await asyncio.wait_for(held.wait(), HOLD_WRITES_S)
+            except TimeoutError:
+                raise NoLeader() from None
         if self._shared is None:
             return None
         return await self._shared.write_leader(wait_s)
@@ -257,15 +275,64 @@ class Daemon:
         )
 
     async def _open_backend(self) -> Backend:
-        """SQLite in the swarm dir, or the external etcd of `--datastore-endpoint` (the
-        store read and its leadership won first)."""
+        """SQLite in the swarm dir while this is the only manager; else the external
+        etcd of `--datastore-endpoint`, or this node's embedded member (started on its
+        data first), the store read."""
         assert self._state is not None
-        if self.config.datastore is None:
-            return SQLiteBackend(self._files.swarm_dir / "store.db")
-        self._shared = await SharedStore.open(
-            self.config.datastore, self._state.cluster_id, self._state.node_id
-        )
+        if self.config.datastore is not None:
+            config: ClientConfig = self.config.datastore
+        else:
+            if self._embedded is None:
+                self._embedded = Embedded.load(self._files.swarm_dir)
+            if self._embedded is None:
+                return SQLiteBackend(self._files.swarm_dir / "store.db")
+            if not self._embedded.started:
+                await self._embedded.start()
+            config = self._embedded.config()
+        self._shared = await SharedStore.open(config, self._state.cluster_id, self._state.node_id)
         return self._shared.backend
+
+    async def member_request(self, body: bytes) -> bytes:
+        """`POST /manager/member`: a new manager asks for its etcd member. On SQLite
+        the store moves to etcd first (a task: this cluster port restarts on the
+        way); the asking node is answered 503 and asks again."""
+        if self.config.datastore is not None:
+            raise InvalidArgument(
+                "this manager's store is an external etcd (--datastore-endpoint): "
+                "start the new manager with the same --datastore-endpoint"
+            )
+        shared, embedded, keys = self._shared, self._embedded, self._keys
+        if shared is None or embedded is None:
+            if self._migration is None or self._migration.done():
+                self._held = held = asyncio.Event()
+                self._migration = asyncio.create_task(self._migrate(held), name="migrate")
+            raise NoLeader("the store moves to etcd for a second manager; try again")
+        assert keys is not None and keys.dek is not None
+        root_key = self._files.read_private_key(self._files.root_key_path)
+        return await grant_member(shared.datastore.client, body, keys.dek, root_key)
+
+    async def _migrate(self, held: asyncio.Event) -> None:
+        try:
+            await migrate(self, held)
+        except Exception as e:
+            log.error("migration to etcd failed", error=repr(e))
+        finally:
+            if self._held is held:
+                self._held = None
+
+    async def _stop_member(self, leave: bool = False) -> None:
+        """Stop this node's member; `leave`: remove it from the etcd cluster (through
+        the others) and its data too."""
+        embedded = self._embedded
+        if embedded is None and leave:
+            embedded = Embedded.load(self._files.swarm_dir)
+        self._embedded = None
+        if embedded is None:
+            return
+        if leave:
+            await embedded.leave(remove_self=True)
+        else:
+            await embedded.stop()
 
     async def _start_manager(self, bootstrap: Callable[[Tx], None] | None = None) -> None:
         """Open the store, start the manager's loops and the cluster port, then the local
@@ -293,6 +360,7 @@ class Daemon:
             shared_keys=(lambda: shared_keys(keys.dek or b"", root.key_pem)) if shared else None,
             api=build_app(self, forwarded=True) if shared else None,
             join_via_leader=shared.join_via_leader(self._credentials) if shared else None,
+            member=self.member_request if self.config.datastore is None else None,
         )
         try:
             bound = await server.start(host or "0.0.0.0", port)
@@ -327,6 +395,10 @@ class Daemon:
 
             first.append(on_elected)
             await shared.start(manager, self._state.advertise_addr, first, bootstrap is not None)
+            if self._embedded is not None:
+                self._pruner = asyncio.create_task(
+                    self._prune(self._embedded, manager, shared), name="etcd-members"
+                )
         # The store's tables and the loops' indexes are long-lived dicts and sets of up
         # to 100ks of entries (gc=False structs, strings): a full collection still visits
         # every entry (50-150 ms at 200k tasks, the event loop stopped; issue 15). They
@@ -370,6 +442,12 @@ class Daemon:
         self._renewer = asyncio.create_task(renew_loop(self), name="cert-renewer")
         self._ca_watch = asyncio.create_task(watch_trust(self, manager), name="ca-watch")
 
+    @staticmethod
+    async def _prune(embedded: Embedded, manager: Manager, shared: SharedStore) -> None:
+        client = shared.datastore.client
+        await embedded.refresh_endpoints(client)
+        await prune_members(manager.store, client, lambda: manager.leading)
+
     def _start_worker(self) -> None:
         assert self._state is not None
         state = self._state
@@ -406,6 +484,10 @@ class Daemon:
     async def _stop_swarm(self, stop_tasks: bool, keep_node: bool = False) -> None:
         """`keep_node`: the node stays in the swarm with another role (its tasks'
         plumbing and resolver stay)."""
+        if self._pruner is not None:
+            self._pruner.cancel()
+            await asyncio.gather(self._pruner, return_exceptions=True)
+            self._pruner = None
         if self._ca_watch is not None:
             self._ca_watch.cancel()
             await asyncio.gather(self._ca_watch, return_exceptions=True)
@@ -442,7 +524,10 @@ class Daemon:
             await self._visualizer.stop()
         if self._switch is not None:  # a role change under way ends first (it is short)
             await asyncio.gather(self._switch, return_exceptions=True)
+        if self._migration is not None:
+            await asyncio.gather(self._migration, return_exceptions=True)
         await self._stop_swarm(stop_tasks=not self.config.live_restore)
+        await self._stop_member()
         if self._forward_http is not None:
             await self._forward_http.close()
         log.info("daemon stopped")

@@ -5,13 +5,15 @@ with this manager's leadership as its fence.
 Several managers may share it (docs/ha.md): each opens the store as a replica, and
 campaigns (shoal/manager/leadership.py: the leader writes, the others follow and
 forward writes). A restarted manager waits for its previous lease to expire before it
-can lead again. The embedded default stays SQLite.
+can lead again. The daemon's embedded members (shoal/daemon/embedded.py) are opened
+the same way (`ClientConfig`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from aetcd.utils import prefix_range_end
 
@@ -45,6 +47,16 @@ class DatastoreConfig:
         return EtcdClient(self.endpoints, tls, timeout=CLIENT_TIMEOUT_S)
 
 
+class ClientConfig(Protocol):
+    """Where the store's etcd is and how to dial it: `DatastoreConfig`, or the
+    daemon's embedded members (shoal/daemon/embedded.py)."""
+
+    @property
+    def endpoints(self) -> list[str]: ...
+
+    def client(self) -> EtcdClient: ...
+
+
 def cluster_prefix(cluster_id: str) -> bytes:
     return f"/shoal/{cluster_id}/".encode()
 
@@ -59,7 +71,7 @@ class EtcdDatastore:
 
     @classmethod
     async def open(
-        cls, config: DatastoreConfig, cluster_id: str, candidate: str, clock: Clock = SYSTEM_CLOCK
+        cls, config: ClientConfig, cluster_id: str, candidate: str, clock: Clock = SYSTEM_CLOCK
     ) -> EtcdDatastore:
         """Read the store; `candidate` is what the election key says while this
         manager leads (shoal/manager/leadership.py Candidate)."""
