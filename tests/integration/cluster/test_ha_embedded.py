@@ -1,0 +1,187 @@
+"""Managers on the daemon's embedded etcd members (issue 13, docs/ha.md): `shoal
+daemon`s started without `--datastore-endpoint`, driven with the real docker CLI, each
+manager running its own real etcd member (real mutual TLS, loopback).
+
+- Three managers: `swarm init`, two joins with the manager token (the first one moves
+  the store from SQLite into etcd). `node ls` through each shows one Leader and two
+  Reachable; a service created through a follower converges; every manager's member
+  is in etcd's member list. A follower killed with SIGKILL (its member dies with it)
+  and restarted rejoins on its data: Reachable again, a write through it converges.
+- One manager on SQLite with services and a secret promotes a worker: the state moves
+  to etcd with nothing lost (every service at its version, the secret), the services
+  still converged and their tasks not restarted. `node demote` of that follower
+  removes its member; `node promote` adds it back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from ..cluster_harness import Cluster, ClusterNode, NodeFactory
+from ..harness import parse_table, wait_until
+
+pytestmark = pytest.mark.integration
+
+SLEEP = ("sleep", "1000")
+# Elections, sessions back after a manager side restarted, membership changes (etcd
+# waits 5 s between two).
+TIMEOUT_S = 60.0
+
+
+def manager_status(node: ClusterNode) -> dict[str, str]:
+    rows = parse_table(node.docker("node", "ls").stdout)
+    return {r["HOSTNAME"]: r["MANAGER STATUS"] for r in rows}
+
+
+def one_leader(node: ClusterNode, names: list[str]) -> dict[str, str] | None:
+    status = manager_status(node)
+    shown = sorted(status.get(n, "") for n in names)
+    return status if shown == ["Leader"] + ["Reachable"] * (len(names) - 1) else None
+
+
+def member_file(node: ClusterNode) -> dict[str, object] | None:
+    path = node.data_dir / "swarm" / "etcd.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def etcd_members(node: ClusterNode) -> set[str]:
+    """The names in `etcdctl member list` through `node`'s own member (its TLS)."""
+    file = member_file(node)
+    assert file is not None, f"{node.node_name} has no etcd member"
+    tls = node.data_dir / "swarm" / "etcd" / "tls"
+    out = subprocess.run(
+        [
+            "etcdctl", f"--endpoints={','.join(file['endpoints'])}",  # type: ignore[arg-type]
+            f"--cacert={tls / 'ca.pem'}", f"--cert={tls / 'cert.pem'}",
+            f"--key={tls / 'key.pem'}", "member", "list", "-w", "json",
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=20,
+        env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"},
+        check=True,
+    ).stdout
+    return {m.get("name", "") for m in json.loads(out)["members"]}
+
+
+def node_ids(node: ClusterNode) -> dict[str, str]:
+    """{hostname: node ID} through `node`."""
+    return {n["Description"]["Hostname"]: n["ID"] for n in node.api.nodes()}
+
+
+@pytest.fixture
+def nodes(node_factory: NodeFactory) -> Iterator[list[ClusterNode]]:
+    made: list[ClusterNode] = []
+
+    def stop_all() -> None:
+        for node in reversed(made):
+            with contextlib.suppress(Exception):
+                node.stop()
+
+    try:
+        yield made
+    finally:
+        stop_all()
+
+
+def test_three_embedded_managers(node_factory: NodeFactory, nodes: list[ClusterNode]) -> None:
+    managers = [node_factory(f"emb-{i}") for i in (1, 2, 3)]
+    nodes.extend(managers)
+    cluster = Cluster.init(managers[0])
+    assert member_file(managers[0]) is None  # one manager: SQLite
+    for m in managers[1:]:
+        cluster.join(m, role="manager")
+    names = [m.node_name for m in managers]
+    for m in managers:
+        status = wait_until(
+            lambda m=m: one_leader(m, names), timeout=TIMEOUT_S, what=f"one leader via {m.node_name}"
+        )
+        assert status["emb-1"] == "Leader", status
+        assert m.info()["Swarm"]["Managers"] == 3
+    # the first manager moved its store: SQLite kept aside, never read again
+    swarm = managers[0].data_dir / "swarm"
+    assert (swarm / "store.db.migrated").exists() and not (swarm / "store.db").exists()
+    ids = node_ids(managers[0])
+    assert etcd_members(managers[2]) == {ids[n] for n in names}
+
+    follower = managers[1]
+    follower.docker("service", "create", "--detach", "--name", "web", "--replicas", "3", "busybox", *SLEEP)  # fmt: skip
+    before = cluster.wait_converged("web", 3, timeout=TIMEOUT_S)
+    for m in managers:
+        wait_until(lambda m=m: "web" in m.service_names(), what=f"web via {m.node_name}")
+
+    # a follower killed with SIGKILL (its member with it) and restarted: its member
+    # starts again on its data, and it follows again
+    ports = member_file(follower)
+    follower.kill9()
+    follower.start()
+    assert member_file(follower) == ports or (
+        {k: v for k, v in (member_file(follower) or {}).items() if k != "endpoints"}
+        == {k: v for k, v in (ports or {}).items() if k != "endpoints"}
+    )
+    wait_until(lambda: one_leader(follower, names), timeout=TIMEOUT_S, what="emb-2 back")
+    assert etcd_members(follower) == {ids[n] for n in names}
+    follower.docker("service", "update", "--detach", "--replicas", "4", "web")
+    after = cluster.wait_converged("web", 4, timeout=TIMEOUT_S)
+    # the tasks that ran went on (the follower's own tasks too: adopted after restart)
+    kept = {h: {t: p for t, p in tasks.items() if t in after.get(h, {})} for h, tasks in before.items()}
+    assert kept == before, (before, after)
+
+
+def test_migration_on_promote_then_demote_and_promote(
+    node_factory: NodeFactory, nodes: list[ClusterNode]
+) -> None:
+    manager = node_factory("solo-1")
+    worker = node_factory("solo-w")
+    nodes.extend([manager, worker])
+    cluster = Cluster.init(manager)
+    cluster.join(worker)
+    manager.docker("secret", "create", "token", "-", input="s3cret\n")
+    for name in ("a", "b"):
+        manager.docker("service", "create", "--detach", "--name", name, "--replicas", "2", "--secret", "token", "busybox", *SLEEP)  # fmt: skip
+    manager.docker("service", "update", "--detach", "--label-add", "x=1", "a")
+    before_a = cluster.wait_converged("a", 2)
+    before_b = cluster.wait_converged("b", 2)
+    services = {s["Spec"]["Name"]: s for s in manager.api.services()}
+    secrets = {s["Spec"]["Name"]: s for s in manager.api.secrets()}
+    assert member_file(manager) is None
+
+    manager.docker("node", "promote", "solo-w")
+    names = ["solo-1", "solo-w"]
+    wait_until(lambda: one_leader(worker, names), timeout=TIMEOUT_S, what="solo-w a manager")
+    assert member_file(manager) is not None and member_file(worker) is not None
+    ids = node_ids(manager)
+    assert etcd_members(manager) == {ids["solo-1"], ids["solo-w"]}
+    # nothing lost: every service at its version, the secret; read through both
+    for node in (manager, worker):
+        assert {s["Spec"]["Name"]: s for s in node.api.services()} == services
+        assert {s["Spec"]["Name"]: s for s in node.api.secrets()} == secrets
+    # still converged, the same tasks, the same processes
+    assert cluster.wait_converged("a", 2, timeout=TIMEOUT_S) == before_a
+    assert cluster.wait_converged("b", 2, timeout=TIMEOUT_S) == before_b
+    # writes go on (through the new follower too)
+    worker.docker("service", "update", "--detach", "--replicas", "3", "b")
+    cluster.wait_converged("b", 3, timeout=TIMEOUT_S)
+
+    manager.docker("node", "demote", "solo-w")
+    wait_until(
+        lambda: etcd_members(manager) == {ids["solo-1"]},
+        timeout=TIMEOUT_S,
+        what="solo-w's member removed",
+    )
+    wait_until(
+        lambda: worker.docker("node", "ls", check=False).returncode != 0
+        and member_file(worker) is None
+        and not (worker.data_dir / "swarm" / "etcd").exists(),
+        timeout=TIMEOUT_S,
+        what="solo-w a worker again, its member gone",
+    )
+    manager.docker("node", "promote", "solo-w")
+    wait_until(lambda: one_leader(worker, names), timeout=TIMEOUT_S, what="solo-w back")
+    assert etcd_members(worker) == {ids["solo-1"], ids["solo-w"]}
+    assert cluster.wait_converged("a", 2, timeout=TIMEOUT_S) == before_a
