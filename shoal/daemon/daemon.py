@@ -154,13 +154,16 @@ class Daemon:
     def leader_id(self) -> str | None:
         return self._shared.leader_id if self._shared is not None else None
 
-    async def write_leader(self, wait_s: float) -> str | None:
+    async def store_moved(self) -> None:
         held = self._held
-        if held is not None:  # the store moves to etcd: the write waits, not refused
+        if held is not None:  # the store moves to etcd: requests wait, not refused
             try:
                 await asyncio.wait_for(held.wait(), HOLD_WRITES_S)
             except TimeoutError:
                 raise NoLeader() from None
+
+    async def write_leader(self, wait_s: float) -> str | None:
+        await self.store_moved()
         if self._shared is None:
             return None
         return await self._shared.write_leader(wait_s)

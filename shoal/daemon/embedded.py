@@ -31,7 +31,7 @@ import aiohttp
 
 from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.errors import JoinFailed
-from shoal.etcdclient import EtcdClient, EtcdError, TLSFiles
+from shoal.etcdclient import CLIENT_ERRORS, EtcdClient, EtcdError, TLSFiles
 from shoal.log import get_logger
 from shoal.manager.etcd.datastore import CLIENT_TIMEOUT_S
 from shoal.manager.etcd.member import (
@@ -281,9 +281,31 @@ async def join_member(
     grant = await request_member(managers, creds, file)
     file.endpoints = list(grant.endpoints)
     embedded = Embedded(swarm_dir, file, tls(grant.root_key))
-    await embedded.start(grant.initial_cluster, "existing")
+    try:
+        await embedded.start(grant.initial_cluster, "existing")
+    except BaseException:
+        # a member added but never started would count against the quorum: removed
+        # through the others
+        client = EmbeddedConfig(grant.endpoints, embedded.member.tls).client()
+        try:
+            await remove_unstarted(client, file.address.peer_url)
+        except (EtcdError, *CLIENT_ERRORS) as e:
+            log.error("a member that failed to start could not be removed", error=str(e))
+        finally:
+            await client.close()
+        await embedded.stop()
+        embedded.member.remove_data()
+        raise
     embedded.record()
     return embedded, grant
+
+
+async def remove_unstarted(client: EtcdClient, peer_url: str) -> None:
+    """Remove the member added at `peer_url` (one never started has no name yet)."""
+    async for m in client.members():
+        if peer_url in m.peer_urls:
+            await client.remove_member(m.id)
+            log.info("removed an etcd member that never started", peer_url=peer_url)
 
 
 # leaving: the leader removes the member of a node that is no longer a manager ---------

@@ -11,24 +11,27 @@ The only manager, on SQLite, asked for an etcd member by a new manager
 4. copies every record as SQLite holds it (sealed per record, with the record's kind
    and ID as associated data: the sealed bytes move as they are) and the index under
    `/shoal/<cluster ID>/`, the index last;
-5. keeps SQLite's file renamed (`store.db.migrated`, never read again) and writes the
-   member file (`swarm/etcd.json`): from now on the store lives in the member;
+5. writes the member file (`swarm/etcd.json`): from now on the store lives in the
+   member (a daemon restarted reads it there); keeps SQLite's file renamed
+   (`store.db.migrated`, never read again);
 6. starts its manager side on the shared store (follow, campaign, lead: the store
    opened through the DEK checks that every record opens) and its agent, which adopts
    the running tasks.
 
 If anything fails before step 5, the member is stopped and its data removed, and the
-manager starts again on SQLite.
+manager starts again on SQLite (a daemon that died before step 5 starts on SQLite,
+and the next migration removes what the dead one left).
 """
 
 from __future__ import annotations
 
 import asyncio
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shoal.daemon.config import DEFAULT_SWARM_PORT, split_addr
-from shoal.daemon.embedded import Embedded, new_member_file
+from shoal.daemon.embedded import MEMBER_DIR, Embedded, new_member_file
 from shoal.etcdclient import FAILURES, EtcdClient, EtcdError
 from shoal.log import get_logger
 from shoal.manager.etcd.certs import member_tls
@@ -73,6 +76,8 @@ async def _migrate(daemon: Daemon) -> None:
     tls = member_tls(root, state.node_id, state.cluster_id, [host])
     embedded = Embedded(swarm_dir, new_member_file(state.node_id, host), tls)
     db = swarm_dir / STORE_FILE
+    # what a migration that died half-way left (its member never recorded) goes
+    shutil.rmtree(swarm_dir / MEMBER_DIR, ignore_errors=True)
     try:
         await embedded.start()
         client = embedded.config().client()
@@ -80,15 +85,15 @@ async def _migrate(daemon: Daemon) -> None:
             copied = await copy_store(db, client, cluster_prefix(state.cluster_id))
         finally:
             await client.close()
-        for path in _sqlite_files(db):  # kept, never read again
-            path.replace(path.with_name(path.name + MIGRATED_SUFFIX))
-        embedded.record()
+        embedded.record()  # from here on the store is the member's, even after a crash
     except BaseException as e:
         log.error("the store could not move to etcd; it stays in SQLite", error=repr(e))
         await embedded.stop()
         embedded.member.remove_data()
         await daemon._start_manager()
         raise
+    for path in _sqlite_files(db):  # kept, never read again
+        path.replace(path.with_name(path.name + MIGRATED_SUFFIX))
     daemon._embedded = embedded
     await daemon._start_manager()
     log.info("the store moved to etcd", records=copied, member=embedded.client_url)

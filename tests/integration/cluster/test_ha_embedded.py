@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import subprocess
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -56,9 +57,15 @@ def etcd_members(node: ClusterNode) -> set[str]:
     tls = node.data_dir / "swarm" / "etcd" / "tls"
     out = subprocess.run(
         [
-            "etcdctl", f"--endpoints={','.join(file['endpoints'])}",  # type: ignore[arg-type]
-            f"--cacert={tls / 'ca.pem'}", f"--cert={tls / 'cert.pem'}",
-            f"--key={tls / 'key.pem'}", "member", "list", "-w", "json",
+            "etcdctl",
+            f"--endpoints={','.join(file['endpoints'])}",  # type: ignore[arg-type]
+            f"--cacert={tls / 'ca.pem'}",
+            f"--cert={tls / 'cert.pem'}",
+            f"--key={tls / 'key.pem'}",
+            "member",
+            "list",
+            "-w",
+            "json",
         ],  # fmt: skip
         capture_output=True,
         text=True,
@@ -99,7 +106,9 @@ def test_three_embedded_managers(node_factory: NodeFactory, nodes: list[ClusterN
     names = [m.node_name for m in managers]
     for m in managers:
         status = wait_until(
-            lambda m=m: one_leader(m, names), timeout=TIMEOUT_S, what=f"one leader via {m.node_name}"
+            lambda m=m: one_leader(m, names),
+            timeout=TIMEOUT_S,
+            what=f"one leader via {m.node_name}",
         )
         assert status["emb-1"] == "Leader", status
         assert m.info()["Swarm"]["Managers"] == 3
@@ -129,8 +138,19 @@ def test_three_embedded_managers(node_factory: NodeFactory, nodes: list[ClusterN
     follower.docker("service", "update", "--detach", "--replicas", "4", "web")
     after = cluster.wait_converged("web", 4, timeout=TIMEOUT_S)
     # the tasks that ran went on (the follower's own tasks too: adopted after restart)
-    kept = {h: {t: p for t, p in tasks.items() if t in after.get(h, {})} for h, tasks in before.items()}
+    kept = {
+        h: {t: p for t, p in tasks.items() if t in after.get(h, {})} for h, tasks in before.items()
+    }
     assert kept == before, (before, after)
+
+    # `swarm leave --force` of a manager removes its own member first
+    managers[2].docker("swarm", "leave", "--force")
+    assert member_file(managers[2]) is None
+    assert not (managers[2].data_dir / "swarm" / "etcd").exists()
+    assert etcd_members(managers[0]) == {ids["emb-1"], ids["emb-2"]}
+    managers[0].docker("service", "update", "--detach", "--replicas", "2", "web")
+    cluster.forget(managers[2])
+    cluster.wait_converged("web", 2, check=lambda c: "emb-3" not in c, timeout=TIMEOUT_S)
 
 
 def test_migration_on_promote_then_demote_and_promote(
@@ -145,21 +165,48 @@ def test_migration_on_promote_then_demote_and_promote(
     for name in ("a", "b"):
         manager.docker("service", "create", "--detach", "--name", name, "--replicas", "2", "--secret", "token", "busybox", *SLEEP)  # fmt: skip
     manager.docker("service", "update", "--detach", "--label-add", "x=1", "a")
+    manager.docker("service", "create", "--detach", "--name", "w", "--replicas", "0", "busybox", *SLEEP)  # fmt: skip
     before_a = cluster.wait_converged("a", 2)
     before_b = cluster.wait_converged("b", 2)
-    services = {s["Spec"]["Name"]: s for s in manager.api.services()}
+    services = {s["Spec"]["Name"]: s for s in manager.api.services() if s["Spec"]["Name"] != "w"}
     secrets = {s["Spec"]["Name"]: s for s in manager.api.secrets()}
     assert member_file(manager) is None
 
-    manager.docker("node", "promote", "solo-w")
-    names = ["solo-1", "solo-w"]
-    wait_until(lambda: one_leader(worker, names), timeout=TIMEOUT_S, what="solo-w a manager")
+    # a writer through the manager while its store moves: every write acknowledged
+    # (held while the store moves, not refused)
+    done = threading.Event()
+    acked: list[int] = []
+    failures: list[BaseException] = []
+
+    def writer() -> None:
+        i = 0
+        while not done.is_set() or i < 3:
+            i += 1
+            try:
+                manager.docker("service", "update", "--detach", "--label-add", f"n={i}", "w")
+            except BaseException as e:  # noqa: BLE001 - reported below
+                failures.append(e)
+                return
+            acked.append(i)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        manager.docker("node", "promote", "solo-w")
+        names = ["solo-1", "solo-w"]
+        wait_until(lambda: one_leader(worker, names), timeout=TIMEOUT_S, what="solo-w a manager")
+    finally:
+        done.set()
+        thread.join()
+    assert not failures, failures
+    assert manager.service("w")["Spec"]["Labels"]["n"] == str(acked[-1])
     assert member_file(manager) is not None and member_file(worker) is not None
     ids = node_ids(manager)
     assert etcd_members(manager) == {ids["solo-1"], ids["solo-w"]}
     # nothing lost: every service at its version, the secret; read through both
     for node in (manager, worker):
-        assert {s["Spec"]["Name"]: s for s in node.api.services()} == services
+        shown = {s["Spec"]["Name"]: s for s in node.api.services()}
+        assert {n: s for n, s in shown.items() if n != "w"} == services
         assert {s["Spec"]["Name"]: s for s in node.api.secrets()} == secrets
     # still converged, the same tasks, the same processes
     assert cluster.wait_converged("a", 2, timeout=TIMEOUT_S) == before_a
@@ -175,9 +222,11 @@ def test_migration_on_promote_then_demote_and_promote(
         what="solo-w's member removed",
     )
     wait_until(
-        lambda: worker.docker("node", "ls", check=False).returncode != 0
-        and member_file(worker) is None
-        and not (worker.data_dir / "swarm" / "etcd").exists(),
+        lambda: (
+            worker.docker("node", "ls", check=False).returncode != 0
+            and member_file(worker) is None
+            and not (worker.data_dir / "swarm" / "etcd").exists()
+        ),
         timeout=TIMEOUT_S,
         what="solo-w a worker again, its member gone",
     )
