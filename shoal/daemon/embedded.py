@@ -31,7 +31,7 @@ import aiohttp
 
 from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.errors import JoinFailed
-from shoal.etcdclient import CLIENT_ERRORS, EtcdClient, EtcdError, TLSFiles
+from shoal.etcdclient import FAILURES, EtcdClient, EtcdError, TLSFiles
 from shoal.log import get_logger
 from shoal.manager.etcd.datastore import CLIENT_TIMEOUT_S
 from shoal.manager.etcd.member import (
@@ -289,7 +289,7 @@ async def join_member(
         client = EmbeddedConfig(grant.endpoints, embedded.member.tls).client()
         try:
             await remove_unstarted(client, file.address.peer_url)
-        except (EtcdError, *CLIENT_ERRORS) as e:
+        except FAILURES as e:
             log.error("a member that failed to start could not be removed", error=str(e))
         finally:
             await client.close()
