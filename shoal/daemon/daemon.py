@@ -323,9 +323,9 @@ class Daemon:
             if self._held is held:
                 self._held = None
 
-    async def _stop_member(self, leave: bool = False) -> None:
+    async def _stop_member(self, leave: bool = False, removed_by_leader: bool = False) -> None:
         """Stop this node's member; `leave`: remove it from the etcd cluster (through
-        the others) and its data too."""
+        the others; `removed_by_leader`: wait until the leader did) and its data too."""
         embedded = self._embedded
         if embedded is None and leave:
             embedded = Embedded.load(self._files.swarm_dir)
@@ -333,7 +333,7 @@ class Daemon:
         if embedded is None:
             return
         if leave:
-            await embedded.leave(remove_self=True)
+            await embedded.leave(remove_self=not removed_by_leader)
         else:
             await embedded.stop()
 
@@ -449,7 +449,7 @@ class Daemon:
     async def _prune(embedded: Embedded, manager: Manager, shared: SharedStore) -> None:
         client = shared.datastore.client
         await embedded.refresh_endpoints(client)
-        await prune_members(manager.store, client, lambda: manager.leading)
+        await prune_members(manager.store, client, embedded.member.tls, lambda: manager.leading)
 
     def _start_worker(self) -> None:
         assert self._state is not None

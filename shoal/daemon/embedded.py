@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import aiohttp
+from aetcd import rpc
 
 from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.errors import JoinFailed
@@ -51,6 +52,9 @@ MEMBER_DIR = "etcd"
 REQUEST_TIMEOUT_S = 120.0
 REQUEST_RETRY_S = 1.0
 HTTP_TIMEOUT_S = 60.0
+# A demoted manager waits this long for the leader to remove its member.
+REMOVED_TIMEOUT_S = 45.0
+PRUNE_RETRY_S = 2.0
 
 log = get_logger("shoal.daemon.embedded")
 
@@ -175,16 +179,29 @@ class Embedded:
             await asyncio.gather(self._supervisor, return_exceptions=True)
             self._supervisor = None
 
-    async def leave(self, remove_self: bool) -> None:
-        """Leave the etcd cluster: remove this member through the client API first
-        (`remove_self`: other members stay), then stop it and remove its data."""
-        if remove_self and self.member.running:
+    async def _removed(self, client: EtcdClient, clock: Clock) -> None:
+        deadline = clock.monotonic() + REMOVED_TIMEOUT_S
+        while self.file.name in await member_names(client):
+            if clock.monotonic() >= deadline:
+                raise EtcdError(f"the leader did not remove member {self.file.name}")
+            await clock.sleep(REQUEST_RETRY_S / 2)
+
+    async def leave(self, remove_self: bool, clock: Clock = SYSTEM_CLOCK) -> None:
+        """Leave the etcd cluster, then stop the member and remove its data:
+        `remove_self`, remove it through the client API first (a node leaving the
+        swarm); else wait (at most REMOVED_TIMEOUT_S) until the leader removed it (a
+        demoted node: the leader's `prune_members` does, and a member stopped while
+        still counted would weigh against the quorum of the others)."""
+        if self.member.running:
             client = self.config().client()
             try:
-                if len(await member_names(client)) > 1:
-                    await remove_member(client, self.file.name)
+                if remove_self:
+                    if len(await member_names(client)) > 1:
+                        await remove_safely(client, self.file.name, self.member.tls)
+                else:
+                    await self._removed(client, clock)
             except EtcdError as e:
-                log.warning("could not remove this node's etcd member", error=str(e))
+                log.warning("this node's etcd member may not be removed", error=str(e))
             finally:
                 await client.close()
         await self.stop()
@@ -308,31 +325,71 @@ async def remove_unstarted(client: EtcdClient, peer_url: str) -> None:
             log.info("removed an etcd member that never started", peer_url=peer_url)
 
 
+async def remove_safely(client: EtcdClient, name: str, tls: TLSFiles) -> None:
+    """Remove member `name`, its raft leadership moved to another started member
+    first if it holds it: a leader removed from two members can leave the other
+    without a leader for good (etcd issue 10563; k3s and LXD move it too)."""
+    try:
+        members = [m async for m in client.members()]
+        target = next((m for m in members if m.name == name), None)
+        others = [m for m in members if m.name and m is not target]
+        if target is not None and others and target.client_urls:
+            status = await client.status()
+            if status.leader is not None and status.leader.id == target.id:
+                leader = EmbeddedConfig([target.client_urls[0]], tls).client()
+                try:
+                    await leader.connect()
+                    await leader.maintenancestub.MoveLeader(
+                        rpc.MoveLeaderRequest(targetID=others[0].id), timeout=CLIENT_TIMEOUT_S
+                    )
+                    log.info("etcd leadership moved before a removal", name=name)
+                finally:
+                    await leader.close()
+    except FAILURES as e:
+        log.warning("etcd leadership not moved before a removal", name=name, error=str(e))
+    await remove_member(client, name)
+
+
 # leaving: the leader removes the member of a node that is no longer a manager ---------
 
 
-async def prune_members(store: Store, client: EtcdClient, is_leader: Callable[[], bool]) -> None:
+async def prune_members(
+    store: Store,
+    client: EtcdClient,
+    tls: TLSFiles,
+    is_leader: Callable[[], bool],
+    clock: Clock = SYSTEM_CLOCK,
+) -> None:
     """Driven by committed node events, on the leader (`is_leader()`): every member
     whose node is gone or a worker is removed through the client API (after commit;
-    a member added but not started yet has no name and is left alone)."""
+    a member added but not started yet has no name and is left alone). A removal
+    that failed is tried again at the next node event, or after PRUNE_RETRY_S."""
     watcher = store.watch("node")
     try:
         while True:
+            failed = False
             if is_leader():
                 try:
-                    await _prune(store, client)
-                except EtcdError as e:  # the next node event tries again
+                    await _prune(store, client, tls)
+                except EtcdError as e:
                     log.warning("etcd members not pruned", error=str(e))
-            await watcher.__anext__()
+                    failed = True
+            if not failed:
+                await watcher.__anext__()
+            else:
+                try:
+                    await clock.wait_for(watcher.__anext__(), PRUNE_RETRY_S)
+                except TimeoutError:
+                    continue
             watcher.get_nowait_all()
     finally:
         watcher.close()
 
 
-async def _prune(store: Store, client: EtcdClient) -> None:
+async def _prune(store: Store, client: EtcdClient, tls: TLSFiles) -> None:
     view = store.view()
     managers = {n.id for n in view.nodes() if n.spec.role == "manager"}
     for name in await member_names(client):
         if name and name not in managers:
             log.info("removing the etcd member of a node no longer a manager", name=name)
-            await remove_member(client, name)
+            await remove_safely(client, name, tls)

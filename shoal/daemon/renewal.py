@@ -121,7 +121,7 @@ async def switch_role(daemon: Daemon) -> None:
             state.runs_manager, state.role = True, "manager"
             await daemon._start_manager()
         else:
-            await daemon._stop_member(leave=True)
+            await daemon._stop_member(leave=True, removed_by_leader=True)
             daemon._keys = None
             (daemon._files.swarm_dir / KEYS_FILE).unlink(missing_ok=True)
             daemon._files.root_key_path.unlink(missing_ok=True)
