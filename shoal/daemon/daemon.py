@@ -28,7 +28,7 @@ from shoal.daemon.config import (
     make_executor,
     split_addr,
 )
-from shoal.daemon.embedded import Embedded, grant_member, prune_members
+from shoal.daemon.embedded import MEMBER_FILE, Embedded, grant_member, prune_members
 from shoal.daemon.files import NodeFiles
 from shoal.daemon.ha import SharedStore, shared_keys
 from shoal.daemon.migrate import migrate
@@ -239,6 +239,12 @@ class Daemon:
         state = self._files.load_state()
         if state is not None:
             self._state = state
+            if state.runs_manager and self._member_gone(state):
+                # a manager on embedded members whose member was taken out (demoted
+                # while stopped): a worker now (it renews and is told its role)
+                log.warning("this manager's etcd member is gone: starting as a worker")
+                state.runs_manager, state.role = False, "worker"
+                self._files.save_state(state)
             if state.runs_manager:
                 if ManagerKeys.exists(self._files.swarm_dir):
                     self._keys = ManagerKeys.load(self._files.swarm_dir)
@@ -261,6 +267,16 @@ class Daemon:
             runtime=self.runtime,
             data_dir=str(self.data_dir),
             swarm=state is not None,
+        )
+
+    def _member_gone(self, state: SwarmState) -> bool:
+        """No store here: no member file (embedded) and no SQLite file (it was moved,
+        or this manager joined a cluster already on etcd)."""
+        swarm_dir = self._files.swarm_dir
+        return (
+            self.config.datastore is None
+            and not (swarm_dir / MEMBER_FILE).exists()
+            and not (swarm_dir / "store.db").exists()
         )
 
     def _resources(self) -> NodeResources | None:
@@ -322,6 +338,13 @@ class Daemon:
         finally:
             if self._held is held:
                 self._held = None
+
+    def _still_manager(self) -> bool:
+        """What this manager's replica says of its own node's role."""
+        if self._manager is None or self._state is None:
+            return True
+        node = self._manager.store.view().get_node(self._state.node_id)
+        return node is not None and node.spec.role == "manager"
 
     async def _stop_member(self, leave: bool = False, removed_by_leader: bool = False) -> None:
         """Stop this node's member; `leave`: remove it from the etcd cluster (through
@@ -529,8 +552,12 @@ class Daemon:
             await asyncio.gather(self._switch, return_exceptions=True)
         if self._migration is not None:
             await asyncio.gather(self._migration, return_exceptions=True)
+        # A manager demoted (or removed) but stopped before its role switched takes
+        # its member out of the etcd cluster: stopped while still counted, it would
+        # weigh against the others' quorum.
+        demoted = self._embedded is not None and not self._still_manager()
         await self._stop_swarm(stop_tasks=not self.config.live_restore)
-        await self._stop_member()
+        await self._stop_member(leave=demoted)
         if self._forward_http is not None:
             await self._forward_http.close()
         log.info("daemon stopped")
