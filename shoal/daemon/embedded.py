@@ -371,8 +371,8 @@ async def prune_members(
             if is_leader():
                 try:
                     await _prune(store, client, tls)
-                except EtcdError as e:
-                    log.warning("etcd members not pruned", error=str(e))
+                except Exception as e:  # logged; tried again (a timer, or the next event)
+                    log.warning("etcd members not pruned", error=repr(e))
                     failed = True
             if not failed:
                 await watcher.__anext__()
