@@ -20,6 +20,7 @@ import json
 import subprocess
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -76,6 +77,21 @@ def etcd_members(node: ClusterNode) -> set[str]:
     return {m.get("name", "") for m in json.loads(out)["members"]}
 
 
+def member_pids(node: ClusterNode) -> list[int]:
+    """The etcd processes running on `node`'s member data (from /proc)."""
+    flag = f"--data-dir={node.data_dir / 'swarm' / 'etcd' / 'data'}".encode()
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if flag in argv:
+                pids.append(int(proc.name))
+    return pids
+
+
 def node_ids(node: ClusterNode) -> dict[str, str]:
     """{hostname: node ID} through `node`."""
     return {n["Description"]["Hostname"]: n["ID"] for n in node.api.nodes()}
@@ -127,7 +143,10 @@ def test_three_embedded_managers(node_factory: NodeFactory, nodes: list[ClusterN
     # a follower killed with SIGKILL (its member with it) and restarted: its member
     # starts again on its data, and it follows again
     ports = member_file(follower)
+    assert len(member_pids(follower)) == 1
     follower.kill9()
+    # the member dies with its daemon (PR_SET_PDEATHSIG), as in a machine crash
+    wait_until(lambda: not member_pids(follower), what="emb-2's member gone with it")
     follower.start()
     assert member_file(follower) == ports or (
         {k: v for k, v in (member_file(follower) or {}).items() if k != "endpoints"}
