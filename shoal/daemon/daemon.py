@@ -28,10 +28,19 @@ from shoal.daemon.config import (
     make_executor,
     split_addr,
 )
-from shoal.daemon.embedded import MEMBER_FILE, Embedded, grant_member, prune_members
+from shoal.daemon.embedded import Embedded
 from shoal.daemon.files import NodeFiles
 from shoal.daemon.ha import SharedStore, shared_keys
-from shoal.daemon.migrate import migrate
+from shoal.daemon.members import (
+    member_gone,
+    member_request,
+    open_member,
+    start_pruner,
+    still_manager,
+    stop_member,
+    stop_pruner,
+)
+from shoal.daemon.migrate import STORE_FILE
 from shoal.daemon.renewal import on_trust, renew_loop, watch_trust
 from shoal.errors import (
     InvalidArgument,
@@ -239,7 +248,7 @@ class Daemon:
         state = self._files.load_state()
         if state is not None:
             self._state = state
-            if state.runs_manager and self._member_gone(state):
+            if member_gone(self, state):
                 # a manager on embedded members whose member was taken out (demoted
                 # while stopped): a worker now (it renews and is told its role)
                 log.warning("this manager's etcd member is gone: starting as a worker")
@@ -269,16 +278,6 @@ class Daemon:
             swarm=state is not None,
         )
 
-    def _member_gone(self, state: SwarmState) -> bool:
-        """No store here: no member file (embedded) and no SQLite file (it was moved,
-        or this manager joined a cluster already on etcd)."""
-        swarm_dir = self._files.swarm_dir
-        return (
-            self.config.datastore is None
-            and not (swarm_dir / MEMBER_FILE).exists()
-            and not (swarm_dir / "store.db").exists()
-        )
-
     def _resources(self) -> NodeResources | None:
         c = self.config
         if c.resources_cpus is None and c.resources_memory is None:
@@ -301,64 +300,12 @@ class Daemon:
         if self.config.datastore is not None:
             config: ClientConfig = self.config.datastore
         else:
-            if self._embedded is None:
-                self._embedded = Embedded.load(self._files.swarm_dir)
-            if self._embedded is None:
-                return SQLiteBackend(self._files.swarm_dir / "store.db")
-            if not self._embedded.started:
-                await self._embedded.start()
-            config = self._embedded.config()
+            embedded = await open_member(self)
+            if embedded is None:
+                return SQLiteBackend(self._files.swarm_dir / STORE_FILE)
+            config = embedded
         self._shared = await SharedStore.open(config, self._state.cluster_id, self._state.node_id)
         return self._shared.backend
-
-    async def member_request(self, body: bytes) -> bytes:
-        """`POST /manager/member`: a new manager asks for its etcd member. On SQLite
-        the store moves to etcd first (a task: this cluster port restarts on the
-        way); the asking node is answered 503 and asks again."""
-        if self.config.datastore is not None:
-            raise InvalidArgument(
-                "this manager's store is an external etcd (--datastore-endpoint): "
-                "start the new manager with the same --datastore-endpoint"
-            )
-        shared, embedded, keys = self._shared, self._embedded, self._keys
-        if shared is None or embedded is None:
-            if self._migration is None or self._migration.done():
-                self._held = held = asyncio.Event()
-                self._migration = asyncio.create_task(self._migrate(held), name="migrate")
-            raise NoLeader("the store moves to etcd for a second manager; try again")
-        assert keys is not None and keys.dek is not None
-        root_key = self._files.read_private_key(self._files.root_key_path)
-        return await grant_member(shared.datastore.client, body, keys.dek, root_key)
-
-    async def _migrate(self, held: asyncio.Event) -> None:
-        try:
-            await migrate(self, held)
-        except Exception as e:
-            log.error("migration to etcd failed", error=repr(e))
-        finally:
-            if self._held is held:
-                self._held = None
-
-    def _still_manager(self) -> bool:
-        """What this manager's replica says of its own node's role."""
-        if self._manager is None or self._state is None:
-            return True
-        node = self._manager.store.view().get_node(self._state.node_id)
-        return node is not None and node.spec.role == "manager"
-
-    async def _stop_member(self, leave: bool = False, removed_by_leader: bool = False) -> None:
-        """Stop this node's member; `leave`: remove it from the etcd cluster (through
-        the others; `removed_by_leader`: wait until the leader did) and its data too."""
-        embedded = self._embedded
-        if embedded is None and leave:
-            embedded = Embedded.load(self._files.swarm_dir)
-        self._embedded = None
-        if embedded is None:
-            return
-        if leave:
-            await embedded.leave(remove_self=not removed_by_leader)
-        else:
-            await embedded.stop()
 
     async def _start_manager(self, bootstrap: Callable[[Tx], None] | None = None) -> None:
         """Open the store, start the manager's loops and the cluster port, then the local
@@ -386,7 +333,7 @@ class Daemon:
             shared_keys=(lambda: shared_keys(keys.dek or b"", root.key_pem)) if shared else None,
             api=build_app(self, forwarded=True) if shared else None,
             join_via_leader=shared.join_via_leader(self._credentials) if shared else None,
-            member=self.member_request if self.config.datastore is None else None,
+            member=(lambda body: member_request(self, body)) if not self.config.datastore else None,
         )
         try:
             bound = await server.start(host or "0.0.0.0", port)
@@ -421,10 +368,7 @@ class Daemon:
 
             first.append(on_elected)
             await shared.start(manager, self._state.advertise_addr, first, bootstrap is not None)
-            if self._embedded is not None:
-                self._pruner = asyncio.create_task(
-                    self._prune(self._embedded, manager, shared), name="etcd-members"
-                )
+            start_pruner(self, manager, shared)
         # The store's tables and the loops' indexes are long-lived dicts and sets of up
         # to 100ks of entries (gc=False structs, strings): a full collection still visits
         # every entry (50-150 ms at 200k tasks, the event loop stopped; issue 15). They
@@ -468,12 +412,6 @@ class Daemon:
         self._renewer = asyncio.create_task(renew_loop(self), name="cert-renewer")
         self._ca_watch = asyncio.create_task(watch_trust(self, manager), name="ca-watch")
 
-    @staticmethod
-    async def _prune(embedded: Embedded, manager: Manager, shared: SharedStore) -> None:
-        client = shared.datastore.client
-        await embedded.refresh_endpoints(client)
-        await prune_members(manager.store, client, embedded.member.tls, lambda: manager.leading)
-
     def _start_worker(self) -> None:
         assert self._state is not None
         state = self._state
@@ -510,10 +448,7 @@ class Daemon:
     async def _stop_swarm(self, stop_tasks: bool, keep_node: bool = False) -> None:
         """`keep_node`: the node stays in the swarm with another role (its tasks'
         plumbing and resolver stay)."""
-        if self._pruner is not None:
-            self._pruner.cancel()
-            await asyncio.gather(self._pruner, return_exceptions=True)
-            self._pruner = None
+        await stop_pruner(self)
         if self._ca_watch is not None:
             self._ca_watch.cancel()
             await asyncio.gather(self._ca_watch, return_exceptions=True)
@@ -555,9 +490,9 @@ class Daemon:
         # A manager demoted (or removed) but stopped before its role switched takes
         # its member out of the etcd cluster: stopped while still counted, it would
         # weigh against the others' quorum.
-        demoted = self._embedded is not None and not self._still_manager()
+        demoted = self._embedded is not None and not still_manager(self)
         await self._stop_swarm(stop_tasks=not self.config.live_restore)
-        await self._stop_member(leave=demoted)
+        await stop_member(self, leave=demoted)
         if self._forward_http is not None:
             await self._forward_http.close()
         log.info("daemon stopped")

@@ -9,9 +9,7 @@ and in an etcd member of its own (`<data dir>/swarm/etcd`) once there are severa
 - `Embedded`: the member started and supervised (killed with the daemon, even by
   SIGKILL), the client configuration the store opens with (its own member first),
   its removal when the node leaves.
-- `grant_member` (a manager's side of `POST /manager/member`): add the asking
-  manager's member through the client API; `request_member` (the joining or promoted
-  node's side).
+- `remove_safely`: a member removed, its etcd raft leadership moved off it first.
 - `prune_members`: the leader removes the member of a node that is no longer a
   manager (demoted, or removed), driven by committed node events.
 """
@@ -19,7 +17,6 @@ and in an etcd member of its own (`<data dir>/swarm/etcd`) once there are severa
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import socket
@@ -27,33 +24,21 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import aiohttp
 from aetcd import rpc
 
 from shoal.clock import SYSTEM_CLOCK, Clock
-from shoal.errors import JoinFailed
 from shoal.etcdclient import FAILURES, EtcdClient, EtcdError, TLSFiles
 from shoal.log import get_logger
 from shoal.manager.etcd.datastore import CLIENT_TIMEOUT_S
-from shoal.manager.etcd.member import (
-    EtcdMember,
-    MemberAddress,
-    add_member,
-    member_names,
-    remove_member,
-)
+from shoal.manager.etcd.member import EtcdMember, MemberAddress, member_names, remove_member
 from shoal.manager.store import Store
-from shoal.pki import MANAGER_SERVER_NAME, NodeCredentials
+from shoal.pki import MANAGER_SERVER_NAME
 
 MEMBER_FILE = "etcd.json"
 MEMBER_DIR = "etcd"
-# A manager asked for a member while it moves its store from SQLite answers 503: the
-# asking node tries again meanwhile, for up to this long.
-REQUEST_TIMEOUT_S = 120.0
-REQUEST_RETRY_S = 1.0
-HTTP_TIMEOUT_S = 60.0
 # A demoted manager waits this long for the leader to remove its member.
 REMOVED_TIMEOUT_S = 45.0
+REMOVED_POLL_S = 0.5
 PRUNE_RETRY_S = 2.0
 
 log = get_logger("shoal.daemon.embedded")
@@ -184,7 +169,7 @@ class Embedded:
         while self.file.name in await member_names(client):
             if clock.monotonic() >= deadline:
                 raise EtcdError(f"the leader did not remove member {self.file.name}")
-            await clock.sleep(REQUEST_RETRY_S / 2)
+            await clock.sleep(REMOVED_POLL_S)
 
     async def leave(self, remove_self: bool, clock: Clock = SYSTEM_CLOCK) -> None:
         """Leave the etcd cluster, then stop the member and remove its data:
@@ -207,122 +192,6 @@ class Embedded:
         await self.stop()
         self.member.remove_data()
         MemberFile.path(self.swarm_dir).unlink(missing_ok=True)
-
-
-# joining: a manager's member added through another's ----------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class MemberGrant:
-    """What a new member starts with, and the keys the store is sealed with."""
-
-    initial_cluster: dict[str, str]
-    endpoints: list[str]
-    dek: bytes
-    root_key: bytes
-
-
-async def grant_member(
-    client: EtcdClient, body: bytes, dek: bytes, root_key: bytes, clock: Clock = SYSTEM_CLOCK
-) -> bytes:
-    """`POST /manager/member` on a manager whose store is in embedded members: add the
-    asking manager's member; answer its `--initial-cluster`, the members' client
-    URLs, the DEK and the root key."""
-    req = json.loads(body)
-    name, peer_url = str(req["name"]), str(req["peer_url"])
-    if name in await member_names(client):  # asked again (a retry, a restart)
-        with contextlib.suppress(EtcdError):
-            await remove_member(client, name, clock)
-    cluster = await add_member(client, name, peer_url, clock)
-    endpoints = [u async for m in client.members() for u in m.client_urls[:1]]
-    return json.dumps(
-        {
-            "initial_cluster": cluster,
-            "endpoints": endpoints,
-            "dek": base64.b64encode(dek).decode(),
-            "root_key": root_key.decode(),
-        }
-    ).encode()
-
-
-async def request_member(
-    managers: list[str], creds: NodeCredentials, file: MemberFile, clock: Clock = SYSTEM_CLOCK
-) -> MemberGrant:
-    """Ask a manager (the first that answers) to add this node's member. A manager
-    that answers 503 (it moves its store to etcd first) is asked again."""
-    body = json.dumps({"name": file.name, "peer_url": file.address.peer_url}).encode()
-    deadline = clock.monotonic() + REQUEST_TIMEOUT_S
-    failure = "no manager known"
-    timeout = aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S)
-    while True:
-        for addr in managers:
-            try:
-                async with aiohttp.ClientSession(timeout=timeout) as http:
-                    async with http.post(
-                        f"https://{addr}/manager/member",
-                        data=body,
-                        ssl=creds.client_context(),
-                        server_hostname=MANAGER_SERVER_NAME,
-                        headers={"Content-Type": "application/json"},
-                    ) as r:
-                        answer = await r.read()
-                        if r.status == 200:
-                            data = json.loads(answer)
-                            return MemberGrant(
-                                {str(k): str(v) for k, v in data["initial_cluster"].items()},
-                                [str(e) for e in data["endpoints"]],
-                                base64.b64decode(data["dek"]),
-                                str(data["root_key"]).encode(),
-                            )
-                        failure = f"{addr} answered {r.status}: {answer!r}"
-                        if r.status not in (502, 503):
-                            raise JoinFailed(f"no etcd member for this manager: {failure}")
-            except (aiohttp.ClientError, OSError, TimeoutError) as e:
-                failure = f"cannot reach {addr}: {e!r}"
-            log.info("etcd member not granted yet; asking again", reason=failure)
-        if clock.monotonic() >= deadline:
-            raise JoinFailed(f"no etcd member for this manager: {failure}")
-        await clock.sleep(REQUEST_RETRY_S)
-
-
-async def join_member(
-    swarm_dir: Path,
-    file: MemberFile,
-    managers: list[str],
-    creds: NodeCredentials,
-    tls: Callable[[bytes], TLSFiles],
-) -> tuple[Embedded, MemberGrant]:
-    """A new manager's member: added by a manager (`request_member`), then started
-    with state `existing` (`tls(root key)`: its certificate, from the root key the
-    grant carries) and recorded."""
-    grant = await request_member(managers, creds, file)
-    file.endpoints = list(grant.endpoints)
-    embedded = Embedded(swarm_dir, file, tls(grant.root_key))
-    try:
-        await embedded.start(grant.initial_cluster, "existing")
-    except BaseException:
-        # a member added but never started would count against the quorum: removed
-        # through the others
-        client = EmbeddedConfig(grant.endpoints, embedded.member.tls).client()
-        try:
-            await remove_unstarted(client, file.address.peer_url)
-        except FAILURES as e:
-            log.error("a member that failed to start could not be removed", error=str(e))
-        finally:
-            await client.close()
-        await embedded.stop()
-        embedded.member.remove_data()
-        raise
-    embedded.record()
-    return embedded, grant
-
-
-async def remove_unstarted(client: EtcdClient, peer_url: str) -> None:
-    """Remove the member added at `peer_url` (one never started has no name yet)."""
-    async for m in client.members():
-        if peer_url in m.peer_urls:
-            await client.remove_member(m.id)
-            log.info("removed an etcd member that never started", peer_url=peer_url)
 
 
 async def remove_safely(client: EtcdClient, name: str, tls: TLSFiles) -> None:

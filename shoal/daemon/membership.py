@@ -19,8 +19,10 @@ from shoal.daemon.config import (
     local_addr_towards,
     split_addr,
 )
-from shoal.daemon.embedded import join_member, new_member_file
+from shoal.daemon.embedded import new_member_file
+from shoal.daemon.grant import join_member
 from shoal.daemon.ha import fetch_shared_keys
+from shoal.daemon.members import stop_member
 from shoal.errors import (
     AlreadyInSwarm,
     InvalidArgument,
@@ -214,7 +216,7 @@ async def abandon_swarm(daemon: Daemon) -> None:
     """Undo a swarm init or a manager's join that failed half-way: stop what
     started, forget the swarm and its files."""
     await daemon._stop_swarm(stop_tasks=True)
-    await daemon._stop_member(leave=True)
+    await stop_member(daemon, leave=True)
     shutil.rmtree(daemon._files.swarm_dir, ignore_errors=True)
     daemon._state = None
     daemon._creds = None
@@ -234,7 +236,7 @@ async def swarm_leave(daemon: Daemon, force: bool) -> None:
         )
         await daemon._stop_swarm(stop_tasks=True)
         # its etcd member removed from the others' cluster first, then stopped
-        await daemon._stop_member(leave=True)
+        await stop_member(daemon, leave=True)
         for tid in daemon.executor.known_task_ids():
             await discard_task(daemon.executor, tid)
         if daemon.config.datastore is not None and daemon._state.runs_manager and last:

@@ -11,6 +11,7 @@ import contextlib
 from typing import TYPE_CHECKING
 
 from shoal.agent.join import node_tls_info, renew, renewal_delay
+from shoal.daemon.members import stop_member
 from shoal.daemon.membership import shared_store_keys
 from shoal.errors import JoinFailed
 from shoal.etcdclient import EtcdError
@@ -113,7 +114,7 @@ async def switch_role(daemon: Daemon) -> None:
                 dek, root_key = await shared_store_keys(daemon, managers)
             except (JoinFailed, EtcdError) as e:  # it goes on as a worker (a manager on paper)
                 log.error("promoted, but no manager gave the store's keys", error=str(e))
-                await daemon._stop_member(leave=True)
+                await stop_member(daemon, leave=True)
                 daemon._start_worker()
                 return
             daemon._keys = ManagerKeys.adopt(daemon._files.swarm_dir, dek)
@@ -121,7 +122,7 @@ async def switch_role(daemon: Daemon) -> None:
             state.runs_manager, state.role = True, "manager"
             await daemon._start_manager()
         else:
-            await daemon._stop_member(leave=True, removed_by_leader=True)
+            await stop_member(daemon, leave=True, removed_by_leader=True)
             daemon._keys = None
             (daemon._files.swarm_dir / KEYS_FILE).unlink(missing_ok=True)
             daemon._files.root_key_path.unlink(missing_ok=True)
