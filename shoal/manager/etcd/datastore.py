@@ -27,6 +27,7 @@ CLIENT_TIMEOUT_S = 10.0
 # The election lease: a killed leader's key expires within it, so another manager
 # leads within about ELECTION_TTL_S plus one campaign round.
 ELECTION_TTL_S = 3
+RESIGN_TIMEOUT_S = 3.0
 
 log = get_logger("shoal.manager.etcd.datastore")
 
@@ -87,8 +88,13 @@ class EtcdDatastore:
         log.info("store on etcd", endpoints=config.endpoints, prefix=prefix.decode())
         return cls(client, backend, election)
 
-    async def close(self) -> None:
-        await self.election.resign()
+    async def close(self, clock: Clock = SYSTEM_CLOCK) -> None:
+        """Resign (for at most RESIGN_TIMEOUT_S: without a quorum etcd does not
+        answer, and the lease expires by itself within its TTL), then close."""
+        try:
+            await clock.wait_for(self.election.resign(), RESIGN_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("resign unanswered; the lease expires by itself")
         await self.client.close()
 
 
