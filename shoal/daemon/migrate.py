@@ -30,6 +30,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from shoal.clock import SYSTEM_CLOCK
 from shoal.daemon.config import DEFAULT_SWARM_PORT, split_addr
 from shoal.daemon.embedded import MEMBER_DIR, Embedded, new_member_file
 from shoal.etcdclient import FAILURES, EtcdClient, EtcdError
@@ -56,6 +57,7 @@ log = get_logger("shoal.daemon.migrate")
 async def migrate(daemon: Daemon, held: asyncio.Event) -> None:
     """Move the store of this manager (the only one, on SQLite) into its own new etcd
     member; `held` is set once the API's writes may go on (they wait meanwhile)."""
+    start = SYSTEM_CLOCK.monotonic()
     try:
         async with daemon._lock:
             if daemon._shared is not None or daemon._manager is None or daemon._state is None:
@@ -63,6 +65,8 @@ async def migrate(daemon: Daemon, held: asyncio.Event) -> None:
             await _migrate(daemon)
     finally:
         held.set()
+        held_s = round(SYSTEM_CLOCK.monotonic() - start, 3)
+        log.info("API requests held while the store moved", held_s=held_s)
 
 
 async def _migrate(daemon: Daemon) -> None:
