@@ -7,6 +7,8 @@ manager running its own real etcd member (real mutual TLS, loopback).
   Reachable; a service created through a follower converges; every manager's member
   is in etcd's member list. A follower killed with SIGKILL (its member dies with it)
   and restarted rejoins on its data: Reachable again, a write through it converges.
+  The leader killed the same way: another leads; restarted, it follows. `swarm leave
+  --force` of a manager removes its member.
 - One manager on SQLite with services and a secret promotes a worker: the state moves
   to etcd with nothing lost (every service at its version, the secret), the services
   still converged and their tasks not restarted. `node demote` of that follower
@@ -173,6 +175,25 @@ def test_three_embedded_managers(node_factory: NodeFactory, nodes: list[ClusterN
         h: {t: p for t, p in tasks.items() if t in after.get(h, {})} for h, tasks in before.items()
     }
     assert kept == before, (before, after)
+
+    # the leader killed with SIGKILL: another leads; restarted on its member's data,
+    # it follows, and the cluster still has its three members
+    managers[0].kill9()
+    wait_until(lambda: not member_pids(managers[0]), what="emb-1's member gone with it")
+    cluster.manager = follower
+    wait_until(
+        lambda: (
+            manager_status(follower).get("emb-1") != "Leader"
+            and "Leader" in manager_status(follower).values()
+        ),
+        timeout=TIMEOUT_S,
+        what="a new leader",
+    )
+    managers[0].start()
+    wait_until(lambda: one_leader(managers[0], names), timeout=TIMEOUT_S, what="emb-1 back")
+    assert etcd_members(managers[0]) == {ids[n] for n in names}
+    managers[0].docker("service", "update", "--detach", "--replicas", "3", "web")
+    cluster.wait_converged("web", 3, timeout=TIMEOUT_S)
 
     # `swarm leave --force` of a manager removes its own member first
     managers[2].docker("swarm", "leave", "--force")
