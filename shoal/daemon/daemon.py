@@ -333,7 +333,11 @@ class Daemon:
             shared_keys=(lambda: shared_keys(keys.dek or b"", root.key_pem)) if shared else None,
             api=build_app(self, forwarded=True) if shared else None,
             join_via_leader=shared.join_via_leader(self._credentials) if shared else None,
-            member=(lambda body: member_request(self, body)) if not self.config.datastore else None,
+            member=(
+                (lambda body, node_id: member_request(self, body, node_id))
+                if not self.config.datastore
+                else None
+            ),
         )
         try:
             bound = await server.start(host or "0.0.0.0", port)

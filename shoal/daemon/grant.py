@@ -18,7 +18,7 @@ import aiohttp
 
 from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.daemon.embedded import Embedded, EmbeddedConfig, MemberFile
-from shoal.errors import JoinFailed
+from shoal.errors import InvalidArgument, JoinFailed, PermissionDenied
 from shoal.etcdclient import FAILURES, EtcdClient, EtcdError, TLSFiles
 from shoal.log import get_logger
 from shoal.manager.etcd.member import add_member, member_names, remove_member
@@ -43,14 +43,33 @@ class MemberGrant:
     root_key: bytes
 
 
+def member_wanted(body: bytes, node_id: str) -> str:
+    """The peer URL of the member `POST /manager/member` asks for, checked: a member
+    is named after its node, and a node (`node_id`, from its certificate) asks for
+    its own only."""
+    try:
+        req = json.loads(body)
+        name, peer_url = str(req["name"]), str(req["peer_url"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise InvalidArgument(f"invalid member request: {e!r}") from e
+    if name != node_id:
+        raise PermissionDenied(
+            f"permission denied: node {node_id} may ask for its own etcd member only"
+        )
+    return peer_url
+
+
 async def grant_member(
-    client: EtcdClient, body: bytes, dek: bytes, root_key: bytes, clock: Clock = SYSTEM_CLOCK
+    client: EtcdClient,
+    name: str,
+    peer_url: str,
+    dek: bytes,
+    root_key: bytes,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> bytes:
     """`POST /manager/member` on a manager whose store is in embedded members: add the
-    asking manager's member; answer its `--initial-cluster`, the members' client
-    URLs, the DEK and the root key."""
-    req = json.loads(body)
-    name, peer_url = str(req["name"]), str(req["peer_url"])
+    member `name` (the asking node's ID) at `peer_url`; answer its
+    `--initial-cluster`, the members' client URLs, the DEK and the root key."""
     if name in await member_names(client):  # asked again (a retry, a restart)
         with contextlib.suppress(EtcdError):
             await remove_member(client, name, clock)

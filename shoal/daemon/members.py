@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from shoal.daemon.config import SwarmState
 from shoal.daemon.embedded import MEMBER_FILE, Embedded, EmbeddedConfig, prune_members
-from shoal.daemon.grant import grant_member
+from shoal.daemon.grant import grant_member, member_wanted
 from shoal.daemon.ha import SharedStore
 from shoal.daemon.migrate import STORE_FILE, migrate
 from shoal.errors import InvalidArgument, NoLeader
@@ -50,7 +50,7 @@ def member_gone(daemon: Daemon, state: SwarmState) -> bool:
     )
 
 
-async def member_request(daemon: Daemon, body: bytes) -> bytes:
+async def member_request(daemon: Daemon, body: bytes, node_id: str) -> bytes:
     """`POST /manager/member`: a new manager asks for its etcd member. On SQLite the
     store moves to etcd first (a task: this cluster port restarts on the way; the
     API's requests wait meanwhile); the asking node is answered 503 and asks again."""
@@ -59,6 +59,7 @@ async def member_request(daemon: Daemon, body: bytes) -> bytes:
             "this manager's store is an external etcd (--datastore-endpoint): "
             "start the new manager with the same --datastore-endpoint"
         )
+    peer_url = member_wanted(body, node_id)
     shared, embedded, keys = daemon._shared, daemon._embedded, daemon._keys
     if shared is None or embedded is None:
         if daemon._migration is None or daemon._migration.done():
@@ -67,7 +68,7 @@ async def member_request(daemon: Daemon, body: bytes) -> bytes:
         raise NoLeader("the store moves to etcd for a second manager; try again")
     assert keys is not None and keys.dek is not None
     root_key = daemon._files.read_private_key(daemon._files.root_key_path)
-    return await grant_member(shared.datastore.client, body, keys.dek, root_key)
+    return await grant_member(shared.datastore.client, node_id, peer_url, keys.dek, root_key)
 
 
 async def _migrate(daemon: Daemon, held: asyncio.Event) -> None:

@@ -74,7 +74,7 @@ class ClusterServer:
         shared_keys: Callable[[], bytes] | None = None,
         api: web.Application | None = None,
         join_via_leader: JoinVia | None = None,
-        member: Callable[[bytes], Awaitable[bytes]] | None = None,
+        member: Callable[[bytes, str], Awaitable[bytes]] | None = None,
     ) -> None:
         """Several managers (docs/ha.md): `leading` says whether this manager leads
         (only the leader serves agent sessions: a follower answers 503 and the agent
@@ -83,7 +83,8 @@ class ClusterServer:
         served under FORWARD_PREFIX to followers forwarding writes; `join_via_leader`
         hands a follower's joins to the leader (which writes the node), with the
         joining node's address (`/manager/join`); `member` answers `POST
-        /manager/member` (a new manager's etcd member added: shoal/daemon/embedded.py)."""
+        /manager/member` (a new manager's etcd member added, given the asking
+        node's ID: shoal/daemon/grant.py)."""
         self._member = member
         self._join_via = join_via_leader
         self._leading = leading
@@ -237,7 +238,8 @@ class ClusterServer:
     async def _manager_member(self, request: web.Request) -> web.Response:
         if self._member is None:
             raise NotFound("this manager's store is not in embedded etcd members")
-        body = await self._member(await request.read())
+        ident: Identity = request[IDENTITY_KEY]
+        body = await self._member(await request.read(), ident.node_id)
         return web.Response(body=body, content_type="application/json")
 
 
