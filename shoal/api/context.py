@@ -73,6 +73,11 @@ class DaemonContext(Protocol):
     async def set_autolock(self, on: bool, rotate: bool) -> None: ...
 
     # several managers (docs/ha.md) ------------------------------------------------------
+    async def store_moved(self) -> None:
+        """Wait while the manager's store moves from SQLite to etcd (a second manager
+        appears: daemon/migrate.py); at once otherwise."""
+        ...
+
     async def write_leader(self, wait_s: float) -> str | None:
         """Where a swarm write goes: None when this daemon takes it (it leads, or is
         the only manager), else the leader's cluster port; waits up to `wait_s` for a

@@ -78,6 +78,7 @@ def forward_middleware(daemon: DaemonContext, engine: bool) -> Middleware:
 
     @web.middleware
     async def forward(request: web.Request, handler: Handler) -> web.StreamResponse:
+        await daemon.store_moved()  # reads and writes wait, a few seconds, not refused
         if is_logs_read(request.method, request.path):
             addr = await daemon.write_leader(LEADER_WAIT_S) if daemon.manager else None
             if addr is None:

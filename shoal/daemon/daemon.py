@@ -28,18 +28,31 @@ from shoal.daemon.config import (
     make_executor,
     split_addr,
 )
+from shoal.daemon.embedded import Embedded
 from shoal.daemon.files import NodeFiles
 from shoal.daemon.ha import SharedStore, shared_keys
+from shoal.daemon.members import (
+    member_gone,
+    member_request,
+    open_member,
+    start_pruner,
+    still_manager,
+    stop_member,
+    stop_pruner,
+)
+from shoal.daemon.migrate import STORE_FILE
 from shoal.daemon.renewal import on_trust, renew_loop, watch_trust
 from shoal.errors import (
     InvalidArgument,
     ListenFailed,
     NodeNotInSwarm,
+    NoLeader,
 )
 from shoal.log import get_logger
 from shoal.manager.ca.issuer import Issuer
 from shoal.manager.ca.rotation import adopt_root
 from shoal.manager.clusterport.server import ClusterServer
+from shoal.manager.etcd.datastore import ClientConfig
 from shoal.manager.keys import ManagerKeys
 from shoal.manager.manager import Manager
 from shoal.manager.metrics import ManagerCollector
@@ -59,6 +72,8 @@ GC_THRESHOLDS = (10_000, 10, 10)
 # store, task specs hold environments. Files 0600, directories 0700 (the data dir too).
 DAEMON_UMASK = 0o077
 DATA_DIR_MODE = 0o700
+# How long an API write waits while the store moves from SQLite to etcd.
+HOLD_WRITES_S = 60.0
 
 log = get_logger("shoal.daemon")
 
@@ -86,6 +101,12 @@ class Daemon:
         self._manager: Manager | None = None
         # several managers on one etcd (`--datastore-endpoint`; shoal/daemon/ha.py)
         self._shared: SharedStore | None = None
+        # the daemon's own etcd member, when the store lives in it (daemon/embedded.py)
+        self._embedded: Embedded | None = None
+        self._pruner: asyncio.Task[None] | None = None
+        # the store moving from SQLite to etcd (daemon/migrate.py): API writes wait
+        self._held: asyncio.Event | None = None
+        self._migration: asyncio.Task[None] | None = None
         self._agent: Agent | None = None
         self._cluster_server: ClusterServer | None = None
         self._remote: RemoteSession | None = None
@@ -142,7 +163,16 @@ class Daemon:
     def leader_id(self) -> str | None:
         return self._shared.leader_id if self._shared is not None else None
 
+    async def store_moved(self) -> None:
+        held = self._held
+        if held is not None:  # the store moves to etcd: requests wait, not refused
+            try:
+                await asyncio.wait_for(held.wait(), HOLD_WRITES_S)
+            except TimeoutError:
+                raise NoLeader() from None
+
     async def write_leader(self, wait_s: float) -> str | None:
+        await self.store_moved()
         if self._shared is None:
             return None
         return await self._shared.write_leader(wait_s)
@@ -218,6 +248,12 @@ class Daemon:
         state = self._files.load_state()
         if state is not None:
             self._state = state
+            if member_gone(self, state):
+                # a manager on embedded members whose member was taken out (demoted
+                # while stopped): a worker now (it renews and is told its role)
+                log.warning("this manager's etcd member is gone: starting as a worker")
+                state.runs_manager, state.role = False, "worker"
+                self._files.save_state(state)
             if state.runs_manager:
                 if ManagerKeys.exists(self._files.swarm_dir):
                     self._keys = ManagerKeys.load(self._files.swarm_dir)
@@ -257,14 +293,18 @@ class Daemon:
         )
 
     async def _open_backend(self) -> Backend:
-        """SQLite in the swarm dir, or the external etcd of `--datastore-endpoint` (the
-        store read and its leadership won first)."""
+        """SQLite in the swarm dir while this is the only manager; else the external
+        etcd of `--datastore-endpoint`, or this node's embedded member (started on its
+        data first), the store read."""
         assert self._state is not None
-        if self.config.datastore is None:
-            return SQLiteBackend(self._files.swarm_dir / "store.db")
-        self._shared = await SharedStore.open(
-            self.config.datastore, self._state.cluster_id, self._state.node_id
-        )
+        if self.config.datastore is not None:
+            config: ClientConfig = self.config.datastore
+        else:
+            embedded = await open_member(self)
+            if embedded is None:
+                return SQLiteBackend(self._files.swarm_dir / STORE_FILE)
+            config = embedded
+        self._shared = await SharedStore.open(config, self._state.cluster_id, self._state.node_id)
         return self._shared.backend
 
     async def _start_manager(self, bootstrap: Callable[[Tx], None] | None = None) -> None:
@@ -293,6 +333,11 @@ class Daemon:
             shared_keys=(lambda: shared_keys(keys.dek or b"", root.key_pem)) if shared else None,
             api=build_app(self, forwarded=True) if shared else None,
             join_via_leader=shared.join_via_leader(self._credentials) if shared else None,
+            member=(
+                (lambda body, node_id: member_request(self, body, node_id))
+                if not self.config.datastore
+                else None
+            ),
         )
         try:
             bound = await server.start(host or "0.0.0.0", port)
@@ -327,6 +372,7 @@ class Daemon:
 
             first.append(on_elected)
             await shared.start(manager, self._state.advertise_addr, first, bootstrap is not None)
+            start_pruner(self, manager, shared)
         # The store's tables and the loops' indexes are long-lived dicts and sets of up
         # to 100ks of entries (gc=False structs, strings): a full collection still visits
         # every entry (50-150 ms at 200k tasks, the event loop stopped; issue 15). They
@@ -406,6 +452,7 @@ class Daemon:
     async def _stop_swarm(self, stop_tasks: bool, keep_node: bool = False) -> None:
         """`keep_node`: the node stays in the swarm with another role (its tasks'
         plumbing and resolver stay)."""
+        await stop_pruner(self)
         if self._ca_watch is not None:
             self._ca_watch.cancel()
             await asyncio.gather(self._ca_watch, return_exceptions=True)
@@ -442,7 +489,14 @@ class Daemon:
             await self._visualizer.stop()
         if self._switch is not None:  # a role change under way ends first (it is short)
             await asyncio.gather(self._switch, return_exceptions=True)
+        if self._migration is not None:
+            await asyncio.gather(self._migration, return_exceptions=True)
+        # A manager demoted (or removed) but stopped before its role switched takes
+        # its member out of the etcd cluster: stopped while still counted, it would
+        # weigh against the others' quorum.
+        demoted = self._embedded is not None and not still_manager(self)
         await self._stop_swarm(stop_tasks=not self.config.live_restore)
+        await stop_member(self, leave=demoted)
         if self._forward_http is not None:
             await self._forward_http.close()
         log.info("daemon stopped")

@@ -23,7 +23,7 @@ from shoal.api.forward import LEADER_WAIT_S
 from shoal.errors import JoinFailed, NoLeader
 from shoal.log import get_logger
 from shoal.manager.clusterport.server import JOIN_PEER_HEADER
-from shoal.manager.etcd.datastore import DatastoreConfig, EtcdDatastore
+from shoal.manager.etcd.datastore import ClientConfig, EtcdDatastore
 from shoal.manager.leadership import Candidate, Leadership
 from shoal.manager.manager import Manager
 from shoal.manager.store import Tx
@@ -44,7 +44,7 @@ class SharedStore:
         self.leadership: Leadership | None = None
 
     @classmethod
-    async def open(cls, config: DatastoreConfig, cluster_id: str, node_id: str) -> SharedStore:
+    async def open(cls, config: ClientConfig, cluster_id: str, node_id: str) -> SharedStore:
         # the candidate's address is set once the cluster port is bound (start())
         return cls(await EtcdDatastore.open(config, cluster_id, Candidate(node_id, "").encode()))
 

@@ -19,15 +19,19 @@ from shoal.daemon.config import (
     local_addr_towards,
     split_addr,
 )
+from shoal.daemon.embedded import new_member_file
+from shoal.daemon.grant import join_member
 from shoal.daemon.ha import fetch_shared_keys
+from shoal.daemon.members import stop_member
 from shoal.errors import (
     AlreadyInSwarm,
     InvalidArgument,
+    JoinFailed,
     LeaveRefused,
     NodeNotInSwarm,
     NoLeader,
 )
-from shoal.etcdclient import EtcdError
+from shoal.etcdclient import EtcdError, TLSFiles
 from shoal.ids import new_id
 from shoal.log import get_logger
 from shoal.manager.ca.issuer import issue_own_certificate
@@ -39,6 +43,7 @@ from shoal.manager.controlapi.swarm import (
     validate_init_network,
     validate_spec,
 )
+from shoal.manager.etcd.certs import member_tls
 from shoal.manager.etcd.datastore import wipe as wipe_datastore
 from shoal.manager.keys import ManagerKeys
 from shoal.manager.store import Tx
@@ -162,9 +167,10 @@ async def swarm_join(daemon: Daemon, request: SwarmJoinRequest) -> None:
         shutil.rmtree(daemon._files.swarm_dir, ignore_errors=True)
         joined.credentials.save(daemon._files.certs_dir)
         daemon._creds = joined.credentials
-        # A manager on a shared store (--datastore-endpoint) is one for real: it
-        # opens the store as a follower with the DEK the managers share.
-        shared = joined.role == "manager" and daemon.config.datastore is not None
+        # A manager is one for real: it opens the store as a follower with the DEK the
+        # managers share, on the external etcd (--datastore-endpoint) or in an etcd
+        # member of its own (added by the manager it joined through).
+        shared = joined.role == "manager"
         daemon._state = SwarmState(
             node_id=joined.node_id,
             cluster_id=joined.cluster_id,
@@ -185,7 +191,7 @@ async def swarm_join(daemon: Daemon, request: SwarmJoinRequest) -> None:
 async def join_as_manager(daemon: Daemon, remote: str) -> None:
     assert daemon._state is not None and daemon._creds is not None
     try:
-        dek, root_key = await fetch_shared_keys(remote, daemon._creds)
+        dek, root_key = await shared_store_keys(daemon, [remote])
         daemon._keys = ManagerKeys.adopt(daemon._files.swarm_dir, dek)
         daemon._files.write_root_key(root_key)
         await daemon._start_manager()
@@ -195,10 +201,42 @@ async def join_as_manager(daemon: Daemon, remote: str) -> None:
     daemon._files.save_state(daemon._state)
 
 
+async def shared_store_keys(daemon: Daemon, managers: list[str]) -> tuple[bytes, bytes]:
+    """A new manager (joined or promoted): the DEK and the root key from `managers`;
+    without `--datastore-endpoint`, its etcd member added by one of them and started
+    (`Daemon._embedded`)."""
+    state, creds = daemon._state, daemon._creds
+    assert state is not None and creds is not None
+    if daemon.config.datastore is not None:
+        return await fetch_keys(managers, creds)
+    host = split_addr(state.advertise_addr, DEFAULT_SWARM_PORT)[0]
+    root_cert = creds.ca_pem
+
+    def tls(root_key: bytes) -> TLSFiles:
+        return member_tls(RootCA(root_cert, root_key), state.node_id, state.cluster_id, [host])
+
+    daemon._files.swarm_dir.mkdir(parents=True, exist_ok=True)
+    file = new_member_file(state.node_id, host)
+    daemon._embedded, grant = await join_member(daemon._files.swarm_dir, file, managers, creds, tls)
+    return grant.dek, grant.root_key
+
+
+async def fetch_keys(managers: list[str], creds: NodeCredentials) -> tuple[bytes, bytes]:
+    """The shared store's keys from the first of `managers` that answers."""
+    failure: Exception = JoinFailed("no manager known")
+    for addr in managers:
+        try:
+            return await fetch_shared_keys(addr, creds)
+        except JoinFailed as e:
+            failure = e
+    raise failure
+
+
 async def abandon_swarm(daemon: Daemon) -> None:
     """Undo a swarm init or a manager's join that failed half-way: stop what
     started, forget the swarm and its files."""
     await daemon._stop_swarm(stop_tasks=True)
+    await stop_member(daemon, leave=True)
     shutil.rmtree(daemon._files.swarm_dir, ignore_errors=True)
     daemon._state = None
     daemon._creds = None
@@ -217,6 +255,8 @@ async def swarm_leave(daemon: Daemon, force: bool) -> None:
             for n in daemon._manager.store.view().nodes()
         )
         await daemon._stop_swarm(stop_tasks=True)
+        # its etcd member removed from the others' cluster first, then stopped
+        await stop_member(daemon, leave=True)
         for tid in daemon.executor.known_task_ids():
             await discard_task(daemon.executor, tid)
         if daemon.config.datastore is not None and daemon._state.runs_manager and last:

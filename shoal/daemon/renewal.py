@@ -11,8 +11,10 @@ import contextlib
 from typing import TYPE_CHECKING
 
 from shoal.agent.join import node_tls_info, renew, renewal_delay
-from shoal.daemon.ha import fetch_shared_keys
+from shoal.daemon.members import stop_member
+from shoal.daemon.membership import shared_store_keys
 from shoal.errors import JoinFailed
+from shoal.etcdclient import EtcdError
 from shoal.log import get_logger
 from shoal.manager.ca.issuer import Issuer
 from shoal.manager.ca.rotation import directive, record_node_tls
@@ -87,28 +89,18 @@ async def renew_loop(daemon: Daemon) -> None:
         await report_tls(daemon)
 
 
-async def fetch_keys(managers: list[str], creds: NodeCredentials) -> tuple[bytes, bytes]:
-    """The shared store's keys from the first of `managers` that answers."""
-    failure: Exception = JoinFailed("no manager known")
-    for addr in managers:
-        try:
-            return await fetch_shared_keys(addr, creds)
-        except JoinFailed as e:
-            failure = e
-    raise failure
-
-
 def role_changed(daemon: Daemon) -> bool:
     state, creds = daemon._state, daemon._creds
-    if state is None or creds is None or daemon.config.datastore is None:
+    if state is None or creds is None:
         return False
     return (creds.identity.role == "manager") != state.runs_manager
 
 
 async def switch_role(daemon: Daemon) -> None:
-    """Several managers on a shared store: a promoted worker opens the store and
-    campaigns, a demoted manager stops doing so; its agent starts again on the
-    other side, and its tasks keep running (adopted, as after a restart)."""
+    """A promoted worker opens the shared store (its etcd member added and started
+    first, without `--datastore-endpoint`) and campaigns, a demoted manager stops
+    doing so (and stops its member and removes its data); its agent starts again on
+    the other side, and its tasks keep running (adopted, as after a restart)."""
     async with daemon._lock:
         state, creds = daemon._state, daemon._creds
         if state is None or creds is None or not role_changed(daemon):
@@ -119,9 +111,10 @@ async def switch_role(daemon: Daemon) -> None:
         await daemon._stop_swarm(stop_tasks=False, keep_node=True)
         if creds.identity.role == "manager":
             try:
-                dek, root_key = await fetch_keys(managers, creds)
-            except JoinFailed as e:  # it goes on as a worker (a manager on paper)
+                dek, root_key = await shared_store_keys(daemon, managers)
+            except (JoinFailed, EtcdError) as e:  # it goes on as a worker (a manager on paper)
                 log.error("promoted, but no manager gave the store's keys", error=str(e))
+                await stop_member(daemon, leave=True)
                 daemon._start_worker()
                 return
             daemon._keys = ManagerKeys.adopt(daemon._files.swarm_dir, dek)
@@ -129,6 +122,7 @@ async def switch_role(daemon: Daemon) -> None:
             state.runs_manager, state.role = True, "manager"
             await daemon._start_manager()
         else:
+            await stop_member(daemon, leave=True, removed_by_leader=True)
             daemon._keys = None
             (daemon._files.swarm_dir / KEYS_FILE).unlink(missing_ok=True)
             daemon._files.root_key_path.unlink(missing_ok=True)

@@ -62,6 +62,9 @@ class ManagerOnly:
     several_managers = False  # one manager: it takes every write
     leader_id = None
 
+    async def store_moved(self) -> None:
+        return None
+
     async def write_leader(self, wait_s: float) -> str | None:
         return None
 

@@ -14,6 +14,8 @@ the node as the store records it now:
     GET  /manager/keys       yes           manager           the node exists, same role
     POST /manager/join       yes           manager           the node exists, same role
                              (a join a follower took, for the leader to write)
+    POST /manager/member     yes           manager           the node exists, same role
+                             (a new manager's etcd member added: daemon/embedded.py)
     *    /manager/api/...    yes           manager           the node exists, same role
                              (a follower's Engine API writes, forwarded: api/forward.py)
 
@@ -58,6 +60,7 @@ ACCESS: dict[tuple[str, str], Rule] = {
     ("GET", "/manager/ping"): Rule(MANAGERS),
     ("GET", "/manager/keys"): Rule(MANAGERS),
     ("POST", "/manager/join"): Rule(MANAGERS),
+    ("POST", "/manager/member"): Rule(MANAGERS),
 }
 # Every path under it: the Engine API, for managers only (writes forwarded to the leader).
 FORWARD_PREFIX = "/manager/api"

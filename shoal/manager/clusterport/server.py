@@ -74,6 +74,7 @@ class ClusterServer:
         shared_keys: Callable[[], bytes] | None = None,
         api: web.Application | None = None,
         join_via_leader: JoinVia | None = None,
+        member: Callable[[bytes, str], Awaitable[bytes]] | None = None,
     ) -> None:
         """Several managers (docs/ha.md): `leading` says whether this manager leads
         (only the leader serves agent sessions: a follower answers 503 and the agent
@@ -81,7 +82,10 @@ class ClusterServer:
         joining manager needs to open the shared store); `api` is the Engine API app
         served under FORWARD_PREFIX to followers forwarding writes; `join_via_leader`
         hands a follower's joins to the leader (which writes the node), with the
-        joining node's address (`/manager/join`)."""
+        joining node's address (`/manager/join`); `member` answers `POST
+        /manager/member` (a new manager's etcd member added, given the asking
+        node's ID: shoal/daemon/grant.py)."""
+        self._member = member
         self._join_via = join_via_leader
         self._leading = leading
         self._shared_keys = shared_keys
@@ -109,6 +113,7 @@ class ClusterServer:
         app.router.add_get("/manager/ping", self._manager_ping)
         app.router.add_get("/manager/keys", self._manager_keys)
         app.router.add_post("/manager/join", self._manager_join)
+        app.router.add_post("/manager/member", self._manager_member)
         if self._api is not None:
             app.add_subapp(FORWARD_PREFIX, self._api)
         return app
@@ -229,6 +234,13 @@ class ClusterServer:
         if self._shared_keys is None:
             raise NotFound("this manager's store is not shared")
         return web.Response(body=self._shared_keys(), content_type="application/json")
+
+    async def _manager_member(self, request: web.Request) -> web.Response:
+        if self._member is None:
+            raise NotFound("this manager's store is not in embedded etcd members")
+        ident: Identity = request[IDENTITY_KEY]
+        body = await self._member(await request.read(), ident.node_id)
+        return web.Response(body=body, content_type="application/json")
 
 
 T = TypeVar("T")

@@ -5,13 +5,15 @@ with this manager's leadership as its fence.
 Several managers may share it (docs/ha.md): each opens the store as a replica, and
 campaigns (shoal/manager/leadership.py: the leader writes, the others follow and
 forward writes). A restarted manager waits for its previous lease to expire before it
-can lead again. The embedded default stays SQLite.
+can lead again. The daemon's embedded members (shoal/daemon/embedded.py) are opened
+the same way (`ClientConfig`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from aetcd.utils import prefix_range_end
 
@@ -25,6 +27,7 @@ CLIENT_TIMEOUT_S = 10.0
 # The election lease: a killed leader's key expires within it, so another manager
 # leads within about ELECTION_TTL_S plus one campaign round.
 ELECTION_TTL_S = 3
+RESIGN_TIMEOUT_S = 3.0
 
 log = get_logger("shoal.manager.etcd.datastore")
 
@@ -45,6 +48,16 @@ class DatastoreConfig:
         return EtcdClient(self.endpoints, tls, timeout=CLIENT_TIMEOUT_S)
 
 
+class ClientConfig(Protocol):
+    """Where the store's etcd is and how to dial it: `DatastoreConfig`, or the
+    daemon's embedded members (shoal/daemon/embedded.py)."""
+
+    @property
+    def endpoints(self) -> list[str]: ...
+
+    def client(self) -> EtcdClient: ...
+
+
 def cluster_prefix(cluster_id: str) -> bytes:
     return f"/shoal/{cluster_id}/".encode()
 
@@ -59,7 +72,7 @@ class EtcdDatastore:
 
     @classmethod
     async def open(
-        cls, config: DatastoreConfig, cluster_id: str, candidate: str, clock: Clock = SYSTEM_CLOCK
+        cls, config: ClientConfig, cluster_id: str, candidate: str, clock: Clock = SYSTEM_CLOCK
     ) -> EtcdDatastore:
         """Read the store; `candidate` is what the election key says while this
         manager leads (shoal/manager/leadership.py Candidate)."""
@@ -75,8 +88,13 @@ class EtcdDatastore:
         log.info("store on etcd", endpoints=config.endpoints, prefix=prefix.decode())
         return cls(client, backend, election)
 
-    async def close(self) -> None:
-        await self.election.resign()
+    async def close(self, clock: Clock = SYSTEM_CLOCK) -> None:
+        """Resign (for at most RESIGN_TIMEOUT_S: without a quorum etcd does not
+        answer, and the lease expires by itself within its TTL), then close."""
+        try:
+            await clock.wait_for(self.election.resign(), RESIGN_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("resign unanswered; the lease expires by itself")
         await self.client.close()
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import ctypes
 import functools
 import json
 import os
@@ -61,6 +62,7 @@ RESTART_BACKOFF_S = (0.1, 0.5, 1.0, 2.0, 5.0)
 # What etcd 3.4 logs (zap) once its client listener serves.
 READY_MSGS = ("serving client traffic securely", "ready to serve client requests")
 LOG_TAIL = 40
+PR_SET_PDEATHSIG = 1
 # etcd's answer to an add while a member has not been connected for 5 s.
 UNHEALTHY = "unhealthy cluster"
 ADD_RETRY_S = 0.5
@@ -103,8 +105,12 @@ class EtcdMember:
         tls: TLSFiles,
         clock: Clock = SYSTEM_CLOCK,
         binary: str = ETCD_BINARY,
+        die_with_parent: bool = False,
     ) -> None:
+        """`die_with_parent`: the process is killed when the daemon dies (even by
+        SIGKILL, as a machine crash takes both: PR_SET_PDEATHSIG)."""
         self.name = name
+        self.die_with_parent = die_with_parent
         self.directory = directory
         self.address = address
         self.tls = tls
@@ -217,6 +223,7 @@ class EtcdMember:
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,  # a signal to the daemon's group is not etcd's
+            preexec_fn=_die_with_parent if self.die_with_parent else None,
         )
         self._reader = asyncio.create_task(self._read_log(self._proc))
         log.info(
@@ -343,6 +350,11 @@ class EtcdMember:
         if self.running:
             raise EtcdError(f"etcd member {self.name} is running")
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL when the parent (the daemon) dies."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 async def add_member(

@@ -44,6 +44,9 @@ class Daemon:
     def running_tasks(self) -> tuple[int, int]:
         return 0, 0
 
+    async def store_moved(self) -> None:
+        return None
+
     async def write_leader(self, wait_s: float) -> str | None:
         return None  # the only manager: it takes its writes itself
 

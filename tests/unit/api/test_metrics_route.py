@@ -30,6 +30,9 @@ class NoSwarm:
         self.data_dir = data_dir
         self.metrics = Metrics()
 
+    async def store_moved(self) -> None:
+        return None
+
 
 def api_seconds_count(metrics: Metrics, method: str, route: str, status: str) -> float:
     v = metrics.registry.get_sample_value(

@@ -33,6 +33,9 @@ class Node:
     locked: bool = False
     node_id: str = "n1"
 
+    async def store_moved(self) -> None:
+        return None
+
 
 @asynccontextmanager
 async def serving(clock: FakeClock) -> AsyncIterator[tuple[Manager, int]]:
