@@ -24,9 +24,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from aetcd import rpc
-
 from shoal.clock import SYSTEM_CLOCK, Clock
+from shoal.daemon.etcd_leader import move_leader
 from shoal.etcdclient import FAILURES, EtcdClient, EtcdError, TLSFiles
 from shoal.log import get_logger
 from shoal.manager.etcd.datastore import CLIENT_TIMEOUT_S
@@ -137,12 +136,25 @@ class Embedded:
         return EmbeddedConfig([self.client_url, *others], self.member.tls)
 
     async def start(
-        self, initial_cluster: dict[str, str] | None = None, state: str = "new"
+        self,
+        initial_cluster: dict[str, str] | None = None,
+        state: str = "new",
+        force_new_cluster: bool = False,
     ) -> None:
         """Start the member (on its data if it has some: the cluster flags are then
         ignored) and supervise it."""
-        await self.member.start(initial_cluster, state)
+        await self.member.start(initial_cluster, state, force_new_cluster=force_new_cluster)
         self._supervisor = asyncio.create_task(self.member.supervise(), name="etcd-member")
+
+    async def force_new_cluster(self) -> None:
+        """Restart the member on its data as an etcd cluster of one (the others lost for
+        good: `swarm init --force-new-cluster`); its supervisor restarts it without the
+        flag from then on, and other managers join it again as usual."""
+        log.warning("etcd member restarting as a cluster of one", name=self.file.name)
+        await self.stop()
+        await self.start(force_new_cluster=True)
+        self.file.endpoints = [self.client_url]
+        self.file.save(self.swarm_dir)
 
     def record(self) -> None:
         """Write the member file: the store lives in this member from now on."""
@@ -199,21 +211,8 @@ async def remove_safely(client: EtcdClient, name: str, tls: TLSFiles) -> None:
     first if it holds it: a leader removed from two members can leave the other
     without a leader for good (etcd issue 10563; k3s and LXD move it too)."""
     try:
-        members = [m async for m in client.members()]
-        target = next((m for m in members if m.name == name), None)
-        others = [m for m in members if m.name and m is not target]
-        if target is not None and others and target.client_urls:
-            status = await client.status()
-            if status.leader is not None and status.leader.id == target.id:
-                leader = EmbeddedConfig([target.client_urls[0]], tls).client()
-                try:
-                    await leader.connect()
-                    await leader.maintenancestub.MoveLeader(
-                        rpc.MoveLeaderRequest(targetID=others[0].id), timeout=CLIENT_TIMEOUT_S
-                    )
-                    log.info("etcd leadership moved before a removal", name=name)
-                finally:
-                    await leader.close()
+        if await move_leader(client, name, tls):
+            log.info("etcd leadership moved before a removal", name=name)
     except FAILURES as e:
         log.warning("etcd leadership not moved before a removal", name=name, error=str(e))
     await remove_member(client, name)

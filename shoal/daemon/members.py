@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from shoal.daemon.config import SwarmState
 from shoal.daemon.embedded import MEMBER_FILE, Embedded, EmbeddedConfig, prune_members
+from shoal.daemon.etcd_leader import keep_leader_elsewhere
 from shoal.daemon.grant import grant_member, member_wanted
 from shoal.daemon.ha import SharedStore
 from shoal.daemon.migrate import STORE_FILE, migrate
@@ -83,15 +84,27 @@ async def _migrate(daemon: Daemon, held: asyncio.Event) -> None:
 
 def start_pruner(daemon: Daemon, manager: Manager, shared: SharedStore) -> None:
     """On a manager with a member: the leader removes the members of nodes no longer
-    managers (the task runs on every manager; it acts while this one leads)."""
+    managers, and keeps etcd's raft leader on another member than its own
+    (daemon/etcd_leader.py) (the task runs on every manager; it acts while this one
+    leads)."""
     embedded = daemon._embedded
     if embedded is None:
         return
 
     async def prune() -> None:
         client = shared.datastore.client
+        never = asyncio.Event()
         await embedded.refresh_endpoints(client)
-        await prune_members(manager.store, client, embedded.member.tls, lambda: manager.leading)
+        await asyncio.gather(
+            prune_members(manager.store, client, embedded.member.tls, lambda: manager.leading),
+            keep_leader_elsewhere(
+                client,
+                embedded.file.name,
+                embedded.member.tls,
+                lambda: shared.leading,
+                lambda: shared.leadership.changed if shared.leadership else never,
+            ),
+        )
 
     daemon._pruner = asyncio.create_task(prune(), name="etcd-members")
 

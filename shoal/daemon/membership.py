@@ -70,7 +70,7 @@ log = get_logger("shoal.daemon")
 async def swarm_init(daemon: Daemon, request: SwarmInitRequest) -> str:
     async with daemon._lock:
         if daemon._state is not None:
-            if request.force_new_cluster and daemon._shared is not None:
+            if request.force_new_cluster and daemon._manager is not None:
                 return await force_new_cluster(daemon)
             raise AlreadyInSwarm()
         listen = request.listen_addr or DEFAULT_LISTEN_ADDR
@@ -135,13 +135,21 @@ async def swarm_init(daemon: Daemon, request: SwarmInitRequest) -> str:
 
 
 async def force_new_cluster(daemon: Daemon) -> str:
-    """`docker swarm init --force-new-cluster` on a manager of a shared store (external
-    etcd, docs/ha.md "Quorum lost for good"): etcd's quorum is restored by its operator
-    (the survivor member restarted with etcd's `--force-new-cluster`); this manager
-    then serves the cluster from the state etcd holds: it answers once a manager (this
-    one, if the others are gone) leads, its services as they were."""
-    assert daemon._state is not None and daemon._shared is not None
-    if not await daemon._shared.wait_led(FORCE_NEW_CLUSTER_LEAD_S):
+    """`docker swarm init --force-new-cluster` on a manager (docs/ha.md "Quorum lost
+    for good"). Its embedded member restarts on its data as an etcd cluster of one
+    (etcd's own `--force-new-cluster`: every other member removed from the
+    membership, all the data kept); on an external etcd, its operator restores the
+    quorum so (the survivor member restarted with that flag). This manager then serves
+    the cluster from the state etcd holds: it answers once a manager (this one, if the
+    others are gone) leads, its services as they were. A single manager on SQLite is
+    a cluster of one already."""
+    assert daemon._state is not None
+    shared = daemon._shared
+    if shared is None:
+        return daemon._state.node_id
+    if daemon._embedded is not None:
+        await daemon._embedded.force_new_cluster()
+    if not await shared.wait_led(FORCE_NEW_CLUSTER_LEAD_S):
         raise NoLeader()
     log.info("swarm recovered (--force-new-cluster)", node=daemon._state.node_id)
     return daemon._state.node_id

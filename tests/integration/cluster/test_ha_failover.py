@@ -46,7 +46,7 @@ pytestmark = pytest.mark.integration
 
 # The one switch: "external" (an etcd member per manager namespace, started by the
 # test, `--datastore-endpoint`) or "embedded" (the daemons' own members).
-STORE_MODE = "external"
+STORE_MODE = "embedded"
 KILLS = 5
 NEW_LEADER_S = 5.0  # the issue's acceptance
 WRITE_PERIOD_S = 0.2  # two writers: ~10 writes/s
