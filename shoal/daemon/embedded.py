@@ -20,9 +20,10 @@ import asyncio
 import contextlib
 import json
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.daemon.etcd_leader import move_leader
@@ -183,6 +184,25 @@ class Embedded:
                 raise EtcdError(f"the leader did not remove member {self.file.name}")
             await clock.sleep(REMOVED_POLL_S)
 
+    async def _remove_self(self, client: EtcdClient) -> None:
+        if len(await member_names(client)) > 1:
+            await remove_safely(client, self.file.name, self.member.tls)
+
+    async def _until_gone(self, out: Coroutine[Any, Any, None]) -> None:
+        """`out` (the member taken out of the cluster), or less: the member's process
+        exiting first means it is out already (etcd exits once removed; a request
+        through it would wait out its deadline)."""
+        work = asyncio.ensure_future(out)
+        gone = asyncio.ensure_future(self.member.wait())
+        try:
+            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not work.done():
+                work.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await work  # its error, if it ended first with one
+
     async def leave(self, remove_self: bool, clock: Clock = SYSTEM_CLOCK) -> None:
         """Leave the etcd cluster, then stop the member and remove its data:
         `remove_self`, remove it through the client API first (a node leaving the
@@ -193,10 +213,10 @@ class Embedded:
             client = self.config().client()
             try:
                 if remove_self:
-                    if len(await member_names(client)) > 1:
-                        await remove_safely(client, self.file.name, self.member.tls)
+                    out = self._remove_self(client)
                 else:
-                    await self._removed(client, clock)
+                    out = self._removed(client, clock)
+                await self._until_gone(out)
             except EtcdError as e:
                 log.warning("this node's etcd member may not be removed", error=str(e))
             finally:

@@ -98,15 +98,16 @@ class SharedStore:
             return lead.me.node_id if lead.me else None
         return lead.leader.node_id if lead.leader else None
 
-    async def wait_led(self, timeout_s: float) -> bool:
-        """Wait until a manager leads (this one or another), up to `timeout_s`
-        (through the clock): after etcd's quorum came back, an election follows."""
+    async def wait_led(self, timeout_s: float, by_me: bool = False) -> bool:
+        """Wait until a manager leads (this one or another; `by_me`: this one), up
+        to `timeout_s` (through the clock): after etcd's quorum came back, an election
+        follows."""
         lead = self.leadership
         if lead is None:
             return False
         clock = lead.clock
         deadline = clock.monotonic() + timeout_s
-        while not lead.leading and (lead.leader is None or lead.is_me(lead.leader)):
+        while not lead.leading and (by_me or lead.leader is None or lead.is_me(lead.leader)):
             left = deadline - clock.monotonic()
             if left <= 0:
                 return False

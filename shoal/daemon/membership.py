@@ -147,9 +147,12 @@ async def force_new_cluster(daemon: Daemon) -> str:
     shared = daemon._shared
     if shared is None:
         return daemon._state.node_id
+    # with its own member alone, no other manager can lead: this one will, once the
+    # key of the leader before (gone, or cut off for good) expires
+    alone = daemon._embedded is not None
     if daemon._embedded is not None:
         await daemon._embedded.force_new_cluster()
-    if not await shared.wait_led(FORCE_NEW_CLUSTER_LEAD_S):
+    if not await shared.wait_led(FORCE_NEW_CLUSTER_LEAD_S, by_me=alone):
         raise NoLeader()
     log.info("swarm recovered (--force-new-cluster)", node=daemon._state.node_id)
     return daemon._state.node_id

@@ -122,6 +122,7 @@ class EtcdMember:
         self.log_tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL)
         self._stopping = False
         self.restarts = 0  # by supervise()
+        self.removed = False  # set by supervise() once etcd exited as removed
         self.restarted = asyncio.Event()
 
     @property
@@ -298,13 +299,20 @@ class EtcdMember:
 
     async def supervise(self) -> None:
         """Keep the started member running until stop() (run it as a task): when the
-        process exits on its own, start it again on its data, where etcd finds the
+        process exits on its own (not cleanly: a clean exit is etcd's once the member
+        was removed from its cluster, and sets `removed`), start it again on its data, where etcd finds the
         member it was (the cluster flags are ignored then), after a backoff that grows
         while restarts fail. `restarted` is set after each restart that serves."""
         failures = 0
         while True:
             status = await self.wait()
             if self._stopping:
+                return
+            if status == 0:
+                # etcd exits cleanly on its own only once it is removed from the
+                # cluster: it would refuse to start again on its data
+                self.removed = True
+                log.warning("etcd member removed from its cluster; not restarted", name=self.name)
                 return
             log.warning("etcd member exited; restarting", name=self.name, status=status)
             await self._clock.sleep(RESTART_BACKOFF_S[min(failures, len(RESTART_BACKOFF_S) - 1)])

@@ -19,7 +19,6 @@ manager running its own real etcd member (real mutual TLS, loopback).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import subprocess
 import threading
@@ -29,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from ..cluster_harness import Cluster, ClusterNode, NetnsLab, NodeFactory, ns_exec
-from ..harness import parse_table, wait_until
+from ..harness import parse_table, stop_together, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -118,9 +117,7 @@ def nodes(node_factory: NodeFactory) -> Iterator[list[ClusterNode]]:
     made: list[ClusterNode] = []
 
     def stop_all() -> None:
-        for node in reversed(made):
-            with contextlib.suppress(Exception):
-                node.stop()
+        stop_together(list(reversed(made)))
 
     try:
         yield made

@@ -12,13 +12,12 @@ services (a write converges on the worker, whose task never restarted).
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 
 import pytest
 
 from ..cluster_harness import Cluster, ClusterNode, NodeFactory
-from ..harness import wait_until
+from ..harness import stop_together, wait_until
 from .test_ha_embedded import SLEEP, TIMEOUT_S, etcd_members, node_ids, one_leader
 from .test_quorum_loss import NO_LEADER, REFUSED_TIMEOUT_S, create
 
@@ -31,9 +30,7 @@ def made(node_factory: NodeFactory) -> Iterator[list[ClusterNode]]:
     try:
         yield nodes
     finally:
-        for node in reversed(nodes):
-            with contextlib.suppress(Exception):
-                node.stop()
+        stop_together(list(reversed(nodes)))
 
 
 def refused(node: ClusterNode, name: str) -> str:

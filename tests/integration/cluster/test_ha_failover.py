@@ -22,7 +22,6 @@ task processes alive on the workers, about three times a second. Asserted:
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
 import threading
@@ -40,7 +39,7 @@ from shoal import httpunix
 from ..cluster_harness import Cluster, ClusterNode, NetnsLab, NodeFactory
 from ..crash import duplicate_slots
 from ..ha_harness import ManagerStores, manager_stores
-from ..harness import parse_table, wait_until
+from ..harness import parse_table, stop_together, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -288,9 +287,7 @@ def ha5(lab: NetnsLab, node_factory: NodeFactory, tmp_path: Path) -> Iterator[HA
             cluster.join(node)
         yield HA(cluster, managers, workers, stores)
     finally:
-        for node in reversed(nodes):
-            with contextlib.suppress(Exception):
-                node.stop()
+        stop_together(list(reversed(nodes)))
         stores.close()
 
 

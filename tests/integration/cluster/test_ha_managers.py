@@ -17,7 +17,6 @@ worker, joined with the real docker CLI.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import pytest
 
 from ..cluster_harness import Cluster, ClusterNode, NodeFactory
 from ..etcd_harness import EtcdThread
-from ..harness import parse_table, wait_until
+from ..harness import parse_table, stop_together, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -71,9 +70,7 @@ def ha(node_factory: NodeFactory, tmp_path: Path) -> Iterator[tuple[Cluster, lis
             cluster.join(managers[2], role="manager")
             yield cluster, managers
         finally:
-            for node in [worker, *reversed(managers)]:
-                with contextlib.suppress(Exception):
-                    node.stop()
+            stop_together([worker, *reversed(managers)])
 
 
 def test_three_managers_one_leader_writes_through_a_follower(

@@ -14,14 +14,13 @@ restarted.
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import pytest
 
 from ..cluster_harness import Cluster, ClusterNode, NodeFactory
 from ..etcd_harness import EtcdThread
-from ..harness import wait_until
+from ..harness import stop_together, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -116,62 +115,4 @@ def test_quorum_lost_writes_refused_reads_answer_tasks_run_then_back(
             # the worker's task was never restarted
             assert cluster.wait_converged("web", 1)["worker-1"] == before
         finally:
-            for node in [worker, *reversed(managers)]:
-                with contextlib.suppress(Exception):
-                    node.stop()
-
-
-def test_force_new_cluster_on_the_survivor_serves_its_services(
-    node_factory: NodeFactory, tmp_path: Path
-) -> None:
-    """Two of three etcd members and a manager gone for good: the survivor member is
-    restarted with etcd's `--force-new-cluster` (the external etcd's own recovery,
-    EtcdMember.start(force_new_cluster=True)), then `docker swarm init
-    --force-new-cluster` on the surviving manager answers once it leads: the cluster
-    serves again with its services, and the worker's task ran on."""
-    etcd = EtcdThread(tmp_path / "etcd", size=3)
-    with etcd as members:
-        args = members.datastore_args("shoal-managers", tmp_path / "tls", every_member=True)
-        managers = [node_factory(f"mgr-{i}", extra_args=args) for i in (1, 2)]
-        worker = node_factory("worker-1")
-        try:
-            cluster = Cluster.init(managers[0])
-            cluster.join(managers[1], role="manager")
-            cluster.join(worker)
-            survivor, gone = managers
-            survivor.docker(
-                "service", "create", "--name", "web", "--replicas", "1",
-                "--constraint", "node.role==worker", "busybox", *SLEEP,
-            )  # fmt: skip
-            before = cluster.wait_converged("web", 1, per_node={"worker-1": 1})["worker-1"]
-
-            # a manager and two members gone for good
-            gone.stop()
-            m1, m2, m3 = members.members
-            for m in (m2, m3):
-                etcd.run(m.stop())
-                m.remove_data()
-            code, out = wait_until(
-                lambda: (r := create(survivor, "refused"))[0] != 0 and r,
-                timeout=REFUSED_TIMEOUT_S,
-                what="a write refused without quorum",
-            )
-            assert NO_LEADER in out, out
-
-            # the etcd survivor forced into a cluster of one, on its data
-            etcd.run(m1.stop())
-            etcd.run(m1.start(force_new_cluster=True))
-            r = survivor.docker("swarm", "init", "--force-new-cluster")
-            assert "Swarm initialized" in r.stdout, r
-            assert "web" in survivor.service_names()
-            wait_until(
-                lambda: create(survivor, "after")[0] == 0,
-                timeout=BACK_TIMEOUT_S,
-                what="a write after the recovery",
-            )
-            cluster.wait_converged("after", 1, per_node={"worker-1": 1}, timeout=BACK_TIMEOUT_S)
-            assert cluster.wait_converged("web", 1)["worker-1"] == before
-        finally:
-            for node in [worker, *reversed(managers)]:
-                with contextlib.suppress(Exception):
-                    node.stop()
+            stop_together([worker, *reversed(managers)])
