@@ -227,9 +227,8 @@ def test_the_manager_does_not_leave_without_force(cluster: Cluster) -> None:
 
 def test_the_manager_token_records_a_manager(cluster: Cluster, node_factory: NodeFactory) -> None:
     second = node_factory("second")
-    # Managers sharing state come with high availability: until then the role is recorded
-    # and the node runs an agent only, so the CLI (which asks the node's /info for
-    # ControlAvailable) reports it joined as a worker.
+    # A manager for real: the first manager's store moves from SQLite into etcd, and
+    # the new one runs a member of its own (docs/ha.md; test_ha_embedded.py).
     result = second.join(cluster.join_token("manager"), cluster.manager)
     assert "This node joined a swarm as a" in result.stdout, result
     cluster.nodes[second.node_name] = second
