@@ -32,8 +32,8 @@ from .harness import DaemonFactory, cleanup_daemons, init_swarm
 
 pytestmark = pytest.mark.integration
 
-CRASH_ROUNDS = 8
-WORKER_ROUNDS = 4
+CRASH_ROUNDS = 5
+WORKER_ROUNDS = 3
 
 
 def seed() -> int:

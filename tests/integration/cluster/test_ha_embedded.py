@@ -13,8 +13,8 @@ manager running its own real etcd member (real mutual TLS, loopback).
   to etcd with nothing lost (every service at its version, the secret), the services
   still converged and their tasks not restarted. `node demote` of that follower
   removes its member; `node promote` adds it back.
-- Three managers in network namespaces of their own (NetnsLab): each member on its
-  node's address; one Leader, two Reachable; the three members in etcd's list.
+- (Three managers in network namespaces of their own, each member on its node's
+  address: the fail-over acceptance, test_ha_failover.py, runs them.)
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from ..cluster_harness import Cluster, ClusterNode, NetnsLab, NodeFactory, ns_exec
+from ..cluster_harness import Cluster, ClusterNode, NodeFactory
 from ..harness import parse_table, stop_together, wait_until
 
 pytestmark = pytest.mark.integration
@@ -286,35 +286,3 @@ def test_migration_on_promote_then_demote_and_promote(
     wait_until(lambda: one_leader(worker, names), timeout=TIMEOUT_S, what="solo-w back")
     assert etcd_members(worker) == {ids["solo-1"], ids["solo-w"]}
     assert cluster.wait_converged("a", 2, timeout=TIMEOUT_S) == before_a
-
-
-def test_managers_in_network_namespaces(
-    lab: NetnsLab, node_factory: NodeFactory, nodes: list[ClusterNode]
-) -> None:
-    """Three managers, each in a namespace of its own (its member on its own address,
-    ports picked there): one Leader, two Reachable; every member in etcd's list."""
-    hosts = [lab.add_host() for _ in range(3)]
-    managers = [node_factory(f"ns-{i}", netns=ns, addr=addr) for i, (ns, addr) in enumerate(hosts)]
-    nodes.extend(managers)
-    cluster = Cluster.init(managers[0])
-    for m in managers[1:]:
-        cluster.join(m, role="manager")
-    names = [m.node_name for m in managers]
-    for m in managers:
-        wait_until(lambda m=m: one_leader(m, names), timeout=TIMEOUT_S, what=f"via {m.node_name}")
-        file = member_file(m)
-        assert file is not None and file["host"] == m.addr, file
-    ids = node_ids(managers[0])
-    ns, _ = hosts[2]
-    file = member_file(managers[2])
-    assert file is not None
-    tls = managers[2].data_dir / "swarm" / "etcd" / "tls"
-    listed = ns_exec(
-        ns, "env", "ETCDCTL_API=3", "etcdctl", f"--endpoints={','.join(file['endpoints'])}",  # type: ignore[arg-type]
-        f"--cacert={tls / 'ca.pem'}", f"--cert={tls / 'cert.pem'}", f"--key={tls / 'key.pem'}",
-        "member", "list", "-w", "json", timeout=20,
-    )  # fmt: skip
-    assert listed.returncode == 0, listed
-    assert {m.get("name", "") for m in json.loads(listed.stdout)["members"]} == set(ids.values())
-    managers[1].docker("service", "create", "--detach", "--name", "nsweb", "--replicas", "3", "busybox", *SLEEP)  # fmt: skip
-    cluster.wait_converged("nsweb", 3, timeout=TIMEOUT_S)

@@ -7,7 +7,9 @@ A writer logs every acknowledged write (services created, and labels added to on
 service, ~10/s, through the managers' Engine APIs in turn, 503 and lost connections
 tried again on another) while the leader is killed with SIGKILL, five times in a row,
 its etcd member with it (a machine crash), each killed manager started again before
-the next round. Meanwhile a sampler reads the tasks through a live manager and the
+the next round. First, through every manager, `docker node ls` shows three managers
+(one Leader, two Reachable) and two workers, all Ready, and the steady service is
+created through a follower. Meanwhile a sampler reads the tasks through a live manager and the
 task processes alive on the workers, about three times a second. Asserted:
 
 - each time, another manager is Leader (the nodes through a survivor) within 5 s of
@@ -251,6 +253,16 @@ class Sampler:
             self.violations.append(f"{at} workers' tasks changed: {self.steady} -> {live}")
 
 
+def full_house(node: ClusterNode) -> bool:
+    """`docker node ls` through `node`: three managers (one Leader, two Reachable) and
+    two workers, all Ready."""
+    rows = parse_table(node.docker("node", "ls").stdout)
+    shown = sorted(r["MANAGER STATUS"] for r in rows)
+    return shown == ["", "", "Leader", "Reachable", "Reachable"] and all(
+        r["STATUS"] == "Ready" for r in rows
+    )
+
+
 # --------------------------------------------------------------------------- fixture
 
 
@@ -300,7 +312,16 @@ def test_five_leader_kills_lose_no_acknowledged_write(ha5: HA) -> None:
     leader_name = str(
         wait_until(lambda: leader_seen(managers[0]), timeout=FAILOVER_TIMEOUT_S, what="a leader")
     )
-    managers[0].docker(
+    # through any manager: three managers (one Leader, two Reachable), two workers
+    for m in managers:
+        wait_until(
+            lambda m=m: full_house(m),
+            timeout=FAILOVER_TIMEOUT_S,
+            what=f"three managers and two workers Ready through {m.node_name}",
+        )
+    # a service created through a follower converges
+    follower = next(m for m in managers if m.node_name != leader_name)
+    follower.docker(
         "service", "create", "--detach", "--name", "steady", "--replicas", str(STEADY_REPLICAS),
         "--constraint", "node.role==worker", "busybox", "sleep", "1000",
     )  # fmt: skip
