@@ -1,6 +1,7 @@
 """Managers on the daemon's embedded etcd members (issue 13, docs/ha.md): `shoal
 daemon`s started without `--datastore-endpoint`, driven with the real docker CLI, each
-manager running its own real etcd member (real mutual TLS, loopback).
+manager running its own real etcd member (real mutual TLS; the first test on loopback,
+the second in network namespaces, each member on its node's address).
 
 - Three managers: `swarm init`, two joins with the manager token (the first one moves
   the store from SQLite into etcd). `node ls` through each shows one Leader and two
@@ -9,7 +10,8 @@ manager running its own real etcd member (real mutual TLS, loopback).
   and restarted rejoins on its data: Reachable again, a write through it converges.
   The leader killed the same way: another leads; restarted, it follows. `swarm leave
   --force` of a manager removes its member.
-- One manager on SQLite with services and a secret promotes a worker: the state moves
+- One manager on SQLite with services and a secret promotes a worker (each in a
+  network namespace of its own): the state moves
   to etcd with nothing lost (every service at its version, the secret), the services
   still converged and their tasks not restarted. `node demote` of that follower
   removes its member; `node promote` adds it back.
@@ -27,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from ..cluster_harness import Cluster, ClusterNode, NodeFactory
+from ..cluster_harness import Cluster, ClusterNode, NetnsLab, NodeFactory
 from ..harness import parse_table, stop_together, wait_until
 
 pytestmark = pytest.mark.integration
@@ -59,22 +61,25 @@ def etcd_members(node: ClusterNode) -> set[str]:
     file = member_file(node)
     assert file is not None, f"{node.node_name} has no etcd member"
     tls = node.data_dir / "swarm" / "etcd" / "tls"
+    argv = [
+        "etcdctl",
+        f"--endpoints={','.join(file['endpoints'])}",  # type: ignore[arg-type]
+        f"--cacert={tls / 'ca.pem'}",
+        f"--cert={tls / 'cert.pem'}",
+        f"--key={tls / 'key.pem'}",
+        "member",
+        "list",
+        "-w",
+        "json",
+    ]
+    # a node in a network namespace: its members are reached from inside it
+    prefix = ["ip", "netns", "exec", node.netns] if node.netns else []
     out = subprocess.run(
-        [
-            "etcdctl",
-            f"--endpoints={','.join(file['endpoints'])}",  # type: ignore[arg-type]
-            f"--cacert={tls / 'ca.pem'}",
-            f"--cert={tls / 'cert.pem'}",
-            f"--key={tls / 'key.pem'}",
-            "member",
-            "list",
-            "-w",
-            "json",
-        ],  # fmt: skip
+        [*prefix, "env", "ETCDCTL_API=3", *argv],
         capture_output=True,
         text=True,
         timeout=20,
-        env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"},
+        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
         check=True,
     ).stdout
     return {m.get("name", "") for m in json.loads(out)["members"]}
@@ -205,10 +210,11 @@ def test_three_embedded_managers(node_factory: NodeFactory, nodes: list[ClusterN
 
 
 def test_migration_on_promote_then_demote_and_promote(
-    node_factory: NodeFactory, nodes: list[ClusterNode]
+    lab: NetnsLab, node_factory: NodeFactory, nodes: list[ClusterNode]
 ) -> None:
-    manager = node_factory("solo-1")
-    worker = node_factory("solo-w")
+    (ns1, addr1), (ns2, addr2) = lab.add_host(), lab.add_host()
+    manager = node_factory("solo-1", netns=ns1, addr=addr1)
+    worker = node_factory("solo-w", netns=ns2, addr=addr2)
     nodes.extend([manager, worker])
     cluster = Cluster.init(manager)
     cluster.join(worker)

@@ -1,5 +1,6 @@
 """Quorum lost and recovered with the daemons' embedded etcd members (issue 13,
 docs/ha.md): three managers started without `--datastore-endpoint` and a worker,
+each in a network namespace of its own (NetnsLab; each member on its node's address),
 driven with the real docker CLI.
 
 Two managers killed with SIGKILL (their members die with them): a write through the
@@ -16,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from ..cluster_harness import Cluster, ClusterNode, NodeFactory
+from ..cluster_harness import Cluster, ClusterNode, NetnsLab, NodeFactory
 from ..harness import stop_together, wait_until
 from .test_ha_embedded import SLEEP, TIMEOUT_S, etcd_members, node_ids, one_leader
 from .test_quorum_loss import NO_LEADER, REFUSED_TIMEOUT_S, create
@@ -43,10 +44,14 @@ def refused(node: ClusterNode, name: str) -> str:
 
 
 def test_quorum_lost_then_back_then_force_new_cluster(
-    node_factory: NodeFactory, made: list[ClusterNode]
+    lab: NetnsLab, node_factory: NodeFactory, made: list[ClusterNode]
 ) -> None:
-    managers = [node_factory(f"quo-{i}") for i in (1, 2, 3)]
-    worker = node_factory("quo-w")
+    hosts = [lab.add_host() for _ in range(4)]
+    managers = [
+        node_factory(f"quo-{i + 1}", netns=ns, addr=addr) for i, (ns, addr) in enumerate(hosts[:3])
+    ]
+    ns, addr = hosts[3]
+    worker = node_factory("quo-w", netns=ns, addr=addr)
     made.extend([*managers, worker])
     cluster = Cluster.init(managers[0])
     for m in managers[1:]:
