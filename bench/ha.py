@@ -45,7 +45,6 @@ import os
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -63,6 +62,11 @@ from shoal.daemon.embedded import MemberFile  # noqa: E402
 from shoal.manager.etcd.certs import member_tls, write_tls  # noqa: E402
 from tests.integration.cluster_harness import Cluster, ClusterNode  # noqa: E402
 from tests.integration.etcd_harness import EtcdThread  # noqa: E402
+from tests.integration.ha_harness import (  # noqa: E402
+    endpoint_statuses,
+    leader_url,
+    member_pids,
+)
 from tests.integration.harness import (  # noqa: E402
     cleanup_daemons,
     parse_table,
@@ -101,23 +105,8 @@ def member_file(node: ClusterNode) -> MemberFile | None:
     return MemberFile.load(node.data_dir / "swarm")
 
 
-def member_pids(node: ClusterNode) -> list[int]:
-    """The etcd processes running on `node`'s member data (from /proc)."""
-    flag = f"--data-dir={node.data_dir / 'swarm' / 'etcd' / 'data'}".encode()
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                argv = (proc / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if flag in argv:
-                pids.append(int(proc.name))
-    return pids
-
-
 def no_member(node: ClusterNode) -> bool:
-    return not member_pids(node)
+    return not member_pids(node.data_dir)
 
 
 def etcd_leader(nodes: list[ClusterNode]) -> ClusterNode | None:
@@ -131,42 +120,15 @@ def etcd_leader(nodes: list[ClusterNode]) -> ClusterNode | None:
             return None
         urls[file.address.client_url] = node
     tls = nodes[0].data_dir / "swarm" / "etcd" / "tls"
-    result = subprocess.run(
-        [
-            "etcdctl",
-            "--command-timeout=3s",
-            "endpoint",
-            "status",
-            "-w",
-            "json",
-            f"--endpoints={','.join(urls)}",
-            f"--cacert={tls / 'ca.pem'}",
-            f"--cert={tls / 'cert.pem'}",
-            f"--key={tls / 'key.pem'}",
-        ],  # fmt: skip
-        capture_output=True,
-        text=True,
-        timeout=10,
-        env={**os.environ, "ETCDCTL_API": "3"},
-        stdin=subprocess.DEVNULL,
-    )
-    try:
-        answers = json.loads(result.stdout)
-    except ValueError:
-        return None
-    if result.returncode != 0 or len(answers) != len(urls):
-        return None
-    for answer in answers:
-        header = answer["Status"]["header"]
-        if header["member_id"] == answer["Status"]["leader"]:
-            return urls.get(answer["Endpoint"])
-    return None
+    statuses = endpoint_statuses(list(urls), tls / "ca.pem", tls / "cert.pem", tls / "key.pem")
+    url = leader_url(statuses)
+    return urls.get(url) if url is not None else None
 
 
 def kill_members_left(nodes: list[ClusterNode]) -> None:
     """An embedded member that outlived its daemon (it should not): killed by pid."""
     for node in nodes:
-        for pid in member_pids(node):
+        for pid in member_pids(node.data_dir):
             log(f"{node.node_name}'s etcd member (pid {pid}) outlived its daemon: killed")
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from shoal.clock import SYSTEM_CLOCK, Clock
-from shoal.daemon.etcd_leader import move_leader
+from shoal.daemon.etcd_leader import anyone, move_leader
 from shoal.etcdclient import FAILURES, EtcdClient, EtcdError, TLSFiles
 from shoal.log import get_logger
 from shoal.manager.etcd.datastore import CLIENT_TIMEOUT_S
@@ -226,12 +226,14 @@ class Embedded:
         MemberFile.path(self.swarm_dir).unlink(missing_ok=True)
 
 
-async def remove_safely(client: EtcdClient, name: str, tls: TLSFiles) -> None:
+async def remove_safely(
+    client: EtcdClient, name: str, tls: TLSFiles, eligible: Callable[[str], bool] = anyone
+) -> None:
     """Remove member `name`, its raft leadership moved to another started member
     first if it holds it: a leader removed from two members can leave the other
     without a leader for good (etcd issue 10563; k3s and LXD move it too)."""
     try:
-        if await move_leader(client, name, tls):
+        if await move_leader(client, name, tls, eligible):
             log.info("etcd leadership moved before a removal", name=name)
     except FAILURES as e:
         log.warning("etcd leadership not moved before a removal", name=name, error=str(e))
@@ -280,4 +282,4 @@ async def _prune(store: Store, client: EtcdClient, tls: TLSFiles) -> None:
     for name in await member_names(client):
         if name and name not in managers:
             log.info("removing the etcd member of a node no longer a manager", name=name)
-            await remove_safely(client, name, tls)
+            await remove_safely(client, name, tls, managers.__contains__)

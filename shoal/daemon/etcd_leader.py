@@ -11,7 +11,8 @@ So the swarm's leader keeps etcd's leadership elsewhere: as soon as it leads, an
 timer while it leads (etcd elects on its own, after any member's loss), it checks which member
 etcd's leader is, and if it is its own, hands it to another member that answers
 (etcd's MoveLeader, sent to the leader member: a transfer of a few milliseconds, no
-election). The same move is made before a member that leads etcd is removed
+election), never to the member of a node that is no longer a manager (it is about to be
+removed: a leader removed leaves the others to elect again). The same move is made before a member that leads etcd is removed
 (`move_leader`; etcd issue 10563).
 """
 
@@ -52,9 +53,16 @@ async def _answers(url: str, tls: TLSFiles) -> bool:
         await client.close()
 
 
-async def move_leader(client: EtcdClient, name: str, tls: TLSFiles) -> bool:
+def anyone(name: str) -> bool:
+    return True
+
+
+async def move_leader(
+    client: EtcdClient, name: str, tls: TLSFiles, eligible: Callable[[str], bool] = anyone
+) -> bool:
     """If member `name` is etcd's leader, hand the leadership to another started
-    member that answers; True if it moved."""
+    member that answers and is `eligible` (its node a manager still: never one about
+    to be removed); True if it moved."""
     members = [m async for m in client.members()]
     me = next((m for m in members if m.name == name), None)
     if me is None or not me.client_urls:
@@ -65,6 +73,8 @@ async def move_leader(client: EtcdClient, name: str, tls: TLSFiles) -> bool:
     for other in members:
         if other is me or not other.name or not other.client_urls:
             continue  # a member added but not started has no name yet
+        if not eligible(other.name):
+            continue
         if not await _answers(other.client_urls[0], tls):
             continue
         leader = _client(me.client_urls[0], tls, CLIENT_TIMEOUT_S)
@@ -86,6 +96,7 @@ async def keep_leader_elsewhere(
     tls: TLSFiles,
     leading: Callable[[], bool],
     changed: Callable[[], asyncio.Event],
+    eligible: Callable[[str], bool],
     clock: Clock = SYSTEM_CLOCK,
 ) -> None:
     """While this manager (member `name`) leads the swarm, etcd's leader is another
@@ -96,7 +107,7 @@ async def keep_leader_elsewhere(
         event = changed()
         if leading():
             try:
-                await move_leader(client, name, tls)
+                await move_leader(client, name, tls, eligible)
             except FAILURES as e:
                 log.warning("etcd leadership not checked", error=str(e))
         with contextlib.suppress(TimeoutError):

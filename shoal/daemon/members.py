@@ -103,6 +103,7 @@ def start_pruner(daemon: Daemon, manager: Manager, shared: SharedStore) -> None:
                 embedded.member.tls,
                 lambda: shared.leading,
                 lambda: shared.leadership.changed if shared.leadership else never,
+                lambda name: still_manager_node(manager, name),
             ),
         )
 
@@ -116,12 +117,17 @@ async def stop_pruner(daemon: Daemon) -> None:
         daemon._pruner = None
 
 
+def still_manager_node(manager: Manager, node_id: str) -> bool:
+    """What `manager`'s replica says: node `node_id` is a manager."""
+    node = manager.store.view().get_node(node_id)
+    return node is not None and node.spec.role == "manager"
+
+
 def still_manager(daemon: Daemon) -> bool:
     """What this manager's replica says of its own node's role."""
     if daemon._manager is None or daemon._state is None:
         return True
-    node = daemon._manager.store.view().get_node(daemon._state.node_id)
-    return node is not None and node.spec.role == "manager"
+    return still_manager_node(daemon._manager, daemon._state.node_id)
 
 
 async def stop_member(daemon: Daemon, leave: bool = False, removed_by_leader: bool = False) -> None:

@@ -148,39 +148,12 @@ class NetnsEtcd:
         running = [m for m in self.members if m.running]
         if not running:
             return None
-        result = subprocess.run(
-            [
-                # from a member's namespace: the lab's addresses are not the host's
-                "ip",
-                "netns",
-                "exec",
-                running[0].netns,
-                "etcdctl",
-                "--command-timeout=3s",
-                "endpoint",
-                "status",
-                "-w",
-                "json",
-                "--endpoints=" + ",".join(m.address.client_url for m in running),
-                f"--cacert={self._tls.ca}",
-                f"--cert={self._tls.cert}",
-                f"--key={self._tls.key}",
-            ],  # fmt: skip
-            capture_output=True,
-            text=True,
-            timeout=10,
-            env={**os.environ, "ETCDCTL_API": "3"},
-            stdin=subprocess.DEVNULL,
-        )
-        try:
-            statuses = json.loads(result.stdout)
-        except ValueError:
-            return None
-        for member, status in zip(running, statuses, strict=False):
-            header = status["Status"]["header"]
-            if header["member_id"] == status["Status"]["leader"]:
-                return self.members.index(member)
-        return None
+        # from a member's namespace: the lab's addresses are not the host's
+        urls = [m.address.client_url for m in running]
+        tls = self._tls
+        statuses = endpoint_statuses(urls, tls.ca, tls.cert, tls.key, running[0].netns)
+        url = leader_url(statuses)
+        return next((self.members.index(m) for m in running if m.address.client_url == url), None)
 
     def close(self) -> None:
         try:
@@ -209,3 +182,63 @@ def manager_stores(mode: str, base: Path, hosts: Sequence[tuple[str, str]]) -> M
         etcd.close()
         raise
     return etcd
+
+
+def endpoint_statuses(
+    urls: Sequence[str], ca: Path, cert: Path, key: Path, netns: str | None = None
+) -> list[dict[str, Any]] | None:
+    """`etcdctl endpoint status` of every member at `urls` (from inside `netns` if
+    given), as etcdctl's JSON; None unless every one answered."""
+    prefix = ["ip", "netns", "exec", netns] if netns else []
+    result = subprocess.run(
+        [
+            *prefix,
+            "etcdctl",
+            "--command-timeout=3s",
+            "endpoint",
+            "status",
+            "-w",
+            "json",
+            "--endpoints=" + ",".join(urls),
+            f"--cacert={ca}",
+            f"--cert={cert}",
+            f"--key={key}",
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=10,
+        env={**os.environ, "ETCDCTL_API": "3"},
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        answers = json.loads(result.stdout)
+    except ValueError:
+        return None
+    if result.returncode != 0 or len(answers) != len(urls):
+        return None
+    return list(answers)
+
+
+def leader_url(statuses: list[dict[str, Any]] | None) -> str | None:
+    """The client URL of the member that leads, among `endpoint_statuses`' answers."""
+    for answer in statuses or []:
+        status = answer["Status"]
+        if status["header"]["member_id"] == status["leader"]:
+            return str(answer["Endpoint"])
+    return None
+
+
+def member_pids(data_dir: Path) -> list[int]:
+    """The etcd processes running on the embedded member of the daemon at `data_dir`
+    (from /proc)."""
+    flag = f"--data-dir={data_dir / 'swarm' / 'etcd' / 'data'}".encode()
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if flag in argv:
+                pids.append(int(proc.name))
+    return pids

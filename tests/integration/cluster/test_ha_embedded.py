@@ -25,11 +25,11 @@ import json
 import subprocess
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from ..cluster_harness import Cluster, ClusterNode, NetnsLab, NodeFactory
+from ..ha_harness import member_pids
 from ..harness import parse_table, stop_together, wait_until
 
 pytestmark = pytest.mark.integration
@@ -83,21 +83,6 @@ def etcd_members(node: ClusterNode) -> set[str]:
         check=True,
     ).stdout
     return {m.get("name", "") for m in json.loads(out)["members"]}
-
-
-def member_pids(node: ClusterNode) -> list[int]:
-    """The etcd processes running on `node`'s member data (from /proc)."""
-    flag = f"--data-dir={node.data_dir / 'swarm' / 'etcd' / 'data'}".encode()
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                argv = (proc / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if flag in argv:
-                pids.append(int(proc.name))
-    return pids
 
 
 def node_ids(node: ClusterNode) -> dict[str, str]:
@@ -161,10 +146,10 @@ def test_three_embedded_managers(node_factory: NodeFactory, nodes: list[ClusterN
     # a follower killed with SIGKILL (its member with it) and restarted: its member
     # starts again on its data, and it follows again
     ports = member_file(follower)
-    assert len(member_pids(follower)) == 1
+    assert len(member_pids(follower.data_dir)) == 1
     follower.kill9()
     # the member dies with its daemon (PR_SET_PDEATHSIG), as in a machine crash
-    wait_until(lambda: not member_pids(follower), what="emb-2's member gone with it")
+    wait_until(lambda: not member_pids(follower.data_dir), what="emb-2's member gone with it")
     follower.start()
     assert member_file(follower) == ports or (
         {k: v for k, v in (member_file(follower) or {}).items() if k != "endpoints"}
@@ -183,7 +168,7 @@ def test_three_embedded_managers(node_factory: NodeFactory, nodes: list[ClusterN
     # the leader killed with SIGKILL: another leads; restarted on its member's data,
     # it follows, and the cluster still has its three members
     managers[0].kill9()
-    wait_until(lambda: not member_pids(managers[0]), what="emb-1's member gone with it")
+    wait_until(lambda: not member_pids(managers[0].data_dir), what="emb-1's member gone with it")
     cluster.manager = follower
     wait_until(
         lambda: (
