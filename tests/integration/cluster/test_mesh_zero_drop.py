@@ -33,7 +33,7 @@ pytestmark = pytest.mark.integration
 PORT = 8080
 RATE = 200.0  # requests per second, all workers together
 WORKERS = 20  # half new connection per request, half keep-alive
-LOAD_S = 12.0
+LOAD_S = 16.0
 CHANGE_AFTER_S = 2.0  # load runs alone this long before the change
 # A bound, not a measurement (printed): requests sent later than this after a kill -9
 # must not fail.
